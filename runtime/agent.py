@@ -1,0 +1,231 @@
+"""Agents: the ``Agent`` base class, the replica actor that runs one, and the pool of a role.
+
+A role is a pool of replica actors consuming one mailbox (a QueueActor). A replica takes messages in
+batches, handles up to ``concurrency`` at once, sends each result to the workflow worker that asked,
+then acknowledges it. A message taken by a replica that dies goes back to the mailbox, so a new replica
+handles it again. Pools grow with the mailbox's backlog up to ``max_replicas``, shrink after
+``idle_s`` without work, down to ``min_replicas`` (zero allowed), and wake when work arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from typing import Any, ClassVar
+
+import ray
+
+from runtime.config import AgentPoolConfig, Settings
+from runtime.engines.actor import Router
+from runtime.errors import AgentError
+from runtime.models import AgentMessage, ChatMessage, ChatRequest, Completion
+from runtime.pool import Member, Members
+from runtime.queue import approx_size
+from runtime.refs import Ref
+from runtime.workflow import as_messages
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """Subclass with ``role = "..."`` and ``async def handle(self, msg, ctx)``; one instance per replica."""
+
+    role: ClassVar[str] = ""
+    min_replicas: ClassVar[int | None] = None
+    max_replicas: ClassVar[int | None] = None
+    concurrency: ClassVar[int | None] = None
+
+    async def setup(self) -> None:
+        """Called once per replica before its first message (load a model, open a client)."""
+
+    async def handle(self, msg: AgentMessage, ctx: AgentContext) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def pool_config(cls, override: AgentPoolConfig | None = None) -> AgentPoolConfig:
+        if override is not None:
+            return override
+        declared = {k: getattr(cls, k) for k in ("min_replicas", "max_replicas", "concurrency")
+                    if getattr(cls, k) is not None}
+        return AgentPoolConfig(**declared)
+
+
+class AgentContext:
+    """What a handler sees besides its message: the LLM, events, and putting large values by ref."""
+
+    def __init__(self, msg: AgentMessage, router: Router, store: Any, default_model: str) -> None:
+        self.task_id = msg.task_id
+        self.step_key = msg.step_key
+        self.priority = msg.priority
+        self._router = router
+        self._store = store
+        self._default_model = default_model
+        self._calls = 0
+
+    async def chat(self, messages: list[ChatMessage] | list[dict[str, str]] | str, *,
+                   model: str | None = None, max_tokens: int = 128,
+                   temperature: float = 0.0) -> Completion:
+        """One chat completion (part of the agent's step: not checkpointed on its own)."""
+        self._calls += 1
+        request = ChatRequest(
+            model=model or self._default_model, messages=as_messages(messages), max_tokens=max_tokens,
+            temperature=temperature, priority=self.priority,
+            request_id=f"{self.task_id}/{self.step_key}/{self._calls}",
+        )
+        return await self._router.chat(request)
+
+    def emit(self, **data: Any) -> None:
+        self._store.append_event.remote(self.task_id, "agent", {"step": self.step_key, **data})
+
+
+class AgentReplica:
+    def __init__(self, replica_id: str, role: str, agent_cls: type[Agent], settings: Settings,
+                 mailbox: Any, store: Any, router: Router) -> None:
+        self.id = replica_id
+        self.role = role
+        self.agent = agent_cls()
+        self.settings = settings
+        self.mailbox = mailbox
+        self.store = store
+        self.router = router
+        self._stopping = False
+        self._active: set[asyncio.Task[None]] = set()
+        self.last_active = time.monotonic()
+        self.handled = 0
+
+    async def run(self, concurrency: int) -> int:
+        await self.agent.setup()
+        while not self._stopping:
+            free = concurrency - len(self._active)
+            if free <= 0:
+                await asyncio.wait(self._active, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            batch = await self.mailbox.get_batch.remote(self.id, free, 0.5)
+            for item_id, msg in batch:
+                task = asyncio.create_task(self._handle(item_id, msg))
+                self._active.add(task)
+                task.add_done_callback(self._active.discard)
+        if self._active:
+            await asyncio.wait(self._active)
+        return self.handled
+
+    async def _handle(self, item_id: str, msg: AgentMessage) -> None:
+        self.last_active = time.monotonic()
+        ctx = AgentContext(msg, self.router, self.store, self.settings.default_model)
+        try:
+            value = await self.agent.handle(msg, ctx)
+            size = approx_size(value)
+            if size > self.settings.inline_limit_bytes and not isinstance(value, Ref):
+                value = Ref.put(value, f"{msg.task_id}/{msg.step_key}", size, self.store)
+            ok = True
+        except Exception as e:  # noqa: BLE001 - the handler's failure is the step's to retry
+            log.info("task %s step %s: agent %s raised %s", msg.task_id, msg.step_key, self.role,
+                     type(e).__name__)
+            value, ok = AgentError(self.role, str(e), type(e).__name__), False
+        try:
+            await msg.reply_to.deliver.remote(msg.id, ok, value)
+        except Exception:  # noqa: BLE001 - the worker is gone; the task re-sends when it resumes
+            log.info("task %s step %s: worker gone, reply dropped", msg.task_id, msg.step_key)
+        self.handled += 1
+        self.last_active = time.monotonic()
+        await self.mailbox.ack.remote([item_id])
+
+    async def idle_s(self) -> float:
+        return 0.0 if self._active else time.monotonic() - self.last_active
+
+    async def stop(self) -> None:
+        self._stopping = True
+
+
+class AgentPool:
+    """Keeps a role's replicas alive and sized to its mailbox's backlog."""
+
+    def __init__(self, role: str, agent_cls: type[Agent], config: AgentPoolConfig,
+                 settings: Settings, mailbox: Any, store: Any, router: Router) -> None:
+        self.role = role
+        self.agent_cls = agent_cls
+        self.config = config
+        self.settings = settings
+        self.mailbox = mailbox
+        self.store = store
+        self.router = router
+        self.members = Members(self._on_exit)
+        self.started = 0
+        self._loop: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        for _ in range(self.config.min_replicas):
+            self._spawn()
+        self._loop = asyncio.create_task(self._supervise())
+
+    def _spawn(self) -> None:
+        self.started += 1
+        replica_id = f"{self.role}-{self.started}-{uuid.uuid4().hex[:6]}"
+        handle = (
+            ray.remote(AgentReplica)
+            .options(num_cpus=self.config.num_cpus, max_restarts=0, max_concurrency=1000,
+                     name=f"agent:{replica_id}", namespace=self.settings.namespace)
+            .remote(replica_id, self.role, self.agent_cls, self.settings, self.mailbox, self.store,
+                    self.router)
+        )
+        self.members.add(Member(replica_id, handle), handle.run.remote(self.config.concurrency))
+
+    async def _on_exit(self, member: Member, error: BaseException | None) -> None:
+        returned = await self.mailbox.requeue_consumer.remote(member.id)
+        if returned:
+            log.warning("agent %s: %d message(s) of replica %s go back to the mailbox",
+                        self.role, returned, member.id)
+
+    def _desired(self, backlog: int) -> int:
+        wanted = math.ceil(backlog / self.config.target_backlog)
+        return max(self.config.min_replicas, min(self.config.max_replicas, wanted))
+
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                await self._tick()
+            except Exception:  # noqa: BLE001 - a failed tick is retried on the next one
+                log.exception("agent pool %s: supervision tick failed", self.role)
+            await asyncio.sleep(0.1)
+
+    async def _tick(self) -> None:
+        stats = await self.mailbox.stats.remote()
+        backlog = stats["depth"] + stats["in_flight"]
+        live = [m for m in self.members.live.values() if not m.stopping]
+        desired = max(self._desired(backlog), 1 if stats["depth"] else 0)
+        for _ in range(desired - len(live)):
+            self._spawn()
+        if len(live) > desired and stats["depth"] == 0:
+            idle = await asyncio.gather(*(m.handle.idle_s.remote() for m in live),
+                                        return_exceptions=True)
+            for member, idle_s in list(zip(live, idle)):
+                if len(live) <= desired:
+                    break
+                if isinstance(idle_s, float) and idle_s >= self.config.idle_s:
+                    member.stopping = True
+                    member.handle.stop.remote()
+                    live.remove(member)
+
+    async def stats(self) -> dict[str, Any]:
+        return {"role": self.role, "replicas": len(self.members), "started": self.started,
+                "replica_ids": sorted(self.members.live), **self.config.model_dump()}
+
+    async def replicas(self) -> dict[str, Any]:
+        return {m.id: m.handle for m in self.members.live.values()}
+
+
+def start_agent_pool(role: str, agent_cls: type[Agent], config: AgentPoolConfig, settings: Settings,
+                     mailbox: Any, store: Any, router: Router) -> Any:
+    return (
+        ray.remote(AgentPool)
+        .options(name=f"pool:{role}", namespace=settings.namespace, num_cpus=0, max_restarts=0,
+                 max_concurrency=1000)
+        .remote(role, agent_cls, config, settings, mailbox, store, router)
+    )
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,99 @@
+"""Wire a running runtime: the Store, engines, mailboxes and agent pools, the dispatcher, the workers.
+
+``Runtime.start`` is what ``raysquad up`` and driver scripts call; the actors it creates belong to the
+calling process and stop with it (or with ``Runtime.stop``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from runtime import cluster
+from runtime.agent import start_agent_pool
+from runtime.catalog import Catalog, load_catalog
+from runtime.client import Client
+from runtime.config import Settings
+from runtime.dispatch import start_dispatcher
+from runtime.engines.actor import Router, start_engines
+from runtime.queue import start_queue
+from runtime.store.actor import start_store
+from runtime.worker import start_worker_pool
+
+log = logging.getLogger(__name__)
+
+MAILBOX_CAPACITY = 100_000
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    apps: list[str]
+    catalog: Catalog
+    store: Any
+    dispatcher: Any
+    workers: Any
+    mailboxes: dict[str, Any]
+    pools: dict[str, Any]
+    engines: dict[str, list[Any]]
+    started_ray: bool = False
+    _stopped: bool = field(default=False, repr=False)
+
+    @classmethod
+    def start(cls, settings: Settings | None = None, apps: list[str] | None = None,
+              models: list[str] | None = None) -> Runtime:
+        """Start every actor of the runtime and recover the Store's unfinished tasks."""
+        settings = settings or Settings()
+        apps = list(apps or ["agents"])
+        catalog = load_catalog(apps)  # fail here, in the caller, on a bad module
+        started_ray = cluster.connect(settings)
+        store = start_store(settings)
+        ray.get(store.ping.remote())
+        engines = start_engines(settings, models or [settings.default_model])
+        router = Router(engines)
+        mailboxes = {
+            role: start_queue(f"agent:{role}", settings.namespace, MAILBOX_CAPACITY,
+                              settings.aging_per_s)
+            for role in catalog.agents
+        }
+        pools = {
+            role: start_agent_pool(role, agent_cls, agent_cls.pool_config(settings.agents.get(role)),
+                                   settings, mailboxes[role], store, router)
+            for role, agent_cls in catalog.agents.items()
+        }
+        ray.get([pool.start.remote() for pool in pools.values()])
+        dispatcher = start_dispatcher(settings, store, apps)
+        recovered = ray.get(dispatcher.start.remote())
+        workers = start_worker_pool(settings, apps, store, dispatcher, mailboxes, router)
+        ray.get(workers.start.remote())
+        log.info("raysquad runtime up: %d workflow(s), %d agent role(s), %d task(s) recovered",
+                 len(catalog.workflows), len(catalog.agents), recovered)
+        return cls(settings, apps, catalog, store, dispatcher, workers, mailboxes, pools, engines,
+                   started_ray)
+
+    def client(self) -> Client:
+        return Client(self.store, self.dispatcher)
+
+    def stop(self, shutdown_ray: bool | None = None) -> None:
+        """Kill every actor of the runtime (tasks in flight resume at the next start)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        handles = [self.workers, self.dispatcher, *self.pools.values(), *self.mailboxes.values(),
+                   *(h for hs in self.engines.values() for h in hs), self.store]
+        for handle in handles:
+            try:
+                ray.kill(handle, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone is fine
+                pass
+        if shutdown_ray if shutdown_ray is not None else self.started_ray:
+            ray.shutdown()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

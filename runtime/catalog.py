@@ -1,0 +1,52 @@
+"""The catalogue of what a runtime runs: the workflows and agent roles found in the app modules."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+
+from runtime.errors import AgentNotFound, ConfigError, WorkflowNotFound
+from runtime.workflow import Workflow
+
+
+@dataclass
+class Catalog:
+    workflows: dict[str, Workflow] = field(default_factory=dict)
+    agents: dict[str, type] = field(default_factory=dict)
+
+    def workflow(self, name: str) -> Workflow:
+        try:
+            return self.workflows[name]
+        except KeyError:
+            raise WorkflowNotFound(name, tuple(sorted(self.workflows))) from None
+
+    def agent(self, role: str) -> type:
+        try:
+            return self.agents[role]
+        except KeyError:
+            raise AgentNotFound(role, tuple(sorted(self.agents))) from None
+
+
+def load_catalog(modules: list[str]) -> Catalog:
+    """Import each module and collect its ``@workflow`` functions and ``Agent`` subclasses."""
+    from runtime.agent import Agent
+
+    catalog = Catalog()
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"cannot import app module {name!r}: {e}") from e
+        for value in vars(module).values():
+            if isinstance(value, Workflow):
+                _add(catalog.workflows, value.name, value, name)
+            elif inspect.isclass(value) and issubclass(value, Agent) and value.role:
+                _add(catalog.agents, value.role, value, name)
+    return catalog
+
+
+def _add(table: dict, key: str, value: object, module: str) -> None:  # type: ignore[type-arg]
+    if key in table and table[key] is not value:
+        raise ConfigError(f"{key!r} is declared twice (again in module {module!r})")
+    table[key] = value

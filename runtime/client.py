@@ -1,0 +1,110 @@
+"""The Python client for driver scripts: submit, get, wait, events, cancel, retry, list."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+
+from runtime import dispatch
+from runtime.config import Settings
+from runtime.errors import RuntimeNotRunning, TaskFailed, WaitTimeout
+from runtime.models import Event, SubmitRequest, TaskRecord, TaskStatus
+from runtime.store import actor as store_actor
+
+
+class Client:
+    """A handle on a running runtime. ``Client.connect()`` finds one on the current Ray cluster."""
+
+    def __init__(self, store: Any, dispatcher: Any) -> None:
+        self._store = store
+        self._dispatcher = dispatcher
+
+    @classmethod
+    def connect(cls, settings: Settings | None = None) -> Client:
+        """Join Ray (``settings.ray_address``, default ``auto``) and find the runtime's actors."""
+        settings = settings or Settings()
+        where = settings.ray_address or "auto"
+        if not ray.is_initialized():
+            try:
+                ray.init(address=where, namespace=settings.namespace, log_to_driver=False,
+                         logging_level="ERROR")
+            except (ConnectionError, RuntimeError) as e:
+                raise RuntimeNotRunning(f"Ray address {where!r} ({e})") from None
+        try:
+            store = ray.get_actor(store_actor.ACTOR_NAME, namespace=settings.namespace)
+            dispatcher = ray.get_actor(dispatch.ACTOR_NAME, namespace=settings.namespace)
+        except ValueError:
+            raise RuntimeNotRunning(f"Ray namespace {settings.namespace!r}") from None
+        return cls(store, dispatcher)
+
+    def submit(self, workflow: str, input: dict[str, Any] | None = None, *, priority: int = 0,
+               idempotency_key: str | None = None, tenant: str = "default") -> TaskRecord:
+        """Queue a task; returns its record at once. An idempotency key already used returns that task."""
+        req = SubmitRequest(workflow=workflow, input=input or {}, priority=priority,
+                            idempotency_key=idempotency_key, tenant=tenant)
+        record, _ = ray.get(self._dispatcher.submit.remote(req))
+        return record  # type: ignore[no-any-return]
+
+    def get(self, task_id: str) -> TaskRecord:
+        return ray.get(self._store.get_task.remote(task_id))  # type: ignore[no-any-return]
+
+    def list(self, status: TaskStatus | str | None = None, workflow: str | None = None,
+             limit: int = 100, offset: int = 0) -> list[TaskRecord]:
+        status = TaskStatus(status) if status else None
+        return ray.get(  # type: ignore[no-any-return]
+            self._store.list_tasks.remote(status, workflow, None, limit, offset))
+
+    def events(self, task_id: str, after: int = 0, follow: bool = False,
+               poll_s: float = 5.0) -> Iterator[Event]:
+        """The task's events after seq ``after``; with ``follow``, keep going until the task ends."""
+        while True:
+            batch: list[Event] = ray.get(
+                self._store.wait_events.remote(task_id, after, poll_s if follow else 0.0))
+            for event in batch:
+                after = event.seq
+                yield event
+                if follow and event.kind in _END_KINDS:
+                    return
+            if not batch and (not follow or self.get(task_id).status.ended):
+                return
+
+    def wait(self, task_id: str, timeout_s: float | None = None) -> TaskRecord:
+        """Block until the task ends (succeeded, failed or cancelled) and return its record."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        after = 0
+        while True:
+            record = self.get(task_id)
+            if record.status.ended:
+                return record
+            remaining = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
+            if remaining <= 0:
+                raise WaitTimeout(task_id, timeout_s or 0, record.status.value)
+            batch: list[Event] = ray.get(self._store.wait_events.remote(task_id, after, remaining))
+            if batch:
+                after = batch[-1].seq
+
+    def result(self, task_id: str, timeout_s: float | None = None) -> Any:
+        """The task's output once it succeeds; TaskFailed if it failed or was cancelled."""
+        record = self.wait(task_id, timeout_s)
+        if record.status is not TaskStatus.SUCCEEDED:
+            raise TaskFailed(task_id, record.status.value, record.error or "")
+        return record.output
+
+    def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a queued task now, or a running one at its next step boundary."""
+        return ray.get(self._store.request_cancel.remote(task_id))  # type: ignore[no-any-return]
+
+    def retry(self, task_id: str) -> TaskRecord:
+        """Run a failed or cancelled task again from its last checkpoint."""
+        record: TaskRecord = ray.get(self._store.retry.remote(task_id))
+        ray.get(self._dispatcher.requeue.remote([task_id]))
+        return record
+
+    def queue_stats(self) -> dict[str, Any]:
+        return ray.get(self._dispatcher.stats.remote())  # type: ignore[no-any-return]
+
+
+_END_KINDS = {s.value for s in TaskStatus if s.ended}

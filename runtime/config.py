@@ -1,0 +1,109 @@
+"""All configuration in one place: pydantic-settings, environment prefix ``RAYSQUAD_``.
+
+Nested fields use ``__``: ``RAYSQUAD_RETRY__MAX_ATTEMPTS=5``. Settings are passed explicitly to what
+needs them; nothing reads the environment behind the caller's back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RetryPolicy(BaseModel):
+    """How a step is retried: exponential backoff with jitter, up to ``max_attempts`` in all."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_attempts: int = Field(3, ge=1)
+    initial_backoff_s: float = Field(0.2, ge=0)
+    backoff_multiplier: float = Field(2.0, ge=1)
+    max_backoff_s: float = Field(30.0, ge=0)
+    jitter: float = Field(0.2, ge=0, le=1, description="fraction of each delay drawn at random")
+    non_retryable: tuple[str, ...] = Field(
+        (), description="exception class names that fail the step at once"
+    )
+
+    def backoff_s(self, attempt: int, rand: float) -> float:
+        """Delay before attempt ``attempt + 1`` (attempts count from 1); ``rand`` is in [0, 1)."""
+        base = min(self.max_backoff_s, self.initial_backoff_s * self.backoff_multiplier ** (attempt - 1))
+        return base * (1 - self.jitter + 2 * self.jitter * rand)
+
+
+class AgentPoolConfig(BaseModel):
+    """Sizing of one agent role's pool; a role's class attributes give the defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(4, ge=1)
+    concurrency: int = Field(8, ge=1, description="messages one replica handles at once")
+    num_cpus: float = Field(0.05, ge=0)
+    target_backlog: int = Field(
+        8, ge=1, description="queued messages per replica above which the pool grows"
+    )
+    idle_s: float = Field(30.0, ge=0, description="idle time before a replica above the minimum stops")
+
+
+class SimulatedEngineConfig(BaseModel):
+    """The simulated engine: deterministic text and a latency model, for tests and benchmarks."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ttft_s: float = Field(0.02, ge=0, description="time to first token")
+    tpot_s: float = Field(0.002, ge=0, description="time per output token")
+    max_concurrency: int = Field(64, ge=1)
+
+
+class Settings(BaseSettings):
+    """The runtime's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAYSQUAD_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    # Where Ray runs. None starts a local cluster; "auto" or "ray://..." joins one.
+    ray_address: str | None = None
+    namespace: str = "raysquad"
+    ray_num_cpus: int | None = None
+    ray_object_store_memory: int | None = None
+    ray_include_dashboard: bool = False
+    ray_log_to_driver: bool = False
+
+    # Durable state.
+    data_dir: Path = Path(".raysquad")
+    store: Literal["sqlite"] = "sqlite"
+    sqlite_path: Path | None = Field(None, description="defaults to DATA_DIR/raysquad.db")
+
+    # Task flow.
+    workers: int = Field(2, ge=1)
+    tasks_per_worker: int = Field(64, ge=1, description="workflows one worker runs at once")
+    worker_num_cpus: float = Field(0.1, ge=0)
+    queue_capacity: int = Field(10_000, ge=1, description="queued tasks before submits are refused")
+    lease_s: float = Field(30.0, gt=0, description="a claimed task returns to the queue if not renewed")
+    sweep_interval_s: float = Field(1.0, gt=0)
+    aging_per_s: float = Field(
+        1.0, ge=0, description="priority points a queued item gains per second of waiting"
+    )
+    inline_limit_bytes: int = Field(
+        1 << 20, ge=1, description="step outputs larger than this travel as a Ref (object store)"
+    )
+    retry: RetryPolicy = RetryPolicy()
+    step_timeout_s: float | None = Field(None, gt=0, description="default per-attempt step timeout")
+
+    # Agents and engines.
+    agents: dict[str, AgentPoolConfig] = Field(default_factory=dict, description="per-role overrides")
+    engine: Literal["simulated"] = "simulated"
+    default_model: str = "sim-small"
+    simulated: SimulatedEngineConfig = SimulatedEngineConfig()
+
+    @property
+    def database_path(self) -> Path:
+        return self.sqlite_path or self.data_dir / "raysquad.db"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"

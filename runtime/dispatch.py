@@ -1,0 +1,122 @@
+"""The dispatcher: admits submissions, orders runnable tasks, hands them to workers under leases.
+
+The Store is the truth; the dispatcher's priority queue is an index of the Store's queued tasks.
+A submit writes the task to the Store, then queues its id (a full queue refuses before writing). A
+worker's ``get_tasks`` pops ids in priority order (with aging) and claims them in the Store with a
+lease. Leases that run out, and the leases of a worker that died, make their tasks queued again.
+At start the dispatcher makes every task an earlier run left running queued again (one runtime owns
+a Store), and every few seconds it reconciles its queue with the Store's queued tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import ray
+
+from runtime.catalog import Catalog, load_catalog
+from runtime.config import Settings
+from runtime.errors import QueueFull
+from runtime.models import Claim, SubmitRequest, TaskRecord, TaskStatus
+from runtime.queue import AsyncQueue, PriorityQueue
+
+log = logging.getLogger(__name__)
+
+ACTOR_NAME = "dispatcher"
+RECONCILE_EVERY_S = 5.0
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, store: Any, apps: list[str]) -> None:
+        self.settings = settings
+        self.store = store
+        self.catalog: Catalog = load_catalog(apps)
+        self.queue = AsyncQueue(
+            PriorityQueue("tasks", settings.queue_capacity, settings.aging_per_s, clock=time.time)
+        )
+        self._reserved = 0
+        self._loop: asyncio.Task[None] | None = None
+
+    async def start(self, recover: bool = True) -> int:
+        """Recover the Store's runnable tasks into the queue and start the lease sweeper."""
+        records = await self.store.recover.remote() if recover else []
+        self._enqueue(records)
+        if self._loop is None:
+            self._loop = asyncio.create_task(self._sweep())
+        return len(records)
+
+    def _enqueue(self, records: list[TaskRecord]) -> None:
+        if records:
+            self.queue.put_batch([(r.id, r.priority, None) for r in records],
+                                 since={r.id: r.created_at for r in records}, force=True)
+
+    async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
+        """Validate, persist and queue a task; the same idempotency key returns the first task."""
+        wf = self.catalog.workflow(req.workflow)
+        wf.validate_input(req.input)
+        q = self.queue.queue
+        if len(q) + self._reserved >= q.capacity:
+            raise QueueFull("tasks", q.capacity, retry_after_s=1.0)
+        self._reserved += 1
+        try:
+            record, created = await self.store.create_task.remote(uuid.uuid4().hex, req)
+        finally:
+            self._reserved -= 1
+        if created:
+            self._enqueue([record])
+        return record, created
+
+    async def get_tasks(self, owner: str, max_tasks: int, timeout_s: float) -> list[Claim]:
+        """Wait up to ``timeout_s`` for runnable tasks and claim up to ``max_tasks`` for ``owner``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            items = await self.queue.get_batch(max_tasks, max(remaining, 0))
+            if not items:
+                return []
+            claims: list[Claim] = await self.store.claim.remote(
+                [item_id for item_id, _ in items], owner, self.settings.lease_s)
+            if claims or remaining <= 0:
+                return claims
+
+    async def requeue(self, task_ids: list[str]) -> None:
+        """Queue tasks the Store made queued again (a retry)."""
+        records = [await self.store.get_task.remote(t) for t in task_ids]
+        self._enqueue(records)
+
+    async def worker_lost(self, owner: str) -> int:
+        records = await self.store.release_owner.remote(owner)
+        self._enqueue(records)
+        return len(records)
+
+    async def stats(self) -> dict[str, Any]:
+        return self.queue.queue.stats()
+
+    async def _sweep(self) -> None:
+        last_reconcile = time.monotonic()
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                self._enqueue(await self.store.expire_leases.remote())
+                if time.monotonic() - last_reconcile > RECONCILE_EVERY_S:
+                    last_reconcile = time.monotonic()
+                    await self._reconcile()
+            except Exception:  # noqa: BLE001 - the sweeper must outlive a failed round
+                log.exception("lease sweep failed")
+
+    async def _reconcile(self) -> None:
+        queued = await self.store.list_tasks.remote(TaskStatus.QUEUED, limit=self.settings.queue_capacity)
+        self._enqueue(queued)
+
+
+def start_dispatcher(settings: Settings, store: Any, apps: list[str]) -> Any:
+    return (
+        ray.remote(Dispatcher)
+        .options(name=ACTOR_NAME, namespace=settings.namespace, num_cpus=0, max_restarts=0,
+                 max_concurrency=1000)
+        .remote(settings, store, apps)
+    )

@@ -1,0 +1,1 @@
+"""LLM engines: the protocol, the implementations, and the actor that hosts one."""

@@ -1,0 +1,65 @@
+"""The engine actor hosts one engine for one model; the Router sends requests to a model's actors."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import ray
+
+from runtime.config import Settings
+from runtime.engines.base import Engine
+from runtime.engines.simulated import SimulatedEngine
+from runtime.errors import ModelNotFound
+from runtime.models import ChatRequest, Completion
+
+
+def build_engine(settings: Settings, model: str) -> Engine:
+    if settings.engine == "simulated":
+        return SimulatedEngine(model, settings.simulated)
+    raise ValueError(f"unknown engine {settings.engine!r}")
+
+
+class EngineActor:
+    def __init__(self, settings: Settings, model: str) -> None:
+        self.engine = build_engine(settings, model)
+        self.in_flight = 0
+
+    async def chat(self, request: ChatRequest) -> Completion:
+        self.in_flight += 1
+        try:
+            return await self.engine.chat(request)
+        finally:
+            self.in_flight -= 1
+
+    async def abort(self, request_id: str) -> bool:
+        return await self.engine.abort(request_id)
+
+    async def load(self) -> int:
+        return self.in_flight
+
+
+class Router:
+    """Picks an engine actor for a request: a random replica of the request's model."""
+
+    def __init__(self, replicas: dict[str, list[Any]]) -> None:
+        self.replicas = replicas
+
+    async def chat(self, request: ChatRequest) -> Completion:
+        handles = self.replicas.get(request.model)
+        if not handles:
+            raise ModelNotFound(request.model, tuple(self.replicas))
+        result: Completion = await random.choice(handles).chat.remote(request)
+        return result
+
+
+def start_engines(settings: Settings, models: list[str]) -> dict[str, list[Any]]:
+    return {
+        model: [
+            ray.remote(EngineActor)
+            .options(name=f"engine:{model}", namespace=settings.namespace, num_cpus=0,
+                     max_concurrency=1000, max_restarts=-1)
+            .remote(settings, model)
+        ]
+        for model in models
+    }

@@ -1,0 +1,75 @@
+"""The simulated engine: a real, documented backend for tests and benchmarks, not a language model.
+
+Its text is a deterministic function of the prompt (the same prompt always gives the same words), and
+its timing follows a latency model: ``ttft_s`` before the first token, ``tpot_s`` per token after it,
+at most ``max_concurrency`` requests at once (later ones wait their turn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+
+from runtime.config import SimulatedEngineConfig
+from runtime.models import ChatRequest, Completion, Usage
+
+_WORDS = (
+    "agents coordinate work through queues while durable steps record each result so that a "
+    "failure resumes where it stopped and rate limits keep shared models within their budgets "
+    "evidence suggests the sources agree on the main findings but differ on details worth review"
+).split()
+
+
+def simulated_text(prompt: str, max_tokens: int) -> list[str]:
+    """The words the simulated engine answers ``prompt`` with: deterministic, 8 to 40 of them."""
+    digest = hashlib.sha256(prompt.encode()).digest()
+    n = min(max_tokens, 8 + digest[0] % 33)
+    words = [_WORDS[(digest[i % 32] + i * 7) % len(_WORDS)] for i in range(n)]
+    words[0] = words[0].capitalize()
+    return [w + ("." if i == n - 1 else " ") for i, w in enumerate(words)]
+
+
+def prompt_text(request: ChatRequest) -> str:
+    return "\n".join(f"{m.role}: {m.content}" for m in request.messages)
+
+
+class SimulatedEngine:
+    def __init__(self, model: str, config: SimulatedEngineConfig) -> None:
+        self.model = model
+        self.config = config
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._aborted: set[str] = set()
+        self._running: set[str] = set()
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str]:
+        async with self._slots:
+            rid = request.request_id or ""
+            self._running.add(rid)
+            try:
+                await asyncio.sleep(self.config.ttft_s)
+                for i, token in enumerate(simulated_text(prompt_text(request), request.max_tokens)):
+                    if rid in self._aborted:
+                        return
+                    if i and self.config.tpot_s:
+                        await asyncio.sleep(self.config.tpot_s)
+                    yield token
+            finally:
+                self._running.discard(rid)
+                self._aborted.discard(rid)
+
+    async def chat(self, request: ChatRequest) -> Completion:
+        tokens = [t async for t in self.stream(request)]
+        full = simulated_text(prompt_text(request), request.max_tokens)
+        finish = "abort" if len(tokens) < len(full) else (
+            "length" if len(full) == request.max_tokens else "stop")
+        return Completion(
+            model=self.model, text="".join(tokens), finish_reason=finish,
+            usage=Usage(prompt_tokens=len(prompt_text(request).split()), completion_tokens=len(tokens)),
+        )
+
+    async def abort(self, request_id: str) -> bool:
+        if request_id in self._running:
+            self._aborted.add(request_id)
+            return True
+        return False

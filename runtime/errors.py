@@ -1,0 +1,225 @@
+"""One exception hierarchy, rooted at RaysquadError.
+
+Every exception here passes all of its arguments to ``super().__init__`` so that it survives a pickle
+round trip when it crosses a Ray actor boundary (see ray-project/ray#50211); tests/unit/test_errors.py
+round-trips each class.
+"""
+
+from __future__ import annotations
+
+
+class RaysquadError(Exception):
+    """Base class for all raysquad errors."""
+
+
+class ConfigError(RaysquadError):
+    """Raised when configuration is invalid or names something that does not exist."""
+
+
+class StoreError(RaysquadError):
+    """Raised when the Store cannot read or write durable state."""
+
+
+class TaskNotFound(RaysquadError):
+    """Raised when a task id does not exist in the Store."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(task_id)
+        self.task_id = task_id
+
+    def __str__(self) -> str:
+        return f"no task with id {self.task_id!r}"
+
+
+class WorkflowNotFound(RaysquadError):
+    """Raised when a submission names a workflow that is not loaded."""
+
+    def __init__(self, name: str, known: tuple[str, ...] = ()) -> None:
+        super().__init__(name, known)
+        self.name = name
+        self.known = known
+
+    def __str__(self) -> str:
+        known = ", ".join(self.known) or "none"
+        return f"unknown workflow {self.name!r} (loaded: {known})"
+
+
+class InvalidInput(RaysquadError):
+    """Raised when a workflow's input does not validate against its input model."""
+
+    def __init__(self, workflow: str, problems: list[str]) -> None:
+        super().__init__(workflow, problems)
+        self.workflow = workflow
+        self.problems = problems
+
+    def __str__(self) -> str:
+        return f"invalid input for workflow {self.workflow!r}: " + "; ".join(self.problems)
+
+
+class QueueFull(RaysquadError):
+    """Raised when a bounded queue refuses an item; nothing already accepted is affected."""
+
+    def __init__(self, queue: str, capacity: int, retry_after_s: float = 1.0) -> None:
+        super().__init__(queue, capacity, retry_after_s)
+        self.queue = queue
+        self.capacity = capacity
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        return (
+            f"queue {self.queue!r} is full ({self.capacity} items); "
+            f"try again in {self.retry_after_s:.1f}s"
+        )
+
+
+class InvalidTransition(RaysquadError):
+    """Raised when an operation does not apply to a task in its current status."""
+
+    def __init__(self, task_id: str, status: str, operation: str) -> None:
+        super().__init__(task_id, status, operation)
+        self.task_id = task_id
+        self.status = status
+        self.operation = operation
+
+    def __str__(self) -> str:
+        return f"cannot {self.operation} task {self.task_id!r}: it is {self.status}"
+
+
+class StepError(RaysquadError):
+    """Raised when a step failed after all of its attempts; carries the last error's text."""
+
+    def __init__(self, step_key: str, message: str, error_type: str = "", attempts: int = 1) -> None:
+        super().__init__(step_key, message, error_type, attempts)
+        self.step_key = step_key
+        self.message = message
+        self.error_type = error_type
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        kind = f"{self.error_type}: " if self.error_type else ""
+        return f"step {self.step_key!r} failed after {self.attempts} attempt(s): {kind}{self.message}"
+
+
+class StepTimeout(RaysquadError):
+    """Raised inside a step attempt that ran past its timeout."""
+
+    def __init__(self, step_key: str, timeout_s: float) -> None:
+        super().__init__(step_key, timeout_s)
+        self.step_key = step_key
+        self.timeout_s = timeout_s
+
+    def __str__(self) -> str:
+        return f"step {self.step_key!r} timed out after {self.timeout_s}s"
+
+
+class TaskCancelled(RaysquadError):
+    """Raised in a workflow at its next step boundary after the task was cancelled."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(task_id)
+        self.task_id = task_id
+
+    def __str__(self) -> str:
+        return f"task {self.task_id!r} was cancelled"
+
+
+class LeaseLost(RaysquadError):
+    """Raised when a worker finds that another owner now holds its task's lease."""
+
+    def __init__(self, task_id: str, owner: str) -> None:
+        super().__init__(task_id, owner)
+        self.task_id = task_id
+        self.owner = owner
+
+    def __str__(self) -> str:
+        return f"lease on task {self.task_id!r} is no longer held by {self.owner!r}"
+
+
+class AgentNotFound(RaysquadError):
+    """Raised when a workflow addresses an agent role that is not loaded."""
+
+    def __init__(self, role: str, known: tuple[str, ...] = ()) -> None:
+        super().__init__(role, known)
+        self.role = role
+        self.known = known
+
+    def __str__(self) -> str:
+        known = ", ".join(self.known) or "none"
+        return f"unknown agent role {self.role!r} (loaded: {known})"
+
+
+class AgentError(RaysquadError):
+    """Raised when an agent's handler raised; carries the original error's type and text."""
+
+    def __init__(self, role: str, message: str, error_type: str = "") -> None:
+        super().__init__(role, message, error_type)
+        self.role = role
+        self.message = message
+        self.error_type = error_type
+
+    def __str__(self) -> str:
+        kind = f"{self.error_type}: " if self.error_type else ""
+        return f"agent {self.role!r} failed: {kind}{self.message}"
+
+
+class EngineError(RaysquadError):
+    """Raised when an LLM engine fails a request."""
+
+    def __init__(self, model: str, message: str, retryable: bool = False) -> None:
+        super().__init__(model, message, retryable)
+        self.model = model
+        self.message = message
+        self.retryable = retryable
+
+    def __str__(self) -> str:
+        return f"engine for model {self.model!r} failed: {self.message}"
+
+
+class ModelNotFound(RaysquadError):
+    """Raised when an LLM call names a model that no engine serves."""
+
+    def __init__(self, model: str, known: tuple[str, ...] = ()) -> None:
+        super().__init__(model, known)
+        self.model = model
+        self.known = known
+
+    def __str__(self) -> str:
+        known = ", ".join(self.known) or "none"
+        return f"no engine serves model {self.model!r} (served: {known})"
+
+
+class RuntimeNotRunning(RaysquadError):
+    """Raised when a client cannot find a running raysquad runtime."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.where = where
+
+    def __str__(self) -> str:
+        return f"no raysquad runtime is running at {self.where}; start one with `raysquad up`"
+
+
+class WaitTimeout(RaysquadError):
+    """Raised by Client.wait when the task did not end within the given time."""
+
+    def __init__(self, task_id: str, timeout_s: float, status: str) -> None:
+        super().__init__(task_id, timeout_s, status)
+        self.task_id = task_id
+        self.timeout_s = timeout_s
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"task {self.task_id!r} still {self.status} after {self.timeout_s}s"
+
+
+class TaskFailed(RaysquadError):
+    """Raised by Client.result when the task ended in failure or was cancelled."""
+
+    def __init__(self, task_id: str, status: str, error: str) -> None:
+        super().__init__(task_id, status, error)
+        self.task_id = task_id
+        self.status = status
+        self.error = error
+
+    def __str__(self) -> str:
+        return f"task {self.task_id!r} {self.status}: {self.error}"

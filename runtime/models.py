@@ -1,0 +1,127 @@
+"""Models at the boundaries: task records, events, submissions, messages between actors, LLM calls."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TaskStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def ended(self) -> bool:
+        return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+class SubmitRequest(BaseModel):
+    """A request to run a workflow. ``priority``: higher runs first; default 0."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workflow: str = Field(min_length=1, max_length=200)
+    input: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(0, ge=-1000, le=1000)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    tenant: str = Field("default", min_length=1, max_length=200)
+
+
+class TaskRecord(BaseModel):
+    """A task as the Store holds it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    workflow: str
+    input: dict[str, Any]
+    status: TaskStatus
+    priority: int = 0
+    tenant: str = "default"
+    idempotency_key: str | None = None
+    output: Any = None
+    error: str | None = None
+    runs: int = Field(0, description="how many times a worker has started (or resumed) this task")
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    owner: str | None = None
+    lease_until: float | None = None
+    cancel_requested: bool = False
+
+
+class Event(BaseModel):
+    """One entry of a task's event log; ``seq`` counts from 1 per task."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str
+    seq: int
+    kind: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    at: float
+
+
+class Claim(BaseModel):
+    """What a worker gets when it claims a task: the record and every step recorded so far."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    task: TaskRecord
+    steps: dict[str, bytes] = Field(default_factory=dict, description="step key -> serialized output")
+
+
+class AgentMessage(BaseModel):
+    """A message in an agent role's mailbox. Large payload values ride inside as Refs."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    id: str
+    role: str
+    task_id: str
+    step_key: str
+    priority: int = 0
+    payload: Any = None
+    reply_to: Any = Field(None, description="the workflow worker's actor handle")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    messages: list[ChatMessage]
+    max_tokens: int = Field(128, ge=1, le=32_768)
+    temperature: float = Field(0.0, ge=0, le=2)
+    priority: int = 0
+    request_id: str | None = None
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Completion(BaseModel):
+    """A finished chat completion."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    text: str
+    usage: Usage
+    finish_reason: Literal["stop", "length", "abort"] = "stop"

@@ -1,0 +1,229 @@
+"""Priority queues: the core (plain Python, unit-tested without Ray) and the mailbox actor.
+
+Priority with aging: an item's effective priority is ``priority + aging_per_s * seconds waited``. Since
+every item ages at the same rate, the order between two items never changes while they wait, so the
+heap key ``aging_per_s * enqueued_at - priority`` is fixed at insert time. A task of priority ``p``
+therefore waits behind a later arrival of priority ``q`` only if it arrived less than
+``(q - p) / aging_per_s`` seconds earlier: that is the starvation bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from pydantic import BaseModel
+
+from runtime.errors import QueueFull
+
+
+@dataclass(order=True)
+class _Entry:
+    key: float
+    seq: int
+    item_id: str = field(compare=False)
+    priority: int = field(compare=False)
+    item: Any = field(compare=False)
+    enqueued_at: float = field(compare=False)
+
+
+@dataclass
+class _InFlight:
+    consumer: str
+    entry: _Entry
+    deadline: float
+
+
+class PriorityQueue:
+    """A bounded priority queue with aging, batch put/get, and optional acknowledgements.
+
+    Items taken with a ``consumer`` are in flight until acked; ``requeue_consumer`` (the consumer
+    died) or an expired visibility deadline puts them back, so no item is lost with its consumer.
+    """
+
+    def __init__(self, name: str, capacity: int, aging_per_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.aging_per_s = aging_per_s
+        self._clock = clock
+        self._heap: list[_Entry] = []
+        self._ids: set[str] = set()
+        self._in_flight: dict[str, _InFlight] = {}
+        self._seq = itertools.count()
+        self.max_item_bytes = 0
+        self.total_put = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def put_batch(self, items: list[tuple[str, int, Any]], since: dict[str, float] | None = None,
+                  force: bool = False) -> int:
+        """Add (id, priority, item) triples, all or none; ids already held are skipped.
+
+        ``since`` backdates items (by id) that have waited elsewhere, so they keep their age;
+        ``force`` skips the bound, for items that were accepted before (recovery, requeues).
+        """
+        fresh = [t for t in items if t[0] not in self._ids and t[0] not in self._in_flight]
+        if not force and len(self._heap) + len(fresh) > self.capacity:
+            raise QueueFull(self.name, self.capacity)
+        now = self._clock()
+        for item_id, priority, item in fresh:
+            at = min(now, (since or {}).get(item_id, now))
+            self._push(_Entry(self.aging_per_s * at - priority, next(self._seq), item_id, priority,
+                              item, at))
+            self.max_item_bytes = max(self.max_item_bytes, approx_size(item))
+        self.total_put += len(fresh)
+        return len(fresh)
+
+    def _push(self, entry: _Entry) -> None:
+        heapq.heappush(self._heap, entry)
+        self._ids.add(entry.item_id)
+
+    def get_batch(self, max_items: int, consumer: str | None = None,
+                  visibility_s: float = 300.0) -> list[tuple[str, Any]]:
+        """Take up to ``max_items`` in priority order; with a consumer they stay in flight until acked."""
+        out = []
+        now = self._clock()
+        while self._heap and len(out) < max_items:
+            entry = heapq.heappop(self._heap)
+            self._ids.discard(entry.item_id)
+            if consumer is not None:
+                self._in_flight[entry.item_id] = _InFlight(consumer, entry, now + visibility_s)
+            out.append((entry.item_id, entry.item))
+        return out
+
+    def ack(self, item_ids: list[str]) -> None:
+        for item_id in item_ids:
+            self._in_flight.pop(item_id, None)
+
+    def requeue_consumer(self, consumer: str) -> int:
+        """Put back every item in flight with ``consumer``, keeping its place in the order."""
+        lost = [i for i, f in self._in_flight.items() if f.consumer == consumer]
+        return self._restore(lost)
+
+    def requeue_expired(self) -> int:
+        now = self._clock()
+        return self._restore([i for i, f in self._in_flight.items() if f.deadline < now])
+
+    def _restore(self, item_ids: list[str]) -> int:
+        for item_id in item_ids:
+            self._push(self._in_flight.pop(item_id).entry)
+        return len(item_ids)
+
+    def stats(self) -> dict[str, Any]:
+        oldest = min((e.enqueued_at for e in self._heap), default=None)
+        return {
+            "name": self.name,
+            "depth": len(self._heap),
+            "in_flight": len(self._in_flight),
+            "capacity": self.capacity,
+            "total_put": self.total_put,
+            "max_item_bytes": self.max_item_bytes,
+            "oldest_wait_s": self._clock() - oldest if oldest is not None else 0.0,
+        }
+
+
+def approx_size(obj: Any, _depth: int = 0) -> int:
+    """Bytes an item holds in the queue's memory; an ObjectRef (or a Ref) counts as its id only."""
+    if isinstance(obj, (bytes, bytearray, str)):
+        return len(obj)
+    if isinstance(obj, ray.ObjectRef) or _depth > 20:
+        return 28
+    if isinstance(obj, BaseModel):
+        return approx_size(obj.__dict__, _depth + 1)
+    if isinstance(obj, dict):
+        return sum(approx_size(k, _depth + 1) + approx_size(v, _depth + 1) for k, v in obj.items())
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return sum(approx_size(v, _depth + 1) for v in obj)
+    if hasattr(obj, "__dict__"):
+        return approx_size(vars(obj), _depth + 1)
+    return sys.getsizeof(obj)
+
+
+class AsyncQueue:
+    """A PriorityQueue with blocking gets, for use inside an async actor."""
+
+    def __init__(self, queue: PriorityQueue) -> None:
+        self.queue = queue
+        self._nonempty = asyncio.Event()
+
+    def put_batch(self, items: list[tuple[str, int, Any]], since: dict[str, float] | None = None,
+                  force: bool = False) -> int:
+        added = self.queue.put_batch(items, since, force)
+        if len(self.queue):
+            self._nonempty.set()
+        return added
+
+    async def get_batch(self, max_items: int, timeout_s: float, consumer: str | None = None,
+                        visibility_s: float = 300.0) -> list[tuple[str, Any]]:
+        """Wait up to ``timeout_s`` for at least one item, then take up to ``max_items``."""
+        deadline = time.monotonic() + timeout_s
+        while not len(self.queue):
+            self._nonempty.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            try:
+                await asyncio.wait_for(self._nonempty.wait(), remaining)
+            except asyncio.TimeoutError:
+                return []
+        out = self.queue.get_batch(max_items, consumer, visibility_s)
+        if len(self.queue):
+            self._nonempty.set()
+        return out
+
+    def restored(self, count: int) -> int:
+        if count:
+            self._nonempty.set()
+        return count
+
+
+class QueueActor:
+    """A named mailbox: batched put/get, blocking get with timeout, a bound, acks and redelivery."""
+
+    def __init__(self, name: str, capacity: int, aging_per_s: float,
+                 visibility_s: float = 300.0) -> None:
+        self._q = AsyncQueue(PriorityQueue(name, capacity, aging_per_s))
+        self._visibility_s = visibility_s
+        self._waiting_consumers = 0
+
+    async def put_batch(self, items: list[tuple[str, int, Any]]) -> int:
+        return self._q.put_batch(items)
+
+    async def get_batch(self, consumer: str, max_items: int, timeout_s: float) -> list[tuple[str, Any]]:
+        self._q.restored(self._q.queue.requeue_expired())
+        self._waiting_consumers += 1
+        try:
+            return await self._q.get_batch(max_items, timeout_s, consumer, self._visibility_s)
+        finally:
+            self._waiting_consumers -= 1
+
+    async def ack(self, item_ids: list[str]) -> None:
+        self._q.queue.ack(item_ids)
+
+    async def requeue_consumer(self, consumer: str) -> int:
+        return self._q.restored(self._q.queue.requeue_consumer(consumer))
+
+    async def stats(self) -> dict[str, Any]:
+        return {**self._q.queue.stats(), "waiting_consumers": self._waiting_consumers}
+
+
+def start_queue(name: str, namespace: str, capacity: int, aging_per_s: float) -> ray.actor.ActorHandle:
+    return (
+        ray.remote(QueueActor)
+        .options(name=f"queue:{name}", namespace=namespace, num_cpus=0, max_restarts=0,
+                 max_concurrency=1000)
+        .remote(name, capacity, aging_per_s)
+    )

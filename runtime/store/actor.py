@@ -1,0 +1,133 @@
+"""The Store actor: one process owns the SQLite file; every other process reaches it through here.
+
+It is pinned to the node that starts it (the head in a cluster) and restarts on failure, since all of
+its state is on disk. ``wait_events`` long-polls a task's event log, which feeds progress bars and SSE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import time
+from collections import defaultdict
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from runtime.config import Settings
+from runtime.models import Claim, Event, SubmitRequest, TaskRecord, TaskStatus
+from runtime.store.sqlite import SQLiteStore
+
+ACTOR_NAME = "store"
+
+
+class StoreActor:
+    """Async facade over a Store; each call runs to completion on the actor's event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._store = SQLiteStore(settings.database_path, settings.blob_dir)
+        self._waiters: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    def _wake(self) -> None:
+        for task_id in self._store.touched:
+            waiter = self._waiters.pop(task_id, None)
+            if waiter is not None:
+                waiter.set()
+        self._store.touched.clear()
+
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self._store, method)(*args)
+        finally:
+            self._wake()
+
+    async def create_task(self, task_id: str, req: SubmitRequest) -> tuple[TaskRecord, bool]:
+        return self._call("create_task", task_id, req, time.time())  # type: ignore[no-any-return]
+
+    async def get_task(self, task_id: str) -> TaskRecord:
+        return self._call("get_task", task_id)  # type: ignore[no-any-return]
+
+    async def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
+                         tenant: str | None = None, limit: int = 100,
+                         offset: int = 0) -> list[TaskRecord]:
+        return self._call("list_tasks", status, workflow, tenant, limit, offset)  # type: ignore[no-any-return]
+
+    async def count_tasks(self, status: TaskStatus) -> int:
+        return self._call("count_tasks", status)  # type: ignore[no-any-return]
+
+    async def recover(self) -> list[TaskRecord]:
+        return self._call("recover", time.time())  # type: ignore[no-any-return]
+
+    async def claim(self, task_ids: list[str], owner: str, lease_s: float) -> list[Claim]:
+        return self._call("claim", task_ids, owner, lease_s, time.time())  # type: ignore[no-any-return]
+
+    async def renew(self, owner: str, task_ids: list[str], lease_s: float) -> dict[str, bool]:
+        return self._call("renew", owner, task_ids, lease_s, time.time())  # type: ignore[no-any-return]
+
+    async def expire_leases(self) -> list[TaskRecord]:
+        return self._call("expire_leases", time.time())  # type: ignore[no-any-return]
+
+    async def release_owner(self, owner: str) -> list[TaskRecord]:
+        return self._call("release_owner", owner, time.time())  # type: ignore[no-any-return]
+
+    async def record_step(self, task_id: str, owner: str, key: str, output: bytes,
+                          refs: list[tuple[str, list[ray.ObjectRef]]] | None = None) -> bool:
+        """Checkpoint a step. ``refs`` are (blob key, [ObjectRef]) of large values to persist once."""
+        blobs = {}
+        for blob_key, (object_ref,) in refs or ():
+            blobs[blob_key] = pickle.dumps(await object_ref, protocol=5)
+        return self._call("record_step", task_id, owner, key, output, blobs, time.time())  # type: ignore[no-any-return]
+
+    async def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> int:
+        return self._call("append_event", task_id, kind, data, time.time())  # type: ignore[no-any-return]
+
+    async def finish(self, task_id: str, owner: str, status: TaskStatus, output: Any,
+                     error: str | None) -> TaskRecord:
+        return self._call("finish", task_id, owner, status, output, error, time.time())  # type: ignore[no-any-return]
+
+    async def request_cancel(self, task_id: str) -> TaskRecord:
+        return self._call("request_cancel", task_id, time.time())  # type: ignore[no-any-return]
+
+    async def retry(self, task_id: str) -> TaskRecord:
+        return self._call("retry", task_id, time.time())  # type: ignore[no-any-return]
+
+    async def events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        return self._call("events", task_id, after, limit)  # type: ignore[no-any-return]
+
+    async def wait_events(self, task_id: str, after: int = 0, timeout_s: float = 10.0,
+                          limit: int = 1000) -> list[Event]:
+        """Events after ``after``; if there are none yet, wait up to ``timeout_s`` for one."""
+        events = self._store.events(task_id, after, limit)
+        if events:
+            return events
+        waiter = self._waiters[task_id]
+        try:
+            await asyncio.wait_for(waiter.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return []
+        return self._store.events(task_id, after, limit)
+
+    async def read_blob(self, key: str) -> bytes:
+        return self._call("read_blob", key)  # type: ignore[no-any-return]
+
+    async def ping(self) -> str:
+        return str(self._store.path)
+
+
+def start_store(settings: Settings) -> ray.actor.ActorHandle:
+    """Create the Store actor on this node (the head), named so that every process can find it."""
+    return (
+        ray.remote(StoreActor)
+        .options(
+            name=ACTOR_NAME,
+            namespace=settings.namespace,
+            num_cpus=0,
+            max_restarts=-1,
+            max_concurrency=1000,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(
+                node_id=ray.get_runtime_context().get_node_id(), soft=False
+            ),
+        )
+        .remote(settings)
+    )

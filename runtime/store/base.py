@@ -1,0 +1,69 @@
+"""The Store protocol: the durable truth about tasks, steps, events and blobs.
+
+Implementations are synchronous and single-process; ``store/actor.py`` puts one behind a Ray actor so
+that every process of a cluster reaches the same file. Times are seconds since the epoch (floats).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from runtime.models import Claim, Event, SubmitRequest, TaskRecord, TaskStatus
+
+SCHEMA_VERSION = 1
+
+
+class Store(Protocol):
+    def create_task(self, task_id: str, req: SubmitRequest, now: float) -> tuple[TaskRecord, bool]:
+        """Insert a queued task; with an idempotency key already used, return that task and False."""
+
+    def get_task(self, task_id: str) -> TaskRecord:
+        """The task, or TaskNotFound."""
+
+    def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
+                   tenant: str | None = None, limit: int = 100, offset: int = 0) -> list[TaskRecord]:
+        """Tasks, newest first."""
+
+    def count_tasks(self, status: TaskStatus) -> int:
+        """How many tasks have this status."""
+
+    def recover(self, now: float) -> list[TaskRecord]:
+        """At start-up: make every task left running by an earlier run queued; return all queued."""
+
+    def claim(self, task_ids: list[str], owner: str, lease_s: float, now: float) -> list[Claim]:
+        """Lease each still-queued task to ``owner``; tasks no longer queued are skipped."""
+
+    def renew(self, owner: str, task_ids: list[str], lease_s: float, now: float) -> dict[str, bool]:
+        """Extend ``owner``'s leases; returns task id -> cancel requested, for the leases still held."""
+
+    def expire_leases(self, now: float) -> list[TaskRecord]:
+        """Make running tasks whose lease ran out queued again; return them."""
+
+    def release_owner(self, owner: str, now: float) -> list[TaskRecord]:
+        """Make every task leased to ``owner`` (which is gone) queued again; return them."""
+
+    def record_step(self, task_id: str, owner: str, key: str, output: bytes,
+                    blobs: dict[str, bytes], now: float) -> bool:
+        """Checkpoint a step's output (and its blobs) under the caller's lease; returns cancel requested."""
+
+    def append_event(self, task_id: str, kind: str, data: dict[str, Any], now: float) -> int:
+        """Append an event to the task's log; returns its seq."""
+
+    def finish(self, task_id: str, owner: str, status: TaskStatus, output: Any, error: str | None,
+               now: float) -> TaskRecord:
+        """End a running task held by ``owner`` as succeeded, failed or cancelled."""
+
+    def request_cancel(self, task_id: str, now: float) -> TaskRecord:
+        """Cancel a queued task at once; mark a running one to stop at its next step boundary."""
+
+    def retry(self, task_id: str, now: float) -> TaskRecord:
+        """Queue a failed or cancelled task again; its recorded steps are kept (resume from checkpoint)."""
+
+    def events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        """The task's events with seq > ``after``."""
+
+    def read_blob(self, key: str) -> bytes:
+        """A blob written with a step."""
+
+    def close(self) -> None:
+        """Release the connection."""

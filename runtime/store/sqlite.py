@@ -1,0 +1,371 @@
+"""The SQLite Store: one file in WAL mode, a versioned schema, large step outputs as blob files."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import InvalidTransition, LeaseLost, StoreError, TaskNotFound
+from runtime.models import Claim, Event, SubmitRequest, TaskRecord, TaskStatus
+from runtime.store.base import SCHEMA_VERSION
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        workflow TEXT NOT NULL,
+        input TEXT NOT NULL,
+        status TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        tenant TEXT NOT NULL,
+        idempotency_key TEXT,
+        output TEXT,
+        error TEXT,
+        runs INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        owner TEXT,
+        lease_until REAL,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        last_seq INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX tasks_idempotency ON tasks(tenant, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX tasks_status ON tasks(status, created_at);
+    CREATE INDEX tasks_owner ON tasks(owner) WHERE owner IS NOT NULL;
+    CREATE TABLE steps (
+        task_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        output BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (task_id, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        task_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (task_id, seq)
+    ) WITHOUT ROWID;
+    """,
+}
+
+_TASK_COLUMNS = (
+    "id, workflow, input, status, priority, tenant, idempotency_key, output, error, runs, created_at, "
+    "updated_at, started_at, finished_at, owner, lease_until, cancel_requested"
+)
+
+
+def _task(row: sqlite3.Row) -> TaskRecord:
+    return TaskRecord(
+        id=row["id"], workflow=row["workflow"], input=json.loads(row["input"]),
+        status=TaskStatus(row["status"]), priority=row["priority"], tenant=row["tenant"],
+        idempotency_key=row["idempotency_key"],
+        output=json.loads(row["output"]) if row["output"] is not None else None,
+        error=row["error"], runs=row["runs"], created_at=row["created_at"],
+        updated_at=row["updated_at"], started_at=row["started_at"], finished_at=row["finished_at"],
+        owner=row["owner"], lease_until=row["lease_until"],
+        cancel_requested=bool(row["cancel_requested"]),
+    )
+
+
+class SQLiteStore:
+    """The Store on one SQLite file. Not thread-safe: one process, one thread (the Store actor)."""
+
+    def __init__(self, path: Path, blob_dir: Path, synchronous: str = "NORMAL") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob_dir.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.blob_dir = blob_dir
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(f"PRAGMA synchronous={synchronous}")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+        # Task ids whose event log grew since the last drain; the Store actor wakes their waiters.
+        self.touched: set[str] = set()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        else:
+            self._conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._tx() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row["value"]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {version}, newer than this raysquad's "
+                    f"{SCHEMA_VERSION}; upgrade raysquad"
+                )
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[v].split(";"):
+                    if statement.strip():
+                        c.execute(statement)
+            c.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def _event(self, c: sqlite3.Connection, task_id: str, kind: str, data: dict[str, Any],
+               now: float) -> int:
+        row = c.execute(
+            "UPDATE tasks SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq", (task_id,)
+        ).fetchone()
+        if row is None:
+            raise TaskNotFound(task_id)
+        seq = int(row[0])
+        c.execute(
+            "INSERT INTO events (task_id, seq, kind, data, at) VALUES (?, ?, ?, ?, ?)",
+            (task_id, seq, kind, json.dumps(data, default=str), now),
+        )
+        self.touched.add(task_id)
+        return seq
+
+    def _get(self, c: sqlite3.Connection, task_id: str) -> TaskRecord:
+        row = c.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise TaskNotFound(task_id)
+        return _task(row)
+
+    def _requeue(self, c: sqlite3.Connection, rows: list[sqlite3.Row], reason: str,
+                 now: float) -> list[TaskRecord]:
+        out = []
+        for row in rows:
+            c.execute(
+                "UPDATE tasks SET status = 'queued', owner = NULL, lease_until = NULL, updated_at = ? "
+                "WHERE id = ?",
+                (now, row["id"]),
+            )
+            self._event(c, row["id"], "requeued", {"reason": reason, "owner": row["owner"]}, now)
+            out.append(self._get(c, row["id"]))
+        return out
+
+    # -- tasks ------------------------------------------------------------------------------------
+
+    def create_task(self, task_id: str, req: SubmitRequest, now: float) -> tuple[TaskRecord, bool]:
+        with self._tx() as c:
+            if req.idempotency_key is not None:
+                row = c.execute(
+                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE tenant = ? AND idempotency_key = ?",
+                    (req.tenant, req.idempotency_key),
+                ).fetchone()
+                if row is not None:
+                    return _task(row), False
+            c.execute(
+                "INSERT INTO tasks (id, workflow, input, status, priority, tenant, idempotency_key, "
+                "created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (task_id, req.workflow, json.dumps(req.input), req.priority, req.tenant,
+                 req.idempotency_key, now, now),
+            )
+            self._event(c, task_id, "submitted", {"priority": req.priority}, now)
+            return self._get(c, task_id), True
+
+    def get_task(self, task_id: str) -> TaskRecord:
+        return self._get(self._conn, task_id)
+
+    def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
+                   tenant: str | None = None, limit: int = 100, offset: int = 0) -> list[TaskRecord]:
+        where, args = [], []
+        for column, value in (("status", status.value if status else None), ("workflow", workflow),
+                              ("tenant", tenant)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = f"SELECT {_TASK_COLUMNS} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
+        return [_task(r) for r in self._conn.execute(sql, (*args, limit, offset))]
+
+    def count_tasks(self, status: TaskStatus) -> int:
+        row = self._conn.execute("SELECT count(*) FROM tasks WHERE status = ?", (status.value,))
+        return int(row.fetchone()[0])
+
+    def recover(self, now: float) -> list[TaskRecord]:
+        with self._tx() as c:
+            rows = c.execute("SELECT id, owner FROM tasks WHERE status = 'running'").fetchall()
+            self._requeue(c, rows, "runtime restarted", now)
+            queued = c.execute(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status = 'queued' ORDER BY created_at"
+            ).fetchall()
+            return [_task(r) for r in queued]
+
+    def claim(self, task_ids: list[str], owner: str, lease_s: float, now: float) -> list[Claim]:
+        claims = []
+        with self._tx() as c:
+            for task_id in task_ids:
+                row = c.execute(
+                    "UPDATE tasks SET status = 'running', owner = ?, lease_until = ?, runs = runs + 1, "
+                    "started_at = coalesce(started_at, ?), updated_at = ? "
+                    "WHERE id = ? AND status = 'queued' RETURNING runs",
+                    (owner, now + lease_s, now, now, task_id),
+                ).fetchone()
+                if row is None:
+                    continue
+                self._event(c, task_id, "started", {"owner": owner, "run": row[0]}, now)
+                steps = {
+                    r["key"]: bytes(r["output"])
+                    for r in c.execute("SELECT key, output FROM steps WHERE task_id = ?", (task_id,))
+                }
+                claims.append(Claim(task=self._get(c, task_id), steps=steps))
+        return claims
+
+    def renew(self, owner: str, task_ids: list[str], lease_s: float, now: float) -> dict[str, bool]:
+        held = {}
+        with self._tx() as c:
+            for task_id in task_ids:
+                row = c.execute(
+                    "UPDATE tasks SET lease_until = ? WHERE id = ? AND owner = ? AND status = 'running' "
+                    "RETURNING cancel_requested",
+                    (now + lease_s, task_id, owner),
+                ).fetchone()
+                if row is not None:
+                    held[task_id] = bool(row[0])
+        return held
+
+    def expire_leases(self, now: float) -> list[TaskRecord]:
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT id, owner FROM tasks WHERE status = 'running' AND lease_until < ?", (now,)
+            ).fetchall()
+            return self._requeue(c, rows, "lease expired", now)
+
+    def release_owner(self, owner: str, now: float) -> list[TaskRecord]:
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT id, owner FROM tasks WHERE status = 'running' AND owner = ?", (owner,)
+            ).fetchall()
+            return self._requeue(c, rows, "worker lost", now)
+
+    def _check_lease(self, c: sqlite3.Connection, task_id: str, owner: str) -> sqlite3.Row:
+        row = c.execute(
+            "SELECT owner, status, cancel_requested FROM tasks WHERE id = ?", (task_id,)
+        ).fetchone()
+        if row is None:
+            raise TaskNotFound(task_id)
+        if row["owner"] != owner or row["status"] != "running":
+            raise LeaseLost(task_id, owner)
+        return row
+
+    def record_step(self, task_id: str, owner: str, key: str, output: bytes,
+                    blobs: dict[str, bytes], now: float) -> bool:
+        for blob_key, data in blobs.items():
+            self._write_blob(blob_key, data)
+        with self._tx() as c:
+            row = self._check_lease(c, task_id, owner)
+            c.execute(
+                "INSERT OR REPLACE INTO steps (task_id, key, output, created_at) VALUES (?, ?, ?, ?)",
+                (task_id, key, output, now),
+            )
+            self._event(c, task_id, "step", {"key": key, "bytes": len(output),
+                                             "blobs": sorted(blobs)}, now)
+            return bool(row["cancel_requested"])
+
+    def append_event(self, task_id: str, kind: str, data: dict[str, Any], now: float) -> int:
+        with self._tx() as c:
+            return self._event(c, task_id, kind, data, now)
+
+    def finish(self, task_id: str, owner: str, status: TaskStatus, output: Any, error: str | None,
+               now: float) -> TaskRecord:
+        if not status.ended:
+            raise ValueError(f"finish needs an end status, not {status.value}")
+        with self._tx() as c:
+            self._check_lease(c, task_id, owner)
+            c.execute(
+                "UPDATE tasks SET status = ?, output = ?, error = ?, owner = NULL, lease_until = NULL, "
+                "finished_at = ?, updated_at = ? WHERE id = ?",
+                (status.value, json.dumps(output) if output is not None else None, error, now, now,
+                 task_id),
+            )
+            data = {"error": error} if error else {}
+            self._event(c, task_id, status.value, data, now)
+            return self._get(c, task_id)
+
+    def request_cancel(self, task_id: str, now: float) -> TaskRecord:
+        with self._tx() as c:
+            task = self._get(c, task_id)
+            if task.status.ended:
+                raise InvalidTransition(task_id, task.status.value, "cancel")
+            if task.status is TaskStatus.QUEUED:
+                c.execute(
+                    "UPDATE tasks SET status = 'cancelled', finished_at = ?, updated_at = ? WHERE id = ?",
+                    (now, now, task_id),
+                )
+                self._event(c, task_id, "cancelled", {"while": "queued"}, now)
+            else:
+                c.execute(
+                    "UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?", (now, task_id)
+                )
+                self._event(c, task_id, "cancel_requested", {}, now)
+            return self._get(c, task_id)
+
+    def retry(self, task_id: str, now: float) -> TaskRecord:
+        with self._tx() as c:
+            task = self._get(c, task_id)
+            if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+                raise InvalidTransition(task_id, task.status.value, "retry")
+            c.execute(
+                "UPDATE tasks SET status = 'queued', error = NULL, cancel_requested = 0, "
+                "finished_at = NULL, updated_at = ? WHERE id = ?",
+                (now, task_id),
+            )
+            kept = c.execute("SELECT count(*) FROM steps WHERE task_id = ?", (task_id,)).fetchone()[0]
+            self._event(c, task_id, "retried", {"steps_kept": kept}, now)
+            return self._get(c, task_id)
+
+    def events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        rows = self._conn.execute(
+            "SELECT task_id, seq, kind, data, at FROM events WHERE task_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (task_id, after, limit),
+        ).fetchall()
+        if not rows and after == 0:
+            self._get(self._conn, task_id)
+        return [Event(task_id=r["task_id"], seq=r["seq"], kind=r["kind"], data=json.loads(r["data"]),
+                      at=r["at"]) for r in rows]
+
+    # -- blobs --------------------------------------------------------------------------------------
+
+    def _blob_path(self, key: str) -> Path:
+        if ".." in key.split("/") or key.startswith("/"):
+            raise StoreError(f"bad blob key {key!r}")
+        return self.blob_dir / key
+
+    def _write_blob(self, key: str, data: bytes) -> None:
+        path = self._blob_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def read_blob(self, key: str) -> bytes:
+        try:
+            return self._blob_path(key).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"blob {key!r} is missing from {self.blob_dir}") from None
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,213 @@
+"""Workflows: ``@workflow`` functions, the ``Context`` they receive, and step memoization.
+
+A workflow runs from the top every time a worker picks its task up. Each ``ctx.step``,
+``ctx.agent(...).run``, ``ctx.llm.chat`` gets a stable key from its name and how many steps of that
+name came before it; a key already recorded in the Store returns its recorded output at once, so a
+failure in step 4 never repeats steps 1 to 3. Code between steps must therefore be deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, get_type_hints
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from runtime.config import RetryPolicy
+from runtime.errors import InvalidInput, StepError, StepTimeout, TaskCancelled
+from runtime.models import ChatMessage, ChatRequest, Completion
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A workflow function with its name and its input and output types."""
+
+    fn: Callable[..., Awaitable[Any]]
+    name: str
+    input_model: type[BaseModel]
+    output_type: Any
+    retry: RetryPolicy | None = None
+
+    def validate_input(self, data: Any) -> BaseModel:
+        try:
+            return self.input_model.model_validate(data)
+        except ValidationError as e:
+            problems = [
+                f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: {err['msg']}" for err in e.errors()
+            ]
+            raise InvalidInput(self.name, problems) from None
+
+    def dump_output(self, value: Any) -> Any:
+        return TypeAdapter(self.output_type).dump_python(value, mode="json")
+
+    def input_schema(self) -> dict[str, Any]:
+        return self.input_model.model_json_schema()
+
+    def output_schema(self) -> dict[str, Any]:
+        return TypeAdapter(self.output_type).json_schema()
+
+
+def workflow(fn: Callable[..., Awaitable[Any]] | None = None, *, name: str | None = None,
+             retry: RetryPolicy | None = None) -> Any:
+    """Declare ``async def f(ctx: Context, inp: SomeModel) -> Out`` a workflow named ``name or f``."""
+
+    def wrap(f: Callable[..., Awaitable[Any]]) -> Workflow:
+        if not inspect.iscoroutinefunction(f):
+            raise TypeError(f"workflow {f.__name__} must be an async def")
+        hints = get_type_hints(f)
+        params = list(inspect.signature(f).parameters)
+        if len(params) != 2:
+            raise TypeError(f"workflow {f.__name__} must take (ctx, inp), not {params}")
+        input_model = hints.get(params[1])
+        if not (isinstance(input_model, type) and issubclass(input_model, BaseModel)):
+            raise TypeError(f"workflow {f.__name__}: annotate its input with a pydantic model")
+        return Workflow(f, name or f.__name__, input_model, hints.get("return", Any), retry)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+class Services(Protocol):
+    """What a Context needs from the worker that runs it (a test can supply its own)."""
+
+    async def record(self, ctx: Context, key: str, value: Any) -> Any:
+        """Checkpoint ``value`` under ``key``; return what the workflow should see (maybe a Ref)."""
+
+    async def call_agent(self, ctx: Context, role: str, key: str, payload: Any) -> Any:
+        """Send ``payload`` to the role's mailbox and wait for the reply."""
+
+    async def chat(self, ctx: Context, request: ChatRequest) -> Completion:
+        """Run one chat completion."""
+
+    def emit(self, ctx: Context, kind: str, data: dict[str, Any]) -> None:
+        """Append an event to the task's log, without waiting."""
+
+
+class Context:
+    """What a workflow function sees: steps, agents, the LLM, progress events."""
+
+    def __init__(self, task_id: str, workflow: str, priority: int, tenant: str,
+                 recorded: dict[str, Any], services: Services, retry: RetryPolicy,
+                 step_timeout_s: float | None, default_model: str) -> None:
+        self.task_id = task_id
+        self.workflow = workflow
+        self.priority = priority
+        self.tenant = tenant
+        self.cancel_requested = False
+        self._recorded = recorded
+        self._services = services
+        self._retry = retry
+        self._step_timeout_s = step_timeout_s
+        self._counts: dict[str, int] = {}
+        self.llm = LLM(self, default_model)
+
+    def _key(self, name: str) -> str:
+        n = self._counts.get(name, 0) + 1
+        self._counts[name] = n
+        return name if n == 1 else f"{name}#{n}"
+
+    def step(self, name: str, fn: Callable[..., Any], *args: Any, retry: RetryPolicy | None = None,
+             timeout_s: float | None = None, **kwargs: Any) -> Awaitable[Any]:
+        """Run ``fn(*args, **kwargs)`` (sync functions in a thread) once, checkpointing its result."""
+
+        async def attempt() -> Any:
+            if inspect.iscoroutinefunction(fn):
+                return await fn(*args, **kwargs)
+            result = await asyncio.to_thread(fn, *args, **kwargs)
+            return await result if inspect.isawaitable(result) else result
+
+        return self._run(self._key(name), attempt, retry, timeout_s)
+
+    def agent(self, role: str) -> AgentRef:
+        """The pool of agents of ``role``: ``await ctx.agent("planner").run(payload)``."""
+        return AgentRef(self, role)
+
+    def emit(self, progress: float | None = None, message: str | None = None, **data: Any) -> None:
+        """Append a progress event (not a step: it may repeat when a task resumes)."""
+        body = {k: v for k, v in (("progress", progress), ("message", message)) if v is not None}
+        self._services.emit(self, "progress", {**body, **data})
+
+    def check_cancelled(self) -> None:
+        if self.cancel_requested:
+            raise TaskCancelled(self.task_id)
+
+    async def _run(self, key: str, attempt: Callable[[], Awaitable[Any]],
+                   retry: RetryPolicy | None, timeout_s: float | None) -> Any:
+        if key in self._recorded:
+            return self._recorded[key]
+        self.check_cancelled()
+        policy = retry or self._retry
+        timeout_s = timeout_s or self._step_timeout_s
+        n = 0
+        while True:
+            n += 1
+            try:
+                value = await asyncio.wait_for(attempt(), timeout_s) if timeout_s else await attempt()
+                break
+            except asyncio.TimeoutError as e:
+                error: Exception = StepTimeout(key, timeout_s or 0)
+                error.__cause__ = e
+            except (TaskCancelled, asyncio.CancelledError):
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure of user code is the step's
+                error = e
+            name = type(error).__name__
+            if n >= policy.max_attempts or name in policy.non_retryable:
+                raise StepError(key, str(error), name, n) from error
+            delay = policy.backoff_s(n, random.random())
+            log.info("task %s step %s attempt %d failed (%s); retrying in %.2fs",
+                     self.task_id, key, n, name, delay)
+            self._services.emit(self, "step_retry", {"key": key, "attempt": n, "error": str(error),
+                                                      "error_type": name, "delay_s": round(delay, 3)})
+            await asyncio.sleep(delay)
+        value = await self._services.record(self, key, value)
+        self._recorded[key] = value
+        return value
+
+
+class AgentRef:
+    """A handle on an agent role, bound to one workflow context."""
+
+    def __init__(self, ctx: Context, role: str) -> None:
+        self._ctx = ctx
+        self.role = role
+
+    def run(self, payload: Any = None, *, retry: RetryPolicy | None = None,
+            timeout_s: float | None = None) -> Awaitable[Any]:
+        """Send ``payload`` to one agent of the role; the reply is checkpointed as a step."""
+        ctx = self._ctx
+        key = ctx._key(f"agent:{self.role}")
+        return ctx._run(key, lambda: ctx._services.call_agent(ctx, self.role, key, payload),
+                        retry, timeout_s)
+
+
+class LLM:
+    """``await ctx.llm.chat(messages)``: one checkpointed chat completion."""
+
+    def __init__(self, ctx: Context, default_model: str) -> None:
+        self._ctx = ctx
+        self.default_model = default_model
+
+    def chat(self, messages: list[ChatMessage] | list[dict[str, str]] | str, *,
+             model: str | None = None, max_tokens: int = 128, temperature: float = 0.0,
+             retry: RetryPolicy | None = None, timeout_s: float | None = None) -> Awaitable[Completion]:
+        ctx = self._ctx
+        request = ChatRequest(
+            model=model or self.default_model, messages=as_messages(messages), max_tokens=max_tokens,
+            temperature=temperature, priority=ctx.priority,
+        )
+        key = ctx._key(f"llm:{request.model}")
+        request = request.model_copy(update={"request_id": f"{ctx.task_id}/{key}"})
+        return ctx._run(key, lambda: ctx._services.chat(ctx, request), retry, timeout_s)
+
+
+def as_messages(messages: list[ChatMessage] | list[dict[str, str]] | str) -> list[ChatMessage]:
+    if isinstance(messages, str):
+        return [ChatMessage(role="user", content=messages)]
+    return [m if isinstance(m, ChatMessage) else ChatMessage.model_validate(m) for m in messages]

@@ -1,0 +1,108 @@
+"""Workflows and agents the tests run. Side effects go to files so a test can count them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from runtime import Agent, AgentContext, AgentMessage, Context, RetryPolicy, workflow
+
+
+def mark(directory: str, name: str) -> int:
+    """Append one line to DIR/NAME (a side effect the test counts); returns the new count."""
+    path = Path(directory) / name
+    with open(path, "a") as f:
+        f.write("x\n")
+    return sum(1 for _ in open(path))
+
+
+def gate_open(directory: str, name: str) -> bool:
+    return (Path(directory) / name).exists()
+
+
+async def wait_gate(directory: str, name: str, timeout_s: float = 120.0) -> None:
+    """Wait until the test opens a gate (creates a file). Polls, since it stands in for slow work."""
+    for _ in range(int(timeout_s / 0.05)):
+        if gate_open(directory, name):
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"gate {name} never opened")
+
+
+class StepsIn(BaseModel):
+    dir: str
+    steps: int = 5
+    gate_at: int | None = None
+
+
+class StepsOut(BaseModel):
+    done: int
+
+
+@workflow
+async def five_steps(ctx: Context, inp: StepsIn) -> StepsOut:
+    for i in range(1, inp.steps + 1):
+        async def body(i: int = i) -> int:
+            mark(inp.dir, f"{ctx.task_id}.step{i}")
+            if inp.gate_at == i:
+                mark(inp.dir, f"{ctx.task_id}.at_gate")
+                await wait_gate(inp.dir, f"{ctx.task_id}.open")
+            return i
+
+        await ctx.step(f"s{i}", body)
+        ctx.emit(progress=i / inp.steps, message=f"step {i}")
+    return StepsOut(done=inp.steps)
+
+
+class EchoIn(BaseModel):
+    text: str = ""
+    dir: str = ""
+
+
+@workflow
+async def echo(ctx: Context, inp: EchoIn) -> str:
+    return await ctx.step("echo", lambda: inp.text)
+
+
+class FlakyIn(BaseModel):
+    dir: str
+    fail_times: int
+    attempts: int = 3
+
+
+@workflow
+async def flaky(ctx: Context, inp: FlakyIn) -> int:
+    await ctx.step("before", mark, inp.dir, f"{ctx.task_id}.before")
+
+    def sometimes() -> int:
+        n = mark(inp.dir, f"{ctx.task_id}.flaky")
+        if not gate_open(inp.dir, f"{ctx.task_id}.heal") and n <= inp.fail_times:
+            raise ConnectionError(f"upstream down (attempt {n})")
+        return n
+
+    policy = RetryPolicy(max_attempts=inp.attempts, initial_backoff_s=0.05, jitter=0.1)
+    return await ctx.step("flaky", sometimes, retry=policy)
+
+
+class Slow(Agent):
+    """Holds a message until the test opens its gate; counts how often it started on each message."""
+
+    role = "slow"
+    min_replicas = 1
+    max_replicas = 2
+
+    async def handle(self, msg: AgentMessage, ctx: AgentContext) -> str:
+        directory = msg.payload["dir"]
+        mark(directory, f"{msg.task_id}.slow_started")
+        Path(directory, f"{msg.task_id}.slow_pid").write_text(str(os.getpid()))
+        await wait_gate(directory, f"{msg.task_id}.open")
+        return "handled"
+
+
+@workflow
+async def agent_once(ctx: Context, inp: EchoIn) -> str:
+    reply = await ctx.agent("slow").run({"dir": inp.dir})
+    return str(reply)
