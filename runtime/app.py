@@ -7,6 +7,7 @@ calling process and stop with it (or with ``Runtime.stop``).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,9 @@ class Runtime:
                 ray.kill(handle, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone is fine
                 pass
+        names = ["store", "dispatcher", "pool:workers", *(f"pool:{r}" for r in self.pools),
+                 *(f"queue:agent:{r}" for r in self.mailboxes), *(f"engine:{m}" for m in self.engines)]
+        _wait_names_free(self.settings.namespace, names)
         if shutdown_ray if shutdown_ray is not None else self.started_ray:
             ray.shutdown()
 
@@ -97,3 +101,15 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _wait_names_free(namespace: str, names: list[str], timeout_s: float = 15.0) -> None:
+    """Wait until the killed actors' names are free, so a runtime started next can take them."""
+    deadline = time.monotonic() + timeout_s
+    for name in names:
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name, namespace=namespace)
+            except ValueError:
+                break
+            time.sleep(0.05)

@@ -39,6 +39,7 @@ class Dispatcher:
             PriorityQueue("tasks", settings.queue_capacity, settings.aging_per_s, clock=time.time)
         )
         self._reserved = 0
+        self._lost_owners: set[str] = set()
         self._loop: asyncio.Task[None] | None = None
 
     async def start(self, recover: bool = True) -> int:
@@ -51,8 +52,12 @@ class Dispatcher:
 
     def _enqueue(self, records: list[TaskRecord]) -> None:
         if records:
-            self.queue.put_batch([(r.id, r.priority, None) for r in records],
-                                 since={r.id: r.created_at for r in records}, force=True)
+            self._put_back([(r.id, (r.priority, r.created_at)) for r in records])
+
+    def _put_back(self, items: list[tuple[str, Any]]) -> None:
+        """Queue (id, (priority, created_at)) items, keeping their age; the bound does not apply."""
+        self.queue.put_batch([(item_id, prio, (prio, at)) for item_id, (prio, at) in items],
+                             since={item_id: at for item_id, (_, at) in items}, force=True)
 
     async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
         """Validate, persist and queue a task; the same idempotency key returns the first task."""
@@ -73,15 +78,23 @@ class Dispatcher:
     async def get_tasks(self, owner: str, max_tasks: int, timeout_s: float) -> list[Claim]:
         """Wait up to ``timeout_s`` for runnable tasks and claim up to ``max_tasks`` for ``owner``."""
         deadline = time.monotonic() + timeout_s
-        while True:
+        while owner not in self._lost_owners:
             remaining = deadline - time.monotonic()
             items = await self.queue.get_batch(max_tasks, max(remaining, 0))
             if not items:
                 return []
+            if owner in self._lost_owners:
+                self._put_back(items)
+                return []
             claims: list[Claim] = await self.store.claim.remote(
                 [item_id for item_id, _ in items], owner, self.settings.lease_s)
+            if owner in self._lost_owners:
+                # The owner died while this call waited: its claims go straight back.
+                await self.worker_lost(owner)
+                return []
             if claims or remaining <= 0:
                 return claims
+        return []
 
     async def requeue(self, task_ids: list[str]) -> None:
         """Queue tasks the Store made queued again (a retry)."""
@@ -89,6 +102,8 @@ class Dispatcher:
         self._enqueue(records)
 
     async def worker_lost(self, owner: str) -> int:
+        """Queue again every task leased to ``owner``, which is gone, and claim nothing more for it."""
+        self._lost_owners.add(owner)
         records = await self.store.release_owner.remote(owner)
         self._enqueue(records)
         return len(records)

@@ -198,22 +198,32 @@ class QueueActor:
         self._q = AsyncQueue(PriorityQueue(name, capacity, aging_per_s))
         self._visibility_s = visibility_s
         self._waiting_consumers = 0
+        # Consumers declared dead: a get they left pending must not take items for a ghost.
+        self._lost: set[str] = set()
 
     async def put_batch(self, items: list[tuple[str, int, Any]]) -> int:
         return self._q.put_batch(items)
 
     async def get_batch(self, consumer: str, max_items: int, timeout_s: float) -> list[tuple[str, Any]]:
         self._q.restored(self._q.queue.requeue_expired())
+        if consumer in self._lost:
+            return []
         self._waiting_consumers += 1
         try:
-            return await self._q.get_batch(max_items, timeout_s, consumer, self._visibility_s)
+            items = await self._q.get_batch(max_items, timeout_s, consumer, self._visibility_s)
         finally:
             self._waiting_consumers -= 1
+        if consumer in self._lost:
+            self._q.restored(self._q.queue.requeue_consumer(consumer))
+            return []
+        return items
 
     async def ack(self, item_ids: list[str]) -> None:
         self._q.queue.ack(item_ids)
 
     async def requeue_consumer(self, consumer: str) -> int:
+        """The consumer is gone: its items in flight go back, and it gets nothing more."""
+        self._lost.add(consumer)
         return self._q.restored(self._q.queue.requeue_consumer(consumer))
 
     async def stats(self) -> dict[str, Any]:

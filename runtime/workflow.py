@@ -105,6 +105,8 @@ class Context:
         self._retry = retry
         self._step_timeout_s = step_timeout_s
         self._counts: dict[str, int] = {}
+        # True until the first step that was not recorded: progress events are not repeated on replay.
+        self.replaying = bool(recorded)
         self.llm = LLM(self, default_model)
 
     def _key(self, name: str) -> str:
@@ -130,6 +132,8 @@ class Context:
 
     def emit(self, progress: float | None = None, message: str | None = None, **data: Any) -> None:
         """Append a progress event (not a step: it may repeat when a task resumes)."""
+        if self.replaying:
+            return
         body = {k: v for k, v in (("progress", progress), ("message", message)) if v is not None}
         self._services.emit(self, "progress", {**body, **data})
 
@@ -141,6 +145,7 @@ class Context:
                    retry: RetryPolicy | None, timeout_s: float | None) -> Any:
         if key in self._recorded:
             return self._recorded[key]
+        self.replaying = False
         self.check_cancelled()
         policy = retry or self._retry
         timeout_s = timeout_s or self._step_timeout_s
