@@ -105,6 +105,8 @@ class WorkflowWorker:
             self.completed += 1
         except LeaseLost:
             log.info("task %s: lease lost before it could finish", ctx.task_id)
+        except Exception:  # noqa: BLE001 - the Store is unreachable: the lease runs out, it resumes
+            log.exception("task %s: could not record its end", ctx.task_id)
         finally:
             self._forget(ctx.task_id)
 

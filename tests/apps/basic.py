@@ -36,6 +36,7 @@ class StepsIn(BaseModel):
     dir: str
     steps: int = 5
     gate_at: int | None = None
+    sleep_s: float = 0.0
 
 
 class StepsOut(BaseModel):
@@ -47,6 +48,8 @@ async def five_steps(ctx: Context, inp: StepsIn) -> StepsOut:
     for i in range(1, inp.steps + 1):
         async def body(i: int = i) -> int:
             mark(inp.dir, f"{ctx.task_id}.step{i}")
+            if inp.sleep_s:
+                await asyncio.sleep(inp.sleep_s)  # stands in for real work
             if inp.gate_at == i:
                 mark(inp.dir, f"{ctx.task_id}.at_gate")
                 await wait_gate(inp.dir, f"{ctx.task_id}.open")
@@ -106,3 +109,57 @@ class Slow(Agent):
 async def agent_once(ctx: Context, inp: EchoIn) -> str:
     reply = await ctx.agent("slow").run({"dir": inp.dir})
     return str(reply)
+
+
+class BigIn(BaseModel):
+    dir: str
+    size_mb: int = 20
+
+
+class BigOut(BaseModel):
+    sha256: str
+    consumer_saw: dict[str, str]
+    verified: bool
+
+
+class Producer(Agent):
+    """Makes a large value; the runtime hands it back by reference (a Ref in the object store)."""
+
+    role = "producer"
+
+    async def handle(self, msg: AgentMessage, ctx: AgentContext) -> bytes:
+        import random
+
+        return random.Random(msg.payload["seed"]).randbytes(msg.payload["size_mb"] * 1024 * 1024)
+
+
+class Consumer(Agent):
+    """Receives the large value as a Ref inside its payload and reads it from the object store."""
+
+    role = "consumer"
+
+    async def handle(self, msg: AgentMessage, ctx: AgentContext) -> dict[str, str]:
+        import hashlib
+
+        from runtime import Ref
+
+        ref = msg.payload["blob"]
+        data = await ref.get()
+        return {"type": type(ref).__name__, "object_id": str(ref.object_id) if isinstance(ref, Ref) else "",
+                "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@workflow
+async def big_handoff(ctx: Context, inp: BigIn) -> BigOut:
+    import hashlib
+
+    ref = await ctx.agent("producer").run({"seed": 7, "size_mb": inp.size_mb})
+    mark(inp.dir, f"{ctx.task_id}.producer_ref.{type(ref).__name__}")
+    saw = await ctx.agent("consumer").run({"blob": ref})
+    await ctx.step("gate", wait_gate, inp.dir, f"{ctx.task_id}.open")
+
+    async def verify() -> bool:
+        return hashlib.sha256(await ref.get()).hexdigest() == saw["sha256"]
+
+    verified = await ctx.step("verify", verify)
+    return BigOut(sha256=saw["sha256"], consumer_saw=saw, verified=verified)
