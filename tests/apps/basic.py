@@ -155,6 +155,8 @@ async def big_handoff(ctx: Context, inp: BigIn) -> BigOut:
 
     ref = await ctx.agent("producer").run({"seed": 7, "size_mb": inp.size_mb})
     mark(inp.dir, f"{ctx.task_id}.producer_ref.{type(ref).__name__}")
+    if getattr(ref, "object_id", None):
+        Path(inp.dir, f"{ctx.task_id}.producer_oid").write_text(ref.object_id)
     saw = await ctx.agent("consumer").run({"blob": ref})
     await ctx.step("gate", wait_gate, inp.dir, f"{ctx.task_id}.open")
 
