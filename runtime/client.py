@@ -31,8 +31,8 @@ class Client:
             try:
                 ray.init(address=where, namespace=settings.namespace, log_to_driver=False,
                          logging_level="ERROR")
-            except (ConnectionError, RuntimeError) as e:
-                raise RuntimeNotRunning(f"Ray address {where!r} ({e})") from None
+            except (ConnectionError, RuntimeError):
+                raise RuntimeNotRunning(f"Ray address {where!r} (no Ray cluster answered)") from None
         try:
             store = ray.get_actor(store_actor.ACTOR_NAME, namespace=settings.namespace)
             dispatcher = ray.get_actor(dispatch.ACTOR_NAME, namespace=settings.namespace)

@@ -1,0 +1,1 @@
+"""The front doors: the ``raysquad`` CLI (the composition root) and, later, the HTTP app."""

@@ -1,0 +1,186 @@
+"""The ``raysquad`` command: run the runtime, submit and follow tasks. Errors print one line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+from runtime import Client, RaysquadError, Runtime, Settings, TaskRecord, TaskStatus
+from serve.progress import follow
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="raysquad: durable multi-agent workflows on Ray.")
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_APPS = ["agents"]
+
+AppOpt = Annotated[list[str] | None, typer.Option("--app", help="module with workflows and agents "
+                                                              "(repeatable; default: agents)")]
+AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray address to join "
+                                                                  "(default: RAYSQUAD_RAY_ADDRESS)")]
+DataOpt = Annotated[Path | None, typer.Option("--data-dir", help="where the SQLite Store lives")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def settings(address: str | None = None, data_dir: Path | None = None, **more: Any) -> Settings:
+    overrides = {k: v for k, v in {"ray_address": address, "data_dir": data_dir, **more}.items()
+                 if v is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        fail(f"bad configuration: {_problems(e)}")
+
+
+def _problems(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in x['loc'])}: {x['msg']}" for x in e.errors())
+
+
+def parse_input(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        fail(f"--input is not valid JSON: {e}", 2)
+    if not isinstance(value, dict):
+        fail("--input must be a JSON object, like '{\"question\": \"...\"}'", 2)
+    return value
+
+
+def show(record: TaskRecord) -> None:
+    table = Table(show_header=False, box=None)
+    for field in ("id", "workflow", "status", "priority", "runs", "error"):
+        value = getattr(record, field)
+        if value is not None:
+            table.add_row(field, str(value.value if isinstance(value, TaskStatus) else value))
+    out.print(table)
+
+
+def print_result(record: TaskRecord) -> None:
+    if record.status is not TaskStatus.SUCCEEDED:
+        fail(f"task {record.id} {record.status.value}: {record.error or ''}")
+    output = record.output
+    if isinstance(output, dict) and isinstance(output.get("report"), str):
+        out.print(Markdown(output["report"]))
+    else:
+        out.print_json(data=output)
+
+
+@app.command()
+def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None,
+       workers: Annotated[int | None, typer.Option(help="workflow worker actors")] = None) -> None:
+    """Run the runtime in the foreground with the workflows and agents of the given modules."""
+    rt = Runtime.start(settings(address, data_dir, workers=workers), apps=apps or DEFAULT_APPS)
+    out.print(f"raysquad is up: workflows {sorted(rt.catalog.workflows)}, agents "
+              f"{sorted(rt.catalog.agents)}; Store {rt.settings.database_path}. Ctrl-C stops it.")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rt.stop()
+
+
+@app.command()
+def submit(workflow: str, input: Annotated[str, typer.Option("--input", help="JSON object")] = "{}",
+           priority: int = 0, idempotency_key: str | None = None,
+           wait: Annotated[bool, typer.Option("--wait", help="follow with a progress bar")] = False,
+           address: AddressOpt = None) -> None:
+    """Submit a task to a running runtime (see `raysquad up`)."""
+    client = Client.connect(settings(address))
+    record = client.submit(workflow, parse_input(input), priority=priority,
+                           idempotency_key=idempotency_key)
+    if not wait:
+        out.print(record.id)
+        return
+    print_result(follow(client, record.id, err))
+
+
+@app.command()
+def run(workflow: str, input: Annotated[str, typer.Option("--input", help="JSON object")] = "{}",
+        apps: AppOpt = None, data_dir: DataOpt = None, priority: int = 0) -> None:
+    """Start an embedded runtime, run one task to its end with a progress bar, print its result."""
+    payload = parse_input(input)
+    with Runtime.start(settings(None, data_dir), apps=apps or DEFAULT_APPS) as rt:
+        client = rt.client()
+        record = client.submit(workflow, payload, priority=priority)
+        err.print(f"task {record.id} submitted")
+        print_result(follow(client, record.id, err))
+
+
+@app.command()
+def status(task_id: str, address: AddressOpt = None) -> None:
+    """Show one task."""
+    show(Client.connect(settings(address)).get(task_id))
+
+
+@app.command()
+def result(task_id: str, address: AddressOpt = None) -> None:
+    """Print a finished task's output."""
+    print_result(Client.connect(settings(address)).get(task_id))
+
+
+@app.command()
+def tasks(status: Annotated[str | None, typer.Option(help="queued, running, succeeded, ...")] = None,
+          workflow: str | None = None, limit: int = 20, address: AddressOpt = None) -> None:
+    """List tasks, newest first."""
+    try:
+        wanted = TaskStatus(status) if status else None
+    except ValueError:
+        fail(f"--status must be one of {', '.join(s.value for s in TaskStatus)}", 2)
+    table = Table("id", "workflow", "status", "priority", "runs")
+    for r in Client.connect(settings(address)).list(wanted, workflow, limit):
+        table.add_row(r.id, r.workflow, r.status.value, str(r.priority), str(r.runs))
+    out.print(table)
+
+
+@app.command()
+def cancel(task_id: str, address: AddressOpt = None) -> None:
+    """Cancel a task (a running one stops at its next step boundary)."""
+    show(Client.connect(settings(address)).cancel(task_id))
+
+
+@app.command()
+def retry(task_id: str, address: AddressOpt = None) -> None:
+    """Run a failed or cancelled task again from its last checkpoint."""
+    show(Client.connect(settings(address)).retry(task_id))
+
+
+@app.command()
+def watch(task_id: str, address: AddressOpt = None) -> None:
+    """Follow one task's events until it ends."""
+    client = Client.connect(settings(address))
+    for event in client.events(task_id, follow=True):
+        out.print(f"{event.seq:>4} {event.kind:<16} {json.dumps(event.data)}", highlight=False)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except RaysquadError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(1)
+    except ValidationError as e:
+        err.print(f"[red]error:[/red] {_problems(e)}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
