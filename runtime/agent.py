@@ -171,7 +171,8 @@ class AgentPool:
             .remote(replica_id, self.role, self.agent_cls, self.settings, self.mailbox, self.store,
                     self.router)
         )
-        self.members.add(Member(replica_id, handle), handle.run.remote(self.config.concurrency))
+        self.members.add(Member(replica_id, handle),
+                         handle.run.remote(self.config.concurrency))  # type: ignore[attr-defined]
 
     async def _on_exit(self, member: Member, error: BaseException | None) -> None:
         returned = await self.mailbox.requeue_consumer.remote(member.id)
@@ -201,7 +202,7 @@ class AgentPool:
         if len(live) > desired and stats["depth"] == 0:
             idle = await asyncio.gather(*(m.handle.idle_s.remote() for m in live),
                                         return_exceptions=True)
-            for member, idle_s in list(zip(live, idle)):
+            for member, idle_s in list(zip(live, idle, strict=True)):
                 if len(live) <= desired:
                     break
                 if isinstance(idle_s, float) and idle_s >= self.config.idle_s:

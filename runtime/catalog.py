@@ -5,15 +5,19 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from runtime.errors import AgentNotFound, ConfigError, WorkflowNotFound
 from runtime.workflow import Workflow
+
+if TYPE_CHECKING:
+    from runtime.agent import Agent
 
 
 @dataclass
 class Catalog:
     workflows: dict[str, Workflow] = field(default_factory=dict)
-    agents: dict[str, type] = field(default_factory=dict)
+    agents: dict[str, type[Agent]] = field(default_factory=dict)
 
     def workflow(self, name: str) -> Workflow:
         try:
@@ -21,7 +25,7 @@ class Catalog:
         except KeyError:
             raise WorkflowNotFound(name, tuple(sorted(self.workflows))) from None
 
-    def agent(self, role: str) -> type:
+    def agent(self, role: str) -> type[Agent]:
         try:
             return self.agents[role]
         except KeyError:
@@ -46,7 +50,7 @@ def load_catalog(modules: list[str]) -> Catalog:
     return catalog
 
 
-def _add(table: dict, key: str, value: object, module: str) -> None:  # type: ignore[type-arg]
+def _add(table: dict[str, Any], key: str, value: object, module: str) -> None:
     if key in table and table[key] is not value:
         raise ConfigError(f"{key!r} is declared twice (again in module {module!r})")
     table[key] = value

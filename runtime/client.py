@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -30,7 +31,7 @@ class Client:
         if not ray.is_initialized():
             try:
                 ray.init(address=where, namespace=settings.namespace, log_to_driver=False,
-                         logging_level="ERROR")
+                         logging_level=logging.ERROR)
             except (ConnectionError, RuntimeError):
                 raise RuntimeNotRunning(f"Ray address {where!r} (no Ray cluster answered)") from None
         try:

@@ -94,7 +94,7 @@ class PriorityQueue:
     def get_batch(self, max_items: int, consumer: str | None = None,
                   visibility_s: float = 300.0) -> list[tuple[str, Any]]:
         """Take up to ``max_items`` in priority order; with a consumer they stay in flight until acked."""
-        out = []
+        out: list[tuple[str, Any]] = []
         now = self._clock()
         while self._heap and len(out) < max_items:
             entry = heapq.heappop(self._heap)
@@ -103,6 +103,10 @@ class PriorityQueue:
                 self._in_flight[entry.item_id] = _InFlight(consumer, entry, now + visibility_s)
             out.append((entry.item_id, entry.item))
         return out
+
+    def holds(self, item_id: str) -> bool:
+        """Whether the item is queued or in flight."""
+        return item_id in self._ids or item_id in self._in_flight
 
     def ack(self, item_ids: list[str]) -> None:
         for item_id in item_ids:
@@ -177,7 +181,7 @@ class AsyncQueue:
                 return []
             try:
                 await asyncio.wait_for(self._nonempty.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return []
         out = self.queue.get_batch(max_items, consumer, visibility_s)
         if len(self.queue):
@@ -221,6 +225,9 @@ class QueueActor:
     async def ack(self, item_ids: list[str]) -> None:
         self._q.queue.ack(item_ids)
 
+    async def holds(self, item_id: str) -> bool:
+        return self._q.queue.holds(item_id)
+
     async def requeue_consumer(self, consumer: str) -> int:
         """The consumer is gone: its items in flight go back, and it gets nothing more."""
         self._lost.add(consumer)
@@ -230,10 +237,10 @@ class QueueActor:
         return {**self._q.queue.stats(), "waiting_consumers": self._waiting_consumers}
 
 
-def start_queue(name: str, namespace: str, capacity: int, aging_per_s: float) -> ray.actor.ActorHandle:
+def start_queue(name: str, namespace: str, capacity: int, aging_per_s: float) -> Any:
     return (
         ray.remote(QueueActor)
-        .options(name=f"queue:{name}", namespace=namespace, num_cpus=0, max_restarts=0,
+        .options(name=f"queue:{name}", namespace=namespace, num_cpus=0, max_restarts=-1,
                  max_concurrency=1000)
         .remote(name, capacity, aging_per_s)
     )

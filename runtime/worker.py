@@ -31,6 +31,9 @@ from runtime.workflow import Context
 
 log = logging.getLogger(__name__)
 
+# How long an agent call waits for its reply before checking that its mailbox still holds the message.
+MAILBOX_CHECK_S = 10.0
+
 
 class WorkflowWorker:
     def __init__(self, worker_id: str, settings: Settings, apps: list[str], store: Any,
@@ -156,12 +159,30 @@ class WorkflowWorker:
         self._replies[msg.id] = reply
         try:
             await mailbox.put_batch.remote([(msg.id, ctx.priority, msg)])
-            ok, value = await reply
+            while True:
+                try:
+                    ok, value = await asyncio.wait_for(asyncio.shield(reply), MAILBOX_CHECK_S)
+                    break
+                except TimeoutError:
+                    await self._resend_if_lost(mailbox, msg, reply)
         finally:
             self._replies.pop(msg.id, None)
         if not ok:
             raise value
         return value
+
+    async def _resend_if_lost(self, mailbox: Any, msg: AgentMessage,
+                              reply: asyncio.Future[tuple[bool, Any]]) -> None:
+        """No reply yet: if the mailbox no longer holds the message (it restarted), send it again."""
+        try:
+            held = await mailbox.holds.remote(msg.id)
+            if not held and not reply.done():
+                log.warning("task %s step %s: message lost with its mailbox; sending it again",
+                            msg.task_id, msg.step_key)
+                await mailbox.put_batch.remote([(msg.id, msg.priority, msg)])
+        except ray.exceptions.RayActorError:
+            log.warning("task %s step %s: mailbox unreachable; will check again", msg.task_id,
+                        msg.step_key)
 
     async def deliver(self, message_id: str, ok: bool, value: Any) -> bool:
         """An agent's reply; False if nobody waits for it any more (timed out, task gone)."""
@@ -212,7 +233,7 @@ class WorkerPool:
             .remote(worker_id, self.settings, self.apps, self.store, self.dispatcher,
                     self.mailboxes, self.router)
         )
-        self.members.add(Member(worker_id, handle), handle.run.remote())
+        self.members.add(Member(worker_id, handle), handle.run.remote())  # type: ignore[attr-defined]
 
     async def _on_exit(self, member: Member, error: BaseException | None) -> None:
         released = await self.dispatcher.worker_lost.remote(member.id)

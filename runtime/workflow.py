@@ -155,9 +155,11 @@ class Context:
             try:
                 value = await asyncio.wait_for(attempt(), timeout_s) if timeout_s else await attempt()
                 break
-            except asyncio.TimeoutError as e:
-                error: Exception = StepTimeout(key, timeout_s or 0)
-                error.__cause__ = e
+            except TimeoutError as e:
+                error: Exception = e
+                if timeout_s:
+                    error = StepTimeout(key, timeout_s)
+                    error.__cause__ = e
             except (TaskCancelled, asyncio.CancelledError):
                 raise
             except Exception as e:  # noqa: BLE001 - any failure of user code is the step's

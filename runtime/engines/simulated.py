@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
+from typing import Literal
 
 from runtime.config import SimulatedEngineConfig
 from runtime.models import ChatRequest, Completion, Usage
@@ -61,8 +62,11 @@ class SimulatedEngine:
     async def chat(self, request: ChatRequest) -> Completion:
         tokens = [t async for t in self.stream(request)]
         full = simulated_text(prompt_text(request), request.max_tokens)
-        finish = "abort" if len(tokens) < len(full) else (
-            "length" if len(full) == request.max_tokens else "stop")
+        finish: Literal["stop", "length", "abort"] = "stop"
+        if len(tokens) < len(full):
+            finish = "abort"
+        elif len(full) == request.max_tokens:
+            finish = "length"
         return Completion(
             model=self.model, text="".join(tokens), finish_reason=finish,
             usage=Usage(prompt_tokens=len(prompt_text(request).split()), completion_tokens=len(tokens)),

@@ -104,7 +104,7 @@ class StoreActor:
         waiter = self._waiters[task_id]
         try:
             await asyncio.wait_for(waiter.wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return []
         return self._store.events(task_id, after, limit)
 
@@ -115,7 +115,7 @@ class StoreActor:
         return str(self._store.path)
 
 
-def start_store(settings: Settings) -> ray.actor.ActorHandle:
+def start_store(settings: Settings) -> Any:
     """Create the Store actor on this node (the head), named so that every process can find it."""
     return (
         ray.remote(StoreActor)
