@@ -1,0 +1,129 @@
+"""The ``research`` workflow: plan, read the corpus in parallel, draft, review and revise, report.
+
+Every call that can differ between runs (agents, the LLM, reading the corpus) is a recorded step, and
+the code between steps only reshapes recorded values, so a task that resumes after a crash replays
+its finished steps and continues with the first unfinished one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.library import rank_documents
+from agents.text import digest
+from runtime import Context, workflow
+
+
+class ResearchInput(BaseModel):
+    """What to research, and how much effort to spend on it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=3, max_length=1000)
+    max_documents: int = Field(6, ge=1, le=20, description="corpus documents read in parallel")
+    max_rounds: int = Field(2, ge=1, le=5, description="review rounds before the draft is final")
+
+
+class Finding(BaseModel):
+    claim: str
+    sources: list[str] = Field(description="names of the corpus documents the claim comes from")
+
+
+class ResearchReport(BaseModel):
+    question: str
+    plan: list[str] = Field(description="the sub-questions the planner set")
+    findings: list[Finding]
+    report: str = Field(description="the report, in Markdown")
+    rounds: int = Field(description="review rounds run")
+    approved: bool = Field(description="whether the last review approved the findings")
+    score: float = Field(description="the last review's score, 0 to 1")
+    sources: list[str] = Field(description="documents cited, in order of first citation")
+
+
+@workflow
+async def research(ctx: Context, inp: ResearchInput) -> ResearchReport:
+    plan = await ctx.agent("planner").run({"question": inp.question})
+    terms = plan["terms"]
+    ctx.emit(progress=0.1, message=f"plan: {len(plan['sub_questions'])} sub-questions, "
+                                   f"terms {', '.join(terms)}")
+
+    docs = await ctx.step("select_documents", rank_documents, terms, inp.max_documents)
+    scraped = await asyncio.gather(
+        *(ctx.agent("scraper").run({"document": name, "terms": terms}) for name in docs))
+    passages = [p for s in scraped for p in s["passages"]]
+    titles = {s["document"]: s["title"] for s in scraped}
+    ctx.emit(progress=0.4, message=f"read {len(docs)} documents, {len(passages)} relevant passages")
+
+    draft = await ctx.agent("analyst").run(
+        {"question": inp.question, "terms": terms, "passages": passages})
+    ctx.emit(progress=0.55, message=f"draft: {len(draft['findings'])} findings")
+
+    draft, review, rounds = await review_loop(ctx, inp, terms, draft)
+    titles.update(draft.get("titles", {}))
+
+    summary = await ctx.llm.chat(
+        [{"role": "system", "content": "Answer the question in one sentence using only the findings."},
+         {"role": "user", "content": f"Question: {inp.question}\nFindings:\n{digest(draft['findings'])}"}],
+        max_tokens=60)
+    sources = cited_sources(draft["findings"])
+    report = render_report(inp.question, plan, draft["findings"], summary.text.strip(), review, rounds,
+                           {"documents": len(docs), "passages": len(passages), "titles": titles})
+    ctx.emit(progress=1.0, message=f"report: {len(draft['findings'])} findings from {len(sources)} sources")
+    return ResearchReport(
+        question=inp.question, plan=plan["sub_questions"],
+        findings=[Finding(**f) for f in draft["findings"]], report=report, rounds=rounds,
+        approved=review["approved"], score=review["score"], sources=sources,
+    )
+
+
+async def review_loop(ctx: Context, inp: ResearchInput, terms: list[str],
+                      draft: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """Reflect: review the draft, and while it is not approved and rounds remain, have the researcher
+    revise it with the feedback. Bounded by ``max_rounds``, since a reviewer may never be satisfied."""
+    rounds = 0
+    while True:
+        rounds += 1
+        review = await ctx.agent("reviewer").run(
+            {"question": inp.question, "terms": terms, "findings": draft["findings"]})
+        verdict = "approved" if review["approved"] else "not approved"
+        ctx.emit(progress=round(0.55 + 0.35 * rounds / inp.max_rounds, 3),
+                 message=f"review {rounds}: score {review['score']:.2f}, {verdict}")
+        if review["approved"] or rounds >= inp.max_rounds:
+            return draft, review, rounds
+        draft = await ctx.agent("researcher").run(
+            {"question": inp.question, "terms": terms, "findings": draft["findings"],
+             "feedback": review["feedback"], "missing": review["missing"]})
+
+
+def cited_sources(findings: list[dict[str, Any]]) -> list[str]:
+    """Every cited document once, in order of first citation (the numbering the report uses)."""
+    return list(dict.fromkeys(s for f in findings for s in f["sources"]))
+
+
+def render_report(question: str, plan: dict[str, Any], findings: list[dict[str, Any]], summary: str,
+                  review: dict[str, Any], rounds: int, reading: dict[str, Any]) -> str:
+    """The Markdown report. Built from recorded values only, so it is the same on every replay."""
+    sources = cited_sources(findings)
+    number = {name: i for i, name in enumerate(sources, 1)}
+    lines = [f"# {question}", "", f"> {summary}", "", "## Findings", ""]
+    if not findings:
+        lines.append("No passage in the corpus matched the question's terms.")
+    for i, f in enumerate(findings, 1):
+        refs = ", ".join(str(number[s]) for s in f["sources"])
+        lines.append(f"{i}. {f['claim']} [{refs}]")
+    verdict = "approved" if review["approved"] else "not approved"
+    lines += [
+        "", "## How this was researched", "",
+        f"- **Search terms:** {', '.join(plan['terms']) or '(none)'}",
+        "- **Sub-questions:**", *(f"  - {q}" for q in plan["sub_questions"]),
+        f"- **Reading:** {reading['documents']} documents, {reading['passages']} relevant passages",
+        f"- **Review:** {verdict} after {rounds} round(s), score {review['score']:.2f}. "
+        f"{review['feedback']}",
+        "", "## Sources", "",
+    ]
+    titles = reading["titles"]
+    lines += [f"{number[name]}. {titles.get(name, name)} (`{name}`)" for name in sources]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,123 @@
+"""The research roles: planner, scraper, analyst, researcher, reviewer.
+
+Each role asks the LLM for prose (a rationale, a note, a comment) and decides everything structural
+with the deterministic helpers of ``agents.text``, so the workflow gives a sound report whatever the
+model says, the simulated engine included. Payloads and replies are plain dicts: they are recorded as
+step outputs and must read the same after a restart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.library import document, search
+from agents.text import build_findings, digest, keywords, review_draft, subtopics, top_passages
+from runtime import Agent, AgentContext, AgentMessage
+
+
+async def say(ctx: AgentContext, instruction: str, content: str, max_tokens: int) -> str:
+    """One short LLM answer; the text is kept as prose only."""
+    completion = await ctx.chat(
+        [{"role": "system", "content": instruction}, {"role": "user", "content": content}],
+        max_tokens=max_tokens,
+    )
+    return completion.text.strip()
+
+
+class Planner(Agent):
+    """Question -> search terms and sub-questions. The terms come from the question's own words,
+    so the plan is reproducible; the LLM only explains it."""
+
+    role = "planner"
+    min_replicas = 1
+    max_replicas = 2
+    concurrency = 4
+
+    async def handle(self, msg: AgentMessage, ctx: AgentContext) -> dict[str, Any]:
+        question = msg.payload["question"]
+        terms = keywords(question, limit=msg.payload.get("max_terms", 8))
+        sub_questions = [f'What do the sources say about "{p}"?' for p in subtopics(question)]
+        sub_questions.append(f"How do these answers combine to answer: {question}")
+        rationale = await say(ctx, "You plan research. Say in one sentence why these terms matter.",
+                              f"Question: {question}\nTerms: {', '.join(terms)}", 64)
+        return {"question": question, "terms": terms, "sub_questions": sub_questions,
+                "rationale": rationale}
+
+
+class Scraper(Agent):
+    """Reads one corpus document and returns its passages relevant to the terms. Fanned out one
+    message per document and mostly waiting on the LLM, hence the high per-replica concurrency."""
+
+    role = "scraper"
+    min_replicas = 1
+    max_replicas = 4
+    concurrency = 8
+
+    async def handle(self, msg: AgentMessage, ctx: AgentContext) -> dict[str, Any]:
+        doc = document(msg.payload["document"])
+        terms = msg.payload["terms"]
+        passages = top_passages(doc.name, doc.body, terms, limit=msg.payload.get("max_passages", 3))
+        gist = ""
+        if passages:
+            gist = await say(ctx, "Summarise this passage in one sentence.", passages[0]["text"], 48)
+        return {"document": doc.name, "title": doc.title, "passages": passages, "gist": gist}
+
+
+class Analyst(Agent):
+    """Passages from every scraper -> a first draft of cited findings."""
+
+    role = "analyst"
+    min_replicas = 1
+    max_replicas = 2
+    concurrency = 4
+
+    async def handle(self, msg: AgentMessage, ctx: AgentContext) -> dict[str, Any]:
+        p = msg.payload
+        findings = build_findings(p["passages"], p["terms"], limit=p.get("max_findings", 6))
+        notes = await say(ctx, "You are an analyst. Note what these findings imply for the question.",
+                          f"Question: {p['question']}\n{digest(findings)}", 96)
+        return {"findings": findings, "notes": notes}
+
+
+class Researcher(Agent):
+    """Revises a draft after review: searches the whole corpus for the terms the reviewer found
+    missing and adds a cited finding for each one it can support."""
+
+    role = "researcher"
+    min_replicas = 1
+    max_replicas = 2
+    concurrency = 4
+
+    async def handle(self, msg: AgentMessage, ctx: AgentContext) -> dict[str, Any]:
+        p = msg.payload
+        findings = [dict(f, sources=list(f["sources"])) for f in p["findings"]]
+        cited = {s for f in findings for s in f["sources"]}
+        for term in p.get("missing", []):
+            passages = search([term], per_document=1)
+            # Uncited documents first: a new source broadens the draft more than a second passage
+            # from one it already relies on.
+            passages.sort(key=lambda q: (q["document"] in cited, -q["score"], q["document"]))
+            extra = build_findings(passages[:1], [term], limit=1)
+            if extra and extra[0]["claim"] not in {f["claim"] for f in findings}:
+                findings.append(extra[0])
+                cited.update(extra[0]["sources"])
+        notes = await say(ctx, "You revise research. Say how the feedback was addressed.",
+                          f"Feedback: {p.get('feedback', '')}\n{digest(findings)}", 96)
+        titles = {s: document(s).title for f in findings for s in f["sources"]}
+        return {"findings": findings, "notes": notes, "titles": titles}
+
+
+class Reviewer(Agent):
+    """Scores a draft against the question; the verdict is deterministic, the LLM adds a comment."""
+
+    role = "reviewer"
+    min_replicas = 1
+    max_replicas = 2
+    concurrency = 4
+
+    async def handle(self, msg: AgentMessage, ctx: AgentContext) -> dict[str, Any]:
+        p = msg.payload
+        verdict = review_draft(p["terms"], p["findings"], threshold=p.get("threshold", 0.75))
+        comment = await say(ctx, "You review research drafts. Give one sentence of critique.",
+                            f"Question: {p['question']}\n{digest(p['findings'])}", 48)
+        return {**verdict, "comment": comment}
