@@ -29,7 +29,11 @@ class RetryPolicy(BaseModel):
 
     def backoff_s(self, attempt: int, rand: float) -> float:
         """Delay before attempt ``attempt + 1`` (attempts count from 1); ``rand`` is in [0, 1)."""
-        base = min(self.max_backoff_s, self.initial_backoff_s * self.backoff_multiplier ** (attempt - 1))
+        try:
+            base = min(self.max_backoff_s,
+                       self.initial_backoff_s * self.backoff_multiplier ** (attempt - 1))
+        except OverflowError:  # a very late attempt: the cap applies
+            base = self.max_backoff_s
         return base * (1 - self.jitter + 2 * self.jitter * rand)
 
 

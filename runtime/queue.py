@@ -75,7 +75,11 @@ class PriorityQueue:
         ``since`` backdates items (by id) that have waited elsewhere, so they keep their age;
         ``force`` skips the bound, for items that were accepted before (recovery, requeues).
         """
-        fresh = [t for t in items if t[0] not in self._ids and t[0] not in self._in_flight]
+        fresh, seen = [], set()
+        for t in items:
+            if t[0] not in seen and not self.holds(t[0]):
+                seen.add(t[0])
+                fresh.append(t)
         if not force and len(self._heap) + len(fresh) > self.capacity:
             raise QueueFull(self.name, self.capacity)
         now = self._clock()

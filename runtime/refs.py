@@ -60,7 +60,8 @@ class _StorePickler(pickle.Pickler):
 
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, Ref):
-            self.refs.append(obj)
+            if all(r is not obj for r in self.refs):
+                self.refs.append(obj)
             return ("ref", obj.blob_key, obj.size)
         return None
 

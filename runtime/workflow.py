@@ -152,13 +152,15 @@ class Context:
         n = 0
         while True:
             n += 1
+            deadline = asyncio.timeout(timeout_s)
             try:
-                value = await asyncio.wait_for(attempt(), timeout_s) if timeout_s else await attempt()
+                async with deadline:
+                    value = await attempt()
                 break
             except TimeoutError as e:
                 error: Exception = e
-                if timeout_s:
-                    error = StepTimeout(key, timeout_s)
+                if deadline.expired():  # ours, not a TimeoutError the step itself raised
+                    error = StepTimeout(key, timeout_s or 0)
                     error.__cause__ = e
             except (TaskCancelled, asyncio.CancelledError):
                 raise

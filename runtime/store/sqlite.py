@@ -347,9 +347,10 @@ class SQLiteStore:
     # -- blobs --------------------------------------------------------------------------------------
 
     def _blob_path(self, key: str) -> Path:
-        if ".." in key.split("/") or key.startswith("/"):
-            raise StoreError(f"bad blob key {key!r}")
-        return self.blob_dir / key
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts):
+            raise StoreError(f"bad blob key {key!r}: want relative names like 'task/step'")
+        return self.blob_dir.joinpath(*parts)
 
     def _write_blob(self, key: str, data: bytes) -> None:
         path = self._blob_path(key)
