@@ -16,7 +16,7 @@ import ray
 from runtime import cluster
 from runtime.agent import start_agent_pool
 from runtime.catalog import Catalog, load_catalog
-from runtime.client import Client
+from runtime.client import Client, address_file
 from runtime.config import Settings
 from runtime.dispatch import start_dispatcher
 from runtime.engines.actor import Router, start_engines
@@ -70,6 +70,7 @@ class Runtime:
         recovered = ray.get(dispatcher.start.remote())
         workers = start_worker_pool(settings, apps, store, dispatcher, mailboxes, router)
         ray.get(workers.start.remote())
+        address_file(settings).write_text(ray.get_runtime_context().gcs_address)
         log.info("raysquad runtime up: %d workflow(s), %d agent role(s), %d task(s) recovered",
                  len(catalog.workflows), len(catalog.agents), recovered)
         return cls(settings, apps, catalog, store, dispatcher, workers, mailboxes, pools, engines,

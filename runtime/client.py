@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import ray
 
 from runtime import dispatch
 from runtime.config import Settings
-from runtime.errors import RuntimeNotRunning, TaskFailed, WaitTimeout
+from runtime.errors import RaysquadError, RuntimeNotRunning, TaskFailed, WaitTimeout
 from runtime.models import Event, SubmitRequest, TaskRecord, TaskStatus
 from runtime.store import actor as store_actor
 
@@ -27,8 +28,11 @@ class Client:
     def connect(cls, settings: Settings | None = None) -> Client:
         """Join Ray (``settings.ray_address``, default ``auto``) and find the runtime's actors."""
         settings = settings or Settings()
-        where = settings.ray_address or "auto"
+        where = settings.ray_address or _recorded_address(settings) or "auto"
         if not ray.is_initialized():
+            # Ray turns token auth on by itself only for "auto"; a local cluster started by
+            # `raysquad up` uses the token in ~/.ray/auth_token, so an explicit address needs it too.
+            _use_local_token_if_any()
             try:
                 ray.init(address=where, namespace=settings.namespace, log_to_driver=False,
                          logging_level=logging.ERROR)
@@ -46,23 +50,23 @@ class Client:
         """Queue a task; returns its record at once. An idempotency key already used returns that task."""
         req = SubmitRequest(workflow=workflow, input=input or {}, priority=priority,
                             idempotency_key=idempotency_key, tenant=tenant)
-        record, _ = ray.get(self._dispatcher.submit.remote(req))
+        record, _ = _get(self._dispatcher.submit.remote(req))
         return record  # type: ignore[no-any-return]
 
     def get(self, task_id: str) -> TaskRecord:
-        return ray.get(self._store.get_task.remote(task_id))  # type: ignore[no-any-return]
+        return _get(self._store.get_task.remote(task_id))  # type: ignore[no-any-return]
 
     def list(self, status: TaskStatus | str | None = None, workflow: str | None = None,
              limit: int = 100, offset: int = 0) -> list[TaskRecord]:
         status = TaskStatus(status) if status else None
-        return ray.get(  # type: ignore[no-any-return]
+        return _get(  # type: ignore[no-any-return]
             self._store.list_tasks.remote(status, workflow, None, limit, offset))
 
     def events(self, task_id: str, after: int = 0, follow: bool = False,
                poll_s: float = 5.0) -> Iterator[Event]:
         """The task's events after seq ``after``; with ``follow``, keep going until the task ends."""
         while True:
-            batch: list[Event] = ray.get(
+            batch: list[Event] = _get(
                 self._store.wait_events.remote(task_id, after, poll_s if follow else 0.0))
             for event in batch:
                 after = event.seq
@@ -83,7 +87,7 @@ class Client:
             remaining = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
             if remaining <= 0:
                 raise WaitTimeout(task_id, timeout_s or 0, record.status.value)
-            batch: list[Event] = ray.get(self._store.wait_events.remote(task_id, after, remaining))
+            batch: list[Event] = _get(self._store.wait_events.remote(task_id, after, remaining))
             if batch:
                 after = batch[-1].seq
 
@@ -96,16 +100,49 @@ class Client:
 
     def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a queued task now, or a running one at its next step boundary."""
-        return ray.get(self._store.request_cancel.remote(task_id))  # type: ignore[no-any-return]
+        return _get(self._store.request_cancel.remote(task_id))  # type: ignore[no-any-return]
 
     def retry(self, task_id: str) -> TaskRecord:
         """Run a failed or cancelled task again from its last checkpoint."""
-        record: TaskRecord = ray.get(self._store.retry.remote(task_id))
-        ray.get(self._dispatcher.requeue.remote([task_id]))
+        record: TaskRecord = _get(self._store.retry.remote(task_id))
+        _get(self._dispatcher.requeue.remote([task_id]))
         return record
 
     def queue_stats(self) -> dict[str, Any]:
-        return ray.get(self._dispatcher.stats.remote())  # type: ignore[no-any-return]
+        return _get(self._dispatcher.stats.remote())  # type: ignore[no-any-return]
+
+
+def _get(ref: Any) -> Any:
+    """``ray.get``, raising our own error (not Ray's wrapper with a remote traceback) when it is ours."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, RaysquadError):
+            raise e.cause from None
+        raise
+
+
+def _use_local_token_if_any() -> None:
+    """Do for an explicit address what ``ray.init`` does for "auto": use ~/.ray/auth_token if present."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token auth
+        return
+    logging.getLogger(maybe_enable_token_auth_if_token_available.__module__).setLevel(logging.ERROR)
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def address_file(settings: Settings) -> Path:
+    """Where a runtime records the Ray address it runs on, for clients started in the same directory."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings.data_dir / "ray_address"
+
+
+def _recorded_address(settings: Settings) -> str | None:
+    path = settings.data_dir / "ray_address"
+    return path.read_text().strip() or None if path.exists() else None
 
 
 _END_KINDS = {s.value for s in TaskStatus if s.ended}

@@ -17,14 +17,14 @@ def connect(settings: Settings) -> bool:
         return False
     if settings.ray_address:
         ray.init(address=settings.ray_address, namespace=settings.namespace,
-                 logging_level=logging.WARNING, log_to_driver=settings.ray_log_to_driver)
+                 logging_level=logging.ERROR, log_to_driver=settings.ray_log_to_driver)
         return False
     ray.init(
         namespace=settings.namespace,
         num_cpus=settings.ray_num_cpus,
         object_store_memory=settings.ray_object_store_memory,
         include_dashboard=settings.ray_include_dashboard,
-        logging_level=logging.WARNING,
+        logging_level=logging.ERROR,
         log_to_driver=settings.ray_log_to_driver,
     )
     return True

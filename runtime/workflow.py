@@ -9,6 +9,7 @@ failure in step 4 never repeats steps 1 to 3. Code between steps must therefore 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import random
@@ -44,14 +45,18 @@ class Workflow:
             ]
             raise InvalidInput(self.name, problems) from None
 
+    @functools.cached_property
+    def _output_adapter(self) -> TypeAdapter[Any]:
+        return TypeAdapter(self.output_type)
+
     def dump_output(self, value: Any) -> Any:
-        return TypeAdapter(self.output_type).dump_python(value, mode="json")
+        return self._output_adapter.dump_python(value, mode="json")
 
     def input_schema(self) -> dict[str, Any]:
         return self.input_model.model_json_schema()
 
     def output_schema(self) -> dict[str, Any]:
-        return TypeAdapter(self.output_type).json_schema()
+        return self._output_adapter.json_schema()
 
 
 def workflow(fn: Callable[..., Awaitable[Any]] | None = None, *, name: str | None = None,

@@ -103,8 +103,9 @@ def submit(workflow: str, input: Annotated[str, typer.Option("--input", help="JS
            wait: Annotated[bool, typer.Option("--wait", help="follow with a progress bar")] = False,
            address: AddressOpt = None) -> None:
     """Submit a task to a running runtime (see `raysquad up`)."""
+    payload = parse_input(input)
     client = Client.connect(settings(address))
-    record = client.submit(workflow, parse_input(input), priority=priority,
+    record = client.submit(workflow, payload, priority=priority,
                            idempotency_key=idempotency_key)
     if not wait:
         out.print(record.id)

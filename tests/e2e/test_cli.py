@@ -1,0 +1,87 @@
+"""The `raysquad` command against a real `raysquad up` process: submit, follow, status, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, wait_for
+
+RAYSQUAD = [sys.executable, "-m", "serve.cli"]
+
+
+def cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
+    return subprocess.run([*RAYSQUAD, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    assert result.returncode == code, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.strip().startswith("error:"), result.stderr
+    assert text in " ".join(result.stderr.split()), result.stderr
+
+
+def test_bad_input_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    assert_one_line_error(cli("submit", "echo", "--input", "{not json", cwd=tmp_path), 2,
+                          "--input is not valid JSON")
+    assert_one_line_error(cli("submit", "echo", "--input", "[1, 2]", cwd=tmp_path), 2,
+                          "--input must be a JSON object")
+    assert_one_line_error(cli("tasks", "--status", "sleeping", cwd=tmp_path), 2,
+                          "--status must be one of queued, running")
+
+
+@pytest.fixture
+def runtime_up(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
+    proc = subprocess.Popen([*RAYSQUAD, "up", "--app", "tests.apps.basic", "--data-dir", "state"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    address_file = tmp_path / "state" / "ray_address"
+    try:
+        wait_for(lambda: address_file.exists() or proc.poll() is not None, timeout_s=120,
+                 what="raysquad up to start")
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        yield tmp_path, address_file.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "raysquad is up" in out
+
+
+def test_submit_wait_status_and_tasks_against_a_running_runtime(runtime_up: tuple[Path, str]) -> None:
+    cwd, address = runtime_up
+    waited = cli("submit", "echo", "--input", '{"text": "hello from the cli"}', "--wait",
+                 "--address", address, cwd=cwd)
+    assert waited.returncode == 0, waited.stderr
+    assert '"hello from the cli"' in waited.stdout
+    assert "succeeded" in waited.stderr  # the progress bar's last state
+
+    submitted = cli("submit", "five_steps", "--input", json.dumps({"dir": str(cwd)}), "--priority", "3",
+                    "--address", address, cwd=cwd)
+    assert submitted.returncode == 0, submitted.stderr
+    task_id = submitted.stdout.strip()
+    assert len(task_id) == 32
+
+    watched = cli("watch", task_id, "--address", address, cwd=cwd)
+    assert watched.returncode == 0 and "succeeded" in watched.stdout
+    status = cli("status", task_id, "--address", address, cwd=cwd)
+    assert status.returncode == 0 and "five_steps" in status.stdout and "succeeded" in status.stdout
+    listed = cli("tasks", "--address", address, cwd=cwd)
+    assert listed.returncode == 0 and task_id in listed.stdout
+
+    assert_one_line_error(cli("submit", "nope", "--address", address, cwd=cwd), 1,
+                          "unknown workflow 'nope' (loaded: agent_once, big_handoff, echo")
+    assert_one_line_error(cli("submit", "echo", "--input", '{"text": 5}', "--address", address, cwd=cwd),
+                          1, "invalid input for workflow 'echo': text: Input should be a valid string")
+    assert_one_line_error(cli("status", "0" * 32, "--address", address, cwd=cwd), 1,
+                          f"no task with id '{'0' * 32}'")
