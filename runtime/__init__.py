@@ -13,6 +13,7 @@ from runtime.errors import (
     InvalidInput,
     QueueFull,
     RaysquadError,
+    SignalTimeout,
     StepError,
     TaskCancelled,
     TaskFailed,
@@ -26,6 +27,6 @@ from runtime.workflow import Context, Workflow, workflow
 __all__ = [
     "Agent", "AgentContext", "AgentError", "AgentMessage", "AgentPoolConfig", "ChatMessage", "Client",
     "Completion", "Context", "Event", "InvalidInput", "QueueFull", "RaysquadError", "Ref",
-    "RetryPolicy", "Runtime", "Settings", "StepError", "TaskCancelled", "TaskFailed", "TaskNotFound",
+    "RetryPolicy", "Runtime", "Settings", "SignalTimeout", "StepError", "TaskCancelled", "TaskFailed", "TaskNotFound",
     "TaskRecord", "TaskStatus", "Workflow", "WorkflowNotFound", "workflow",
 ]

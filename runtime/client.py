@@ -108,6 +108,10 @@ class Client:
         _get(self._dispatcher.requeue.remote([task_id]))
         return record
 
+    def signal(self, task_id: str, name: str, payload: Any = None) -> TaskRecord:
+        """Send the signal ``name`` to a task; one waiting for it resumes."""
+        return _get(self._dispatcher.signal.remote(task_id, name, payload))  # type: ignore[no-any-return]
+
     def queue_stats(self) -> dict[str, Any]:
         return _get(self._dispatcher.stats.remote())  # type: ignore[no-any-return]
 

@@ -101,6 +101,13 @@ class Dispatcher:
         records = [await self.store.get_task.remote(t) for t in task_ids]
         self._enqueue(records)
 
+    async def signal(self, task_id: str, name: str, payload: Any) -> TaskRecord:
+        """Deliver a signal; a task that was waiting for it is queued at once."""
+        record: TaskRecord = await self.store.send_signal.remote(task_id, name, payload)
+        if record.status is TaskStatus.QUEUED:
+            self._enqueue([record])
+        return record
+
     async def worker_lost(self, owner: str) -> int:
         """Queue again every task leased to ``owner``, which is gone, and claim nothing more for it."""
         self._lost_owners.add(owner)
@@ -117,6 +124,7 @@ class Dispatcher:
             await asyncio.sleep(self.settings.sweep_interval_s)
             try:
                 self._enqueue(await self.store.expire_leases.remote())
+                self._enqueue(await self.store.wake_due.remote())
                 if time.monotonic() - last_reconcile > RECONCILE_EVERY_S:
                     last_reconcile = time.monotonic()
                     await self._reconcile()

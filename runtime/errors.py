@@ -123,6 +123,19 @@ class TaskCancelled(RaysquadError):
         return f"task {self.task_id!r} was cancelled"
 
 
+class SignalTimeout(RaysquadError):
+    """Raised by ``ctx.wait_for_signal`` when no signal of that name arrived within its timeout."""
+
+    def __init__(self, task_id: str, name: str, timeout_s: float) -> None:
+        super().__init__(task_id, name, timeout_s)
+        self.task_id = task_id
+        self.name = name
+        self.timeout_s = timeout_s
+
+    def __str__(self) -> str:
+        return f"task {self.task_id!r}: no signal {self.name!r} within {self.timeout_s}s"
+
+
 class LeaseLost(RaysquadError):
     """Raised when a worker finds that another owner now holds its task's lease."""
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class TaskStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -54,6 +55,8 @@ class TaskRecord(BaseModel):
     owner: str | None = None
     lease_until: float | None = None
     cancel_requested: bool = False
+    waiting_for: str | None = Field(None, description="the signal a waiting task is parked on")
+    wake_at: float | None = Field(None, description="when a waiting task times out")
 
 
 class Event(BaseModel):

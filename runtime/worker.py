@@ -27,7 +27,7 @@ from runtime.errors import (
 )
 from runtime.models import AgentMessage, ChatRequest, Claim, Completion, TaskStatus
 from runtime.pool import Member, Members
-from runtime.workflow import Context
+from runtime.workflow import Context, Parked
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,10 @@ class WorkflowWorker:
             output = wf.dump_output(result)
         except TaskCancelled:
             status = TaskStatus.CANCELLED
+        except Parked as parked:
+            log.info("task %s: waiting for signal %s", ctx.task_id, parked.name)
+            self._forget(ctx.task_id)
+            return
         except (LeaseLost, asyncio.CancelledError):
             log.info("task %s: lease lost, stopping here", ctx.task_id)
             self._forget(ctx.task_id)
@@ -183,6 +187,10 @@ class WorkflowWorker:
         except ray.exceptions.RayActorError:
             log.warning("task %s step %s: mailbox unreachable; will check again", msg.task_id,
                         msg.step_key)
+
+    async def await_signal(self, ctx: Context, name: str, key: str,
+                           wake_at: float | None) -> tuple[str, Any]:
+        return await self.store.await_signal.remote(ctx.task_id, self.id, name, key, wake_at)  # type: ignore[no-any-return]
 
     async def deliver(self, message_id: str, ok: bool, value: Any) -> bool:
         """An agent's reply; False if nobody waits for it any more (timed out, task gone)."""

@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, get_type_hints
@@ -20,7 +21,7 @@ from typing import Any, Protocol, get_type_hints
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from runtime.config import RetryPolicy
-from runtime.errors import InvalidInput, StepError, StepTimeout, TaskCancelled
+from runtime.errors import InvalidInput, SignalTimeout, StepError, StepTimeout, TaskCancelled
 from runtime.models import ChatMessage, ChatRequest, Completion
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,22 @@ class Services(Protocol):
     def emit(self, ctx: Context, kind: str, data: dict[str, Any]) -> None:
         """Append an event to the task's log, without waiting."""
 
+    async def await_signal(self, ctx: Context, name: str, key: str,
+                           wake_at: float | None) -> tuple[str, Any]:
+        """Take a signal (recorded as step ``key``), time out, or park the task ("parked")."""
+
+
+class Parked(BaseException):  # noqa: N818 - control flow, not an error
+    """Unwinds a workflow that waits for a signal, so its worker can let it go (status waiting).
+
+    A BaseException, so that a workflow's own ``except Exception`` does not swallow it.
+    """
+
+    def __init__(self, task_id: str, name: str) -> None:
+        super().__init__(task_id, name)
+        self.task_id = task_id
+        self.name = name
+
 
 class Context:
     """What a workflow function sees: steps, agents, the LLM, progress events."""
@@ -134,6 +151,29 @@ class Context:
     def agent(self, role: str) -> AgentRef:
         """The pool of agents of ``role``: ``await ctx.agent("planner").run(payload)``."""
         return AgentRef(self, role)
+
+    async def wait_for_signal(self, name: str, timeout_s: float | None = None) -> Any:
+        """Wait for the signal ``name`` (sent over HTTP or ``Client.signal``) and return its payload.
+
+        The task is parked meanwhile: status ``waiting``, no worker held, also across restarts.
+        Raises SignalTimeout after ``timeout_s`` (measured from the first time this wait was reached).
+        """
+        key = self._key(f"signal:{name}")
+        deadline_key = self._key(f"signal:{name}:deadline")
+        if key not in self._recorded:
+            wake_at = None
+            if timeout_s is not None:
+                wake_at = await self._run(deadline_key, _deadline(timeout_s), None, None)
+            self.replaying = False
+            self.check_cancelled()
+            kind, payload = await self._services.await_signal(self, name, key, wake_at)
+            if kind == "parked":
+                raise Parked(self.task_id, name)
+            self._recorded[key] = (kind, payload)
+        kind, payload = self._recorded[key]
+        if kind == "timeout":
+            raise SignalTimeout(self.task_id, name, timeout_s or 0)
+        return payload
 
     def emit(self, progress: float | None = None, message: str | None = None, **data: Any) -> None:
         """Append a progress event (not a step: it may repeat when a task resumes)."""
@@ -219,6 +259,13 @@ class LLM:
         key = ctx._key(f"llm:{request.model}")
         request = request.model_copy(update={"request_id": f"{ctx.task_id}/{key}"})
         return ctx._run(key, lambda: ctx._services.chat(ctx, request), retry, timeout_s)
+
+
+def _deadline(timeout_s: float) -> Callable[[], Awaitable[float]]:
+    async def now_plus() -> float:
+        return time.time() + timeout_s
+
+    return now_plus
 
 
 def as_messages(messages: list[ChatMessage] | list[dict[str, str]] | str) -> list[ChatMessage]:

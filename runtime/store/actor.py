@@ -92,6 +92,16 @@ class StoreActor:
     async def retry(self, task_id: str) -> TaskRecord:
         return self._call("retry", task_id, time.time())  # type: ignore[no-any-return]
 
+    async def send_signal(self, task_id: str, name: str, payload: Any) -> TaskRecord:
+        return self._call("send_signal", task_id, name, payload, time.time())  # type: ignore[no-any-return]
+
+    async def await_signal(self, task_id: str, owner: str, name: str, key: str,
+                           wake_at: float | None) -> tuple[str, Any]:
+        return self._call("await_signal", task_id, owner, name, key, wake_at, time.time())  # type: ignore[no-any-return]
+
+    async def wake_due(self) -> list[TaskRecord]:
+        return self._call("wake_due", time.time())  # type: ignore[no-any-return]
+
     async def events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         return self._call("events", task_id, after, limit)  # type: ignore[no-any-return]
 

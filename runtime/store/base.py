@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from runtime.models import Claim, Event, SubmitRequest, TaskRecord, TaskStatus
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Store(Protocol):
@@ -58,6 +58,18 @@ class Store(Protocol):
 
     def retry(self, task_id: str, now: float) -> TaskRecord:
         """Queue a failed or cancelled task again; its recorded steps are kept (resume from checkpoint)."""
+
+    def send_signal(self, task_id: str, name: str, payload: Any, now: float) -> TaskRecord:
+        """Store a signal for the task; a task waiting for it becomes queued (returned record says)."""
+
+    def await_signal(self, task_id: str, owner: str, name: str, key: str, wake_at: float | None,
+                     now: float) -> tuple[str, Any]:
+        """Take the oldest unconsumed signal ``name`` and record it as step ``key`` ("signal", payload);
+        past ``wake_at`` record a timeout ("timeout", None); else park the task, which releases its
+        lease and makes it ``waiting`` ("parked", None). One transaction."""
+
+    def wake_due(self, now: float) -> list[TaskRecord]:
+        """Make waiting tasks whose ``wake_at`` has passed queued again; return them."""
 
     def events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         """The task's events with seq > ``after``."""

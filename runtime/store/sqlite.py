@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from runtime import refs
 from runtime.errors import InvalidTransition, LeaseLost, StoreError, TaskNotFound
 from runtime.models import Claim, Event, SubmitRequest, TaskRecord, TaskStatus
 from runtime.store.base import SCHEMA_VERSION
@@ -56,11 +57,25 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (task_id, seq)
     ) WITHOUT ROWID;
     """,
+    2: """
+    ALTER TABLE tasks ADD COLUMN waiting_for TEXT;
+    ALTER TABLE tasks ADD COLUMN wake_at REAL;
+    CREATE INDEX tasks_wake ON tasks(wake_at) WHERE status = 'waiting';
+    CREATE TABLE signals (
+        id INTEGER PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        at REAL NOT NULL,
+        consumed_by TEXT
+    );
+    CREATE INDEX signals_pending ON signals(task_id, name) WHERE consumed_by IS NULL;
+    """,
 }
 
 _TASK_COLUMNS = (
     "id, workflow, input, status, priority, tenant, idempotency_key, output, error, runs, created_at, "
-    "updated_at, started_at, finished_at, owner, lease_until, cancel_requested"
+    "updated_at, started_at, finished_at, owner, lease_until, cancel_requested, waiting_for, wake_at"
 )
 
 
@@ -73,7 +88,8 @@ def _task(row: sqlite3.Row) -> TaskRecord:
         error=row["error"], runs=row["runs"], created_at=row["created_at"],
         updated_at=row["updated_at"], started_at=row["started_at"], finished_at=row["finished_at"],
         owner=row["owner"], lease_until=row["lease_until"],
-        cancel_requested=bool(row["cancel_requested"]),
+        cancel_requested=bool(row["cancel_requested"]), waiting_for=row["waiting_for"],
+        wake_at=row["wake_at"],
     )
 
 
@@ -306,12 +322,13 @@ class SQLiteStore:
             task = self._get(c, task_id)
             if task.status.ended:
                 raise InvalidTransition(task_id, task.status.value, "cancel")
-            if task.status is TaskStatus.QUEUED:
+            if task.status in (TaskStatus.QUEUED, TaskStatus.WAITING):
                 c.execute(
-                    "UPDATE tasks SET status = 'cancelled', finished_at = ?, updated_at = ? WHERE id = ?",
+                    "UPDATE tasks SET status = 'cancelled', waiting_for = NULL, wake_at = NULL, "
+                    "finished_at = ?, updated_at = ? WHERE id = ?",
                     (now, now, task_id),
                 )
-                self._event(c, task_id, "cancelled", {"while": "queued"}, now)
+                self._event(c, task_id, "cancelled", {"while": task.status.value}, now)
             else:
                 c.execute(
                     "UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?", (now, task_id)
@@ -332,6 +349,60 @@ class SQLiteStore:
             kept = c.execute("SELECT count(*) FROM steps WHERE task_id = ?", (task_id,)).fetchone()[0]
             self._event(c, task_id, "retried", {"steps_kept": kept}, now)
             return self._get(c, task_id)
+
+    # -- signals ------------------------------------------------------------------------------------
+
+    def send_signal(self, task_id: str, name: str, payload: Any, now: float) -> TaskRecord:
+        with self._tx() as c:
+            task = self._get(c, task_id)
+            if task.status.ended:
+                raise InvalidTransition(task_id, task.status.value, f"signal {name!r} to")
+            c.execute("INSERT INTO signals (task_id, name, payload, at) VALUES (?, ?, ?, ?)",
+                      (task_id, name, json.dumps(payload), now))
+            self._event(c, task_id, "signal", {"name": name}, now)
+            if task.status is TaskStatus.WAITING and task.waiting_for == name:
+                c.execute(
+                    "UPDATE tasks SET status = 'queued', waiting_for = NULL, wake_at = NULL, "
+                    "updated_at = ? WHERE id = ?", (now, task_id))
+                self._event(c, task_id, "requeued", {"reason": f"signal {name}"}, now)
+            return self._get(c, task_id)
+
+    def await_signal(self, task_id: str, owner: str, name: str, key: str, wake_at: float | None,
+                     now: float) -> tuple[str, Any]:
+        with self._tx() as c:
+            self._check_lease(c, task_id, owner)
+            row = c.execute(
+                "SELECT id, payload FROM signals WHERE task_id = ? AND name = ? AND consumed_by IS NULL "
+                "ORDER BY id LIMIT 1", (task_id, name)).fetchone()
+            if row is not None or (wake_at is not None and now >= wake_at):
+                outcome = ("signal", json.loads(row["payload"])) if row else ("timeout", None)
+                if row is not None:
+                    c.execute("UPDATE signals SET consumed_by = ? WHERE id = ?", (key, row["id"]))
+                data, _ = refs.dumps(outcome)
+                c.execute(
+                    "INSERT OR REPLACE INTO steps (task_id, key, output, created_at) VALUES (?, ?, ?, ?)",
+                    (task_id, key, data, now))
+                self._event(c, task_id, "step", {"key": key, "bytes": len(data), "blobs": []}, now)
+                return outcome
+            c.execute(
+                "UPDATE tasks SET status = 'waiting', owner = NULL, lease_until = NULL, waiting_for = ?, "
+                "wake_at = ?, updated_at = ? WHERE id = ?", (name, wake_at, now, task_id))
+            self._event(c, task_id, "waiting", {"signal": name, "wake_at": wake_at}, now)
+            return ("parked", None)
+
+    def wake_due(self, now: float) -> list[TaskRecord]:
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT id FROM tasks WHERE status = 'waiting' AND wake_at IS NOT NULL AND wake_at <= ?",
+                (now,)).fetchall()
+            out = []
+            for row in rows:
+                c.execute(
+                    "UPDATE tasks SET status = 'queued', waiting_for = NULL, wake_at = NULL, "
+                    "updated_at = ? WHERE id = ?", (now, row["id"]))
+                self._event(c, row["id"], "requeued", {"reason": "signal wait timed out"}, now)
+                out.append(self._get(c, row["id"]))
+            return out
 
     def events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         rows = self._conn.execute(

@@ -165,3 +165,21 @@ async def big_handoff(ctx: Context, inp: BigIn) -> BigOut:
 
     verified = await ctx.step("verify", verify)
     return BigOut(sha256=saw["sha256"], consumer_saw=saw, verified=verified)
+
+
+class ApprovalIn(BaseModel):
+    dir: str
+    timeout_s: float | None = None
+
+
+@workflow
+async def approval(ctx: Context, inp: ApprovalIn) -> dict[str, object]:
+    from runtime import SignalTimeout
+
+    await ctx.step("draft", mark, inp.dir, f"{ctx.task_id}.draft")
+    try:
+        decision = await ctx.wait_for_signal("approve", timeout_s=inp.timeout_s)
+    except SignalTimeout:
+        return {"approved": False, "reason": "timed out"}
+    await ctx.step("publish", mark, inp.dir, f"{ctx.task_id}.publish")
+    return {"approved": True, "decision": decision}
