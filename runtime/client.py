@@ -150,3 +150,65 @@ def _recorded_address(settings: Settings) -> str | None:
 
 
 _END_KINDS = {s.value for s in TaskStatus if s.ended}
+
+
+class AsyncClient:
+    """The client for async code (the HTTP app, async driver scripts): the same calls, awaited."""
+
+    def __init__(self, store: Any, dispatcher: Any) -> None:
+        self._store = store
+        self._dispatcher = dispatcher
+
+    @classmethod
+    def from_named_actors(cls, namespace: str) -> AsyncClient:
+        """Find the runtime's actors on the Ray cluster this process is connected to."""
+        try:
+            return cls(ray.get_actor(store_actor.ACTOR_NAME, namespace=namespace),
+                       ray.get_actor(dispatch.ACTOR_NAME, namespace=namespace))
+        except ValueError:
+            raise RuntimeNotRunning(f"Ray namespace {namespace!r}") from None
+
+    async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
+        """Queue a task; returns its record and whether it is new (False: idempotency key reused)."""
+        return await _aget(self._dispatcher.submit.remote(req))  # type: ignore[no-any-return]
+
+    async def get(self, task_id: str) -> TaskRecord:
+        return await _aget(self._store.get_task.remote(task_id))  # type: ignore[no-any-return]
+
+    async def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
+                   tenant: str | None = None, limit: int = 100, offset: int = 0) -> list[TaskRecord]:
+        return await _aget(  # type: ignore[no-any-return]
+            self._store.list_tasks.remote(status, workflow, tenant, limit, offset))
+
+    async def wait_events(self, task_id: str, after: int, timeout_s: float) -> list[Event]:
+        """Events after seq ``after``, waiting up to ``timeout_s`` for the first one."""
+        return await _aget(  # type: ignore[no-any-return]
+            self._store.wait_events.remote(task_id, after, timeout_s))
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        return await _aget(self._store.request_cancel.remote(task_id))  # type: ignore[no-any-return]
+
+    async def retry(self, task_id: str) -> TaskRecord:
+        record: TaskRecord = await _aget(self._store.retry.remote(task_id))
+        await _aget(self._dispatcher.requeue.remote([task_id]))
+        return record
+
+    async def signal(self, task_id: str, name: str, payload: Any) -> TaskRecord:
+        return await _aget(self._dispatcher.signal.remote(task_id, name, payload))  # type: ignore[no-any-return]
+
+    async def workflows(self) -> list[dict[str, Any]]:
+        return await _aget(self._dispatcher.workflows.remote())  # type: ignore[no-any-return]
+
+    async def ready(self) -> dict[str, Any]:
+        """The Store's path and the task queue's stats; raises if either actor is down."""
+        return {"store": await _aget(self._store.ping.remote()),
+                "queue": await _aget(self._dispatcher.stats.remote())}
+
+
+async def _aget(ref: Any) -> Any:
+    try:
+        return await ref
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, RaysquadError):
+            raise e.cause from None
+        raise

@@ -98,6 +98,15 @@ class Settings(BaseSettings):
     retry: RetryPolicy = RetryPolicy()
     step_timeout_s: float | None = Field(None, gt=0, description="default per-attempt step timeout")
 
+    # The HTTP API.
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535)
+    api_keys: dict[str, str] = Field(
+        default_factory=dict, description="bearer key -> tenant; empty serves loopback only, no auth"
+    )
+    max_body_bytes: int = Field(1 << 20, ge=1, description="larger request bodies get 413")
+    http_replicas_max: int = Field(2, ge=1)
+
     # Agents and engines.
     agents: dict[str, AgentPoolConfig] = Field(default_factory=dict, description="per-role overrides")
     engine: Literal["simulated"] = "simulated"

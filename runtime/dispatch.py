@@ -115,6 +115,12 @@ class Dispatcher:
         self._enqueue(records)
         return len(records)
 
+    async def workflows(self) -> list[dict[str, Any]]:
+        """Each loaded workflow with its input and output JSON schema."""
+        return [{"name": wf.name, "description": (wf.fn.__doc__ or "").strip(),
+                 "input_schema": wf.input_schema(), "output_schema": wf.output_schema()}
+                for wf in sorted(self.catalog.workflows.values(), key=lambda w: w.name)]
+
     async def stats(self) -> dict[str, Any]:
         return self.queue.queue.stats()
 

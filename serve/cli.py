@@ -17,6 +17,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from runtime import Client, RaysquadError, Runtime, Settings, TaskRecord, TaskStatus
+from serve.http import is_loopback
 from serve.progress import follow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -82,17 +83,35 @@ def print_result(record: TaskRecord) -> None:
 
 @app.command()
 def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None,
-       workers: Annotated[int | None, typer.Option(help="workflow worker actors")] = None) -> None:
-    """Run the runtime in the foreground with the workflows and agents of the given modules."""
-    rt = Runtime.start(settings(address, data_dir, workers=workers), apps=apps or DEFAULT_APPS)
-    out.print(f"raysquad is up: workflows {sorted(rt.catalog.workflows)}, agents "
-              f"{sorted(rt.catalog.agents)}; Store {rt.settings.database_path}. Ctrl-C stops it.")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+       workers: Annotated[int | None, typer.Option(help="workflow worker actors")] = None,
+       host: Annotated[str | None, typer.Option(help="HTTP host (default 127.0.0.1)")] = None,
+       port: Annotated[int | None, typer.Option(help="HTTP port (default 8000)")] = None,
+       http: Annotated[bool, typer.Option(help="serve the HTTP API")] = True) -> None:
+    """Run the runtime and its HTTP API in the foreground with the given modules' workflows and agents."""
+    from serve.http import start_http, stop_http
+
+    config = settings(address, data_dir, workers=workers, http_host=host, http_port=port)
+    if http and not config.api_keys and not is_loopback(config.http_host):
+        fail(f"refusing to serve on {config.http_host} without API keys: set RAYSQUAD_API_KEYS "
+             "(a JSON object of key -> tenant) or use --host 127.0.0.1")
+    rt = Runtime.start(config, apps=apps or DEFAULT_APPS)
     try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+        url = start_http(config) if http else None
+        out.print(f"raysquad is up: workflows {sorted(rt.catalog.workflows)}, agents "
+                  f"{sorted(rt.catalog.agents)}; Store {rt.settings.database_path}.")
+        if url:
+            auth = (f"{len(config.api_keys)} API key(s)" if config.api_keys else
+                    "no API keys configured: loopback only, no authentication")
+            out.print(f"HTTP API on {url} ({auth}); docs at {url}/docs.")
+        out.print("Ctrl-C stops it.")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        if url:
+            stop_http()
     finally:
         rt.stop()
 

@@ -1,0 +1,275 @@
+"""The HTTP API: a FastAPI app served by Ray Serve.
+
+Submissions are validated and persisted by the dispatcher before the 202 goes out; everything else
+reads the Store. Every task route is scoped to the caller's tenant: another tenant's task is a 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from sse_starlette.sse import EventSourceResponse
+
+from runtime.client import AsyncClient
+from runtime.config import Settings
+from runtime.errors import TaskNotFound
+from runtime.models import SubmitRequest, TaskRecord, TaskStatus
+from serve import errors
+
+app = FastAPI(
+    title="raysquad", version="0.1.0",
+    description="Durable multi-agent workflows on Ray: submit tasks, follow their events, signal them.",
+)
+errors.install(app)
+app.add_middleware(errors.BodyGuard)
+
+_END_KINDS = {s.value for s in TaskStatus if s.ended}
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    problems: list[Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class SubmitBody(BaseModel):
+    """A task to run. ``priority``: higher runs first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: str = Field(min_length=1, max_length=200)
+    input: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(0, ge=-1000, le=1000)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+
+
+class TaskView(BaseModel):
+    id: str
+    workflow: str
+    status: TaskStatus
+    priority: int
+    input: dict[str, Any]
+    output: Any = None
+    error: str | None = None
+    runs: int
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    waiting_for: str | None = None
+    cancel_requested: bool = False
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, r: TaskRecord) -> TaskView:
+        base = f"/v1/tasks/{r.id}"
+        return cls(
+            id=r.id, workflow=r.workflow, status=r.status, priority=r.priority, input=r.input,
+            output=r.output, error=r.error, runs=r.runs, created_at=r.created_at,
+            started_at=r.started_at, finished_at=r.finished_at, waiting_for=r.waiting_for,
+            cancel_requested=r.cancel_requested,
+            links={"self": base, "result": f"{base}/result", "events": f"{base}/events",
+                   "cancel": f"{base}/cancel", "retry": f"{base}/retry"},
+        )
+
+
+class TaskPage(BaseModel):
+    items: list[TaskView]
+    next_offset: int | None
+
+
+class ResultView(BaseModel):
+    id: str
+    status: TaskStatus
+    output: Any = None
+    error: str | None = None
+
+
+class WorkflowView(BaseModel):
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody} for code in (401, 422, *codes)}
+
+
+def tenant_of(request: Request,
+              authorization: Annotated[str | None, Header()] = None) -> str:
+    """The caller's tenant from ``Authorization: Bearer KEY``; open (tenant "default") with no keys."""
+    keys: dict[str, str] = request.app.state.settings.api_keys
+    if not keys:
+        return "default"
+    scheme, _, key = (authorization or "").partition(" ")
+    for known, tenant in keys.items():
+        if scheme.lower() == "bearer" and secrets.compare_digest(key.encode(), known.encode()):
+            return tenant
+    from fastapi import HTTPException
+
+    raise HTTPException(401, "missing or unknown API key: send Authorization: Bearer <key>"
+                        if authorization else "missing API key: send Authorization: Bearer <key>",
+                        headers={"WWW-Authenticate": "Bearer"})
+
+
+Tenant = Annotated[str, Depends(tenant_of)]
+
+
+@serve.deployment(max_ongoing_requests=256)
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, settings: Settings) -> None:
+        app.state.settings = settings
+        self.client = AsyncClient.from_named_actors(settings.namespace)
+
+    async def _task(self, task_id: str, tenant: str) -> TaskRecord:
+        record = await self.client.get(task_id)
+        if record.tenant != tenant:
+            raise TaskNotFound(task_id)  # another tenant's task does not exist for this caller
+        return record
+
+    @app.post("/v1/tasks", status_code=202, response_model=TaskView, responses=_responses(404, 429))
+    async def submit(self, body: SubmitBody, tenant: Tenant, response: Response) -> TaskView:
+        """Queue a task and answer at once. The same idempotency key returns the first task (200)."""
+        record, created = await self.client.submit(
+            SubmitRequest(workflow=body.workflow, input=body.input, priority=body.priority,
+                          idempotency_key=body.idempotency_key, tenant=tenant))
+        response.headers["Location"] = f"/v1/tasks/{record.id}"
+        if not created:
+            response.status_code = 200
+        return TaskView.of(record)
+
+    @app.get("/v1/tasks", response_model=TaskPage, responses=_responses())
+    async def list_tasks(self, tenant: Tenant, status: TaskStatus | None = None,
+                         workflow: str | None = None,
+                         limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                         offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> TaskPage:
+        """Tasks of the caller's tenant, newest first."""
+        records = await self.client.list_tasks(status, workflow, tenant, limit + 1, offset)
+        return TaskPage(items=[TaskView.of(r) for r in records[:limit]],
+                        next_offset=offset + limit if len(records) > limit else None)
+
+    @app.get("/v1/tasks/{task_id}", response_model=TaskView, responses=_responses(404))
+    async def get_task(self, task_id: str, tenant: Tenant) -> TaskView:
+        return TaskView.of(await self._task(task_id, tenant))
+
+    @app.get("/v1/tasks/{task_id}/result", response_model=ResultView,
+             responses={**_responses(404, 409), 202: {"model": ResultView}})
+    async def result(self, task_id: str, tenant: Tenant, response: Response) -> ResultView:
+        """200 with the output once succeeded, 202 while not ended, 409 with the error otherwise."""
+        r = await self._task(task_id, tenant)
+        if r.status is TaskStatus.SUCCEEDED:
+            return ResultView(id=r.id, status=r.status, output=r.output)
+        if not r.status.ended:
+            response.status_code = 202
+            return ResultView(id=r.id, status=r.status)
+        response.status_code = 409
+        return ResultView(id=r.id, status=r.status, error=r.error or r.status.value)
+
+    @app.get("/v1/tasks/{task_id}/events", responses={
+        **_responses(404), 200: {"content": {"text/event-stream": {}},
+                                 "description": "Server-Sent Events; ends when the task ends"}})
+    async def events(self, task_id: str, tenant: Tenant,
+                     last_event_id: Annotated[str | None, Header()] = None,
+                     after: Annotated[int, Query(ge=0)] = 0) -> EventSourceResponse:
+        """The task's events as SSE, from after ``Last-Event-ID`` (or ``after``), until it ends."""
+        await self._task(task_id, tenant)
+        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+        return EventSourceResponse(self._stream(task_id, start), ping=15)
+
+    async def _stream(self, task_id: str, after: int) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            batch = await self.client.wait_events(task_id, after, 10.0)
+            for event in batch:
+                after = event.seq
+                yield {"id": str(event.seq), "event": event.kind,
+                       "data": json.dumps({"seq": event.seq, "kind": event.kind, "at": event.at,
+                                           **event.data})}
+                if event.kind in _END_KINDS:
+                    return
+            if not batch and (await self.client.get(task_id)).status.ended:
+                return
+            await asyncio.sleep(0)
+
+    @app.post("/v1/tasks/{task_id}/cancel", response_model=TaskView, responses=_responses(404, 409))
+    async def cancel(self, task_id: str, tenant: Tenant) -> TaskView:
+        """Cancel now if queued or waiting; at the next step boundary if running."""
+        await self._task(task_id, tenant)
+        return TaskView.of(await self.client.cancel(task_id))
+
+    @app.post("/v1/tasks/{task_id}/retry", response_model=TaskView, responses=_responses(404, 409))
+    async def retry(self, task_id: str, tenant: Tenant) -> TaskView:
+        """Run a failed or cancelled task again from its last checkpoint."""
+        await self._task(task_id, tenant)
+        return TaskView.of(await self.client.retry(task_id))
+
+    @app.post("/v1/tasks/{task_id}/signals/{name}", status_code=202, response_model=TaskView,
+              responses=_responses(404, 409))
+    async def signal(self, task_id: str, name: Annotated[str, Field(min_length=1, max_length=200)],
+                     tenant: Tenant, payload: Annotated[Any, Body()] = None) -> TaskView:
+        """Send a signal with a JSON payload; a task waiting for it resumes."""
+        await self._task(task_id, tenant)
+        return TaskView.of(await self.client.signal(task_id, name, payload))
+
+    @app.get("/v1/workflows", response_model=list[WorkflowView], responses=_responses())
+    async def workflows(self, tenant: Tenant) -> list[WorkflowView]:
+        return [WorkflowView(**w) for w in await self.client.workflows()]
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorBody}})
+    async def readyz(self) -> dict[str, Any]:
+        return {"status": "ready", **await self.client.ready()}
+
+
+def build(settings: Settings) -> Any:
+    """The Serve application, sized for a small machine: fractional CPUs, 1..N replicas."""
+    return Ingress.options(  # type: ignore[attr-defined]
+        ray_actor_options={"num_cpus": 0.1},
+        autoscaling_config={"min_replicas": 1, "max_replicas": settings.http_replicas_max,
+                            "target_ongoing_requests": 32},
+    ).bind(settings)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def start_http(settings: Settings) -> str:
+    """Run the HTTP app on Serve at ``settings.http_host:http_port``; returns its base URL.
+
+    Without API keys the API has no authentication, so it may only listen on loopback.
+    """
+    from runtime.errors import ConfigError
+
+    if not settings.api_keys and not is_loopback(settings.http_host):
+        raise ConfigError(
+            f"refusing to serve on {settings.http_host} without API keys: set RAYSQUAD_API_KEYS "
+            "(a JSON object of key -> tenant) or use --host 127.0.0.1")
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    serve.run(build(settings), name="raysquad", route_prefix="/", blocking=False)
+    return f"http://{settings.http_host}:{settings.http_port}"
+
+
+def stop_http() -> None:
+    serve.shutdown()
