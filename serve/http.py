@@ -4,7 +4,6 @@ Submissions are validated and persisted by the dispatcher before the 202 goes ou
 reads the Store. Every task route is scoped to the caller's tenant: another tenant's task is a 404.
 """
 
-from __future__ import annotations
 
 import asyncio
 import json
@@ -71,7 +70,7 @@ class TaskView(BaseModel):
     links: dict[str, str]
 
     @classmethod
-    def of(cls, r: TaskRecord) -> TaskView:
+    def of(cls, r: TaskRecord) -> "TaskView":
         base = f"/v1/tasks/{r.id}"
         return cls(
             id=r.id, workflow=r.workflow, status=r.status, priority=r.priority, input=r.input,
