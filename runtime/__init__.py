@@ -27,6 +27,6 @@ from runtime.workflow import Context, Workflow, workflow
 __all__ = [
     "Agent", "AgentContext", "AgentError", "AgentMessage", "AgentPoolConfig", "ChatMessage", "Client",
     "Completion", "Context", "Event", "InvalidInput", "QueueFull", "RaysquadError", "Ref",
-    "RetryPolicy", "Runtime", "Settings", "SignalTimeout", "StepError", "TaskCancelled", "TaskFailed", "TaskNotFound",
-    "TaskRecord", "TaskStatus", "Workflow", "WorkflowNotFound", "workflow",
+    "RetryPolicy", "Runtime", "Settings", "SignalTimeout", "StepError", "TaskCancelled", "TaskFailed",
+    "TaskNotFound", "TaskRecord", "TaskStatus", "Workflow", "WorkflowNotFound", "workflow",
 ]

@@ -236,3 +236,16 @@ class TaskFailed(RaysquadError):
 
     def __str__(self) -> str:
         return f"task {self.task_id!r} {self.status}: {self.error}"
+
+
+class RemoteError(RaysquadError):
+    """Raised by the HTTP client when the server answers with an error status."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(status, kind, message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.message} (HTTP {self.status})"

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from runtime import Client, RaysquadError, Runtime, Settings, TaskRecord, TaskStatus
 from serve.http import is_loopback
+from serve.http_client import HttpClient
 from serve.progress import follow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -32,6 +33,10 @@ AppOpt = Annotated[list[str] | None, typer.Option("--app", help="module with wor
 AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray address to join "
                                                                   "(default: RAYSQUAD_RAY_ADDRESS)")]
 DataOpt = Annotated[Path | None, typer.Option("--data-dir", help="where the SQLite Store lives")]
+UrlOpt = Annotated[str | None, typer.Option("--url", envvar="RAYSQUAD_URL",
+                                            help="use the HTTP API at this URL instead of Ray")]
+KeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="RAYSQUAD_API_KEY",
+                                            help="bearer key for --url")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -50,6 +55,13 @@ def settings(address: str | None = None, data_dir: Path | None = None, **more: A
 
 def _problems(e: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in x['loc'])}: {x['msg']}" for x in e.errors())
+
+
+def connect(address: str | None, url: str | None, api_key: str | None) -> Client | HttpClient:
+    """A client over HTTP when --url is given, else over Ray."""
+    if url:
+        return HttpClient(url, api_key)
+    return Client.connect(settings(address))
 
 
 def parse_input(text: str) -> dict[str, Any]:
@@ -120,10 +132,10 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
 def submit(workflow: str, input: Annotated[str, typer.Option("--input", help="JSON object")] = "{}",
            priority: int = 0, idempotency_key: str | None = None,
            wait: Annotated[bool, typer.Option("--wait", help="follow with a progress bar")] = False,
-           address: AddressOpt = None) -> None:
-    """Submit a task to a running runtime (see `raysquad up`)."""
+           address: AddressOpt = None, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """Submit a task to a running runtime (see `raysquad up`), over Ray or over HTTP (--url)."""
     payload = parse_input(input)
-    client = Client.connect(settings(address))
+    client = connect(address, url, api_key)
     record = client.submit(workflow, payload, priority=priority,
                            idempotency_key=idempotency_key)
     if not wait:
@@ -145,9 +157,10 @@ def run(workflow: str, input: Annotated[str, typer.Option("--input", help="JSON 
 
 
 @app.command()
-def status(task_id: str, address: AddressOpt = None) -> None:
+def status(task_id: str, address: AddressOpt = None, url: UrlOpt = None,
+           api_key: KeyOpt = None) -> None:
     """Show one task."""
-    show(Client.connect(settings(address)).get(task_id))
+    show(connect(address, url, api_key).get(task_id))
 
 
 @app.command()
@@ -183,9 +196,10 @@ def retry(task_id: str, address: AddressOpt = None) -> None:
 
 
 @app.command()
-def watch(task_id: str, address: AddressOpt = None) -> None:
-    """Follow one task's events until it ends."""
-    client = Client.connect(settings(address))
+def watch(task_id: str, address: AddressOpt = None, url: UrlOpt = None,
+          api_key: KeyOpt = None) -> None:
+    """Follow one task's events until it ends (over Ray, or the SSE stream with --url)."""
+    client = connect(address, url, api_key)
     for event in client.events(task_id, follow=True):
         out.print(f"{event.seq:>4} {event.kind:<16} {json.dumps(event.data)}", highlight=False)
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from runtime import Client, TaskRecord
+from runtime import TaskRecord
 
 
-def follow(client: Client, task_id: str, console: Console) -> TaskRecord:
-    """Show the task's progress events and steps as they arrive; return its final record."""
+def follow(client: Any, task_id: str, console: Console) -> TaskRecord:
+    """Show the task's progress events and steps as they arrive; return its final record.
+
+    ``client`` is a ``runtime.Client`` (over Ray) or a ``serve.http_client.HttpClient`` (over SSE).
+    """
     with Progress(TextColumn("[bold]{task.fields[status]:>9}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console, transient=False) as bar:
