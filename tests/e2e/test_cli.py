@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import ROOT, wait_for
@@ -39,10 +41,18 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path: Path) -> None:
                           "--status must be one of queued, running")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture
-def runtime_up(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+def runtime_up(tmp_path: Path) -> Iterator[tuple[Path, str, str]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
-    proc = subprocess.Popen([*RAYSQUAD, "up", "--app", "tests.apps.basic", "--data-dir", "state"],
+    port = free_port()
+    proc = subprocess.Popen([*RAYSQUAD, "up", "--app", "tests.apps.basic", "--data-dir", "state",
+                             "--port", str(port)],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     address_file = tmp_path / "state" / "ray_address"
@@ -50,7 +60,9 @@ def runtime_up(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         wait_for(lambda: address_file.exists() or proc.poll() is not None, timeout_s=120,
                  what="raysquad up to start")
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        yield tmp_path, address_file.read_text()
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _healthy(url), timeout_s=120, what="the HTTP API to answer")
+        yield tmp_path, address_file.read_text(), url
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
@@ -58,8 +70,16 @@ def runtime_up(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     assert "raysquad is up" in out
 
 
-def test_submit_wait_status_and_tasks_against_a_running_runtime(runtime_up: tuple[Path, str]) -> None:
-    cwd, address = runtime_up
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_submit_wait_status_and_tasks_against_a_running_runtime(
+        runtime_up: tuple[Path, str, str]) -> None:
+    cwd, address, url = runtime_up
     waited = cli("submit", "echo", "--input", '{"text": "hello from the cli"}', "--wait",
                  "--address", address, cwd=cwd)
     assert waited.returncode == 0, waited.stderr
@@ -80,8 +100,31 @@ def test_submit_wait_status_and_tasks_against_a_running_runtime(runtime_up: tupl
     assert listed.returncode == 0 and task_id in listed.stdout
 
     assert_one_line_error(cli("submit", "nope", "--address", address, cwd=cwd), 1,
-                          "unknown workflow 'nope' (loaded: agent_once, big_handoff, echo")
+                          "unknown workflow 'nope' (loaded: agent_once, approval, big_handoff, echo")
     assert_one_line_error(cli("submit", "echo", "--input", '{"text": 5}', "--address", address, cwd=cwd),
                           1, "invalid input for workflow 'echo': text: Input should be a valid string")
     assert_one_line_error(cli("status", "0" * 32, "--address", address, cwd=cwd), 1,
                           f"no task with id '{'0' * 32}'")
+
+
+def test_the_cli_over_http(runtime_up: tuple[Path, str, str]) -> None:
+    cwd, _, url = runtime_up
+    waited = cli("submit", "five_steps", "--input", json.dumps({"dir": str(cwd)}), "--wait",
+                 "--url", url, cwd=cwd)
+    assert waited.returncode == 0, waited.stderr
+    assert '"done": 5' in waited.stdout
+    assert "succeeded" in waited.stderr and "100%" in waited.stderr  # the bar, fed by SSE
+
+    task_id = cli("submit", "echo", "--input", '{"text": "over http"}', "--url", url,
+                  cwd=cwd).stdout.strip()
+    watched = cli("watch", task_id, "--url", url, cwd=cwd)
+    assert watched.returncode == 0 and "succeeded" in watched.stdout, watched.stderr
+    status = cli("status", task_id, "--url", url, cwd=cwd)
+    assert status.returncode == 0 and "succeeded" in status.stdout
+
+    assert_one_line_error(cli("submit", "nope", "--url", url, cwd=cwd), 1,
+                          "unknown workflow 'nope'")
+    assert_one_line_error(cli("status", "f" * 32, "--url", url, cwd=cwd), 1,
+                          f"no task with id '{'f' * 32}' (HTTP 404)")
+    assert_one_line_error(cli("status", "x", "--url", "http://127.0.0.1:9", cwd=cwd), 1,
+                          "cannot reach http://127.0.0.1:9")
