@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import ray
 
 from runtime.config import AgentPoolConfig, Settings
-from runtime.engines.actor import Router
+from runtime.engines.actor import Router, TokenSink
 from runtime.errors import AgentError
 from runtime.models import AgentMessage, ChatMessage, ChatRequest, Completion
 from runtime.pool import Member, Members
@@ -75,7 +75,7 @@ class AgentContext:
             temperature=temperature, priority=self.priority,
             request_id=f"{self.task_id}/{self.step_key}/{self._calls}",
         )
-        return await self._router.chat(request)
+        return await self._router.chat(request, TokenSink(self._store, self.task_id, self.step_key))
 
     def emit(self, **data: Any) -> None:
         self._store.append_event.remote(self.task_id, "agent", {"step": self.step_key, **data})

@@ -18,7 +18,7 @@ import ray
 from runtime import refs
 from runtime.catalog import Catalog, load_catalog
 from runtime.config import Settings
-from runtime.engines.actor import Router
+from runtime.engines.actor import Router, TokenSink
 from runtime.errors import (
     AgentNotFound,
     LeaseLost,
@@ -201,7 +201,8 @@ class WorkflowWorker:
         return True
 
     async def chat(self, ctx: Context, request: ChatRequest) -> Completion:
-        return await self.router.chat(request)
+        step = (request.request_id or "").rpartition("/")[2]
+        return await self.router.chat(request, TokenSink(self.store, ctx.task_id, step))
 
     def emit(self, ctx: Context, kind: str, data: dict[str, Any]) -> None:
         self.store.append_event.remote(ctx.task_id, kind, data)

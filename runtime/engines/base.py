@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from runtime.models import ChatRequest, Completion
@@ -14,8 +14,9 @@ class Engine(Protocol):
     def stream(self, request: ChatRequest) -> AsyncIterator[str]:
         """Yield the completion's text piece by piece (one token at a time where the engine can)."""
 
-    async def chat(self, request: ChatRequest) -> Completion:
-        """Run the request to the end."""
+    async def chat(self, request: ChatRequest,
+                   on_text: Callable[[str], Awaitable[None]] | None = None) -> Completion:
+        """Run the request to the end, passing each piece of text to ``on_text`` as it comes."""
 
     async def abort(self, request_id: str) -> bool:
         """Stop an in-flight request; False if it was not running."""

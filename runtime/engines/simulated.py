@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal
 
 from runtime.config import SimulatedEngineConfig
@@ -59,8 +59,13 @@ class SimulatedEngine:
                 self._running.discard(rid)
                 self._aborted.discard(rid)
 
-    async def chat(self, request: ChatRequest) -> Completion:
-        tokens = [t async for t in self.stream(request)]
+    async def chat(self, request: ChatRequest,
+                   on_text: Callable[[str], Awaitable[None]] | None = None) -> Completion:
+        tokens = []
+        async for token in self.stream(request):
+            tokens.append(token)
+            if on_text is not None:
+                await on_text(token)
         full = simulated_text(prompt_text(request), request.max_tokens)
         finish: Literal["stop", "length", "abort"] = "stop"
         if len(tokens) < len(full):

@@ -183,3 +183,9 @@ async def approval(ctx: Context, inp: ApprovalIn) -> dict[str, object]:
         return {"approved": False, "reason": "timed out"}
     await ctx.step("publish", mark, inp.dir, f"{ctx.task_id}.publish")
     return {"approved": True, "decision": decision}
+
+
+@workflow
+async def chatty(ctx: Context, inp: EchoIn) -> str:
+    completion = await ctx.llm.chat([{"role": "user", "content": inp.text}], max_tokens=40)
+    return completion.text
