@@ -54,6 +54,7 @@ class Runtime:
         store = start_store(settings)
         ray.get(store.ping.remote())
         engines = start_engines(settings, models or [settings.default_model])
+        ray.get([h.ready.remote() for hs in engines.values() for h in hs])
         router = Router(engines)
         mailboxes = {
             role: start_queue(f"agent:{role}", settings.namespace, MAILBOX_CAPACITY,
@@ -91,8 +92,9 @@ class Runtime:
                 ray.kill(handle, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone is fine
                 pass
+        engines = [f"engine:{m}:{i}" for m, hs in self.engines.items() for i in range(len(hs))]
         names = ["store", "dispatcher", "pool:workers", *(f"pool:{r}" for r in self.pools),
-                 *(f"queue:agent:{r}" for r in self.mailboxes), *(f"engine:{m}" for m in self.engines)]
+                 *(f"queue:agent:{r}" for r in self.mailboxes), *engines]
         _wait_names_free(self.settings.namespace, names)
         if shutdown_ray if shutdown_ray is not None else self.started_ray:
             ray.shutdown()

@@ -100,7 +100,7 @@ class Client:
 
     def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a queued task now, or a running one at its next step boundary."""
-        return _get(self._store.request_cancel.remote(task_id))  # type: ignore[no-any-return]
+        return _get(self._dispatcher.cancel.remote(task_id))  # type: ignore[no-any-return]
 
     def retry(self, task_id: str) -> TaskRecord:
         """Run a failed or cancelled task again from its last checkpoint."""
@@ -186,7 +186,7 @@ class AsyncClient:
             self._store.wait_events.remote(task_id, after, timeout_s))
 
     async def cancel(self, task_id: str) -> TaskRecord:
-        return await _aget(self._store.request_cancel.remote(task_id))  # type: ignore[no-any-return]
+        return await _aget(self._dispatcher.cancel.remote(task_id))  # type: ignore[no-any-return]
 
     async def retry(self, task_id: str) -> TaskRecord:
         record: TaskRecord = await _aget(self._store.retry.remote(task_id))

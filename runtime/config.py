@@ -62,6 +62,25 @@ class SimulatedEngineConfig(BaseModel):
     max_concurrency: int = Field(64, ge=1)
 
 
+class VLLMEngineConfig(BaseModel):
+    """A vLLM engine actor: the model folder, vLLM's limits, and the resources the actor asks Ray for."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_path: Path = Path(".raysquad/models/smollm2-135m-instruct")
+    dtype: str = "float32"
+    max_model_len: int = Field(2048, ge=16)
+    max_num_seqs: int = Field(32, ge=1, description="sequences vLLM batches at once")
+    max_inflight: int = Field(32, ge=1, description="requests admitted per actor; more wait by priority")
+    enforce_eager: bool = True
+    cpu_kvcache_gib: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1, description="engine actors per model, least-loaded routing")
+    num_gpus: float = Field(0, ge=0, description="GPUs per engine actor (0 on a CPU machine)")
+    num_cpus: float = Field(0, ge=0, description="CPUs reserved per engine actor")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model spans (placement group)")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+
+
 class Settings(BaseSettings):
     """The runtime's configuration."""
 
@@ -109,9 +128,10 @@ class Settings(BaseSettings):
 
     # Agents and engines.
     agents: dict[str, AgentPoolConfig] = Field(default_factory=dict, description="per-role overrides")
-    engine: Literal["simulated"] = "simulated"
+    engine: Literal["simulated", "vllm"] = "simulated"
     default_model: str = "sim-small"
     simulated: SimulatedEngineConfig = SimulatedEngineConfig()
+    vllm: VLLMEngineConfig = VLLMEngineConfig()
 
     @property
     def database_path(self) -> Path:

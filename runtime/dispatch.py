@@ -101,6 +101,17 @@ class Dispatcher:
         records = [await self.store.get_task.remote(t) for t in task_ids]
         self._enqueue(records)
 
+    async def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a task: at once if queued or waiting; a running one's worker is told right away."""
+        record: TaskRecord = await self.store.request_cancel.remote(task_id)
+        if record.owner:
+            try:
+                worker = ray.get_actor(f"worker:{record.owner}", namespace=self.settings.namespace)
+                await worker.cancel.remote(task_id)
+            except (ValueError, ray.exceptions.RayActorError):
+                pass  # the worker is gone; its lease runs out and the replay sees the cancel
+        return record
+
     async def signal(self, task_id: str, name: str, payload: Any) -> TaskRecord:
         """Deliver a signal; a task that was waiting for it is queued at once."""
         record: TaskRecord = await self.store.send_signal.remote(task_id, name, payload)

@@ -47,6 +47,7 @@ class WorkflowWorker:
         self.router = router
         self._tasks: dict[str, tuple[asyncio.Task[None], Context]] = {}
         self._replies: dict[str, asyncio.Future[tuple[bool, Any]]] = {}
+        self._llm_requests: dict[str, set[tuple[str, str]]] = {}
         self._slot_free = asyncio.Event()
         self._stopping = False
         self._self_handle: Any = None
@@ -119,6 +120,7 @@ class WorkflowWorker:
 
     def _forget(self, task_id: str) -> None:
         self._tasks.pop(task_id, None)
+        self._llm_requests.pop(task_id, None)
         self._slot_free.set()
 
     async def _renew_leases(self) -> None:
@@ -202,7 +204,26 @@ class WorkflowWorker:
 
     async def chat(self, ctx: Context, request: ChatRequest) -> Completion:
         step = (request.request_id or "").rpartition("/")[2]
-        return await self.router.chat(request, TokenSink(self.store, ctx.task_id, step))
+        in_flight = self._llm_requests.setdefault(ctx.task_id, set())
+        entry = (request.model, request.request_id or "")
+        in_flight.add(entry)
+        try:
+            completion = await self.router.chat(request, TokenSink(self.store, ctx.task_id, step))
+        finally:
+            in_flight.discard(entry)
+        if ctx.cancel_requested:  # aborted by a cancel: never record a cut-off completion
+            raise TaskCancelled(ctx.task_id)
+        return completion
+
+    async def cancel(self, task_id: str) -> bool:
+        """The task was cancelled: stop at its next step boundary, and abort its LLM requests now."""
+        entry = self._tasks.get(task_id)
+        if entry is None:
+            return False
+        entry[1].cancel_requested = True
+        for model, request_id in list(self._llm_requests.get(task_id, ())):
+            await self.router.abort(model, request_id)
+        return True
 
     def emit(self, ctx: Context, kind: str, data: dict[str, Any]) -> None:
         self.store.append_event.remote(ctx.task_id, kind, data)

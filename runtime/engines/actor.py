@@ -18,9 +18,30 @@ from runtime.models import ChatRequest, Completion
 
 
 def build_engine(settings: Settings, model: str) -> Engine:
-    if settings.engine == "simulated":
-        return SimulatedEngine(model, settings.simulated)
-    raise ValueError(f"unknown engine {settings.engine!r}")
+    if settings.engine == "vllm":
+        from runtime.engines.vllm import VLLMEngine
+
+        return VLLMEngine(model, settings.vllm)
+    return SimulatedEngine(model, settings.simulated)
+
+
+def engine_actor_options(settings: Settings) -> dict[str, Any]:
+    """Ray options for an engine actor: GPUs (and a placement group for tensor parallelism) or CPUs."""
+    if settings.engine != "vllm":
+        return {"num_cpus": 0}
+    cfg = settings.vllm
+    options: dict[str, Any] = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
+    if cfg.tensor_parallel_size > 1:
+        # vLLM's Ray executor places one worker per GPU in the bundles of the actor's placement group.
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        bundles = [{"CPU": cfg.num_cpus, "GPU": 1.0}] * cfg.tensor_parallel_size
+        group = placement_group(bundles, strategy="STRICT_PACK")
+        options["num_gpus"] = 0
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            placement_group=group, placement_group_capture_child_tasks=True)
+    return options
 
 
 class EngineActor:
@@ -46,6 +67,10 @@ class EngineActor:
 
     async def load(self) -> int:
         return self.in_flight
+
+    async def ready(self) -> bool:
+        """Answers once the engine is built (a vLLM engine takes tens of seconds)."""
+        return True
 
 
 @dataclass(frozen=True)
@@ -79,26 +104,42 @@ class TokenSink:
 
 
 class Router:
-    """Picks an engine actor for a request: a random replica of the request's model."""
+    """Sends a request to the least-loaded engine actor of its model (as this router has seen it)."""
 
     def __init__(self, replicas: dict[str, list[Any]]) -> None:
         self.replicas = replicas
+        self._load: dict[tuple[str, int], int] = {}
 
     async def chat(self, request: ChatRequest, stream_to: TokenSink | None = None) -> Completion:
         handles = self.replicas.get(request.model)
         if not handles:
             raise ModelNotFound(request.model, tuple(self.replicas))
-        result: Completion = await random.choice(handles).chat.remote(request, stream_to)
+        loads = [self._load.get((request.model, i), 0) for i in range(len(handles))]
+        least = min(loads)
+        pick = random.choice([i for i, n in enumerate(loads) if n == least])
+        key = (request.model, pick)
+        self._load[key] = loads[pick] + 1
+        try:
+            result: Completion = await handles[pick].chat.remote(request, stream_to)
+        finally:
+            self._load[key] -= 1
         return result
+
+    async def abort(self, model: str, request_id: str) -> None:
+        """Abort a request on every replica of the model (it runs on one of them)."""
+        for handle in self.replicas.get(model, []):
+            await handle.abort.remote(request_id)
 
 
 def start_engines(settings: Settings, models: list[str]) -> dict[str, list[Any]]:
+    replicas = settings.vllm.replicas if settings.engine == "vllm" else 1
     return {
         model: [
             ray.remote(EngineActor)
-            .options(name=f"engine:{model}", namespace=settings.namespace, num_cpus=0,
-                     max_concurrency=1000, max_restarts=-1)
+            .options(name=f"engine:{model}:{i}", namespace=settings.namespace, max_concurrency=1000,
+                     max_restarts=-1, **engine_actor_options(settings))
             .remote(settings, model)
+            for i in range(replicas)
         ]
         for model in models
     }
