@@ -81,6 +81,21 @@ class VLLMEngineConfig(BaseModel):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
 
 
+class OpenAIEngineConfig(BaseModel):
+    """Any OpenAI-compatible endpoint. The key is read from the environment variable named here."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    remote_model: str | None = Field(None, description="the endpoint's model name, if not ours")
+    timeout_s: float = Field(120.0, gt=0)
+    max_attempts: int = Field(5, ge=1, description="tries on 429, 5xx and connection errors")
+    initial_backoff_s: float = Field(0.5, ge=0)
+    max_backoff_s: float = Field(30.0, ge=0)
+    send_priority: bool = Field(False, description="send the task's priority (vLLM servers)")
+
+
 class Settings(BaseSettings):
     """The runtime's configuration."""
 
@@ -128,10 +143,11 @@ class Settings(BaseSettings):
 
     # Agents and engines.
     agents: dict[str, AgentPoolConfig] = Field(default_factory=dict, description="per-role overrides")
-    engine: Literal["simulated", "vllm"] = "simulated"
+    engine: Literal["simulated", "vllm", "openai"] = "simulated"
     default_model: str = "sim-small"
     simulated: SimulatedEngineConfig = SimulatedEngineConfig()
     vllm: VLLMEngineConfig = VLLMEngineConfig()
+    openai: OpenAIEngineConfig = OpenAIEngineConfig()
 
     @property
     def database_path(self) -> Path:

@@ -22,6 +22,10 @@ def build_engine(settings: Settings, model: str) -> Engine:
         from runtime.engines.vllm import VLLMEngine
 
         return VLLMEngine(model, settings.vllm)
+    if settings.engine == "openai":
+        from runtime.engines.openai import OpenAIEngine
+
+        return OpenAIEngine(model, settings.openai)
     return SimulatedEngine(model, settings.simulated)
 
 
