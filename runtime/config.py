@@ -139,7 +139,9 @@ class Settings(BaseSettings):
         default_factory=dict, description="bearer key -> tenant; empty serves loopback only, no auth"
     )
     max_body_bytes: int = Field(1 << 20, ge=1, description="larger request bodies get 413")
-    http_replicas_max: int = Field(2, ge=1)
+    http_replicas_max: int = Field(
+        1, ge=1, description="Ingress replicas; above 1 they autoscale (more only helps with more cores)")
+    http_access_log: bool = Field(False, description="Serve's per-request access log")
 
     # Agents and engines.
     agents: dict[str, AgentPoolConfig] = Field(default_factory=dict, description="per-role overrides")

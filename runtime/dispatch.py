@@ -40,6 +40,8 @@ class Dispatcher:
         )
         self._reserved = 0
         self._lost_owners: set[str] = set()
+        self._pending: list[tuple[str, SubmitRequest, asyncio.Future[tuple[TaskRecord, bool]]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._loop: asyncio.Task[None] | None = None
 
     async def start(self, recover: bool = True) -> int:
@@ -68,12 +70,32 @@ class Dispatcher:
             raise QueueFull("tasks", q.capacity, retry_after_s=1.0)
         self._reserved += 1
         try:
-            record, created = await self.store.create_task.remote(uuid.uuid4().hex, req)
+            future: asyncio.Future[tuple[TaskRecord, bool]] = asyncio.get_running_loop().create_future()
+            self._pending.append((uuid.uuid4().hex, req, future))
+            if self._flusher is None or self._flusher.done():
+                self._flusher = asyncio.create_task(self._flush_submits())
+            record, created = await future
         finally:
             self._reserved -= 1
         if created:
             self._enqueue([record])
         return record, created
+
+    async def _flush_submits(self) -> None:
+        """Write every submit that arrived meanwhile in one Store call (one transaction)."""
+        while self._pending:
+            await asyncio.sleep(0)  # let the submits already in this actor's inbox join the batch
+            batch, self._pending = self._pending, []
+            try:
+                results = await self.store.create_tasks.remote([(t, r) for t, r, _ in batch])
+            except Exception as e:  # noqa: BLE001 - every waiting submit gets the error
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (_, _, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
 
     async def get_tasks(self, owner: str, max_tasks: int, timeout_s: float) -> list[Claim]:
         """Wait up to ``timeout_s`` for runnable tasks and claim up to ``max_tasks`` for ``owner``."""

@@ -236,10 +236,13 @@ class Ingress:
 
 def build(settings: Settings) -> Any:
     """The Serve application, sized for a small machine: fractional CPUs, 1..N replicas."""
+    scaling: dict[str, Any] = (
+        {"num_replicas": 1} if settings.http_replicas_max == 1 else
+        {"autoscaling_config": {"min_replicas": 1, "max_replicas": settings.http_replicas_max,
+                                "target_ongoing_requests": 32}})
     return Ingress.options(  # type: ignore[attr-defined]
         ray_actor_options={"num_cpus": 0.1},
-        autoscaling_config={"min_replicas": 1, "max_replicas": settings.http_replicas_max,
-                            "target_ongoing_requests": 32},
+        logging_config={"enable_access_log": settings.http_access_log}, **scaling,
     ).bind(settings)
 
 
@@ -265,7 +268,9 @@ def start_http(settings: Settings) -> str:
         raise ConfigError(
             f"refusing to serve on {settings.http_host} without API keys: set RAYSQUAD_API_KEYS "
             "(a JSON object of key -> tenant) or use --host 127.0.0.1")
-    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    # Per-request access logs cost the proxy and the replica a file write each; errors still log.
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port},
+                logging_config={"enable_access_log": settings.http_access_log})
     serve.run(build(settings), name="raysquad", route_prefix="/", blocking=False)
     return f"http://{settings.http_host}:{settings.http_port}"
 

@@ -45,6 +45,9 @@ class StoreActor:
     async def create_task(self, task_id: str, req: SubmitRequest) -> tuple[TaskRecord, bool]:
         return self._call("create_task", task_id, req, time.time())  # type: ignore[no-any-return]
 
+    async def create_tasks(self, items: list[tuple[str, SubmitRequest]]) -> list[tuple[TaskRecord, bool]]:
+        return self._call("create_tasks", items, time.time())  # type: ignore[no-any-return]
+
     async def get_task(self, task_id: str) -> TaskRecord:
         return self._call("get_task", task_id)  # type: ignore[no-any-return]
 

@@ -17,6 +17,10 @@ class Store(Protocol):
     def create_task(self, task_id: str, req: SubmitRequest, now: float) -> tuple[TaskRecord, bool]:
         """Insert a queued task; with an idempotency key already used, return that task and False."""
 
+    def create_tasks(self, items: list[tuple[str, SubmitRequest]],
+                     now: float) -> list[tuple[TaskRecord, bool]]:
+        """``create_task`` for many, in one transaction."""
+
     def get_task(self, task_id: str) -> TaskRecord:
         """The task, or TaskNotFound."""
 

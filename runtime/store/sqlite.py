@@ -179,22 +179,31 @@ class SQLiteStore:
     # -- tasks ------------------------------------------------------------------------------------
 
     def create_task(self, task_id: str, req: SubmitRequest, now: float) -> tuple[TaskRecord, bool]:
+        return self.create_tasks([(task_id, req)], now)[0]
+
+    def create_tasks(self, items: list[tuple[str, SubmitRequest]],
+                     now: float) -> list[tuple[TaskRecord, bool]]:
+        """Insert many queued tasks in one transaction (group commit for concurrent submits)."""
         with self._tx() as c:
-            if req.idempotency_key is not None:
-                row = c.execute(
-                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE tenant = ? AND idempotency_key = ?",
-                    (req.tenant, req.idempotency_key),
-                ).fetchone()
-                if row is not None:
-                    return _task(row), False
-            c.execute(
-                "INSERT INTO tasks (id, workflow, input, status, priority, tenant, idempotency_key, "
-                "created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-                (task_id, req.workflow, json.dumps(req.input), req.priority, req.tenant,
-                 req.idempotency_key, now, now),
-            )
-            self._event(c, task_id, "submitted", {"priority": req.priority}, now)
-            return self._get(c, task_id), True
+            return [self._create(c, task_id, req, now) for task_id, req in items]
+
+    def _create(self, c: sqlite3.Connection, task_id: str, req: SubmitRequest,
+                now: float) -> tuple[TaskRecord, bool]:
+        if req.idempotency_key is not None:
+            row = c.execute(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE tenant = ? AND idempotency_key = ?",
+                (req.tenant, req.idempotency_key),
+            ).fetchone()
+            if row is not None:
+                return _task(row), False
+        c.execute(
+            "INSERT INTO tasks (id, workflow, input, status, priority, tenant, idempotency_key, "
+            "created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+            (task_id, req.workflow, json.dumps(req.input), req.priority, req.tenant,
+             req.idempotency_key, now, now),
+        )
+        self._event(c, task_id, "submitted", {"priority": req.priority}, now)
+        return self._get(c, task_id), True
 
     def get_task(self, task_id: str) -> TaskRecord:
         return self._get(self._conn, task_id)
