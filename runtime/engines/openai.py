@@ -14,6 +14,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
+import httpx
 import openai
 
 from runtime.config import OpenAIEngineConfig
@@ -33,12 +34,13 @@ def retry_after_s(error: openai.APIStatusError) -> float | None:
 
 
 class OpenAIEngine:
-    def __init__(self, model: str, config: OpenAIEngineConfig) -> None:
+    def __init__(self, model: str, config: OpenAIEngineConfig,
+                 http_client: httpx.AsyncClient | None = None) -> None:
         self.model = model
         self.config = config
         self._client = openai.AsyncOpenAI(
             base_url=config.base_url, api_key=os.environ.get(config.api_key_env) or "unused",
-            max_retries=0, timeout=config.timeout_s)
+            max_retries=0, timeout=config.timeout_s, http_client=http_client)
         self._running: dict[str, asyncio.Task[Any]] = {}
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str]:
