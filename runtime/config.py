@@ -68,7 +68,7 @@ class VLLMEngineConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model_path: Path = Path(".raysquad/models/smollm2-135m-instruct")
-    dtype: str = "float32"
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "float32"
     max_model_len: int = Field(2048, ge=16)
     max_num_seqs: int = Field(32, ge=1, description="sequences vLLM batches at once")
     max_inflight: int = Field(32, ge=1, description="requests admitted per actor; more wait by priority")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -64,59 +65,103 @@ def install(app: FastAPI) -> None:
 
 
 class BodyGuard:
-    """Pure ASGI middleware: 415 for a body that is not JSON, 413 for one over the limit.
+    """Pure ASGI middleware in front of every POST: the body must be JSON, strictly, and not too big.
 
-    The limit is ``app.state.settings.max_body_bytes``. Checks Content-Length up front and counts
-    streamed bytes too, so a chunked upload cannot slip by.
+    415 for another content type; 413 over ``app.state.settings.max_body_bytes`` (by Content-Length up
+    front, and by counting a streamed body, which is read whole, at most the limit, before the app
+    sees it); 400 for what Python's json module accepts but JSON does not (NaN, Infinity); 422 for a
+    string that is not valid Unicode (a lone surrogate), which could be stored but never read back.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.max_bytes = 1 << 20
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
         settings = getattr(scope["app"].state, "settings", None)
-        if settings is not None:
-            self.max_bytes = settings.max_body_bytes
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        limit = settings.max_body_bytes if settings is not None else 1 << 20
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._reply(send, 413, f"request body is {length} bytes; the limit is {self.max_bytes}")
+        if length is not None and length.isdecimal() and int(length) > limit:
+            await _reply(send, 413, "PayloadTooLarge",
+                         f"request body is {length} bytes; the limit is {limit}")
             return
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         has_body = (length is not None and length != "0") or "transfer-encoding" in headers
         if has_body and not (ctype == "application/json" or ctype.endswith("+json")):
-            await self._reply(send, 415, f"send JSON with Content-Type: application/json, not "
-                                         f"{ctype or 'no content type'!r}")
+            await _reply(send, 415, "UnsupportedMediaType",
+                         f"send JSON with Content-Type: application/json, not "
+                         f"{ctype or 'no content type'!r}")
             return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+        body = bytearray()
+        more = True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge()
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                await _reply(send, 413, "PayloadTooLarge",
+                             f"request body exceeds the limit of {limit} bytes")
+                return
+        if body:
+            problem = strict_json_problem(bytes(body))
+            if problem is not None:
+                await _reply(send, *problem)
+                return
+        replayed = False
 
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def strict_json_problem(body: bytes) -> tuple[int, str, str] | None:
+    """What makes a body that json.loads accepts unacceptable as JSON, if anything."""
+
+    def reject(constant: str) -> Any:
+        raise ValueError(f"{constant} is not a JSON value")
+
+    try:
+        value = json.loads(body, parse_constant=reject)
+    except ValueError as e:
+        if "is not a JSON value" in str(e):
+            return 400, "MalformedJSON", f"the request body is not valid JSON: {e}"
+        return None  # ordinary syntax errors get FastAPI's own 400 with its position
+    path = _bad_unicode(value, ["body"])
+    if path is not None:
+        return 422, "ValidationError", f"{'.'.join(path)}: string is not valid Unicode (lone surrogate)"
+    return None
+
+
+def _bad_unicode(value: Any, path: list[str]) -> list[str] | None:
+    if isinstance(value, str):
         try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._reply(send, 413, f"request body exceeds the limit of {self.max_bytes} bytes")
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) \
+        if isinstance(value, list) else ()
+    for key, item in items:
+        found = _bad_unicode(key, path) if isinstance(key, str) else None
+        found = found or _bad_unicode(item, [*path, str(key)])
+        if found is not None:
+            return found
+    return None
 
-    @staticmethod
-    async def _reply(send: Send, status: int, message: str) -> None:
-        response = error_body(status, "PayloadTooLarge" if status == 413 else "UnsupportedMediaType",
-                              message)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(response.body)).encode())]})
-        await send({"type": "http.response.body", "body": response.body})
 
-
-class _TooLarge(Exception):
-    pass
+async def _reply(send: Send, status: int, kind: str, message: str) -> None:
+    response = error_body(status, kind, message)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(response.body)).encode())]})
+    await send({"type": "http.response.body", "body": response.body})

@@ -7,11 +7,12 @@ reads the Store. Every task route is scoped to the caller's tenant: another tena
 
 import asyncio
 import json
+import re
 import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from sse_starlette.sse import EventSourceResponse
@@ -30,6 +31,7 @@ errors.install(app)
 app.add_middleware(errors.BodyGuard)
 
 _END_KINDS = {s.value for s in TaskStatus if s.ended}
+MAX_SEQ = 10**18
 
 
 class ErrorDetail(BaseModel):
@@ -105,6 +107,10 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody} for code in (401, 422, *codes)}
 
 
+# Every POST may also meet the body guard: malformed or non-JSON, wrong content type, too large.
+_BODY_ERRORS = (400, 413, 415)
+
+
 def tenant_of(request: Request,
               authorization: Annotated[str | None, Header()] = None) -> str:
     """The caller's tenant from ``Authorization: Bearer KEY``; open (tenant "default") with no keys."""
@@ -115,8 +121,6 @@ def tenant_of(request: Request,
     for known, tenant in keys.items():
         if scheme.lower() == "bearer" and secrets.compare_digest(key.encode(), known.encode()):
             return tenant
-    from fastapi import HTTPException
-
     raise HTTPException(401, "missing or unknown API key: send Authorization: Bearer <key>"
                         if authorization else "missing API key: send Authorization: Bearer <key>",
                         headers={"WWW-Authenticate": "Bearer"})
@@ -138,7 +142,9 @@ class Ingress:
             raise TaskNotFound(task_id)  # another tenant's task does not exist for this caller
         return record
 
-    @app.post("/v1/tasks", status_code=202, response_model=TaskView, responses=_responses(404, 429))
+    @app.post("/v1/tasks", status_code=202, response_model=TaskView,
+              responses={**_responses(404, 429, *_BODY_ERRORS),
+                         200: {"model": TaskView, "description": "the idempotency key's first task"}})
     async def submit(self, body: SubmitBody, tenant: Tenant, response: Response) -> TaskView:
         """Queue a task and answer at once. The same idempotency key returns the first task (200)."""
         record, created = await self.client.submit(
@@ -164,7 +170,8 @@ class Ingress:
         return TaskView.of(await self._task(task_id, tenant))
 
     @app.get("/v1/tasks/{task_id}/result", response_model=ResultView,
-             responses={**_responses(404, 409), 202: {"model": ResultView}})
+             responses={**_responses(404), 202: {"model": ResultView, "description": "not ended yet"},
+                        409: {"model": ResultView, "description": "failed or cancelled"}})
     async def result(self, task_id: str, tenant: Tenant, response: Response) -> ResultView:
         """200 with the output once succeeded, 202 while not ended, 409 with the error otherwise."""
         r = await self._task(task_id, tenant)
@@ -177,19 +184,32 @@ class Ingress:
         return ResultView(id=r.id, status=r.status, error=r.error or r.status.value)
 
     @app.get("/v1/tasks/{task_id}/events", responses={
-        **_responses(404), 200: {"content": {"text/event-stream": {}},
+        **_responses(404, 400), 200: {"content": {"text/event-stream": {}},
                                  "description": "Server-Sent Events; ends when the task ends"}})
     async def events(self, task_id: str, tenant: Tenant,
                      last_event_id: Annotated[str | None, Header()] = None,
-                     after: Annotated[int, Query(ge=0)] = 0) -> EventSourceResponse:
+                     after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0) -> EventSourceResponse:
         """The task's events as SSE, from after ``Last-Event-ID`` (or ``after``), until it ends."""
         await self._task(task_id, tenant)
-        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+        start = after
+        if last_event_id is not None:
+            if not re.fullmatch(r"[0-9]{1,18}", last_event_id):
+                raise HTTPException(400, f"Last-Event-ID must be an event seq (digits), not "
+                                         f"{last_event_id[:40]!r}")
+            start = int(last_event_id)
         return EventSourceResponse(self._stream(task_id, start), ping=15)
 
     async def _stream(self, task_id: str, after: int) -> AsyncIterator[dict[str, Any]]:
         while True:
-            batch = await self.client.wait_events(task_id, after, 10.0)
+            batch = await self.client.wait_events(task_id, after, 0.0)
+            if not batch:
+                if (await self.client.get(task_id)).status.ended:
+                    # Ended, and nothing after ``after``: one more look closes the race, then stop.
+                    batch = await self.client.wait_events(task_id, after, 0.0)
+                    if not batch:
+                        return
+                else:
+                    batch = await self.client.wait_events(task_id, after, 10.0)
             for event in batch:
                 after = event.seq
                 yield {"id": str(event.seq), "event": event.kind,
@@ -197,24 +217,24 @@ class Ingress:
                                            **event.data})}
                 if event.kind in _END_KINDS:
                     return
-            if not batch and (await self.client.get(task_id)).status.ended:
-                return
             await asyncio.sleep(0)
 
-    @app.post("/v1/tasks/{task_id}/cancel", response_model=TaskView, responses=_responses(404, 409))
+    @app.post("/v1/tasks/{task_id}/cancel", response_model=TaskView,
+              responses=_responses(404, 409, *_BODY_ERRORS))
     async def cancel(self, task_id: str, tenant: Tenant) -> TaskView:
         """Cancel now if queued or waiting; at the next step boundary if running."""
         await self._task(task_id, tenant)
         return TaskView.of(await self.client.cancel(task_id))
 
-    @app.post("/v1/tasks/{task_id}/retry", response_model=TaskView, responses=_responses(404, 409))
+    @app.post("/v1/tasks/{task_id}/retry", response_model=TaskView,
+              responses=_responses(404, 409, *_BODY_ERRORS))
     async def retry(self, task_id: str, tenant: Tenant) -> TaskView:
         """Run a failed or cancelled task again from its last checkpoint."""
         await self._task(task_id, tenant)
         return TaskView.of(await self.client.retry(task_id))
 
     @app.post("/v1/tasks/{task_id}/signals/{name}", status_code=202, response_model=TaskView,
-              responses=_responses(404, 409))
+              responses=_responses(404, 409, *_BODY_ERRORS))
     async def signal(self, task_id: str, name: Annotated[str, Field(min_length=1, max_length=200)],
                      tenant: Tenant, payload: Annotated[Any, Body()] = None) -> TaskView:
         """Send a signal with a JSON payload; a task waiting for it resumes."""

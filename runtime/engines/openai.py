@@ -40,7 +40,8 @@ class OpenAIEngine:
         self.config = config
         self._client = openai.AsyncOpenAI(
             base_url=config.base_url, api_key=os.environ.get(config.api_key_env) or "unused",
-            max_retries=0, timeout=config.timeout_s, http_client=http_client)
+            max_retries=0, timeout=config.timeout_s,
+            http_client=http_client)  # type: ignore[arg-type]
         self._running: dict[str, asyncio.Task[Any]] = {}
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str]:

@@ -84,7 +84,7 @@ class VLLMEngine:
 
     def _prompt(self, request: ChatRequest) -> str:
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        return str(self._tokenizer.apply_chat_template(messages, tokenize=False,
+        return str(self._tokenizer.apply_chat_template(messages, tokenize=False,  # type: ignore[arg-type]
                                                        add_generation_prompt=True))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str]:

@@ -405,8 +405,8 @@ def test_count_tasks(store: SQLiteStore) -> None:
 
     counts = {s: store.count_tasks(s) for s in TaskStatus}
 
-    assert counts == {TaskStatus.QUEUED: 1, TaskStatus.RUNNING: 1, TaskStatus.WAITING: 0, TaskStatus.SUCCEEDED: 0,
-                      TaskStatus.FAILED: 0, TaskStatus.CANCELLED: 1}
+    assert counts == {TaskStatus.QUEUED: 1, TaskStatus.RUNNING: 1, TaskStatus.WAITING: 0,
+                      TaskStatus.SUCCEEDED: 0, TaskStatus.FAILED: 0, TaskStatus.CANCELLED: 1}
 
 
 # -- recovery and the file --------------------------------------------------------------------------
