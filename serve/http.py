@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from sse_starlette.sse import EventSourceResponse
@@ -29,6 +30,26 @@ app = FastAPI(
 )
 errors.install(app)
 app.add_middleware(errors.BodyGuard)
+
+
+def _openapi() -> dict[str, Any]:
+    """The OpenAPI document, without the empty ``example`` that every field gains when Serve's ingress
+    pickles the app (FastAPI's "no example" marker does not survive the round trip)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes)
+        for operations in schema.get("paths", {}).values():
+            for op in operations.values():
+                for param in op.get("parameters", []):
+                    param.pop("example", None)
+                    param.get("schema", {}).pop("example", None)
+                for content in op.get("requestBody", {}).get("content", {}).values():
+                    content.pop("example", None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
 
 _END_KINDS = {s.value for s in TaskStatus if s.ended}
 MAX_SEQ = 10**18
