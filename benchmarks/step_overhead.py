@@ -16,7 +16,6 @@ where its time went.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -35,6 +34,7 @@ import ray  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from benchmarks.common import write_result  # noqa: E402
 from runtime import Client, Runtime, Settings, TaskRecord, TaskStatus  # noqa: E402
 from runtime.cluster import connect  # noqa: E402
 
@@ -89,11 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ray.shutdown()
     result = _result(args, settings, ours, raw)
     _print(console, result)
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {path}")
-    return result
+    return write_result(console, args.json, result)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -47,6 +47,8 @@ import ray
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.common import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 WORKFLOW = "trivial_steps"  # benchmarks/apps.py: k trivial checkpointed steps; k=1 here
@@ -125,11 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = _result(args, runs, loadavg_before, time.monotonic() - t0)
     result["machine"]["cpu_busy_percent_before"] = busy_before
     _print(console, result)
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {path}")
-    return result
+    return write_result(console, args.json, result)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
