@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import json
 import os
 import platform
 import sys
@@ -46,6 +44,7 @@ import ray  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from benchmarks.common import write_result  # noqa: E402
 from runtime import Client, Runtime, Settings, TaskStatus  # noqa: E402
 from runtime.config import VLLMEngineConfig  # noqa: E402
 
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Ray workers of a local cluster inherit the driver's environment: this is how they find benchmarks/.
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    console = Console(width=100)
+    console = Console(width=120)
     if args.loadavg_before[0] > 1.0:
         console.print(f"[yellow]load average {args.loadavg_before[0]:.1f} on {os.cpu_count()} CPUs: "
                       "other work will skew these figures[/]")
@@ -79,17 +78,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     assert (config.model_path / "config.json").exists(), f"no model at {config.model_path}: run `make model`"
     console.print(f"direct vLLM: levels {args.levels}, {args.max_tokens} tokens per request ...")
     direct = asyncio.run(measure_direct(config, args, console))
-    gc.collect()  # vLLM's engine runs its shutdown again when collected: now, not at interpreter exit
     _wait_engine_gone()
     console.print(f"raysquad ({WORKFLOW}: workflow -> agent -> ctx.chat -> engine actor) ...")
     ours = measure_raysquad(config, args, console)
     result = _result(args, config, direct, ours)
     _print(console, result)
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {path}")
-    return result
+    return write_result(console, args.json, result)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -164,6 +158,9 @@ async def measure_direct(config: VLLMEngineConfig, args: argparse.Namespace,
             console.print(f"  direct c={level}: {levels[level]['tokens_per_s']:.1f} tok/s")
     finally:
         engine.shutdown()
+        # Its __del__ shuts it down again: let that run now, since at interpreter exit it fails (a frame
+        # of this coroutine outlives the run and would keep the engine until then).
+        engine = None
     return {"engine_start_s": start_s, "output_kind": "final_only", "levels": levels}
 
 
@@ -367,8 +364,8 @@ def _print(console: Console, r: dict[str, Any]) -> None:
     args = r["settings"]["args"]
     table = Table(title=f"LLM throughput: {args['max_tokens']} tokens per request, completion tokens/s, "
                         f"best of {args['rounds']} rounds (load avg {r['machine']['loadavg_before'][0]:.1f})")
-    for name in ("concurrent", "requests", "direct vLLM tok/s", "raysquad tok/s", "ratio", "same text",
-                 "rounds: direct / raysquad"):
+    for name in ("concurrent", "requests", "direct tok/s", "raysquad tok/s", "ratio", "same text",
+                 "rounds d / r"):
         table.add_column(name, justify="right")
     for lv in r["levels"]:
         ratio = f"{lv['ratio']:.2f}x"
