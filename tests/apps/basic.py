@@ -189,3 +189,18 @@ async def approval(ctx: Context, inp: ApprovalIn) -> dict[str, object]:
 async def chatty(ctx: Context, inp: EchoIn) -> str:
     completion = await ctx.llm.chat([{"role": "user", "content": inp.text}], max_tokens=40)
     return completion.text
+
+
+class Elastic(Agent):
+    """Holds each message until the test opens the shared gate; sized by the test's configuration."""
+
+    role = "elastic"
+
+    async def handle(self, msg: AgentMessage, ctx: AgentContext) -> int:
+        await wait_gate(msg.payload["dir"], "elastic.open")
+        return os.getpid()
+
+
+@workflow
+async def elastic_call(ctx: Context, inp: EchoIn) -> int:
+    return int(await ctx.agent("elastic").run({"dir": inp.dir}))
