@@ -1,7 +1,8 @@
 """A driver process for the restart test: starts its own Ray and runtime on a given SQLite directory.
 
   submit DATA SIDE N   submit N five-step tasks, write their ids to SIDE/ids, then run until killed
-  resume DATA SIDE     start again on the same Store and exit 0 once every task in SIDE/ids has ended
+  resume DATA SIDE     start again on the same Store; once every task in SIDE/ids has ended, write
+                       their statuses to SIDE/final.json and exit 0
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def main() -> None:
             time.sleep(3600)
     ids = json.loads((side / "ids").read_text())
     records = [client.wait(task_id, timeout_s=240) for task_id in ids]
-    print(json.dumps({r.id: r.status.value for r in records}))
+    # A file, not stdout: Ray's own warnings may land on stdout at any moment.
+    (side / "final.json").write_text(json.dumps({r.id: r.status.value for r in records}))
     rt.stop()
 
 
