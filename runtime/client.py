@@ -13,7 +13,7 @@ import ray
 from runtime import dispatch
 from runtime.config import Settings
 from runtime.errors import RaysquadError, RuntimeNotRunning, TaskFailed, WaitTimeout
-from runtime.models import Event, SubmitRequest, TaskRecord, TaskStatus
+from runtime.models import END_EVENT_KINDS, Event, SubmitRequest, TaskRecord, TaskStatus
 from runtime.store import actor as store_actor
 
 
@@ -71,7 +71,7 @@ class Client:
             for event in batch:
                 after = event.seq
                 yield event
-                if follow and event.kind in _END_KINDS:
+                if follow and event.kind in END_EVENT_KINDS:
                     return
             if not batch and (not follow or self.get(task_id).status.ended):
                 return
@@ -121,9 +121,7 @@ def _get(ref: Any) -> Any:
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, RaysquadError):
-            raise e.cause from None
-        raise
+        raise _ours(e) from None
 
 
 def _use_local_token_if_any() -> None:
@@ -148,8 +146,6 @@ def _recorded_address(settings: Settings) -> str | None:
     path = settings.data_dir / "ray_address"
     return path.read_text().strip() or None if path.exists() else None
 
-
-_END_KINDS = {s.value for s in TaskStatus if s.ended}
 
 
 class AsyncClient:
@@ -209,6 +205,9 @@ async def _aget(ref: Any) -> Any:
     try:
         return await ref
     except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, RaysquadError):
-            raise e.cause from None
-        raise
+        raise _ours(e) from None
+
+
+def _ours(e: ray.exceptions.RayTaskError) -> BaseException:
+    """Our own error, if a remote call raised one; else Ray's wrapper as it came."""
+    return e.cause if isinstance(e.cause, RaysquadError) else e

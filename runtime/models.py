@@ -21,6 +21,10 @@ class TaskStatus(enum.StrEnum):
         return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
+# The event kinds that end a task's log (a retry may start it again).
+END_EVENT_KINDS = frozenset(s.value for s in TaskStatus if s.ended)
+
+
 class SubmitRequest(BaseModel):
     """A request to run a workflow. ``priority``: higher runs first; default 0."""
 

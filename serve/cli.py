@@ -17,7 +17,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from runtime import Client, RaysquadError, Runtime, Settings, TaskRecord, TaskStatus
-from serve.http import is_loopback
+from serve.http import open_bind_refusal
 from serve.http_client import HttpClient
 from serve.progress import follow
 
@@ -103,9 +103,9 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
     from serve.http import start_http, stop_http
 
     config = settings(address, data_dir, workers=workers, http_host=host, http_port=port)
-    if http and not config.api_keys and not is_loopback(config.http_host):
-        fail(f"refusing to serve on {config.http_host} without API keys: set RAYSQUAD_API_KEYS "
-             "(a JSON object of key -> tenant) or use --host 127.0.0.1")
+    refusal = open_bind_refusal(config) if http else None
+    if refusal:
+        fail(refusal)
     rt = Runtime.start(config, apps=apps or DEFAULT_APPS)
     try:
         url = start_http(config) if http else None

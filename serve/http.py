@@ -21,7 +21,7 @@ from sse_starlette.sse import EventSourceResponse
 from runtime.client import AsyncClient
 from runtime.config import Settings
 from runtime.errors import TaskNotFound
-from runtime.models import SubmitRequest, TaskRecord, TaskStatus
+from runtime.models import END_EVENT_KINDS, SubmitRequest, TaskRecord, TaskStatus
 from serve import errors
 
 app = FastAPI(
@@ -51,7 +51,6 @@ def _openapi() -> dict[str, Any]:
 
 app.openapi = _openapi  # type: ignore[method-assign]
 
-_END_KINDS = {s.value for s in TaskStatus if s.ended}
 MAX_SEQ = 10**18
 
 
@@ -236,7 +235,7 @@ class Ingress:
                 yield {"id": str(event.seq), "event": event.kind,
                        "data": json.dumps({"seq": event.seq, "kind": event.kind, "at": event.at,
                                            **event.data})}
-                if event.kind in _END_KINDS:
+                if event.kind in END_EVENT_KINDS:
                     return
             await asyncio.sleep(0)
 
@@ -298,6 +297,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def open_bind_refusal(settings: Settings) -> str | None:
+    """Why the API may not listen where configured: without API keys, only loopback is allowed."""
+    if settings.api_keys or is_loopback(settings.http_host):
+        return None
+    return (f"refusing to serve on {settings.http_host} without API keys: set RAYSQUAD_API_KEYS "
+            "(a JSON object of key -> tenant) or use --host 127.0.0.1")
+
+
 def start_http(settings: Settings) -> str:
     """Run the HTTP app on Serve at ``settings.http_host:http_port``; returns its base URL.
 
@@ -305,10 +312,9 @@ def start_http(settings: Settings) -> str:
     """
     from runtime.errors import ConfigError
 
-    if not settings.api_keys and not is_loopback(settings.http_host):
-        raise ConfigError(
-            f"refusing to serve on {settings.http_host} without API keys: set RAYSQUAD_API_KEYS "
-            "(a JSON object of key -> tenant) or use --host 127.0.0.1")
+    refusal = open_bind_refusal(settings)
+    if refusal:
+        raise ConfigError(refusal)
     # Per-request access logs cost the proxy and the replica a file write each; errors still log.
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port},
                 logging_config={"enable_access_log": settings.http_access_log})
