@@ -96,6 +96,44 @@ class OpenAIEngineConfig(BaseModel):
     send_priority: bool = Field(False, description="send the task's priority (vLLM servers)")
 
 
+class GateLimits(BaseModel):
+    """The limits of one gate (a resource key such as ``openai:gpt-4o`` or ``http:api.example.com``).
+
+    ``requests`` and ``tokens`` bound what may *start* in any window of ``interval_s`` seconds; a
+    request holds its place in the window from its grant until ``interval_s`` after it ends, so an
+    upstream never sees more than the limit in any window, whatever the network delays.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    requests: int | None = Field(None, ge=1, description="requests per interval")
+    tokens: int | None = Field(None, ge=1, description="tokens (prompt + completion) per interval")
+    interval_s: float = Field(1.0, gt=0)
+    concurrency: int | None = Field(None, ge=1, description="requests in flight at once")
+    max_hold_s: float = Field(
+        300.0, gt=0, description="a grant not released by then is taken back (its holder died)")
+
+
+class ToolSettings(BaseModel):
+    """Built-in tools and the tool executors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    executors: int = Field(2, ge=1, description="tool executor actors")
+    executor_num_cpus: float = Field(0.05, ge=0)
+    timeout_s: float = Field(30.0, gt=0, description="default per-attempt timeout of a tool call")
+    retry: RetryPolicy = RetryPolicy()
+    http_max_bytes: int = Field(2 << 20, ge=1, description="http_fetch's cap on a response body")
+    http_timeout_s: float = Field(10.0, gt=0)
+    http_max_redirects: int = Field(5, ge=0)
+    http_allow_networks: tuple[str, ...] = Field(
+        (), description="CIDRs http_fetch may reach although they are private (e.g. 127.0.0.1/32)")
+    sql_url: str | None = Field(
+        None, description="sql_query's database: a SQLite path or a postgresql:// URL")
+    sql_max_rows: int = Field(1000, ge=1)
+    sql_timeout_s: float = Field(10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """The runtime's configuration."""
 
@@ -142,6 +180,16 @@ class Settings(BaseSettings):
     http_replicas_max: int = Field(
         1, ge=1, description="Ingress replicas; above 1 they autoscale (more only helps with more cores)")
     http_access_log: bool = Field(False, description="Serve's per-request access log")
+
+    # Flow control: gates by resource key, fair share between tenants.
+    gates: dict[str, GateLimits] = Field(default_factory=dict, description="limits by resource key")
+    tenant_weights: dict[str, float] = Field(
+        default_factory=dict, description="share of a contended gate per tenant (default 1)")
+    gate_aging_per_s: float = Field(
+        0.1, ge=0, description="priority levels a waiter at a gate gains per second of waiting")
+
+    # Tools.
+    tools: ToolSettings = ToolSettings()
 
     # Agents and engines.
     agents: dict[str, AgentPoolConfig] = Field(default_factory=dict, description="per-role overrides")

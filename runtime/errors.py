@@ -249,3 +249,152 @@ class RemoteError(RaysquadError):
 
     def __str__(self) -> str:
         return f"{self.message} (HTTP {self.status})"
+
+
+# -- gates and tools -------------------------------------------------------------------------------
+
+
+class GateTimeout(RaysquadError):
+    """Raised when a gate did not grant passage within the caller's time limit."""
+
+    def __init__(self, key: str, timeout_s: float) -> None:
+        super().__init__(key, timeout_s)
+        self.key = key
+        self.timeout_s = timeout_s
+
+    def __str__(self) -> str:
+        return f"gate {self.key!r} granted no passage within {self.timeout_s}s"
+
+
+class GateRequestTooLarge(RaysquadError):
+    """Raised when one request asks a gate for more tokens than its whole window allows."""
+
+    retryable = False
+
+    def __init__(self, key: str, tokens: int, limit: int) -> None:
+        super().__init__(key, tokens, limit)
+        self.key = key
+        self.tokens = tokens
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return (f"a request for {self.tokens} tokens can never pass gate {self.key!r}: "
+                f"its window allows {self.limit}")
+
+
+class ToolNotFound(RaysquadError):
+    """Raised when a tool call names a tool that is not registered."""
+
+    retryable = False
+
+    def __init__(self, name: str, known: tuple[str, ...] = ()) -> None:
+        super().__init__(name, known)
+        self.name = name
+        self.known = known
+
+    def __str__(self) -> str:
+        known = ", ".join(self.known) or "none"
+        return f"unknown tool {self.name!r} (registered: {known})"
+
+
+class ToolArgsInvalid(RaysquadError):
+    """Raised when a tool call's arguments do not validate against the tool's signature."""
+
+    retryable = False
+
+    def __init__(self, name: str, problems: list[str]) -> None:
+        super().__init__(name, problems)
+        self.name = name
+        self.problems = problems
+
+    def __str__(self) -> str:
+        return f"invalid arguments for tool {self.name!r}: " + "; ".join(self.problems)
+
+
+class ToolFailed(RaysquadError):
+    """Raised to the caller when a tool call failed for good; ``dead_letter`` names its record."""
+
+    retryable = False
+
+    def __init__(self, name: str, message: str, error_type: str = "", attempts: int = 1,
+                 dead_letter: str = "") -> None:
+        super().__init__(name, message, error_type, attempts, dead_letter)
+        self.name = name
+        self.message = message
+        self.error_type = error_type
+        self.attempts = attempts
+        self.dead_letter = dead_letter
+
+    def __str__(self) -> str:
+        kind = f"{self.error_type}: " if self.error_type else ""
+        where = f"; dead letter {self.dead_letter}" if self.dead_letter else ""
+        return f"tool {self.name!r} failed after {self.attempts} attempt(s): {kind}{self.message}{where}"
+
+
+class AddressRefused(RaysquadError):
+    """Raised when http_fetch would connect to a private, loopback, link-local or reserved address."""
+
+    retryable = False
+
+    def __init__(self, host: str, address: str, reason: str) -> None:
+        super().__init__(host, address, reason)
+        self.host = host
+        self.address = address
+        self.reason = reason
+
+    def __str__(self) -> str:
+        shown = self.host if self.host == self.address else f"{self.host} ({self.address})"
+        return (f"refused to connect to {shown}: {self.reason} address; allow it with "
+                f"RAYSQUAD_TOOLS__HTTP_ALLOW_NETWORKS")
+
+
+class ResponseTooLarge(RaysquadError):
+    """Raised when a fetched body exceeds the size cap."""
+
+    retryable = False
+
+    def __init__(self, url: str, limit: int) -> None:
+        super().__init__(url, limit)
+        self.url = url
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"response from {self.url} exceeds {self.limit} bytes"
+
+
+class UpstreamError(RaysquadError):
+    """Raised when an upstream service answers with an error status; 429 and 5xx are retryable."""
+
+    def __init__(self, url: str, status: int, retry_after_s: float | None = None) -> None:
+        super().__init__(url, status, retry_after_s)
+        self.url = url
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.retryable = status == 429 or status >= 500
+
+    def __str__(self) -> str:
+        return f"{self.url} answered HTTP {self.status}"
+
+
+class QueryRefused(RaysquadError):
+    """Raised when sql_query is given a statement that is not read-only, or no database is set."""
+
+    retryable = False
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"query refused: {self.reason}"
+
+
+class DeadLetterNotFound(RaysquadError):
+    """Raised when a dead letter id does not exist."""
+
+    def __init__(self, dead_letter: str) -> None:
+        super().__init__(dead_letter)
+        self.dead_letter = dead_letter
+
+    def __str__(self) -> str:
+        return f"no dead letter with id {self.dead_letter!r}"

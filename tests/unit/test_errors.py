@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import types
 import typing
 from typing import Any
 
@@ -22,6 +23,8 @@ ERROR_CLASSES = sorted(
 def _sample(annotation: Any, name: str) -> Any:
     """A representative value for a parameter, chosen by its type (distinct per name)."""
     origin = typing.get_origin(annotation)
+    if origin is types.UnionType:  # X | None: a value of X
+        return _sample(next(a for a in typing.get_args(annotation) if a is not type(None)), name)
     if annotation is str:
         return f"{name}-value"
     if annotation is bool:

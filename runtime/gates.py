@@ -1,0 +1,424 @@
+"""Gates: limits on shared resources that hold across the whole cluster.
+
+A gate guards one resource key (``openai:gpt-4o``, ``api:search``, ``engine:smollm2``,
+``http:example.com``). One ``GateKeeper`` actor holds every gate, so a limit is one number for the
+cluster, not one per worker. A caller asks for passage (``acquire``), does its work, and releases;
+engines and tools do this themselves (``GateClient.passage``), so a workflow author writes nothing.
+
+A gate has up to three limits (``GateLimits``): requests and tokens per ``interval_s``, and requests
+in flight. The per-interval limits are a sliding window over *holdings*: a request counts from its
+grant until ``interval_s`` after its release. Any two requests an upstream sees within ``interval_s``
+of each other were therefore both counted at the later one's grant, so the upstream never sees more
+than the limit in any window of that length, whatever the delays between grant and arrival (a token
+bucket would allow twice the limit in one window: a full bucket plus its refill). The price is that a
+request's own duration adds to its window: throughput is ``limit / (interval_s + duration)``.
+
+Who goes first when many wait: strict priority, with aging so that low priority is not starved, and
+weighted fair share between tenants within the highest priority level present. A waiter's level is
+``priority + floor(aging * waited)``, capped at the highest priority among the waiters (aging lifts a
+waiter up to the top level, never past it, so an old backlog cannot outrank a fair share). Among the
+tenants whose best waiter is at the top level, the one with the least virtual time goes next; a grant
+adds ``1 / weight`` to its tenant's virtual time, and a tenant that starts waiting again starts at the
+virtual time of the others, so it cannot bank credit while idle. Within a tenant, higher effective
+priority (``priority + aging * waited``) first, then arrival order.
+
+An upstream 429 (``penalize``) closes the gate for its Retry-After (or 1, 2, 4... seconds), halves
+the gate's limits, and lets them grow back linearly to the configured values over ten intervals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from runtime.config import GateLimits, Settings
+from runtime.errors import GateRequestTooLarge, GateTimeout
+
+log = logging.getLogger(__name__)
+
+ACTOR_NAME = "gates"
+KEYS_TTL_S = 1.0  # how long a client trusts its list of gated keys
+RECHECK_S = 1.0  # a waiting gate re-evaluates at least this often (aging moves levels)
+MIN_FACTOR = 0.1  # a throttled gate never drops below this fraction of its limits
+RECOVER_INTERVALS = 10  # a throttled gate is back to full limits after this many intervals
+
+
+@dataclass(eq=False)
+class Waiter:
+    seq: int
+    tenant: str
+    priority: int
+    tokens: int
+    enqueued_at: float
+    future: asyncio.Future[str] | None = None
+    cancelled: bool = False
+
+
+@dataclass
+class Holding:
+    tenant: str
+    tokens: int
+    granted_at: float
+
+
+@dataclass
+class Gate:
+    """One key's limits and state. Pure: the caller passes the clock, so it is unit-tested alone."""
+
+    key: str
+    limits: GateLimits
+    aging_per_s: float = 0.0
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.held: dict[str, Holding] = {}
+        self.closed: deque[tuple[float, int]] = deque()  # (expires_at, tokens), in expiry order
+        self.held_tokens = 0
+        self.closed_tokens = 0
+        self.queues: dict[str, list[tuple[float, int, Waiter]]] = {}
+        self.priorities: Counter[int] = Counter()
+        self.vtime: dict[str, float] = {}
+        self.granted: Counter[str] = Counter()
+        self.factor_at = 1.0
+        self.penalized_at = -math.inf
+        self.blocked_until = -math.inf
+        self.strikes = 0
+        self._seq = itertools.count()
+        self._grants = itertools.count(1)
+
+    # -- waiting ----------------------------------------------------------------------------------
+
+    def enqueue(self, tenant: str, priority: int, tokens: int, now: float) -> Waiter:
+        if self.limits.tokens is not None and tokens > self.limits.tokens:
+            raise GateRequestTooLarge(self.key, tokens, self.limits.tokens)
+        waiter = Waiter(next(self._seq), tenant, priority, tokens, now)
+        queue = self.queues.setdefault(tenant, [])
+        if not self._live(tenant):
+            active = [self.vtime.get(t, 0.0) for t in self.queues if t != tenant and self._live(t)]
+            floor = min(active) if active else max(self.vtime.values(), default=0.0)
+            self.vtime[tenant] = max(self.vtime.get(tenant, 0.0), floor)
+        heapq.heappush(queue, (self.aging_per_s * now - priority, waiter.seq, waiter))
+        self.priorities[priority] += 1
+        return waiter
+
+    def cancel(self, waiter: Waiter) -> None:
+        """The waiter gave up; it is dropped when it reaches the top of its queue."""
+        if not waiter.cancelled:
+            waiter.cancelled = True
+            self._forget_priority(waiter.priority)
+
+    def waiting(self) -> int:
+        return sum(self.priorities.values())
+
+    def _forget_priority(self, priority: int) -> None:
+        self.priorities[priority] -= 1
+        if self.priorities[priority] <= 0:
+            del self.priorities[priority]
+
+    def _top(self, tenant: str) -> Waiter | None:
+        queue = self.queues.get(tenant)
+        while queue and queue[0][2].cancelled:
+            heapq.heappop(queue)
+        return queue[0][2] if queue else None
+
+    def _live(self, tenant: str) -> bool:
+        return self._top(tenant) is not None
+
+    def level(self, waiter: Waiter, now: float) -> int:
+        aged = waiter.priority + math.floor(self.aging_per_s * (now - waiter.enqueued_at))
+        return min(max(self.priorities, default=waiter.priority), aged)
+
+    def select(self, now: float) -> Waiter | None:
+        """The waiter that goes next: top priority level, then least virtual time, then arrival."""
+        tops = [w for t in list(self.queues) if (w := self._top(t)) is not None]
+        if not tops:
+            return None
+        levels = {w.seq: self.level(w, now) for w in tops}
+        best = max(levels.values())
+        return min((w for w in tops if levels[w.seq] == best),
+                   key=lambda w: (self.vtime.get(w.tenant, 0.0), w.seq))
+
+    # -- granting ---------------------------------------------------------------------------------
+
+    def factor(self, now: float) -> float:
+        recover_s = RECOVER_INTERVALS * self.limits.interval_s
+        f = self.factor_at + (1 - self.factor_at) * (now - self.penalized_at) / recover_s
+        return min(1.0, f)
+
+    def _effective(self, limit: int | None, now: float) -> int | None:
+        return None if limit is None else max(1, math.floor(limit * self.factor(now)))
+
+    def expire(self, now: float) -> None:
+        while self.closed and self.closed[0][0] <= now:
+            self.closed_tokens -= self.closed.popleft()[1]
+        for grant_id, holding in list(self.held.items()):
+            if now - holding.granted_at >= self.limits.max_hold_s:
+                log.warning("gate %s: grant %s not released in %.0fs; taking it back",
+                            self.key, grant_id, self.limits.max_hold_s)
+                self.release(grant_id, now)
+
+    def wait_s(self, waiter: Waiter, now: float) -> float:
+        """0 if ``waiter`` may pass now, else how long until it might (inf: only a release helps)."""
+        self.expire(now)
+        waits = [self.blocked_until - now]
+        reclaim = min((h.granted_at + self.limits.max_hold_s - now for h in self.held.values()),
+                      default=math.inf)
+        concurrency = self._effective(self.limits.concurrency, now)
+        if concurrency is not None and len(self.held) >= concurrency:
+            waits.append(reclaim)
+        requests = self._effective(self.limits.requests, now)
+        if requests is not None and len(self.held) + len(self.closed) >= requests:
+            need = len(self.held) + len(self.closed) - requests + 1  # entries that must expire
+            waits.append(self.closed[need - 1][0] - now if need <= len(self.closed) else reclaim)
+        tokens = self._effective(self.limits.tokens, now)
+        if tokens is not None and waiter.tokens > 0:
+            excess = self.held_tokens + self.closed_tokens + waiter.tokens - tokens
+            if excess > 0:
+                waits.append(self._time_to_free(excess, now, reclaim))
+        return max(0.0, max(waits))
+
+    def _time_to_free(self, excess: int, now: float, otherwise: float) -> float:
+        freed = 0
+        for expires_at, n in self.closed:
+            freed += n
+            if freed >= excess:
+                return expires_at - now
+        return otherwise
+
+    def grant(self, waiter: Waiter, now: float) -> str:
+        queue = self.queues[waiter.tenant]
+        assert queue[0][2] is waiter, "only the selected waiter is granted"
+        heapq.heappop(queue)
+        self._forget_priority(waiter.priority)
+        grant_id = f"{self.key}|{next(self._grants)}"
+        self.held[grant_id] = Holding(waiter.tenant, waiter.tokens, now)
+        self.held_tokens += waiter.tokens
+        self.vtime[waiter.tenant] = self.vtime.get(waiter.tenant, 0.0) + 1 / self._weight(waiter.tenant)
+        self.granted[waiter.tenant] += 1
+        return grant_id
+
+    def _weight(self, tenant: str) -> float:
+        return max(1e-6, self.weights.get(tenant, 1.0))
+
+    def release(self, grant_id: str, now: float, tokens_used: int | None = None) -> bool:
+        """End a holding; it stays in the window for ``interval_s`` (with the tokens really used)."""
+        holding = self.held.pop(grant_id, None)
+        if holding is None:
+            return False
+        self.held_tokens -= holding.tokens
+        tokens = holding.tokens if tokens_used is None else max(0, tokens_used)
+        self.closed.append((now + self.limits.interval_s, tokens))
+        self.closed_tokens += tokens
+        return True
+
+    def penalize(self, now: float, retry_after_s: float | None) -> float:
+        """The upstream said 429: close for a while and halve the limits. Returns the pause."""
+        current = self.factor(now)
+        self.strikes = 1 if current >= 1.0 else self.strikes + 1
+        pause = retry_after_s if retry_after_s is not None else min(60.0, 2.0 ** (self.strikes - 1))
+        self.blocked_until = max(self.blocked_until, now + pause)
+        self.factor_at = max(MIN_FACTOR, current / 2)
+        self.penalized_at = now
+        return pause
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        self.expire(now)
+        return {
+            "key": self.key, "limits": self.limits.model_dump(), "factor": round(self.factor(now), 3),
+            "blocked_for_s": round(max(0.0, self.blocked_until - now), 3), "held": len(self.held),
+            "in_window": len(self.held) + len(self.closed),
+            "tokens_in_window": self.held_tokens + self.closed_tokens,
+            "waiting": self.waiting(), "granted": dict(self.granted),
+        }
+
+
+class GateKeeper:
+    """The actor that holds every gate. Limits start from Settings and can be changed at run time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.gates: dict[str, Gate] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+        self.version = 0
+        for key, limits in settings.gates.items():
+            self._set(key, limits)
+
+    def _set(self, key: str, limits: GateLimits) -> None:
+        gate = self.gates.get(key)
+        if gate is None:
+            self.gates[key] = Gate(key, limits, self.settings.gate_aging_per_s,
+                                   dict(self.settings.tenant_weights))
+            self._wake[key] = asyncio.Event()
+        else:
+            gate.limits = limits
+            self._wake[key].set()
+        self.version += 1
+
+    async def keys(self) -> tuple[int, list[str]]:
+        return self.version, sorted(self.gates)
+
+    async def configure(self, key: str, limits: GateLimits | None) -> None:
+        """Set a gate's limits now (``None`` removes the gate and lets its waiters through)."""
+        if limits is not None:
+            self._set(key, limits)
+            return
+        gate = self.gates.pop(key, None)
+        self.version += 1
+        if gate is None:
+            return
+        pump = self._pumps.pop(key, None)
+        if pump is not None:
+            pump.cancel()
+        self._wake.pop(key, None)
+        for queue in gate.queues.values():
+            for _, _, waiter in queue:
+                if waiter.future is not None and not waiter.future.done():
+                    waiter.future.set_result("")
+
+    async def acquire(self, key: str, tenant: str = "default", priority: int = 0, tokens: int = 0,
+                      timeout_s: float | None = None) -> str:
+        """Wait for passage; returns a grant id to release ("" if ``key`` has no gate)."""
+        gate = self.gates.get(key)
+        if gate is None:
+            return ""
+        waiter = gate.enqueue(tenant, priority, tokens, time.monotonic())
+        waiter.future = asyncio.get_running_loop().create_future()
+        self._wake[key].set()
+        if key not in self._pumps or self._pumps[key].done():
+            self._pumps[key] = asyncio.create_task(self._pump(key))
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout_s)
+        except (TimeoutError, asyncio.CancelledError) as e:
+            self._give_up(gate, waiter)
+            if isinstance(e, TimeoutError):
+                raise GateTimeout(key, timeout_s or 0) from None
+            raise
+
+    def _give_up(self, gate: Gate, waiter: Waiter) -> None:
+        assert waiter.future is not None
+        future = waiter.future
+        if future.done() and not future.cancelled() and future.result():  # granted just now
+            gate.release(waiter.future.result(), time.monotonic(), 0)
+            self._wake[gate.key].set()
+        else:
+            gate.cancel(waiter)
+            waiter.future.cancel()
+
+    async def release(self, grant_id: str, tokens_used: int | None = None) -> None:
+        key = grant_id.rpartition("|")[0]
+        gate = self.gates.get(key)
+        if gate is not None and gate.release(grant_id, time.monotonic(), tokens_used):
+            self._wake[key].set()
+
+    async def penalize(self, key: str, retry_after_s: float | None = None) -> float:
+        """An upstream answered 429 for ``key``; returns how long the gate stays closed."""
+        gate = self.gates.get(key)
+        if gate is None:
+            return 0.0
+        pause = gate.penalize(time.monotonic(), retry_after_s)
+        log.warning("gate %s: upstream throttled; closed for %.1fs, limits at %.0f%%", key, pause,
+                    100 * gate.factor_at)
+        return pause
+
+    async def stats(self) -> dict[str, dict[str, Any]]:
+        now = time.monotonic()
+        return {key: gate.snapshot(now) for key, gate in sorted(self.gates.items())}
+
+    async def _pump(self, key: str) -> None:
+        """Grant this gate's waiters, one by one, as its limits allow."""
+        gate, wake = self.gates[key], self._wake[key]
+        while self.gates.get(key) is gate:
+            now = time.monotonic()
+            waiter = gate.select(now)
+            if waiter is None:
+                return
+            wait = gate.wait_s(waiter, now)
+            if wait <= 0:
+                grant_id = gate.grant(waiter, now)
+                assert waiter.future is not None
+                if waiter.future.done():  # gave up in the same instant
+                    gate.release(grant_id, now, 0)
+                else:
+                    waiter.future.set_result(grant_id)
+                continue
+            wake.clear()
+            try:
+                await asyncio.wait_for(wake.wait(), min(wait, RECHECK_S))
+            except TimeoutError:
+                pass
+
+
+def start_gatekeeper(settings: Settings) -> Any:
+    return (
+        ray.remote(GateKeeper)
+        .options(name=ACTOR_NAME, namespace=settings.namespace, num_cpus=0, max_restarts=-1,
+                 max_concurrency=100_000, lifetime=None)
+        .remote(settings)
+    )
+
+
+class Passage:
+    """What a caller holds while it passes a gate: report tokens used, or an upstream 429."""
+
+    def __init__(self, client: GateClient | None, key: str, grant_id: str) -> None:
+        self._client = client
+        self.key = key
+        self.grant_id = grant_id
+        self.tokens_used: int | None = None
+
+    def throttled(self, retry_after_s: float | None = None) -> None:
+        if self._client is not None:
+            self._client.throttled(self.key, retry_after_s)
+
+
+class GateClient:
+    """The caller's side: skips keys with no gate (checked once a second), acquires and releases."""
+
+    def __init__(self, keeper: Any) -> None:
+        self.keeper = keeper
+        self._keys: frozenset[str] = frozenset()
+        self._fetched_at = -math.inf
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"keeper": self.keeper}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["keeper"])  # type: ignore[misc]
+
+    async def gated(self, key: str) -> bool:
+        if self.keeper is None:
+            return False
+        if time.monotonic() - self._fetched_at > KEYS_TTL_S:
+            _, keys = await self.keeper.keys.remote()
+            self._keys, self._fetched_at = frozenset(keys), time.monotonic()
+        return key in self._keys
+
+    @asynccontextmanager
+    async def passage(self, key: str, tenant: str = "default", priority: int = 0, tokens: int = 0,
+                      timeout_s: float | None = None) -> AsyncIterator[Passage]:
+        if not await self.gated(key):
+            yield Passage(self, key, "")
+            return
+        grant_id = await self.keeper.acquire.remote(key, tenant, priority, tokens, timeout_s)
+        passage = Passage(self, key, grant_id)
+        try:
+            yield passage
+        finally:
+            if grant_id:
+                self.keeper.release.remote(grant_id, passage.tokens_used)
+
+    def throttled(self, key: str, retry_after_s: float | None = None) -> None:
+        if self.keeper is not None:
+            self.keeper.penalize.remote(key, retry_after_s)
