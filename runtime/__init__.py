@@ -1,13 +1,13 @@
 """raysquad's runtime: durable, checkpointed multi-agent workflows on Ray.
 
 The public surface: ``workflow``, ``Context``, ``Agent``, ``AgentContext``, ``Client``, ``Runtime``,
-``Settings``, ``RetryPolicy``, ``Ref`` and the models and errors below.
+``Settings``, ``RetryPolicy``, ``GateLimits``, ``Ref``, ``tool`` and the models and errors below.
 """
 
 from runtime.agent import Agent, AgentContext
 from runtime.app import Runtime
 from runtime.client import Client
-from runtime.config import AgentPoolConfig, RetryPolicy, Settings
+from runtime.config import AgentPoolConfig, GateLimits, RetryPolicy, Settings, ToolSettings
 from runtime.errors import (
     AgentError,
     InvalidInput,
@@ -18,15 +18,18 @@ from runtime.errors import (
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
+    ToolFailed,
     WorkflowNotFound,
 )
 from runtime.models import AgentMessage, ChatMessage, Completion, Event, TaskRecord, TaskStatus
 from runtime.refs import Ref
+from runtime.tools import Batch, ToolContext, tool
 from runtime.workflow import Context, Workflow, workflow
 
 __all__ = [
-    "Agent", "AgentContext", "AgentError", "AgentMessage", "AgentPoolConfig", "ChatMessage", "Client",
-    "Completion", "Context", "Event", "InvalidInput", "QueueFull", "RaysquadError", "Ref",
-    "RetryPolicy", "Runtime", "Settings", "SignalTimeout", "StepError", "TaskCancelled", "TaskFailed",
-    "TaskNotFound", "TaskRecord", "TaskStatus", "Workflow", "WorkflowNotFound", "workflow",
+    "Agent", "AgentContext", "AgentError", "AgentMessage", "AgentPoolConfig", "Batch", "ChatMessage",
+    "Client", "Completion", "Context", "Event", "GateLimits", "InvalidInput", "QueueFull",
+    "RaysquadError", "Ref", "RetryPolicy", "Runtime", "Settings", "SignalTimeout", "StepError",
+    "TaskCancelled", "TaskFailed", "TaskNotFound", "TaskRecord", "TaskStatus", "ToolContext",
+    "ToolFailed", "ToolSettings", "Workflow", "WorkflowNotFound", "tool", "workflow",
 ]

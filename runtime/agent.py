@@ -25,6 +25,7 @@ from runtime.models import AgentMessage, ChatMessage, ChatRequest, Completion
 from runtime.pool import Member, Members
 from runtime.queue import approx_size
 from runtime.refs import Ref
+from runtime.tools.executor import Caller, ToolRouter
 from runtime.workflow import as_messages
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,14 @@ class Agent:
 class AgentContext:
     """What a handler sees besides its message: the LLM, events, and putting large values by ref."""
 
-    def __init__(self, msg: AgentMessage, router: Router, store: Any, default_model: str) -> None:
+    def __init__(self, msg: AgentMessage, router: Router, store: Any, default_model: str,
+                 tools: ToolRouter | None = None) -> None:
         self.task_id = msg.task_id
         self.step_key = msg.step_key
         self.priority = msg.priority
+        self.tenant = msg.tenant
         self._router = router
+        self._tools = tools
         self._store = store
         self._default_model = default_model
         self._calls = 0
@@ -72,10 +76,17 @@ class AgentContext:
         self._calls += 1
         request = ChatRequest(
             model=model or self._default_model, messages=as_messages(messages), max_tokens=max_tokens,
-            temperature=temperature, priority=self.priority,
+            temperature=temperature, priority=self.priority, tenant=self.tenant,
             request_id=f"{self.task_id}/{self.step_key}/{self._calls}",
         )
         return await self._router.chat(request, TokenSink(self._store, self.task_id, self.step_key))
+
+    async def tool(self, name: str, /, **args: Any) -> Any:
+        """Call a tool (with its gate, timeout and retries); part of the agent's step, like chat."""
+        if self._tools is None:
+            raise RuntimeError("this agent context has no tool executors")
+        return await self._tools.call(name, args, Caller(self.task_id, self.step_key, self.tenant,
+                                                         self.priority))
 
     def emit(self, **data: Any) -> None:
         self._store.append_event.remote(self.task_id, "agent", {"step": self.step_key, **data})
@@ -83,7 +94,7 @@ class AgentContext:
 
 class AgentReplica:
     def __init__(self, replica_id: str, role: str, agent_cls: type[Agent], settings: Settings,
-                 mailbox: Any, store: Any, router: Router) -> None:
+                 mailbox: Any, store: Any, router: Router, tools: ToolRouter | None = None) -> None:
         self.id = replica_id
         self.role = role
         self.agent = agent_cls()
@@ -91,6 +102,7 @@ class AgentReplica:
         self.mailbox = mailbox
         self.store = store
         self.router = router
+        self.tools = tools
         self._stopping = False
         self._active: set[asyncio.Task[None]] = set()
         self.last_active = time.monotonic()
@@ -114,7 +126,7 @@ class AgentReplica:
 
     async def _handle(self, item_id: str, msg: AgentMessage) -> None:
         self.last_active = time.monotonic()
-        ctx = AgentContext(msg, self.router, self.store, self.settings.default_model)
+        ctx = AgentContext(msg, self.router, self.store, self.settings.default_model, self.tools)
         try:
             value = await self.agent.handle(msg, ctx)
             size = approx_size(value)
@@ -144,7 +156,8 @@ class AgentPool:
     """Keeps a role's replicas alive and sized to its mailbox's backlog."""
 
     def __init__(self, role: str, agent_cls: type[Agent], config: AgentPoolConfig,
-                 settings: Settings, mailbox: Any, store: Any, router: Router) -> None:
+                 settings: Settings, mailbox: Any, store: Any, router: Router,
+                 tools: ToolRouter | None = None) -> None:
         self.role = role
         self.agent_cls = agent_cls
         self.config = config
@@ -152,6 +165,7 @@ class AgentPool:
         self.mailbox = mailbox
         self.store = store
         self.router = router
+        self.tools = tools
         self.members = Members(self._on_exit)
         self.started = 0
         self._loop: asyncio.Task[None] | None = None
@@ -169,7 +183,7 @@ class AgentPool:
             .options(num_cpus=self.config.num_cpus, max_restarts=0, max_concurrency=1000,
                      name=f"agent:{replica_id}", namespace=self.settings.namespace)
             .remote(replica_id, self.role, self.agent_cls, self.settings, self.mailbox, self.store,
-                    self.router)
+                    self.router, self.tools)
         )
         self.members.add(Member(replica_id, handle),
                          handle.run.remote(self.config.concurrency))  # type: ignore[attr-defined]
@@ -219,12 +233,12 @@ class AgentPool:
 
 
 def start_agent_pool(role: str, agent_cls: type[Agent], config: AgentPoolConfig, settings: Settings,
-                     mailbox: Any, store: Any, router: Router) -> Any:
+                     mailbox: Any, store: Any, router: Router, tools: ToolRouter | None = None) -> Any:
     return (
         ray.remote(AgentPool)
         .options(name=f"pool:{role}", namespace=settings.namespace, num_cpus=0, max_restarts=0,
                  max_concurrency=1000)
-        .remote(role, agent_cls, config, settings, mailbox, store, router)
+        .remote(role, agent_cls, config, settings, mailbox, store, router, tools)
     )
 
 

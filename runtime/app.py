@@ -20,8 +20,10 @@ from runtime.client import Client, address_file
 from runtime.config import Settings
 from runtime.dispatch import start_dispatcher
 from runtime.engines.actor import Router, start_engines
+from runtime.gates import GateClient, start_gatekeeper
 from runtime.queue import start_queue
 from runtime.store.actor import start_store
+from runtime.tools.executor import ToolRouter, start_tool_executors
 from runtime.worker import start_worker_pool
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ class Runtime:
     mailboxes: dict[str, Any]
     pools: dict[str, Any]
     engines: dict[str, list[Any]]
+    gatekeeper: Any = None
+    tool_executors: list[Any] = field(default_factory=list)
     started_ray: bool = False
     _stopped: bool = field(default=False, repr=False)
 
@@ -53,9 +57,14 @@ class Runtime:
         started_ray = cluster.connect(settings)
         store = start_store(settings)
         ray.get(store.ping.remote())
-        engines = start_engines(settings, models or [settings.default_model])
+        gatekeeper = start_gatekeeper(settings)
+        gates = GateClient(gatekeeper)
+        engines = start_engines(settings, models or [settings.default_model], gates)
         ray.get([h.ready.remote() for hs in engines.values() for h in hs])
         router = Router(engines)
+        registry = catalog.registry()
+        tool_executors = start_tool_executors(settings, registry, store, gates)
+        tools = ToolRouter(registry, tool_executors)
         mailboxes = {
             role: start_queue(f"agent:{role}", settings.namespace, MAILBOX_CAPACITY,
                               settings.aging_per_s)
@@ -63,22 +72,26 @@ class Runtime:
         }
         pools = {
             role: start_agent_pool(role, agent_cls, agent_cls.pool_config(settings.agents.get(role)),
-                                   settings, mailboxes[role], store, router)
+                                   settings, mailboxes[role], store, router, tools)
             for role, agent_cls in catalog.agents.items()
         }
         ray.get([pool.start.remote() for pool in pools.values()])
         dispatcher = start_dispatcher(settings, store, apps)
         recovered = ray.get(dispatcher.start.remote())
-        workers = start_worker_pool(settings, apps, store, dispatcher, mailboxes, router)
+        workers = start_worker_pool(settings, apps, store, dispatcher, mailboxes, router, tools)
         ray.get(workers.start.remote())
         address_file(settings).write_text(ray.get_runtime_context().gcs_address)
         log.info("raysquad runtime up: %d workflow(s), %d agent role(s), %d task(s) recovered",
                  len(catalog.workflows), len(catalog.agents), recovered)
         return cls(settings, apps, catalog, store, dispatcher, workers, mailboxes, pools, engines,
-                   started_ray)
+                   gatekeeper, tool_executors, started_ray)
 
     def client(self) -> Client:
         return Client(self.store, self.dispatcher)
+
+    def tools(self) -> ToolRouter:
+        """Call tools from the driver (``await runtime.tools().call(...)``) or replay dead letters."""
+        return ToolRouter(self.catalog.registry(), self.tool_executors)
 
     def stop(self, shutdown_ray: bool | None = None) -> None:
         """Kill every actor of the runtime (tasks in flight resume at the next start)."""
@@ -86,7 +99,8 @@ class Runtime:
             return
         self._stopped = True
         handles = [self.workers, self.dispatcher, *self.pools.values(), *self.mailboxes.values(),
-                   *(h for hs in self.engines.values() for h in hs), self.store]
+                   *(h for hs in self.engines.values() for h in hs), *self.tool_executors,
+                   self.gatekeeper, self.store]
         for handle in handles:
             try:
                 ray.kill(handle, no_restart=True)
@@ -94,7 +108,8 @@ class Runtime:
                 pass
         engines = [f"engine:{m}:{i}" for m, hs in self.engines.items() for i in range(len(hs))]
         names = ["store", "dispatcher", "pool:workers", *(f"pool:{r}" for r in self.pools),
-                 *(f"queue:agent:{r}" for r in self.mailboxes), *engines]
+                 *(f"queue:agent:{r}" for r in self.mailboxes), *engines, "gates",
+                 *(f"tools:{i}" for i in range(len(self.tool_executors)))]
         _wait_names_free(self.settings.namespace, names)
         if shutdown_ray if shutdown_ray is not None else self.started_ray:
             ray.shutdown()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from runtime.errors import AgentNotFound, ConfigError, WorkflowNotFound
+from runtime.tools import Registry, Tool, builtin_tools
 from runtime.workflow import Workflow
 
 if TYPE_CHECKING:
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
 class Catalog:
     workflows: dict[str, Workflow] = field(default_factory=dict)
     agents: dict[str, type[Agent]] = field(default_factory=dict)
+    tools: dict[str, Tool] = field(default_factory=builtin_tools)
+
+    def registry(self) -> Registry:
+        return Registry(self.tools)
 
     def workflow(self, name: str) -> Workflow:
         try:
@@ -33,7 +38,8 @@ class Catalog:
 
 
 def load_catalog(modules: list[str]) -> Catalog:
-    """Import each module and collect its ``@workflow`` functions and ``Agent`` subclasses."""
+    """Import each module and collect its ``@workflow`` functions, ``Agent`` subclasses and ``@tool``s
+    (next to the built-in tools)."""
     from runtime.agent import Agent
 
     catalog = Catalog()
@@ -47,6 +53,8 @@ def load_catalog(modules: list[str]) -> Catalog:
                 _add(catalog.workflows, value.name, value, name)
             elif inspect.isclass(value) and issubclass(value, Agent) and value.role:
                 _add(catalog.agents, value.role, value, name)
+            elif isinstance(value, Tool):
+                _add(catalog.tools, value.name, value, name)
     return catalog
 
 

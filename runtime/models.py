@@ -94,6 +94,7 @@ class AgentMessage(BaseModel):
     task_id: str
     step_key: str
     priority: int = 0
+    tenant: str = "default"
     payload: Any = None
     reply_to: Any = Field(None, description="the workflow worker's actor handle")
 
@@ -113,6 +114,7 @@ class ChatRequest(BaseModel):
     max_tokens: int = Field(128, ge=1, le=32_768)
     temperature: float = Field(0.0, ge=0, le=2)
     priority: int = 0
+    tenant: str = "default"
     request_id: str | None = None
 
 
@@ -132,3 +134,21 @@ class Completion(BaseModel):
     text: str
     usage: Usage
     finish_reason: Literal["stop", "length", "abort"] = "stop"
+
+
+class DeadLetter(BaseModel):
+    """A tool call that ran out of retries; ``replay`` runs it again."""
+
+    id: str
+    tool: str
+    args: dict[str, Any]
+    error: str
+    error_type: str
+    attempts: int
+    task_id: str | None = None
+    step_key: str | None = None
+    tenant: str = "default"
+    created_at: float
+    status: Literal["dead", "replayed"] = "dead"
+    replayed_at: float | None = None
+    result: Any = None

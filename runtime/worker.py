@@ -27,6 +27,7 @@ from runtime.errors import (
 )
 from runtime.models import AgentMessage, ChatRequest, Claim, Completion, TaskStatus
 from runtime.pool import Member, Members
+from runtime.tools.executor import Caller, ToolRouter
 from runtime.workflow import Context, Parked
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ MAILBOX_CHECK_S = 10.0
 
 class WorkflowWorker:
     def __init__(self, worker_id: str, settings: Settings, apps: list[str], store: Any,
-                 dispatcher: Any, mailboxes: dict[str, Any], router: Router) -> None:
+                 dispatcher: Any, mailboxes: dict[str, Any], router: Router, tools: ToolRouter) -> None:
         self.id = worker_id
         self.settings = settings
         self.catalog: Catalog = load_catalog(apps)
@@ -45,6 +46,7 @@ class WorkflowWorker:
         self.dispatcher = dispatcher
         self.mailboxes = mailboxes
         self.router = router
+        self.tools = tools
         self._tasks: dict[str, tuple[asyncio.Task[None], Context]] = {}
         self._replies: dict[str, asyncio.Future[tuple[bool, Any]]] = {}
         self._llm_requests: dict[str, set[tuple[str, str]]] = {}
@@ -160,7 +162,8 @@ class WorkflowWorker:
         if mailbox is None:
             raise AgentNotFound(role, tuple(sorted(self.mailboxes)))
         msg = AgentMessage(id=uuid.uuid4().hex, role=role, task_id=ctx.task_id, step_key=key,
-                           priority=ctx.priority, payload=payload, reply_to=self._self_handle)
+                           priority=ctx.priority, tenant=ctx.tenant, payload=payload,
+                           reply_to=self._self_handle)
         reply: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
         self._replies[msg.id] = reply
         try:
@@ -189,6 +192,9 @@ class WorkflowWorker:
         except ray.exceptions.RayActorError:
             log.warning("task %s step %s: mailbox unreachable; will check again", msg.task_id,
                         msg.step_key)
+
+    async def call_tool(self, ctx: Context, name: str, key: str, args: dict[str, Any]) -> Any:
+        return await self.tools.call(name, args, Caller(ctx.task_id, key, ctx.tenant, ctx.priority))
 
     async def await_signal(self, ctx: Context, name: str, key: str,
                            wake_at: float | None) -> tuple[str, Any]:
@@ -237,13 +243,14 @@ class WorkerPool:
     """Keeps ``settings.workers`` workflow workers running; replaces the dead, releasing their leases."""
 
     def __init__(self, settings: Settings, apps: list[str], store: Any, dispatcher: Any,
-                 mailboxes: dict[str, Any], router: Router) -> None:
+                 mailboxes: dict[str, Any], router: Router, tools: ToolRouter) -> None:
         self.settings = settings
         self.apps = apps
         self.store = store
         self.dispatcher = dispatcher
         self.mailboxes = mailboxes
         self.router = router
+        self.tools = tools
         self.members = Members(self._on_exit)
         self.started = 0
         self._stopping = False
@@ -261,7 +268,7 @@ class WorkerPool:
             .options(name=f"worker:{worker_id}", namespace=self.settings.namespace,
                      num_cpus=self.settings.worker_num_cpus, max_restarts=0, max_concurrency=10_000)
             .remote(worker_id, self.settings, self.apps, self.store, self.dispatcher,
-                    self.mailboxes, self.router)
+                    self.mailboxes, self.router, self.tools)
         )
         self.members.add(Member(worker_id, handle), handle.run.remote())  # type: ignore[attr-defined]
 
@@ -283,11 +290,11 @@ class WorkerPool:
 
 
 def start_worker_pool(settings: Settings, apps: list[str], store: Any, dispatcher: Any,
-                      mailboxes: dict[str, Any], router: Router) -> Any:
+                      mailboxes: dict[str, Any], router: Router, tools: ToolRouter) -> Any:
     return (
         ray.remote(WorkerPool)
         .options(name="pool:workers", namespace=settings.namespace, num_cpus=0, max_restarts=0,
                  max_concurrency=1000)
-        .remote(settings, apps, store, dispatcher, mailboxes, router)
+        .remote(settings, apps, store, dispatcher, mailboxes, router, tools)
     )
 

@@ -26,6 +26,8 @@ from runtime.models import ChatMessage, ChatRequest, Completion
 
 log = logging.getLogger(__name__)
 
+ONE_ATTEMPT = RetryPolicy(max_attempts=1)  # for steps whose callee retries on its own (tools)
+
 
 @dataclass(frozen=True)
 class Workflow:
@@ -94,6 +96,9 @@ class Services(Protocol):
     def emit(self, ctx: Context, kind: str, data: dict[str, Any]) -> None:
         """Append an event to the task's log, without waiting."""
 
+    async def call_tool(self, ctx: Context, name: str, key: str, args: dict[str, Any]) -> Any:
+        """Run a tool call (the executor retries it) and return its result."""
+
     async def await_signal(self, ctx: Context, name: str, key: str,
                            wake_at: float | None) -> tuple[str, Any]:
         """Take a signal (recorded as step ``key``), time out, or park the task ("parked")."""
@@ -147,6 +152,15 @@ class Context:
             return await result if inspect.isawaitable(result) else result
 
         return self._run(self._key(name), attempt, retry, timeout_s)
+
+    def tool(self, name: str, /, **args: Any) -> Awaitable[Any]:
+        """Call the tool ``name`` with ``args``, checkpointed: ``await ctx.tool("http_fetch", url=u)``.
+
+        The tool's own policy retries the call (with its gate, timeout and backoff); a call that runs
+        out of retries raises ToolFailed naming its dead letter.
+        """
+        key = self._key(f"tool:{name}")
+        return self._run(key, lambda: self._services.call_tool(self, name, key, args), ONE_ATTEMPT, None)
 
     def agent(self, role: str) -> AgentRef:
         """The pool of agents of ``role``: ``await ctx.agent("planner").run(payload)``."""
@@ -254,7 +268,7 @@ class LLM:
         ctx = self._ctx
         request = ChatRequest(
             model=model or self.default_model, messages=as_messages(messages), max_tokens=max_tokens,
-            temperature=temperature, priority=ctx.priority,
+            temperature=temperature, priority=ctx.priority, tenant=ctx.tenant,
         )
         key = ctx._key(f"llm:{request.model}")
         request = request.model_copy(update={"request_id": f"{ctx.task_id}/{key}"})

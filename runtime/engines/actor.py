@@ -14,6 +14,7 @@ from runtime.config import Settings
 from runtime.engines.base import Engine
 from runtime.engines.simulated import SimulatedEngine
 from runtime.errors import ModelNotFound
+from runtime.gates import GateClient
 from runtime.models import ChatRequest, Completion
 
 
@@ -48,21 +49,45 @@ def engine_actor_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def gate_key(settings: Settings, model: str) -> str:
+    """The gate an engine's requests pass: ``openai:<remote model>`` or ``engine:<model>``."""
+    if settings.engine == "openai":
+        return f"openai:{settings.openai.remote_model or model}"
+    return f"engine:{model}"
+
+
+def estimate_tokens(request: ChatRequest) -> int:
+    """What a request may cost before it runs: about 4 characters a token, plus its max_tokens."""
+    return sum(len(m.content) for m in request.messages) // 4 + request.max_tokens
+
+
 class EngineActor:
-    def __init__(self, settings: Settings, model: str) -> None:
+    def __init__(self, settings: Settings, model: str, gates: GateClient | None = None) -> None:
         self.engine = build_engine(settings, model)
+        self.gates = gates or GateClient(None)
+        self.gate_key = gate_key(settings, model)
+        if hasattr(self.engine, "on_throttled"):  # an upstream engine: its 429s throttle the gate
+            self.engine.on_throttled = self._throttled
         self.in_flight = 0
 
+    def _throttled(self, retry_after_s: float | None) -> None:
+        self.gates.throttled(self.gate_key, retry_after_s)
+
     async def chat(self, request: ChatRequest, stream_to: TokenSink | None = None) -> Completion:
-        """Run a request; with ``stream_to``, its text goes to the task's events as it is generated."""
+        """Run a request through the model's gate; with ``stream_to``, its text goes to the task's
+        events as it is generated."""
         self.in_flight += 1
         try:
-            if stream_to is None:
-                return await self.engine.chat(request)
-            on_text, flush = stream_to.writer()
-            completion = await self.engine.chat(request, on_text)
-            await flush()
-            return completion
+            async with self.gates.passage(self.gate_key, request.tenant, request.priority,
+                                          estimate_tokens(request)) as passage:
+                if stream_to is None:
+                    completion = await self.engine.chat(request)
+                else:
+                    on_text, flush = stream_to.writer()
+                    completion = await self.engine.chat(request, on_text)
+                    await flush()
+                passage.tokens_used = completion.usage.prompt_tokens + completion.usage.completion_tokens
+                return completion
         finally:
             self.in_flight -= 1
 
@@ -135,14 +160,15 @@ class Router:
             await handle.abort.remote(request_id)
 
 
-def start_engines(settings: Settings, models: list[str]) -> dict[str, list[Any]]:
+def start_engines(settings: Settings, models: list[str],
+                  gates: GateClient | None = None) -> dict[str, list[Any]]:
     replicas = settings.vllm.replicas if settings.engine == "vllm" else 1
     return {
         model: [
             ray.remote(EngineActor)
             .options(name=f"engine:{model}:{i}", namespace=settings.namespace, max_concurrency=1000,
                      max_restarts=-1, **engine_actor_options(settings))
-            .remote(settings, model)
+            .remote(settings, model, gates)
             for i in range(replicas)
         ]
         for model in models

@@ -43,6 +43,8 @@ class OpenAIEngine:
             max_retries=0, timeout=config.timeout_s,
             http_client=http_client)  # type: ignore[arg-type]
         self._running: dict[str, asyncio.Task[Any]] = {}
+        # Told of each 429 with its Retry-After (the engine actor throttles the model's gate).
+        self.on_throttled: Callable[[float | None], None] | None = None
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str]:
         queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -73,6 +75,8 @@ class OpenAIEngine:
                     raise EngineError(self.model, f"{type(e).__name__} after {attempt} attempts: {e}",
                                       retryable=True) from None
                 hinted = retry_after_s(e) if isinstance(e, openai.APIStatusError) else None
+                if isinstance(e, openai.RateLimitError) and self.on_throttled is not None:
+                    self.on_throttled(hinted)
                 delay = hinted if hinted is not None else min(
                     self.config.max_backoff_s,
                     self.config.initial_backoff_s * 2 ** (attempt - 1) * (0.8 + 0.4 * random.random()))

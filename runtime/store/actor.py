@@ -16,7 +16,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from runtime.config import Settings
-from runtime.models import Claim, Event, SubmitRequest, TaskRecord, TaskStatus
+from runtime.models import Claim, DeadLetter, Event, SubmitRequest, TaskRecord, TaskStatus
 from runtime.store.sqlite import SQLiteStore
 
 ACTOR_NAME = "store"
@@ -47,6 +47,20 @@ class StoreActor:
 
     async def create_tasks(self, items: list[tuple[str, SubmitRequest]]) -> list[tuple[TaskRecord, bool]]:
         return self._call("create_tasks", items, time.time())  # type: ignore[no-any-return]
+
+    async def add_dead_letter(self, letter: DeadLetter) -> None:
+        self._call("add_dead_letter", letter)
+
+    async def dead_letters(self, status: str | None = None, tool: str | None = None,
+                           tenant: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        return self._call("dead_letters", status, tool, tenant, limit)  # type: ignore[no-any-return]
+
+    async def get_dead_letter(self, letter_id: str) -> DeadLetter:
+        return self._call("get_dead_letter", letter_id)  # type: ignore[no-any-return]
+
+    async def replayed(self, letter_id: str, ok: bool, result: Any, error: str,
+                       attempts: int) -> DeadLetter:
+        return self._call("replayed", letter_id, ok, result, error, attempts, time.time())  # type: ignore[no-any-return]
 
     async def get_task(self, task_id: str) -> TaskRecord:
         return self._call("get_task", task_id)  # type: ignore[no-any-return]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from runtime.models import Claim, Event, SubmitRequest, TaskRecord, TaskStatus
+from runtime.models import Claim, DeadLetter, Event, SubmitRequest, TaskRecord, TaskStatus
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Store(Protocol):
@@ -83,3 +83,17 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release the connection."""
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        """Keep a tool call that ran out of retries."""
+
+    def dead_letters(self, status: str | None = None, tool: str | None = None,
+                     tenant: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, newest first."""
+
+    def get_dead_letter(self, letter_id: str) -> DeadLetter:
+        """One dead letter, or DeadLetterNotFound."""
+
+    def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
+                 now: float) -> DeadLetter:
+        """Record a replay: ``ok`` marks the letter replayed with its result, else its new error."""

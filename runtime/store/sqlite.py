@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime import refs
-from runtime.errors import InvalidTransition, LeaseLost, StoreError, TaskNotFound
-from runtime.models import Claim, Event, SubmitRequest, TaskRecord, TaskStatus
+from runtime.errors import DeadLetterNotFound, InvalidTransition, LeaseLost, StoreError, TaskNotFound
+from runtime.models import Claim, DeadLetter, Event, SubmitRequest, TaskRecord, TaskStatus
 from runtime.store.base import SCHEMA_VERSION
 
 _MIGRATIONS: dict[int, str] = {
@@ -71,6 +71,24 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX signals_pending ON signals(task_id, name) WHERE consumed_by IS NULL;
     """,
+    3: """
+    CREATE TABLE dead_letters (
+        id TEXT PRIMARY KEY,
+        tool TEXT NOT NULL,
+        args TEXT NOT NULL,
+        error TEXT NOT NULL,
+        error_type TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        task_id TEXT,
+        step_key TEXT,
+        tenant TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        status TEXT NOT NULL DEFAULT 'dead',
+        replayed_at REAL,
+        result TEXT
+    );
+    CREATE INDEX dead_letters_created ON dead_letters(created_at);
+    """,
 }
 
 _TASK_COLUMNS = (
@@ -90,6 +108,16 @@ def _task(row: sqlite3.Row) -> TaskRecord:
         owner=row["owner"], lease_until=row["lease_until"],
         cancel_requested=bool(row["cancel_requested"]), waiting_for=row["waiting_for"],
         wake_at=row["wake_at"],
+    )
+
+
+def _dead_letter(row: sqlite3.Row) -> DeadLetter:
+    return DeadLetter(
+        id=row["id"], tool=row["tool"], args=json.loads(row["args"]), error=row["error"],
+        error_type=row["error_type"], attempts=row["attempts"], task_id=row["task_id"],
+        step_key=row["step_key"], tenant=row["tenant"], created_at=row["created_at"],
+        status=row["status"], replayed_at=row["replayed_at"],
+        result=json.loads(row["result"]) if row["result"] is not None else None,
     )
 
 
@@ -425,6 +453,46 @@ class SQLiteStore:
                       at=r["at"]) for r in rows]
 
     # -- blobs --------------------------------------------------------------------------------------
+
+    # -- dead letters ----------------------------------------------------------------------------
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO dead_letters (id, tool, args, error, error_type, attempts, task_id, "
+                "step_key, tenant, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (letter.id, letter.tool, json.dumps(letter.args), letter.error, letter.error_type,
+                 letter.attempts, letter.task_id, letter.step_key, letter.tenant, letter.created_at),
+            )
+
+    def dead_letters(self, status: str | None = None, tool: str | None = None,
+                     tenant: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        where, params = [], []
+        for column, value in (("status", status), ("tool", tool), ("tenant", tenant)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = "SELECT * FROM dead_letters" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self._conn.execute(sql + " ORDER BY created_at DESC LIMIT ?", (*params, limit))
+        return [_dead_letter(r) for r in rows]
+
+    def get_dead_letter(self, letter_id: str) -> DeadLetter:
+        row = self._conn.execute("SELECT * FROM dead_letters WHERE id = ?", (letter_id,)).fetchone()
+        if row is None:
+            raise DeadLetterNotFound(letter_id)
+        return _dead_letter(row)
+
+    def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
+                 now: float) -> DeadLetter:
+        with self._tx() as c:
+            if ok:
+                c.execute("UPDATE dead_letters SET status = 'replayed', replayed_at = ?, result = ?, "
+                          "attempts = attempts + ? WHERE id = ?",
+                          (now, json.dumps(result), attempts, letter_id))
+            else:
+                c.execute("UPDATE dead_letters SET error = ?, attempts = attempts + ? WHERE id = ?",
+                          (error, attempts, letter_id))
+        return self.get_dead_letter(letter_id)
 
     def _blob_path(self, key: str) -> Path:
         parts = key.split("/")

@@ -1,0 +1,160 @@
+"""``@tool``: a typed function becomes a tool with a pydantic argument model and a description.
+
+A tool's arguments come from its signature (or, for a batching tool, from the pydantic model its one
+``list[Model]`` parameter holds); its description is its docstring. A parameter annotated
+``ToolContext`` is not an argument: the executor passes the tool's context there (settings, caller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, get_args, get_origin, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
+from runtime.config import RetryPolicy, ToolSettings
+from runtime.errors import ToolArgsInvalid, ToolNotFound
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Calls that arrive within ``max_wait_s`` of the first go upstream together, ``max_size`` at most."""
+
+    max_size: int
+    max_wait_s: float
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """What a tool may ask about its call: the tools' settings and who called."""
+
+    settings: ToolSettings
+    tool: str
+    task_id: str = ""
+    tenant: str = "default"
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+@dataclass(frozen=True)
+class Tool:
+    fn: Callable[..., Any]
+    name: str
+    description: str
+    args_model: type[BaseModel]
+    batch: Batch | None = None
+    retry: RetryPolicy | None = None
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    timeout_s: float | None = None
+    gate: str | Callable[[BaseModel], str] | None = None
+    context_param: str | None = None
+
+    def validate(self, args: dict[str, Any]) -> BaseModel:
+        try:
+            return self.args_model.model_validate(args)
+        except ValidationError as e:
+            problems = [f"{'.'.join(str(p) for p in err['loc']) or '(args)'}: {err['msg']}"
+                        for err in e.errors()]
+            raise ToolArgsInvalid(self.name, problems) from None
+
+    def gate_key(self, args: BaseModel) -> str:
+        if self.gate is None:
+            return f"tool:{self.name}"
+        return self.gate if isinstance(self.gate, str) else self.gate(args)
+
+    def retryable(self, error: BaseException, policy: RetryPolicy) -> bool:
+        return (getattr(error, "retryable", True) and isinstance(error, self.retry_on)
+                and type(error).__name__ not in policy.non_retryable)
+
+    async def call(self, args: BaseModel, ctx: ToolContext) -> Any:
+        """One call (not a batching tool)."""
+        kwargs = {name: getattr(args, name) for name in type(args).model_fields}
+        if self.context_param:
+            kwargs[self.context_param] = ctx
+        return await _invoke(self.fn, kwargs)
+
+    async def call_batch(self, batch: list[BaseModel], ctx: ToolContext) -> list[Any]:
+        """One upstream call for many requests; returns one result (or exception) per request."""
+        (param,) = [p for p in inspect.signature(self.fn).parameters if p != self.context_param]
+        kwargs: dict[str, Any] = {param: batch}
+        if self.context_param:
+            kwargs[self.context_param] = ctx
+        results = await _invoke(self.fn, kwargs)
+        if not isinstance(results, list) or len(results) != len(batch):
+            raise TypeError(f"batching tool {self.name!r} must return a list of {len(batch)} results")
+        return results
+
+    def schema(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description,
+                "parameters": self.args_model.model_json_schema(),
+                "batch": None if self.batch is None else vars(self.batch)}
+
+
+async def _invoke(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return await fn(**kwargs)
+    result = await asyncio.to_thread(fn, **kwargs)
+    return await result if inspect.isawaitable(result) else result
+
+
+def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, batch: Batch | None = None,
+         retry: RetryPolicy | None = None, retry_on: tuple[type[BaseException], ...] = (Exception,),
+         timeout_s: float | None = None, gate: str | Callable[[BaseModel], str] | None = None) -> Any:
+    """Declare a tool. ``gate`` names the resource key its calls pass (default ``tool:<name>``);
+    ``batch`` makes it a batching tool: it then takes one ``list[SomeModel]`` and returns a list."""
+
+    def wrap(f: Callable[..., Any]) -> Tool:
+        hints = get_type_hints(f)
+        params = inspect.signature(f).parameters
+        context_param = next((p for p in params if hints.get(p) is ToolContext), None)
+        arg_params = {p: v for p, v in params.items() if p != context_param}
+        tool_name = name or f.__name__
+        if batch is not None:
+            args_model = _batch_item_model(tool_name, arg_params, hints)
+        else:
+            fields: dict[str, Any] = {
+                p: (hints.get(p, Any), ... if v.default is inspect.Parameter.empty else v.default)
+                for p, v in arg_params.items()
+            }
+            args_model = create_model(f"{tool_name}_args", __base__=_Args, **fields)
+        return Tool(f, tool_name, inspect.getdoc(f) or "", args_model, batch, retry, retry_on,
+                    timeout_s, gate, context_param)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _batch_item_model(name: str, params: dict[str, inspect.Parameter],
+                      hints: dict[str, Any]) -> type[BaseModel]:
+    if len(params) != 1:
+        raise TypeError(f"batching tool {name} must take one list[Model] parameter, not {list(params)}")
+    annotation = hints.get(next(iter(params)))
+    (item,) = get_args(annotation) if get_origin(annotation) is list else (None,)
+    if not (isinstance(item, type) and issubclass(item, BaseModel)):
+        raise TypeError(f"batching tool {name}: annotate its parameter as list[SomePydanticModel]")
+    return item
+
+
+class Registry:
+    """The tools a runtime knows, by name."""
+
+    def __init__(self, tools: dict[str, Tool] | None = None) -> None:
+        self.tools = dict(tools or {})
+
+    def get(self, name: str) -> Tool:
+        try:
+            return self.tools[name]
+        except KeyError:
+            raise ToolNotFound(name, tuple(sorted(self.tools))) from None
+
+    def schemas(self) -> list[dict[str, Any]]:
+        return [self.tools[n].schema() for n in sorted(self.tools)]
+
+
+def dump_result(value: Any) -> Any:
+    """A tool's result as JSON-ready data (for dead letters and the HTTP API)."""
+    return TypeAdapter(Any).dump_python(value, mode="json")

@@ -1,0 +1,72 @@
+"""Workflows and tools the tool and gate tests run, against HTTP servers the tests start on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from pydantic import BaseModel
+
+from runtime import Context, workflow
+from runtime.errors import ToolFailed
+from runtime.tools import Batch, tool
+
+
+class FetchLoopIn(BaseModel):
+    url: str
+    n: int = 1
+
+
+@workflow
+async def fetch_loop(ctx: Context, inp: FetchLoopIn) -> list[int]:
+    """``n`` sequential http_fetch calls of one URL; returns their statuses."""
+    statuses = []
+    for _ in range(inp.n):
+        result = await ctx.tool("http_fetch", url=inp.url)
+        statuses.append(result.status)
+    return statuses
+
+
+class FetchOut(BaseModel):
+    ok: bool
+    status: int | None = None
+    error: str | None = None
+    dead_letter: str | None = None
+
+
+@workflow
+async def fetch_once(ctx: Context, inp: FetchLoopIn) -> FetchOut:
+    """One http_fetch; a call that fails for good is reported, not raised."""
+    try:
+        result = await ctx.tool("http_fetch", url=inp.url)
+    except Exception as e:  # noqa: BLE001 - the step's error carries the ToolFailed's text
+        cause = e.__cause__
+        letter = cause.dead_letter if isinstance(cause, ToolFailed) else None
+        return FetchOut(ok=False, error=str(e), dead_letter=letter or None)
+    return FetchOut(ok=True, status=result.status)
+
+
+class LookupArgs(BaseModel):
+    url: str
+    key: str
+
+
+@tool(batch=Batch(max_size=4, max_wait_s=0.5))
+async def lookup(requests: list[LookupArgs]) -> list[str]:
+    """Look up many keys in one upstream request (the test server answers value-<key> for each)."""
+    async with httpx.AsyncClient(trust_env=False) as client:
+        response = await client.post(requests[0].url, json=[r.key for r in requests])
+        response.raise_for_status()
+        values: list[str] = response.json()
+    return values
+
+
+class LookupIn(BaseModel):
+    url: str
+    keys: list[str]
+
+
+@workflow
+async def lookup_all(ctx: Context, inp: LookupIn) -> list[str]:
+    """Look every key up at once: the batching tool folds the calls into few upstream requests."""
+    return list(await asyncio.gather(*(ctx.tool("lookup", url=inp.url, key=k) for k in inp.keys)))

@@ -1,0 +1,149 @@
+"""Gates and tools on a real cluster, against an HTTP upstream the test runs on 127.0.0.1.
+
+The gate holds across 4 workers and 4 tool executors; priority and fair share decide who passes a
+contended gate; a batching tool folds calls; retries back off, dead letters keep what ran out, and a
+replay succeeds once the upstream recovers; http_fetch refuses loopback unless configuration allows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from runtime import GateLimits, Runtime, TaskStatus, ToolSettings
+from tests.conftest import wait_for
+from tests.servers import Upstream, max_in_window, upstream
+
+APPS = ["tests.apps.tools"]
+LOOPBACK = ToolSettings(http_allow_networks=("127.0.0.1/32",), executors=4,
+                        retry={"max_attempts": 1})  # type: ignore[arg-type]
+
+
+def finish_all(rt: Runtime, ids: list[str], timeout_s: float = 120.0) -> list[Any]:
+    client = rt.client()
+    wait_for(lambda: all(client.get(i).status.ended for i in ids), timeout_s, 0.2, "tasks to end")
+    records = [client.get(i) for i in ids]
+    assert [r.status for r in records] == [TaskStatus.SUCCEEDED] * len(ids), [r.error for r in records]
+    return [r.output for r in records]
+
+
+def gate_waiting(rt: Runtime, key: str) -> int:
+    stats = ray.get(rt.gatekeeper.stats.remote())
+    return int(stats[key]["waiting"]) if key in stats else 0
+
+
+def test_a_global_limit_holds_across_four_workers_and_is_used(
+        make_runtime: Callable[..., Runtime]) -> None:
+    limit, interval = 20, 2.0
+    with upstream() as up:
+        rt = make_runtime(APPS, workers=4, tools=LOOPBACK,
+                          gates={"http:127.0.0.1": GateLimits(requests=limit, interval_s=interval)})
+        client = rt.client()
+        ids = [client.submit("fetch_loop", {"url": up.url("/ok"), "n": 10}).id for _ in range(12)]
+        finish_all(rt, ids)
+
+        times = sorted(h.at for h in up.of("/ok"))
+        assert len(times) == 120
+        assert max_in_window(times, interval) <= limit
+        # Use: every full window of the run saw at least 90% of the limit.
+        full = math.floor((times[-1] - times[0]) / interval)
+        per_window = [sum(1 for t in times if times[0] + i * interval <= t < times[0] + (i + 1) * interval)
+                      for i in range(full)]
+        assert full >= 4 and min(per_window) >= 0.9 * limit, per_window
+        calls = [ray.get(h.stats.remote())["upstream_calls"].get("http_fetch", 0)
+                 for h in rt.tool_executors]
+        assert sum(calls) == 120 and sum(1 for c in calls if c) >= 2, calls
+
+
+def _hold_gate(rt: Runtime, up: Upstream, key: str) -> str:
+    """Start a task whose call holds the gate's only slot until the test releases the upstream."""
+    blocker = rt.client().submit("fetch_once", {"url": up.url("/hold")}).id
+    wait_for(lambda: up.count("/hold") == 1, 60, what="the blocker to hold the gate")
+    return blocker
+
+
+def test_priority_first_then_equal_tenants_share_equally(make_runtime: Callable[..., Runtime]) -> None:
+    key = "http:127.0.0.1"
+    with upstream() as up:
+        rt = make_runtime(APPS, workers=2, tools=LOOPBACK, gate_aging_per_s=0.0,
+                          gates={key: GateLimits(concurrency=1)})
+        client = rt.client()
+
+        blocker = _hold_gate(rt, up, key)
+        low = [client.submit("fetch_once", {"url": up.url(f"/ok?p=low&i={i}")}, priority=0).id
+               for i in range(6)]
+        wait_for(lambda: gate_waiting(rt, key) == 6, 60, what="low-priority calls to wait")
+        high = [client.submit("fetch_once", {"url": up.url(f"/ok?p=high&i={i}")}, priority=10).id
+                for i in range(6)]
+        wait_for(lambda: gate_waiting(rt, key) == 12, 60, what="high-priority calls to wait")
+        up.release.set()
+        finish_all(rt, [blocker, *low, *high])
+        order = [h.query["p"] for h in up.of("/ok")]
+        assert order == ["high"] * 6 + ["low"] * 6
+
+        up.release.clear()
+        blocker = _hold_gate(rt, up, key)
+        ids = []
+        for tenant in ("acme", "globex"):  # globex's calls all arrive after acme's
+            ids += [client.submit("fetch_once", {"url": up.url(f"/ok?t={tenant}&i={i}")},
+                                  tenant=tenant).id for i in range(20)]
+            wait_for(lambda n=len(ids): gate_waiting(rt, key) == n, 60, what="calls to wait")
+        up.release.set()
+        finish_all(rt, [blocker, *ids])
+        contended = [h.query["t"] for h in up.of("/ok") if "t" in h.query][:30]
+        shares = {t: contended.count(t) for t in ("acme", "globex")}
+        assert abs(shares["acme"] - shares["globex"]) <= 0.1 * max(shares.values()), shares
+
+
+def test_a_batching_tool_makes_one_upstream_call_per_batch(make_runtime: Callable[..., Runtime]) -> None:
+    with upstream() as up:
+        rt = make_runtime(APPS, tools=LOOPBACK)
+        keys = [f"k{i}" for i in range(10)]
+        task = rt.client().submit("lookup_all", {"url": up.url("/lookup"), "keys": keys}).id
+        (values,) = finish_all(rt, [task])
+
+        assert values == [f"value-{k}" for k in keys]
+        posts = up.of("/lookup")
+        assert len(posts) <= math.ceil(len(keys) / 4), [h.body for h in posts]
+        assert sorted(k for h in posts for k in __import__("json").loads(h.body)) == sorted(keys)
+
+
+def test_retries_back_off_then_dead_letter_and_replay(make_runtime: Callable[..., Runtime]) -> None:
+    tools = ToolSettings(http_allow_networks=("127.0.0.1/32",))
+    with upstream() as up:
+        rt = make_runtime(APPS, tools=tools)
+        client = rt.client()
+
+        up.fail_first = 2  # two 503s, then 200: the call succeeds on its third attempt
+        (out,) = finish_all(rt, [client.submit("fetch_once", {"url": up.url("/flaky")}).id])
+        assert out == {"ok": True, "status": 200, "error": None, "dead_letter": None}
+        gaps = [b.at - a.at for a, b in zip(up.of("/flaky"), up.of("/flaky")[1:], strict=False)]
+        assert len(gaps) == 2 and gaps[0] >= 0.4 and gaps[1] >= 0.8, gaps  # 0.5 s, then 1 s (±20%)
+
+        up.down = True  # every attempt fails: 4 attempts, then a dead letter
+        before = up.count("/flaky")
+        (out,) = finish_all(rt, [client.submit("fetch_once", {"url": up.url("/flaky")}).id])
+        assert out["ok"] is False and "503" in out["error"] and out["dead_letter"]
+        assert up.count("/flaky") - before == 4
+        letters = ray.get(rt.store.dead_letters.remote())
+        assert [(d.id, d.tool, d.status, d.attempts) for d in letters] == [
+            (out["dead_letter"], "http_fetch", "dead", 4)]
+        assert letters[0].args["url"] == up.url("/flaky")
+
+        up.down = False
+        replayed = ray.get(rt.tool_executors[0].replay.remote(out["dead_letter"]))
+        assert replayed.status == "replayed" and replayed.result["status"] == 200
+        assert ray.get(rt.store.get_dead_letter.remote(out["dead_letter"])).status == "replayed"
+
+
+def test_http_fetch_refuses_loopback_unless_allowed(make_runtime: Callable[..., Runtime]) -> None:
+    with upstream() as up:
+        rt = make_runtime(APPS)  # default tool settings: no private networks allowed
+        (out,) = finish_all(rt, [rt.client().submit("fetch_once", {"url": up.url("/ok")}).id])
+        assert out["ok"] is False
+        assert "refused to connect to 127.0.0.1: loopback address" in out["error"]
+        assert out["dead_letter"] is None  # refused at once: not retried, not a dead letter
+        assert up.hits == []
