@@ -25,11 +25,15 @@ class ResearchInput(BaseModel):
     question: str = Field(min_length=3, max_length=1000)
     max_documents: int = Field(6, ge=1, le=20, description="corpus documents read in parallel")
     max_rounds: int = Field(2, ge=1, le=5, description="review rounds before the draft is final")
+    urls: list[str] = Field(
+        default_factory=list, max_length=20,
+        description="web pages to read besides the corpus (fetched with the http_fetch tool; "
+                    "private addresses only where RAYSQUAD_TOOLS__HTTP_ALLOW_NETWORKS allows)")
 
 
 class Finding(BaseModel):
     claim: str
-    sources: list[str] = Field(description="names of the corpus documents the claim comes from")
+    sources: list[str] = Field(description="corpus documents (by name) and pages (by URL) it comes from")
 
 
 class ResearchReport(BaseModel):
@@ -52,10 +56,12 @@ async def research(ctx: Context, inp: ResearchInput) -> ResearchReport:
 
     docs = await ctx.step("select_documents", rank_documents, terms, inp.max_documents)
     scraped = await asyncio.gather(
-        *(ctx.agent("scraper").run({"document": name, "terms": terms}) for name in docs))
+        *(ctx.agent("scraper").run({"document": name, "terms": terms}) for name in docs),
+        *(ctx.agent("scraper").run({"url": url, "terms": terms}) for url in inp.urls))
     passages = [p for s in scraped for p in s["passages"]]
     titles = {s["document"]: s["title"] for s in scraped}
-    ctx.emit(progress=0.4, message=f"read {len(docs)} documents, {len(passages)} relevant passages")
+    ctx.emit(progress=0.4, message=f"read {len(docs)} documents and {len(inp.urls)} pages, "
+                                   f"{len(passages)} relevant passages")
 
     draft = await ctx.agent("analyst").run(
         {"question": inp.question, "terms": terms, "passages": passages})
@@ -70,7 +76,8 @@ async def research(ctx: Context, inp: ResearchInput) -> ResearchReport:
         max_tokens=60)
     sources = cited_sources(draft["findings"])
     report = render_report(inp.question, plan, draft["findings"], summary.text.strip(), review, rounds,
-                           {"documents": len(docs), "passages": len(passages), "titles": titles})
+                           {"documents": len(docs) + len(inp.urls), "passages": len(passages),
+                            "titles": titles})
     ctx.emit(progress=1.0, message=f"report: {len(draft['findings'])} findings from {len(sources)} sources")
     return ResearchReport(
         question=inp.question, plan=plan["sub_questions"],

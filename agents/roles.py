@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from agents.library import document, search
-from agents.text import build_findings, digest, keywords, review_draft, subtopics, top_passages
-from runtime import Agent, AgentContext, AgentMessage
+from agents.text import build_findings, digest, keywords, paragraphs, review_draft, subtopics, top_passages
+from runtime import Agent, AgentContext, AgentMessage, ToolFailed
 
 
 async def say(ctx: AgentContext, instruction: str, content: str, max_tokens: int) -> str:
@@ -54,13 +54,30 @@ class Scraper(Agent):
     concurrency = 8
 
     async def handle(self, msg: AgentMessage, ctx: AgentContext) -> dict[str, Any]:
-        doc = document(msg.payload["document"])
         terms = msg.payload["terms"]
-        passages = top_passages(doc.name, doc.body, terms, limit=msg.payload.get("max_passages", 3))
+        if "url" in msg.payload:  # a web page: the http_fetch and extract_text tools read it
+            name, title, body = await read_url(ctx, msg.payload["url"])
+        else:
+            doc = document(msg.payload["document"])
+            name, title, body = doc.name, doc.title, doc.body
+        passages = top_passages(name, body, terms, limit=msg.payload.get("max_passages", 3))
         gist = ""
         if passages:
             gist = await say(ctx, "Summarise this passage in one sentence.", passages[0]["text"], 48)
-        return {"document": doc.name, "title": doc.title, "passages": passages, "gist": gist}
+        return {"document": name, "title": title, "passages": passages, "gist": gist}
+
+
+async def read_url(ctx: AgentContext, url: str) -> tuple[str, str, list[str]]:
+    """A page's title and paragraphs, through the gated, retried built-in tools. A page that cannot be
+    read is reported in its title and contributes nothing: one dead link does not fail the research."""
+    try:
+        page = await ctx.tool("http_fetch", url=url)
+    except ToolFailed as e:
+        return url, f"{url} (unreadable: {e.error_type or e.message})", []
+    if page.status >= 400:
+        return url, f"{url} (HTTP {page.status})", []
+    text = await ctx.tool("extract_text", html=page.text)
+    return url, text.title or url, paragraphs(text.text)
 
 
 class Analyst(Agent):

@@ -2,7 +2,7 @@
 
 Paths: ``/ok`` answers 200; ``/flaky`` answers 503 while ``down`` (or for its first ``fail_first``
 requests); ``/hold`` answers only once the test sets ``release`` (something to hold a gate with);
-POST ``/lookup`` answers ``["value-<key>", ...]`` for a JSON list of keys.
+a path in ``pages`` answers its HTML; POST ``/lookup`` answers ``["value-<key>", ...]`` for a JSON list of keys.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class Upstream:
     down: bool = False
     fail_first: int = 0
     release: threading.Event = field(default_factory=threading.Event)
+    pages: dict[str, str] = field(default_factory=dict)  # path -> HTML served at it
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def url(self, path: str) -> str:
@@ -73,6 +74,9 @@ def _handler(up: Upstream) -> type[BaseHTTPRequestHandler]:
             path, n = self._log()
             if path == "/hold":
                 up.release.wait(60)
+            if path in up.pages:
+                self._answer(200, up.pages[path].encode())
+                return
             if path == "/flaky" and (up.down or n <= up.fail_first):
                 self._answer(503, b"try later")
                 return
