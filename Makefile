@@ -43,6 +43,9 @@ lint: setup
 	$(BIN)/mypy runtime agents serve
 
 bench: setup model
+	@# Celery (the peer comparison) is an extra installed here, not by setup; not with [cpu] again,
+	@# which would bring back the torchvision that setup removes.
+	$(BIN)/python -c "import celery" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/step_overhead.py
 	$(BIN)/python benchmarks/submit_latency.py
 

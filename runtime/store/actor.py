@@ -16,6 +16,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from runtime.config import Settings
+from runtime.errors import QueueFull
 from runtime.models import Claim, DeadLetter, Event, SubmitRequest, TaskRecord, TaskStatus
 from runtime.store.sqlite import SQLiteStore
 
@@ -28,6 +29,10 @@ class StoreActor:
     def __init__(self, settings: Settings) -> None:
         self._store = SQLiteStore(settings.database_path, settings.blob_dir)
         self._waiters: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._capacity = settings.queue_capacity
+        # The dispatcher's feed: (id, priority, created_at) of tasks submitted since it last looked.
+        self._submitted: list[tuple[str, int, float]] = []
+        self._submitted_event = asyncio.Event()
 
     def _wake(self) -> None:
         for task_id in self._store.touched:
@@ -47,6 +52,40 @@ class StoreActor:
 
     async def create_tasks(self, items: list[tuple[str, SubmitRequest]]) -> list[tuple[TaskRecord, bool]]:
         return self._call("create_tasks", items, time.time())  # type: ignore[no-any-return]
+
+    async def submit_tasks(self, items: list[tuple[str, SubmitRequest]]
+                           ) -> list[tuple[TaskRecord, bool] | QueueFull]:
+        """``create_tasks`` under the queue bound; the new tasks go to the dispatcher's feed.
+
+        Once ``queue_capacity`` tasks are queued, the rest of the batch gets QueueFull (as values, one
+        per refused item) and nothing is written for them. As in the dispatcher before, the bound is
+        checked before idempotency keys: a submit that may be new must find room.
+        """
+        room = max(0, self._capacity - self._store.count_tasks(TaskStatus.QUEUED))
+        accepted: list[tuple[TaskRecord, bool]] = (
+            self._call("create_tasks", items[:room], time.time()) if room else [])
+        fresh = [(r.id, r.priority, r.created_at) for r, created in accepted if created]
+        if fresh:
+            self._submitted.extend(fresh)
+            del self._submitted[:-self._capacity]  # unread that long: the reconcile finds them
+            self._submitted_event.set()
+        return [*accepted,
+                *(QueueFull("tasks", self._capacity, retry_after_s=1.0) for _ in items[room:])]
+
+    async def take_submitted(self, timeout_s: float) -> list[tuple[str, int, float]]:
+        """The tasks ``submit_tasks`` created since the last call, waiting up to ``timeout_s`` for one.
+
+        One reader, the dispatcher. What a restart of this actor drops, the dispatcher's reconcile
+        with the Store finds.
+        """
+        if not self._submitted:
+            self._submitted_event.clear()
+            try:
+                await asyncio.wait_for(self._submitted_event.wait(), timeout_s)
+            except TimeoutError:
+                return []
+        fresh, self._submitted = self._submitted, []
+        return fresh
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:
         self._call("add_dead_letter", letter)
