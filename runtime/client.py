@@ -11,6 +11,7 @@ from typing import Any
 import ray
 
 from runtime import dispatch
+from runtime.catalog import Catalog, load_catalog
 from runtime.config import Settings
 from runtime.errors import RaysquadError, RuntimeNotRunning, TaskFailed, WaitTimeout
 from runtime.models import END_EVENT_KINDS, Event, SubmitRequest, TaskRecord, TaskStatus
@@ -149,24 +150,37 @@ def _recorded_address(settings: Settings) -> str | None:
 
 
 class AsyncClient:
-    """The client for async code (the HTTP app, async driver scripts): the same calls, awaited."""
+    """The client for async code (the HTTP app, async driver scripts): the same calls, awaited.
 
-    def __init__(self, store: Any, dispatcher: Any) -> None:
+    It holds the runtime's workflow catalogue, so a submit is validated here and written straight to
+    the Store, which admits it (queue bound, idempotency key) in one call shared by the submits of
+    the same event-loop turn; the dispatcher learns of the new task from the Store.
+    """
+
+    def __init__(self, store: Any, dispatcher: Any, catalog: Catalog) -> None:
         self._store = store
         self._dispatcher = dispatcher
+        self._catalog = catalog
+        self._commit = dispatch.submitter(store)
 
     @classmethod
     def from_named_actors(cls, namespace: str) -> AsyncClient:
-        """Find the runtime's actors on the Ray cluster this process is connected to."""
+        """Find the runtime's actors on the Ray cluster this process is connected to, and load the
+        app modules the runtime runs (blocking: call it outside the event loop, or at start-up)."""
         try:
-            return cls(ray.get_actor(store_actor.ACTOR_NAME, namespace=namespace),
-                       ray.get_actor(dispatch.ACTOR_NAME, namespace=namespace))
+            store = ray.get_actor(store_actor.ACTOR_NAME, namespace=namespace)
+            dispatcher = ray.get_actor(dispatch.ACTOR_NAME, namespace=namespace)
         except ValueError:
             raise RuntimeNotRunning(f"Ray namespace {namespace!r}") from None
+        return cls(store, dispatcher, load_catalog(_get(dispatcher.app_modules.remote())))
 
     async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
         """Queue a task; returns its record and whether it is new (False: idempotency key reused)."""
-        return await _aget(self._dispatcher.submit.remote(req))  # type: ignore[no-any-return]
+        self._catalog.workflow(req.workflow).validate_input(req.input)
+        try:
+            return await self._commit(req)
+        except ray.exceptions.RayTaskError as e:
+            raise _ours(e) from None
 
     async def get(self, task_id: str) -> TaskRecord:
         return await _aget(self._store.get_task.remote(task_id))  # type: ignore[no-any-return]

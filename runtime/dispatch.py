@@ -1,11 +1,15 @@
-"""The dispatcher: admits submissions, orders runnable tasks, hands them to workers under leases.
+"""The dispatcher: orders runnable tasks and hands them to workers under leases.
 
 The Store is the truth; the dispatcher's priority queue is an index of the Store's queued tasks.
-A submit writes the task to the Store, then queues its id (a full queue refuses before writing). A
-worker's ``get_tasks`` pops ids in priority order (with aging) and claims them in the Store with a
+Submits do not pass through here on their way in: the Store admits them (``submit_tasks``: the queue
+bound, idempotency keys, one transaction for a batch) and the dispatcher follows the Store's feed of
+new tasks (``take_submitted``) to index them. ``submit`` remains for clients without the workflow
+catalogue (the Python ``Client``): it validates the input, then writes through the same Store call.
+A worker's ``get_tasks`` pops ids in priority order (with aging) and claims them in the Store with a
 lease. Leases that run out, and the leases of a worker that died, make their tasks queued again.
 At start the dispatcher makes every task an earlier run left running queued again (one runtime owns
-a Store), and every few seconds it reconciles its queue with the Store's queued tasks.
+a Store), and every few seconds it reconciles its queue with the Store's queued tasks, which also
+catches whatever the feed dropped (a Store restart).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import ray
 
 from runtime.catalog import Catalog, load_catalog
 from runtime.config import Settings
-from runtime.errors import QueueFull
+from runtime.group_commit import GroupCommit
 from runtime.models import Claim, SubmitRequest, TaskRecord, TaskStatus
 from runtime.queue import AsyncQueue, PriorityQueue
 
@@ -28,21 +32,22 @@ log = logging.getLogger(__name__)
 
 ACTOR_NAME = "dispatcher"
 RECONCILE_EVERY_S = 5.0
+FEED_WAIT_S = 10.0  # how long one look at the Store's feed of new tasks waits
 
 
 class Dispatcher:
     def __init__(self, settings: Settings, store: Any, apps: list[str]) -> None:
         self.settings = settings
         self.store = store
+        self._apps = list(apps)
         self.catalog: Catalog = load_catalog(apps)
         self.queue = AsyncQueue(
             PriorityQueue("tasks", settings.queue_capacity, settings.aging_per_s, clock=time.time)
         )
-        self._reserved = 0
         self._lost_owners: set[str] = set()
-        self._pending: list[tuple[str, SubmitRequest, asyncio.Future[tuple[TaskRecord, bool]]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._commit = submitter(store)
         self._loop: asyncio.Task[None] | None = None
+        self._feed: asyncio.Task[None] | None = None
 
     async def start(self, recover: bool = True) -> int:
         """Recover the Store's runnable tasks into the queue and start the lease sweeper."""
@@ -50,6 +55,8 @@ class Dispatcher:
         self._enqueue(records)
         if self._loop is None:
             self._loop = asyncio.create_task(self._sweep())
+        if self._feed is None:
+            self._feed = asyncio.create_task(self._follow_submits())
         return len(records)
 
     def _enqueue(self, records: list[TaskRecord]) -> None:
@@ -62,40 +69,25 @@ class Dispatcher:
                              since={item_id: at for item_id, (_, at) in items}, force=True)
 
     async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
-        """Validate, persist and queue a task; the same idempotency key returns the first task."""
-        wf = self.catalog.workflow(req.workflow)
-        wf.validate_input(req.input)
-        q = self.queue.queue
-        if len(q) + self._reserved >= q.capacity:
-            raise QueueFull("tasks", q.capacity, retry_after_s=1.0)
-        self._reserved += 1
-        try:
-            future: asyncio.Future[tuple[TaskRecord, bool]] = asyncio.get_running_loop().create_future()
-            self._pending.append((uuid.uuid4().hex, req, future))
-            if self._flusher is None or self._flusher.done():
-                self._flusher = asyncio.create_task(self._flush_submits())
-            record, created = await future
-        finally:
-            self._reserved -= 1
-        if created:
-            self._enqueue([record])
-        return record, created
+        """Validate and persist a task (the Store admits it); the feed brings it into the queue."""
+        self.catalog.workflow(req.workflow).validate_input(req.input)
+        return await self._commit(req)
 
-    async def _flush_submits(self) -> None:
-        """Write every submit that arrived meanwhile in one Store call (one transaction)."""
-        while self._pending:
-            await asyncio.sleep(0)  # let the submits already in this actor's inbox join the batch
-            batch, self._pending = self._pending, []
+    async def _follow_submits(self) -> None:
+        """Index the tasks the Store admitted, in batches, as they come."""
+        while True:
             try:
-                results = await self.store.create_tasks.remote([(t, r) for t, r, _ in batch])
-            except Exception as e:  # noqa: BLE001 - every waiting submit gets the error
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(e)
+                fresh = await self.store.take_submitted.remote(FEED_WAIT_S)
+            except Exception:  # noqa: BLE001 - e.g. the Store restarting: the reconcile finds what its feed held
+                log.exception("reading the Store's feed of new tasks failed; reading it again")
+                await asyncio.sleep(self.settings.sweep_interval_s)
                 continue
-            for (_, _, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            if fresh:
+                self._put_back([(task_id, (prio, at)) for task_id, prio, at in fresh])
+
+    async def app_modules(self) -> list[str]:
+        """The app modules this runtime loaded (a client that validates inputs loads the same)."""
+        return self._apps
 
     async def get_tasks(self, owner: str, max_tasks: int, timeout_s: float) -> list[Claim]:
         """Wait up to ``timeout_s`` for runnable tasks and claim up to ``max_tasks`` for ``owner``."""
@@ -173,6 +165,15 @@ class Dispatcher:
     async def _reconcile(self) -> None:
         queued = await self.store.list_tasks.remote(TaskStatus.QUEUED, limit=self.settings.queue_capacity)
         self._enqueue(queued)
+
+
+def submitter(store: Any) -> GroupCommit[SubmitRequest, tuple[TaskRecord, bool]]:
+    """Admit submits through the Store, concurrent ones in one call (one transaction)."""
+
+    async def send(reqs: list[SubmitRequest]) -> list[Any]:
+        return await store.submit_tasks.remote([(uuid.uuid4().hex, r) for r in reqs])  # type: ignore[no-any-return]
+
+    return GroupCommit(send)
 
 
 def start_dispatcher(settings: Settings, store: Any, apps: list[str]) -> Any:
