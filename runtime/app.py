@@ -21,6 +21,7 @@ from runtime.config import Settings
 from runtime.dispatch import start_dispatcher
 from runtime.engines.actor import Router, start_engines
 from runtime.gates import GateClient, start_gatekeeper
+from runtime.ops import Ops
 from runtime.queue import start_queue
 from runtime.store.actor import start_store
 from runtime.tools.executor import ToolRouter, start_tool_executors
@@ -92,6 +93,10 @@ class Runtime:
     def tools(self) -> ToolRouter:
         """Call tools from the driver (``await runtime.tools().call(...)``) or replay dead letters."""
         return ToolRouter(self.catalog.registry(), self.tool_executors)
+
+    def ops(self) -> Ops:
+        """Operator calls: gate limits (see, change at run time), dead letters (list, replay)."""
+        return Ops(self.settings.namespace)
 
     def stop(self, shutdown_ray: bool | None = None) -> None:
         """Kill every actor of the runtime (tasks in flight resume at the next start)."""

@@ -101,6 +101,9 @@ class ToolExecutor:
             return await self.store.replayed.remote(letter_id, False, None, str(e), e.attempts)  # type: ignore[no-any-return]
         return await self.store.replayed.remote(letter_id, True, dump_result(result), "", 1)  # type: ignore[no-any-return]
 
+    async def schemas(self) -> list[dict[str, Any]]:
+        return self.registry.schemas()
+
     async def stats(self) -> dict[str, Any]:
         return {"in_flight": self.in_flight, "upstream_calls": dict(self.upstream_calls)}
 

@@ -147,3 +147,23 @@ def test_http_fetch_refuses_loopback_unless_allowed(make_runtime: Callable[..., 
         assert "refused to connect to 127.0.0.1: loopback address" in out["error"]
         assert out["dead_letter"] is None  # refused at once: not retried, not a dead letter
         assert up.hits == []
+
+
+def test_limits_change_at_run_time(make_runtime: Callable[..., Runtime]) -> None:
+    key = "http:127.0.0.1"
+    with upstream() as up:
+        rt = make_runtime(APPS, tools=LOOPBACK, gates={key: GateLimits(concurrency=1)})
+        ops, client = rt.ops(), rt.client()
+        blocker = _hold_gate(rt, up, key)
+        queued = client.submit("fetch_once", {"url": up.url("/ok")}).id
+        wait_for(lambda: gate_waiting(rt, key) == 1, 60, what="a call to wait behind the blocker")
+
+        ops.set_gate(key, GateLimits(concurrency=2))  # one more slot: the waiting call goes now
+        wait_for(lambda: up.count("/ok") == 1, 30, what="the waiting call to pass")
+        assert ops.gates()[key]["limits"]["concurrency"] == 2
+
+        ops.set_gate(key, None)  # no gate at all: calls pass without asking
+        up.release.set()
+        finish_all(rt, [blocker, queued])
+        assert key not in ops.gates()
+        assert {t["name"] for t in ops.tools()} >= {"http_fetch", "extract_text", "sql_query"}

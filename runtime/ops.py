@@ -1,0 +1,79 @@
+"""Operator calls on a running runtime: see and change gate limits, list and replay dead letters.
+
+Found by actor name in the runtime's namespace, like the client. Changes to gates take effect at once
+and last until the runtime stops (configuration is where lasting limits belong).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import ray
+
+from runtime.config import GateLimits
+from runtime.errors import RuntimeNotRunning
+from runtime.gates import ACTOR_NAME as GATES
+from runtime.models import DeadLetter
+from runtime.store import actor as store_actor
+
+
+def tool_executors(namespace: str) -> list[Any]:
+    names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                   if a["namespace"] == namespace and a["name"].startswith("tools:"))
+    return [ray.get_actor(name, namespace=namespace) for name in names]
+
+
+class AsyncOps:
+    def __init__(self, namespace: str) -> None:
+        try:
+            self._gates = ray.get_actor(GATES, namespace=namespace)
+            self._store = ray.get_actor(store_actor.ACTOR_NAME, namespace=namespace)
+        except ValueError:
+            raise RuntimeNotRunning(f"Ray namespace {namespace!r}") from None
+        self._executors = tool_executors(namespace)
+
+    async def gates(self) -> dict[str, dict[str, Any]]:
+        """Every gate's limits and state: holdings, the window's use, waiters, grants per tenant."""
+        return await self._gates.stats.remote()  # type: ignore[no-any-return]
+
+    async def set_gate(self, key: str, limits: GateLimits | None) -> None:
+        """Set (or, with ``None``, remove) a gate's limits now."""
+        await self._gates.configure.remote(key, limits)
+
+    async def tools(self) -> list[dict[str, Any]]:
+        return await self._executors[0].schemas.remote()  # type: ignore[no-any-return]
+
+    async def dead_letters(self, status: str | None = None, tool: str | None = None,
+                           tenant: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        return await self._store.dead_letters.remote(status, tool, tenant, limit)  # type: ignore[no-any-return]
+
+    async def dead_letter(self, letter_id: str) -> DeadLetter:
+        return await self._store.get_dead_letter.remote(letter_id)  # type: ignore[no-any-return]
+
+    async def replay(self, letter_id: str) -> DeadLetter:
+        """Run a dead letter's call again; it is marked replayed with its result if it succeeds."""
+        return await random.choice(self._executors).replay.remote(letter_id)  # type: ignore[no-any-return]
+
+
+class Ops:
+    """The same calls for synchronous code (the CLI, driver scripts)."""
+
+    def __init__(self, namespace: str) -> None:
+        self._ops = AsyncOps(namespace)
+
+    def gates(self) -> dict[str, dict[str, Any]]:
+        return ray.get(self._ops._gates.stats.remote())  # type: ignore[no-any-return]
+
+    def set_gate(self, key: str, limits: GateLimits | None) -> None:
+        ray.get(self._ops._gates.configure.remote(key, limits))
+
+    def tools(self) -> list[dict[str, Any]]:
+        return ray.get(self._ops._executors[0].schemas.remote())  # type: ignore[no-any-return]
+
+    def dead_letters(self, status: str | None = None, tool: str | None = None,
+                     tenant: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        return ray.get(self._ops._store.dead_letters.remote(status, tool, tenant, limit))  # type: ignore[no-any-return]
+
+    def replay(self, letter_id: str) -> DeadLetter:
+        return ray.get(random.choice(self._ops._executors).replay.remote(letter_id))  # type: ignore[no-any-return]
