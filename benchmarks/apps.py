@@ -22,3 +22,15 @@ async def trivial_steps(ctx: Context, inp: StepsIn) -> int:
     for i in range(inp.k):
         await ctx.step(f"s{i}", nothing)
     return inp.k
+
+
+class CallsIn(BaseModel):
+    k: int = 5
+
+
+@workflow
+async def llm_calls(ctx: Context, inp: CallsIn) -> int:
+    """``inp.k`` LLM calls one after another, each checkpointed; they pass the model's gate."""
+    for i in range(inp.k):
+        await ctx.llm.chat(f"call {i} of task {ctx.task_id}", max_tokens=8)
+    return inp.k

@@ -6,12 +6,16 @@ cluster, not one per worker. A caller asks for passage (``acquire``), does its w
 engines and tools do this themselves (``GateClient.passage``), so a workflow author writes nothing.
 
 A gate has up to three limits (``GateLimits``): requests and tokens per ``interval_s``, and requests
-in flight. The per-interval limits are a sliding window over *holdings*: a request counts from its
-grant until ``interval_s`` after its release. Any two requests an upstream sees within ``interval_s``
-of each other were therefore both counted at the later one's grant, so the upstream never sees more
-than the limit in any window of that length, whatever the delays between grant and arrival (a token
-bucket would allow twice the limit in one window: a full bucket plus its refill). The price is that a
-request's own duration adds to its window: throughput is ``limit / (interval_s + duration)``.
+in flight. The per-interval limits are sliding windows that count a request from its grant until
+``interval_s`` after the upstream has surely received it: after the caller reports ``reached`` (the
+upstream's first response byte, or the call itself for an in-process engine), or else after its
+release. A request reaches the upstream between its grant and that report, so any two requests an
+upstream sees within ``interval_s`` of each other were both counted at the later one's grant: the
+upstream never sees more than the limit in any window of that length, whatever the delays between
+grant and arrival (a token bucket would allow twice the limit in one window: a full bucket plus its
+refill). The price is the time from grant to report, per window: throughput is
+``limit / (interval_s + that time)``. Tokens are counted until ``interval_s`` after the release,
+with the tokens really used.
 
 Who goes first when many wait: strict priority, with aging so that low priority is not starved, and
 weighted fair share between tenants within the highest priority level present. A waiter's level is
@@ -70,6 +74,7 @@ class Holding:
     tenant: str
     tokens: int
     granted_at: float
+    reached: bool = False
 
 
 @dataclass
@@ -83,9 +88,11 @@ class Gate:
 
     def __post_init__(self) -> None:
         self.held: dict[str, Holding] = {}
-        self.closed: deque[tuple[float, int]] = deque()  # (expires_at, tokens), in expiry order
+        self.unreached = 0  # held requests the upstream may not have seen yet
+        self.reached_at: deque[float] = deque()  # window expiry of each reached request, in order
+        self.spent: deque[tuple[float, int]] = deque()  # (expires_at, tokens) of released requests
         self.held_tokens = 0
-        self.closed_tokens = 0
+        self.spent_tokens = 0
         self.queues: dict[str, list[tuple[float, int, Waiter]]] = {}
         self.priorities: Counter[int] = Counter()
         self.vtime: dict[str, float] = {}
@@ -160,8 +167,10 @@ class Gate:
         return None if limit is None else max(1, math.floor(limit * self.factor(now)))
 
     def expire(self, now: float) -> None:
-        while self.closed and self.closed[0][0] <= now:
-            self.closed_tokens -= self.closed.popleft()[1]
+        while self.reached_at and self.reached_at[0] <= now:
+            self.reached_at.popleft()
+        while self.spent and self.spent[0][0] <= now:
+            self.spent_tokens -= self.spent.popleft()[1]
         for grant_id, holding in list(self.held.items()):
             if now - holding.granted_at >= self.limits.max_hold_s:
                 log.warning("gate %s: grant %s not released in %.0fs; taking it back",
@@ -178,19 +187,20 @@ class Gate:
         if concurrency is not None and len(self.held) >= concurrency:
             waits.append(reclaim)
         requests = self._effective(self.limits.requests, now)
-        if requests is not None and len(self.held) + len(self.closed) >= requests:
-            need = len(self.held) + len(self.closed) - requests + 1  # entries that must expire
-            waits.append(self.closed[need - 1][0] - now if need <= len(self.closed) else reclaim)
+        in_window = self.unreached + len(self.reached_at)
+        if requests is not None and in_window >= requests:
+            need = in_window - requests + 1  # entries that must expire
+            waits.append(self.reached_at[need - 1] - now if need <= len(self.reached_at) else reclaim)
         tokens = self._effective(self.limits.tokens, now)
         if tokens is not None and waiter.tokens > 0:
-            excess = self.held_tokens + self.closed_tokens + waiter.tokens - tokens
+            excess = self.held_tokens + self.spent_tokens + waiter.tokens - tokens
             if excess > 0:
                 waits.append(self._time_to_free(excess, now, reclaim))
         return max(0.0, max(waits))
 
     def _time_to_free(self, excess: int, now: float, otherwise: float) -> float:
         freed = 0
-        for expires_at, n in self.closed:
+        for expires_at, n in self.spent:
             freed += n
             if freed >= excess:
                 return expires_at - now
@@ -203,6 +213,7 @@ class Gate:
         self._forget_priority(waiter.priority)
         grant_id = f"{self.key}|{next(self._grants)}"
         self.held[grant_id] = Holding(waiter.tenant, waiter.tokens, now)
+        self.unreached += 1
         self.held_tokens += waiter.tokens
         self.vtime[waiter.tenant] = self.vtime.get(waiter.tenant, 0.0) + 1 / self._weight(waiter.tenant)
         self.granted[waiter.tenant] += 1
@@ -211,15 +222,27 @@ class Gate:
     def _weight(self, tenant: str) -> float:
         return max(1e-6, self.weights.get(tenant, 1.0))
 
+    def reach(self, grant_id: str, now: float) -> bool:
+        """The upstream has the request: it counts against the request window until ``interval_s``
+        from now (it still holds its place in the concurrency limit until released)."""
+        holding = self.held.get(grant_id)
+        if holding is None or holding.reached:
+            return False
+        holding.reached = True
+        self.unreached -= 1
+        self.reached_at.append(now + self.limits.interval_s)
+        return True
+
     def release(self, grant_id: str, now: float, tokens_used: int | None = None) -> bool:
-        """End a holding; it stays in the window for ``interval_s`` (with the tokens really used)."""
+        """End a holding; its tokens (those really used) stay in the window for ``interval_s``."""
+        self.reach(grant_id, now)
         holding = self.held.pop(grant_id, None)
         if holding is None:
             return False
         self.held_tokens -= holding.tokens
         tokens = holding.tokens if tokens_used is None else max(0, tokens_used)
-        self.closed.append((now + self.limits.interval_s, tokens))
-        self.closed_tokens += tokens
+        self.spent.append((now + self.limits.interval_s, tokens))
+        self.spent_tokens += tokens
         return True
 
     def penalize(self, now: float, retry_after_s: float | None) -> float:
@@ -237,8 +260,8 @@ class Gate:
         return {
             "key": self.key, "limits": self.limits.model_dump(), "factor": round(self.factor(now), 3),
             "blocked_for_s": round(max(0.0, self.blocked_until - now), 3), "held": len(self.held),
-            "in_window": len(self.held) + len(self.closed),
-            "tokens_in_window": self.held_tokens + self.closed_tokens,
+            "in_window": self.unreached + len(self.reached_at),
+            "tokens_in_window": self.held_tokens + self.spent_tokens,
             "waiting": self.waiting(), "granted": dict(self.granted),
         }
 
@@ -316,6 +339,12 @@ class GateKeeper:
             gate.cancel(waiter)
             waiter.future.cancel()
 
+    async def reached(self, grant_id: str) -> None:
+        key = grant_id.rpartition("|")[0]
+        gate = self.gates.get(key)
+        if gate is not None:
+            gate.reach(grant_id, time.monotonic())
+
     async def release(self, grant_id: str, tokens_used: int | None = None) -> None:
         key = grant_id.rpartition("|")[0]
         gate = self.gates.get(key)
@@ -370,13 +399,22 @@ def start_gatekeeper(settings: Settings) -> Any:
 
 
 class Passage:
-    """What a caller holds while it passes a gate: report tokens used, or an upstream 429."""
+    """What a caller holds while it passes a gate: report that the upstream has the request, the
+    tokens used, or an upstream 429."""
 
     def __init__(self, client: GateClient | None, key: str, grant_id: str) -> None:
         self._client = client
         self.key = key
         self.grant_id = grant_id
         self.tokens_used: int | None = None
+        self._reached = False
+
+    def reached(self) -> None:
+        """Call once the upstream surely has the request (its first response byte, or the call of an
+        in-process engine): the request window can count from here instead of from the release."""
+        if self.grant_id and not self._reached and self._client is not None:
+            self._reached = True
+            self._client.keeper.reached.remote(self.grant_id)
 
     def throttled(self, retry_after_s: float | None = None) -> None:
         if self._client is not None:

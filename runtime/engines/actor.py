@@ -14,7 +14,7 @@ from runtime.config import Settings
 from runtime.engines.base import Engine
 from runtime.engines.simulated import SimulatedEngine
 from runtime.errors import ModelNotFound
-from runtime.gates import GateClient
+from runtime.gates import GateClient, Passage
 from runtime.models import ChatRequest, Completion
 
 
@@ -61,6 +61,16 @@ def estimate_tokens(request: ChatRequest) -> int:
     return sum(len(m.content) for m in request.messages) // 4 + request.max_tokens
 
 
+def _first_text_reaches(passage: Passage, on_text: Callable[[str], Awaitable[None]] | None
+                        ) -> Callable[[str], Awaitable[None]]:
+    async def reached_then(text: str) -> None:
+        passage.reached()
+        if on_text is not None:
+            await on_text(text)
+
+    return reached_then
+
+
 class EngineActor:
     def __init__(self, settings: Settings, model: str, gates: GateClient | None = None) -> None:
         self.engine = build_engine(settings, model)
@@ -78,21 +88,27 @@ class EngineActor:
         events as it is generated."""
         self.in_flight += 1
         try:
+            on_text, flush = stream_to.writer() if stream_to is not None else (None, None)
             async with self.gates.passage(self.gate_key, request.tenant, request.priority,
                                           estimate_tokens(request)) as passage:
-                if stream_to is None:
-                    completion = await self.engine.chat(request)
-                else:
-                    on_text, flush = stream_to.writer()
-                    completion = await self.engine.chat(request, on_text)
-                    await flush()
+                if getattr(self.engine, "remote", False):  # the upstream has it at its first byte
+                    on_text = _first_text_reaches(passage, on_text)
+                else:  # an engine in this process has the request as soon as it is called
+                    passage.reached()
+                completion = await self.engine.chat(request, on_text)
                 passage.tokens_used = completion.usage.prompt_tokens + completion.usage.completion_tokens
-                return completion
+            if flush is not None:  # after the gate: the Store write is not the upstream's time
+                await flush()
+            return completion
         finally:
             self.in_flight -= 1
 
     async def abort(self, request_id: str) -> bool:
         return await self.engine.abort(request_id)
+
+    async def timeline(self) -> list[tuple[float, float]]:
+        """(arrived, ended) of the engine's last requests, where the engine keeps them (simulated)."""
+        return list(getattr(self.engine, "timeline", ()))
 
     async def load(self) -> int:
         return self.in_flight

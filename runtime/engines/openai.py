@@ -34,6 +34,7 @@ def retry_after_s(error: openai.APIStatusError) -> float | None:
 
 
 class OpenAIEngine:
+    remote = True  # an upstream service: a request has reached it when its first chunk comes back
     def __init__(self, model: str, config: OpenAIEngineConfig,
                  http_client: httpx.AsyncClient | None = None) -> None:
         self.model = model

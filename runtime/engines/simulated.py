@@ -2,13 +2,16 @@
 
 Its text is a deterministic function of the prompt (the same prompt always gives the same words), and
 its timing follows a latency model: ``ttft_s`` before the first token, ``tpot_s`` per token after it,
-at most ``max_concurrency`` requests at once (later ones wait their turn).
+at most ``max_concurrency`` requests at once (later ones wait their turn). It keeps the arrival and
+end time of its last requests (``timeline``), so a test or benchmark can check what an upstream saw.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal
 
@@ -42,6 +45,7 @@ class SimulatedEngine:
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._aborted: set[str] = set()
         self._running: set[str] = set()
+        self.timeline: deque[tuple[float, float]] = deque(maxlen=100_000)  # (arrived, ended), epoch s
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str]:
         async with self._slots:
@@ -62,10 +66,14 @@ class SimulatedEngine:
     async def chat(self, request: ChatRequest,
                    on_text: Callable[[str], Awaitable[None]] | None = None) -> Completion:
         tokens = []
-        async for token in self.stream(request):
-            tokens.append(token)
-            if on_text is not None:
-                await on_text(token)
+        arrived = time.time()
+        try:
+            async for token in self.stream(request):
+                tokens.append(token)
+                if on_text is not None:
+                    await on_text(token)
+        finally:
+            self.timeline.append((arrived, time.time()))
         full = simulated_text(prompt_text(request), request.max_tokens)
         finish: Literal["stop", "length", "abort"] = "stop"
         if len(tokens) < len(full):

@@ -22,6 +22,7 @@ import random
 import time
 import uuid
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,7 +123,7 @@ class ToolExecutor:
         while True:
             attempt += 1
             try:
-                return await self._attempt(tool, args, caller, lambda: tool.call(args, self._ctx(tool, caller)))
+                return await self._attempt(tool, args, caller, lambda ctx: tool.call(args, ctx))
             except Exception as e:  # noqa: BLE001 - classified below: retry, dead letter, or fail
                 error = e
             retryable = tool.retryable(error, policy)
@@ -133,17 +134,17 @@ class ToolExecutor:
                 raise ToolFailed(tool.name, str(error), type(error).__name__, attempt, letter) from None
             await asyncio.sleep(self._delay(policy, attempt, error))
 
-    def _ctx(self, tool: Tool, caller: Caller) -> ToolContext:
-        return ToolContext(self.settings.tools, tool.name, caller.task_id, caller.tenant)
-
-    async def _attempt(self, tool: Tool, args: BaseModel, caller: Caller, run: Any) -> Any:
+    async def _attempt(self, tool: Tool, args: BaseModel, caller: Caller,
+                       run: Callable[[ToolContext], Awaitable[Any]]) -> Any:
         """One upstream call: pass the gate, run under the timeout, throttle the gate on a 429."""
         timeout_s = tool.timeout_s or self.settings.tools.timeout_s
         async with self.gates.passage(tool.gate_key(args), caller.tenant, caller.priority) as passage:
             self.upstream_calls[tool.name] = self.upstream_calls.get(tool.name, 0) + 1
+            ctx = ToolContext(self.settings.tools, tool.name, caller.task_id, caller.tenant,
+                              passage.reached)
             try:
                 async with asyncio.timeout(timeout_s):
-                    return await run()
+                    return await run(ctx)
             except TimeoutError:
                 raise StepTimeout(f"tool:{tool.name}", timeout_s) from None
             except UpstreamError as e:
@@ -157,7 +158,7 @@ class ToolExecutor:
         while True:
             attempt += 1
             try:
-                return await self._attempt(tool, batch[0], caller, lambda: run(batch, self._ctx(tool, caller)))  # type: ignore[no-any-return]
+                return await self._attempt(tool, batch[0], caller, lambda ctx: run(batch, ctx))  # type: ignore[no-any-return]
             except Exception as e:  # noqa: BLE001
                 if not tool.retryable(e, policy) or attempt >= policy.max_attempts:
                     raise ToolFailed(tool.name, str(e), type(e).__name__, attempt) from None
@@ -232,11 +233,10 @@ class _Batcher:
     async def _run(self, items: list[_Pending]) -> None:
         ex, tool = self.executor, self.tool
         first = items[0]
-        ctx = ex._ctx(tool, first.caller)
         args = [p.args for p in items]
         try:
             results = await ex._attempt(tool, first.args, first.caller,
-                                        lambda: tool.call_batch(args, ctx))
+                                        lambda ctx: tool.call_batch(args, ctx))
         except Exception as e:  # noqa: BLE001 - every call of the batch failed with it
             results = [e] * len(items)
         for pending, result in zip(items, results, strict=True):

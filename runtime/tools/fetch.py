@@ -124,8 +124,10 @@ class FetchResult(BaseModel):
 
 
 async def fetch(url: str, settings: ToolSettings, headers: dict[str, str] | None = None,
-                max_bytes: int | None = None, backend: httpcore.AsyncNetworkBackend | None = None) -> FetchResult:
-    """GET ``url``: 429 and 5xx raise (retryable), other statuses are returned."""
+                max_bytes: int | None = None, backend: httpcore.AsyncNetworkBackend | None = None,
+                reached: Callable[[], None] | None = None) -> FetchResult:
+    """GET ``url``: 429 and 5xx raise (retryable), other statuses are returned. ``reached`` is called
+    when the response's headers arrive (the server surely has the request)."""
     scheme = urlsplit(url).scheme
     if scheme not in ("http", "https"):
         raise ValueError(f"http_fetch fetches http and https URLs, not {scheme or 'no scheme'!r}")
@@ -135,6 +137,8 @@ async def fetch(url: str, settings: ToolSettings, headers: dict[str, str] | None
                                  timeout=settings.http_timeout_s, follow_redirects=True,
                                  max_redirects=settings.http_max_redirects) as client:
         async with client.stream("GET", url, headers=headers) as response:
+            if reached is not None:
+                reached()
             if response.status_code == 429 or response.status_code >= 500:
                 raise UpstreamError(url, response.status_code,
                                     _retry_after(response.headers.get("retry-after")))
@@ -172,4 +176,4 @@ async def http_fetch(url: str, ctx: ToolContext, headers: dict[str, str] | None 
     Refuses private, loopback, link-local and metadata addresses unless configuration allows them.
     Passes the gate ``http:<host>``; retries connection errors, 429 and 5xx with backoff.
     """
-    return await fetch(url, ctx.settings, headers, max_bytes)
+    return await fetch(url, ctx.settings, headers, max_bytes, reached=ctx.reached)

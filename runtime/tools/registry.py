@@ -27,14 +27,21 @@ class Batch:
     max_wait_s: float
 
 
+def _nothing() -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class ToolContext:
-    """What a tool may ask about its call: the tools' settings and who called."""
+    """What a tool may ask about its call: the tools' settings and who called. A tool that talks to
+    an upstream calls ``reached()`` once the upstream surely has the request (its first response
+    byte): the gate's request window then counts from there rather than from the call's end."""
 
     settings: ToolSettings
     tool: str
     task_id: str = ""
     tenant: str = "default"
+    reached: Callable[[], None] = _nothing
 
 
 class _Args(BaseModel):
@@ -111,7 +118,7 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, batch
     def wrap(f: Callable[..., Any]) -> Tool:
         hints = get_type_hints(f)
         params = inspect.signature(f).parameters
-        context_param = next((p for p in params if hints.get(p) is ToolContext), None)
+        context_param = next((p for p in params if _is_context(hints.get(p))), None)
         arg_params = {p: v for p, v in params.items() if p != context_param}
         tool_name = name or f.__name__
         if batch is not None:
@@ -126,6 +133,11 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, batch
                     timeout_s, gate, context_param)
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _is_context(annotation: Any) -> bool:
+    """``ToolContext``, or ``ToolContext | None``."""
+    return annotation is ToolContext or ToolContext in get_args(annotation)
 
 
 def _batch_item_model(name: str, params: dict[str, inspect.Parameter],

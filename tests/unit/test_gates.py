@@ -158,26 +158,48 @@ def test_an_unreleased_grant_is_taken_back_after_max_hold() -> None:
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 6), st.floats(0.2, 2.0), st.integers(0, 10_000))
 def test_no_window_of_arrivals_ever_exceeds_the_limit(limit: int, interval: float, seed: int) -> None:
-    """Simulate callers with random think and service times; an upstream that receives each request
-    at any moment between its grant and its release never sees more than ``limit`` in a window."""
+    """Simulate callers with random service times that report ``reached`` at a random moment (or
+    never, letting the release stand for it); an upstream that receives each request at any moment
+    between its grant and that report never sees more than ``limit`` in a window."""
     rng = random.Random(seed)
-    gate = Gate("api:x", GateLimits(requests=limit, interval_s=interval))
-    now, held, spans = 0.0, {}, []
+    gate = Gate("api:x", GateLimits(requests=limit, interval_s=interval, concurrency=limit + 1))
+    now = 0.0
+    held: dict[str, list[float]] = {}  # grant id -> [granted, reach (inf: never), end]
+    spans = []  # (granted, reported): the upstream may receive the request anywhere in between
     for _ in range(40):
         gate.enqueue("t", rng.randint(0, 2), 0, now)
     while gate.waiting() or held:
         for grant_id in drain(gate, now):
-            held[grant_id] = (now, now + rng.uniform(0, interval))
-        done = [g for g, (_, end) in held.items() if end <= now]
-        for g in done:
-            start, end = held.pop(g)
-            gate.release(g, now)
-            spans.append((start, now))
+            end = now + rng.uniform(0, interval)
+            held[grant_id] = [now, rng.choice([rng.uniform(now, end), math.inf]), end]
+        for grant_id, (start, reach, end) in list(held.items()):
+            if -math.inf < reach <= now:
+                gate.reach(grant_id, now)
+                spans.append((start, now))
+                held[grant_id][1] = -math.inf  # reported
+            if end <= now:
+                gate.release(grant_id, now)
+                if reach == math.inf:
+                    spans.append((start, now))
+                del held[grant_id]
         w = gate.select(now)
         wait = gate.wait_s(w, now) if w is not None else math.inf
-        next_end = min((end for _, end in held.values()), default=math.inf)
-        now = max(now, min(now + wait, next_end)) + 1e-9
+        events = [t for _, r, e in held.values() for t in (r, e) if t > now]
+        now = max(now, min([now + wait, *events])) + 1e-9
+    assert len(spans) == 40
     edges = sorted({s for s, _ in spans} | {e for _, e in spans})
     for s in edges:
         reachable = sum(1 for g, r in spans if g < s + interval and r >= s)
         assert reachable <= limit
+
+
+def test_a_reached_request_leaves_the_window_while_it_still_holds_a_slot() -> None:
+    gate = Gate("engine:m", GateLimits(requests=2, interval_s=1.0, concurrency=10))
+    for _ in range(3):
+        gate.enqueue("t", 0, 0, now=0.0)
+    a, b = drain(gate, 0.0)
+    gate.reach(a, now=0.1)
+    gate.reach(b, now=0.2)
+    assert drain(gate, 1.09) == []
+    assert len(drain(gate, 1.1)) == 1  # a is still running: only the window had to pass
+    assert len(gate.held) == 3

@@ -52,7 +52,7 @@ def test_arguments_come_from_the_signature_and_the_docstring_describes() -> None
     assert schema["name"] == "search"
     assert schema["description"].startswith("Search the web.")
     assert schema["parameters"]["required"] == ["query"]
-    assert set(schema["parameters"]["properties"]) == {"query", "limit", "ctx"}
+    assert set(schema["parameters"]["properties"]) == {"query", "limit"}  # ctx is not an argument
     args = search.validate({"query": "ray", "limit": "3"})
     assert (args.query, args.limit) == ("ray", 3)  # type: ignore[attr-defined]
 
