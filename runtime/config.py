@@ -176,6 +176,8 @@ class Settings(BaseSettings):
     api_keys: dict[str, str] = Field(
         default_factory=dict, description="bearer key -> tenant; empty serves loopback only, no auth"
     )
+    admin_tenants: tuple[str, ...] = Field(
+        (), description="tenants that may see and change gates over HTTP (with no API keys: anyone)")
     max_body_bytes: int = Field(1 << 20, ge=1, description="larger request bodies get 413")
     http_replicas_max: int = Field(
         1, ge=1, description="Ingress replicas; above 1 they autoscale (more only helps with more cores)")

@@ -14,18 +14,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.errors import (
     AgentNotFound,
+    DeadLetterNotFound,
     InvalidInput,
     InvalidTransition,
     QueueFull,
     RaysquadError,
     RuntimeNotRunning,
     TaskNotFound,
+    ToolArgsInvalid,
+    ToolNotFound,
     WorkflowNotFound,
 )
 
 _STATUS: list[tuple[type[RaysquadError], int]] = [
     (TaskNotFound, 404), (WorkflowNotFound, 404), (AgentNotFound, 404), (InvalidInput, 422),
     (QueueFull, 429), (InvalidTransition, 409), (RuntimeNotRunning, 503),
+    (DeadLetterNotFound, 404), (ToolNotFound, 404), (ToolArgsInvalid, 422),
 ]
 
 

@@ -11,18 +11,19 @@ import json
 import re
 import secrets
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from sse_starlette.sse import EventSourceResponse
 
 from runtime.client import AsyncClient
-from runtime.config import Settings
-from runtime.errors import TaskNotFound
-from runtime.models import END_EVENT_KINDS, SubmitRequest, TaskRecord, TaskStatus
+from runtime.config import GateLimits, Settings
+from runtime.errors import DeadLetterNotFound, TaskNotFound
+from runtime.models import END_EVENT_KINDS, DeadLetter, SubmitRequest, TaskRecord, TaskStatus
+from runtime.ops import AsyncOps
 from serve import errors
 
 app = FastAPI(
@@ -161,12 +162,27 @@ def tenant_of(request: Request,
 Tenant = Annotated[str, Depends(tenant_of)]
 
 
+def admin_of(request: Request, tenant: Tenant) -> str:
+    """Gates are the cluster's, not a tenant's: with API keys, only ``admin_tenants`` see and change
+    them."""
+    settings: Settings = request.app.state.settings
+    if settings.api_keys and tenant not in settings.admin_tenants:
+        raise HTTPException(403, f"tenant {tenant!r} may not see or change gates "
+                                 "(RAYSQUAD_ADMIN_TENANTS lists those that may)")
+    return tenant
+
+
+Admin = Annotated[str, Depends(admin_of)]
+GateKey = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[\w.:@/*-]+$")]
+
+
 @serve.deployment(max_ongoing_requests=256)
 @serve.ingress(app)
 class Ingress:
     def __init__(self, settings: Settings) -> None:
         app.state.settings = settings
         self.client = AsyncClient.from_named_actors(settings.namespace)
+        self.ops = AsyncOps(settings.namespace)
 
     async def _task(self, task_id: str, tenant: str) -> TaskRecord:
         record = await self.client.get(task_id)
@@ -276,6 +292,49 @@ class Ingress:
     @app.get("/v1/workflows", response_model=list[WorkflowView], responses=_responses())
     async def workflows(self, tenant: Tenant) -> list[WorkflowView]:
         return [WorkflowView(**w) for w in await self.client.workflows()]
+
+    # -- tools, gates, dead letters ------------------------------------------------------------
+
+    @app.get("/v1/tools", responses=_responses())
+    async def tools(self, tenant: Tenant) -> list[dict[str, Any]]:
+        """The tools workflows and agents can call: name, description, argument schema, batching."""
+        return await self.ops.tools()
+
+    @app.get("/v1/gates", responses=_responses(403))
+    async def gates(self, admin: Admin) -> dict[str, dict[str, Any]]:
+        """Every gate: its limits and state (holdings, the window's use, waiters, grants by tenant)."""
+        return await self.ops.gates()
+
+    @app.put("/v1/gates/{key}", responses=_responses(403, *_BODY_ERRORS))
+    async def set_gate(self, key: GateKey, limits: GateLimits, admin: Admin) -> dict[str, Any]:
+        """Set a gate's limits now (until the runtime stops; configuration is where lasting limits
+        belong). A new key makes a new gate."""
+        await self.ops.set_gate(key, limits)
+        return (await self.ops.gates())[key]
+
+    @app.delete("/v1/gates/{key}", status_code=204, responses=_responses(403, 404))
+    async def delete_gate(self, key: GateKey, admin: Admin) -> Response:
+        """Remove a gate: its waiters pass at once and later calls pass without asking."""
+        if key not in await self.ops.gates():
+            raise HTTPException(404, f"no gate {key!r}")
+        await self.ops.set_gate(key, None)
+        return Response(status_code=204)
+
+    @app.get("/v1/dead-letters", response_model=list[DeadLetter], responses=_responses())
+    async def dead_letters(self, tenant: Tenant, status: Literal["dead", "replayed"] | None = None,
+                           tool: str | None = None,
+                           limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[DeadLetter]:
+        """Tool calls of the caller's tenant that ran out of retries, newest first."""
+        return await self.ops.dead_letters(status, tool, tenant, limit)
+
+    @app.post("/v1/dead-letters/{letter_id}/replay", response_model=DeadLetter,
+              responses=_responses(404))
+    async def replay(self, letter_id: str, tenant: Tenant) -> DeadLetter:
+        """Run a dead letter's call again; on success it is marked replayed with its result."""
+        letter = await self.ops.dead_letter(letter_id)
+        if letter.tenant != tenant:
+            raise DeadLetterNotFound(letter_id)
+        return await self.ops.replay(letter_id)
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -68,8 +68,8 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
 
 
 @contextmanager
-def raysquad_up(workdir: Path, **env: str) -> Iterator[str]:
-    """Run `raysquad up --app tests.apps.basic` in ``workdir``; yields its base URL once /healthz answers.
+def raysquad_up(workdir: Path, app: str = "tests.apps.basic", **env: str) -> Iterator[str]:
+    """Run `raysquad up --app APP` in ``workdir``; yields its base URL once /healthz answers.
 
     ``env`` adds RAYSQUAD_* settings to the defaults below (two API keys, short leases, a 64 KiB body
     limit). Output goes to ``workdir/up.log`` (a pipe could fill up and stall the server).
@@ -85,7 +85,7 @@ def raysquad_up(workdir: Path, **env: str) -> Iterator[str]:
     log_path = workdir / "up.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "serve.cli", "up", "--app", "tests.apps.basic",
+            [sys.executable, "-m", "serve.cli", "up", "--app", app,
              "--data-dir", str(workdir / "state"), "--port", str(port)],
             cwd=workdir, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
