@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from runtime import Client, RaysquadError, Runtime, Settings, TaskRecord, TaskStatus
+from runtime import Client, GateLimits, RaysquadError, Runtime, Settings, TaskRecord, TaskStatus
+from runtime.ops import Ops
 from serve.http import open_bind_refusal
 from serve.http_client import HttpClient
 from serve.progress import follow
@@ -202,6 +203,67 @@ def watch(task_id: str, address: AddressOpt = None, url: UrlOpt = None,
     client = connect(address, url, api_key)
     for event in client.events(task_id, follow=True):
         out.print(f"{event.seq:>4} {event.kind:<16} {json.dumps(event.data)}", highlight=False)
+
+
+def ops(address: str | None) -> Ops:
+    """Operator calls over Ray (after Client.connect has joined the cluster)."""
+    s = settings(address)
+    Client.connect(s)
+    return Ops(s.namespace)
+
+
+@app.command()
+def gates(address: AddressOpt = None) -> None:
+    """Show every gate: limits, holdings, the window's use, waiters, grants by tenant."""
+    table = Table("gate", "limits", "held", "in window", "waiting", "factor", "granted")
+    for key, g in ops(address).gates().items():
+        limits = ", ".join(f"{k}={v}" for k, v in g["limits"].items() if v is not None)
+        table.add_row(key, limits, str(g["held"]), str(g["in_window"]), str(g["waiting"]),
+                      f"{g['factor']:.2f}", json.dumps(g["granted"]))
+    out.print(table)
+
+
+@app.command()
+def gate(key: str,
+         requests: Annotated[int | None, typer.Option(help="requests per interval")] = None,
+         tokens: Annotated[int | None, typer.Option(help="tokens per interval")] = None,
+         interval_s: Annotated[float, typer.Option(help="the window, in seconds")] = 1.0,
+         concurrency: Annotated[int | None, typer.Option(help="requests at once")] = None,
+         remove: Annotated[bool, typer.Option("--remove", help="remove the gate")] = False,
+         address: AddressOpt = None) -> None:
+    """Set a gate's limits now, e.g. `raysquad gate openai:gpt-4o --requests 500 --interval-s 60`."""
+    if remove:
+        ops(address).set_gate(key, None)
+        out.print(f"gate {key} removed")
+        return
+    if requests is None and tokens is None and concurrency is None:
+        fail("give at least one of --requests, --tokens, --concurrency (or --remove)", 2)
+    limits = GateLimits(requests=requests, tokens=tokens, interval_s=interval_s,
+                        concurrency=concurrency)
+    client = ops(address)
+    client.set_gate(key, limits)
+    out.print(f"gate {key}: {json.dumps(client.gates()[key]['limits'])}", highlight=False)
+
+
+@app.command("dead-letters")
+def dead_letters(status: Annotated[str | None, typer.Option(help="dead or replayed")] = None,
+                 tool: str | None = None, limit: int = 20, address: AddressOpt = None) -> None:
+    """List tool calls that ran out of retries, newest first."""
+    if status not in (None, "dead", "replayed"):
+        fail("--status must be dead or replayed", 2)
+    table = Table("id", "tool", "status", "attempts", "task", "error")
+    for d in ops(address).dead_letters(status, tool, None, limit):
+        table.add_row(d.id, d.tool, d.status, str(d.attempts), d.task_id or "-", d.error[:60])
+    out.print(table)
+
+
+@app.command()
+def replay(letter_id: str, address: AddressOpt = None) -> None:
+    """Run a dead letter's tool call again; on success it is marked replayed with its result."""
+    letter = ops(address).replay(letter_id)
+    out.print(f"{letter.id} {letter.status} (attempts {letter.attempts})"
+              + (f": {json.dumps(letter.result)[:200]}" if letter.status == "replayed"
+                 else f": {letter.error}"), highlight=False)
 
 
 def main() -> None:

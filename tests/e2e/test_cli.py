@@ -137,3 +137,24 @@ def test_the_cli_over_http(runtime_up: tuple[Path, str, str]) -> None:
                           f"no task with id '{'f' * 32}' (HTTP 404)")
     assert_one_line_error(cli("status", "x", "--url", "http://127.0.0.1:9", cwd=cwd), 1,
                           "cannot reach http://127.0.0.1:9")
+
+
+def test_gates_and_dead_letters_from_the_cli(runtime_up: tuple[Path, str, str]) -> None:
+    cwd, address, _ = runtime_up
+    set_ = cli("gate", "api:search", "--requests", "5", "--interval-s", "60", "--address", address,
+               cwd=cwd)
+    assert set_.returncode == 0, set_.stderr
+    assert '"requests": 5' in set_.stdout and '"interval_s": 60.0' in set_.stdout
+    shown = cli("gates", "--address", address, cwd=cwd)
+    assert shown.returncode == 0 and "api:search" in shown.stdout and "requests=5" in shown.stdout
+    assert cli("gate", "api:search", "--remove", "--address", address, cwd=cwd).returncode == 0
+    assert "api:search" not in cli("gates", "--address", address, cwd=cwd).stdout
+
+    assert_one_line_error(cli("gate", "api:search", "--address", address, cwd=cwd), 2,
+                          "give at least one of --requests, --tokens, --concurrency")
+    assert_one_line_error(cli("gate", "api:search", "--requests", "0", "--address", address, cwd=cwd),
+                          2, "requests: Input should be greater than or equal to 1")
+    listed = cli("dead-letters", "--address", address, cwd=cwd)
+    assert listed.returncode == 0 and "tool" in listed.stdout
+    assert_one_line_error(cli("replay", "nope", "--address", address, cwd=cwd), 1,
+                          "no dead letter with id 'nope'")
