@@ -92,8 +92,9 @@ def theoretical_makespan(n_calls: int, limit: int, interval_s: float, concurrenc
     """A lower bound on the makespan of ``n_calls`` calls of ``call_s`` each under both limits.
 
     Rate: with at most ``limit`` starts in any ``[t, t + interval_s)``, starts ``i`` and ``i + limit``
-    (sorted) are at least ``interval_s`` apart, so the last start comes at least
-    ``(ceil(n / limit) - 1) * interval_s`` after the first, and ends ``call_s`` later.
+    (sorted) are at least ``interval_s`` apart, so with ``q = ceil(n / limit) - 1`` the last
+    ``r = n - q * limit`` calls all start at least ``q * interval_s`` after the first; at most
+    ``concurrency`` at once, they take at least ``ceil(r / concurrency) * call_s`` more.
     Concurrency: calls of equal length, at most ``concurrency`` at once, split into ``concurrency``
     sequences of non-overlapping calls (interval graphs are perfect), one of which holds
     ``ceil(n / concurrency)`` calls: at least ``ceil(n / concurrency) * call_s``.
@@ -105,6 +106,8 @@ def theoretical_makespan(n_calls: int, limit: int, interval_s: float, concurrenc
         return 0.0
     if limit <= 0 or concurrency <= 0 or interval_s <= 0 or call_s < 0:
         raise ValueError("limit, concurrency and interval_s must be positive and call_s >= 0")
-    by_rate = (math.ceil(n_calls / limit) - 1) * interval_s + call_s
+    windows = math.ceil(n_calls / limit) - 1
+    last = n_calls - windows * limit
+    by_rate = windows * interval_s + math.ceil(last / concurrency) * call_s
     by_concurrency = math.ceil(n_calls / concurrency) * call_s
     return max(by_rate, by_concurrency)

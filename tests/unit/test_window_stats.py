@@ -92,6 +92,8 @@ def test_theoretical_makespan_rate_bound() -> None:
     assert theoretical_makespan(201, 20, 1.0, 1000, 0.02) == pytest.approx(10.02)
     # Fewer calls than the limit: one call's length.
     assert theoretical_makespan(5, 20, 1.0, 1000, 0.02) == pytest.approx(0.02)
+    # The last window's 20 calls, 8 at once, need 3 rounds after the 9 s of earlier windows.
+    assert theoretical_makespan(200, 20, 1.0, 8, 0.02) == pytest.approx(9.06)
 
 
 def test_theoretical_makespan_concurrency_bound() -> None:
