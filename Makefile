@@ -48,6 +48,7 @@ bench: setup model
 	$(BIN)/python -c "import celery" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/step_overhead.py
 	$(BIN)/python benchmarks/submit_latency.py
+	$(BIN)/python benchmarks/rate_limited.py
 
 clean:
 	rm -rf .raysquad benchmarks/results
