@@ -1,7 +1,8 @@
 """A local upstream for tool and gate tests: an HTTP server on 127.0.0.1 that logs every request.
 
 Paths: ``/ok`` answers 200; ``/flaky`` answers 503 while ``down`` (or for its first ``fail_first``
-requests); ``/hold`` answers only once the test sets ``release`` (something to hold a gate with);
+requests); ``/throttle`` answers 429 with Retry-After: 1 for
+its first ``fail_first`` requests; ``/hold`` answers only once the test sets ``release`` (something to hold a gate with);
 a path in ``pages`` answers its HTML; POST ``/lookup`` answers ``["value-<key>", ...]`` for a JSON list of keys.
 """
 
@@ -79,6 +80,12 @@ def _handler(up: Upstream) -> type[BaseHTTPRequestHandler]:
                 return
             if path == "/flaky" and (up.down or n <= up.fail_first):
                 self._answer(503, b"try later")
+                return
+            if path == "/throttle" and n <= up.fail_first:
+                self.send_response(429)
+                self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
                 return
             self._answer(200, b"<html><title>ok</title><body><p>hello</p></body></html>")
 

@@ -14,6 +14,7 @@ from typing import Any
 import ray
 
 from runtime import GateLimits, Runtime, TaskStatus, ToolSettings
+from runtime.config import SimulatedEngineConfig
 from tests.conftest import wait_for
 from tests.servers import Upstream, max_in_window, upstream
 
@@ -167,3 +168,39 @@ def test_limits_change_at_run_time(make_runtime: Callable[..., Runtime]) -> None
         finish_all(rt, [blocker, queued])
         assert key not in ops.gates()
         assert {t["name"] for t in ops.tools()} >= {"http_fetch", "extract_text", "sql_query"}
+
+
+def test_engine_calls_pass_the_models_gate_unasked(make_runtime: Callable[..., Runtime]) -> None:
+    rt = make_runtime(APPS, workers=4, simulated=SimulatedEngineConfig(ttft_s=0.05, tpot_s=0.0),
+                      gates={"engine:sim-small": GateLimits(concurrency=2)})
+    client = rt.client()
+    finish_all(rt, [client.submit("llm_calls", {"k": 3}).id for _ in range(8)])
+    timeline = ray.get(rt.engines["sim-small"][0].timeline.remote())
+    assert len(timeline) == 24
+    assert peak_at_once(timeline) <= 2
+    stats = ray.get(rt.gatekeeper.stats.remote())["engine:sim-small"]
+    assert sum(stats["granted"].values()) == 24 and stats["held"] == 0
+
+
+def peak_at_once(spans: list[tuple[float, float]]) -> int:
+    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
+    peak = now = 0
+    for _, d in edges:
+        now += d
+        peak = max(peak, now)
+    return peak
+
+
+def test_an_upstream_429_throttles_the_gate_and_the_retry_waits(
+        make_runtime: Callable[..., Runtime]) -> None:
+    key = "http:127.0.0.1"
+    tools = ToolSettings(http_allow_networks=("127.0.0.1/32",))
+    with upstream() as up:
+        up.fail_first = 1
+        rt = make_runtime(APPS, tools=tools, gates={key: GateLimits(requests=100, interval_s=1.0)})
+        (out,) = finish_all(rt, [rt.client().submit("fetch_once", {"url": up.url("/throttle")}).id])
+        assert out["ok"] and out["status"] == 200
+        first, second = up.of("/throttle")
+        assert second.at - first.at >= 0.95  # the upstream's Retry-After: 1, not the 0.5 s backoff
+        gate = ray.get(rt.gatekeeper.stats.remote())[key]
+        assert gate["factor"] < 1.0  # halved by the 429, growing back over ten intervals
