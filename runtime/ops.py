@@ -63,17 +63,21 @@ class Ops:
         self._ops = AsyncOps(namespace)
 
     def gates(self) -> dict[str, dict[str, Any]]:
-        return ray.get(self._ops._gates.stats.remote())  # type: ignore[no-any-return]
+        return _get(self._ops._gates.stats.remote())
 
     def set_gate(self, key: str, limits: GateLimits | None) -> None:
-        ray.get(self._ops._gates.configure.remote(key, limits))
+        _get(self._ops._gates.configure.remote(key, limits))
 
     def tools(self) -> list[dict[str, Any]]:
-        return ray.get(self._ops._executors[0].schemas.remote())  # type: ignore[no-any-return]
+        return _get(self._ops._executors[0].schemas.remote())
 
     def dead_letters(self, status: str | None = None, tool: str | None = None,
                      tenant: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        return ray.get(self._ops._store.dead_letters.remote(status, tool, tenant, limit))  # type: ignore[no-any-return]
+        return _get(self._ops._store.dead_letters.remote(status, tool, tenant, limit))
 
     def replay(self, letter_id: str) -> DeadLetter:
-        return ray.get(random.choice(self._ops._executors).replay.remote(letter_id))  # type: ignore[no-any-return]
+        return _get(random.choice(self._ops._executors).replay.remote(letter_id))
+
+
+def _get(ref: Any) -> Any:
+    return ray.get(ref)

@@ -1,9 +1,9 @@
 """A local upstream for tool and gate tests: an HTTP server on 127.0.0.1 that logs every request.
 
 Paths: ``/ok`` answers 200; ``/flaky`` answers 503 while ``down`` (or for its first ``fail_first``
-requests); ``/throttle`` answers 429 with Retry-After: 1 for
-its first ``fail_first`` requests; ``/hold`` answers only once the test sets ``release`` (something to hold a gate with);
-a path in ``pages`` answers its HTML; POST ``/lookup`` answers ``["value-<key>", ...]`` for a JSON list of keys.
+requests); ``/throttle`` answers 429 with Retry-After: 1 for its first ``fail_first`` requests;
+``/hold`` answers only once the test sets ``release`` (something to hold a gate with); a path in
+``pages`` answers its HTML; POST ``/lookup`` answers ``["value-<key>", ...]`` for a JSON list of keys.
 """
 
 from __future__ import annotations
