@@ -113,13 +113,3 @@ def upstream() -> Iterator[Upstream]:
         server.shutdown()
         server.server_close()
 
-
-def max_in_window(times: list[float], window_s: float) -> int:
-    """The most requests that arrived within any window of ``window_s`` seconds."""
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while t - times[lo] >= window_s:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
