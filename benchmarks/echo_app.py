@@ -1,9 +1,10 @@
 """The floor for benchmarks/submit_latency.py: a bare FastAPI echo, on Ray Serve or on plain uvicorn.
 
 It answers POST /v1/tasks with 202 and the JSON body it was sent, and GET /healthz, and does nothing
-else, so whatever it costs is the HTTP path's own cost. On Serve it runs with the replica settings of
-raysquad's Ingress (0.1 CPU, at most 256 ongoing requests, 1..2 replicas autoscaled at 32 ongoing) on
-its own local Ray cluster; under uvicorn it runs in this one process, with no Ray at all.
+else, so whatever it costs is the HTTP path's own cost. On Serve it runs with the Serve settings of
+raysquad's Ingress, read from the same variables with the same defaults (``RAYSQUAD_HTTP_REPLICAS_MAX``,
+1: one replica, more autoscale at 32 ongoing; ``RAYSQUAD_HTTP_ACCESS_LOG``, off; 0.1 CPU, at most 256
+ongoing requests) on its own local Ray cluster; under uvicorn it runs in this one process, no Ray.
 
     .venv/bin/python benchmarks/echo_app.py serve --port 8011
     .venv/bin/python benchmarks/echo_app.py uvicorn --port 8012
@@ -38,6 +39,14 @@ def run_serve(port: int, num_cpus: int) -> None:
     import ray
     from ray import serve
 
+    from runtime.config import Settings
+
+    settings = Settings()  # the HTTP settings raysquad's Ingress would run with
+    scaling: dict[str, Any] = (
+        {"num_replicas": 1} if settings.http_replicas_max == 1 else
+        {"autoscaling_config": {"min_replicas": 1, "max_replicas": settings.http_replicas_max,
+                                "target_ongoing_requests": 32}})
+    logging_config = {"enable_access_log": settings.http_access_log}
     ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=200 * 1024**2,
              logging_level=logging.ERROR, log_to_driver=False)
     try:
@@ -46,10 +55,9 @@ def run_serve(port: int, num_cpus: int) -> None:
         class Echo:
             pass
 
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=logging_config)
         serve.run(Echo.options(  # type: ignore[attr-defined]
-            ray_actor_options={"num_cpus": 0.1},
-            autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32},
+            ray_actor_options={"num_cpus": 0.1}, logging_config=logging_config, **scaling,
         ).bind(), name="echo", route_prefix="/", blocking=False)
         print(f"echo on Ray Serve at http://127.0.0.1:{port}", flush=True)
         _wait_for_stop()

@@ -5,12 +5,18 @@ load generator (wrk, one thread, in its own process) drives each at the same lev
 a measured run per level. The targets:
 
 - ``raysquad``: ``python -m serve.cli up --app benchmarks.apps`` on a fresh local Ray cluster.
-  POST /v1/tasks goes proxy -> Ingress replica -> dispatcher -> Store (SQLite) and back.
-- ``serve-echo``: the floor, a bare FastAPI echo deployment with the Ingress's replica settings on its
-  own fresh Ray cluster (benchmarks/echo_app.py): proxy -> replica and back, nothing else.
+  POST /v1/tasks goes proxy -> Ingress replica -> Store (SQLite) and back; the dispatcher learns of
+  the task from the Store, and a worker runs it (one trivial step) on the same cores meanwhile.
+- ``serve-echo``: the floor, a bare FastAPI echo deployment with the Ingress's Serve settings (one
+  replica, access log off) on its own fresh Ray cluster (benchmarks/echo_app.py): proxy -> replica
+  and back, nothing else.
 - ``uvicorn-echo``: the same FastAPI echo under plain uvicorn, no Ray: what the Serve hop costs.
 - ``serve-echo-grpc`` and ``raysquad-grpc``: the same two with ``RAY_SERVE_PROXY_USE_GRPC=1`` (the
   proxy reaches replicas over gRPC instead of Ray actor calls), to see what that lifts.
+- ``raysquad-held``: raysquad with one worker whose one slot a blocking task (benchmarks/hold_app.py)
+  holds from the start, so the submitted tasks stay queued: the submit path alone, no execution.
+- ``serve-echo-access-log`` and ``raysquad-access-log``: the same two with Serve's per-request access
+  log on (``RAYSQUAD_HTTP_ACCESS_LOG=true``), as both ran before raysquad turned it off.
 
 wrk's Lua script logs every response's status and, for a 202, the task id; after raysquad stops, every
 202'd id is looked up in its SQLite Store (lost = 202'd but missing). During each measured run the
@@ -41,15 +47,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-import psutil
-import ray
-from rich.console import Console
-from rich.table import Table
-
-from benchmarks.common import write_result
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.common` importable here
+    sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+import ray  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from benchmarks.common import write_result  # noqa: E402
+
 PY = sys.executable
 WORKFLOW = "trivial_steps"  # benchmarks/apps.py: k trivial checkpointed steps; k=1 here
 BODY = {"workflow": WORKFLOW, "input": {"k": 1}}
@@ -58,7 +67,8 @@ TARGET_P99_RATIO = 1.5  # at most this times the floor's p99
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
 # Which floor each raysquad variant is held to.
-FLOORS = {"raysquad": "serve-echo", "raysquad-grpc": "serve-echo-grpc"}
+FLOORS = {"raysquad": "serve-echo", "raysquad-held": "serve-echo", "raysquad-grpc": "serve-echo-grpc",
+          "raysquad-access-log": "serve-echo-access-log"}
 
 WRK_LUA = r"""
 wrk.method = "POST"
@@ -85,9 +95,12 @@ end
 """
 
 
-# Serve writes an access log line per request in the proxy and in the replica, flushed one by one
-# and copied to stderr; these keep the lines but buffer them and drop the stderr copy.
-QUIET_LOGS = {"RAY_SERVE_LOG_TO_STDERR": "0", "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000"}
+# raysquad turns Serve's per-request access log off by default (RAYSQUAD_HTTP_ACCESS_LOG), and the
+# floor follows the same setting; this puts it back on, for both (a line per request in the proxy and
+# in the replica, flushed one by one).
+ACCESS_LOG = {"RAYSQUAD_HTTP_ACCESS_LOG": "true"}
+# One worker, one slot (held), and room in the queue for everything a run submits.
+HELD = {"RAYSQUAD_WORKERS": "1", "RAYSQUAD_TASKS_PER_WORKER": "1", "RAYSQUAD_QUEUE_CAPACITY": "50000"}
 
 
 @dataclass(frozen=True)
@@ -96,15 +109,18 @@ class Target:
     label: str
     kind: str  # "raysquad", "serve" or "uvicorn"
     env: dict[str, str] = field(default_factory=dict)
+    hold: bool = False  # raysquad: hold the only worker slot first, so nothing submitted runs
 
 
 TARGETS = {t.name: t for t in (
     Target("serve-echo", "Serve echo (floor)", "serve"),
     Target("raysquad", "raysquad", "raysquad"),
+    Target("raysquad-held", "raysquad, execution held", "raysquad", HELD, hold=True),
     Target("uvicorn-echo", "uvicorn echo (no Ray)", "uvicorn"),
     Target("serve-echo-grpc", "Serve echo, gRPC proxy", "serve", {"RAY_SERVE_PROXY_USE_GRPC": "1"}),
     Target("raysquad-grpc", "raysquad, gRPC proxy", "raysquad", {"RAY_SERVE_PROXY_USE_GRPC": "1"}),
-    Target("serve-echo-quiet", "Serve echo, buffered logs", "serve", QUIET_LOGS),
+    Target("serve-echo-access-log", "Serve echo, access log", "serve", ACCESS_LOG),
+    Target("raysquad-access-log", "raysquad, access log", "raysquad", ACCESS_LOG),
 )}
 
 
@@ -173,6 +189,8 @@ def run_target(target: Target, args: argparse.Namespace, work: Path, console: Co
         start_s = server.wait_healthy(START_TIMEOUT_S)
         console.print(f"  up in {start_s:.1f} s on port {port}")
         url = f"http://127.0.0.1:{port}/v1/tasks"
+        if target.hold:
+            hold_worker_slot(url)
         levels: dict[str, Any] = {}
         log_files: list[Path] = []
         for conns in args.levels:
@@ -198,6 +216,17 @@ def run_target(target: Target, args: argparse.Namespace, work: Path, console: Co
     return run
 
 
+def hold_worker_slot(url: str, timeout_s: float = 60.0) -> None:
+    """Submit benchmarks/hold_app.py's task and wait until it runs: the only worker slot is taken."""
+    task = httpx.post(url, json={"workflow": "hold", "input": {}}, timeout=10.0).raise_for_status()
+    task_url = f"{url}/{task.json()['id']}"
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(task_url, timeout=10.0).json()["status"] != "running":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the holding task did not start within {timeout_s} s")
+        time.sleep(0.2)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -217,6 +246,7 @@ class Server:
     def start(cls, target: Target, port: int, work: Path) -> Server:
         if target.kind == "raysquad":
             cmd = [PY, "-m", "serve.cli", "up", "--app", "benchmarks.apps",
+                   *(["--app", "benchmarks.hold_app"] if target.hold else []),
                    "--data-dir", str(work / "data"), "--port", str(port)]
         else:
             cmd = [PY, str(ROOT / "benchmarks" / "echo_app.py"), target.kind, "--port", str(port)]

@@ -144,9 +144,13 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 _BODY_ERRORS = (400, 413, 415)
 
 
-def tenant_of(request: Request,
-              authorization: Annotated[str | None, Header()] = None) -> str:
-    """The caller's tenant from ``Authorization: Bearer KEY``; open (tenant "default") with no keys."""
+async def tenant_of(request: Request,
+                    authorization: Annotated[str | None, Header()] = None) -> str:
+    """The caller's tenant from ``Authorization: Bearer KEY``; open (tenant "default") with no keys.
+
+    ``async`` although it awaits nothing: FastAPI runs a sync dependency in a worker thread, a thread
+    hop on every request for a few comparisons.
+    """
     keys: dict[str, str] = request.app.state.settings.api_keys
     if not keys:
         return "default"

@@ -434,6 +434,11 @@ def test_the_same_idempotency_key_returns_the_first_task(a: httpx.Client, b: htt
     # Keys are per tenant: the same key from another tenant is another task.
     other = b.post("/v1/tasks", json=body)
     assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
+    # The submit route renders its JSON itself: it must read exactly as TaskView on the task routes.
+    done = wait_status(a, first.json()["id"], "succeeded")
+    replay = a.post("/v1/tasks", json=body)
+    assert replay.status_code == 200 and replay.json() == done
+    assert list(first.json()) == list(done) and first.headers["content-type"] == "application/json"
 
 
 # -- tenants and authentication -------------------------------------------------------------------
