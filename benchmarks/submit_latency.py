@@ -487,40 +487,38 @@ def _analysis(runs: dict[str, Any], levels: list[int]) -> dict[str, Any]:
     return out
 
 
-# Written from the figures of the run of 2026-11-23 20:31 (benchmarks/results/submit_latency.json); the
-# per-target lines above them are recomputed on every run.
+# Written from the runs of 2026-11-23 22:40-23:35 (see docs/design.md, "Submits go straight to the
+# Store"); the per-target lines above them are recomputed on every run. The machine was shared: other
+# work took up to half of it, so read CPU per request, which moves less than requests/s.
 FINDING = (
-    "The floor is CPU, in two single-threaded Python processes. At 32 connections the Serve echo used "
-    "6.2 ms of CPU per request: ProxyActor 3.2 (0.92 of a core), replica 2.7 (0.79 of a core), Ray's "
-    "own processes 0.3, wrk 0.03; 2 cores / 6.2 ms is about 320 req/s, and it served 290 with both "
-    "cores busy. The client is not the limit: wrk costs 0.03-0.1 ms per request. At 1 connection the "
-    "floor is latency (HTTP parse in the proxy, a Ray actor call into the replica, its user-code "
-    "event loop thread, and back: p50 8 ms), and the two processes already burn 1.2 cores at 119 req/s "
-    "(about 10 ms of CPU per request): Serve's machinery costs CPU per unit of time as well as per "
-    "request. The same FastAPI app under plain uvicorn costs 0.15 ms per request (about 7,000 req/s): "
-    "FastAPI is about 2% of the Serve path; the rest is Serve's proxy hop and replica wrapper. "
-    "RAY_SERVE_PROXY_USE_GRPC=1 cut the echo to about 5 ms per request at 8 connections (320 vs 224 "
-    "req/s; p50 at 1 connection 4.5 vs 8.0 ms); buffering Serve's per-request log lines took p50 at "
-    "1 connection from 8.0 to 5.9 ms and changed little at 32. raysquad costs 16 ms of CPU per submit "
-    "at 32 connections (proxy 3.6, Ingress replica 4.3, Store 3.1, Dispatcher 2.2, the workflow "
-    "workers running the trivial task 1.9, Ray 0.9): 2.6x the floor's CPU, hence about 0.35x its "
-    "throughput on a CPU-bound machine. gRPC does not help it, because its runtime actors (0.73 of a "
-    "core) are the bottleneck, not the proxy. Other work on this shared machine took 0.2-0.6 of a "
-    "core during the run (the 'rest of the machine' column), so absolute figures are low by up to "
-    "a quarter; the ratios follow from CPU per request and hold."
+    "Both sides are CPU-bound on 2 cores, and an actor call costs each side about 1 ms of CPU. The "
+    "floor (Serve echo, access log off, one replica) costs 8.5-10 ms of CPU per request at 32 "
+    "connections: ProxyActor 4.3-5.1, replica 3.5-4.5 (of which about an eighth is the replica's own "
+    "actor call back to the proxy to watch for a disconnect), Ray's processes under 1; the same "
+    "FastAPI echo under uvicorn costs about 0.15 ms. raysquad, since submits go straight to the Store "
+    "(one group-committed call from the Ingress; the dispatcher follows the Store's feed): 16-19 ms "
+    "per submit at 32 connections, down from 22-23 ms through the dispatcher. With execution held "
+    "(raysquad-held: the submit path alone) it is 11.7-11.9 ms: proxy 4.8, Ingress 4.5, Store 0.9, "
+    "dispatcher under 0.3, i.e. 0.73-0.86 of the floor's CPU. The rest of a raysquad submit is the "
+    "task running on the same 2 cores: claim, record_step and finish are Store calls (about 3.3 ms in "
+    "the Store, 2.2 in the worker, 0.7 in the dispatcher for a one-step task). At 1 and 8 connections "
+    "nothing batches: each submit costs an Ingress->Store call and a feed reply, and the task's four "
+    "Store calls, so CPU per request (20 ms held, 30 ms with execution, floor 12-15) sets both "
+    "throughput and latency: the machine is saturated even at one connection."
 )
 LIFTS = [
-    "More cores than Python processes on the path, then more proxies: the ProxyActor alone uses 0.92 "
-    "of a core at 290 req/s, so one proxy caps a node at about 310 req/s whatever the core count.",
-    "RAY_SERVE_PROXY_USE_GRPC=1 (proxy -> replica over gRPC instead of Ray actor calls): about 25% "
-    "less CPU per request and half the single-connection latency for the echo here.",
-    "Buffered access logs (RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE, RAY_SERVE_LOG_TO_STDERR=0, or "
-    "LoggingConfig(enable_access_log=False)): a little latency at low load.",
-    "Skip the Serve proxy for the hot path: the same FastAPI app under uvicorn workers that call the "
-    "dispatcher actor directly costs the uvicorn-echo line (0.15 ms) plus one actor round trip.",
-    "For raysquad above the floor: fewer actor hops and fewer Store transactions per submit (batch "
-    "concurrent submits into one create_tasks call and one SQLite transaction), and a lighter 202 "
-    "body; task execution shares the same 2 cores in this measurement.",
+    "For the floor: more cores than Python processes on the path (the ProxyActor alone takes about "
+    "0.9 of a core at 200-300 req/s, so one proxy caps a node there); RAY_SERVE_PROXY_USE_GRPC=1 "
+    "(about 25% less CPU per request for the echo, measured earlier); or no Serve proxy on the hot "
+    "path (uvicorn workers calling the Store actor: 0.15 ms plus one actor call).",
+    "For raysquad's submit path: fewer actor calls per task. What is left on it is the Ingress->Store "
+    "call (batched under load) and the dispatcher's feed (batched; at low load it is one call per "
+    "submit, and waiting a few ms between looks would share it, at that much more queue time; not "
+    "measured).",
+    "For the task that each submit starts: one Store call for the last step and the finish (they are "
+    "two now), and claims that ride on the feed when a worker is already waiting (a claim is a "
+    "dispatcher->Store call per batch). On a machine where workers run on other nodes, none of this "
+    "shares the proxy's cores.",
 ]
 
 
