@@ -92,12 +92,8 @@ class ToolExecutor:
         model = tool.validate(letter.args)
         caller = Caller(letter.task_id or "", letter.step_key or "", letter.tenant)
         try:
-            if tool.batch is not None:
-                (result,) = await self._attempts(tool, [model], caller, tool.call_batch)
-                if isinstance(result, BaseException):
-                    raise result
-            else:
-                result = await self._with_retries(tool, model, caller, dead_letter=False)
+            result = await self._with_retries(tool, model, caller, dead_letter=False,
+                                              run=_alone(tool, model) if tool.batch else None)
         except ToolFailed as e:
             return await self.store.replayed.remote(letter_id, False, None, str(e), e.attempts)  # type: ignore[no-any-return]
         return await self.store.replayed.remote(letter_id, True, dump_result(result), "", 1)  # type: ignore[no-any-return]
@@ -116,14 +112,14 @@ class ToolExecutor:
     def _policy(self, tool: Tool) -> RetryPolicy:
         return tool.retry or self.settings.tools.retry
 
-    async def _with_retries(self, tool: Tool, args: BaseModel, caller: Caller,
-                            dead_letter: bool) -> Any:
+    async def _with_retries(self, tool: Tool, args: BaseModel, caller: Caller, dead_letter: bool,
+                            run: Callable[[ToolContext], Awaitable[Any]] | None = None) -> Any:
         policy = self._policy(tool)
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._attempt(tool, args, caller, lambda ctx: tool.call(args, ctx))
+                return await self._attempt(tool, args, caller, run or (lambda ctx: tool.call(args, ctx)))
             except Exception as e:  # noqa: BLE001 - classified below: retry, dead letter, or fail
                 error = e
             retryable = tool.retryable(error, policy)
@@ -151,19 +147,6 @@ class ToolExecutor:
                 _throttle(passage, e)
                 raise
 
-    async def _attempts(self, tool: Tool, batch: list[BaseModel], caller: Caller, run: Any) -> list[Any]:
-        """A batch with retries of the whole call (used by replay, one item at a time)."""
-        policy = self._policy(tool)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await self._attempt(tool, batch[0], caller, lambda ctx: run(batch, ctx))  # type: ignore[no-any-return]
-            except Exception as e:  # noqa: BLE001
-                if not tool.retryable(e, policy) or attempt >= policy.max_attempts:
-                    raise ToolFailed(tool.name, str(e), type(e).__name__, attempt) from None
-                await asyncio.sleep(self._delay(policy, attempt, e))
-
     @staticmethod
     def _delay(policy: RetryPolicy, attempt: int, error: BaseException) -> float:
         delay = policy.backoff_s(attempt, random.random())
@@ -184,6 +167,18 @@ class ToolExecutor:
         log.warning("tool %s: call failed %d times (%s); dead letter %s", tool.name, attempts,
                     type(error).__name__, letter.id)
         return letter.id
+
+
+def _alone(tool: Tool, args: BaseModel) -> Callable[[ToolContext], Awaitable[Any]]:
+    """A batching tool's call on its own: a batch of one (replays of its dead letters)."""
+
+    async def run(ctx: ToolContext) -> Any:
+        (result,) = await tool.call_batch([args], ctx)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    return run
 
 
 def _throttle(passage: Passage, error: UpstreamError) -> None:
