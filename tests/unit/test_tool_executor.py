@@ -88,7 +88,8 @@ def test_calls_fold_into_batches_and_each_caller_gets_its_own_result(
     assert [len(c) for c in calls] == [3, 3, 1]
 
 
-def test_a_failed_batch_retries_its_calls_in_a_later_batch(executor: tuple[ToolExecutor, MemoryStore]) -> None:
+def test_a_failed_batch_retries_its_calls_in_a_later_batch(
+        executor: tuple[ToolExecutor, MemoryStore]) -> None:
     ex, store = executor
     down["batch"] = 2
     assert run_all(ex, ["a", "b"]) == ["A", "B"]
