@@ -426,8 +426,9 @@ class GateClient:
 
     def __init__(self, keeper: Any) -> None:
         self.keeper = keeper
-        self._keys: frozenset[str] = frozenset()
+        self._keys: frozenset[str] | None = None
         self._fetched_at = -math.inf
+        self._refresh: asyncio.Task[None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"keeper": self.keeper}
@@ -436,12 +437,25 @@ class GateClient:
         self.__init__(state["keeper"])  # type: ignore[misc]
 
     async def gated(self, key: str) -> bool:
+        """Whether ``key`` has a gate. Only the first call waits for the list; later ones use it and
+        refresh it in the background once it is older than a second (a new gate applies from then)."""
         if self.keeper is None:
             return False
-        if time.monotonic() - self._fetched_at > KEYS_TTL_S:
+        if self._keys is None:
+            await self._fetch()
+        elif time.monotonic() - self._fetched_at > KEYS_TTL_S and (
+                self._refresh is None or self._refresh.done()):
+            self._refresh = asyncio.create_task(self._fetch())
+        return key in (self._keys or ())
+
+    async def _fetch(self) -> None:
+        try:
             _, keys = await self.keeper.keys.remote()
-            self._keys, self._fetched_at = frozenset(keys), time.monotonic()
-        return key in self._keys
+        except ray.exceptions.RayActorError:  # restarting: keep what we knew, ask again next time
+            log.warning("gate keeper unreachable; using the gates known so far")
+            self._keys = self._keys or frozenset()
+            return
+        self._keys, self._fetched_at = frozenset(keys), time.monotonic()
 
     @asynccontextmanager
     async def passage(self, key: str, tenant: str = "default", priority: int = 0, tokens: int = 0,
