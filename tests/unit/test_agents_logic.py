@@ -188,9 +188,10 @@ def test_catalog_finds_the_research_workflow_and_five_roles() -> None:
 def test_research_input_is_validated() -> None:
     wf = load_catalog(["agents"]).workflow("research")
     assert wf.validate_input({"question": QUESTION}).model_dump() == {
-        "question": QUESTION, "max_documents": 6, "max_rounds": 2}
+        "question": QUESTION, "max_documents": 6, "max_rounds": 2, "urls": []}
     for bad in ({"question": "hi"}, {"question": QUESTION, "max_documents": 0},
-                {"question": QUESTION, "max_rounds": 6}, {"question": QUESTION, "typo": 1}):
+                {"question": QUESTION, "max_rounds": 6}, {"question": QUESTION, "typo": 1},
+                {"question": QUESTION, "urls": ["https://example.org/"] * 21}):
         with pytest.raises(InvalidInput):
             wf.validate_input(bad)
 
