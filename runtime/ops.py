@@ -6,15 +6,17 @@ and last until the runtime stops (configuration is where lasting limits belong).
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
 import ray
 
+from runtime import dispatch
 from runtime.config import GateLimits
 from runtime.errors import RuntimeNotRunning
 from runtime.gates import ACTOR_NAME as GATES
-from runtime.models import DeadLetter
+from runtime.models import DeadLetter, TaskStatus
 from runtime.store import actor as store_actor
 
 
@@ -29,6 +31,7 @@ class AsyncOps:
         try:
             self._gates = ray.get_actor(GATES, namespace=namespace)
             self._store = ray.get_actor(store_actor.ACTOR_NAME, namespace=namespace)
+            self._dispatcher = ray.get_actor(dispatch.ACTOR_NAME, namespace=namespace)
         except ValueError:
             raise RuntimeNotRunning(f"Ray namespace {namespace!r}") from None
         self._executors = tool_executors(namespace)
@@ -52,8 +55,14 @@ class AsyncOps:
         return await self._store.get_dead_letter.remote(letter_id)  # type: ignore[no-any-return]
 
     async def replay(self, letter_id: str) -> DeadLetter:
-        """Run a dead letter's call again; it is marked replayed with its result if it succeeds."""
-        return await random.choice(self._executors).replay.remote(letter_id)  # type: ignore[no-any-return]
+        """Run a dead letter's call again; it is marked replayed with its result if it succeeds, and
+        a task that failed at that call resumes past it (its earlier steps are kept)."""
+        letter: DeadLetter = await random.choice(self._executors).replay.remote(letter_id)
+        if letter.status == "replayed" and letter.task_id:
+            task = await self._store.get_task.remote(letter.task_id)
+            if task.status == TaskStatus.QUEUED:  # the dispatcher's reconcile would find it too
+                await self._dispatcher.requeue.remote([letter.task_id])
+        return letter
 
 
 class Ops:
@@ -76,7 +85,7 @@ class Ops:
         return _get(self._ops._store.dead_letters.remote(status, tool, tenant, limit))
 
     def replay(self, letter_id: str) -> DeadLetter:
-        return _get(random.choice(self._ops._executors).replay.remote(letter_id))
+        return asyncio.run(self._ops.replay(letter_id))  # type: ignore[no-any-return]
 
 
 def _get(ref: Any) -> Any:

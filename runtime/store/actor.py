@@ -97,9 +97,10 @@ class StoreActor:
     async def get_dead_letter(self, letter_id: str) -> DeadLetter:
         return self._call("get_dead_letter", letter_id)  # type: ignore[no-any-return]
 
-    async def replayed(self, letter_id: str, ok: bool, result: Any, error: str,
-                       attempts: int) -> DeadLetter:
-        return self._call("replayed", letter_id, ok, result, error, attempts, time.time())  # type: ignore[no-any-return]
+    async def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
+                       step_output: bytes | None = None) -> DeadLetter:
+        return self._call("replayed", letter_id, ok, result, error, attempts, time.time(),  # type: ignore[no-any-return]
+                          step_output)
 
     async def get_task(self, task_id: str) -> TaskRecord:
         return self._call("get_task", task_id)  # type: ignore[no-any-return]

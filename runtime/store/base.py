@@ -95,5 +95,6 @@ class Store(Protocol):
         """One dead letter, or DeadLetterNotFound."""
 
     def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
-                 now: float) -> DeadLetter:
-        """Record a replay: ``ok`` marks the letter replayed with its result, else its new error."""
+                 now: float, step_output: bytes | None = None) -> DeadLetter:
+        """Record a replay: ``ok`` marks the letter replayed with its result, else its new error.
+        With ``step_output``, a task that failed at this call gets it as its step and is queued."""

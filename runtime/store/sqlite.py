@@ -483,16 +483,37 @@ class SQLiteStore:
         return _dead_letter(row)
 
     def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
-                 now: float) -> DeadLetter:
+                 now: float, step_output: bytes | None = None) -> DeadLetter:
         with self._tx() as c:
             if ok:
                 c.execute("UPDATE dead_letters SET status = 'replayed', replayed_at = ?, result = ?, "
                           "attempts = attempts + ? WHERE id = ?",
                           (now, json.dumps(result), attempts, letter_id))
+                if step_output is not None:
+                    self._resume_with(c, letter_id, step_output, now)
             else:
                 c.execute("UPDATE dead_letters SET error = ?, attempts = attempts + ? WHERE id = ?",
                           (error, attempts, letter_id))
         return self.get_dead_letter(letter_id)
+
+    def _resume_with(self, c: sqlite3.Connection, letter_id: str, output: bytes, now: float) -> None:
+        """A replayed call's task failed at that call: record the result as the step, queue the task
+        (as a retry would; its earlier steps are kept). A task that went on without it is left be."""
+        letter = c.execute("SELECT task_id, step_key FROM dead_letters WHERE id = ?",
+                           (letter_id,)).fetchone()
+        if letter is None or letter["task_id"] is None or letter["step_key"] is None:
+            return
+        task = c.execute("SELECT status FROM tasks WHERE id = ?", (letter["task_id"],)).fetchone()
+        done = c.execute("SELECT 1 FROM steps WHERE task_id = ? AND key = ?",
+                         (letter["task_id"], letter["step_key"])).fetchone()
+        if task is None or task["status"] != TaskStatus.FAILED.value or done is not None:
+            return
+        c.execute("INSERT INTO steps (task_id, key, output, created_at) VALUES (?, ?, ?, ?)",
+                  (letter["task_id"], letter["step_key"], output, now))
+        c.execute("UPDATE tasks SET status = 'queued', error = NULL, cancel_requested = 0, "
+                  "finished_at = NULL, updated_at = ? WHERE id = ?", (now, letter["task_id"]))
+        self._event(c, letter["task_id"], "retried",
+                    {"by": "replay", "dead_letter": letter_id, "step": letter["step_key"]}, now)
 
     def _blob_path(self, key: str) -> Path:
         parts = key.split("/")

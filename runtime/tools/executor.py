@@ -29,6 +29,7 @@ from typing import Any
 import ray
 from pydantic import BaseModel
 
+from runtime import refs
 from runtime.config import RetryPolicy, Settings
 from runtime.errors import StepTimeout, ToolFailed, UpstreamError
 from runtime.gates import GateClient, Passage
@@ -96,7 +97,10 @@ class ToolExecutor:
                                               run=_alone(tool, model) if tool.batch else None)
         except ToolFailed as e:
             return await self.store.replayed.remote(letter_id, False, None, str(e), e.attempts)  # type: ignore[no-any-return]
-        return await self.store.replayed.remote(letter_id, True, dump_result(result), "", 1)  # type: ignore[no-any-return]
+        # The result also becomes the failed task's step, so that task resumes past this call.
+        step_output, _ = refs.dumps(result)
+        return await self.store.replayed.remote(letter_id, True, dump_result(result), "", 1,  # type: ignore[no-any-return]
+                                                step_output)
 
     async def schemas(self) -> list[dict[str, Any]]:
         return self.registry.schemas()

@@ -205,3 +205,26 @@ def test_an_upstream_429_throttles_the_gate_and_the_retry_waits(
         assert second.at - first.at >= 0.95  # the upstream's Retry-After: 1, not the 0.5 s backoff
         gate = ray.get(rt.gatekeeper.stats.remote())[key]
         assert gate["factor"] < 1.0  # halved by the 429, growing back over ten intervals
+
+
+def test_a_replay_resumes_the_task_that_failed_at_that_call(
+        make_runtime: Callable[..., Runtime]) -> None:
+    with upstream() as up:
+        rt = make_runtime(APPS, tools=ToolSettings(http_allow_networks=("127.0.0.1/32",)),
+                          retry={"max_attempts": 1})
+        client = rt.client()
+        up.down = True
+        task = client.submit("fetch_loop", {"url": up.url("/flaky"), "n": 2}).id
+        wait_for(lambda: client.get(task).status == TaskStatus.FAILED, 60, 0.1, "the task to fail")
+        assert "dead letter" in (client.get(task).error or "")
+        (letter,) = rt.ops().dead_letters()
+
+        up.down = False
+        hits = up.count("/flaky")
+        assert rt.ops().replay(letter.id).status == "replayed"
+        wait_for(lambda: client.get(task).status.ended, 60, 0.1, "the resumed task to end")
+        record = client.get(task)
+        assert record.status == TaskStatus.SUCCEEDED and record.output == [200, 200]
+        # One request for the replay, one for the loop's second call: the first was not made again.
+        assert up.count("/flaky") - hits == 2
+        assert any(e.kind == "retried" and e.data.get("by") == "replay" for e in client.events(task))

@@ -38,7 +38,8 @@ class MemoryStore:
         self.get_dead_letter = _Call(lambda i: self.letters[i])
         self.replayed = _Call(self._replayed)
 
-    def _replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int) -> DeadLetter:
+    def _replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
+                  step_output: bytes | None = None) -> DeadLetter:
         update = {"status": "replayed", "result": result} if ok else {"error": error}
         self.letters[letter_id] = self.letters[letter_id].model_copy(update=update)
         return self.letters[letter_id]
