@@ -11,19 +11,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import ray
 
 from runtime import Client, Runtime, Settings, TaskStatus
 from tests.conftest import ROOT, wait_for
 
 MODEL_DIR = ROOT / ".raysquad" / "models" / "smollm2-135m-instruct"
 MAX_INFLIGHT = 16
+NAMESPACE = f"vllm-{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture(scope="module")
 def llm(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     assert (MODEL_DIR / "config.json").exists(), f"no model at {MODEL_DIR}: run `make model`"
     settings = Settings(
-        data_dir=Path(tmp_path_factory.mktemp("vllm")), namespace=f"vllm-{uuid.uuid4().hex[:6]}",
+        data_dir=Path(tmp_path_factory.mktemp("vllm")), namespace=NAMESPACE,
         engine="vllm", default_model="smollm2",
         vllm={"model_path": MODEL_DIR, "max_num_seqs": MAX_INFLIGHT, "max_inflight": MAX_INFLIGHT},
         lease_s=60.0, sweep_interval_s=0.2)
@@ -83,9 +85,12 @@ def test_cancel_aborts_an_in_flight_request(llm: Client) -> None:
 
 def test_high_priority_request_queued_behind_low_ones_finishes_first(llm: Client) -> None:
     low = [llm.submit("generate", {"question": f"Describe the colour number {i} in detail.",
-                                   "max_tokens": 96}, priority=0) for i in range(MAX_INFLIGHT + 6)]
-    wait_for(lambda: sum(llm.get(t.id).status is TaskStatus.RUNNING for t in low) == len(low),
-             timeout_s=60, what="every low-priority request to be in flight or queued at the engine")
+                                   "max_tokens": 128}, priority=0) for i in range(MAX_INFLIGHT + 6)]
+    # Every low-priority request is at the engine (in flight or waiting in its admission queue)
+    # before the high one is sent; then the first lows still have most of their tokens to go.
+    engine = ray.get_actor("engine:smollm2:0", namespace=NAMESPACE)
+    wait_for(lambda: ray.get(engine.load.remote()) == len(low), timeout_s=60, interval_s=0.02,
+             what="every low-priority request to be at the engine")
     high = llm.submit("generate", {"question": "Describe the colour blue in detail.",
                                    "max_tokens": 96}, priority=10)
     done_high = llm.wait(high.id, timeout_s=300)
