@@ -90,10 +90,6 @@ class Runtime:
     def client(self) -> Client:
         return Client(self.store, self.dispatcher)
 
-    def tools(self) -> ToolRouter:
-        """Call tools from the driver (``await runtime.tools().call(...)``) or replay dead letters."""
-        return ToolRouter(self.catalog.registry(), self.tool_executors)
-
     def ops(self) -> Ops:
         """Operator calls: gate limits (see, change at run time), dead letters (list, replay)."""
         return Ops(self.settings.namespace)

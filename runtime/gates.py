@@ -274,7 +274,6 @@ class GateKeeper:
         self.gates: dict[str, Gate] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._pumps: dict[str, asyncio.Task[None]] = {}
-        self.version = 0
         for key, limits in settings.gates.items():
             self._set(key, limits)
 
@@ -287,10 +286,9 @@ class GateKeeper:
         else:
             gate.limits = limits
             self._wake[key].set()
-        self.version += 1
 
-    async def keys(self) -> tuple[int, list[str]]:
-        return self.version, sorted(self.gates)
+    async def keys(self) -> list[str]:
+        return sorted(self.gates)
 
     async def configure(self, key: str, limits: GateLimits | None) -> None:
         """Set a gate's limits now (``None`` removes the gate and lets its waiters through)."""
@@ -298,7 +296,6 @@ class GateKeeper:
             self._set(key, limits)
             return
         gate = self.gates.pop(key, None)
-        self.version += 1
         if gate is None:
             return
         pump = self._pumps.pop(key, None)
@@ -450,7 +447,7 @@ class GateClient:
 
     async def _fetch(self) -> None:
         try:
-            _, keys = await self.keeper.keys.remote()
+            keys = await self.keeper.keys.remote()
         except ray.exceptions.RayActorError:  # restarting: keep what we knew, ask again next time
             log.warning("gate keeper unreachable; using the gates known so far")
             self._keys = self._keys or frozenset()

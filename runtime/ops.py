@@ -13,6 +13,7 @@ from typing import Any
 import ray
 
 from runtime import dispatch
+from runtime.client import _aget
 from runtime.config import GateLimits
 from runtime.errors import RuntimeNotRunning
 from runtime.gates import ACTOR_NAME as GATES
@@ -38,55 +39,51 @@ class AsyncOps:
 
     async def gates(self) -> dict[str, dict[str, Any]]:
         """Every gate's limits and state: holdings, the window's use, waiters, grants per tenant."""
-        return await self._gates.stats.remote()  # type: ignore[no-any-return]
+        return await _aget(self._gates.stats.remote())  # type: ignore[no-any-return]
 
     async def set_gate(self, key: str, limits: GateLimits | None) -> None:
         """Set (or, with ``None``, remove) a gate's limits now."""
-        await self._gates.configure.remote(key, limits)
+        await _aget(self._gates.configure.remote(key, limits))
 
     async def tools(self) -> list[dict[str, Any]]:
-        return await self._executors[0].schemas.remote()  # type: ignore[no-any-return]
+        return await _aget(self._executors[0].schemas.remote())  # type: ignore[no-any-return]
 
     async def dead_letters(self, status: str | None = None, tool: str | None = None,
                            tenant: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        return await self._store.dead_letters.remote(status, tool, tenant, limit)  # type: ignore[no-any-return]
+        return await _aget(self._store.dead_letters.remote(status, tool, tenant, limit))  # type: ignore[no-any-return]
 
     async def dead_letter(self, letter_id: str) -> DeadLetter:
-        return await self._store.get_dead_letter.remote(letter_id)  # type: ignore[no-any-return]
+        return await _aget(self._store.get_dead_letter.remote(letter_id))  # type: ignore[no-any-return]
 
     async def replay(self, letter_id: str) -> DeadLetter:
         """Run a dead letter's call again; it is marked replayed with its result if it succeeds, and
         a task that failed at that call resumes past it (its earlier steps are kept)."""
-        letter: DeadLetter = await random.choice(self._executors).replay.remote(letter_id)
+        letter: DeadLetter = await _aget(random.choice(self._executors).replay.remote(letter_id))
         if letter.status == "replayed" and letter.task_id:
-            task = await self._store.get_task.remote(letter.task_id)
+            task = await _aget(self._store.get_task.remote(letter.task_id))
             if task.status == TaskStatus.QUEUED:  # the dispatcher's reconcile would find it too
-                await self._dispatcher.requeue.remote([letter.task_id])
+                await _aget(self._dispatcher.requeue.remote([letter.task_id]))
         return letter
 
 
 class Ops:
-    """The same calls for synchronous code (the CLI, driver scripts)."""
+    """The same calls for synchronous code (the CLI, driver scripts): each runs AsyncOps's to its end."""
 
     def __init__(self, namespace: str) -> None:
         self._ops = AsyncOps(namespace)
 
     def gates(self) -> dict[str, dict[str, Any]]:
-        return _get(self._ops._gates.stats.remote())
+        return asyncio.run(self._ops.gates())
 
     def set_gate(self, key: str, limits: GateLimits | None) -> None:
-        _get(self._ops._gates.configure.remote(key, limits))
+        asyncio.run(self._ops.set_gate(key, limits))
 
     def tools(self) -> list[dict[str, Any]]:
-        return _get(self._ops._executors[0].schemas.remote())
+        return asyncio.run(self._ops.tools())
 
     def dead_letters(self, status: str | None = None, tool: str | None = None,
                      tenant: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        return _get(self._ops._store.dead_letters.remote(status, tool, tenant, limit))
+        return asyncio.run(self._ops.dead_letters(status, tool, tenant, limit))
 
     def replay(self, letter_id: str) -> DeadLetter:
-        return asyncio.run(self._ops.replay(letter_id))  # type: ignore[no-any-return]
-
-
-def _get(ref: Any) -> Any:
-    return ray.get(ref)
+        return asyncio.run(self._ops.replay(letter_id))

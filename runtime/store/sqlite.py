@@ -378,14 +378,15 @@ class SQLiteStore:
             task = self._get(c, task_id)
             if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
                 raise InvalidTransition(task_id, task.status.value, "retry")
-            c.execute(
-                "UPDATE tasks SET status = 'queued', error = NULL, cancel_requested = 0, "
-                "finished_at = NULL, updated_at = ? WHERE id = ?",
-                (now, task_id),
-            )
             kept = c.execute("SELECT count(*) FROM steps WHERE task_id = ?", (task_id,)).fetchone()[0]
-            self._event(c, task_id, "retried", {"steps_kept": kept}, now)
+            self._queue_again(c, task_id, {"steps_kept": kept}, now)
             return self._get(c, task_id)
+
+    def _queue_again(self, c: sqlite3.Connection, task_id: str, why: dict[str, Any], now: float) -> None:
+        """A failed or cancelled task runs again from its checkpoints (event ``retried``)."""
+        c.execute("UPDATE tasks SET status = 'queued', error = NULL, cancel_requested = 0, "
+                  "finished_at = NULL, updated_at = ? WHERE id = ?", (now, task_id))
+        self._event(c, task_id, "retried", why, now)
 
     # -- signals ------------------------------------------------------------------------------------
 
@@ -510,10 +511,8 @@ class SQLiteStore:
             return
         c.execute("INSERT INTO steps (task_id, key, output, created_at) VALUES (?, ?, ?, ?)",
                   (letter["task_id"], letter["step_key"], output, now))
-        c.execute("UPDATE tasks SET status = 'queued', error = NULL, cancel_requested = 0, "
-                  "finished_at = NULL, updated_at = ? WHERE id = ?", (now, letter["task_id"]))
-        self._event(c, letter["task_id"], "retried",
-                    {"by": "replay", "dead_letter": letter_id, "step": letter["step_key"]}, now)
+        self._queue_again(c, letter["task_id"],
+                          {"by": "replay", "dead_letter": letter_id, "step": letter["step_key"]}, now)
 
     def _blob_path(self, key: str) -> Path:
         parts = key.split("/")

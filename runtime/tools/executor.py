@@ -108,9 +108,6 @@ class ToolExecutor:
     async def stats(self) -> dict[str, Any]:
         return {"in_flight": self.in_flight, "upstream_calls": dict(self.upstream_calls)}
 
-    async def load(self) -> int:
-        return self.in_flight
-
     # -- one call, with retries -------------------------------------------------------------------
 
     def _policy(self, tool: Tool) -> RetryPolicy:
@@ -298,9 +295,6 @@ class ToolRouter:
             finally:
                 self._load[i] -= 1
         raise AssertionError("unreachable")
-
-    async def replay(self, letter_id: str) -> DeadLetter:
-        return await random.choice(self.executors).replay.remote(letter_id)  # type: ignore[no-any-return]
 
 
 def start_tool_executors(settings: Settings, registry: Registry, store: Any,

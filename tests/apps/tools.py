@@ -71,14 +71,3 @@ async def lookup_all(ctx: Context, inp: LookupIn) -> list[str]:
     """Look every key up at once: the batching tool folds the calls into few upstream requests."""
     return list(await asyncio.gather(*(ctx.tool("lookup", url=inp.url, key=k) for k in inp.keys)))
 
-
-class CallsIn(BaseModel):
-    k: int = 3
-
-
-@workflow
-async def llm_calls(ctx: Context, inp: CallsIn) -> int:
-    """``k`` LLM calls one after another: nothing here mentions a gate."""
-    for i in range(inp.k):
-        await ctx.llm.chat(f"call {i} of {ctx.task_id}", max_tokens=8)
-    return inp.k

@@ -172,7 +172,9 @@ def test_limits_change_at_run_time(make_runtime: Callable[..., Runtime]) -> None
 
 
 def test_engine_calls_pass_the_models_gate_unasked(make_runtime: Callable[..., Runtime]) -> None:
-    rt = make_runtime(APPS, workers=4, simulated=SimulatedEngineConfig(ttft_s=0.05, tpot_s=0.0),
+    # benchmarks.apps's llm_calls: k chat calls in a row, with nothing about gates in them.
+    rt = make_runtime([*APPS, "benchmarks.apps"], workers=4,
+                      simulated=SimulatedEngineConfig(ttft_s=0.05, tpot_s=0.0),
                       gates={"engine:sim-small": GateLimits(concurrency=2)})
     client = rt.client()
     finish_all(rt, [client.submit("llm_calls", {"k": 3}).id for _ in range(8)])
