@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.library import document, search
+from agents.library import corpus_names, document, search
 from agents.text import build_findings, digest, keywords, paragraphs, review_draft, subtopics, top_passages
 from runtime import Agent, AgentContext, AgentMessage, ToolFailed
 
@@ -98,7 +98,8 @@ class Analyst(Agent):
 
 class Researcher(Agent):
     """Revises a draft after review: searches the whole corpus for the terms the reviewer found
-    missing and adds a cited finding for each one it can support."""
+    missing and adds a cited finding for each one it can support. Findings that cite web pages are
+    kept as they are; the reply's ``titles`` cover the cited corpus documents only."""
 
     role = "researcher"
     min_replicas = 1
@@ -120,7 +121,10 @@ class Researcher(Agent):
                 cited.update(extra[0]["sources"])
         notes = await say(ctx, "You revise research. Say how the feedback was addressed.",
                           f"Feedback: {p.get('feedback', '')}\n{digest(findings)}", 96)
-        titles = {s: document(s).title for f in findings for s in f["sources"]}
+        # Only corpus documents are titled here. A page (a URL source) entered the draft through the
+        # scraper that read it, whose reply carried its title, and the workflow keeps that title.
+        corpus = set(corpus_names())
+        titles = {s: document(s).title for f in findings for s in f["sources"] if s in corpus}
         return {"findings": findings, "notes": notes, "titles": titles}
 
 
