@@ -238,21 +238,21 @@ def _raysquad_level(rt: Runtime, client: Client, args: argparse.Namespace, level
     The wall time runs from the first submit to the Store's ``finished_at`` of the last task.
     """
     n = _requests(args, level)
-    before = ray.get(rt.store.count_tasks.remote(TaskStatus.SUCCEEDED))
+    before = asyncio.run(rt.store.count_tasks(TaskStatus.SUCCEEDED))
     deadline = time.monotonic() + args.timeout_s
     ids: list[str] = []
     cpu = CpuMeter()
     t0 = time.time()
     polls = 0
     while True:
-        done = ray.get(rt.store.count_tasks.remote(TaskStatus.SUCCEEDED)) - before
+        done = asyncio.run(rt.store.count_tasks(TaskStatus.SUCCEEDED)) - before
         while len(ids) < min(n, done + level):
             ids.append(client.submit(WORKFLOW, _input(args, len(ids))).id)
         if done >= n:
             break
         polls += 1
         if polls % 20 == 0 and (time.monotonic() > deadline or
-                                ray.get(rt.store.count_tasks.remote(TaskStatus.FAILED))):
+                                asyncio.run(rt.store.count_tasks(TaskStatus.FAILED))):
             raise RuntimeError(f"level {level}: tasks did not all succeed in time")
         time.sleep(POLL_S)  # one small Store call per poll: the poll takes little from what it measures
     used = cpu.used()

@@ -19,6 +19,7 @@ and the peak concurrency. Targets for raysquad: makespan at most 1.05x the bound
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import sys
@@ -32,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.*` importable here
     sys.path.insert(0, str(ROOT))
 
-import ray  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -72,18 +72,18 @@ def run_raysquad(m: int, k: int, limit: int, interval_s: float, concurrency: int
             # The warm-up's call holds its place in the window until interval_s after it ended.
             time.sleep(interval_s + 0.5)
             engine = rt.engines[MODEL][0]
-            before = len(ray.get(engine.timeline.remote()))
+            before = len(asyncio.run(engine.timeline()))
             t0 = time.time()
             ids = [client.submit("llm_calls", {"k": k}).id for _ in range(m)]
             deadline = time.monotonic() + timeout_s
-            while ray.get(rt.store.count_tasks.remote(TaskStatus.SUCCEEDED)) < m + 1:
+            while asyncio.run(rt.store.count_tasks(TaskStatus.SUCCEEDED)) < m + 1:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"raysquad run not done in {timeout_s}s")
                 time.sleep(0.1)
             failed = [i for i in ids if client.get(i).status != TaskStatus.SUCCEEDED]
             assert not failed, f"{len(failed)} task(s) did not succeed"
-            records = ray.get(engine.timeline.remote())[before:]
-            gate = ray.get(rt.gatekeeper.stats.remote())[f"engine:{MODEL}"]
+            records = asyncio.run(engine.timeline())[before:]
+            gate = asyncio.run(rt.gatekeeper.stats())[f"engine:{MODEL}"]
         finally:
             rt.stop()
     bound = theoretical_makespan(m * k, limit, interval_s, concurrency, call_s)

@@ -16,6 +16,7 @@ where its time went.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import sys
@@ -196,10 +197,10 @@ def _wait_all(rt: Runtime, count: int, deadline: float) -> None:
     wall time comes from the Store's own finished_at stamps, not from when this poll notices.
     """
     polls = 0
-    while ray.get(rt.store.count_tasks.remote(TaskStatus.SUCCEEDED)) < count:
+    while asyncio.run(rt.store.count_tasks(TaskStatus.SUCCEEDED)) < count:
         polls += 1
         if polls % 20 == 0 or time.monotonic() > deadline:
-            bad = ray.get(rt.store.count_tasks.remote(TaskStatus.FAILED))
+            bad = asyncio.run(rt.store.count_tasks(TaskStatus.FAILED))
             if bad or time.monotonic() > deadline:
                 raise RuntimeError(f"tasks did not all succeed in time ({bad} failed)")
         time.sleep(POLL_S)

@@ -14,16 +14,18 @@ import logging
 import math
 import time
 import uuid
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
 
 import ray
 
 from runtime.config import AgentPoolConfig, Settings
 from runtime.engines.actor import Router, TokenSink
-from runtime.errors import AgentError
+from runtime.errors import ActorUnavailable, AgentError
+from runtime.handles import ActorHandle, restarted
 from runtime.models import AgentMessage, ChatMessage, ChatRequest, Completion
 from runtime.pool import Member, Members
-from runtime.queue import approx_size
+from runtime.queue import MailboxService, approx_size
 from runtime.refs import Ref
 from runtime.tools.executor import Caller, ToolRouter
 from runtime.workflow import as_messages
@@ -89,7 +91,8 @@ class AgentContext:
                                                          self.priority))
 
     def emit(self, **data: Any) -> None:
-        self._store.append_event.remote(self.task_id, "agent", {"step": self.step_key, **data})
+        """A progress event on the task (not fenced: a handler may run again for the same step)."""
+        self._store.post_event(self.task_id, "agent", {"step": self.step_key, **data})
 
 
 class AgentReplica:
@@ -115,7 +118,10 @@ class AgentReplica:
             if free <= 0:
                 await asyncio.wait(self._active, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            batch = await self.mailbox.get_batch.remote(self.id, free, 0.5)
+            try:
+                batch = await self.mailbox.get_batch(self.id, free, 0.5)
+            except ActorUnavailable:
+                continue  # the mailbox stays down past the handle's deadline: ask again
             for item_id, msg in batch:
                 task = asyncio.create_task(self._handle(item_id, msg))
                 self._active.add(task)
@@ -138,12 +144,15 @@ class AgentReplica:
                      type(e).__name__)
             value, ok = AgentError(self.role, str(e), type(e).__name__), False
         try:
-            await msg.reply_to.deliver.remote(msg.id, ok, value)
+            await msg.reply_to.deliver(msg.id, ok, value)
         except Exception:  # noqa: BLE001 - the worker is gone; the task re-sends when it resumes
             log.info("task %s step %s: worker gone, reply dropped", msg.task_id, msg.step_key)
         self.handled += 1
         self.last_active = time.monotonic()
-        await self.mailbox.ack.remote([item_id])
+        try:
+            await self.mailbox.ack([item_id])
+        except ActorUnavailable:
+            pass  # a mailbox that restarted holds the message no more
 
     async def idle_s(self) -> float:
         return 0.0 if self._active else time.monotonic() - self.last_active
@@ -152,12 +161,37 @@ class AgentReplica:
         self._stopping = True
 
 
+class ReplicaMember(Protocol):
+    """What a pool needs of a replica: its loop, its idle time, a way to end it."""
+
+    async def run(self, concurrency: int) -> int: ...
+    async def idle_s(self) -> float: ...
+    async def stop(self) -> None: ...
+
+
+class ReplicaHandle(ActorHandle):
+    """One agent replica actor, typed. A replica is replaced, not restarted: its calls fail fast."""
+
+    async def run(self, concurrency: int) -> int:
+        return await self._call("run", concurrency, idempotent=False)  # type: ignore[no-any-return]
+
+    async def idle_s(self) -> float:
+        return await self._call("idle_s", idempotent=False)  # type: ignore[no-any-return]
+
+    async def stop(self) -> None:
+        self._send("stop")
+
+
 class AgentPool:
-    """Keeps a role's replicas alive and sized to its mailbox's backlog."""
+    """Keeps a role's replicas alive and sized to its mailbox's backlog.
+
+    Its replicas die with it; after a restart it frees what they held in the mailbox and grows again
+    from the backlog, like at its first start."""
 
     def __init__(self, role: str, agent_cls: type[Agent], config: AgentPoolConfig,
-                 settings: Settings, mailbox: Any, store: Any, router: Router,
-                 tools: ToolRouter | None = None) -> None:
+                 settings: Settings, mailbox: MailboxService, store: Any, router: Router,
+                 tools: ToolRouter | None = None,
+                 spawner: Callable[[str], ReplicaMember] | None = None) -> None:
         self.role = role
         self.agent_cls = agent_cls
         self.config = config
@@ -166,30 +200,43 @@ class AgentPool:
         self.store = store
         self.router = router
         self.tools = tools
+        self._spawner = spawner or self._spawn_actor
         self.members = Members(self._on_exit)
         self.started = 0
         self._loop: asyncio.Task[None] | None = None
+        if restarted():
+            asyncio.get_running_loop().create_task(self.start())
 
     async def start(self) -> None:
+        # Replicas of an earlier life of this pool are gone: what they held goes back to the mailbox.
+        returned = await self.mailbox.requeue_all_but([])
+        if returned:
+            log.warning("agent %s: %d message(s) of replicas gone before this pool go back to the "
+                        "mailbox", self.role, returned)
         for _ in range(self.config.min_replicas):
             self._spawn()
-        self._loop = asyncio.create_task(self._supervise())
+        if self._loop is None:
+            self._loop = asyncio.create_task(self._supervise())
 
     def _spawn(self) -> None:
         self.started += 1
         replica_id = f"{self.role}-{self.started}-{uuid.uuid4().hex[:6]}"
-        handle = (
+        replica = self._spawner(replica_id)
+        self.members.add(Member(replica_id, replica), replica.run(self.config.concurrency))
+
+    def _spawn_actor(self, replica_id: str) -> ReplicaHandle:
+        name = f"agent:{replica_id}"
+        actor = (
             ray.remote(AgentReplica)
             .options(num_cpus=self.config.num_cpus, max_restarts=0, max_concurrency=1000,
-                     name=f"agent:{replica_id}", namespace=self.settings.namespace)
+                     name=name, namespace=self.settings.namespace)
             .remote(replica_id, self.role, self.agent_cls, self.settings, self.mailbox, self.store,
                     self.router, self.tools)
         )
-        self.members.add(Member(replica_id, handle),
-                         handle.run.remote(self.config.concurrency))  # type: ignore[attr-defined]
+        return ReplicaHandle(actor, name, self.settings.namespace)
 
     async def _on_exit(self, member: Member, error: BaseException | None) -> None:
-        returned = await self.mailbox.requeue_consumer.remote(member.id)
+        returned = await self.mailbox.requeue_consumer(member.id)
         if returned:
             log.warning("agent %s: %d message(s) of replica %s go back to the mailbox",
                         self.role, returned, member.id)
@@ -201,46 +248,52 @@ class AgentPool:
     async def _supervise(self) -> None:
         while True:
             try:
-                await self._tick()
+                await self.tick()
             except Exception:  # noqa: BLE001 - a failed tick is retried on the next one
-                log.exception("agent pool %s: supervision tick failed", self.role)
+                log.warning("agent pool %s: supervision tick failed", self.role, exc_info=True)
             await asyncio.sleep(0.1)
 
-    async def _tick(self) -> None:
-        stats = await self.mailbox.stats.remote()
+    async def tick(self) -> None:
+        """Size the pool to the mailbox's backlog: grow at once, shrink replicas idle long enough."""
+        stats = await self.mailbox.stats()
         backlog = stats["depth"] + stats["in_flight"]
         live = [m for m in self.members.live.values() if not m.stopping]
         desired = max(self._desired(backlog), 1 if stats["depth"] else 0)
         for _ in range(desired - len(live)):
             self._spawn()
         if len(live) > desired and stats["depth"] == 0:
-            idle = await asyncio.gather(*(m.handle.idle_s.remote() for m in live),
-                                        return_exceptions=True)
+            idle = await asyncio.gather(*(m.handle.idle_s() for m in live), return_exceptions=True)
             for member, idle_s in list(zip(live, idle, strict=True)):
                 if len(live) <= desired:
                     break
                 if isinstance(idle_s, float) and idle_s >= self.config.idle_s:
                     member.stopping = True
-                    member.handle.stop.remote()
+                    await member.handle.stop()
                     live.remove(member)
 
     async def stats(self) -> dict[str, Any]:
         return {"role": self.role, "replicas": len(self.members), "started": self.started,
                 "replica_ids": sorted(self.members.live), **self.config.model_dump()}
 
-    async def replicas(self) -> dict[str, Any]:
-        return {m.id: m.handle for m in self.members.live.values()}
+
+class AgentPoolHandle(ActorHandle):
+    """An agent pool actor, typed."""
+
+    async def start(self) -> None:
+        await self._call("start", idempotent=False)
+
+    async def stats(self, deadline_s: float | None = None) -> dict[str, Any]:
+        return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
 
 
 def start_agent_pool(role: str, agent_cls: type[Agent], config: AgentPoolConfig, settings: Settings,
-                     mailbox: Any, store: Any, router: Router, tools: ToolRouter | None = None) -> Any:
-    return (
+                     mailbox: MailboxService, store: Any, router: Router,
+                     tools: ToolRouter | None = None) -> AgentPoolHandle:
+    name = f"pool:{role}"
+    actor = (
         ray.remote(AgentPool)
-        .options(name=f"pool:{role}", namespace=settings.namespace, num_cpus=0, max_restarts=0,
+        .options(name=name, namespace=settings.namespace, num_cpus=0, max_restarts=-1,
                  max_concurrency=1000)
         .remote(role, agent_cls, config, settings, mailbox, store, router, tools)
     )
-
-
-def new_message_id() -> str:
-    return uuid.uuid4().hex
+    return AgentPoolHandle(actor, name, settings.namespace)

@@ -6,26 +6,28 @@ calling process and stop with it (or with ``Runtime.stop``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
 from runtime import cluster
-from runtime.agent import start_agent_pool
+from runtime.agent import AgentPoolHandle, start_agent_pool
 from runtime.catalog import Catalog, load_catalog
-from runtime.client import Client, address_file
+from runtime.client import AsyncClient, Client, address_file
 from runtime.config import Settings
-from runtime.dispatch import start_dispatcher
-from runtime.engines.actor import Router, start_engines
-from runtime.gates import GateClient, start_gatekeeper
+from runtime.dispatch import DispatcherHandle, start_dispatcher
+from runtime.engines.actor import EngineHandle, Router, start_engines
+from runtime.gates import GateClient, GateKeeperHandle, start_gatekeeper
 from runtime.ops import Ops
-from runtime.queue import start_queue
-from runtime.store.actor import start_store
-from runtime.tools.executor import ToolRouter, start_tool_executors
-from runtime.worker import start_worker_pool
+from runtime.queue import MailboxHandle, start_queue
+from runtime.store.actor import StoreHandle, start_store
+from runtime.tools.executor import ToolExecutorHandle, ToolRouter, start_tool_executors
+from runtime.worker import WorkerDirectory, WorkerPoolHandle, start_worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +39,14 @@ class Runtime:
     settings: Settings
     apps: list[str]
     catalog: Catalog
-    store: Any
-    dispatcher: Any
-    workers: Any
-    mailboxes: dict[str, Any]
-    pools: dict[str, Any]
-    engines: dict[str, list[Any]]
-    gatekeeper: Any = None
-    tool_executors: list[Any] = field(default_factory=list)
+    store: StoreHandle
+    dispatcher: DispatcherHandle
+    workers: WorkerPoolHandle
+    mailboxes: dict[str, MailboxHandle]
+    pools: dict[str, AgentPoolHandle]
+    engines: dict[str, list[EngineHandle]]
+    gatekeeper: GateKeeperHandle
+    tool_executors: list[ToolExecutorHandle] = field(default_factory=list)
     started_ray: bool = False
     _stopped: bool = field(default=False, repr=False)
 
@@ -57,12 +59,12 @@ class Runtime:
         catalog = load_catalog(apps)  # fail here, in the caller, on a bad module
         started_ray = cluster.connect(settings)
         store = start_store(settings)
-        ray.get(store.ping.remote())
+        asyncio.run(store.ping())
         gatekeeper = start_gatekeeper(settings)
         gates = GateClient(gatekeeper)
         engines = start_engines(settings, models or [settings.default_model], gates)
-        ray.get([h.ready.remote() for hs in engines.values() for h in hs])
-        router = Router(engines)
+        asyncio.run(_all(h.ready() for hs in engines.values() for h in hs))
+        router = Router(dict(engines))
         registry = catalog.registry()
         tool_executors = start_tool_executors(settings, registry, store, gates)
         tools = ToolRouter(registry, tool_executors)
@@ -76,11 +78,11 @@ class Runtime:
                                    settings, mailboxes[role], store, router, tools)
             for role, agent_cls in catalog.agents.items()
         }
-        ray.get([pool.start.remote() for pool in pools.values()])
-        dispatcher = start_dispatcher(settings, store, apps)
-        recovered = ray.get(dispatcher.start.remote())
-        workers = start_worker_pool(settings, apps, store, dispatcher, mailboxes, router, tools)
-        ray.get(workers.start.remote())
+        asyncio.run(_all(pool.start() for pool in pools.values()))
+        dispatcher = start_dispatcher(settings, store, apps, WorkerDirectory(settings.namespace))
+        recovered = asyncio.run(dispatcher.start())
+        workers = start_worker_pool(settings, apps, store, dispatcher, dict(mailboxes), router, tools)
+        asyncio.run(workers.start())
         address_file(settings).write_text(ray.get_runtime_context().gcs_address)
         log.info("raysquad runtime up: %d workflow(s), %d agent role(s), %d task(s) recovered",
                  len(catalog.workflows), len(catalog.agents), recovered)
@@ -88,7 +90,10 @@ class Runtime:
                    gatekeeper, tool_executors, started_ray)
 
     def client(self) -> Client:
-        return Client(self.store, self.dispatcher)
+        return Client(self.async_client())
+
+    def async_client(self) -> AsyncClient:
+        return AsyncClient(self.store, self.dispatcher, self.catalog, self.settings.namespace)
 
     def ops(self) -> Ops:
         """Operator calls: gate limits (see, change at run time), dead letters (list, replay)."""
@@ -104,7 +109,7 @@ class Runtime:
                    self.gatekeeper, self.store]
         for handle in handles:
             try:
-                ray.kill(handle, no_restart=True)
+                ray.kill(handle.actor, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone is fine
                 pass
         engines = [f"engine:{m}:{i}" for m, hs in self.engines.items() for i in range(len(hs))]
@@ -120,6 +125,10 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def _all(calls: Iterable[Awaitable[Any]]) -> list[Any]:
+    return list(await asyncio.gather(*calls))
 
 
 def absolute_paths(settings: Settings) -> Settings:

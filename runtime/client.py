@@ -1,128 +1,275 @@
-"""The Python client for driver scripts: submit, get, wait, events, cancel, retry, list."""
+"""The clients of a running runtime: ``AsyncClient`` for async code, ``Client`` for the rest.
+
+Both have the same methods under the same names over one implementation: ``Client`` runs
+``AsyncClient``'s coroutines on a private event loop. Both submit the same way: the input is validated
+here against the runtime's workflow catalogue, then written straight to the Store, which admits it
+(queue bound, idempotency key) in one call shared by the submits of the same event-loop turn; the
+dispatcher learns of the new task from the Store. ``serve.http_client.HttpClient`` offers the same
+surface over the HTTP API.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 
-from runtime import dispatch
 from runtime.catalog import Catalog, load_catalog
 from runtime.config import Settings
-from runtime.errors import RaysquadError, RuntimeNotRunning, TaskFailed, WaitTimeout
+from runtime.dispatch import DispatcherHandle
+from runtime.errors import ActorUnavailable, RuntimeNotRunning, TaskFailed, WaitTimeout
+from runtime.handles import ActorHandle
 from runtime.models import END_EVENT_KINDS, Event, SubmitRequest, TaskRecord, TaskStatus
-from runtime.store import actor as store_actor
+from runtime.store.actor import StoreHandle
+
+T = TypeVar("T")
+SchemaList = list[dict[str, Any]]
+TaskList = list[TaskRecord]
+EventList = list[Event]
+
+#: How long a readiness check waits for each part of the control plane.
+READY_DEADLINE_S = 2.0
+# The actors whose absence stops work, by name prefix (workers and agent replicas are pool-managed).
+_CONTROL_PLANE = ("store", "dispatcher", "pool:", "queue:", "gates", "engine:", "tools:")
 
 
-class Client:
-    """A handle on a running runtime. ``Client.connect()`` finds one on the current Ray cluster."""
+class AsyncClient:
+    """A handle on a running runtime for async code (the HTTP app, async driver scripts)."""
 
-    def __init__(self, store: Any, dispatcher: Any) -> None:
+    def __init__(self, store: StoreHandle, dispatcher: DispatcherHandle, catalog: Catalog,
+                 namespace: str = "raysquad") -> None:
         self._store = store
         self._dispatcher = dispatcher
+        self._catalog = catalog
+        self._namespace = namespace
+        self._parts: dict[str, ActorHandle] | None = None
 
     @classmethod
-    def connect(cls, settings: Settings | None = None) -> Client:
-        """Join Ray (``settings.ray_address``, default ``auto``) and find the runtime's actors."""
+    def connect(cls, settings: Settings | None = None) -> AsyncClient:
+        """Join Ray (``settings.ray_address``, else the address a runtime recorded in this
+        directory, else ``auto``) and find the runtime's actors. Blocking: call it at start-up."""
         settings = settings or Settings()
-        where = settings.ray_address or _recorded_address(settings) or "auto"
-        if not ray.is_initialized():
-            # Ray turns token auth on by itself only for "auto"; a local cluster started by
-            # `raysquad up` uses the token in ~/.ray/auth_token, so an explicit address needs it too.
-            _use_local_token_if_any()
-            try:
-                ray.init(address=where, namespace=settings.namespace, log_to_driver=False,
-                         logging_level=logging.ERROR)
-            except (ConnectionError, RuntimeError):
-                raise RuntimeNotRunning(f"Ray address {where!r} (no Ray cluster answered)") from None
+        join(settings)
+        return cls.from_named_actors(settings.namespace)
+
+    @classmethod
+    def from_named_actors(cls, namespace: str) -> AsyncClient:
+        """Find the runtime's actors on the Ray cluster this process is connected to, and load the
+        app modules the runtime runs (blocking: call it outside the event loop, or at start-up)."""
         try:
-            store = ray.get_actor(store_actor.ACTOR_NAME, namespace=settings.namespace)
-            dispatcher = ray.get_actor(dispatch.ACTOR_NAME, namespace=settings.namespace)
+            store = StoreHandle.find(namespace)
+            dispatcher = DispatcherHandle.find(namespace)
         except ValueError:
-            raise RuntimeNotRunning(f"Ray namespace {settings.namespace!r}") from None
-        return cls(store, dispatcher)
+            raise RuntimeNotRunning(f"Ray namespace {namespace!r}") from None
+        apps = dispatcher.app_modules_now()
+        return cls(store, dispatcher, load_catalog(apps), namespace)
 
-    def submit(self, workflow: str, input: dict[str, Any] | None = None, *, priority: int = 0,
-               idempotency_key: str | None = None, tenant: str = "default") -> TaskRecord:
-        """Queue a task; returns its record at once. An idempotency key already used returns that task."""
-        req = SubmitRequest(workflow=workflow, input=input or {}, priority=priority,
-                            idempotency_key=idempotency_key, tenant=tenant)
-        record, _ = _get(self._dispatcher.submit.remote(req))
-        return record  # type: ignore[no-any-return]
+    # -- tasks --------------------------------------------------------------------------------------
 
-    def get(self, task_id: str) -> TaskRecord:
-        return _get(self._store.get_task.remote(task_id))  # type: ignore[no-any-return]
+    async def submit(self, workflow: str, input: dict[str, Any] | None = None, *, priority: int = 0,
+                     idempotency_key: str | None = None, tenant: str = "default") -> TaskRecord:
+        """Queue a task; returns its record once it is committed. An idempotency key already used
+        returns that task."""
+        record, _ = await self.submit_request(SubmitRequest(
+            workflow=workflow, input=input or {}, priority=priority,
+            idempotency_key=idempotency_key, tenant=tenant))
+        return record
 
-    def list(self, status: TaskStatus | str | None = None, workflow: str | None = None,
-             limit: int = 100, offset: int = 0) -> list[TaskRecord]:
+    async def submit_request(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
+        """``submit`` for a built request; also says whether the task is new (False: the
+        idempotency key's first task)."""
+        self._catalog.workflow(req.workflow).validate_input(req.input)
+        return await self._store.submit(req)
+
+    async def get(self, task_id: str) -> TaskRecord:
+        return await self._store.get_task(task_id)
+
+    async def list(self, status: TaskStatus | str | None = None, workflow: str | None = None,
+                   tenant: str | None = None, limit: int = 100, offset: int = 0) -> TaskList:
+        """Tasks, newest first."""
         status = TaskStatus(status) if status else None
-        return _get(  # type: ignore[no-any-return]
-            self._store.list_tasks.remote(status, workflow, None, limit, offset))
+        return await self._store.list_tasks(status, workflow, tenant, limit, offset)
 
-    def events(self, task_id: str, after: int = 0, follow: bool = False,
-               poll_s: float = 5.0) -> Iterator[Event]:
+    async def wait_events(self, task_id: str, after: int = 0, timeout_s: float = 0.0) -> EventList:
+        """Events after seq ``after``, waiting up to ``timeout_s`` for the first one."""
+        return await self._store.wait_events(task_id, after, timeout_s)
+
+    async def events(self, task_id: str, after: int = 0, follow: bool = False,
+                     poll_s: float = 5.0) -> AsyncIterator[Event]:
         """The task's events after seq ``after``; with ``follow``, keep going until the task ends."""
         while True:
-            batch: list[Event] = _get(
-                self._store.wait_events.remote(task_id, after, poll_s if follow else 0.0))
+            batch = await self.wait_events(task_id, after, poll_s if follow else 0.0)
             for event in batch:
                 after = event.seq
                 yield event
                 if follow and event.kind in END_EVENT_KINDS:
                     return
-            if not batch and (not follow or self.get(task_id).status.ended):
+            if not batch and (not follow or (await self.get(task_id)).status.ended):
                 return
 
-    def wait(self, task_id: str, timeout_s: float | None = None) -> TaskRecord:
-        """Block until the task ends (succeeded, failed or cancelled) and return its record."""
+    async def wait(self, task_id: str, timeout_s: float | None = None) -> TaskRecord:
+        """Wait until the task ends (succeeded, failed or cancelled) and return its record."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         after = 0
         while True:
-            record = self.get(task_id)
+            record = await self.get(task_id)
             if record.status.ended:
                 return record
             remaining = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
             if remaining <= 0:
                 raise WaitTimeout(task_id, timeout_s or 0, record.status.value)
-            batch: list[Event] = _get(self._store.wait_events.remote(task_id, after, remaining))
+            batch = await self.wait_events(task_id, after, remaining)
             if batch:
                 after = batch[-1].seq
 
-    def result(self, task_id: str, timeout_s: float | None = None) -> Any:
+    async def result(self, task_id: str, timeout_s: float | None = None) -> Any:
         """The task's output once it succeeds; TaskFailed if it failed or was cancelled."""
-        record = self.wait(task_id, timeout_s)
+        record = await self.wait(task_id, timeout_s)
         if record.status is not TaskStatus.SUCCEEDED:
             raise TaskFailed(task_id, record.status.value, record.error or "")
         return record.output
 
-    def cancel(self, task_id: str) -> TaskRecord:
+    async def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a queued task now, or a running one at its next step boundary."""
-        return _get(self._dispatcher.cancel.remote(task_id))  # type: ignore[no-any-return]
+        return await self._dispatcher.cancel(task_id)
 
-    def retry(self, task_id: str) -> TaskRecord:
+    async def retry(self, task_id: str) -> TaskRecord:
         """Run a failed or cancelled task again from its last checkpoint."""
-        record: TaskRecord = _get(self._store.retry.remote(task_id))
-        _get(self._dispatcher.requeue.remote([task_id]))
+        record = await self._store.retry(task_id)
+        await self._dispatcher.requeue([task_id])
         return record
 
-    def signal(self, task_id: str, name: str, payload: Any = None) -> TaskRecord:
+    async def signal(self, task_id: str, name: str, payload: Any = None) -> TaskRecord:
         """Send the signal ``name`` to a task; one waiting for it resumes."""
-        return _get(self._dispatcher.signal.remote(task_id, name, payload))  # type: ignore[no-any-return]
+        return await self._dispatcher.signal(task_id, name, payload)
+
+    async def workflows(self) -> SchemaList:
+        """Each workflow the runtime runs, with its input and output JSON schema."""
+        return await self._dispatcher.workflows()
+
+    async def queue_stats(self) -> dict[str, Any]:
+        return await self._dispatcher.stats()
+
+    # -- health -------------------------------------------------------------------------------------
+
+    async def readiness(self) -> dict[str, str]:
+        """Each part of the control plane, by actor name: "ok", or why it is not."""
+        if self._parts is None:
+            self._parts = control_plane(self._namespace)
+        names = sorted(self._parts)
+        results = await asyncio.gather(*(_alive(self._parts[n]) for n in names))
+        return dict(zip(names, results, strict=True))
+
+    async def ready(self) -> dict[str, Any]:
+        """The Store's path and the task queue's stats; ActorUnavailable if either is down."""
+        return {"store": await self._store.ping(deadline_s=READY_DEADLINE_S),
+                "queue": await self._dispatcher.stats(deadline_s=READY_DEADLINE_S)}
+
+
+class Client:
+    """``AsyncClient``'s methods for synchronous code (driver scripts, the CLI), same names."""
+
+    def __init__(self, aio: AsyncClient) -> None:
+        self.aio = aio
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="raysquad-client", daemon=True).start()
+
+    @classmethod
+    def connect(cls, settings: Settings | None = None) -> Client:
+        """Join Ray and find a running runtime (see ``AsyncClient.connect``)."""
+        return cls(AsyncClient.connect(settings))
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def submit(self, workflow: str, input: dict[str, Any] | None = None, *, priority: int = 0,
+               idempotency_key: str | None = None, tenant: str = "default") -> TaskRecord:
+        return self._run(self.aio.submit(workflow, input, priority=priority,
+                                         idempotency_key=idempotency_key, tenant=tenant))
+
+    def get(self, task_id: str) -> TaskRecord:
+        return self._run(self.aio.get(task_id))
+
+    def list(self, status: TaskStatus | str | None = None, workflow: str | None = None,
+             tenant: str | None = None, limit: int = 100, offset: int = 0) -> TaskList:
+        return self._run(self.aio.list(status, workflow, tenant, limit, offset))
+
+    def wait_events(self, task_id: str, after: int = 0, timeout_s: float = 0.0) -> EventList:
+        return self._run(self.aio.wait_events(task_id, after, timeout_s))
+
+    def events(self, task_id: str, after: int = 0, follow: bool = False,
+               poll_s: float = 5.0) -> Iterator[Event]:
+        stream = self.aio.events(task_id, after, follow, poll_s)
+
+        async def step() -> Event | None:
+            try:
+                return await stream.__anext__()
+            except StopAsyncIteration:
+                return None
+
+        while (event := self._run(step())) is not None:
+            yield event
+
+    def wait(self, task_id: str, timeout_s: float | None = None) -> TaskRecord:
+        return self._run(self.aio.wait(task_id, timeout_s))
+
+    def result(self, task_id: str, timeout_s: float | None = None) -> Any:
+        return self._run(self.aio.result(task_id, timeout_s))
+
+    def cancel(self, task_id: str) -> TaskRecord:
+        return self._run(self.aio.cancel(task_id))
+
+    def retry(self, task_id: str) -> TaskRecord:
+        return self._run(self.aio.retry(task_id))
+
+    def signal(self, task_id: str, name: str, payload: Any = None) -> TaskRecord:
+        return self._run(self.aio.signal(task_id, name, payload))
+
+    def workflows(self) -> SchemaList:
+        return self._run(self.aio.workflows())
 
     def queue_stats(self) -> dict[str, Any]:
-        return _get(self._dispatcher.stats.remote())  # type: ignore[no-any-return]
+        return self._run(self.aio.queue_stats())
+
+    def readiness(self) -> dict[str, str]:
+        return self._run(self.aio.readiness())
 
 
-def _get(ref: Any) -> Any:
-    """``ray.get``, raising our own error (not Ray's wrapper with a remote traceback) when it is ours."""
+def control_plane(namespace: str) -> dict[str, ActorHandle]:
+    """The runtime's control-plane actors on this cluster, by name."""
+    names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                   if a["namespace"] == namespace and a["name"].startswith(_CONTROL_PLANE))
+    return {n: ActorHandle(ray.get_actor(n, namespace=namespace), n, namespace) for n in names}
+
+
+async def _alive(handle: ActorHandle) -> str:
     try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as e:
-        raise _ours(e) from None
+        await asyncio.wait_for(handle._call("__ray_ready__", deadline_s=READY_DEADLINE_S),
+                               READY_DEADLINE_S)
+        return "ok"
+    except (TimeoutError, ActorUnavailable):
+        return "down (restarting or unreachable)"
+
+
+def join(settings: Settings) -> None:
+    """Connect this process to the runtime's Ray cluster, unless it already is."""
+    if ray.is_initialized():
+        return
+    where = settings.ray_address or _recorded_address(settings) or "auto"
+    # Ray turns token auth on by itself only for "auto"; a local cluster started by `raysquad up`
+    # uses the token in ~/.ray/auth_token, so an explicit address needs it too.
+    _use_local_token_if_any()
+    try:
+        ray.init(address=where, namespace=settings.namespace, log_to_driver=False,
+                 logging_level=logging.ERROR)
+    except (ConnectionError, RuntimeError):
+        raise RuntimeNotRunning(f"Ray address {where!r} (no Ray cluster answered)") from None
 
 
 def _use_local_token_if_any() -> None:
@@ -146,82 +293,3 @@ def address_file(settings: Settings) -> Path:
 def _recorded_address(settings: Settings) -> str | None:
     path = settings.data_dir / "ray_address"
     return path.read_text().strip() or None if path.exists() else None
-
-
-
-class AsyncClient:
-    """The client for async code (the HTTP app, async driver scripts): the same calls, awaited.
-
-    It holds the runtime's workflow catalogue, so a submit is validated here and written straight to
-    the Store, which admits it (queue bound, idempotency key) in one call shared by the submits of
-    the same event-loop turn; the dispatcher learns of the new task from the Store.
-    """
-
-    def __init__(self, store: Any, dispatcher: Any, catalog: Catalog) -> None:
-        self._store = store
-        self._dispatcher = dispatcher
-        self._catalog = catalog
-        self._commit = dispatch.submitter(store)
-
-    @classmethod
-    def from_named_actors(cls, namespace: str) -> AsyncClient:
-        """Find the runtime's actors on the Ray cluster this process is connected to, and load the
-        app modules the runtime runs (blocking: call it outside the event loop, or at start-up)."""
-        try:
-            store = ray.get_actor(store_actor.ACTOR_NAME, namespace=namespace)
-            dispatcher = ray.get_actor(dispatch.ACTOR_NAME, namespace=namespace)
-        except ValueError:
-            raise RuntimeNotRunning(f"Ray namespace {namespace!r}") from None
-        return cls(store, dispatcher, load_catalog(_get(dispatcher.app_modules.remote())))
-
-    async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
-        """Queue a task; returns its record and whether it is new (False: idempotency key reused)."""
-        self._catalog.workflow(req.workflow).validate_input(req.input)
-        try:
-            return await self._commit(req)
-        except ray.exceptions.RayTaskError as e:
-            raise _ours(e) from None
-
-    async def get(self, task_id: str) -> TaskRecord:
-        return await _aget(self._store.get_task.remote(task_id))  # type: ignore[no-any-return]
-
-    async def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
-                   tenant: str | None = None, limit: int = 100, offset: int = 0) -> list[TaskRecord]:
-        return await _aget(  # type: ignore[no-any-return]
-            self._store.list_tasks.remote(status, workflow, tenant, limit, offset))
-
-    async def wait_events(self, task_id: str, after: int, timeout_s: float) -> list[Event]:
-        """Events after seq ``after``, waiting up to ``timeout_s`` for the first one."""
-        return await _aget(  # type: ignore[no-any-return]
-            self._store.wait_events.remote(task_id, after, timeout_s))
-
-    async def cancel(self, task_id: str) -> TaskRecord:
-        return await _aget(self._dispatcher.cancel.remote(task_id))  # type: ignore[no-any-return]
-
-    async def retry(self, task_id: str) -> TaskRecord:
-        record: TaskRecord = await _aget(self._store.retry.remote(task_id))
-        await _aget(self._dispatcher.requeue.remote([task_id]))
-        return record
-
-    async def signal(self, task_id: str, name: str, payload: Any) -> TaskRecord:
-        return await _aget(self._dispatcher.signal.remote(task_id, name, payload))  # type: ignore[no-any-return]
-
-    async def workflows(self) -> list[dict[str, Any]]:
-        return await _aget(self._dispatcher.workflows.remote())  # type: ignore[no-any-return]
-
-    async def ready(self) -> dict[str, Any]:
-        """The Store's path and the task queue's stats; raises if either actor is down."""
-        return {"store": await _aget(self._store.ping.remote()),
-                "queue": await _aget(self._dispatcher.stats.remote())}
-
-
-async def _aget(ref: Any) -> Any:
-    try:
-        return await ref
-    except ray.exceptions.RayTaskError as e:
-        raise _ours(e) from None
-
-
-def _ours(e: ray.exceptions.RayTaskError) -> BaseException:
-    """Our own error, if a remote call raised one; else Ray's wrapper as it came."""
-    return e.cause if isinstance(e.cause, RaysquadError) else e

@@ -151,7 +151,7 @@ class Settings(BaseSettings):
 
     # Durable state.
     data_dir: Path = Path(".raysquad")
-    store: Literal["sqlite"] = "sqlite"
+    store: Literal["sqlite"] = Field("sqlite", description="the Store backend (RAYSQUAD_STORE)")
     sqlite_path: Path | None = Field(None, description="defaults to DATA_DIR/raysquad.db")
 
     # Task flow.
@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     worker_num_cpus: float = Field(0.1, ge=0)
     queue_capacity: int = Field(10_000, ge=1, description="queued tasks before submits are refused")
     lease_s: float = Field(30.0, gt=0, description="a claimed task returns to the queue if not renewed")
+    max_task_crashes: int = Field(
+        3, ge=1, description="runs of a task that may end without a word (its worker died, its lease "
+                             "ran out, its steps did not decode) before it fails as a poison task")
     sweep_interval_s: float = Field(1.0, gt=0)
     aging_per_s: float = Field(
         1.0, ge=0, description="priority points a queued item gains per second of waiting"

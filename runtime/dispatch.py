@@ -1,15 +1,16 @@
 """The dispatcher: orders runnable tasks and hands them to workers under leases.
 
 The Store is the truth; the dispatcher's priority queue is an index of the Store's queued tasks.
-Submits do not pass through here on their way in: the Store admits them (``submit_tasks``: the queue
-bound, idempotency keys, one transaction for a batch) and the dispatcher follows the Store's feed of
-new tasks (``take_submitted``) to index them. ``submit`` remains for clients without the workflow
-catalogue (the Python ``Client``): it validates the input, then writes through the same Store call.
-A worker's ``get_tasks`` pops ids in priority order (with aging) and claims them in the Store with a
-lease. Leases that run out, and the leases of a worker that died, make their tasks queued again.
-At start the dispatcher makes every task an earlier run left running queued again (one runtime owns
-a Store), and every few seconds it reconciles its queue with the Store's queued tasks, which also
-catches whatever the feed dropped (a Store restart).
+Submits do not pass through here: the Store admits them (``submit_tasks``: the queue bound,
+idempotency keys, one transaction for a batch) and the dispatcher follows the Store's feed of new
+tasks (``take_submitted``) to index them. A worker's ``get_tasks`` pops ids in priority order (with
+aging) and claims them in the Store with a lease whose token fences the run. Leases that run out, and
+the leases of a worker that died, make their tasks queued again.
+
+Nothing here is kept only in memory. At the runtime's first start the dispatcher makes every task an
+earlier run left running queued again (one runtime owns a Store). When the actor restarts after a
+crash, it rebuilds its index from the Store's queued tasks and leaves running tasks to their workers;
+every few seconds it reconciles its index with the Store, which also catches what the feed dropped.
 """
 
 from __future__ import annotations
@@ -17,26 +18,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 
 from runtime.catalog import Catalog, load_catalog
 from runtime.config import Settings
-from runtime.group_commit import GroupCommit
-from runtime.models import Claim, SubmitRequest, TaskRecord, TaskStatus
+from runtime.handles import ActorHandle, restarted
+from runtime.models import Claim, TaskRecord, TaskStatus
 from runtime.queue import AsyncQueue, PriorityQueue
+from runtime.store.actor import StoreService
 
 log = logging.getLogger(__name__)
 
+#: The dispatcher actor's name in the runtime's namespace.
 ACTOR_NAME = "dispatcher"
 RECONCILE_EVERY_S = 5.0
 FEED_WAIT_S = 10.0  # how long one look at the Store's feed of new tasks waits
 
 
+class WorkerNotifier(Protocol):
+    """How the dispatcher reaches a worker (to push a cancel); the worker module provides it."""
+
+    async def cancel(self, owner: str, task_id: str) -> None: ...
+
+
 class Dispatcher:
-    def __init__(self, settings: Settings, store: Any, apps: list[str]) -> None:
+    def __init__(self, settings: Settings, store: StoreService, apps: list[str],
+                 workers: WorkerNotifier | None = None) -> None:
         self.settings = settings
         self.store = store
         self._apps = list(apps)
@@ -44,14 +53,19 @@ class Dispatcher:
         self.queue = AsyncQueue(
             PriorityQueue("tasks", settings.queue_capacity, settings.aging_per_s, clock=time.time)
         )
+        self._workers = workers
         self._lost_owners: set[str] = set()
-        self._commit = submitter(store)
         self._loop: asyncio.Task[None] | None = None
         self._feed: asyncio.Task[None] | None = None
+        if restarted():  # a crash restarted us: rebuild from the Store, take no running task away
+            asyncio.get_running_loop().create_task(self.start(recover=False))
 
     async def start(self, recover: bool = True) -> int:
-        """Recover the Store's runnable tasks into the queue and start the lease sweeper."""
-        records = await self.store.recover.remote() if recover else []
+        """Index the Store's queued tasks (first making an earlier run's running tasks queued, with
+        ``recover``) and start the lease sweeper and the feed."""
+        records = (await self.store.recover() if recover
+                   else await self.store.list_tasks(TaskStatus.QUEUED,
+                                                    limit=self.settings.queue_capacity))
         self._enqueue(records)
         if self._loop is None:
             self._loop = asyncio.create_task(self._sweep())
@@ -68,18 +82,13 @@ class Dispatcher:
         self.queue.put_batch([(item_id, prio, (prio, at)) for item_id, (prio, at) in items],
                              since={item_id: at for item_id, (_, at) in items}, force=True)
 
-    async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
-        """Validate and persist a task (the Store admits it); the feed brings it into the queue."""
-        self.catalog.workflow(req.workflow).validate_input(req.input)
-        return await self._commit(req)
-
     async def _follow_submits(self) -> None:
         """Index the tasks the Store admitted, in batches, as they come."""
         while True:
             try:
-                fresh = await self.store.take_submitted.remote(FEED_WAIT_S)
-            except Exception:  # noqa: BLE001 - e.g. the Store restarting: the reconcile finds what its feed held
-                log.exception("reading the Store's feed of new tasks failed; reading it again")
+                fresh = await self.store.take_submitted(FEED_WAIT_S)
+            except Exception:  # noqa: BLE001 - the Store restarting past the handle's deadline
+                log.warning("reading the Store's feed of new tasks failed; reading it again")
                 await asyncio.sleep(self.settings.sweep_interval_s)
                 continue
             if fresh:
@@ -100,8 +109,12 @@ class Dispatcher:
             if owner in self._lost_owners:
                 self._put_back(items)
                 return []
-            claims: list[Claim] = await self.store.claim.remote(
-                [item_id for item_id, _ in items], owner, self.settings.lease_s)
+            try:
+                claims = await self.store.claim([item_id for item_id, _ in items], owner,
+                                                self.settings.lease_s)
+            except Exception:
+                self._put_back(items)  # what the claim did not take is still queued in the Store
+                raise
             if owner in self._lost_owners:
                 # The owner died while this call waited: its claims go straight back.
                 await self.worker_lost(owner)
@@ -111,24 +124,20 @@ class Dispatcher:
         return []
 
     async def requeue(self, task_ids: list[str]) -> None:
-        """Queue tasks the Store made queued again (a retry)."""
-        records = [await self.store.get_task.remote(t) for t in task_ids]
-        self._enqueue(records)
+        """Queue tasks the Store made queued again (a retry, a replay)."""
+        records = [await self.store.get_task(t) for t in task_ids]
+        self._enqueue([r for r in records if r.status is TaskStatus.QUEUED])
 
     async def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a task: at once if queued or waiting; a running one's worker is told right away."""
-        record: TaskRecord = await self.store.request_cancel.remote(task_id)
-        if record.owner:
-            try:
-                worker = ray.get_actor(f"worker:{record.owner}", namespace=self.settings.namespace)
-                await worker.cancel.remote(task_id)
-            except (ValueError, ray.exceptions.RayActorError):
-                pass  # the worker is gone; its lease runs out and the replay sees the cancel
+        record = await self.store.request_cancel(task_id)
+        if record.owner and self._workers is not None:
+            await self._workers.cancel(record.owner, task_id)
         return record
 
     async def signal(self, task_id: str, name: str, payload: Any) -> TaskRecord:
         """Deliver a signal; a task that was waiting for it is queued at once."""
-        record: TaskRecord = await self.store.send_signal.remote(task_id, name, payload)
+        record = await self.store.send_signal(task_id, name, payload)
         if record.status is TaskStatus.QUEUED:
             self._enqueue([record])
         return record
@@ -136,9 +145,17 @@ class Dispatcher:
     async def worker_lost(self, owner: str) -> int:
         """Queue again every task leased to ``owner``, which is gone, and claim nothing more for it."""
         self._lost_owners.add(owner)
-        records = await self.store.release_owner.remote(owner)
+        records = await self.store.release_owner(owner)
         self._enqueue(records)
         return len(records)
+
+    async def workers_replaced(self, live: list[str]) -> int:
+        """The worker pool (re)started with only ``live`` workers: every other lease holder is gone."""
+        released = 0
+        for owner in await self.store.running_owners():
+            if owner not in live:
+                released += await self.worker_lost(owner)
+        return released
 
     async def workflows(self) -> list[dict[str, Any]]:
         """Each loaded workflow with its input and output JSON schema."""
@@ -154,32 +171,79 @@ class Dispatcher:
         while True:
             await asyncio.sleep(self.settings.sweep_interval_s)
             try:
-                self._enqueue(await self.store.expire_leases.remote())
-                self._enqueue(await self.store.wake_due.remote())
+                self._enqueue(await self.store.expire_leases())
+                self._enqueue(await self.store.wake_due())
                 if time.monotonic() - last_reconcile > RECONCILE_EVERY_S:
                     last_reconcile = time.monotonic()
                     await self._reconcile()
             except Exception:  # noqa: BLE001 - the sweeper must outlive a failed round
-                log.exception("lease sweep failed")
+                log.warning("lease sweep failed; trying again next round", exc_info=True)
 
     async def _reconcile(self) -> None:
-        queued = await self.store.list_tasks.remote(TaskStatus.QUEUED, limit=self.settings.queue_capacity)
+        queued = await self.store.list_tasks(TaskStatus.QUEUED, limit=self.settings.queue_capacity)
         self._enqueue(queued)
 
 
-def submitter(store: Any) -> GroupCommit[SubmitRequest, tuple[TaskRecord, bool]]:
-    """Admit submits through the Store, concurrent ones in one call (one transaction)."""
+class DispatcherService(Protocol):
+    """What workers, the worker pool and clients call on the dispatcher."""
 
-    async def send(reqs: list[SubmitRequest]) -> list[Any]:
-        return await store.submit_tasks.remote([(uuid.uuid4().hex, r) for r in reqs])  # type: ignore[no-any-return]
+    async def get_tasks(self, owner: str, max_tasks: int, timeout_s: float) -> list[Claim]: ...
+    async def requeue(self, task_ids: list[str]) -> None: ...
+    async def cancel(self, task_id: str) -> TaskRecord: ...
+    async def signal(self, task_id: str, name: str, payload: Any) -> TaskRecord: ...
+    async def worker_lost(self, owner: str) -> int: ...
+    async def workers_replaced(self, live: list[str]) -> int: ...
 
-    return GroupCommit(send)
+
+class DispatcherHandle(ActorHandle):
+    """The dispatcher actor, typed; its calls ride out a restart of the actor."""
+
+    @classmethod
+    def find(cls, namespace: str) -> DispatcherHandle:
+        return cls(ray.get_actor(ACTOR_NAME, namespace=namespace), ACTOR_NAME, namespace)
+
+    async def start(self, recover: bool = True) -> int:
+        return await self._call("start", recover)  # type: ignore[no-any-return]
+
+    async def app_modules(self) -> list[str]:
+        return await self._call("app_modules")  # type: ignore[no-any-return]
+
+    def app_modules_now(self) -> list[str]:
+        """``app_modules`` for code outside an event loop (a client starting up)."""
+        return ray.get(self._actor.app_modules.remote())  # type: ignore[no-any-return]
+
+    async def get_tasks(self, owner: str, max_tasks: int, timeout_s: float) -> list[Claim]:
+        # Repeatable: a claim made by a call whose reply was lost runs out its lease.
+        return await self._call("get_tasks", owner, max_tasks, timeout_s)  # type: ignore[no-any-return]
+
+    async def requeue(self, task_ids: list[str]) -> None:
+        await self._call("requeue", task_ids)
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        return await self._call("cancel", task_id)  # type: ignore[no-any-return]
+
+    async def signal(self, task_id: str, name: str, payload: Any) -> TaskRecord:
+        return await self._call("signal", task_id, name, payload, idempotent=False)  # type: ignore[no-any-return]
+
+    async def worker_lost(self, owner: str) -> int:
+        return await self._call("worker_lost", owner)  # type: ignore[no-any-return]
+
+    async def workers_replaced(self, live: list[str]) -> int:
+        return await self._call("workers_replaced", live)  # type: ignore[no-any-return]
+
+    async def workflows(self) -> list[dict[str, Any]]:
+        return await self._call("workflows")  # type: ignore[no-any-return]
+
+    async def stats(self, deadline_s: float | None = None) -> dict[str, Any]:
+        return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
 
 
-def start_dispatcher(settings: Settings, store: Any, apps: list[str]) -> Any:
-    return (
+def start_dispatcher(settings: Settings, store: StoreService, apps: list[str],
+                     workers: WorkerNotifier | None = None) -> DispatcherHandle:
+    actor = (
         ray.remote(Dispatcher)
-        .options(name=ACTOR_NAME, namespace=settings.namespace, num_cpus=0, max_restarts=0,
+        .options(name=ACTOR_NAME, namespace=settings.namespace, num_cpus=0, max_restarts=-1,
                  max_concurrency=1000)
-        .remote(settings, store, apps)
+        .remote(settings, store, apps, workers)
     )
+    return DispatcherHandle(actor, ACTOR_NAME, settings.namespace)

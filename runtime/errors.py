@@ -398,3 +398,34 @@ class DeadLetterNotFound(RaysquadError):
 
     def __str__(self) -> str:
         return f"no dead letter with id {self.dead_letter!r}"
+
+
+class ActorUnavailable(RaysquadError):
+    """Raised when a part of the control plane stays unreachable past a call's deadline (it is
+    restarting, or gone); the call may be tried again later. The HTTP API answers 503."""
+
+    retryable = True
+
+    def __init__(self, actor: str, waited_s: float, retry_after_s: float = 2.0) -> None:
+        super().__init__(actor, waited_s, retry_after_s)
+        self.actor = actor
+        self.waited_s = waited_s
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        return (f"the runtime's {self.actor!r} actor did not answer for {self.waited_s:.1f}s "
+                f"(restarting?); try again in {self.retry_after_s:.0f}s")
+
+
+class PoisonTask(RaysquadError):
+    """The error a task ends with when it crashed its worker (or could not be resumed) too often."""
+
+    def __init__(self, task_id: str, attempts: int, reason: str) -> None:
+        super().__init__(task_id, attempts, reason)
+        self.task_id = task_id
+        self.attempts = attempts
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (f"task {self.task_id!r} given up after {self.attempts} failed attempt(s) to run it: "
+                f"{self.reason}")

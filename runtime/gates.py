@@ -47,7 +47,8 @@ from typing import Any
 import ray
 
 from runtime.config import GateLimits, Settings
-from runtime.errors import GateRequestTooLarge, GateTimeout
+from runtime.errors import ActorUnavailable, GateRequestTooLarge, GateTimeout
+from runtime.handles import ActorHandle
 
 log = logging.getLogger(__name__)
 
@@ -386,13 +387,41 @@ class GateKeeper:
                 pass
 
 
-def start_gatekeeper(settings: Settings) -> Any:
-    return (
+class GateKeeperHandle(ActorHandle):
+    """The gate keeper actor, typed. Its state is soft: after a restart it starts from configuration,
+    so every call may be repeated (an old grant is simply unknown to the new keeper)."""
+
+    async def keys(self) -> list[str]:
+        return await self._call("keys", deadline_s=5.0)  # type: ignore[no-any-return]
+
+    async def configure(self, key: str, limits: GateLimits | None) -> None:
+        await self._call("configure", key, limits)
+
+    async def acquire(self, key: str, tenant: str, priority: int, tokens: int,
+                      timeout_s: float | None) -> str:
+        return await self._call("acquire", key, tenant, priority, tokens, timeout_s)  # type: ignore[no-any-return]
+
+    def reached(self, grant_id: str) -> None:
+        self._send("reached", grant_id)
+
+    def release(self, grant_id: str, tokens_used: int | None) -> None:
+        self._send("release", grant_id, tokens_used)
+
+    def penalize(self, key: str, retry_after_s: float | None) -> None:
+        self._send("penalize", key, retry_after_s)
+
+    async def stats(self, deadline_s: float | None = None) -> dict[str, dict[str, Any]]:
+        return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
+
+
+def start_gatekeeper(settings: Settings) -> GateKeeperHandle:
+    actor = (
         ray.remote(GateKeeper)
         .options(name=ACTOR_NAME, namespace=settings.namespace, num_cpus=0, max_restarts=-1,
-                 max_concurrency=100_000, lifetime=None)
+                 max_concurrency=100_000)
         .remote(settings)
     )
+    return GateKeeperHandle(actor, ACTOR_NAME, settings.namespace)
 
 
 class Passage:
@@ -409,9 +438,10 @@ class Passage:
     def reached(self) -> None:
         """Call once the upstream surely has the request (its first response byte, or the call of an
         in-process engine): the request window can count from here instead of from the release."""
-        if self.grant_id and not self._reached and self._client is not None:
+        keeper = self._client.keeper if self._client is not None else None
+        if self.grant_id and not self._reached and keeper is not None:
             self._reached = True
-            self._client.keeper.reached.remote(self.grant_id)
+            keeper.reached(self.grant_id)
 
     def throttled(self, retry_after_s: float | None = None) -> None:
         if self._client is not None:
@@ -421,7 +451,7 @@ class Passage:
 class GateClient:
     """The caller's side: skips keys with no gate (checked once a second), acquires and releases."""
 
-    def __init__(self, keeper: Any) -> None:
+    def __init__(self, keeper: GateKeeperHandle | None) -> None:
         self.keeper = keeper
         self._keys: frozenset[str] | None = None
         self._fetched_at = -math.inf
@@ -447,8 +477,9 @@ class GateClient:
 
     async def _fetch(self) -> None:
         try:
-            keys = await self.keeper.keys.remote()
-        except ray.exceptions.RayActorError:  # restarting: keep what we knew, ask again next time
+            assert self.keeper is not None
+            keys = await self.keeper.keys()
+        except ActorUnavailable:  # restarting: keep what we knew, ask again next time
             log.warning("gate keeper unreachable; using the gates known so far")
             self._keys = self._keys or frozenset()
             return
@@ -460,14 +491,15 @@ class GateClient:
         if not await self.gated(key):
             yield Passage(self, key, "")
             return
-        grant_id = await self.keeper.acquire.remote(key, tenant, priority, tokens, timeout_s)
+        assert self.keeper is not None
+        grant_id = await self.keeper.acquire(key, tenant, priority, tokens, timeout_s)
         passage = Passage(self, key, grant_id)
         try:
             yield passage
         finally:
             if grant_id:
-                self.keeper.release.remote(grant_id, passage.tokens_used)
+                self.keeper.release(grant_id, passage.tokens_used)
 
     def throttled(self, key: str, retry_after_s: float | None = None) -> None:
         if self.keeper is not None:
-            self.keeper.penalize.remote(key, retry_after_s)
+            self.keeper.penalize(key, retry_after_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -61,6 +62,7 @@ class TaskRecord(BaseModel):
     cancel_requested: bool = False
     waiting_for: str | None = Field(None, description="the signal a waiting task is parked on")
     wake_at: float | None = Field(None, description="when a waiting task times out")
+    crashes: int = Field(0, description="runs that ended without a word (a worker died, a lease ran out)")
 
 
 class Event(BaseModel):
@@ -75,6 +77,17 @@ class Event(BaseModel):
     at: float
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A claim on a running task: its owner and its fencing token (the task's run number, which each
+    claim increments). Every write a runner makes carries it, and the Store refuses the write with
+    LeaseLost once another claim has replaced this one, so a stale runner can change nothing."""
+
+    task_id: str
+    owner: str
+    token: int
+
+
 class Claim(BaseModel):
     """What a worker gets when it claims a task: the record and every step recorded so far."""
 
@@ -82,6 +95,10 @@ class Claim(BaseModel):
 
     task: TaskRecord
     steps: dict[str, bytes] = Field(default_factory=dict, description="step key -> serialized output")
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.task.id, self.task.owner or "", self.task.runs)
 
 
 class AgentMessage(BaseModel):

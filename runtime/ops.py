@@ -12,57 +12,60 @@ from typing import Any
 
 import ray
 
-from runtime import dispatch
-from runtime.client import _aget
 from runtime.config import GateLimits
+from runtime.dispatch import DispatcherHandle
 from runtime.errors import RuntimeNotRunning
 from runtime.gates import ACTOR_NAME as GATES
+from runtime.gates import GateKeeperHandle
 from runtime.models import DeadLetter, TaskStatus
-from runtime.store import actor as store_actor
+from runtime.store.actor import StoreHandle
+from runtime.tools.executor import ToolExecutorHandle
 
 
-def tool_executors(namespace: str) -> list[Any]:
+def tool_executors(namespace: str) -> list[ToolExecutorHandle]:
     names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                    if a["namespace"] == namespace and a["name"].startswith("tools:"))
-    return [ray.get_actor(name, namespace=namespace) for name in names]
+    return [ToolExecutorHandle(ray.get_actor(name, namespace=namespace), name, namespace)
+            for name in names]
 
 
 class AsyncOps:
     def __init__(self, namespace: str) -> None:
         try:
-            self._gates = ray.get_actor(GATES, namespace=namespace)
-            self._store = ray.get_actor(store_actor.ACTOR_NAME, namespace=namespace)
-            self._dispatcher = ray.get_actor(dispatch.ACTOR_NAME, namespace=namespace)
+            self._gates = GateKeeperHandle(ray.get_actor(GATES, namespace=namespace), GATES,
+                                           namespace)
+            self._store = StoreHandle.find(namespace)
+            self._dispatcher = DispatcherHandle.find(namespace)
         except ValueError:
             raise RuntimeNotRunning(f"Ray namespace {namespace!r}") from None
         self._executors = tool_executors(namespace)
 
     async def gates(self) -> dict[str, dict[str, Any]]:
         """Every gate's limits and state: holdings, the window's use, waiters, grants per tenant."""
-        return await _aget(self._gates.stats.remote())  # type: ignore[no-any-return]
+        return await self._gates.stats()
 
     async def set_gate(self, key: str, limits: GateLimits | None) -> None:
         """Set (or, with ``None``, remove) a gate's limits now."""
-        await _aget(self._gates.configure.remote(key, limits))
+        await self._gates.configure(key, limits)
 
     async def tools(self) -> list[dict[str, Any]]:
-        return await _aget(self._executors[0].schemas.remote())  # type: ignore[no-any-return]
+        return await self._executors[0].schemas()
 
     async def dead_letters(self, status: str | None = None, tool: str | None = None,
                            tenant: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        return await _aget(self._store.dead_letters.remote(status, tool, tenant, limit))  # type: ignore[no-any-return]
+        return await self._store.dead_letters(status, tool, tenant, limit)
 
     async def dead_letter(self, letter_id: str) -> DeadLetter:
-        return await _aget(self._store.get_dead_letter.remote(letter_id))  # type: ignore[no-any-return]
+        return await self._store.get_dead_letter(letter_id)
 
     async def replay(self, letter_id: str) -> DeadLetter:
         """Run a dead letter's call again; it is marked replayed with its result if it succeeds, and
         a task that failed at that call resumes past it (its earlier steps are kept)."""
-        letter: DeadLetter = await _aget(random.choice(self._executors).replay.remote(letter_id))
+        letter = await random.choice(self._executors).replay(letter_id)
         if letter.status == "replayed" and letter.task_id:
-            task = await _aget(self._store.get_task.remote(letter.task_id))
+            task = await self._store.get_task(letter.task_id)
             if task.status == TaskStatus.QUEUED:  # the dispatcher's reconcile would find it too
-                await _aget(self._dispatcher.requeue.remote([letter.task_id]))
+                await self._dispatcher.requeue([letter.task_id])
         return letter
 
 

@@ -16,12 +16,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 from pydantic import BaseModel
 
 from runtime.errors import QueueFull
+from runtime.handles import ActorHandle
 
 
 @dataclass(order=True)
@@ -115,6 +116,10 @@ class PriorityQueue:
     def ack(self, item_ids: list[str]) -> None:
         for item_id in item_ids:
             self._in_flight.pop(item_id, None)
+
+    def consumers(self) -> set[str]:
+        """The consumers that hold items in flight."""
+        return {f.consumer for f in self._in_flight.values() if f.consumer is not None}
 
     def requeue_consumer(self, consumer: str) -> int:
         """Put back every item in flight with ``consumer``, keeping its place in the order."""
@@ -237,14 +242,61 @@ class QueueActor:
         self._lost.add(consumer)
         return self._q.restored(self._q.queue.requeue_consumer(consumer))
 
+    async def requeue_all_but(self, live: list[str]) -> int:
+        """Every consumer but ``live`` is gone (their pool restarted): their items go back."""
+        consumers = {c for c in self._q.queue.consumers() if c not in live}
+        return sum([await self.requeue_consumer(c) for c in consumers])
+
     async def stats(self) -> dict[str, Any]:
         return {**self._q.queue.stats(), "waiting_consumers": self._waiting_consumers}
 
 
-def start_queue(name: str, namespace: str, capacity: int, aging_per_s: float) -> Any:
-    return (
+class MailboxService(Protocol):
+    """What workers, agent replicas and pools call on a mailbox."""
+
+    async def put_batch(self, items: list[tuple[str, int, Any]]) -> int: ...
+    async def get_batch(self, consumer: str, max_items: int,
+                        timeout_s: float) -> list[tuple[str, Any]]: ...
+    async def ack(self, item_ids: list[str]) -> None: ...
+    async def holds(self, item_id: str) -> bool: ...
+    async def requeue_consumer(self, consumer: str) -> int: ...
+    async def requeue_all_but(self, live: list[str]) -> int: ...
+    async def stats(self) -> dict[str, Any]: ...
+
+
+class MailboxHandle(ActorHandle):
+    """A mailbox actor, typed. It restarts empty: senders notice and send again (``holds``)."""
+
+    async def put_batch(self, items: list[tuple[str, int, Any]]) -> int:
+        # Repeatable: an item put twice under its id is held once.
+        return await self._call("put_batch", items)  # type: ignore[no-any-return]
+
+    async def get_batch(self, consumer: str, max_items: int,
+                        timeout_s: float) -> list[tuple[str, Any]]:
+        # Repeatable: what a lost reply took stays in flight for this consumer until it is requeued.
+        return await self._call("get_batch", consumer, max_items, timeout_s)  # type: ignore[no-any-return]
+
+    async def ack(self, item_ids: list[str]) -> None:
+        await self._call("ack", item_ids)
+
+    async def holds(self, item_id: str) -> bool:
+        return await self._call("holds", item_id)  # type: ignore[no-any-return]
+
+    async def requeue_consumer(self, consumer: str) -> int:
+        return await self._call("requeue_consumer", consumer)  # type: ignore[no-any-return]
+
+    async def requeue_all_but(self, live: list[str]) -> int:
+        return await self._call("requeue_all_but", live)  # type: ignore[no-any-return]
+
+    async def stats(self, deadline_s: float | None = None) -> dict[str, Any]:
+        return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
+
+
+def start_queue(name: str, namespace: str, capacity: int, aging_per_s: float) -> MailboxHandle:
+    actor = (
         ray.remote(QueueActor)
         .options(name=f"queue:{name}", namespace=namespace, num_cpus=0, max_restarts=-1,
                  max_concurrency=1000)
         .remote(name, capacity, aging_per_s)
     )
+    return MailboxHandle(actor, f"queue:{name}", namespace)

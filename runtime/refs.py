@@ -45,7 +45,7 @@ class Ref:
                 self.object_ref = None
         if self.store is None:
             raise LookupError(f"value {self.blob_key!r} is not in the object store and has no Store")
-        data = await self.store.read_blob.remote(self.blob_key)
+        data = await self.store.read_blob(self.blob_key)
         return pickle.loads(data)
 
     def __repr__(self) -> str:

@@ -2,8 +2,11 @@
 
 A worker runs up to ``tasks_per_worker`` workflows at once as asyncio tasks, renews their leases in
 one batched call every ``lease_s / 3``, and implements the Context's services: checkpointing through
-the Store actor, agent calls through the role's mailbox (replies come back to ``deliver``), LLM calls
-through the engine router. The pool replaces a worker that dies and releases its leases at once.
+the Store, agent calls through the role's mailbox (replies come back to ``deliver``), LLM calls
+through the engine router. Every Store write of a run carries the run's lease (owner and fencing
+token): once the task has been claimed again elsewhere, the write fails with LeaseLost and the stale
+run stops there. The pool replaces a worker that dies and releases its leases at once; when the pool
+itself restarts (its workers die with it), it starts new ones and releases every other lease.
 """
 
 from __future__ import annotations
@@ -11,34 +14,43 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import ray
 
 from runtime import refs
 from runtime.catalog import Catalog, load_catalog
 from runtime.config import Settings
+from runtime.dispatch import DispatcherService
 from runtime.engines.actor import Router, TokenSink
 from runtime.errors import (
+    ActorUnavailable,
     AgentNotFound,
     LeaseLost,
     RaysquadError,
     TaskCancelled,
 )
-from runtime.models import AgentMessage, ChatRequest, Claim, Completion, TaskStatus
+from runtime.handles import ActorHandle, restarted
+from runtime.models import AgentMessage, ChatRequest, Claim, Completion, Lease, TaskStatus
 from runtime.pool import Member, Members
+from runtime.queue import MailboxService
+from runtime.store.actor import StoreService
 from runtime.tools.executor import Caller, ToolRouter
 from runtime.workflow import Context, Parked
 
 log = logging.getLogger(__name__)
 
+#: The worker pool actor's name; each worker is ``worker:<id>``.
+POOL_NAME = "pool:workers"
 # How long an agent call waits for its reply before checking that its mailbox still holds the message.
 MAILBOX_CHECK_S = 10.0
 
 
 class WorkflowWorker:
-    def __init__(self, worker_id: str, settings: Settings, apps: list[str], store: Any,
-                 dispatcher: Any, mailboxes: dict[str, Any], router: Router, tools: ToolRouter) -> None:
+    def __init__(self, worker_id: str, settings: Settings, apps: list[str], store: StoreService,
+                 dispatcher: DispatcherService, mailboxes: dict[str, MailboxService], router: Router,
+                 tools: ToolRouter) -> None:
         self.id = worker_id
         self.settings = settings
         self.catalog: Catalog = load_catalog(apps)
@@ -47,18 +59,19 @@ class WorkflowWorker:
         self.mailboxes = mailboxes
         self.router = router
         self.tools = tools
-        self._tasks: dict[str, tuple[asyncio.Task[None], Context]] = {}
+        self._tasks: dict[str, tuple[asyncio.Task[None], Context, Lease]] = {}
         self._replies: dict[str, asyncio.Future[tuple[bool, Any]]] = {}
         self._llm_requests: dict[str, set[tuple[str, str]]] = {}
         self._slot_free = asyncio.Event()
         self._stopping = False
-        self._self_handle: Any = None
+        self._reply_to: Any = self
         self.completed = 0
 
     # -- the loop -------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        self._self_handle = ray.get_runtime_context().current_actor
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id():
+            self._reply_to = WorkerHandle(ray.get_runtime_context().current_actor)
         renewer = asyncio.create_task(self._renew_leases())
         try:
             while not self._stopping:
@@ -67,9 +80,12 @@ class WorkflowWorker:
                     self._slot_free.clear()
                     await self._slot_free.wait()
                     continue
-                claims = await self.dispatcher.get_tasks.remote(self.id, free, 0.5)
+                try:
+                    claims = await self.dispatcher.get_tasks(self.id, free, 0.5)
+                except ActorUnavailable:
+                    continue  # the dispatcher stays down past the handle's deadline: ask again
                 for claim in claims:
-                    self._start(claim)
+                    await self._start(claim)
         finally:
             renewer.cancel()
         return self.completed
@@ -77,9 +93,23 @@ class WorkflowWorker:
     async def stop(self) -> None:
         self._stopping = True
 
-    def _start(self, claim: Claim) -> None:
-        task = claim.task
-        recorded = {key: refs.loads(data, self.store) for key, data in claim.steps.items()}
+    async def _start(self, claim: Claim) -> None:
+        task, lease = claim.task, claim.lease
+        stale = self._tasks.pop(task.id, None)
+        if stale is not None:  # our earlier run of it lost its lease: it must not run on beside this one
+            log.warning("task %s: claimed again (run %d); stopping the earlier run", task.id,
+                        lease.token)
+            stale[0].cancel()
+        try:
+            recorded = {key: refs.loads(data, self.store) for key, data in claim.steps.items()}
+        except Exception as e:  # noqa: BLE001 - a step written by other code (a renamed class)
+            reason = f"its recorded steps cannot be read here ({type(e).__name__}: {e})"
+            log.error("task %s: %s", task.id, reason)
+            try:
+                await self.store.abandon(lease, reason)
+            except RaysquadError:
+                pass  # the lease runs out, with the same effect
+            return
         wf = self.catalog.workflows.get(task.workflow)
         ctx = Context(
             task.id, task.workflow, task.priority, task.tenant, recorded, self,
@@ -87,10 +117,10 @@ class WorkflowWorker:
             self.settings.default_model,
         )
         ctx.cancel_requested = task.cancel_requested
-        runner = asyncio.create_task(self._run_task(ctx, task.input))
-        self._tasks[task.id] = (runner, ctx)
+        runner = asyncio.create_task(self._run_task(ctx, lease, task.input))
+        self._tasks[task.id] = (runner, ctx, lease)
 
-    async def _run_task(self, ctx: Context, raw_input: dict[str, Any]) -> None:
+    async def _run_task(self, ctx: Context, lease: Lease, raw_input: dict[str, Any]) -> None:
         status, output, error = TaskStatus.SUCCEEDED, None, None
         try:
             wf = self.catalog.workflow(ctx.workflow)
@@ -100,46 +130,66 @@ class WorkflowWorker:
             status = TaskStatus.CANCELLED
         except Parked as parked:
             log.info("task %s: waiting for signal %s", ctx.task_id, parked.name)
-            self._forget(ctx.task_id)
+            self._forget(lease)
             return
         except (LeaseLost, asyncio.CancelledError):
-            log.info("task %s: lease lost, stopping here", ctx.task_id)
-            self._forget(ctx.task_id)
+            log.info("task %s: lease lost (run %d), stopping here", ctx.task_id, lease.token)
+            self._forget(lease)
+            return
+        except (ActorUnavailable, ray.exceptions.RayActorError) as e:
+            # The control plane, not the workflow, failed: the lease runs out and the task resumes.
+            log.warning("task %s: %s; it resumes once its lease runs out", ctx.task_id, e)
+            self._forget(lease)
             return
         except RaysquadError as e:
             status, error = TaskStatus.FAILED, str(e)
         except Exception as e:  # noqa: BLE001 - workflow code failed outside any step
             status, error = TaskStatus.FAILED, f"{type(e).__name__}: {e}"
         try:
-            await self.store.finish.remote(ctx.task_id, self.id, status, output, error)
+            await self.store.finish(lease, status, output, error)
             self.completed += 1
         except LeaseLost:
             log.info("task %s: lease lost before it could finish", ctx.task_id)
-        except Exception:  # noqa: BLE001 - the Store is unreachable: the lease runs out, it resumes
+        except RaysquadError:  # the Store stayed unreachable: the lease runs out, it resumes
             log.exception("task %s: could not record its end", ctx.task_id)
         finally:
-            self._forget(ctx.task_id)
+            self._forget(lease)
 
-    def _forget(self, task_id: str) -> None:
-        self._tasks.pop(task_id, None)
-        self._llm_requests.pop(task_id, None)
+    def _forget(self, lease: Lease) -> None:
+        entry = self._tasks.get(lease.task_id)
+        if entry is not None and entry[2] == lease:  # not a newer run of the same task
+            del self._tasks[lease.task_id]
+            self._llm_requests.pop(lease.task_id, None)
         self._slot_free.set()
 
     async def _renew_leases(self) -> None:
         while True:
             await asyncio.sleep(self.settings.lease_s / 3)
-            if not self._tasks:
-                continue
-            try:
-                held = await self.store.renew.remote(self.id, list(self._tasks), self.settings.lease_s)
-            except Exception:  # noqa: BLE001 - try again next round, well within the lease
-                log.exception("worker %s: lease renewal failed", self.id)
-                continue
-            for task_id, (runner, ctx) in list(self._tasks.items()):
-                if task_id not in held:
-                    runner.cancel()
-                elif held[task_id]:
-                    ctx.cancel_requested = True
+            await self.renew_once()
+
+    async def renew_once(self) -> None:
+        """Renew every lease this worker holds; stop the runs whose lease is gone."""
+        if not self._tasks:
+            return
+        leases = {task_id: lease.token for task_id, (_, _, lease) in self._tasks.items()}
+        try:
+            held = await self.store.renew(self.id, leases, self.settings.lease_s)
+        except RaysquadError:  # try again next round, well within the lease
+            log.warning("worker %s: lease renewal failed", self.id)
+            return
+        for task_id, (runner, ctx, lease) in list(self._tasks.items()):
+            if leases.get(task_id) != lease.token:
+                continue  # claimed again while the renewal was in flight
+            if task_id not in held:
+                runner.cancel()
+            elif held[task_id]:
+                ctx.cancel_requested = True
+
+    def lease_of(self, ctx: Context) -> Lease:
+        entry = self._tasks.get(ctx.task_id)
+        if entry is None or entry[1] is not ctx:
+            raise LeaseLost(ctx.task_id, self.id)
+        return entry[2]
 
     # -- the Context's services -------------------------------------------------------------------
 
@@ -150,7 +200,7 @@ class WorkflowWorker:
             data, found = refs.dumps(value)
         to_persist = [(r.blob_key, [r.object_ref]) for r in found
                       if r.object_ref is not None and not r.persisted]
-        cancel = await self.store.record_step.remote(ctx.task_id, self.id, key, data, to_persist)
+        cancel = await self.store.record_step(self.lease_of(ctx), key, data, to_persist)
         for r in found:
             r.persisted = True
             r.store = r.store or self.store
@@ -163,11 +213,11 @@ class WorkflowWorker:
             raise AgentNotFound(role, tuple(sorted(self.mailboxes)))
         msg = AgentMessage(id=uuid.uuid4().hex, role=role, task_id=ctx.task_id, step_key=key,
                            priority=ctx.priority, tenant=ctx.tenant, payload=payload,
-                           reply_to=self._self_handle)
+                           reply_to=self._reply_to)
         reply: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
         self._replies[msg.id] = reply
         try:
-            await mailbox.put_batch.remote([(msg.id, ctx.priority, msg)])
+            await mailbox.put_batch([(msg.id, ctx.priority, msg)])
             while True:
                 try:
                     ok, value = await asyncio.wait_for(asyncio.shield(reply), MAILBOX_CHECK_S)
@@ -180,16 +230,16 @@ class WorkflowWorker:
             raise value
         return value
 
-    async def _resend_if_lost(self, mailbox: Any, msg: AgentMessage,
+    async def _resend_if_lost(self, mailbox: MailboxService, msg: AgentMessage,
                               reply: asyncio.Future[tuple[bool, Any]]) -> None:
         """No reply yet: if the mailbox no longer holds the message (it restarted), send it again."""
         try:
-            held = await mailbox.holds.remote(msg.id)
+            held = await mailbox.holds(msg.id)
             if not held and not reply.done():
                 log.warning("task %s step %s: message lost with its mailbox; sending it again",
                             msg.task_id, msg.step_key)
-                await mailbox.put_batch.remote([(msg.id, msg.priority, msg)])
-        except ray.exceptions.RayActorError:
+                await mailbox.put_batch([(msg.id, msg.priority, msg)])
+        except ActorUnavailable:
             log.warning("task %s step %s: mailbox unreachable; will check again", msg.task_id,
                         msg.step_key)
 
@@ -198,7 +248,7 @@ class WorkflowWorker:
 
     async def await_signal(self, ctx: Context, name: str, key: str,
                            wake_at: float | None) -> tuple[str, Any]:
-        return await self.store.await_signal.remote(ctx.task_id, self.id, name, key, wake_at)  # type: ignore[no-any-return]
+        return await self.store.await_signal(self.lease_of(ctx), name, key, wake_at)
 
     async def deliver(self, message_id: str, ok: bool, value: Any) -> bool:
         """An agent's reply; False if nobody waits for it any more (timed out, task gone)."""
@@ -214,7 +264,8 @@ class WorkflowWorker:
         entry = (request.model, request.request_id or "")
         in_flight.add(entry)
         try:
-            completion = await self.router.chat(request, TokenSink(self.store, ctx.task_id, step))
+            completion = await self.router.chat(
+                request, TokenSink(self.store, ctx.task_id, step, lease=self.lease_of(ctx)))
         finally:
             in_flight.discard(entry)
         if ctx.cancel_requested:  # aborted by a cancel: never record a cut-off completion
@@ -232,18 +283,54 @@ class WorkflowWorker:
         return True
 
     def emit(self, ctx: Context, kind: str, data: dict[str, Any]) -> None:
-        self.store.append_event.remote(ctx.task_id, kind, data)
+        entry = self._tasks.get(ctx.task_id)
+        if entry is not None and entry[1] is ctx:
+            post = getattr(self.store, "post_event", None)
+            if post is not None:
+                post(ctx.task_id, kind, data, entry[2])
+            else:  # an in-process Store (tests)
+                asyncio.ensure_future(self.store.append_event(ctx.task_id, kind, data, entry[2]))
 
     async def info(self) -> dict[str, Any]:
         return {"id": self.id, "active": sorted(self._tasks), "completed": self.completed,
                 "pending_replies": len(self._replies)}
 
 
+class WorkerHandle(ActorHandle):
+    """One workflow worker actor, typed. A worker is replaced, not restarted: its calls fail fast."""
+
+    async def run(self) -> int:
+        return await self._call("run", idempotent=False)  # type: ignore[no-any-return]
+
+    async def stop(self) -> None:
+        self._send("stop")
+
+    async def cancel(self, task_id: str) -> bool:
+        return await self._call("cancel", task_id, idempotent=False)  # type: ignore[no-any-return]
+
+    async def deliver(self, message_id: str, ok: bool, value: Any) -> bool:
+        return await self._call("deliver", message_id, ok, value, idempotent=False)  # type: ignore[no-any-return]
+
+    async def info(self) -> dict[str, Any]:
+        return await self._call("info", idempotent=False)  # type: ignore[no-any-return]
+
+
+class WorkerMember(Protocol):
+    """What the pool needs of a worker: its loop, and a way to end it."""
+
+    async def run(self) -> int: ...
+    async def stop(self) -> None: ...
+
+
+Spawner = Callable[[str], WorkerMember]
+
+
 class WorkerPool:
     """Keeps ``settings.workers`` workflow workers running; replaces the dead, releasing their leases."""
 
-    def __init__(self, settings: Settings, apps: list[str], store: Any, dispatcher: Any,
-                 mailboxes: dict[str, Any], router: Router, tools: ToolRouter) -> None:
+    def __init__(self, settings: Settings, apps: list[str], store: StoreService,
+                 dispatcher: DispatcherService, mailboxes: dict[str, MailboxService], router: Router,
+                 tools: ToolRouter, spawner: Spawner | None = None) -> None:
         self.settings = settings
         self.apps = apps
         self.store = store
@@ -251,50 +338,91 @@ class WorkerPool:
         self.mailboxes = mailboxes
         self.router = router
         self.tools = tools
+        self._spawner = spawner or self._spawn_actor
         self.members = Members(self._on_exit)
         self.started = 0
         self._stopping = False
+        if restarted():  # our workers died with us: start new ones and free the old ones' tasks
+            asyncio.get_running_loop().create_task(self.start())
 
     async def start(self) -> list[str]:
         for _ in range(self.settings.workers):
             self._spawn()
-        return list(self.members.live)
+        live = list(self.members.live)
+        released = await self.dispatcher.workers_replaced(live)
+        if released:
+            log.warning("worker pool started: %d task(s) of workers gone before it queued again",
+                        released)
+        return live
 
     def _spawn(self) -> None:
         self.started += 1
         worker_id = f"worker-{self.started}-{uuid.uuid4().hex[:6]}"
-        handle = (
+        member = self._spawner(worker_id)
+        self.members.add(Member(worker_id, member), member.run())
+
+    def _spawn_actor(self, worker_id: str) -> WorkerHandle:
+        actor = (
             ray.remote(WorkflowWorker)
             .options(name=f"worker:{worker_id}", namespace=self.settings.namespace,
                      num_cpus=self.settings.worker_num_cpus, max_restarts=0, max_concurrency=10_000)
             .remote(worker_id, self.settings, self.apps, self.store, self.dispatcher,
                     self.mailboxes, self.router, self.tools)
         )
-        self.members.add(Member(worker_id, handle), handle.run.remote())  # type: ignore[attr-defined]
+        return WorkerHandle(actor, f"worker:{worker_id}", self.settings.namespace)
 
     async def _on_exit(self, member: Member, error: BaseException | None) -> None:
-        released = await self.dispatcher.worker_lost.remote(member.id)
+        if not self._stopping and not member.stopping:
+            self._spawn()  # first: a replacement does not wait on the dispatcher
+        released = await self.dispatcher.worker_lost(member.id)
         if released:
             log.warning("worker %s gone: %d task(s) queued again", member.id, released)
-        if not self._stopping and not member.stopping:
-            self._spawn()
 
-    async def workers(self) -> dict[str, Any]:
-        return {m.id: m.handle for m in self.members.live.values()}
+    async def workers(self) -> list[str]:
+        return sorted(self.members.live)
 
     async def stop(self) -> None:
         self._stopping = True
         for member in list(self.members.live.values()):
             member.stopping = True
-            member.handle.stop.remote()
+            await member.handle.stop()
 
 
-def start_worker_pool(settings: Settings, apps: list[str], store: Any, dispatcher: Any,
-                      mailboxes: dict[str, Any], router: Router, tools: ToolRouter) -> Any:
-    return (
+class WorkerPoolHandle(ActorHandle):
+    """The worker pool actor, typed."""
+
+    async def start(self) -> list[str]:
+        return await self._call("start", idempotent=False)  # type: ignore[no-any-return]
+
+    async def workers(self, deadline_s: float | None = None) -> list[str]:
+        return await self._call("workers", deadline_s=deadline_s)  # type: ignore[no-any-return]
+
+    async def stop(self) -> None:
+        await self._call("stop")
+
+
+class WorkerDirectory:
+    """Reaches a worker by its id (the dispatcher pushes cancels through it)."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    async def cancel(self, owner: str, task_id: str) -> None:
+        try:
+            worker = WorkerHandle(ray.get_actor(f"worker:{owner}", namespace=self.namespace))
+            await worker.cancel(task_id)
+        except (ValueError, ActorUnavailable):
+            pass  # the worker is gone; its lease runs out and the replay sees the cancel
+
+
+def start_worker_pool(settings: Settings, apps: list[str], store: StoreService,
+                      dispatcher: DispatcherService, mailboxes: dict[str, MailboxService],
+                      router: Router, tools: ToolRouter) -> WorkerPoolHandle:
+    actor = (
         ray.remote(WorkerPool)
-        .options(name="pool:workers", namespace=settings.namespace, num_cpus=0, max_restarts=0,
+        .options(name=POOL_NAME, namespace=settings.namespace, num_cpus=0, max_restarts=-1,
                  max_concurrency=1000)
         .remote(settings, apps, store, dispatcher, mailboxes, router, tools)
     )
+    return WorkerPoolHandle(actor, POOL_NAME, settings.namespace)
 

@@ -21,7 +21,14 @@ from typing import Any, Protocol, get_type_hints
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from runtime.config import RetryPolicy
-from runtime.errors import InvalidInput, SignalTimeout, StepError, StepTimeout, TaskCancelled
+from runtime.errors import (
+    InvalidInput,
+    LeaseLost,
+    SignalTimeout,
+    StepError,
+    StepTimeout,
+    TaskCancelled,
+)
 from runtime.models import ChatMessage, ChatRequest, Completion
 
 log = logging.getLogger(__name__)
@@ -221,7 +228,7 @@ class Context:
                 if deadline.expired():  # ours, not a TimeoutError the step itself raised
                     error = StepTimeout(key, timeout_s or 0)
                     error.__cause__ = e
-            except (TaskCancelled, asyncio.CancelledError):
+            except (TaskCancelled, LeaseLost, asyncio.CancelledError):
                 raise
             except Exception as e:  # noqa: BLE001 - any failure of user code is the step's
                 error = e

@@ -165,35 +165,51 @@ def status(task_id: str, address: AddressOpt = None, url: UrlOpt = None,
 
 
 @app.command()
-def result(task_id: str, address: AddressOpt = None) -> None:
+def result(task_id: str, address: AddressOpt = None, url: UrlOpt = None,
+           api_key: KeyOpt = None) -> None:
     """Print a finished task's output."""
-    print_result(Client.connect(settings(address)).get(task_id))
+    print_result(connect(address, url, api_key).get(task_id))
 
 
 @app.command()
 def tasks(status: Annotated[str | None, typer.Option(help="queued, running, succeeded, ...")] = None,
-          workflow: str | None = None, limit: int = 20, address: AddressOpt = None) -> None:
+          workflow: str | None = None, limit: int = 20, address: AddressOpt = None,
+          url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """List tasks, newest first."""
     try:
         wanted = TaskStatus(status) if status else None
     except ValueError:
         fail(f"--status must be one of {', '.join(s.value for s in TaskStatus)}", 2)
     table = Table("id", "workflow", "status", "priority", "runs")
-    for r in Client.connect(settings(address)).list(wanted, workflow, limit):
+    for r in connect(address, url, api_key).list(wanted, workflow, limit=limit):
         table.add_row(r.id, r.workflow, r.status.value, str(r.priority), str(r.runs))
     out.print(table)
 
 
 @app.command()
-def cancel(task_id: str, address: AddressOpt = None) -> None:
+def cancel(task_id: str, address: AddressOpt = None, url: UrlOpt = None,
+           api_key: KeyOpt = None) -> None:
     """Cancel a task (a running one stops at its next step boundary)."""
-    show(Client.connect(settings(address)).cancel(task_id))
+    show(connect(address, url, api_key).cancel(task_id))
 
 
 @app.command()
-def retry(task_id: str, address: AddressOpt = None) -> None:
+def retry(task_id: str, address: AddressOpt = None, url: UrlOpt = None,
+          api_key: KeyOpt = None) -> None:
     """Run a failed or cancelled task again from its last checkpoint."""
-    show(Client.connect(settings(address)).retry(task_id))
+    show(connect(address, url, api_key).retry(task_id))
+
+
+@app.command("signal")
+def signal_task(task_id: str, name: str,
+                payload: Annotated[str, typer.Option("--payload", help="JSON value")] = "null",
+                address: AddressOpt = None, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """Send a signal (with a JSON payload) to a task; one waiting for it resumes."""
+    try:
+        value = json.loads(payload)
+    except json.JSONDecodeError as e:
+        fail(f"--payload is not valid JSON: {e}", 2)
+    show(connect(address, url, api_key).signal(task_id, name, value))
 
 
 @app.command()

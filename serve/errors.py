@@ -13,6 +13,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.errors import (
+    ActorUnavailable,
     AgentNotFound,
     DeadLetterNotFound,
     InvalidInput,
@@ -28,7 +29,7 @@ from runtime.errors import (
 
 _STATUS: list[tuple[type[RaysquadError], int]] = [
     (TaskNotFound, 404), (WorkflowNotFound, 404), (AgentNotFound, 404), (InvalidInput, 422),
-    (QueueFull, 429), (InvalidTransition, 409), (RuntimeNotRunning, 503),
+    (QueueFull, 429), (InvalidTransition, 409), (RuntimeNotRunning, 503), (ActorUnavailable, 503),
     (DeadLetterNotFound, 404), (ToolNotFound, 404), (ToolArgsInvalid, 422),
 ]
 
@@ -45,7 +46,7 @@ def install(app: FastAPI) -> None:
         status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
         response = error_body(status, type(exc).__name__, str(exc),
                               **({"problems": exc.problems} if isinstance(exc, InvalidInput) else {}))
-        if isinstance(exc, QueueFull):
+        if isinstance(exc, (QueueFull, ActorUnavailable)):
             response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
         return response
 

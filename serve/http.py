@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from sse_starlette.sse import EventSourceResponse
@@ -129,6 +130,12 @@ class ResultView(BaseModel):
     error: str | None = None
 
 
+class ReadinessView(BaseModel):
+    status: Literal["ready", "down"]
+    down: list[str] = Field(description="the actors of the control plane that do not answer")
+    parts: dict[str, str] = Field(description="every control-plane actor: ok, or why not")
+
+
 class WorkflowView(BaseModel):
     name: str
     description: str
@@ -199,7 +206,7 @@ class Ingress:
                          200: {"model": TaskView, "description": "the idempotency key's first task"}})
     async def submit(self, body: SubmitBody, tenant: Tenant) -> Response:
         """Queue a task and answer at once. The same idempotency key returns the first task (200)."""
-        record, created = await self.client.submit(
+        record, created = await self.client.submit_request(
             SubmitRequest(workflow=body.workflow, input=body.input, priority=body.priority,
                           idempotency_key=body.idempotency_key, tenant=tenant))
         # The hot path: the body is built once from the Store's record, not validated again as a
@@ -213,7 +220,7 @@ class Ingress:
                          limit: Annotated[int, Query(ge=1, le=500)] = 50,
                          offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> TaskPage:
         """Tasks of the caller's tenant, newest first."""
-        records = await self.client.list_tasks(status, workflow, tenant, limit + 1, offset)
+        records = await self.client.list(status, workflow, tenant, limit + 1, offset)
         return TaskPage(items=[TaskView.of(r) for r in records[:limit]],
                         next_offset=offset + limit if len(records) > limit else None)
 
@@ -344,9 +351,15 @@ class Ingress:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"model": ErrorBody}})
-    async def readyz(self) -> dict[str, Any]:
-        return {"status": "ready", **await self.client.ready()}
+    @app.get("/readyz", responses={503: {"description": "a part of the control plane is down",
+                                         "model": ReadinessView}})
+    async def readyz(self) -> JSONResponse:
+        """200 once every part of the control plane answers; 503 naming the parts that do not."""
+        parts = await self.client.readiness()
+        down = sorted(name for name, state in parts.items() if state != "ok")
+        body = {"status": "down" if down else "ready", "down": down, "parts": parts}
+        headers = {"Retry-After": "2"} if down else {}
+        return JSONResponse(body, status_code=503 if down else 200, headers=headers)
 
 
 def build(settings: Settings) -> Any:

@@ -1,19 +1,24 @@
-"""A small HTTP client for the raysquad API, used by the CLI's ``--url`` mode.
+"""The raysquad HTTP API as a Python client, with ``runtime.Client``'s surface for tasks.
 
-It offers the calls ``serve.progress.follow`` needs (``get`` and ``events``), so the progress bar
-works the same over HTTP (fed by the SSE stream) as over Ray.
+``submit``, ``get``, ``list``, ``events``, ``wait``, ``result``, ``cancel``, ``retry``, ``signal`` and
+``workflows`` take the same arguments and return the same types as over Ray, so every CLI command
+that reads or changes a task works the same with ``--url`` (the tenant is the API key's).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
-from runtime.errors import RemoteError
-from runtime.models import Event, TaskRecord
+from runtime.errors import RemoteError, TaskFailed, WaitTimeout
+from runtime.models import END_EVENT_KINDS, Event, TaskRecord, TaskStatus
+
+
+TaskList = list[TaskRecord]
 
 
 class HttpClient:
@@ -30,20 +35,64 @@ class HttpClient:
             raise _error(response)
         return response.json()
 
-    def submit(self, workflow: str, input: dict[str, Any], priority: int = 0,
+    def submit(self, workflow: str, input: dict[str, Any] | None = None, *, priority: int = 0,
                idempotency_key: str | None = None) -> TaskRecord:
-        body = {"workflow": workflow, "input": input, "priority": priority,
+        body = {"workflow": workflow, "input": input or {}, "priority": priority,
                 "idempotency_key": idempotency_key}
         return _record(self._call("POST", "/v1/tasks", json=body))
 
     def get(self, task_id: str) -> TaskRecord:
-        return _record(self._call("GET", f"/v1/tasks/{task_id}"))
+        return _record(self._call("GET", f"/v1/tasks/{_path(task_id)}"))
+
+    def list(self, status: TaskStatus | str | None = None, workflow: str | None = None,
+             limit: int = 100, offset: int = 0) -> TaskList:
+        params: dict[str, Any] = {"limit": min(limit, 500), "offset": offset}
+        if status:
+            params["status"] = TaskStatus(status).value
+        if workflow:
+            params["workflow"] = workflow
+        page = self._call("GET", "/v1/tasks", params=params)
+        return [_record(item) for item in page["items"]]
+
+    def wait(self, task_id: str, timeout_s: float | None = None) -> TaskRecord:
+        """Block until the task ends (following its event stream) and return its record."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            record = self.get(task_id)
+            if record.status.ended:
+                return record
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeout(task_id, timeout_s or 0, record.status.value)
+            for event in self.events(task_id):
+                if event.kind in END_EVENT_KINDS or (
+                        deadline is not None and time.monotonic() > deadline):
+                    break
+
+    def result(self, task_id: str, timeout_s: float | None = None) -> Any:
+        record = self.wait(task_id, timeout_s)
+        if record.status is not TaskStatus.SUCCEEDED:
+            raise TaskFailed(task_id, record.status.value, record.error or "")
+        return record.output
+
+    def cancel(self, task_id: str) -> TaskRecord:
+        return _record(self._call("POST", f"/v1/tasks/{_path(task_id)}/cancel"))
+
+    def retry(self, task_id: str) -> TaskRecord:
+        return _record(self._call("POST", f"/v1/tasks/{_path(task_id)}/retry"))
+
+    def signal(self, task_id: str, name: str, payload: Any = None) -> TaskRecord:
+        return _record(self._call("POST", f"/v1/tasks/{_path(task_id)}/signals/{_path(name)}",
+                                  json=payload))
+
+    def workflows(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/workflows")  # type: ignore[no-any-return]
 
     def events(self, task_id: str, after: int = 0, follow: bool = True) -> Iterator[Event]:
-        """The task's events from its SSE stream, which ends when the task does."""
+        """The task's events from its SSE stream, which ends when the task does (the stream always
+        follows; ``follow`` is accepted for the same signature as over Ray)."""
         headers = {"Last-Event-ID": str(after)} if after else {}
         try:
-            with self._http.stream("GET", f"/v1/tasks/{task_id}/events", headers=headers,
+            with self._http.stream("GET", f"/v1/tasks/{_path(task_id)}/events", headers=headers,
                                    timeout=httpx.Timeout(30.0, read=None)) as response:
                 if response.status_code >= 400:
                     response.read()
@@ -73,3 +122,10 @@ def _record(view: dict[str, Any]) -> TaskRecord:
     fields = {k: v for k, v in view.items() if k in TaskRecord.model_fields}
     fields.setdefault("updated_at", view.get("finished_at") or view["created_at"])
     return TaskRecord(**fields)
+
+
+def _path(segment: str) -> str:
+    """A value as one URL path segment."""
+    from urllib.parse import quote
+
+    return quote(segment, safe="")

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 
 from runtime.config import Settings
 from runtime.engines.base import Engine
 from runtime.engines.simulated import SimulatedEngine
-from runtime.errors import ModelNotFound
+from runtime.errors import ModelNotFound, RaysquadError
 from runtime.gates import GateClient, Passage
-from runtime.models import ChatRequest, Completion
+from runtime.handles import ActorHandle
+from runtime.models import ChatRequest, Completion, Lease
 
 
 def build_engine(settings: Settings, model: str) -> Engine:
@@ -120,12 +121,14 @@ class EngineActor:
 
 @dataclass(frozen=True)
 class TokenSink:
-    """Where generated text goes: ``tokens`` events on a task, batched every ``every_s`` seconds."""
+    """Where generated text goes: ``tokens`` events on a task, batched every ``every_s`` seconds.
+    With the run's ``lease``, a stale run's text is refused by the Store like its other writes."""
 
     store: Any
     task_id: str
     step: str
     every_s: float = 0.1
+    lease: Lease | None = None
 
     def writer(self) -> tuple[Callable[[str], Awaitable[None]], Callable[[], Awaitable[None]]]:
         pending: list[str] = []
@@ -136,8 +139,12 @@ class TokenSink:
                 state["n"] += 1
                 text = "".join(pending)
                 pending.clear()
-                await self.store.append_event.remote(
-                    self.task_id, "tokens", {"step": self.step, "n": state["n"], "text": text})
+                try:
+                    await self.store.append_event(
+                        self.task_id, "tokens", {"step": self.step, "n": state["n"], "text": text},
+                        self.lease)
+                except RaysquadError:  # a stale run (LeaseLost) or a Store restart: text is not a step
+                    pass
             state["last"] = time.monotonic()
 
         async def on_text(text: str) -> None:
@@ -148,10 +155,37 @@ class TokenSink:
         return on_text, flush
 
 
+class EngineService(Protocol):
+    """What routers call on one engine replica."""
+
+    async def chat(self, request: ChatRequest, stream_to: TokenSink | None = None) -> Completion: ...
+    async def abort(self, request_id: str) -> bool: ...
+
+
+class EngineHandle(ActorHandle):
+    """One engine actor, typed. It restarts (rebuilding its engine); a request in flight when it died
+    is not sent again here: the step that made it retries under its own policy."""
+
+    async def chat(self, request: ChatRequest, stream_to: TokenSink | None = None) -> Completion:
+        return await self._call("chat", request, stream_to, idempotent=False)  # type: ignore[no-any-return]
+
+    async def abort(self, request_id: str) -> bool:
+        return await self._call("abort", request_id, deadline_s=5.0)  # type: ignore[no-any-return]
+
+    async def ready(self) -> bool:
+        return await self._call("ready")  # type: ignore[no-any-return]
+
+    async def load(self, deadline_s: float | None = None) -> int:
+        return await self._call("load", deadline_s=deadline_s)  # type: ignore[no-any-return]
+
+    async def timeline(self) -> list[tuple[float, float]]:
+        return await self._call("timeline")  # type: ignore[no-any-return]
+
+
 class Router:
     """Sends a request to the least-loaded engine actor of its model (as this router has seen it)."""
 
-    def __init__(self, replicas: dict[str, list[Any]]) -> None:
+    def __init__(self, replicas: Mapping[str, Sequence[EngineService]]) -> None:
         self.replicas = replicas
         self._load: dict[tuple[str, int], int] = {}
 
@@ -165,7 +199,7 @@ class Router:
         key = (request.model, pick)
         self._load[key] = loads[pick] + 1
         try:
-            result: Completion = await handles[pick].chat.remote(request, stream_to)
+            result = await handles[pick].chat(request, stream_to)
         finally:
             self._load[key] -= 1
         return result
@@ -173,19 +207,22 @@ class Router:
     async def abort(self, model: str, request_id: str) -> None:
         """Abort a request on every replica of the model (it runs on one of them)."""
         for handle in self.replicas.get(model, []):
-            await handle.abort.remote(request_id)
+            try:
+                await handle.abort(request_id)
+            except RaysquadError:
+                pass  # a replica that is down runs nothing to abort
 
 
 def start_engines(settings: Settings, models: list[str],
-                  gates: GateClient | None = None) -> dict[str, list[Any]]:
+                  gates: GateClient | None = None) -> dict[str, list[EngineHandle]]:
     replicas = settings.vllm.replicas if settings.engine == "vllm" else 1
-    return {
-        model: [
-            ray.remote(EngineActor)
-            .options(name=f"engine:{model}:{i}", namespace=settings.namespace, max_concurrency=1000,
-                     max_restarts=-1, **engine_actor_options(settings))
-            .remote(settings, model, gates)
-            for i in range(replicas)
-        ]
-        for model in models
-    }
+    engines: dict[str, list[EngineHandle]] = {}
+    for model in models:
+        for i in range(replicas):
+            name = f"engine:{model}:{i}"
+            actor = (ray.remote(EngineActor)
+                     .options(name=name, namespace=settings.namespace, max_concurrency=1000,
+                              max_restarts=-1, **engine_actor_options(settings))
+                     .remote(settings, model, gates))
+            engines.setdefault(model, []).append(EngineHandle(actor, name, settings.namespace))
+    return engines

@@ -2,6 +2,8 @@
 
 It is pinned to the node that starts it (the head in a cluster) and restarts on failure, since all of
 its state is on disk. ``wait_events`` long-polls a task's event log, which feeds progress bars and SSE.
+``StoreHandle`` is the only code that calls it; every call but a few is safe to repeat (writes are
+fenced by their lease and keyed, so a repeat changes nothing), and so survives the actor's restart.
 """
 
 from __future__ import annotations
@@ -9,25 +11,47 @@ from __future__ import annotations
 import asyncio
 import pickle
 import time
+import uuid
 from collections import defaultdict
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from runtime.config import Settings
 from runtime.errors import QueueFull
-from runtime.models import Claim, DeadLetter, Event, SubmitRequest, TaskRecord, TaskStatus
-from runtime.store.sqlite import SQLiteStore
+from runtime.group_commit import GroupCommit
+from runtime.handles import ActorHandle
+from runtime.models import (
+    Claim,
+    DeadLetter,
+    Event,
+    Lease,
+    SubmitRequest,
+    TaskRecord,
+    TaskStatus,
+)
+from runtime.store.base import Store
 
+#: The Store actor's name in the runtime's namespace.
 ACTOR_NAME = "store"
+
+
+def open_store(settings: Settings) -> Store:
+    """The Store backend that ``settings.store`` (``RAYSQUAD_STORE``) names: the one place it is chosen."""
+    if settings.store == "sqlite":
+        from runtime.store.sqlite import SQLiteStore
+
+        return SQLiteStore(settings.database_path, settings.blob_dir,
+                           max_crashes=settings.max_task_crashes)
+    raise ValueError(f"unknown store {settings.store!r}")
 
 
 class StoreActor:
     """Async facade over a Store; each call runs to completion on the actor's event loop."""
 
     def __init__(self, settings: Settings) -> None:
-        self._store = SQLiteStore(settings.database_path, settings.blob_dir)
+        self._store: Any = open_store(settings)  # a backend's own extras: touched, path
         self._waiters: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._capacity = settings.queue_capacity
         # The dispatcher's feed: (id, priority, created_at) of tasks submitted since it last looked.
@@ -119,8 +143,8 @@ class StoreActor:
     async def claim(self, task_ids: list[str], owner: str, lease_s: float) -> list[Claim]:
         return self._call("claim", task_ids, owner, lease_s, time.time())  # type: ignore[no-any-return]
 
-    async def renew(self, owner: str, task_ids: list[str], lease_s: float) -> dict[str, bool]:
-        return self._call("renew", owner, task_ids, lease_s, time.time())  # type: ignore[no-any-return]
+    async def renew(self, owner: str, leases: dict[str, int], lease_s: float) -> dict[str, bool]:
+        return self._call("renew", owner, leases, lease_s, time.time())  # type: ignore[no-any-return]
 
     async def expire_leases(self) -> list[TaskRecord]:
         return self._call("expire_leases", time.time())  # type: ignore[no-any-return]
@@ -128,20 +152,29 @@ class StoreActor:
     async def release_owner(self, owner: str) -> list[TaskRecord]:
         return self._call("release_owner", owner, time.time())  # type: ignore[no-any-return]
 
-    async def record_step(self, task_id: str, owner: str, key: str, output: bytes,
+    async def running_owners(self) -> list[str]:
+        return self._call("running_owners")  # type: ignore[no-any-return]
+
+    async def abandon(self, lease: Lease, reason: str) -> TaskRecord:
+        return self._call("abandon", lease, reason, time.time())  # type: ignore[no-any-return]
+
+    async def record_step(self, lease: Lease, key: str, output: bytes,
                           refs: list[tuple[str, list[ray.ObjectRef]]] | None = None) -> bool:
         """Checkpoint a step. ``refs`` are (blob key, [ObjectRef]) of large values to persist once."""
         blobs = {}
+        if refs:
+            self._store.check_lease(lease)  # a stale runner writes no blob either
         for blob_key, (object_ref,) in refs or ():
             blobs[blob_key] = pickle.dumps(await object_ref, protocol=5)
-        return self._call("record_step", task_id, owner, key, output, blobs, time.time())  # type: ignore[no-any-return]
+        return self._call("record_step", lease, key, output, blobs, time.time())  # type: ignore[no-any-return]
 
-    async def append_event(self, task_id: str, kind: str, data: dict[str, Any]) -> int:
-        return self._call("append_event", task_id, kind, data, time.time())  # type: ignore[no-any-return]
+    async def append_event(self, task_id: str, kind: str, data: dict[str, Any],
+                           lease: Lease | None = None) -> int:
+        return self._call("append_event", task_id, kind, data, time.time(), lease)  # type: ignore[no-any-return]
 
-    async def finish(self, task_id: str, owner: str, status: TaskStatus, output: Any,
+    async def finish(self, lease: Lease, status: TaskStatus, output: Any,
                      error: str | None) -> TaskRecord:
-        return self._call("finish", task_id, owner, status, output, error, time.time())  # type: ignore[no-any-return]
+        return self._call("finish", lease, status, output, error, time.time())  # type: ignore[no-any-return]
 
     async def request_cancel(self, task_id: str) -> TaskRecord:
         return self._call("request_cancel", task_id, time.time())  # type: ignore[no-any-return]
@@ -152,9 +185,9 @@ class StoreActor:
     async def send_signal(self, task_id: str, name: str, payload: Any) -> TaskRecord:
         return self._call("send_signal", task_id, name, payload, time.time())  # type: ignore[no-any-return]
 
-    async def await_signal(self, task_id: str, owner: str, name: str, key: str,
+    async def await_signal(self, lease: Lease, name: str, key: str,
                            wake_at: float | None) -> tuple[str, Any]:
-        return self._call("await_signal", task_id, owner, name, key, wake_at, time.time())  # type: ignore[no-any-return]
+        return self._call("await_signal", lease, name, key, wake_at, time.time())  # type: ignore[no-any-return]
 
     async def wake_due(self) -> list[TaskRecord]:
         return self._call("wake_due", time.time())  # type: ignore[no-any-return]
@@ -182,9 +215,172 @@ class StoreActor:
         return str(self._store.path)
 
 
-def start_store(settings: Settings) -> Any:
+class StoreService(Protocol):
+    """What the rest of the runtime calls on the Store: ``StoreHandle`` over Ray, or, in a unit
+    test, a ``StoreActor`` in the same process."""
+
+    async def submit_tasks(self, items: list[tuple[str, SubmitRequest]]
+                           ) -> list[tuple[TaskRecord, bool] | QueueFull]: ...
+    async def take_submitted(self, timeout_s: float) -> list[tuple[str, int, float]]: ...
+    async def get_task(self, task_id: str) -> TaskRecord: ...
+    async def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
+                         tenant: str | None = None, limit: int = 100,
+                         offset: int = 0) -> list[TaskRecord]: ...
+    async def count_tasks(self, status: TaskStatus) -> int: ...
+    async def recover(self) -> list[TaskRecord]: ...
+    async def claim(self, task_ids: list[str], owner: str, lease_s: float) -> list[Claim]: ...
+    async def renew(self, owner: str, leases: dict[str, int], lease_s: float) -> dict[str, bool]: ...
+    async def expire_leases(self) -> list[TaskRecord]: ...
+    async def release_owner(self, owner: str) -> list[TaskRecord]: ...
+    async def running_owners(self) -> list[str]: ...
+    async def abandon(self, lease: Lease, reason: str) -> TaskRecord: ...
+    async def record_step(self, lease: Lease, key: str, output: bytes,
+                          refs: list[tuple[str, list[ray.ObjectRef]]] | None = None) -> bool: ...
+    async def append_event(self, task_id: str, kind: str, data: dict[str, Any],
+                           lease: Lease | None = None) -> int: ...
+    async def finish(self, lease: Lease, status: TaskStatus, output: Any,
+                     error: str | None) -> TaskRecord: ...
+    async def request_cancel(self, task_id: str) -> TaskRecord: ...
+    async def retry(self, task_id: str) -> TaskRecord: ...
+    async def send_signal(self, task_id: str, name: str, payload: Any) -> TaskRecord: ...
+    async def await_signal(self, lease: Lease, name: str, key: str,
+                           wake_at: float | None) -> tuple[str, Any]: ...
+    async def wake_due(self) -> list[TaskRecord]: ...
+    async def wait_events(self, task_id: str, after: int = 0, timeout_s: float = 10.0,
+                          limit: int = 1000) -> list[Event]: ...
+    async def read_blob(self, key: str) -> bytes: ...
+    async def add_dead_letter(self, letter: DeadLetter) -> None: ...
+    async def dead_letters(self, status: str | None = None, tool: str | None = None,
+                           tenant: str | None = None, limit: int = 100) -> list[DeadLetter]: ...
+    async def get_dead_letter(self, letter_id: str) -> DeadLetter: ...
+    async def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
+                       step_output: bytes | None = None) -> DeadLetter: ...
+    async def ping(self) -> str: ...
+
+
+class StoreHandle(ActorHandle):
+    """The Store actor, typed. Calls that are safe to repeat ride out a restart of the actor."""
+
+    _commit: GroupCommit[SubmitRequest, tuple[TaskRecord, bool]] | None = None
+
+    @classmethod
+    def find(cls, namespace: str) -> StoreHandle:
+        return cls(ray.get_actor(ACTOR_NAME, namespace=namespace), ACTOR_NAME, namespace)
+
+    async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
+        """Admit one task; the submits of one event-loop turn leave as one call, one transaction."""
+        if self._commit is None:
+            self._commit = GroupCommit(self._submit_batch)
+        return await self._commit(req)
+
+    async def _submit_batch(self, reqs: list[SubmitRequest]
+                            ) -> list[tuple[TaskRecord, bool] | BaseException]:
+        return list(await self.submit_tasks([(uuid.uuid4().hex, r) for r in reqs]))
+
+    async def submit_tasks(self, items: list[tuple[str, SubmitRequest]]
+                           ) -> list[tuple[TaskRecord, bool] | QueueFull]:
+        # Repeatable: each item carries the id it gets, and a repeat finds it created.
+        return await self._call("submit_tasks", items)  # type: ignore[no-any-return]
+
+    async def take_submitted(self, timeout_s: float) -> list[tuple[str, int, float]]:
+        return await self._call("take_submitted", timeout_s)  # type: ignore[no-any-return]
+
+    async def get_task(self, task_id: str) -> TaskRecord:
+        return await self._call("get_task", task_id)  # type: ignore[no-any-return]
+
+    async def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
+                         tenant: str | None = None, limit: int = 100,
+                         offset: int = 0) -> list[TaskRecord]:
+        return await self._call("list_tasks", status, workflow, tenant, limit, offset)  # type: ignore[no-any-return]
+
+    async def count_tasks(self, status: TaskStatus) -> int:
+        return await self._call("count_tasks", status)  # type: ignore[no-any-return]
+
+    async def recover(self) -> list[TaskRecord]:
+        return await self._call("recover")  # type: ignore[no-any-return]
+
+    async def claim(self, task_ids: list[str], owner: str, lease_s: float) -> list[Claim]:
+        # Not repeated: a claim whose reply was lost holds its tasks until their lease runs out.
+        return await self._call("claim", task_ids, owner, lease_s, idempotent=False)  # type: ignore[no-any-return]
+
+    async def renew(self, owner: str, leases: dict[str, int], lease_s: float) -> dict[str, bool]:
+        return await self._call("renew", owner, leases, lease_s)  # type: ignore[no-any-return]
+
+    async def expire_leases(self) -> list[TaskRecord]:
+        return await self._call("expire_leases")  # type: ignore[no-any-return]
+
+    async def release_owner(self, owner: str) -> list[TaskRecord]:
+        return await self._call("release_owner", owner)  # type: ignore[no-any-return]
+
+    async def running_owners(self) -> list[str]:
+        return await self._call("running_owners")  # type: ignore[no-any-return]
+
+    async def abandon(self, lease: Lease, reason: str) -> TaskRecord:
+        return await self._call("abandon", lease, reason, idempotent=False)  # type: ignore[no-any-return]
+
+    async def record_step(self, lease: Lease, key: str, output: bytes,
+                          refs: list[tuple[str, list[ray.ObjectRef]]] | None = None) -> bool:
+        return await self._call("record_step", lease, key, output, refs)  # type: ignore[no-any-return]
+
+    async def append_event(self, task_id: str, kind: str, data: dict[str, Any],
+                           lease: Lease | None = None) -> int:
+        # Not repeated: a repeat would log the event twice.
+        return await self._call("append_event", task_id, kind, data, lease, idempotent=False)  # type: ignore[no-any-return]
+
+    def post_event(self, task_id: str, kind: str, data: dict[str, Any],
+                   lease: Lease | None = None) -> None:
+        """``append_event`` without waiting for it (progress events, which may be lost)."""
+        self._send("append_event", task_id, kind, data, lease)
+
+    async def finish(self, lease: Lease, status: TaskStatus, output: Any,
+                     error: str | None) -> TaskRecord:
+        return await self._call("finish", lease, status, output, error)  # type: ignore[no-any-return]
+
+    async def request_cancel(self, task_id: str) -> TaskRecord:
+        return await self._call("request_cancel", task_id)  # type: ignore[no-any-return]
+
+    async def retry(self, task_id: str) -> TaskRecord:
+        return await self._call("retry", task_id, idempotent=False)  # type: ignore[no-any-return]
+
+    async def send_signal(self, task_id: str, name: str, payload: Any) -> TaskRecord:
+        return await self._call("send_signal", task_id, name, payload, idempotent=False)  # type: ignore[no-any-return]
+
+    async def await_signal(self, lease: Lease, name: str, key: str,
+                           wake_at: float | None) -> tuple[str, Any]:
+        return await self._call("await_signal", lease, name, key, wake_at)  # type: ignore[no-any-return]
+
+    async def wake_due(self) -> list[TaskRecord]:
+        return await self._call("wake_due")  # type: ignore[no-any-return]
+
+    async def wait_events(self, task_id: str, after: int = 0, timeout_s: float = 10.0,
+                          limit: int = 1000) -> list[Event]:
+        return await self._call("wait_events", task_id, after, timeout_s, limit)  # type: ignore[no-any-return]
+
+    async def read_blob(self, key: str) -> bytes:
+        return await self._call("read_blob", key)  # type: ignore[no-any-return]
+
+    async def add_dead_letter(self, letter: DeadLetter) -> None:
+        await self._call("add_dead_letter", letter, idempotent=False)
+
+    async def dead_letters(self, status: str | None = None, tool: str | None = None,
+                           tenant: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        return await self._call("dead_letters", status, tool, tenant, limit)  # type: ignore[no-any-return]
+
+    async def get_dead_letter(self, letter_id: str) -> DeadLetter:
+        return await self._call("get_dead_letter", letter_id)  # type: ignore[no-any-return]
+
+    async def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
+                       step_output: bytes | None = None) -> DeadLetter:
+        return await self._call("replayed", letter_id, ok, result, error, attempts, step_output,  # type: ignore[no-any-return]
+                                idempotent=False)
+
+    async def ping(self, deadline_s: float | None = None) -> str:
+        return await self._call("ping", deadline_s=deadline_s)  # type: ignore[no-any-return]
+
+
+def start_store(settings: Settings) -> StoreHandle:
     """Create the Store actor on this node (the head), named so that every process can find it."""
-    return (
+    actor = (
         ray.remote(StoreActor)
         .options(
             name=ACTOR_NAME,
@@ -198,3 +394,4 @@ def start_store(settings: Settings) -> Any:
         )
         .remote(settings)
     )
+    return StoreHandle(actor, ACTOR_NAME, settings.namespace)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from runtime.models import Claim, DeadLetter, Event, SubmitRequest, TaskRecord, TaskStatus
+from runtime.models import Claim, DeadLetter, Event, Lease, SubmitRequest, TaskRecord, TaskStatus
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Store(Protocol):
@@ -37,25 +37,38 @@ class Store(Protocol):
     def claim(self, task_ids: list[str], owner: str, lease_s: float, now: float) -> list[Claim]:
         """Lease each still-queued task to ``owner``; tasks no longer queued are skipped."""
 
-    def renew(self, owner: str, task_ids: list[str], lease_s: float, now: float) -> dict[str, bool]:
-        """Extend ``owner``'s leases; returns task id -> cancel requested, for the leases still held."""
+    def renew(self, owner: str, leases: dict[str, int], lease_s: float, now: float) -> dict[str, bool]:
+        """Extend ``owner``'s leases (task id -> token); returns task id -> cancel requested, for the
+        leases still held."""
 
     def expire_leases(self, now: float) -> list[TaskRecord]:
-        """Make running tasks whose lease ran out queued again; return them."""
+        """Make running tasks whose lease ran out queued again (a crash); return them."""
 
     def release_owner(self, owner: str, now: float) -> list[TaskRecord]:
-        """Make every task leased to ``owner`` (which is gone) queued again; return them."""
+        """Make every task leased to ``owner`` (which is gone) queued again (a crash); return them.
+        A task at its crash limit fails with PoisonTask's message instead."""
 
-    def record_step(self, task_id: str, owner: str, key: str, output: bytes,
-                    blobs: dict[str, bytes], now: float) -> bool:
-        """Checkpoint a step's output (and its blobs) under the caller's lease; returns cancel requested."""
+    def running_owners(self) -> list[str]:
+        """The owners that hold leases now."""
 
-    def append_event(self, task_id: str, kind: str, data: dict[str, Any], now: float) -> int:
-        """Append an event to the task's log; returns its seq."""
+    def abandon(self, lease: Lease, reason: str, now: float) -> TaskRecord:
+        """The holder cannot run the task: queue it again, counted as a crash."""
 
-    def finish(self, task_id: str, owner: str, status: TaskStatus, output: Any, error: str | None,
+    def check_lease(self, lease: Lease) -> None:
+        """LeaseLost unless ``lease`` is the task's current claim."""
+
+    def record_step(self, lease: Lease, key: str, output: bytes, blobs: dict[str, bytes],
+                    now: float) -> bool:
+        """Checkpoint a step's output (and its blobs) under ``lease``; the first record of a key
+        wins. Returns cancel requested."""
+
+    def append_event(self, task_id: str, kind: str, data: dict[str, Any], now: float,
+                     lease: Lease | None = None) -> int:
+        """Append an event to the task's log (fenced by ``lease`` if given); returns its seq."""
+
+    def finish(self, lease: Lease, status: TaskStatus, output: Any, error: str | None,
                now: float) -> TaskRecord:
-        """End a running task held by ``owner`` as succeeded, failed or cancelled."""
+        """End the task held under ``lease`` as succeeded, failed or cancelled (repeatable)."""
 
     def request_cancel(self, task_id: str, now: float) -> TaskRecord:
         """Cancel a queued task at once; mark a running one to stop at its next step boundary."""
@@ -66,7 +79,7 @@ class Store(Protocol):
     def send_signal(self, task_id: str, name: str, payload: Any, now: float) -> TaskRecord:
         """Store a signal for the task; a task waiting for it becomes queued (returned record says)."""
 
-    def await_signal(self, task_id: str, owner: str, name: str, key: str, wake_at: float | None,
+    def await_signal(self, lease: Lease, name: str, key: str, wake_at: float | None,
                      now: float) -> tuple[str, Any]:
         """Take the oldest unconsumed signal ``name`` and record it as step ``key`` ("signal", payload);
         past ``wake_at`` record a timeout ("timeout", None); else park the task, which releases its

@@ -11,8 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from runtime import refs
-from runtime.errors import DeadLetterNotFound, InvalidTransition, LeaseLost, StoreError, TaskNotFound
-from runtime.models import Claim, DeadLetter, Event, SubmitRequest, TaskRecord, TaskStatus
+from runtime.errors import (
+    DeadLetterNotFound,
+    InvalidTransition,
+    LeaseLost,
+    PoisonTask,
+    StoreError,
+    TaskNotFound,
+)
+from runtime.models import Claim, DeadLetter, Event, Lease, SubmitRequest, TaskRecord, TaskStatus
 from runtime.store.base import SCHEMA_VERSION
 
 _MIGRATIONS: dict[int, str] = {
@@ -89,11 +96,14 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX dead_letters_created ON dead_letters(created_at);
     """,
+    4: """
+    ALTER TABLE tasks ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;
+    """,
 }
 
 _TASK_COLUMNS = (
     "id, workflow, input, status, priority, tenant, idempotency_key, output, error, runs, created_at, "
-    "updated_at, started_at, finished_at, owner, lease_until, cancel_requested, waiting_for, wake_at"
+    "updated_at, started_at, finished_at, owner, lease_until, cancel_requested, waiting_for, wake_at, crashes"
 )
 
 
@@ -107,7 +117,7 @@ def _task(row: sqlite3.Row) -> TaskRecord:
         updated_at=row["updated_at"], started_at=row["started_at"], finished_at=row["finished_at"],
         owner=row["owner"], lease_until=row["lease_until"],
         cancel_requested=bool(row["cancel_requested"]), waiting_for=row["waiting_for"],
-        wake_at=row["wake_at"],
+        wake_at=row["wake_at"], crashes=row["crashes"],
     )
 
 
@@ -124,11 +134,13 @@ def _dead_letter(row: sqlite3.Row) -> DeadLetter:
 class SQLiteStore:
     """The Store on one SQLite file. Not thread-safe: one process, one thread (the Store actor)."""
 
-    def __init__(self, path: Path, blob_dir: Path, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: Path, blob_dir: Path, synchronous: str = "NORMAL",
+                 max_crashes: int = 3) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         blob_dir.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.blob_dir = blob_dir
+        self.max_crashes = max_crashes
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -192,9 +204,17 @@ class SQLiteStore:
         return _task(row)
 
     def _requeue(self, c: sqlite3.Connection, rows: list[sqlite3.Row], reason: str,
-                 now: float) -> list[TaskRecord]:
+                 now: float, crashed: bool = False) -> list[TaskRecord]:
+        """Queue running tasks again. ``crashed``: their run ended without a word (a worker died, a
+        lease ran out), which counts towards ``max_crashes``; a task at the limit fails instead."""
         out = []
         for row in rows:
+            crashes = c.execute(
+                "UPDATE tasks SET crashes = crashes + ? WHERE id = ? RETURNING crashes",
+                (int(crashed), row["id"])).fetchone()[0]
+            if crashed and crashes >= self.max_crashes:
+                self._give_up(c, row["id"], crashes, reason, now)
+                continue
             c.execute(
                 "UPDATE tasks SET status = 'queued', owner = NULL, lease_until = NULL, updated_at = ? "
                 "WHERE id = ?",
@@ -203,6 +223,13 @@ class SQLiteStore:
             self._event(c, row["id"], "requeued", {"reason": reason, "owner": row["owner"]}, now)
             out.append(self._get(c, row["id"]))
         return out
+
+    def _give_up(self, c: sqlite3.Connection, task_id: str, attempts: int, reason: str,
+                 now: float) -> None:
+        error = str(PoisonTask(task_id, attempts, reason))
+        c.execute("UPDATE tasks SET status = 'failed', error = ?, owner = NULL, lease_until = NULL, "
+                  "finished_at = ?, updated_at = ? WHERE id = ?", (error, now, now, task_id))
+        self._event(c, task_id, TaskStatus.FAILED.value, {"error": error}, now)
 
     # -- tasks ------------------------------------------------------------------------------------
 
@@ -217,6 +244,9 @@ class SQLiteStore:
 
     def _create(self, c: sqlite3.Connection, task_id: str, req: SubmitRequest,
                 now: float) -> tuple[TaskRecord, bool]:
+        row = c.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is not None:  # the same submit sent again (its first reply was lost): it is this task
+            return _task(row), True
         if req.idempotency_key is not None:
             row = c.execute(
                 f"SELECT {_TASK_COLUMNS} FROM tasks WHERE tenant = ? AND idempotency_key = ?",
@@ -283,14 +313,17 @@ class SQLiteStore:
                 claims.append(Claim(task=self._get(c, task_id), steps=steps))
         return claims
 
-    def renew(self, owner: str, task_ids: list[str], lease_s: float, now: float) -> dict[str, bool]:
+    def renew(self, owner: str, leases: dict[str, int], lease_s: float,
+              now: float) -> dict[str, bool]:
+        """Extend ``owner``'s leases (task id -> token); returns task id -> cancel requested, for the
+        leases still held."""
         held = {}
         with self._tx() as c:
-            for task_id in task_ids:
+            for task_id, token in leases.items():
                 row = c.execute(
-                    "UPDATE tasks SET lease_until = ? WHERE id = ? AND owner = ? AND status = 'running' "
-                    "RETURNING cancel_requested",
-                    (now + lease_s, task_id, owner),
+                    "UPDATE tasks SET lease_until = ? WHERE id = ? AND owner = ? AND runs = ? "
+                    "AND status = 'running' RETURNING cancel_requested",
+                    (now + lease_s, task_id, owner, token),
                 ).fetchone()
                 if row is not None:
                     held[task_id] = bool(row[0])
@@ -301,58 +334,88 @@ class SQLiteStore:
             rows = c.execute(
                 "SELECT id, owner FROM tasks WHERE status = 'running' AND lease_until < ?", (now,)
             ).fetchall()
-            return self._requeue(c, rows, "lease expired", now)
+            return self._requeue(c, rows, "lease expired", now, crashed=True)
 
     def release_owner(self, owner: str, now: float) -> list[TaskRecord]:
         with self._tx() as c:
             rows = c.execute(
                 "SELECT id, owner FROM tasks WHERE status = 'running' AND owner = ?", (owner,)
             ).fetchall()
-            return self._requeue(c, rows, "worker lost", now)
+            return self._requeue(c, rows, "worker lost", now, crashed=True)
 
-    def _check_lease(self, c: sqlite3.Connection, task_id: str, owner: str) -> sqlite3.Row:
+    def running_owners(self) -> list[str]:
+        """The owners that hold leases now."""
+        rows = self._conn.execute("SELECT DISTINCT owner FROM tasks WHERE status = 'running'")
+        return sorted(r[0] for r in rows if r[0] is not None)
+
+    def abandon(self, lease: Lease, reason: str, now: float) -> TaskRecord:
+        """The lease holder cannot run the task (its steps do not decode here): queue it again, as a
+        crash (it fails once ``max_crashes`` is reached)."""
+        with self._tx() as c:
+            row = self._check_lease(c, lease)
+            self._requeue(c, [row], reason, now, crashed=True)
+            return self._get(c, lease.task_id)
+
+    def _check_lease(self, c: sqlite3.Connection, lease: Lease) -> sqlite3.Row:
+        """The fencing check of every write a runner makes: its claim (owner and token) still holds."""
         row = c.execute(
-            "SELECT owner, status, cancel_requested FROM tasks WHERE id = ?", (task_id,)
-        ).fetchone()
+            "SELECT id, owner, status, runs, cancel_requested FROM tasks WHERE id = ?",
+            (lease.task_id,)).fetchone()
         if row is None:
-            raise TaskNotFound(task_id)
-        if row["owner"] != owner or row["status"] != "running":
-            raise LeaseLost(task_id, owner)
+            raise TaskNotFound(lease.task_id)
+        if row["owner"] != lease.owner or row["runs"] != lease.token or row["status"] != "running":
+            raise LeaseLost(lease.task_id, lease.owner)
         return row
 
-    def record_step(self, task_id: str, owner: str, key: str, output: bytes,
-                    blobs: dict[str, bytes], now: float) -> bool:
+    def check_lease(self, lease: Lease) -> None:
+        """LeaseLost unless ``lease`` still holds (checked before writing a step's blobs)."""
+        self._check_lease(self._conn, lease)
+
+    def record_step(self, lease: Lease, key: str, output: bytes, blobs: dict[str, bytes],
+                    now: float) -> bool:
+        """Checkpoint a step under ``lease``. The first record of a key wins: a completed step is
+        never overwritten, and the same record sent again changes nothing."""
+        if blobs:
+            self._check_lease(self._conn, lease)
         for blob_key, data in blobs.items():
             self._write_blob(blob_key, data)
         with self._tx() as c:
-            row = self._check_lease(c, task_id, owner)
-            c.execute(
-                "INSERT OR REPLACE INTO steps (task_id, key, output, created_at) VALUES (?, ?, ?, ?)",
-                (task_id, key, output, now),
-            )
-            self._event(c, task_id, "step", {"key": key, "bytes": len(output),
-                                             "blobs": sorted(blobs)}, now)
+            row = self._check_lease(c, lease)
+            inserted = c.execute(
+                "INSERT OR IGNORE INTO steps (task_id, key, output, created_at) VALUES (?, ?, ?, ?)",
+                (lease.task_id, key, output, now),
+            ).rowcount
+            if inserted:
+                self._event(c, lease.task_id, "step", {"key": key, "bytes": len(output),
+                                                       "blobs": sorted(blobs)}, now)
             return bool(row["cancel_requested"])
 
-    def append_event(self, task_id: str, kind: str, data: dict[str, Any], now: float) -> int:
+    def append_event(self, task_id: str, kind: str, data: dict[str, Any], now: float,
+                     lease: Lease | None = None) -> int:
+        """Append an event; a runner's events carry its ``lease`` and are fenced by it."""
         with self._tx() as c:
+            if lease is not None:
+                self._check_lease(c, lease)
             return self._event(c, task_id, kind, data, now)
 
-    def finish(self, task_id: str, owner: str, status: TaskStatus, output: Any, error: str | None,
+    def finish(self, lease: Lease, status: TaskStatus, output: Any, error: str | None,
                now: float) -> TaskRecord:
         if not status.ended:
             raise ValueError(f"finish needs an end status, not {status.value}")
         with self._tx() as c:
-            self._check_lease(c, task_id, owner)
+            task = self._get(c, lease.task_id)
+            if task.status.ended and task.runs == lease.token and task.owner is None:
+                return task  # this very finish, sent again after its reply was lost
+            self._check_lease(c, lease)
             c.execute(
                 "UPDATE tasks SET status = ?, output = ?, error = ?, owner = NULL, lease_until = NULL, "
                 "finished_at = ?, updated_at = ? WHERE id = ?",
                 (status.value, json.dumps(output) if output is not None else None, error, now, now,
-                 task_id),
+                 lease.task_id),
             )
             data = {"error": error} if error else {}
-            self._event(c, task_id, status.value, data, now)
-            return self._get(c, task_id)
+            self._event(c, lease.task_id, status.value, data, now)
+            return self._get(c, lease.task_id)
 
     def request_cancel(self, task_id: str, now: float) -> TaskRecord:
         with self._tx() as c:
@@ -405,10 +468,15 @@ class SQLiteStore:
                 self._event(c, task_id, "requeued", {"reason": f"signal {name}"}, now)
             return self._get(c, task_id)
 
-    def await_signal(self, task_id: str, owner: str, name: str, key: str, wake_at: float | None,
+    def await_signal(self, lease: Lease, name: str, key: str, wake_at: float | None,
                      now: float) -> tuple[str, Any]:
         with self._tx() as c:
-            self._check_lease(c, task_id, owner)
+            done = c.execute("SELECT output FROM steps WHERE task_id = ? AND key = ?",
+                             (lease.task_id, key)).fetchone()
+            if done is not None:  # sent again after its reply was lost: the recorded outcome
+                return refs.loads(bytes(done["output"]))  # type: ignore[no-any-return]
+            self._check_lease(c, lease)
+            task_id = lease.task_id
             row = c.execute(
                 "SELECT id, payload FROM signals WHERE task_id = ? AND name = ? AND consumed_by IS NULL "
                 "ORDER BY id LIMIT 1", (task_id, name)).fetchone()
@@ -418,7 +486,7 @@ class SQLiteStore:
                     c.execute("UPDATE signals SET consumed_by = ? WHERE id = ?", (key, row["id"]))
                 data, _ = refs.dumps(outcome)
                 c.execute(
-                    "INSERT OR REPLACE INTO steps (task_id, key, output, created_at) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO steps (task_id, key, output, created_at) VALUES (?, ?, ?, ?)",
                     (task_id, key, data, now))
                 self._event(c, task_id, "step", {"key": key, "bytes": len(data), "blobs": []}, now)
                 return outcome

@@ -31,8 +31,9 @@ from pydantic import BaseModel
 
 from runtime import refs
 from runtime.config import RetryPolicy, Settings
-from runtime.errors import StepTimeout, ToolFailed, UpstreamError
+from runtime.errors import ActorUnavailable, StepTimeout, ToolFailed, UpstreamError
 from runtime.gates import GateClient, Passage
+from runtime.handles import ActorHandle
 from runtime.models import DeadLetter
 from runtime.tools.registry import Registry, Tool, ToolContext, dump_result
 
@@ -86,7 +87,7 @@ class ToolExecutor:
 
     async def replay(self, letter_id: str) -> DeadLetter:
         """Run a dead letter's call again (with its tool's retries); record how it went."""
-        letter: DeadLetter = await self.store.get_dead_letter.remote(letter_id)
+        letter: DeadLetter = await self.store.get_dead_letter(letter_id)
         if letter.status == "replayed":
             return letter
         tool = self.registry.get(letter.tool)
@@ -96,10 +97,10 @@ class ToolExecutor:
             result = await self._with_retries(tool, model, caller, dead_letter=False,
                                               run=_alone(tool, model) if tool.batch else None)
         except ToolFailed as e:
-            return await self.store.replayed.remote(letter_id, False, None, str(e), e.attempts)  # type: ignore[no-any-return]
+            return await self.store.replayed(letter_id, False, None, str(e), e.attempts)  # type: ignore[no-any-return]
         # The result also becomes the failed task's step, so that task resumes past this call.
         step_output, _ = refs.dumps(result)
-        return await self.store.replayed.remote(letter_id, True, dump_result(result), "", 1,  # type: ignore[no-any-return]
+        return await self.store.replayed(letter_id, True, dump_result(result), "", 1,  # type: ignore[no-any-return]
                                                 step_output)
 
     async def schemas(self) -> list[dict[str, Any]]:
@@ -161,7 +162,7 @@ class ToolExecutor:
             error_type=type(error).__name__, attempts=attempts, task_id=caller.task_id or None,
             step_key=caller.step_key or None, tenant=caller.tenant, created_at=time.time())
         try:
-            await self.store.add_dead_letter.remote(letter)
+            await self.store.add_dead_letter(letter)
         except Exception:  # noqa: BLE001 - the caller still gets its error
             log.exception("tool %s: could not keep its dead letter", tool.name)
             return ""
@@ -262,7 +263,7 @@ class _Batcher:
 class ToolRouter:
     """The caller's side: validates, routes (a batching tool always to the same executor), resends."""
 
-    def __init__(self, registry: Registry, executors: list[Any]) -> None:
+    def __init__(self, registry: Registry, executors: list[ToolExecutorHandle]) -> None:
         self.registry = registry
         self.executors = executors
         self._load = [0] * len(executors)
@@ -287,8 +288,8 @@ class ToolRouter:
             i = self._pick(tool, attempt)
             self._load[i] += 1
             try:
-                return await self.executors[i].call.remote(name, args, caller)
-            except ray.exceptions.RayActorError:
+                return await self.executors[i].call(name, args, caller)
+            except ActorUnavailable:
                 if attempt >= ROUTER_RESENDS:
                     raise
                 log.warning("tool %s: executor %d died during a call; sending it again", name, i)
@@ -297,14 +298,32 @@ class ToolRouter:
         raise AssertionError("unreachable")
 
 
-def start_tool_executors(settings: Settings, registry: Registry, store: Any,
-                         gates: GateClient) -> list[Any]:
-    cfg = settings.tools
-    return [
-        ray.remote(ToolExecutor)
-        .options(name=f"tools:{i}", namespace=settings.namespace, num_cpus=cfg.executor_num_cpus,
-                 max_restarts=-1, max_concurrency=10_000)
-        .remote(settings, registry, store, gates)
-        for i in range(cfg.executors)
-    ]
+class ToolExecutorHandle(ActorHandle):
+    """One tool executor actor, typed. A call in flight when it died is sent again by the router, to
+    another executor where there is one (tools are at least once, like agent handlers)."""
 
+    async def call(self, name: str, args: dict[str, Any], caller: Caller) -> Any:
+        return await self._call("call", name, args, caller, idempotent=False)
+
+    async def replay(self, letter_id: str) -> DeadLetter:
+        return await self._call("replay", letter_id, idempotent=False)  # type: ignore[no-any-return]
+
+    async def schemas(self) -> list[dict[str, Any]]:
+        return await self._call("schemas")  # type: ignore[no-any-return]
+
+    async def stats(self, deadline_s: float | None = None) -> dict[str, Any]:
+        return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
+
+
+def start_tool_executors(settings: Settings, registry: Registry, store: Any,
+                         gates: GateClient) -> list[ToolExecutorHandle]:
+    cfg = settings.tools
+    handles = []
+    for i in range(cfg.executors):
+        name = f"tools:{i}"
+        actor = (ray.remote(ToolExecutor)
+                 .options(name=name, namespace=settings.namespace, num_cpus=cfg.executor_num_cpus,
+                          max_restarts=-1, max_concurrency=10_000)
+                 .remote(settings, registry, store, gates))
+        handles.append(ToolExecutorHandle(actor, name, settings.namespace))
+    return handles

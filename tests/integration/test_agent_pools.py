@@ -3,9 +3,8 @@ when work arrives."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-
-import ray
 
 from runtime import AgentPoolConfig, TaskStatus
 from tests.conftest import wait_for
@@ -17,16 +16,16 @@ def test_pool_scales_from_zero_to_max_and_back(make_runtime, side_dir: Path) -> 
     rt = make_runtime(agents={"elastic": pool_config})
     client = rt.client()
     pool = rt.pools["elastic"]
-    replicas = lambda: ray.get(pool.stats.remote())["replicas"]  # noqa: E731
+    replicas = lambda: asyncio.run(pool.stats())["replicas"]  # noqa: E731
     assert replicas() == 0  # idle from the start: no actor held
 
     tasks = [client.submit("elastic_call", {"dir": str(side_dir)}) for _ in range(8)]
     wait_for(lambda: replicas() == 3, timeout_s=60, what="the pool to grow to max_replicas")
     mailbox = rt.mailboxes["elastic"]
     # 3 replicas x concurrency 2 hold six messages; two wait in the mailbox.
-    wait_for(lambda: ray.get(mailbox.stats.remote())["in_flight"] == 6, timeout_s=60,
+    wait_for(lambda: asyncio.run(mailbox.stats())["in_flight"] == 6, timeout_s=60,
              what="three replicas to take two messages each")
-    assert ray.get(mailbox.stats.remote())["depth"] == 2
+    assert asyncio.run(mailbox.stats())["depth"] == 2
     assert replicas() == 3  # and never more than max_replicas
 
     (side_dir / "elastic.open").touch()
@@ -37,4 +36,4 @@ def test_pool_scales_from_zero_to_max_and_back(make_runtime, side_dir: Path) -> 
 
     woke = client.submit("elastic_call", {"dir": str(side_dir)})  # work arrives: the pool wakes
     assert client.wait(woke.id, timeout_s=60).status is TaskStatus.SUCCEEDED
-    assert ray.get(pool.stats.remote())["started"] == 4
+    assert asyncio.run(pool.stats())["started"] == 4

@@ -7,11 +7,10 @@ replay succeeds once the upstream recovers; http_fetch refuses loopback unless c
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 from typing import Any
-
-import ray
 
 from benchmarks.window_stats import max_starts_in_window
 from runtime import GateLimits, Runtime, TaskStatus, ToolSettings
@@ -33,7 +32,7 @@ def finish_all(rt: Runtime, ids: list[str], timeout_s: float = 120.0) -> list[An
 
 
 def gate_waiting(rt: Runtime, key: str) -> int:
-    stats = ray.get(rt.gatekeeper.stats.remote())
+    stats = asyncio.run(rt.gatekeeper.stats())
     return int(stats[key]["waiting"]) if key in stats else 0
 
 
@@ -55,7 +54,7 @@ def test_a_global_limit_holds_across_four_workers_and_is_used(
         per_window = [sum(1 for t in times if times[0] + i * interval <= t < times[0] + (i + 1) * interval)
                       for i in range(full)]
         assert full >= 4 and min(per_window) >= 0.9 * limit, per_window
-        calls = [ray.get(h.stats.remote())["upstream_calls"].get("http_fetch", 0)
+        calls = [asyncio.run(h.stats())["upstream_calls"].get("http_fetch", 0)
                  for h in rt.tool_executors]
         assert sum(calls) == 120 and sum(1 for c in calls if c) >= 2, calls
 
@@ -130,15 +129,15 @@ def test_retries_back_off_then_dead_letter_and_replay(make_runtime: Callable[...
         (out,) = finish_all(rt, [client.submit("fetch_once", {"url": up.url("/flaky")}).id])
         assert out["ok"] is False and "503" in out["error"] and out["dead_letter"]
         assert up.count("/flaky") - before == 4
-        letters = ray.get(rt.store.dead_letters.remote())
+        letters = asyncio.run(rt.store.dead_letters())
         assert [(d.id, d.tool, d.status, d.attempts) for d in letters] == [
             (out["dead_letter"], "http_fetch", "dead", 4)]
         assert letters[0].args["url"] == up.url("/flaky")
 
         up.down = False
-        replayed = ray.get(rt.tool_executors[0].replay.remote(out["dead_letter"]))
+        replayed = asyncio.run(rt.tool_executors[0].replay(out["dead_letter"]))
         assert replayed.status == "replayed" and replayed.result["status"] == 200
-        assert ray.get(rt.store.get_dead_letter.remote(out["dead_letter"])).status == "replayed"
+        assert asyncio.run(rt.store.get_dead_letter(out["dead_letter"])).status == "replayed"
 
 
 def test_http_fetch_refuses_loopback_unless_allowed(make_runtime: Callable[..., Runtime]) -> None:
@@ -178,10 +177,10 @@ def test_engine_calls_pass_the_models_gate_unasked(make_runtime: Callable[..., R
                       gates={"engine:sim-small": GateLimits(concurrency=2)})
     client = rt.client()
     finish_all(rt, [client.submit("llm_calls", {"k": 3}).id for _ in range(8)])
-    timeline = ray.get(rt.engines["sim-small"][0].timeline.remote())
+    timeline = asyncio.run(rt.engines["sim-small"][0].timeline())
     assert len(timeline) == 24
     assert peak_at_once(timeline) <= 2
-    stats = ray.get(rt.gatekeeper.stats.remote())["engine:sim-small"]
+    stats = asyncio.run(rt.gatekeeper.stats())["engine:sim-small"]
     assert sum(stats["granted"].values()) == 24 and stats["held"] == 0
 
 
@@ -205,7 +204,7 @@ def test_an_upstream_429_throttles_the_gate_and_the_retry_waits(
         assert out["ok"] and out["status"] == 200
         first, second = up.of("/throttle")
         assert second.at - first.at >= 0.95  # the upstream's Retry-After: 1, not the 0.5 s backoff
-        gate = ray.get(rt.gatekeeper.stats.remote())[key]
+        gate = asyncio.run(rt.gatekeeper.stats())[key]
         assert gate["factor"] < 1.0  # halved by the 429, growing back over ten intervals
 
 

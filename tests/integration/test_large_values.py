@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 from pathlib import Path
-
-import ray
 
 from runtime import TaskStatus
 from tests.conftest import wait_for
@@ -27,7 +26,7 @@ def test_large_value_moves_by_reference_and_survives_restart(make_runtime, side_
     assert (side_dir / f"{task.id}.producer_ref.Ref").exists()
     # Neither mailbox ever held the bytes: what passed through the queues was a reference.
     for role in ("producer", "consumer"):
-        stats = ray.get(rt.mailboxes[role].stats.remote())
+        stats = asyncio.run(rt.mailboxes[role].stats())
         assert stats["total_put"] >= 1
         assert stats["max_item_bytes"] < 64 * 1024, (role, stats)
     # The Store wrote the value once, as a blob, when the producer's step was recorded.

@@ -3,17 +3,24 @@ restart, and times out when told to."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import ray
 
 from runtime import TaskStatus
+from runtime.worker import WorkerHandle
 from tests.conftest import count_lines, wait_for
 
 
 def _workers_busy(rt) -> list[str]:
-    handles = ray.get(rt.workers.workers.remote())
-    return [t for h in handles.values() for t in ray.get(h.info.remote())["active"]]
+    async def active() -> list[str]:
+        ids = await rt.workers.workers()
+        infos = [await WorkerHandle(ray.get_actor(f"worker:{i}", namespace=rt.settings.namespace)).info()
+                 for i in ids]
+        return [t for info in infos for t in info["active"]]
+
+    return asyncio.run(active())
 
 
 def test_signal_resumes_a_parked_task_that_holds_no_worker(make_runtime, side_dir: Path) -> None:

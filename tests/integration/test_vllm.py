@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -89,7 +90,7 @@ def test_high_priority_request_queued_behind_low_ones_finishes_first(llm: Client
     # Every low-priority request is at the engine (in flight or waiting in its admission queue)
     # before the high one is sent; then the first lows still have most of their tokens to go.
     engine = ray.get_actor("engine:smollm2:0", namespace=NAMESPACE)
-    wait_for(lambda: ray.get(engine.load.remote()) == len(low), timeout_s=60, interval_s=0.02,
+    wait_for(lambda: asyncio.run(engine.load()) == len(low), timeout_s=60, interval_s=0.02,
              what="every low-priority request to be at the engine")
     high = llm.submit("generate", {"question": "Describe the colour blue in detail.",
                                    "max_tokens": 96}, priority=10)

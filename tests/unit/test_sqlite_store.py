@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import InvalidTransition, LeaseLost, StoreError, TaskNotFound
-from runtime.models import SubmitRequest, TaskRecord, TaskStatus
+from runtime.models import Lease, SubmitRequest, TaskRecord, TaskStatus
 from runtime.store.base import SCHEMA_VERSION
 from runtime.store.sqlite import SQLiteStore
 
@@ -39,6 +39,22 @@ def running(store: SQLiteStore, task_id: str, owner: str = "w1", now: float = T0
     submit(store, task_id, now)
     (claim,) = store.claim([task_id], owner, LEASE_S, now)
     return claim.task
+
+
+def lease(store: SQLiteStore, task_id: str, owner: str) -> Lease:
+    """The lease ``owner`` would hold on the task's current run."""
+    return Lease(task_id, owner, store.get_task(task_id).runs)
+
+
+def tokens(store: SQLiteStore, *task_ids: str) -> dict[str, int]:
+    """task id -> its current run, for renewals (0 for a task that does not exist)."""
+    out = {}
+    for task_id in task_ids:
+        try:
+            out[task_id] = store.get_task(task_id).runs
+        except TaskNotFound:
+            out[task_id] = 0
+    return out
 
 
 def kinds(store: SQLiteStore, task_id: str) -> list[str]:
@@ -116,8 +132,8 @@ def test_claim_only_queued_tasks(store: SQLiteStore) -> None:
 
 def test_claim_returns_recorded_steps_and_counts_runs(store: SQLiteStore) -> None:
     running(store, "t1")
-    store.record_step("t1", "w1", "a", b"out-a", {}, T0 + 1)
-    store.record_step("t1", "w1", "a#2", b"out-a2", {}, T0 + 2)
+    store.record_step(lease(store, "t1", "w1"), "a", b"out-a", {}, T0 + 1)
+    store.record_step(lease(store, "t1", "w1"), "a#2", b"out-a2", {}, T0 + 2)
     store.release_owner("w1", T0 + 3)
 
     (claim,) = store.claim(["t1"], "w2", LEASE_S, T0 + 4)
@@ -134,7 +150,7 @@ def test_renew_extends_held_leases_and_reports_cancel(store: SQLiteStore) -> Non
     running(store, "other", owner="w2")
     store.request_cancel("t2", T0 + 1)
 
-    held = store.renew("w1", ["t1", "t2", "other", "missing"], LEASE_S, T0 + 10)
+    held = store.renew("w1", tokens(store, "t1", "t2", "other", "missing"), LEASE_S, T0 + 10)
 
     assert held == {"t1": False, "t2": True}
     assert store.get_task("t1").lease_until == T0 + 10 + LEASE_S
@@ -155,7 +171,7 @@ def test_expire_leases(store: SQLiteStore) -> None:
     last = store.events("t1")[-1]
     assert (last.kind, last.data) == ("requeued", {"reason": "lease expired", "owner": "w1"})
     assert store.get_task("t2").status is TaskStatus.RUNNING
-    assert store.renew("w1", ["t1"], LEASE_S, T0 + 40) == {}
+    assert store.renew("w1", tokens(store, "t1"), LEASE_S, T0 + 40) == {}
 
 
 def test_release_owner(store: SQLiteStore) -> None:
@@ -178,36 +194,79 @@ def test_release_owner(store: SQLiteStore) -> None:
 def test_record_step_under_lease(store: SQLiteStore) -> None:
     running(store, "t1")
 
-    assert store.record_step("t1", "w1", "fetch", b"\x00bytes", {}, T0 + 1) is False
+    assert store.record_step(lease(store, "t1", "w1"), "fetch", b"\x00bytes", {}, T0 + 1) is False
     step = store.events("t1")[-1]
     assert (step.kind, step.data) == ("step", {"key": "fetch", "bytes": 6, "blobs": []})
 
     store.request_cancel("t1", T0 + 2)
-    assert store.record_step("t1", "w1", "next", b"x", {}, T0 + 3) is True
+    assert store.record_step(lease(store, "t1", "w1"), "next", b"x", {}, T0 + 3) is True
 
 
-def test_record_step_replaces_same_key(store: SQLiteStore) -> None:
+def test_a_recorded_step_is_never_overwritten(store: SQLiteStore) -> None:
     running(store, "t1")
-    store.record_step("t1", "w1", "a", b"old", {}, T0 + 1)
-    store.record_step("t1", "w1", "a", b"new", {}, T0 + 2)
+    store.record_step(lease(store, "t1", "w1"), "a", b"first", {}, T0 + 1)
+    store.record_step(lease(store, "t1", "w1"), "a", b"again", {}, T0 + 2)  # a repeated call
+    assert kinds(store, "t1").count("step") == 1
     store.release_owner("w1", T0 + 3)
 
     (claim,) = store.claim(["t1"], "w1", LEASE_S, T0 + 4)
-    assert claim.steps == {"a": b"new"}
+    assert claim.steps == {"a": b"first"}
+
+
+def test_a_stale_run_cannot_write_after_the_task_is_claimed_again(store: SQLiteStore) -> None:
+    running(store, "t1")
+    stale = lease(store, "t1", "w1")
+    store.expire_leases(T0 + LEASE_S + 1)
+    (claim,) = store.claim(["t1"], "w1", LEASE_S, T0 + LEASE_S + 2)  # the same worker, a new run
+    assert claim.lease.token == stale.token + 1
+
+    with pytest.raises(LeaseLost):
+        store.record_step(stale, "a", b"stale", {"t1/blob": b"stale"}, T0 + LEASE_S + 3)
+    with pytest.raises(LeaseLost):
+        store.append_event("t1", "tokens", {"text": "stale"}, T0 + LEASE_S + 3, stale)
+    with pytest.raises(LeaseLost):
+        store.finish(stale, TaskStatus.SUCCEEDED, None, None, T0 + LEASE_S + 3)
+    assert store.renew("w1", {"t1": stale.token}, LEASE_S, T0 + LEASE_S + 3) == {}
+    assert not (store.blob_dir / "t1" / "blob").exists()
+    store.record_step(claim.lease, "a", b"fresh", {}, T0 + LEASE_S + 4)
+    store.finish(claim.lease, TaskStatus.SUCCEEDED, 1, None, T0 + LEASE_S + 5)
+    # the same finish again (its reply lost) is answered, not refused
+    assert store.finish(claim.lease, TaskStatus.SUCCEEDED, 1, None, T0 + LEASE_S + 6).output == 1
+
+
+def test_a_task_that_keeps_killing_its_worker_fails_as_poison(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "db", tmp_path / "blobs", max_crashes=2)
+    running(store, "t1")
+    assert [t.id for t in store.release_owner("w1", T0 + 1)] == ["t1"]  # crash 1: queued again
+    store.claim(["t1"], "w2", LEASE_S, T0 + 2)
+    assert store.release_owner("w2", T0 + 3) == []  # crash 2: given up
+    task = store.get_task("t1")
+    assert task.status is TaskStatus.FAILED and task.crashes == 2
+    assert "given up after 2 failed attempt(s)" in (task.error or "")
+    assert "worker lost" in (task.error or "")
+
+
+def test_an_undecodable_task_is_abandoned_until_it_fails(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "db", tmp_path / "blobs", max_crashes=2)
+    running(store, "t1")
+    assert store.abandon(lease(store, "t1", "w1"), "cannot read", T0 + 1).status is TaskStatus.QUEUED
+    store.claim(["t1"], "w1", LEASE_S, T0 + 2)
+    task = store.abandon(lease(store, "t1", "w1"), "cannot read", T0 + 3)
+    assert task.status is TaskStatus.FAILED and "cannot read" in (task.error or "")
 
 
 def test_record_step_with_a_wrong_owner_is_refused(store: SQLiteStore) -> None:
     running(store, "t1")
 
     with pytest.raises(LeaseLost) as info:
-        store.record_step("t1", "intruder", "a", b"x", {}, T0 + 1)
+        store.record_step(lease(store, "t1", "intruder"), "a", b"x", {}, T0 + 1)
     assert (info.value.task_id, info.value.owner) == ("t1", "intruder")
 
     store.expire_leases(T0 + LEASE_S + 1)
     with pytest.raises(LeaseLost):
-        store.record_step("t1", "w1", "a", b"x", {}, T0 + LEASE_S + 2)
+        store.record_step(lease(store, "t1", "w1"), "a", b"x", {}, T0 + LEASE_S + 2)
     with pytest.raises(TaskNotFound):
-        store.record_step("missing", "w1", "a", b"x", {}, T0)
+        store.record_step(lease(store, "missing", "w1"), "a", b"x", {}, T0)
 
     store.release_owner("w1", T0 + 100)
     (claim,) = store.claim(["t1"], "w2", LEASE_S, T0 + 100)
@@ -218,7 +277,7 @@ def test_blobs_written_and_read_back(store: SQLiteStore) -> None:
     running(store, "t1")
     big = bytes(range(256)) * 1000
 
-    store.record_step("t1", "w1", "big", b"pickled", {"t1/big": big, "t1/small": b"s"}, T0 + 1)
+    store.record_step(lease(store, "t1", "w1"), "big", b"pickled", {"t1/big": big, "t1/small": b"s"}, T0 + 1)
 
     assert store.read_blob("t1/big") == big
     assert store.read_blob("t1/small") == b"s"
@@ -235,7 +294,7 @@ def test_path_traversal_blob_key_is_refused(store: SQLiteStore, key: str) -> Non
     outside_before = set(store.blob_dir.parent.parent.rglob("*"))
 
     with pytest.raises(StoreError):
-        store.record_step("t1", "w1", "a", b"x", {key: b"evil"}, T0 + 1)
+        store.record_step(lease(store, "t1", "w1"), "a", b"x", {key: b"evil"}, T0 + 1)
     with pytest.raises(StoreError):
         store.read_blob(key)
 
@@ -251,7 +310,7 @@ def test_blob_key_naming_the_blob_dir_is_refused(store: SQLiteStore, key: str) -
 
     try:
         with pytest.raises(StoreError):
-            store.record_step("t1", "w1", "a", b"x", {key: b"evil"}, T0 + 1)
+            store.record_step(lease(store, "t1", "w1"), "a", b"x", {key: b"evil"}, T0 + 1)
     finally:
         assert set(data_dir.iterdir()) == before
 
@@ -262,7 +321,7 @@ def test_blob_key_naming_the_blob_dir_is_refused(store: SQLiteStore, key: str) -
 def test_finish(store: SQLiteStore) -> None:
     running(store, "t1")
 
-    task = store.finish("t1", "w1", TaskStatus.SUCCEEDED, {"answer": [1, 2]}, None, T0 + 9)
+    task = store.finish(lease(store, "t1", "w1"), TaskStatus.SUCCEEDED, {"answer": [1, 2]}, None, T0 + 9)
 
     assert task.status is TaskStatus.SUCCEEDED
     assert task.output == {"answer": [1, 2]}
@@ -270,18 +329,18 @@ def test_finish(store: SQLiteStore) -> None:
     assert task.owner is None and task.lease_until is None
     assert store.events("t1")[-1].kind == "succeeded"
     with pytest.raises(LeaseLost):
-        store.finish("t1", "w1", TaskStatus.SUCCEEDED, None, None, T0 + 10)
+        store.finish(Lease("t1", "w1", 2), TaskStatus.SUCCEEDED, None, None, T0 + 10)
 
 
 def test_finish_failed_records_error_and_needs_the_lease(store: SQLiteStore) -> None:
     running(store, "t1")
 
     with pytest.raises(LeaseLost):
-        store.finish("t1", "w2", TaskStatus.FAILED, None, "boom", T0 + 1)
+        store.finish(lease(store, "t1", "w2"), TaskStatus.FAILED, None, "boom", T0 + 1)
     with pytest.raises(ValueError):
-        store.finish("t1", "w1", TaskStatus.RUNNING, None, None, T0 + 1)
+        store.finish(lease(store, "t1", "w1"), TaskStatus.RUNNING, None, None, T0 + 1)
 
-    task = store.finish("t1", "w1", TaskStatus.FAILED, None, "boom", T0 + 2)
+    task = store.finish(lease(store, "t1", "w1"), TaskStatus.FAILED, None, "boom", T0 + 2)
     assert (task.status, task.error, task.output) == (TaskStatus.FAILED, "boom", None)
     last = store.events("t1")[-1]
     assert (last.kind, last.data) == ("failed", {"error": "boom"})
@@ -311,7 +370,7 @@ def test_cancel_running_task_marks_it(store: SQLiteStore) -> None:
 @pytest.mark.parametrize("end", [TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED])
 def test_cancel_ended_task_is_invalid(store: SQLiteStore, end: TaskStatus) -> None:
     running(store, "t1")
-    store.finish("t1", "w1", end, None, None, T0 + 1)
+    store.finish(lease(store, "t1", "w1"), end, None, None, T0 + 1)
 
     with pytest.raises(InvalidTransition) as info:
         store.request_cancel("t1", T0 + 2)
@@ -320,9 +379,9 @@ def test_cancel_ended_task_is_invalid(store: SQLiteStore, end: TaskStatus) -> No
 
 def test_retry_failed_task_keeps_steps(store: SQLiteStore) -> None:
     running(store, "t1")
-    store.record_step("t1", "w1", "a", b"A", {}, T0 + 1)
+    store.record_step(lease(store, "t1", "w1"), "a", b"A", {}, T0 + 1)
     store.request_cancel("t1", T0 + 2)
-    store.finish("t1", "w1", TaskStatus.FAILED, None, "boom", T0 + 3)
+    store.finish(lease(store, "t1", "w1"), TaskStatus.FAILED, None, "boom", T0 + 3)
 
     task = store.retry("t1", T0 + 4)
 
@@ -349,7 +408,7 @@ def test_retry_is_invalid_unless_failed_or_cancelled(store: SQLiteStore, state: 
     else:
         running(store, "t1")
         if state == "succeeded":
-            store.finish("t1", "w1", TaskStatus.SUCCEEDED, 1, None, T0 + 1)
+            store.finish(lease(store, "t1", "w1"), TaskStatus.SUCCEEDED, 1, None, T0 + 1)
 
     with pytest.raises(InvalidTransition) as info:
         store.retry("t1", T0 + 2)
@@ -416,7 +475,7 @@ def test_recover_requeues_running_tasks(store: SQLiteStore) -> None:
     submit(store, "q1", now=T0)
     running(store, "r1", now=T0 + 1)
     running(store, "done", now=T0 + 2)
-    store.finish("done", "w1", TaskStatus.SUCCEEDED, None, None, T0 + 3)
+    store.finish(lease(store, "done", "w1"), TaskStatus.SUCCEEDED, None, None, T0 + 3)
 
     queued = store.recover(T0 + 10)
 
@@ -440,7 +499,7 @@ def test_schema_version_is_stored(store: SQLiteStore) -> None:
 def test_reopening_keeps_everything(tmp_path: Path) -> None:
     first = open_store(tmp_path)
     running(first, "t1")
-    first.record_step("t1", "w1", "a", b"A", {"t1/a": b"blob"}, T0 + 1)
+    first.record_step(lease(first, "t1", "w1"), "a", b"A", {"t1/a": b"blob"}, T0 + 1)
     submit(first, "t2", idempotency_key="k")
     first.close()
 

@@ -32,14 +32,19 @@ class _Call:
 
 
 class MemoryStore:
+    """The part of the Store's protocol an executor calls (dead letters), in memory."""
+
     def __init__(self) -> None:
         self.letters: dict[str, DeadLetter] = {}
-        self.add_dead_letter = _Call(lambda d: self.letters.__setitem__(d.id, d))
-        self.get_dead_letter = _Call(lambda i: self.letters[i])
-        self.replayed = _Call(self._replayed)
 
-    def _replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
-                  step_output: bytes | None = None) -> DeadLetter:
+    async def add_dead_letter(self, letter: DeadLetter) -> None:
+        self.letters[letter.id] = letter
+
+    async def get_dead_letter(self, letter_id: str) -> DeadLetter:
+        return self.letters[letter_id]
+
+    async def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
+                       step_output: bytes | None = None) -> DeadLetter:
         update = {"status": "replayed", "result": result} if ok else {"error": error}
         self.letters[letter_id] = self.letters[letter_id].model_copy(update=update)
         return self.letters[letter_id]

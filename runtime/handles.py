@@ -1,0 +1,110 @@
+"""The base of every typed actor handle: the one place where a call crosses to a Ray actor.
+
+Each actor of the runtime has a handle class in the module that owns the actor (``StoreHandle`` in
+``store/actor.py``, ``DispatcherHandle`` in ``dispatch.py``, ...). A handle names its actor, sets its
+Ray options when it creates it, and offers typed async methods; the code around it takes the handle's
+Protocol, so unit tests pass an in-process object instead (usually the actor class itself).
+
+What every handle gets from ``ActorHandle``:
+
+- **Restarts are not errors.** A call that is safe to repeat (``idempotent=True``, the default) is
+  sent again when its actor dies or is restarting, with backoff, until ``deadline_s``; only then does
+  the caller see ``ActorUnavailable`` (a retryable error; the HTTP API answers 503). A call that is not
+  safe to repeat gets ``ActorUnavailable`` at once.
+- **Found again by name.** A named actor that was replaced (killed and created anew under its name)
+  is looked up again, so a long-lived handle follows it.
+- **Our errors, not Ray's wrapper.** An error of ours raised in the actor reaches the caller as itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+
+import ray
+
+from runtime.errors import ActorUnavailable, RaysquadError
+
+log = logging.getLogger(__name__)
+
+#: How long a repeatable call keeps trying while its actor restarts (a restart takes 1 to 5 s here).
+DEFAULT_DEADLINE_S = 60.0
+_FIRST_BACKOFF_S = 0.05
+_MAX_BACKOFF_S = 1.0
+
+
+class ActorHandle:
+    """A Ray actor handle with retries across restarts; subclasses add the typed methods."""
+
+    def __init__(self, actor: Any, name: str | None = None, namespace: str | None = None,
+                 deadline_s: float = DEFAULT_DEADLINE_S) -> None:
+        self._actor = actor
+        self.name = name
+        self.namespace = namespace
+        self.deadline_s = deadline_s
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name or self._actor!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self._actor, self.name, self.namespace, self.deadline_s))
+
+    @property
+    def actor(self) -> Any:
+        """The Ray actor handle (for ``ray.kill`` and the like; calls go through the methods)."""
+        return self._actor
+
+    async def _call(self, method: str, *args: Any, idempotent: bool = True,
+                    deadline_s: float | None = None) -> Any:
+        limit = self.deadline_s if deadline_s is None else deadline_s
+        started = time.monotonic()
+        backoff = _FIRST_BACKOFF_S
+        while True:
+            try:
+                return await getattr(self._actor, method).remote(*args)
+            except ray.exceptions.RayTaskError as e:
+                raise ours(e) from None
+            except ray.exceptions.RayActorError as e:
+                waited = time.monotonic() - started
+                if not idempotent or waited + backoff > limit:
+                    raise ActorUnavailable(self.name or method, waited) from e
+                log.debug("%s.%s: actor unavailable (%s); trying again", self.name, method,
+                          type(e).__name__)
+                await asyncio.sleep(backoff * (1 + random.random()) / 2 + backoff / 2)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                self._find_again(e)
+
+    def _send(self, method: str, *args: Any) -> None:
+        """Fire and forget: for notifications whose loss costs nothing (a later call makes up)."""
+        getattr(self._actor, method).remote(*args)
+
+    def _find_again(self, error: BaseException) -> None:
+        """After a permanent death, take the actor now registered under our name, if any."""
+        if self.name is None or not isinstance(error, ray.exceptions.ActorDiedError):
+            return
+        try:
+            self._actor = ray.get_actor(self.name, namespace=self.namespace)
+        except ValueError:
+            pass
+
+
+def ours(e: ray.exceptions.RayTaskError) -> BaseException:
+    """Our own error, if a remote call raised one; else Ray's wrapper as it came."""
+    return e.cause if isinstance(e.cause, RaysquadError) else e
+
+
+def named(name: str, namespace: str) -> Any:
+    """The actor registered under ``name``; ValueError if none is."""
+    return ray.get_actor(name, namespace=namespace)
+
+
+def restarted() -> bool:
+    """True inside an actor that Ray has restarted after it died (its constructor runs again)."""
+    try:
+        context = ray.get_runtime_context()
+        return bool(context.get_actor_id()) and context.was_current_actor_reconstructed
+    except Exception:  # noqa: BLE001 - not in a Ray worker (a unit test)
+        return False
