@@ -1,0 +1,348 @@
+"""The dispatcher's, the workers' and the pools' logic over in-process stand-ins for their handles.
+
+No Ray: the Store is a ``StoreActor`` on a temporary SQLite file called in this process (it has the
+handle's methods), the dispatcher a ``Dispatcher`` object, pool members coroutines a test ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from runtime.agent import AgentPool
+from runtime.config import AgentPoolConfig, Settings
+from runtime.dispatch import Dispatcher
+from runtime.engines.actor import Router
+from runtime.errors import ActorUnavailable, LeaseLost
+from runtime.handles import ActorHandle
+from runtime.models import Claim, SubmitRequest, TaskRecord, TaskStatus
+from runtime.queue import QueueActor
+from runtime.store.actor import StoreActor
+from runtime.tools.executor import ToolRouter
+from runtime.tools.registry import Registry
+from runtime.worker import WorkerPool, WorkflowWorker
+
+APPS = ["tests.apps.basic"]
+
+
+def settings(tmp_path: Path, **more: Any) -> Settings:
+    return Settings(data_dir=tmp_path / "state", lease_s=5.0, sweep_interval_s=0.05, **more)
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def until(condition: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+    """Poll ``condition`` on the event loop until it is truthy; fail after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not (value := condition()):
+        if loop.time() > deadline:
+            raise AssertionError("timed out waiting for a condition")
+        await asyncio.sleep(0.01)
+    return value
+
+
+async def submit(store: StoreActor, workflow: str, input: dict[str, Any],
+                 priority: int = 0) -> TaskRecord:
+    (result,) = await store.submit_tasks(
+        [(uuid.uuid4().hex, SubmitRequest(workflow=workflow, input=input, priority=priority))])
+    assert not isinstance(result, BaseException)
+    return result[0]
+
+
+# -- the dispatcher ---------------------------------------------------------------------------------
+
+
+def test_dispatcher_claims_by_priority_and_fences_each_claim(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = StoreActor(settings(tmp_path))
+        dispatcher = Dispatcher(settings(tmp_path), store, APPS)
+        low = await submit(store, "echo", {"text": "low"}, priority=0)
+        high = await submit(store, "echo", {"text": "high"}, priority=5)
+        await dispatcher.start()
+        claims = await dispatcher.get_tasks("w1", 1, 1.0)
+        assert [c.task.id for c in claims] == [high.id]
+        assert claims[0].lease.owner == "w1" and claims[0].lease.token == 1
+        (second,) = await dispatcher.get_tasks("w1", 1, 1.0)
+        assert second.task.id == low.id
+
+    run(body())
+
+
+def test_a_lost_worker_gets_nothing_more_and_its_tasks_go_back(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = StoreActor(settings(tmp_path))
+        dispatcher = Dispatcher(settings(tmp_path), store, APPS)
+        task = await submit(store, "echo", {"text": "x"})
+        await dispatcher.start()
+        (claim,) = await dispatcher.get_tasks("w1", 1, 1.0)
+        assert await dispatcher.worker_lost("w1") == 1
+        assert await dispatcher.get_tasks("w1", 1, 0.1) == []  # a ghost's pending call takes nothing
+        (again,) = await dispatcher.get_tasks("w2", 1, 1.0)
+        assert again.task.id == task.id and again.lease.token == claim.lease.token + 1
+        assert (await store.get_task(task.id)).crashes == 1
+
+    run(body())
+
+
+def test_a_restarted_dispatcher_rebuilds_its_index_and_leaves_running_tasks_alone(
+        tmp_path: Path) -> None:
+    async def body() -> None:
+        store = StoreActor(settings(tmp_path))
+        first = Dispatcher(settings(tmp_path), store, APPS)
+        running = await submit(store, "echo", {"text": "a"})
+        await first.start()
+        (claim,) = await first.get_tasks("w1", 1, 1.0)
+        queued = await submit(store, "echo", {"text": "b"})
+
+        # The first dispatcher dies with its memory; a new one starts as Ray restarts it.
+        second = Dispatcher(settings(tmp_path), store, APPS)
+        assert await second.start(recover=False) == 1
+        (next_claim,) = await second.get_tasks("w2", 1, 1.0)
+        assert next_claim.task.id == queued.id
+        assert (await store.get_task(running.id)).owner == "w1"  # not taken from its live worker
+        assert await store.renew("w1", {running.id: claim.lease.token}, 5.0) == {running.id: False}
+
+    run(body())
+
+
+def test_a_restarted_worker_pool_frees_the_tasks_of_workers_gone_with_it(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = StoreActor(settings(tmp_path))
+        dispatcher = Dispatcher(settings(tmp_path), store, APPS)
+        a = await submit(store, "echo", {"text": "a"})
+        b = await submit(store, "echo", {"text": "b"})
+        await dispatcher.start()
+        await dispatcher.get_tasks("old-1", 1, 1.0)
+        await dispatcher.get_tasks("live-1", 1, 1.0)
+        assert await dispatcher.workers_replaced(["live-1"]) == 1
+        statuses = {t.id: (t.status, t.owner) for t in [await store.get_task(a.id),
+                                                           await store.get_task(b.id)]}
+        assert sorted(statuses.values(), key=str) == sorted(
+            [(TaskStatus.QUEUED, None), (TaskStatus.RUNNING, "live-1")], key=str)
+
+    run(body())
+
+
+# -- the worker -------------------------------------------------------------------------------------
+
+
+class OneShotDispatcher:
+    """Hands out the claims it is given, once each; then nothing."""
+
+    def __init__(self, claims: list[Claim]) -> None:
+        self.claims = list(claims)
+
+    async def get_tasks(self, owner: str, max_tasks: int, timeout_s: float) -> list[Claim]:
+        if not self.claims:
+            await asyncio.sleep(0.01)
+            return []
+        out, self.claims = self.claims[:max_tasks], self.claims[max_tasks:]
+        return out
+
+
+def worker(tmp_path: Path, store: StoreActor, dispatcher: Any) -> WorkflowWorker:
+    return WorkflowWorker("w1", settings(tmp_path), APPS, store, dispatcher, {}, Router({}),
+                          ToolRouter(Registry(), []))
+
+
+def test_a_worker_runs_a_claim_to_its_end_under_its_lease(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = StoreActor(settings(tmp_path))
+        side = tmp_path / "side"
+        side.mkdir()
+        task = await submit(store, "five_steps", {"dir": str(side), "steps": 3})
+        claims = await store.claim([task.id], "w1", 5.0)
+        w = worker(tmp_path, store, OneShotDispatcher(claims))
+        loop = asyncio.create_task(w.run())
+        done = await until(lambda: w.completed)
+        await w.stop()
+        await loop
+        record = await store.get_task(task.id)
+        assert done == 1 and record.status is TaskStatus.SUCCEEDED and record.output == {"done": 3}
+
+    run(body())
+
+
+def test_a_stale_run_stops_and_a_worker_never_runs_two_runs_of_one_task(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = StoreActor(settings(tmp_path))
+        side = tmp_path / "side"
+        side.mkdir()
+        task = await submit(store, "five_steps", {"dir": str(side), "steps": 2, "gate_at": 1})
+        (first,) = await store.claim([task.id], "w1", 5.0)
+        w = worker(tmp_path, store, OneShotDispatcher([]))
+        await w._start(first)
+        await until(lambda: (side / f"{task.id}.at_gate").exists())
+
+        # The lease runs out (the worker stalled) and the same worker claims the task again.
+        await store.release_owner("w1")
+        (second,) = await store.claim([task.id], "w1", 5.0)
+        assert second.lease.token == first.lease.token + 1
+        await w._start(second)
+        assert len(w._tasks) == 1 and w._tasks[task.id][2] == second.lease
+
+        (side / f"{task.id}.open").write_text("")
+        await until(lambda: w.completed)
+        final = await store.get_task(task.id)
+        assert final.status is TaskStatus.SUCCEEDED
+        with pytest.raises(LeaseLost):
+            await store.record_step(first.lease, "s1", b"stale")
+
+    run(body())
+
+
+def test_a_claim_whose_steps_do_not_decode_is_abandoned_not_fatal(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = StoreActor(settings(tmp_path, max_task_crashes=2))
+        task = await submit(store, "echo", {"text": "x"})
+        (claim,) = await store.claim([task.id], "w1", 5.0)
+        broken = claim.model_copy(update={"steps": {"echo": pickle.dumps(1)[:-3]}})
+        w = worker(tmp_path, store, OneShotDispatcher([]))
+        await w._start(broken)
+        assert w._tasks == {}
+        assert (await store.get_task(task.id)).status is TaskStatus.QUEUED
+        (claim2,) = await store.claim([task.id], "w2", 5.0)
+        await w._start(claim2.model_copy(update={"steps": broken.steps}))
+        failed = await store.get_task(task.id)
+        assert failed.status is TaskStatus.FAILED and "cannot be read" in (failed.error or "")
+
+    run(body())
+
+
+# -- the pools --------------------------------------------------------------------------------------
+
+
+class FakeMember:
+    """A pool member whose loop ends when the test says (it "dies")."""
+
+    def __init__(self, member_id: str) -> None:
+        self.id = member_id
+        self.ended = asyncio.Event()
+        self.stopped = False
+
+    async def run(self, *_: Any) -> int:
+        await self.ended.wait()
+        return 0
+
+    async def stop(self) -> None:
+        self.stopped = True
+        self.ended.set()
+
+    async def idle_s(self) -> float:
+        return 3600.0
+
+
+class RecordingDispatcher:
+    def __init__(self) -> None:
+        self.lost: list[str] = []
+        self.replaced: list[list[str]] = []
+
+    async def worker_lost(self, owner: str) -> int:
+        self.lost.append(owner)
+        return 0
+
+    async def workers_replaced(self, live: list[str]) -> int:
+        self.replaced.append(live)
+        return 0
+
+
+def test_the_worker_pool_replaces_a_dead_worker_and_releases_its_leases(tmp_path: Path) -> None:
+    async def body() -> None:
+        members: dict[str, FakeMember] = {}
+
+        def spawn(worker_id: str) -> FakeMember:
+            members[worker_id] = FakeMember(worker_id)
+            return members[worker_id]
+
+        dispatcher = RecordingDispatcher()
+        pool = WorkerPool(settings(tmp_path, workers=2), APPS, None, dispatcher, {},  # type: ignore[arg-type]
+                          Router({}), ToolRouter(Registry(), []), spawner=spawn)
+        live = await pool.start()
+        assert dispatcher.replaced == [live] and len(live) == 2
+        victim = live[0]
+        members[victim].ended.set()  # the worker dies
+        await until(lambda: dispatcher.lost == [victim] and len(pool.members) == 2)
+        assert victim not in await pool.workers() and len(members) == 3
+
+    run(body())
+
+
+def test_an_agent_pool_grows_with_backlog_and_frees_what_dead_replicas_held(tmp_path: Path) -> None:
+    async def body() -> None:
+        mailbox = QueueActor("agent:x", 100, 0.0)
+        await mailbox.put_batch([(f"m{i}", 0, i) for i in range(6)])
+        # A replica of an earlier life of the pool took two messages and died with it.
+        assert len(await mailbox.get_batch("x-old", 2, 0.1)) == 2
+        members: dict[str, FakeMember] = {}
+
+        def spawn(replica_id: str) -> FakeMember:
+            members[replica_id] = FakeMember(replica_id)
+            return members[replica_id]
+
+        config = AgentPoolConfig(min_replicas=0, max_replicas=3, target_backlog=2, idle_s=0.0)
+        pool = AgentPool("x", object, config, settings(tmp_path), mailbox, None, Router({}),  # type: ignore[arg-type]
+                         spawner=spawn)
+        await pool.start()
+        assert (await mailbox.stats())["in_flight"] == 0  # given back at the pool's start
+        await pool.tick()
+        assert len(pool.members) == 3  # 6 waiting / 2 per replica, capped at 3
+        taken = await mailbox.get_batch(next(iter(members)), 6, 0.1)
+        await mailbox.ack([item_id for item_id, _ in taken])
+        await pool.tick()  # nothing waiting and every replica idle: back to the minimum
+        assert all(m.stopped for m in members.values())
+        if pool._loop is not None:
+            pool._loop.cancel()
+
+    run(body())
+
+
+# -- the handles ------------------------------------------------------------------------------------
+
+
+class FlakyMethod:
+    """An actor method whose first ``failures`` calls meet a restarting actor."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def remote(self, *args: Any) -> Awaitable[Any]:
+        self.calls += 1
+
+        async def answer() -> Any:
+            if self.calls <= self.failures:
+                raise ray.exceptions.ActorUnavailableError("restarting", None)
+            return args
+
+        return answer()
+
+
+class FlakyActor:
+    def __init__(self, failures: int) -> None:
+        self.ping = FlakyMethod(failures)
+
+
+def test_a_handle_rides_out_a_restart_for_repeatable_calls_only() -> None:
+    actor = FlakyActor(failures=3)
+    handle = ActorHandle(actor, "flaky", deadline_s=5.0)
+    assert run(handle._call("ping", 1)) == (1,)
+    assert actor.ping.calls == 4
+
+    once = ActorHandle(FlakyActor(failures=1), "flaky")
+    with pytest.raises(ActorUnavailable):
+        run(once._call("ping", idempotent=False))
+
+    never = ActorHandle(FlakyActor(failures=10**6), "flaky", deadline_s=0.3)
+    with pytest.raises(ActorUnavailable) as raised:
+        run(never._call("ping"))
+    assert raised.value.actor == "flaky"
