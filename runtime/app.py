@@ -62,7 +62,7 @@ class Runtime:
         asyncio.run(store.ping())
         gatekeeper = start_gatekeeper(settings)
         gates = GateClient(gatekeeper)
-        engines = start_engines(settings, models or [settings.default_model], gates)
+        engines = start_engines(settings, models or [settings.default_model])
         asyncio.run(_all(h.ready() for hs in engines.values() for h in hs))
         router = Router(dict(engines))
         registry = catalog.registry()

@@ -391,6 +391,10 @@ class GateKeeperHandle(ActorHandle):
     """The gate keeper actor, typed. Its state is soft: after a restart it starts from configuration,
     so every call may be repeated (an old grant is simply unknown to the new keeper)."""
 
+    @classmethod
+    def find(cls, namespace: str) -> GateKeeperHandle:
+        return cls(ray.get_actor(ACTOR_NAME, namespace=namespace), ACTOR_NAME, namespace)
+
     async def keys(self) -> list[str]:
         return await self._call("keys", deadline_s=5.0)  # type: ignore[no-any-return]
 

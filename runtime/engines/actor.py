@@ -14,7 +14,7 @@ from runtime.config import Settings
 from runtime.engines.base import Engine
 from runtime.engines.simulated import SimulatedEngine
 from runtime.errors import ModelNotFound, RaysquadError
-from runtime.gates import GateClient, Passage
+from runtime.gates import GateClient, GateKeeperHandle, Passage
 from runtime.handles import ActorHandle
 from runtime.models import ChatRequest, Completion, Lease
 
@@ -73,9 +73,11 @@ def _first_text_reaches(passage: Passage, on_text: Callable[[str], Awaitable[Non
 
 
 class EngineActor:
-    def __init__(self, settings: Settings, model: str, gates: GateClient | None = None) -> None:
+    def __init__(self, settings: Settings, model: str, gated: bool = False) -> None:
         self.engine = build_engine(settings, model)
-        self.gates = gates or GateClient(None)
+        # The gate keeper is found by name, not passed in: constructor arguments stay small values,
+        # which Ray keeps with the actor's spec so that a restart can always use them again.
+        self.gates = GateClient(GateKeeperHandle.find(settings.namespace) if gated else None)
         self.gate_key = gate_key(settings, model)
         if hasattr(self.engine, "on_throttled"):  # an upstream engine: its 429s throttle the gate
             self.engine.on_throttled = self._throttled
@@ -214,7 +216,7 @@ class Router:
 
 
 def start_engines(settings: Settings, models: list[str],
-                  gates: GateClient | None = None) -> dict[str, list[EngineHandle]]:
+                  gated: bool = True) -> dict[str, list[EngineHandle]]:
     replicas = settings.vllm.replicas if settings.engine == "vllm" else 1
     engines: dict[str, list[EngineHandle]] = {}
     for model in models:
@@ -223,6 +225,6 @@ def start_engines(settings: Settings, models: list[str],
             actor = (ray.remote(EngineActor)
                      .options(name=name, namespace=settings.namespace, max_concurrency=1000,
                               max_restarts=-1, **engine_actor_options(settings))
-                     .remote(settings, model, gates))
+                     .remote(settings, model, gated))
             engines.setdefault(model, []).append(EngineHandle(actor, name, settings.namespace))
     return engines
