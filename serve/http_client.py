@@ -17,8 +17,8 @@ import httpx
 from runtime.errors import RemoteError, TaskFailed, WaitTimeout
 from runtime.models import END_EVENT_KINDS, Event, TaskRecord, TaskStatus
 
-
 TaskList = list[TaskRecord]
+SchemaList = list[dict[str, Any]]
 
 
 class HttpClient:
@@ -84,7 +84,7 @@ class HttpClient:
         return _record(self._call("POST", f"/v1/tasks/{_path(task_id)}/signals/{_path(name)}",
                                   json=payload))
 
-    def workflows(self) -> list[dict[str, Any]]:
+    def workflows(self) -> SchemaList:
         return self._call("GET", "/v1/workflows")  # type: ignore[no-any-return]
 
     def events(self, task_id: str, after: int = 0, follow: bool = True) -> Iterator[Event]:
