@@ -63,8 +63,8 @@ class ChaosAgent(Agent):
 
     role = ROLE
     min_replicas = 1
-    max_replicas = 2
-    concurrency = 16
+    max_replicas = 1  # one replica: a killed one is always replaced (a test waits for that)
+    concurrency = 32
 
     async def handle(self, msg: AgentMessage, ctx: AgentContext) -> str:
         append_line(msg.payload["dir"], AGENT_LOG, msg.task_id, msg.step_key)

@@ -140,7 +140,12 @@ def test_every_actor_kind_killed_mid_run_loses_nothing(chaos: Chaos) -> None:
 def _kill_one(chaos: Chaos, http: httpx.Client, pool: ThreadPoolExecutor, kind: Kind) -> str:
     """Kill one actor of ``kind`` with work in flight, submit during the outage, see it recover."""
     looked_at = time.monotonic()
-    busy = wait_until(lambda: _top_up(chaos) or _busy_tasks(chaos, kind), BUSY_WAIT_S)
+
+    def busy_now() -> set[str]:
+        _top_up(chaos)  # tasks that finish meanwhile are replaced: someone reaches the victim's step
+        return _busy_tasks(chaos, kind)
+
+    busy = wait_until(busy_now, BUSY_WAIT_S)
     looked_s = time.monotonic() - looked_at
     prefer = None
     if kind is Kind.WORKER and busy:
