@@ -142,10 +142,11 @@ class Dispatcher:
             self._enqueue([record])
         return record
 
-    async def worker_lost(self, owner: str) -> int:
-        """Queue again every task leased to ``owner``, which is gone, and claim nothing more for it."""
+    async def worker_lost(self, owner: str, crashed: bool = True) -> int:
+        """Queue again every task leased to ``owner``, which is gone, and claim nothing more for it.
+        ``crashed``: the worker died on its own (its death counts against its tasks)."""
         self._lost_owners.add(owner)
-        records = await self.store.release_owner(owner)
+        records = await self.store.release_owner(owner, crashed)
         self._enqueue(records)
         return len(records)
 
@@ -153,8 +154,8 @@ class Dispatcher:
         """The worker pool (re)started with only ``live`` workers: every other lease holder is gone."""
         released = 0
         for owner in await self.store.running_owners():
-            if owner not in live:
-                released += await self.worker_lost(owner)
+            if owner not in live:  # it died with the pool: not a sign against its tasks
+                released += await self.worker_lost(owner, crashed=False)
         return released
 
     async def workflows(self) -> list[dict[str, Any]]:
@@ -191,7 +192,7 @@ class DispatcherService(Protocol):
     async def requeue(self, task_ids: list[str]) -> None: ...
     async def cancel(self, task_id: str) -> TaskRecord: ...
     async def signal(self, task_id: str, name: str, payload: Any) -> TaskRecord: ...
-    async def worker_lost(self, owner: str) -> int: ...
+    async def worker_lost(self, owner: str, crashed: bool = True) -> int: ...
     async def workers_replaced(self, live: list[str]) -> int: ...
 
 
@@ -225,8 +226,8 @@ class DispatcherHandle(ActorHandle):
     async def signal(self, task_id: str, name: str, payload: Any) -> TaskRecord:
         return await self._call("signal", task_id, name, payload, idempotent=False)  # type: ignore[no-any-return]
 
-    async def worker_lost(self, owner: str) -> int:
-        return await self._call("worker_lost", owner)  # type: ignore[no-any-return]
+    async def worker_lost(self, owner: str, crashed: bool = True) -> int:
+        return await self._call("worker_lost", owner, crashed)  # type: ignore[no-any-return]
 
     async def workers_replaced(self, live: list[str]) -> int:
         return await self._call("workers_replaced", live)  # type: ignore[no-any-return]

@@ -149,8 +149,8 @@ class StoreActor:
     async def expire_leases(self) -> list[TaskRecord]:
         return self._call("expire_leases", time.time())  # type: ignore[no-any-return]
 
-    async def release_owner(self, owner: str) -> list[TaskRecord]:
-        return self._call("release_owner", owner, time.time())  # type: ignore[no-any-return]
+    async def release_owner(self, owner: str, crashed: bool = True) -> list[TaskRecord]:
+        return self._call("release_owner", owner, time.time(), crashed)  # type: ignore[no-any-return]
 
     async def running_owners(self) -> list[str]:
         return self._call("running_owners")  # type: ignore[no-any-return]
@@ -231,7 +231,7 @@ class StoreService(Protocol):
     async def claim(self, task_ids: list[str], owner: str, lease_s: float) -> list[Claim]: ...
     async def renew(self, owner: str, leases: dict[str, int], lease_s: float) -> dict[str, bool]: ...
     async def expire_leases(self) -> list[TaskRecord]: ...
-    async def release_owner(self, owner: str) -> list[TaskRecord]: ...
+    async def release_owner(self, owner: str, crashed: bool = True) -> list[TaskRecord]: ...
     async def running_owners(self) -> list[str]: ...
     async def abandon(self, lease: Lease, reason: str) -> TaskRecord: ...
     async def record_step(self, lease: Lease, key: str, output: bytes,
@@ -309,8 +309,8 @@ class StoreHandle(ActorHandle):
     async def expire_leases(self) -> list[TaskRecord]:
         return await self._call("expire_leases")  # type: ignore[no-any-return]
 
-    async def release_owner(self, owner: str) -> list[TaskRecord]:
-        return await self._call("release_owner", owner)  # type: ignore[no-any-return]
+    async def release_owner(self, owner: str, crashed: bool = True) -> list[TaskRecord]:
+        return await self._call("release_owner", owner, crashed)  # type: ignore[no-any-return]
 
     async def running_owners(self) -> list[str]:
         return await self._call("running_owners")  # type: ignore[no-any-return]

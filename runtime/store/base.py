@@ -44,7 +44,7 @@ class Store(Protocol):
     def expire_leases(self, now: float) -> list[TaskRecord]:
         """Make running tasks whose lease ran out queued again (a crash); return them."""
 
-    def release_owner(self, owner: str, now: float) -> list[TaskRecord]:
+    def release_owner(self, owner: str, now: float, crashed: bool = True) -> list[TaskRecord]:
         """Make every task leased to ``owner`` (which is gone) queued again (a crash); return them.
         A task at its crash limit fails with PoisonTask's message instead."""
 

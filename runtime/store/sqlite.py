@@ -336,12 +336,15 @@ class SQLiteStore:
             ).fetchall()
             return self._requeue(c, rows, "lease expired", now, crashed=True)
 
-    def release_owner(self, owner: str, now: float) -> list[TaskRecord]:
+    def release_owner(self, owner: str, now: float, crashed: bool = True) -> list[TaskRecord]:
+        """Queue again every task leased to ``owner``, which is gone. ``crashed``: its death counts
+        against its tasks (not when it died with its pool, which says nothing about them)."""
         with self._tx() as c:
             rows = c.execute(
                 "SELECT id, owner FROM tasks WHERE status = 'running' AND owner = ?", (owner,)
             ).fetchall()
-            return self._requeue(c, rows, "worker lost", now, crashed=True)
+            return self._requeue(c, rows, "worker lost" if crashed else "worker pool restarted",
+                                 now, crashed=crashed)
 
     def running_owners(self) -> list[str]:
         """The owners that hold leases now."""

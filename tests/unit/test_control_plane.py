@@ -125,6 +125,7 @@ def test_a_restarted_worker_pool_frees_the_tasks_of_workers_gone_with_it(tmp_pat
         await dispatcher.get_tasks("old-1", 1, 1.0)
         await dispatcher.get_tasks("live-1", 1, 1.0)
         assert await dispatcher.workers_replaced(["live-1"]) == 1
+        assert all(t.crashes == 0 for t in await store.list_tasks())  # they died with the pool
         statuses = {t.id: (t.status, t.owner) for t in [await store.get_task(a.id),
                                                            await store.get_task(b.id)]}
         assert sorted(statuses.values(), key=str) == sorted(
@@ -247,7 +248,7 @@ class RecordingDispatcher:
         self.lost: list[str] = []
         self.replaced: list[list[str]] = []
 
-    async def worker_lost(self, owner: str) -> int:
+    async def worker_lost(self, owner: str, crashed: bool = True) -> int:
         self.lost.append(owner)
         return 0
 
