@@ -67,6 +67,9 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
         proc.wait(timeout=30)
 
 
+SERVER_PIDS: dict[str, int] = {}  # base URL -> pid of its `raysquad up` process
+
+
 @contextmanager
 def raysquad_up(workdir: Path, app: str = "tests.apps.basic", **env: str) -> Iterator[str]:
     """Run `raysquad up --app APP` in ``workdir``; yields its base URL once /healthz answers.
@@ -92,6 +95,7 @@ def raysquad_up(workdir: Path, app: str = "tests.apps.basic", **env: str) -> Ite
         wait_for(lambda: proc.poll() is not None or _healthy(url), timeout_s=180,
                  interval_s=0.25, what="raysquad up to answer /healthz")
         assert proc.poll() is None, f"raysquad up exited early:\n{log_path.read_text()}"
+        SERVER_PIDS[url] = proc.pid
         yield url
     finally:
         _stop(proc)
@@ -681,3 +685,39 @@ def test_a_lone_surrogate_is_422_and_stores_nothing(a: httpx.Client, b: httpx.Cl
                headers={"Content-Type": "application/json"})
     assert_client_error(r, 422, "body.why.0")
     assert len(list_all(b, 500)) == before
+
+
+def actor_process(api: Api, class_name: str) -> psutil.Process:
+    """The process of the server's actor of this class (Ray titles it ``ray::<Class>``)."""
+    tree = psutil.Process(SERVER_PIDS[api.url]).children(recursive=True)
+    (proc,) = [p for p in tree if p.cmdline() and p.cmdline()[0].startswith(f"ray::{class_name}")]
+    return proc
+
+
+def test_readyz_names_what_is_down_and_submits_survive_a_restart(api: Api, a: httpx.Client) -> None:
+    probe = httpx.Client(base_url=api.url, timeout=30)  # no 5xx hook: a 503 is what is expected
+    dispatcher = actor_process(api, "Dispatcher")
+    dispatcher.suspend()  # SIGSTOP: alive to Ray, but it answers nothing
+    try:
+        down = wait_for(lambda: (r := probe.get("/readyz")).status_code == 503 and r, timeout_s=30,
+                        what="/readyz to answer 503")
+        assert down.json()["down"] == ["dispatcher"] and down.headers["Retry-After"]
+        assert down.json()["parts"]["store"] == "ok"
+        # Submits go to the Store: accepted while the dispatcher is down, run once it is back.
+        waiting = submit(a, "echo", {"text": "during"})
+    finally:
+        dispatcher.resume()
+    wait_for(lambda: probe.get("/readyz").status_code == 200, timeout_s=30, what="ready again")
+
+    store = actor_process(api, "StoreActor")
+    store.kill()  # SIGKILL: Ray restarts it
+    during = probe.post("/v1/tasks", json={"workflow": "echo", "input": {"text": "kill"}},
+                        headers={"Authorization": a.headers["Authorization"]})
+    assert during.status_code in (202, 503), during.text
+    if during.status_code == 503:
+        assert during.headers["Retry-After"]
+    wait_for(lambda: probe.get("/readyz").status_code == 200, timeout_s=60, what="ready again")
+    ids = [waiting["id"]] + ([during.json()["id"]] if during.status_code == 202 else [])
+    for task_id in ids:
+        assert wait_status(a, task_id, "succeeded")["status"] == "succeeded"
+

@@ -15,6 +15,7 @@ import pytest
 import ray
 
 from runtime import Client, Runtime, Settings, TaskStatus
+from runtime.engines.actor import EngineHandle
 from tests.conftest import ROOT, wait_for
 
 MODEL_DIR = ROOT / ".raysquad" / "models" / "smollm2-135m-instruct"
@@ -89,7 +90,7 @@ def test_high_priority_request_queued_behind_low_ones_finishes_first(llm: Client
                                    "max_tokens": 128}, priority=0) for i in range(MAX_INFLIGHT + 6)]
     # Every low-priority request is at the engine (in flight or waiting in its admission queue)
     # before the high one is sent; then the first lows still have most of their tokens to go.
-    engine = ray.get_actor("engine:smollm2:0", namespace=NAMESPACE)
+    engine = EngineHandle(ray.get_actor("engine:smollm2:0", namespace=NAMESPACE))
     wait_for(lambda: asyncio.run(engine.load()) == len(low), timeout_s=60, interval_s=0.02,
              what="every low-priority request to be at the engine")
     high = llm.submit("generate", {"question": "Describe the colour blue in detail.",
