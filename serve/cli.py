@@ -165,10 +165,11 @@ def status(task_id: str, address: AddressOpt = None, url: UrlOpt = None,
 
 
 @app.command()
-def result(task_id: str, address: AddressOpt = None, url: UrlOpt = None,
-           api_key: KeyOpt = None) -> None:
-    """Print a finished task's output."""
-    print_result(connect(address, url, api_key).get(task_id))
+def result(task_id: str, address: AddressOpt = None, url: UrlOpt = None, api_key: KeyOpt = None,
+           timeout_s: Annotated[float | None, typer.Option(
+               help="give up after this long (default: wait until the task ends)")] = None) -> None:
+    """Wait for a task to end and print its output (or its error)."""
+    print_result(connect(address, url, api_key).wait(task_id, timeout_s))
 
 
 @app.command()

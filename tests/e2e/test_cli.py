@@ -57,8 +57,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def runtime_up(tmp_path: Path) -> Iterator[tuple[Path, str, str]]:
+@pytest.fixture(scope="module")
+def runtime_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, str]]:
+    """One `raysquad up` for the module's tests (each starts its own tasks and reads only those)."""
+    tmp_path = tmp_path_factory.mktemp("cli")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
     port = free_port()
     proc = subprocess.Popen([*RAYSQUAD, "up", "--app", "tests.apps.basic", "--data-dir", "state",
@@ -130,6 +132,28 @@ def test_the_cli_over_http(runtime_up: tuple[Path, str, str]) -> None:
     assert watched.returncode == 0 and "succeeded" in watched.stdout, watched.stderr
     status = cli("status", task_id, "--url", url, cwd=cwd)
     assert status.returncode == 0 and "succeeded" in status.stdout
+
+    result = cli("result", task_id, "--url", url, cwd=cwd)
+    assert result.returncode == 0 and '"over http"' in result.stdout, result.stderr
+    assert task_id in cli("tasks", "--url", url, cwd=cwd).stdout
+    assert_one_line_error(cli("cancel", task_id, "--url", url, cwd=cwd), 1,
+                          f"cannot cancel task '{task_id}': it is succeeded")
+    assert_one_line_error(cli("retry", task_id, "--url", url, cwd=cwd), 1,
+                          f"cannot retry task '{task_id}': it is succeeded")
+
+    # A task parked on a signal: the signal over HTTP resumes it.
+    parked = printed_id(cli("submit", "approval", "--input", json.dumps({"dir": str(cwd)}),
+                            "--url", url, cwd=cwd).stdout)
+    wait_for(lambda: "waiting" in cli("status", parked, "--url", url, cwd=cwd).stdout,
+             timeout_s=60, what="the approval task to park")
+    sent = cli("signal", parked, "approve", "--payload", '{"by": "cli"}', "--url", url, cwd=cwd)
+    assert sent.returncode == 0, sent.stderr
+    approved = cli("result", parked, "--url", url, cwd=cwd)
+    assert approved.returncode == 0 and '"by": "cli"' in approved.stdout, approved.stderr
+    queued = printed_id(cli("submit", "approval", "--input", json.dumps({"dir": str(cwd)}),
+                            "--url", url, cwd=cwd).stdout)
+    cancelled = cli("cancel", queued, "--url", url, cwd=cwd)
+    assert cancelled.returncode == 0 and "cancel" in cancelled.stdout, cancelled.stderr
 
     assert_one_line_error(cli("submit", "nope", "--url", url, cwd=cwd), 1,
                           "unknown workflow 'nope'")
