@@ -276,6 +276,19 @@ class AgentPool:
                 "replica_ids": sorted(self.members.live), **self.config.model_dump()}
 
 
+class AgentPoolActor(AgentPool):
+    """An AgentPool built from small values (its role, the settings, the app modules); it finds its
+    mailbox, the Store, the engines and the tool executors by name (``runtime.peers``)."""
+
+    def __init__(self, role: str, settings: Settings, apps: list[str]) -> None:
+        from runtime.peers import find_peers
+
+        peers = find_peers(settings, apps)
+        agent_cls = peers.catalog.agents[role]
+        super().__init__(role, agent_cls, agent_cls.pool_config(settings.agents.get(role)), settings,
+                         peers.mailboxes[role], peers.store, peers.router, peers.tools)
+
+
 class AgentPoolHandle(ActorHandle):
     """An agent pool actor, typed."""
 
@@ -286,14 +299,13 @@ class AgentPoolHandle(ActorHandle):
         return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
 
 
-def start_agent_pool(role: str, agent_cls: type[Agent], config: AgentPoolConfig, settings: Settings,
-                     mailbox: MailboxService, store: Any, router: Router,
-                     tools: ToolRouter | None = None) -> AgentPoolHandle:
+def start_agent_pool(role: str, settings: Settings, apps: list[str]) -> AgentPoolHandle:
+    """Start the pool of ``role`` (its mailbox, the Store, engines and tool executors must be up)."""
     name = f"pool:{role}"
     actor = (
-        ray.remote(AgentPool)
+        ray.remote(AgentPoolActor)
         .options(name=name, namespace=settings.namespace, num_cpus=0, max_restarts=-1,
                  max_concurrency=1000)
-        .remote(role, agent_cls, config, settings, mailbox, store, router, tools)
+        .remote(role, settings, apps)
     )
     return AgentPoolHandle(actor, name, settings.namespace)

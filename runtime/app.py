@@ -21,13 +21,13 @@ from runtime.catalog import Catalog, load_catalog
 from runtime.client import AsyncClient, Client, address_file
 from runtime.config import Settings
 from runtime.dispatch import DispatcherHandle, start_dispatcher
-from runtime.engines.actor import EngineHandle, Router, start_engines
-from runtime.gates import GateClient, GateKeeperHandle, start_gatekeeper
+from runtime.engines.actor import EngineHandle, start_engines
+from runtime.gates import GateKeeperHandle, start_gatekeeper
 from runtime.ops import Ops
 from runtime.queue import MailboxHandle, start_queue
 from runtime.store.actor import StoreHandle, start_store
-from runtime.tools.executor import ToolExecutorHandle, ToolRouter, start_tool_executors
-from runtime.worker import WorkerDirectory, WorkerPoolHandle, start_worker_pool
+from runtime.tools.executor import ToolExecutorHandle, start_tool_executors
+from runtime.worker import WorkerPoolHandle, start_worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -61,27 +61,19 @@ class Runtime:
         store = start_store(settings)
         asyncio.run(store.ping())
         gatekeeper = start_gatekeeper(settings)
-        gates = GateClient(gatekeeper)
         engines = start_engines(settings, models or [settings.default_model])
         asyncio.run(_all(h.ready() for hs in engines.values() for h in hs))
-        router = Router(dict(engines))
-        registry = catalog.registry()
-        tool_executors = start_tool_executors(settings, registry, store, gates)
-        tools = ToolRouter(registry, tool_executors)
+        tool_executors = start_tool_executors(settings, apps)
         mailboxes = {
             role: start_queue(f"agent:{role}", settings.namespace, MAILBOX_CAPACITY,
                               settings.aging_per_s)
             for role in catalog.agents
         }
-        pools = {
-            role: start_agent_pool(role, agent_cls, agent_cls.pool_config(settings.agents.get(role)),
-                                   settings, mailboxes[role], store, router, tools)
-            for role, agent_cls in catalog.agents.items()
-        }
+        pools = {role: start_agent_pool(role, settings, apps) for role in catalog.agents}
         asyncio.run(_all(pool.start() for pool in pools.values()))
-        dispatcher = start_dispatcher(settings, store, apps, WorkerDirectory(settings.namespace))
+        dispatcher = start_dispatcher(settings, apps)
         recovered = asyncio.run(dispatcher.start())
-        workers = start_worker_pool(settings, apps, store, dispatcher, dict(mailboxes), router, tools)
+        workers = start_worker_pool(settings, apps)
         asyncio.run(workers.start())
         address_file(settings).write_text(ray.get_runtime_context().gcs_address)
         log.info("raysquad runtime up: %d workflow(s), %d agent role(s), %d task(s) recovered",

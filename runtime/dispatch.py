@@ -185,6 +185,17 @@ class Dispatcher:
         self._enqueue(queued)
 
 
+class DispatcherActor(Dispatcher):
+    """A Dispatcher built from small values; it finds the Store by name, and reaches workers by name."""
+
+    def __init__(self, settings: Settings, apps: list[str]) -> None:
+        from runtime.store.actor import StoreHandle
+        from runtime.worker import WorkerDirectory
+
+        super().__init__(settings, StoreHandle.find(settings.namespace), apps,
+                         WorkerDirectory(settings.namespace))
+
+
 class DispatcherService(Protocol):
     """What workers, the worker pool and clients call on the dispatcher."""
 
@@ -239,12 +250,12 @@ class DispatcherHandle(ActorHandle):
         return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
 
 
-def start_dispatcher(settings: Settings, store: StoreService, apps: list[str],
-                     workers: WorkerNotifier | None = None) -> DispatcherHandle:
+def start_dispatcher(settings: Settings, apps: list[str]) -> DispatcherHandle:
+    """Start the dispatcher (the Store must be up)."""
     actor = (
-        ray.remote(Dispatcher)
+        ray.remote(DispatcherActor)
         .options(name=ACTOR_NAME, namespace=settings.namespace, num_cpus=0, max_restarts=-1,
                  max_concurrency=1000)
-        .remote(settings, store, apps, workers)
+        .remote(settings, apps)
     )
     return DispatcherHandle(actor, ACTOR_NAME, settings.namespace)

@@ -388,6 +388,18 @@ class WorkerPool:
             await member.handle.stop()
 
 
+class WorkerPoolActor(WorkerPool):
+    """A WorkerPool built from small values (the settings, the app modules); it finds the Store, the
+    dispatcher, the mailboxes, the engines and the tool executors by name (``runtime.peers``)."""
+
+    def __init__(self, settings: Settings, apps: list[str]) -> None:
+        from runtime.peers import find_peers
+
+        peers = find_peers(settings, apps)
+        super().__init__(settings, apps, peers.store, peers.dispatcher(settings.namespace),
+                         dict(peers.mailboxes), peers.router, peers.tools)
+
+
 class WorkerPoolHandle(ActorHandle):
     """The worker pool actor, typed."""
 
@@ -415,14 +427,13 @@ class WorkerDirectory:
             pass  # the worker is gone; its lease runs out and the replay sees the cancel
 
 
-def start_worker_pool(settings: Settings, apps: list[str], store: StoreService,
-                      dispatcher: DispatcherService, mailboxes: dict[str, MailboxService],
-                      router: Router, tools: ToolRouter) -> WorkerPoolHandle:
+def start_worker_pool(settings: Settings, apps: list[str]) -> WorkerPoolHandle:
+    """Start the workflow workers' pool (every other actor of the runtime must be up)."""
     actor = (
-        ray.remote(WorkerPool)
+        ray.remote(WorkerPoolActor)
         .options(name=POOL_NAME, namespace=settings.namespace, num_cpus=0, max_restarts=-1,
                  max_concurrency=1000)
-        .remote(settings, apps, store, dispatcher, mailboxes, router, tools)
+        .remote(settings, apps)
     )
     return WorkerPoolHandle(actor, POOL_NAME, settings.namespace)
 

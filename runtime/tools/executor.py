@@ -315,15 +315,28 @@ class ToolExecutorHandle(ActorHandle):
         return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
 
 
-def start_tool_executors(settings: Settings, registry: Registry, store: Any,
-                         gates: GateClient) -> list[ToolExecutorHandle]:
+class ToolExecutorActor(ToolExecutor):
+    """A ToolExecutor built from names: its tools from the app modules, the Store and the gate keeper
+    looked up in the runtime's namespace. Its constructor arguments are small values, which Ray keeps
+    with the actor, so a restart can always build it again."""
+
+    def __init__(self, settings: Settings, apps: list[str]) -> None:
+        from runtime.catalog import load_catalog
+        from runtime.gates import GateKeeperHandle
+        from runtime.store.actor import StoreHandle
+
+        super().__init__(settings, load_catalog(apps).registry(), StoreHandle.find(settings.namespace),
+                         GateClient(GateKeeperHandle.find(settings.namespace)))
+
+
+def start_tool_executors(settings: Settings, apps: list[str]) -> list[ToolExecutorHandle]:
     cfg = settings.tools
     handles = []
     for i in range(cfg.executors):
         name = f"tools:{i}"
-        actor = (ray.remote(ToolExecutor)
+        actor = (ray.remote(ToolExecutorActor)
                  .options(name=name, namespace=settings.namespace, num_cpus=cfg.executor_num_cpus,
                           max_restarts=-1, max_concurrency=10_000)
-                 .remote(settings, registry, store, gates))
+                 .remote(settings, apps))
         handles.append(ToolExecutorHandle(actor, name, settings.namespace))
     return handles
