@@ -49,6 +49,7 @@ class Runtime:
     tool_executors: list[ToolExecutorHandle] = field(default_factory=list)
     started_ray: bool = False
     _stopped: bool = field(default=False, repr=False)
+    _client: Client | None = field(default=None, repr=False)
 
     @classmethod
     def start(cls, settings: Settings | None = None, apps: list[str] | None = None,
@@ -82,7 +83,10 @@ class Runtime:
                    gatekeeper, tool_executors, started_ray)
 
     def client(self) -> Client:
-        return Client(self.async_client())
+        """A client on this runtime (one per runtime: it runs its calls on one loop thread)."""
+        if self._client is None:
+            self._client = Client(self.async_client())
+        return self._client
 
     def async_client(self) -> AsyncClient:
         return AsyncClient(self.store, self.dispatcher, self.catalog, self.settings.namespace)
@@ -96,6 +100,8 @@ class Runtime:
         if self._stopped:
             return
         self._stopped = True
+        if self._client is not None:
+            self._client.close()
         handles = [self.workers, self.dispatcher, *self.pools.values(), *self.mailboxes.values(),
                    *(h for hs in self.engines.values() for h in hs), *self.tool_executors,
                    self.gatekeeper, self.store]

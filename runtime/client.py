@@ -240,6 +240,10 @@ class Client:
     def readiness(self) -> dict[str, str]:
         return self._run(self.aio.readiness())
 
+    def close(self) -> None:
+        """Stop this client's loop thread (a client is also cleaned up when the process ends)."""
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
 
 def control_plane(namespace: str) -> dict[str, ActorHandle]:
     """The runtime's control-plane actors on this cluster, by name."""
