@@ -12,6 +12,7 @@ import asyncio
 import pickle
 import time
 import uuid
+import weakref
 from collections import defaultdict
 from typing import Any, Protocol
 
@@ -261,7 +262,8 @@ class StoreService(Protocol):
 class StoreHandle(ActorHandle):
     """The Store actor, typed. Calls that are safe to repeat ride out a restart of the actor."""
 
-    _commit: GroupCommit[SubmitRequest, tuple[TaskRecord, bool]] | None = None
+    _commits: weakref.WeakKeyDictionary[
+        asyncio.AbstractEventLoop, GroupCommit[SubmitRequest, tuple[TaskRecord, bool]]] | None = None
 
     @classmethod
     def find(cls, namespace: str) -> StoreHandle:
@@ -269,9 +271,13 @@ class StoreHandle(ActorHandle):
 
     async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
         """Admit one task; the submits of one event-loop turn leave as one call, one transaction."""
-        if self._commit is None:
-            self._commit = GroupCommit(self._submit_batch)
-        return await self._commit(req)
+        loop = asyncio.get_running_loop()
+        if self._commits is None:
+            self._commits = weakref.WeakKeyDictionary()
+        commit = self._commits.get(loop)
+        if commit is None:  # one batcher per event loop: its futures belong to that loop
+            commit = self._commits[loop] = GroupCommit(self._submit_batch)
+        return await commit(req)
 
     async def _submit_batch(self, reqs: list[SubmitRequest]
                             ) -> list[tuple[TaskRecord, bool] | BaseException]:
