@@ -99,8 +99,13 @@ class Slow(Agent):
 
     async def handle(self, msg: AgentMessage, ctx: AgentContext) -> str:
         directory = msg.payload["dir"]
+        # The pid goes first, and whole (written aside, then renamed): a test that sees the file, or
+        # sees a start counted, reads the pid of the process that made it.
+        pid_file = Path(directory, f"{msg.task_id}.slow_pid")
+        partial = pid_file.with_name(f"{pid_file.name}.partial")
+        partial.write_text(str(os.getpid()))
+        partial.replace(pid_file)
         mark(directory, f"{msg.task_id}.slow_started")
-        Path(directory, f"{msg.task_id}.slow_pid").write_text(str(os.getpid()))
         await wait_gate(directory, f"{msg.task_id}.open")
         return "handled"
 

@@ -1,4 +1,12 @@
-"""One real local Ray cluster per test session; a fresh runtime (own namespace, own SQLite) per test."""
+"""One real local Ray cluster per test session. A test gets a runtime (own namespace, own SQLite) in
+one of two ways: ``make_runtime`` starts a fresh one for this test alone; ``shared_runtime`` hands the
+same running one to consecutive tests that ask for the same configuration and only read their own
+tasks by id (keep such tests next to each other in their module).
+
+A test needs a fresh runtime when it stops or restarts it, kills or freezes its processes, counts
+anything Store-wide (tasks, dead letters, gate or executor stats, engine timelines), changes its
+configuration at run time, or needs its queue empty or its workers idle.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,9 @@ import ray
 
 from runtime import Runtime, Settings
 
+DEFAULT_APPS = ["tests.apps.basic"]
+TEST_DEFAULTS: dict[str, Any] = {"lease_s": 5.0, "sweep_interval_s": 0.2}
+
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
@@ -22,22 +33,81 @@ def ray_cluster() -> Iterator[None]:
     ray.shutdown()
 
 
+def _settings(data_dir: Path, namespace: str, overrides: dict[str, Any]) -> Settings:
+    return Settings(data_dir=data_dir, namespace=namespace, **{**TEST_DEFAULTS, **overrides})
+
+
 @pytest.fixture
 def make_runtime(ray_cluster: None, tmp_path: Path) -> Iterator[Callable[..., Runtime]]:
-    """Start a runtime on the session's cluster; every one started is stopped after the test."""
+    """Start a runtime on the session's cluster; every one started is stopped after the test.
+
+    Every call in one test uses the same namespace and Store: a second call is a restart."""
     started: list[Runtime] = []
     namespace = f"t-{uuid.uuid4().hex[:8]}"
 
     def make(apps: list[str] | None = None, **overrides: Any) -> Runtime:
-        settings = Settings(data_dir=tmp_path / "state", namespace=namespace,
-                            **{"lease_s": 5.0, "sweep_interval_s": 0.2, **overrides})
-        rt = Runtime.start(settings, apps=apps or ["tests.apps.basic"])
+        rt = Runtime.start(_settings(tmp_path / "state", namespace, overrides),
+                           apps=apps or DEFAULT_APPS)
         started.append(rt)
         return rt
 
     yield make
     for rt in started:
         rt.stop(shutdown_ray=False)
+
+
+class SharedRuntimeSlot:
+    """The session's shared runtime: one configuration (apps and settings overrides) at a time.
+
+    Only one is kept, and only while the tests that run one after another use it: an idle runtime
+    is not free (its actors poll: about 0.4 CPU-seconds a second for tests.apps.basic, more for
+    agents), so keeping one alive for a test further on costs more than starting it again there."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._tmp_path_factory = tmp_path_factory
+        self._key: str | None = None
+        self._runtime: Runtime | None = None
+
+    def get(self, apps: list[str] | None = None, **overrides: Any) -> Runtime:
+        apps = list(apps or DEFAULT_APPS)
+        # The settings themselves are the key, so two spellings of one configuration share.
+        probe = _settings(Path("."), "probe", overrides)
+        key = repr((apps, probe.model_dump(mode="json", exclude={"data_dir", "namespace"})))
+        if self._runtime is None or key != self._key:
+            self.stop()
+            data_dir = self._tmp_path_factory.mktemp("shared") / "state"
+            self._runtime = Runtime.start(_settings(data_dir, f"s-{uuid.uuid4().hex[:8]}", overrides),
+                                          apps=apps)
+            self._key = key
+        return self._runtime
+
+    def stop(self) -> None:
+        if self._runtime is not None:
+            self._runtime.stop(shutdown_ray=False)
+        self._key, self._runtime = None, None
+
+
+@pytest.fixture(scope="session")
+def shared_runtime_slot(ray_cluster: None,
+                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedRuntimeSlot]:
+    shared = SharedRuntimeSlot(tmp_path_factory)
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture
+def shared_runtime(shared_runtime_slot: SharedRuntimeSlot,
+                   request: pytest.FixtureRequest) -> Iterator[Callable[..., Runtime]]:
+    """A running runtime for this configuration (apps and settings overrides), shared with the tests
+    next to this one that ask for the same; its own namespace and Store.
+
+    Only for tests that leave it as they found it: nothing stopped, killed or reconfigured, and every
+    check on their own tasks by id (other tests' tasks are in the same Store)."""
+    yield shared_runtime_slot.get
+    items = request.session.items
+    following = items[items.index(request.node) + 1:]
+    if not following or "shared_runtime" not in getattr(following[0], "fixturenames", ()):
+        shared_runtime_slot.stop()
 
 
 @pytest.fixture

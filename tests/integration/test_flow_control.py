@@ -99,9 +99,9 @@ def test_priority_first_then_equal_tenants_share_equally(make_runtime: Callable[
         assert abs(shares["acme"] - shares["globex"]) <= 0.1 * max(shares.values()), shares
 
 
-def test_a_batching_tool_makes_one_upstream_call_per_batch(make_runtime: Callable[..., Runtime]) -> None:
+def test_a_batching_tool_makes_one_upstream_call_per_batch(shared_runtime: Callable[..., Runtime]) -> None:
     with upstream() as up:
-        rt = make_runtime(APPS, tools=LOOPBACK)
+        rt = shared_runtime(APPS, tools=LOOPBACK)
         keys = [f"k{i}" for i in range(10)]
         task = rt.client().submit("lookup_all", {"url": up.url("/lookup"), "keys": keys}).id
         (values,) = finish_all(rt, [task])
@@ -140,9 +140,9 @@ def test_retries_back_off_then_dead_letter_and_replay(make_runtime: Callable[...
         assert asyncio.run(rt.store.get_dead_letter(out["dead_letter"])).status == "replayed"
 
 
-def test_http_fetch_refuses_loopback_unless_allowed(make_runtime: Callable[..., Runtime]) -> None:
+def test_http_fetch_refuses_loopback_unless_allowed(shared_runtime: Callable[..., Runtime]) -> None:
     with upstream() as up:
-        rt = make_runtime(APPS)  # default tool settings: no private networks allowed
+        rt = shared_runtime(APPS)  # default tool settings: no private networks allowed
         (out,) = finish_all(rt, [rt.client().submit("fetch_once", {"url": up.url("/ok")}).id])
         assert out["ok"] is False
         assert "refused to connect to 127.0.0.1: loopback address" in out["error"]

@@ -107,8 +107,8 @@ def test_cancel_a_queued_task_and_a_running_one_at_its_next_step(make_runtime, s
     assert client.get(queued.id).started_at is None
 
 
-def test_step_retries_with_exponential_backoff(make_runtime, side_dir: Path) -> None:
-    client = make_runtime().client()
+def test_step_retries_with_exponential_backoff(shared_runtime, side_dir: Path) -> None:
+    client = shared_runtime().client()
     task = client.submit("flaky", {"dir": str(side_dir), "fail_times": 2, "attempts": 3})
     done = client.wait(task.id, timeout_s=60)
     assert done.status is TaskStatus.SUCCEEDED and done.output == 3

@@ -5,8 +5,8 @@ from __future__ import annotations
 from runtime import TaskStatus
 
 
-def test_generated_text_arrives_as_token_events_before_the_end(make_runtime) -> None:
-    client = make_runtime(simulated={"ttft_s": 0.05, "tpot_s": 0.03}).client()
+def test_generated_text_arrives_as_token_events_before_the_end(shared_runtime) -> None:
+    client = shared_runtime(simulated={"ttft_s": 0.05, "tpot_s": 0.03}).client()
     task = client.submit("chatty", {"text": "explain leases in one paragraph"})
     done = client.wait(task.id, timeout_s=60)
     assert done.status is TaskStatus.SUCCEEDED
@@ -20,10 +20,10 @@ def test_generated_text_arrives_as_token_events_before_the_end(make_runtime) -> 
     assert all(e.data["step"] == "llm:sim-small" for e in tokens)
 
 
-def test_cancel_aborts_the_in_flight_llm_request(make_runtime) -> None:
+def test_cancel_aborts_the_in_flight_llm_request(shared_runtime) -> None:
     from tests.conftest import wait_for
 
-    client = make_runtime(simulated={"ttft_s": 0.05, "tpot_s": 0.2}).client()
+    client = shared_runtime(simulated={"ttft_s": 0.05, "tpot_s": 0.2}).client()
     task = client.submit("chatty", {"text": "a long answer please"})
     wait_for(lambda: any(e.kind == "tokens" for e in client.events(task.id)), what="tokens to flow")
     client.cancel(task.id)

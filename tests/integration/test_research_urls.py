@@ -16,10 +16,10 @@ step starts, so a resumed workflow replays its recorded checkpoints.</p>
 
 
 def test_scrapers_read_configured_urls_with_the_fetch_and_extract_tools(
-        make_runtime: Callable[..., Runtime]) -> None:
+        shared_runtime: Callable[..., Runtime]) -> None:
     with upstream() as up:
         up.pages["/durable.html"] = PAGE
-        rt = make_runtime(["agents"], tools=ToolSettings(http_allow_networks=("127.0.0.1/32",)))
+        rt = shared_runtime(["agents"], tools=ToolSettings(http_allow_networks=("127.0.0.1/32",)))
         client = rt.client()
         url, private = up.url("/durable.html"), "http://10.1.2.3/never-reached"
         task = client.submit("research", {

@@ -42,14 +42,6 @@ def test_signal_resumes_a_parked_task_that_holds_no_worker(make_runtime, side_di
     assert count_lines(side_dir / f"{task.id}.publish") == 1
 
 
-def test_signal_sent_before_the_wait_is_kept(make_runtime, side_dir: Path) -> None:
-    client = make_runtime().client()
-    task = client.submit("approval", {"dir": str(side_dir)})
-    client.signal(task.id, "approve", "early")
-    done = client.wait(task.id, timeout_s=60)
-    assert done.output == {"approved": True, "decision": "early"}
-
-
 def test_waiting_survives_a_restart_of_the_runtime(make_runtime, side_dir: Path) -> None:
     rt = make_runtime()
     client = rt.client()
@@ -65,8 +57,16 @@ def test_waiting_survives_a_restart_of_the_runtime(make_runtime, side_dir: Path)
     assert count_lines(side_dir / f"{task.id}.draft") == 1
 
 
-def test_wait_times_out_and_a_cancel_ends_a_waiting_task(make_runtime, side_dir: Path) -> None:
-    client = make_runtime().client()
+def test_signal_sent_before_the_wait_is_kept(shared_runtime, side_dir: Path) -> None:
+    client = shared_runtime().client()
+    task = client.submit("approval", {"dir": str(side_dir)})
+    client.signal(task.id, "approve", "early")
+    done = client.wait(task.id, timeout_s=60)
+    assert done.output == {"approved": True, "decision": "early"}
+
+
+def test_wait_times_out_and_a_cancel_ends_a_waiting_task(shared_runtime, side_dir: Path) -> None:
+    client = shared_runtime().client()
     timed = client.submit("approval", {"dir": str(side_dir), "timeout_s": 0.5})
     assert client.wait(timed.id, 60).output == {"approved": False, "reason": "timed out"}
 
