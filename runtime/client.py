@@ -23,8 +23,8 @@ import ray
 from runtime.catalog import Catalog, load_catalog
 from runtime.config import Settings
 from runtime.dispatch import DispatcherHandle
-from runtime.errors import ActorUnavailable, RuntimeNotRunning, TaskFailed, WaitTimeout
-from runtime.handles import ActorHandle
+from runtime.errors import RuntimeNotRunning, TaskFailed, WaitTimeout
+from runtime.handles import ActorHandle, actor_names
 from runtime.models import END_EVENT_KINDS, Event, SubmitRequest, TaskRecord, TaskStatus
 from runtime.store.actor import StoreHandle
 
@@ -166,11 +166,6 @@ class AsyncClient:
         results = await asyncio.gather(*(_alive(self._parts[n]) for n in names))
         return dict(zip(names, results, strict=True))
 
-    async def ready(self) -> dict[str, Any]:
-        """The Store's path and the task queue's stats; ActorUnavailable if either is down."""
-        return {"store": await self._store.ping(deadline_s=READY_DEADLINE_S),
-                "queue": await self._dispatcher.stats(deadline_s=READY_DEADLINE_S)}
-
 
 class Client:
     """``AsyncClient``'s methods for synchronous code (driver scripts, the CLI), same names."""
@@ -247,18 +242,12 @@ class Client:
 
 def control_plane(namespace: str) -> dict[str, ActorHandle]:
     """The runtime's control-plane actors on this cluster, by name."""
-    names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                   if a["namespace"] == namespace and a["name"].startswith(_CONTROL_PLANE))
-    return {n: ActorHandle(ray.get_actor(n, namespace=namespace), n, namespace) for n in names}
+    return {n: ActorHandle.named(n, namespace)
+            for prefix in _CONTROL_PLANE for n in actor_names(namespace, prefix)}
 
 
 async def _alive(handle: ActorHandle) -> str:
-    try:
-        await asyncio.wait_for(handle._call("__ray_ready__", deadline_s=READY_DEADLINE_S),
-                               READY_DEADLINE_S)
-        return "ok"
-    except (TimeoutError, ActorUnavailable):
-        return "down (restarting or unreachable)"
+    return "ok" if await handle.alive(READY_DEADLINE_S) else "down (restarting or unreachable)"
 
 
 def join(settings: Settings) -> None:

@@ -212,7 +212,7 @@ class DispatcherHandle(ActorHandle):
 
     @classmethod
     def find(cls, namespace: str) -> DispatcherHandle:
-        return cls(ray.get_actor(ACTOR_NAME, namespace=namespace), ACTOR_NAME, namespace)
+        return cls.named(ACTOR_NAME, namespace)
 
     async def start(self, recover: bool = True) -> int:
         return await self._call("start", recover)  # type: ignore[no-any-return]

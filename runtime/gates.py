@@ -393,7 +393,7 @@ class GateKeeperHandle(ActorHandle):
 
     @classmethod
     def find(cls, namespace: str) -> GateKeeperHandle:
-        return cls(ray.get_actor(ACTOR_NAME, namespace=namespace), ACTOR_NAME, namespace)
+        return cls.named(ACTOR_NAME, namespace)
 
     async def keys(self) -> list[str]:
         return await self._call("keys", deadline_s=5.0)  # type: ignore[no-any-return]

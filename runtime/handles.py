@@ -22,13 +22,14 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 
 from runtime.errors import ActorUnavailable, RaysquadError
 
 log = logging.getLogger(__name__)
+H = TypeVar("H", bound="ActorHandle")
 
 #: How long a repeatable call keeps trying while its actor restarts (a restart takes 1 to 5 s here).
 DEFAULT_DEADLINE_S = 60.0
@@ -51,6 +52,11 @@ class ActorHandle:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self._actor, self.name, self.namespace, self.deadline_s))
+
+    @classmethod
+    def named(cls: type[H], name: str, namespace: str) -> H:
+        """A handle on the actor registered under ``name``; ValueError if none is."""
+        return cls(ray.get_actor(name, namespace=namespace), name, namespace)
 
     @property
     def actor(self) -> Any:
@@ -77,6 +83,14 @@ class ActorHandle:
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
                 self._find_again(e)
 
+    async def alive(self, deadline_s: float) -> bool:
+        """True if the actor answers within ``deadline_s`` (False while it is down or restarting)."""
+        try:
+            await asyncio.wait_for(self._call("__ray_ready__", deadline_s=deadline_s), deadline_s)
+            return True
+        except (TimeoutError, ActorUnavailable):
+            return False
+
     def _send(self, method: str, *args: Any) -> None:
         """Fire and forget: for notifications whose loss costs nothing (a later call makes up)."""
         getattr(self._actor, method).remote(*args)
@@ -96,9 +110,10 @@ def ours(e: ray.exceptions.RayTaskError) -> BaseException:
     return e.cause if isinstance(e.cause, RaysquadError) else e
 
 
-def named(name: str, namespace: str) -> Any:
-    """The actor registered under ``name``; ValueError if none is."""
-    return ray.get_actor(name, namespace=namespace)
+def actor_names(namespace: str, prefix: str = "") -> list[str]:
+    """The names of the actors registered in ``namespace`` that start with ``prefix``, sorted."""
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["namespace"] == namespace and a["name"].startswith(prefix))
 
 
 def restarted() -> bool:

@@ -10,30 +10,24 @@ import asyncio
 import random
 from typing import Any
 
-import ray
-
 from runtime.config import GateLimits
 from runtime.dispatch import DispatcherHandle
 from runtime.errors import RuntimeNotRunning
-from runtime.gates import ACTOR_NAME as GATES
 from runtime.gates import GateKeeperHandle
+from runtime.handles import actor_names
 from runtime.models import DeadLetter, TaskStatus
 from runtime.store.actor import StoreHandle
 from runtime.tools.executor import ToolExecutorHandle
 
 
 def tool_executors(namespace: str) -> list[ToolExecutorHandle]:
-    names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                   if a["namespace"] == namespace and a["name"].startswith("tools:"))
-    return [ToolExecutorHandle(ray.get_actor(name, namespace=namespace), name, namespace)
-            for name in names]
+    return [ToolExecutorHandle.named(n, namespace) for n in actor_names(namespace, "tools:")]
 
 
 class AsyncOps:
     def __init__(self, namespace: str) -> None:
         try:
-            self._gates = GateKeeperHandle(ray.get_actor(GATES, namespace=namespace), GATES,
-                                           namespace)
+            self._gates = GateKeeperHandle.find(namespace)
             self._store = StoreHandle.find(namespace)
             self._dispatcher = DispatcherHandle.find(namespace)
         except ValueError:

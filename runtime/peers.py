@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-import ray
-
 from runtime.catalog import Catalog, load_catalog
 from runtime.config import Settings
 from runtime.dispatch import DispatcherHandle
 from runtime.engines.actor import EngineHandle, Router
+from runtime.handles import actor_names
 from runtime.queue import MailboxHandle
 from runtime.store.actor import StoreHandle
 from runtime.tools.executor import ToolExecutorHandle, ToolRouter
@@ -38,19 +37,13 @@ def find_peers(settings: Settings, apps: list[str]) -> Peers:
     """The Store, the mailboxes, the engines and the tool executors of the runtime in
     ``settings.namespace``, and the app modules' catalogue."""
     namespace = settings.namespace
-    names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                   if a["namespace"] == namespace)
     catalog = load_catalog(apps)
     engines: dict[str, list[EngineHandle]] = defaultdict(list)
-    for name in names:
-        if name.startswith("engine:"):
-            model = name[len("engine:"):].rpartition(":")[0]  # engine:<model>:<i>
-            engines[model].append(EngineHandle(ray.get_actor(name, namespace=namespace), name,
-                                               namespace))
-    executors = [ToolExecutorHandle(ray.get_actor(n, namespace=namespace), n, namespace)
-                 for n in names if n.startswith("tools:")]
-    mailboxes = {role: MailboxHandle(ray.get_actor(f"queue:agent:{role}", namespace=namespace),
-                                     f"queue:agent:{role}", namespace)
+    for name in actor_names(namespace, "engine:"):
+        model = name[len("engine:"):].rpartition(":")[0]  # engine:<model>:<i>
+        engines[model].append(EngineHandle.named(name, namespace))
+    executors = [ToolExecutorHandle.named(n, namespace) for n in actor_names(namespace, "tools:")]
+    mailboxes = {role: MailboxHandle.named(f"queue:agent:{role}", namespace)
                  for role in catalog.agents}
     return Peers(catalog, StoreHandle.find(namespace), mailboxes, Router(dict(engines)),
                  ToolRouter(catalog.registry(), executors))

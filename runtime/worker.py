@@ -285,11 +285,7 @@ class WorkflowWorker:
     def emit(self, ctx: Context, kind: str, data: dict[str, Any]) -> None:
         entry = self._tasks.get(ctx.task_id)
         if entry is not None and entry[1] is ctx:
-            post = getattr(self.store, "post_event", None)
-            if post is not None:
-                post(ctx.task_id, kind, data, entry[2])
-            else:  # an in-process Store (tests)
-                asyncio.ensure_future(self.store.append_event(ctx.task_id, kind, data, entry[2]))
+            self.store.post_event(ctx.task_id, kind, data, entry[2])
 
     async def info(self) -> dict[str, Any]:
         return {"id": self.id, "active": sorted(self._tasks), "completed": self.completed,

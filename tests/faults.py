@@ -23,6 +23,7 @@ from typing import Any
 import ray
 from ray._private import state
 
+from runtime.handles import actor_names
 from tests.apps.chaos import AGENT_LOG, PLAIN_KEYS, STEPS_LOG, TOOL_LOG
 
 
@@ -65,11 +66,6 @@ class Victim:
     siblings: frozenset[str] = field(default_factory=frozenset)  # same kind, alive at the kill
 
 
-def named_actors(namespace: str) -> list[str]:
-    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                  if a["namespace"] == namespace)
-
-
 def actor_info(actor_id: str) -> dict[str, Any]:
     return dict(state.actors(actor_id=actor_id) or {})
 
@@ -77,7 +73,7 @@ def actor_info(actor_id: str) -> dict[str, Any]:
 def alive_of_kind(kind: Kind, namespace: str) -> dict[str, dict[str, Any]]:
     """Name -> actor-table entry of every live actor of ``kind`` in the namespace."""
     found = {}
-    for name in named_actors(namespace):
+    for name in actor_names(namespace):
         if not kind.matches(name):
             continue
         try:

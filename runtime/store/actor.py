@@ -9,6 +9,7 @@ fenced by their lease and keyed, so a repeat changes nothing), and so survives t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 import time
 import uuid
@@ -20,7 +21,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from runtime.config import Settings
-from runtime.errors import QueueFull
+from runtime.errors import QueueFull, RaysquadError
 from runtime.group_commit import GroupCommit
 from runtime.handles import ActorHandle
 from runtime.models import (
@@ -173,6 +174,13 @@ class StoreActor:
                            lease: Lease | None = None) -> int:
         return self._call("append_event", task_id, kind, data, time.time(), lease)  # type: ignore[no-any-return]
 
+    def post_event(self, task_id: str, kind: str, data: dict[str, Any],
+                   lease: Lease | None = None) -> None:
+        """``append_event`` for a caller that does not wait (in-process use; a progress event
+        refused for a lost lease is dropped, as the handle's version drops it)."""
+        with contextlib.suppress(RaysquadError):
+            self._call("append_event", task_id, kind, data, time.time(), lease)
+
     async def finish(self, lease: Lease, status: TaskStatus, output: Any,
                      error: str | None) -> TaskRecord:
         return self._call("finish", lease, status, output, error, time.time())  # type: ignore[no-any-return]
@@ -239,6 +247,8 @@ class StoreService(Protocol):
                           refs: list[tuple[str, list[ray.ObjectRef]]] | None = None) -> bool: ...
     async def append_event(self, task_id: str, kind: str, data: dict[str, Any],
                            lease: Lease | None = None) -> int: ...
+    def post_event(self, task_id: str, kind: str, data: dict[str, Any],
+                   lease: Lease | None = None) -> None: ...
     async def finish(self, lease: Lease, status: TaskStatus, output: Any,
                      error: str | None) -> TaskRecord: ...
     async def request_cancel(self, task_id: str) -> TaskRecord: ...
@@ -267,7 +277,7 @@ class StoreHandle(ActorHandle):
 
     @classmethod
     def find(cls, namespace: str) -> StoreHandle:
-        return cls(ray.get_actor(ACTOR_NAME, namespace=namespace), ACTOR_NAME, namespace)
+        return cls.named(ACTOR_NAME, namespace)
 
     async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
         """Admit one task; the submits of one event-loop turn leave as one call, one transaction."""
