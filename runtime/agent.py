@@ -31,6 +31,7 @@ from runtime.tools.executor import Caller, ToolRouter
 from runtime.workflow import as_messages
 
 log = logging.getLogger(__name__)
+WATCH_S = 1.0  # an agent pool looks at its mailbox at least this often
 
 
 class Agent:
@@ -246,16 +247,21 @@ class AgentPool:
         return max(self.config.min_replicas, min(self.config.max_replicas, wanted))
 
     async def _supervise(self) -> None:
+        seen: tuple[int, int] | None = None
         while True:
             try:
-                await self.tick()
+                # Wakes as soon as the backlog moves (a burst grows the pool at once), and at least
+                # every WATCH_S to shrink idle replicas; an idle pool costs one call a second.
+                stats = await self.mailbox.watch(seen, WATCH_S)
+                seen = (stats["depth"], stats["in_flight"])
+                await self.tick(stats)
             except Exception:  # noqa: BLE001 - a failed tick is retried on the next one
                 log.warning("agent pool %s: supervision tick failed", self.role, exc_info=True)
-            await asyncio.sleep(0.1)
+                await asyncio.sleep(WATCH_S)
 
-    async def tick(self) -> None:
+    async def tick(self, stats: dict[str, Any] | None = None) -> None:
         """Size the pool to the mailbox's backlog: grow at once, shrink replicas idle long enough."""
-        stats = await self.mailbox.stats()
+        stats = stats or await self.mailbox.stats()
         backlog = stats["depth"] + stats["in_flight"]
         live = [m for m in self.members.live.values() if not m.stopping]
         desired = max(self._desired(backlog), 1 if stats["depth"] else 0)

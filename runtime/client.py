@@ -25,7 +25,14 @@ from runtime.config import Settings
 from runtime.dispatch import DispatcherHandle
 from runtime.errors import RuntimeNotRunning, TaskFailed, WaitTimeout
 from runtime.handles import ActorHandle, actor_names
-from runtime.models import END_EVENT_KINDS, Event, SubmitRequest, TaskRecord, TaskStatus
+from runtime.models import (
+    END_EVENT_KINDS,
+    Event,
+    SubmitRequest,
+    TaskRecord,
+    TaskStatus,
+    parse_cursor,
+)
 from runtime.store.actor import StoreHandle
 
 T = TypeVar("T")
@@ -91,10 +98,12 @@ class AsyncClient:
         return await self._store.get_task(task_id)
 
     async def list(self, status: TaskStatus | str | None = None, workflow: str | None = None,
-                   tenant: str | None = None, limit: int = 100, offset: int = 0) -> TaskList:
-        """Tasks, newest first."""
+                   tenant: str | None = None, limit: int = 100,
+                   cursor: str | None = None) -> TaskList:
+        """Tasks, newest first. The next page: ``cursor=page_cursor(tasks[-1])``."""
         status = TaskStatus(status) if status else None
-        return await self._store.list_tasks(status, workflow, tenant, limit, offset)
+        before = parse_cursor(cursor) if cursor else None
+        return await self._store.list_tasks(status, workflow, tenant, limit, before)
 
     async def wait_events(self, task_id: str, after: int = 0, timeout_s: float = 0.0) -> EventList:
         """Events after seq ``after``, waiting up to ``timeout_s`` for the first one."""
@@ -192,8 +201,8 @@ class Client:
         return self._run(self.aio.get(task_id))
 
     def list(self, status: TaskStatus | str | None = None, workflow: str | None = None,
-             tenant: str | None = None, limit: int = 100, offset: int = 0) -> TaskList:
-        return self._run(self.aio.list(status, workflow, tenant, limit, offset))
+             tenant: str | None = None, limit: int = 100, cursor: str | None = None) -> TaskList:
+        return self._run(self.aio.list(status, workflow, tenant, limit, cursor))
 
     def wait_events(self, task_id: str, after: int = 0, timeout_s: float = 0.0) -> EventList:
         return self._run(self.aio.wait_events(task_id, after, timeout_s))

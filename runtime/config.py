@@ -9,19 +9,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class RetryPolicy(BaseModel):
-    """How a step is retried: exponential backoff with jitter, up to ``max_attempts`` in all."""
+    """How a step, a tool call or an engine request is retried (runtime/retry.py): exponential
+    backoff with jitter, up to ``max_attempts`` in all."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_attempts: int = Field(3, ge=1)
-    initial_backoff_s: float = Field(0.2, ge=0)
-    backoff_multiplier: float = Field(2.0, ge=1)
-    max_backoff_s: float = Field(30.0, ge=0)
+    initial_backoff_s: float = Field(0.2, ge=0, allow_inf_nan=False)
+    backoff_multiplier: float = Field(2.0, ge=1, allow_inf_nan=False)
+    max_backoff_s: float = Field(
+        30.0, ge=0, allow_inf_nan=False,
+        description="the longest backoff; also caps an upstream's Retry-After")
     jitter: float = Field(0.2, ge=0, le=1, description="fraction of each delay drawn at random")
     non_retryable: tuple[str, ...] = Field(
         (), description="exception class names that fail the step at once"
@@ -72,6 +75,8 @@ class VLLMEngineConfig(BaseModel):
     max_model_len: int = Field(2048, ge=16)
     max_num_seqs: int = Field(32, ge=1, description="sequences vLLM batches at once")
     max_inflight: int = Field(32, ge=1, description="requests admitted per actor; more wait by priority")
+    admission_aging_per_s: float = Field(
+        1.0, ge=0, description="priority points a request waiting for admission gains per second")
     enforce_eager: bool = True
     cpu_kvcache_gib: int = Field(1, ge=1)
     replicas: int = Field(1, ge=1, description="engine actors per model, least-loaded routing")
@@ -108,7 +113,7 @@ class GateLimits(BaseModel):
 
     requests: int | None = Field(None, ge=1, description="requests per interval")
     tokens: int | None = Field(None, ge=1, description="tokens (prompt + completion) per interval")
-    interval_s: float = Field(1.0, gt=0)
+    interval_s: float = Field(1.0, ge=0.001, le=86_400.0)
     concurrency: int | None = Field(None, ge=1, description="requests in flight at once")
     max_hold_s: float = Field(
         300.0, gt=0, description="a grant not released by then is taken back (its holder died)")
@@ -122,16 +127,41 @@ class ToolSettings(BaseModel):
     executors: int = Field(2, ge=1, description="tool executor actors")
     executor_num_cpus: float = Field(0.05, ge=0)
     timeout_s: float = Field(30.0, gt=0, description="default per-attempt timeout of a tool call")
+    step_timeout_s: float = Field(
+        300.0, gt=0, description="default timeout of a ctx.tool step as a whole: its gate waits, "
+                                 "attempts and backoff (each attempt has timeout_s)")
     retry: RetryPolicy = RetryPolicy()
     http_max_bytes: int = Field(2 << 20, ge=1, description="http_fetch's cap on a response body")
     http_timeout_s: float = Field(10.0, gt=0)
     http_max_redirects: int = Field(5, ge=0)
     http_allow_networks: tuple[str, ...] = Field(
         (), description="CIDRs http_fetch may reach although they are private (e.g. 127.0.0.1/32)")
+    http_allow_ports: tuple[int | str, ...] = Field(
+        (80, 443), description="ports http_fetch may connect to: numbers, or ranges such as "
+        "'8000-8999' ('1-65535' allows any port)")
     sql_url: str | None = Field(
         None, description="sql_query's database: a SQLite path or a postgresql:// URL")
     sql_max_rows: int = Field(1000, ge=1)
+    sql_max_bytes: int = Field(
+        1 << 20, ge=1, description="sql_query's cap on a result's values (as text) and on any one "
+        "value: rows past it are cut (truncated=true), a value past it refuses the query")
     sql_timeout_s: float = Field(10.0, gt=0)
+
+    def model_post_init(self, context: object) -> None:
+        self.port_ranges()  # a bad entry fails here, at configuration
+
+    def port_ranges(self) -> tuple[range, ...]:
+        """``http_allow_ports`` as ranges."""
+        ranges = []
+        for entry in self.http_allow_ports:
+            first, dash, last = str(entry).strip().partition("-")
+            last = last if dash else first
+            if not (f"{first}{last}".isascii() and first.isdecimal() and last.isdecimal()
+                    and 1 <= int(first) <= int(last) <= 65535):
+                raise ValueError(f"http_allow_ports: {entry!r} is neither a port (1-65535) nor a "
+                                 f"range such as '8000-8999'")
+            ranges.append(range(int(first), int(last) + 1))
+        return tuple(ranges)
 
 
 class Settings(BaseSettings):
@@ -153,6 +183,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".raysquad")
     store: Literal["sqlite"] = Field("sqlite", description="the Store backend (RAYSQUAD_STORE)")
     sqlite_path: Path | None = Field(None, description="defaults to DATA_DIR/raysquad.db")
+    sqlite_synchronous: Literal["FULL", "EXTRA", "NORMAL"] = Field(
+        "FULL", description="FULL: an acknowledged submit survives power loss; NORMAL trades that "
+                            "for fewer fsyncs (a crash of the process still loses nothing)")
 
     # Task flow.
     workers: int = Field(2, ge=1)
@@ -172,6 +205,8 @@ class Settings(BaseSettings):
     )
     retry: RetryPolicy = RetryPolicy()
     step_timeout_s: float | None = Field(None, gt=0, description="default per-attempt step timeout")
+    agent_timeout_s: float = Field(
+        300.0, gt=0, description="default per-attempt timeout of an agent step (ctx.agent(...).run)")
 
     # The HTTP API.
     http_host: str = "127.0.0.1"
@@ -185,6 +220,25 @@ class Settings(BaseSettings):
     http_replicas_max: int = Field(
         1, ge=1, description="Ingress replicas; above 1 they autoscale (more only helps with more cores)")
     http_access_log: bool = Field(False, description="Serve's per-request access log")
+
+    # What one tenant may ask of the system (each decided before anything is committed).
+    max_input_bytes: int = Field(1 << 20, ge=1, description="a task's input, as JSON; larger gets 413")
+    tenant_queued_bytes: int = Field(
+        1 << 30, ge=1, description="input bytes of one tenant's queued tasks; past it submits get 429")
+    priorities: tuple[int, int] = Field(
+        (0, 10), description="the priorities a tenant may use (lowest, highest), unless "
+                             "tenant_priorities says otherwise")
+    tenant_priorities: dict[str, tuple[int, int]] = Field(
+        default_factory=dict, description="per tenant: the priorities it may use")
+    max_json_depth: int = Field(64, ge=2, le=500, description="nesting of arrays and objects in a body")
+    max_streams_per_tenant: int = Field(
+        32, ge=1, description="event streams one tenant may hold open on one Ingress replica")
+    max_streams: int = Field(
+        128, ge=1, description="event streams one Ingress replica holds open in all (below its "
+                               "request slots, so streams never starve other requests)")
+    stream_max_s: float = Field(
+        300.0, gt=0, description="an event stream ends after this long; the client reconnects "
+                                 "with Last-Event-ID")
 
     # Flow control: gates by resource key, fair share between tenants.
     gates: dict[str, GateLimits] = Field(default_factory=dict, description="limits by resource key")
@@ -203,6 +257,19 @@ class Settings(BaseSettings):
     simulated: SimulatedEngineConfig = SimulatedEngineConfig()
     vllm: VLLMEngineConfig = VLLMEngineConfig()
     openai: OpenAIEngineConfig = OpenAIEngineConfig()
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> Settings:
+        for who, (low, high) in [("priorities", self.priorities),
+                                 *((f"tenant_priorities[{t!r}]", r)
+                                   for t, r in self.tenant_priorities.items())]:
+            if low > high:
+                raise ValueError(f"{who}: the lowest priority {low} is above the highest {high}")
+        return self
+
+    def priority_range(self, tenant: str) -> tuple[int, int]:
+        """The priorities ``tenant`` may use."""
+        return self.tenant_priorities.get(tenant, self.priorities)
 
     @property
     def database_path(self) -> Path:

@@ -63,15 +63,19 @@ class Dispatcher:
     async def start(self, recover: bool = True) -> int:
         """Index the Store's queued tasks (first making an earlier run's running tasks queued, with
         ``recover``) and start the lease sweeper and the feed."""
-        records = (await self.store.recover() if recover
-                   else await self.store.list_tasks(TaskStatus.QUEUED,
-                                                    limit=self.settings.queue_capacity))
-        self._enqueue(records)
+        index = (await self.store.recover() if recover
+                 else await self.store.queued_index(self.settings.queue_capacity))
+        self._index(index)
         if self._loop is None:
             self._loop = asyncio.create_task(self._sweep())
         if self._feed is None:
             self._feed = asyncio.create_task(self._follow_submits())
-        return len(records)
+        return len(index)
+
+    def _index(self, index: list[tuple[str, int, float]]) -> None:
+        """Queue (id, priority, created_at) triples, as the Store's feed and index give them."""
+        if index:
+            self._put_back([(task_id, (prio, at)) for task_id, prio, at in index])
 
     def _enqueue(self, records: list[TaskRecord]) -> None:
         if records:
@@ -91,8 +95,7 @@ class Dispatcher:
                 log.warning("reading the Store's feed of new tasks failed; reading it again")
                 await asyncio.sleep(self.settings.sweep_interval_s)
                 continue
-            if fresh:
-                self._put_back([(task_id, (prio, at)) for task_id, prio, at in fresh])
+            self._index(fresh)
 
     async def app_modules(self) -> list[str]:
         """The app modules this runtime loaded (a client that validates inputs loads the same)."""
@@ -181,8 +184,7 @@ class Dispatcher:
                 log.warning("lease sweep failed; trying again next round", exc_info=True)
 
     async def _reconcile(self) -> None:
-        queued = await self.store.list_tasks(TaskStatus.QUEUED, limit=self.settings.queue_capacity)
-        self._enqueue(queued)
+        self._index(await self.store.queued_index(self.settings.queue_capacity))
 
 
 class DispatcherActor(Dispatcher):

@@ -12,6 +12,32 @@ class RaysquadError(Exception):
     """Base class for all raysquad errors."""
 
 
+# -- what kind of failure: the retry loops (runtime/retry.py) and the HTTP API (serve/errors.py) read
+# these bases, never a list of classes. An error under none of them is a failure nobody classified.
+
+
+class NotFound(RaysquadError):
+    """Base of errors for something named that does not exist (a task, a workflow, a tool): asking
+    again finds nothing more, so it is never retried."""
+
+
+class Conflict(RaysquadError):
+    """Base of errors for an operation that does not apply to the present state of what it names
+    (a task's status, a lease another owner holds): never retried."""
+
+
+class Refused(RaysquadError):
+    """Base of errors for a request refused for what it asks (invalid input, a policy, a limit): it
+    would be refused again, so it is never retried."""
+
+
+class Retryable(RaysquadError):
+    """Base of errors for a passing condition (busy, restarting, throttled, timed out): another
+    attempt may succeed, after ``retry_after_s`` where the error gives one."""
+
+    retry_after_s: float | None = None
+
+
 class ConfigError(RaysquadError):
     """Raised when configuration is invalid or names something that does not exist."""
 
@@ -20,7 +46,7 @@ class StoreError(RaysquadError):
     """Raised when the Store cannot read or write durable state."""
 
 
-class TaskNotFound(RaysquadError):
+class TaskNotFound(NotFound):
     """Raised when a task id does not exist in the Store."""
 
     def __init__(self, task_id: str) -> None:
@@ -31,7 +57,7 @@ class TaskNotFound(RaysquadError):
         return f"no task with id {self.task_id!r}"
 
 
-class WorkflowNotFound(RaysquadError):
+class WorkflowNotFound(NotFound):
     """Raised when a submission names a workflow that is not loaded."""
 
     def __init__(self, name: str, known: tuple[str, ...] = ()) -> None:
@@ -44,7 +70,7 @@ class WorkflowNotFound(RaysquadError):
         return f"unknown workflow {self.name!r} (loaded: {known})"
 
 
-class InvalidInput(RaysquadError):
+class InvalidInput(Refused):
     """Raised when a workflow's input does not validate against its input model."""
 
     def __init__(self, workflow: str, problems: list[str]) -> None:
@@ -56,7 +82,7 @@ class InvalidInput(RaysquadError):
         return f"invalid input for workflow {self.workflow!r}: " + "; ".join(self.problems)
 
 
-class QueueFull(RaysquadError):
+class QueueFull(Retryable):
     """Raised when a bounded queue refuses an item; nothing already accepted is affected."""
 
     def __init__(self, queue: str, capacity: int, retry_after_s: float = 1.0) -> None:
@@ -72,7 +98,61 @@ class QueueFull(RaysquadError):
         )
 
 
-class InvalidTransition(RaysquadError):
+class TenantQuotaExceeded(QueueFull):
+    """Raised when a tenant's queued tasks already hold its share of input bytes (a 429)."""
+
+    def __init__(self, tenant: str, queued_bytes: int, limit: int, retry_after_s: float = 1.0) -> None:
+        RaysquadError.__init__(self, tenant, queued_bytes, limit, retry_after_s)
+        self.tenant = tenant
+        self.queued_bytes = queued_bytes
+        self.queue = f"tenant {tenant}"
+        self.capacity = limit
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        return (f"tenant {self.tenant!r} has {self.queued_bytes} bytes of input queued, and the "
+                f"limit is {self.capacity}; try again in {self.retry_after_s:.1f}s")
+
+
+class InputTooLarge(Refused):
+    """Raised when a task's input is larger than ``max_input_bytes`` (a 413)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(size, limit)
+        self.size = size
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"the task's input is {self.size} bytes as JSON; the limit is {self.limit}"
+
+
+class PriorityNotAllowed(Refused):
+    """Raised when a tenant asks for a priority outside the range it may use (a 422)."""
+
+    def __init__(self, tenant: str, priority: int, low: int, high: int) -> None:
+        super().__init__(tenant, priority, low, high)
+        self.tenant = tenant
+        self.priority = priority
+        self.low = low
+        self.high = high
+
+    def __str__(self) -> str:
+        return (f"priority {self.priority} is not allowed: tenant {self.tenant!r} may use "
+                f"{self.low} to {self.high}")
+
+
+class InvalidCursor(Refused):
+    """Raised when a page cursor is not one the task list gave out (a 422)."""
+
+    def __init__(self, cursor: str) -> None:
+        super().__init__(cursor)
+        self.cursor = cursor
+
+    def __str__(self) -> str:
+        return f"cursor {self.cursor[:60]!r} is not one a task list gave out (use its next_cursor)"
+
+
+class InvalidTransition(Conflict):
     """Raised when an operation does not apply to a task in its current status."""
 
     def __init__(self, task_id: str, status: str, operation: str) -> None:
@@ -100,7 +180,7 @@ class StepError(RaysquadError):
         return f"step {self.step_key!r} failed after {self.attempts} attempt(s): {kind}{self.message}"
 
 
-class StepTimeout(RaysquadError):
+class StepTimeout(Retryable):
     """Raised inside a step attempt that ran past its timeout."""
 
     def __init__(self, step_key: str, timeout_s: float) -> None:
@@ -136,7 +216,7 @@ class SignalTimeout(RaysquadError):
         return f"task {self.task_id!r}: no signal {self.name!r} within {self.timeout_s}s"
 
 
-class LeaseLost(RaysquadError):
+class LeaseLost(Conflict):
     """Raised when a worker finds that another owner now holds its task's lease."""
 
     def __init__(self, task_id: str, owner: str) -> None:
@@ -148,7 +228,7 @@ class LeaseLost(RaysquadError):
         return f"lease on task {self.task_id!r} is no longer held by {self.owner!r}"
 
 
-class AgentNotFound(RaysquadError):
+class AgentNotFound(NotFound):
     """Raised when a workflow addresses an agent role that is not loaded."""
 
     def __init__(self, role: str, known: tuple[str, ...] = ()) -> None:
@@ -178,17 +258,21 @@ class AgentError(RaysquadError):
 class EngineError(RaysquadError):
     """Raised when an LLM engine fails a request."""
 
-    def __init__(self, model: str, message: str, retryable: bool = False) -> None:
-        super().__init__(model, message, retryable)
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(model, message)
         self.model = model
         self.message = message
-        self.retryable = retryable
 
     def __str__(self) -> str:
         return f"engine for model {self.model!r} failed: {self.message}"
 
 
-class ModelNotFound(RaysquadError):
+class EngineUnavailable(EngineError, Retryable):
+    """Raised when a model's upstream kept answering 429 or 5xx, or could not be reached, through
+    all of the engine's own attempts: a later try may succeed."""
+
+
+class ModelNotFound(NotFound):
     """Raised when an LLM call names a model that no engine serves."""
 
     def __init__(self, model: str, known: tuple[str, ...] = ()) -> None:
@@ -201,7 +285,7 @@ class ModelNotFound(RaysquadError):
         return f"no engine serves model {self.model!r} (served: {known})"
 
 
-class RuntimeNotRunning(RaysquadError):
+class RuntimeNotRunning(Retryable):
     """Raised when a client cannot find a running raysquad runtime."""
 
     def __init__(self, where: str) -> None:
@@ -254,7 +338,7 @@ class RemoteError(RaysquadError):
 # -- gates and tools -------------------------------------------------------------------------------
 
 
-class GateTimeout(RaysquadError):
+class GateTimeout(Retryable):
     """Raised when a gate did not grant passage within the caller's time limit."""
 
     def __init__(self, key: str, timeout_s: float) -> None:
@@ -266,10 +350,8 @@ class GateTimeout(RaysquadError):
         return f"gate {self.key!r} granted no passage within {self.timeout_s}s"
 
 
-class GateRequestTooLarge(RaysquadError):
+class GateRequestTooLarge(Refused):
     """Raised when one request asks a gate for more tokens than its whole window allows."""
-
-    retryable = False
 
     def __init__(self, key: str, tokens: int, limit: int) -> None:
         super().__init__(key, tokens, limit)
@@ -282,10 +364,8 @@ class GateRequestTooLarge(RaysquadError):
                 f"its window allows {self.limit}")
 
 
-class ToolNotFound(RaysquadError):
+class ToolNotFound(NotFound):
     """Raised when a tool call names a tool that is not registered."""
-
-    retryable = False
 
     def __init__(self, name: str, known: tuple[str, ...] = ()) -> None:
         super().__init__(name, known)
@@ -297,10 +377,8 @@ class ToolNotFound(RaysquadError):
         return f"unknown tool {self.name!r} (registered: {known})"
 
 
-class ToolArgsInvalid(RaysquadError):
+class ToolArgsInvalid(Refused):
     """Raised when a tool call's arguments do not validate against the tool's signature."""
-
-    retryable = False
 
     def __init__(self, name: str, problems: list[str]) -> None:
         super().__init__(name, problems)
@@ -313,8 +391,6 @@ class ToolArgsInvalid(RaysquadError):
 
 class ToolFailed(RaysquadError):
     """Raised to the caller when a tool call failed for good; ``dead_letter`` names its record."""
-
-    retryable = False
 
     def __init__(self, name: str, message: str, error_type: str = "", attempts: int = 1,
                  dead_letter: str = "") -> None:
@@ -331,25 +407,27 @@ class ToolFailed(RaysquadError):
         return f"tool {self.name!r} failed after {self.attempts} attempt(s): {kind}{self.message}{where}"
 
 
-class AddressRefused(RaysquadError):
-    """Raised when http_fetch would connect to a private, loopback, link-local or reserved address."""
+class AddressRefused(Refused):
+    """Raised when http_fetch would connect to a private, loopback, link-local or reserved address,
+    or to a port that is not allowed. It names the host as the caller gave it, never an address the
+    host resolved to (the tenant is not told what is inside; the log has it)."""
 
     retryable = False
 
-    def __init__(self, host: str, address: str, reason: str) -> None:
-        super().__init__(host, address, reason)
+    def __init__(self, host: str, reason: str,
+                 setting: str = "RAYSQUAD_TOOLS__HTTP_ALLOW_NETWORKS") -> None:
+        super().__init__(host, reason, setting)
         self.host = host
-        self.address = address
         self.reason = reason
+        self.setting = setting
 
     def __str__(self) -> str:
-        shown = self.host if self.host == self.address else f"{self.host} ({self.address})"
-        return (f"refused to connect to {shown}: {self.reason} address; allow it with "
-                f"RAYSQUAD_TOOLS__HTTP_ALLOW_NETWORKS")
+        allow = f"; allow it with {self.setting}" if self.setting else ""
+        return f"refused to connect to {self.host}: {self.reason}{allow}"
 
 
-class ResponseTooLarge(RaysquadError):
-    """Raised when a fetched body exceeds the size cap."""
+class ResponseTooLarge(Refused):
+    """Raised when a fetched body exceeds the size cap: as it arrives, and again as it decodes."""
 
     retryable = False
 
@@ -362,22 +440,23 @@ class ResponseTooLarge(RaysquadError):
         return f"response from {self.url} exceeds {self.limit} bytes"
 
 
-class UpstreamError(RaysquadError):
-    """Raised when an upstream service answers with an error status; 429 and 5xx are retryable."""
+class UpstreamError(Retryable):
+    """Raised when an upstream service answers 429 or 5xx (busy or failing): worth another try, after
+    its Retry-After where it sent one (retry loops cap that at their policy's max_backoff_s)."""
 
     def __init__(self, url: str, status: int, retry_after_s: float | None = None) -> None:
         super().__init__(url, status, retry_after_s)
         self.url = url
         self.status = status
         self.retry_after_s = retry_after_s
-        self.retryable = status == 429 or status >= 500
 
     def __str__(self) -> str:
         return f"{self.url} answered HTTP {self.status}"
 
 
-class QueryRefused(RaysquadError):
-    """Raised when sql_query is given a statement that is not read-only, or no database is set."""
+class QueryRefused(Refused):
+    """Raised when sql_query is given anything but one read-only statement within its limits (time,
+    functions, value size), or no database is set."""
 
     retryable = False
 
@@ -389,7 +468,7 @@ class QueryRefused(RaysquadError):
         return f"query refused: {self.reason}"
 
 
-class DeadLetterNotFound(RaysquadError):
+class DeadLetterNotFound(NotFound):
     """Raised when a dead letter id does not exist."""
 
     def __init__(self, dead_letter: str) -> None:
@@ -400,11 +479,9 @@ class DeadLetterNotFound(RaysquadError):
         return f"no dead letter with id {self.dead_letter!r}"
 
 
-class ActorUnavailable(RaysquadError):
+class ActorUnavailable(Retryable):
     """Raised when a part of the control plane stays unreachable past a call's deadline (it is
     restarting, or gone); the call may be tried again later. The HTTP API answers 503."""
-
-    retryable = True
 
     def __init__(self, actor: str, waited_s: float, retry_after_s: float = 2.0) -> None:
         super().__init__(actor, waited_s, retry_after_s)

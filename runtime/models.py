@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import enum
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.errors import InvalidCursor
 
 
 class TaskStatus(enum.StrEnum):
@@ -169,3 +173,20 @@ class DeadLetter(BaseModel):
     status: Literal["dead", "replayed"] = "dead"
     replayed_at: float | None = None
     result: Any = None
+
+
+def page_cursor(record: TaskRecord) -> str:
+    """Where a page of tasks (newest first) that ended with ``record`` leaves off: an opaque token."""
+    return base64.urlsafe_b64encode(f"{record.created_at!r} {record.id}".encode()).decode()
+
+
+def parse_cursor(cursor: str) -> tuple[float, str]:
+    """The (created_at, id) a ``page_cursor`` token holds; InvalidCursor if it holds none."""
+    try:
+        at, task_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(" ", 1)
+        value = float(at)
+    except (ValueError, UnicodeError) as e:
+        raise InvalidCursor(cursor) from e
+    if not math.isfinite(value) or not task_id:
+        raise InvalidCursor(cursor)
+    return value, task_id

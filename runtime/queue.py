@@ -10,6 +10,7 @@ therefore waits behind a later arrival of priority ``q`` only if it arrived less
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import sys
@@ -213,8 +214,13 @@ class QueueActor:
         self._waiting_consumers = 0
         # Consumers declared dead: a get they left pending must not take items for a ghost.
         self._lost: set[str] = set()
+        self._changed = asyncio.Event()  # set whenever depth or in-flight may have moved
+
+    def _touch(self) -> None:
+        self._changed.set()
 
     async def put_batch(self, items: list[tuple[str, int, Any]]) -> int:
+        self._touch()
         return self._q.put_batch(items)
 
     async def get_batch(self, consumer: str, max_items: int, timeout_s: float) -> list[tuple[str, Any]]:
@@ -229,9 +235,12 @@ class QueueActor:
         if consumer in self._lost:
             self._q.restored(self._q.queue.requeue_consumer(consumer))
             return []
+        if items:
+            self._touch()
         return items
 
     async def ack(self, item_ids: list[str]) -> None:
+        self._touch()
         self._q.queue.ack(item_ids)
 
     async def holds(self, item_id: str) -> bool:
@@ -240,6 +249,7 @@ class QueueActor:
     async def requeue_consumer(self, consumer: str) -> int:
         """The consumer is gone: its items in flight go back, and it gets nothing more."""
         self._lost.add(consumer)
+        self._touch()
         return self._q.restored(self._q.queue.requeue_consumer(consumer))
 
     async def requeue_all_but(self, live: list[str]) -> int:
@@ -249,6 +259,21 @@ class QueueActor:
 
     async def stats(self) -> dict[str, Any]:
         return {**self._q.queue.stats(), "waiting_consumers": self._waiting_consumers}
+
+    async def watch(self, seen: tuple[int, int] | None, timeout_s: float) -> dict[str, Any]:
+        """``stats`` once its (depth, in_flight) differs from ``seen``, or after ``timeout_s``: a
+        pool sizes itself on changes instead of asking ten times a second."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._changed.clear()
+            stats = await self.stats()
+            if (stats["depth"], stats["in_flight"]) != seen:
+                return stats
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return stats
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
 
 
 class MailboxService(Protocol):
@@ -262,6 +287,7 @@ class MailboxService(Protocol):
     async def requeue_consumer(self, consumer: str) -> int: ...
     async def requeue_all_but(self, live: list[str]) -> int: ...
     async def stats(self) -> dict[str, Any]: ...
+    async def watch(self, seen: tuple[int, int] | None, timeout_s: float) -> dict[str, Any]: ...
 
 
 class MailboxHandle(ActorHandle):
@@ -290,6 +316,9 @@ class MailboxHandle(ActorHandle):
 
     async def stats(self, deadline_s: float | None = None) -> dict[str, Any]:
         return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
+
+    async def watch(self, seen: tuple[int, int] | None, timeout_s: float) -> dict[str, Any]:
+        return await self._call("watch", seen, timeout_s)  # type: ignore[no-any-return]
 
 
 def start_queue(name: str, namespace: str, capacity: int, aging_per_s: float) -> MailboxHandle:

@@ -114,7 +114,8 @@ class WorkflowWorker:
         ctx = Context(
             task.id, task.workflow, task.priority, task.tenant, recorded, self,
             (wf.retry if wf and wf.retry else self.settings.retry), self.settings.step_timeout_s,
-            self.settings.default_model,
+            self.settings.default_model, agent_timeout_s=self.settings.agent_timeout_s,
+            tool_timeout_s=self.settings.tools.step_timeout_s,
         )
         ctx.cancel_requested = task.cancel_requested
         runner = asyncio.create_task(self._run_task(ctx, lease, task.input))

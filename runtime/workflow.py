@@ -12,7 +12,6 @@ import asyncio
 import functools
 import inspect
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,15 +20,9 @@ from typing import Any, Protocol, get_type_hints
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from runtime.config import RetryPolicy
-from runtime.errors import (
-    InvalidInput,
-    LeaseLost,
-    SignalTimeout,
-    StepError,
-    StepTimeout,
-    TaskCancelled,
-)
+from runtime.errors import InvalidInput, LeaseLost, SignalTimeout, StepError, TaskCancelled
 from runtime.models import ChatMessage, ChatRequest, Completion
+from runtime.retry import GaveUp, Retrying, retry
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +121,8 @@ class Context:
 
     def __init__(self, task_id: str, workflow: str, priority: int, tenant: str,
                  recorded: dict[str, Any], services: Services, retry: RetryPolicy,
-                 step_timeout_s: float | None, default_model: str) -> None:
+                 step_timeout_s: float | None, default_model: str, *,
+                 agent_timeout_s: float | None = None, tool_timeout_s: float | None = None) -> None:
         self.task_id = task_id
         self.workflow = workflow
         self.priority = priority
@@ -138,6 +132,10 @@ class Context:
         self._services = services
         self._retry = retry
         self._step_timeout_s = step_timeout_s
+        # Defaults by kind of step (Settings.agent_timeout_s, ToolSettings.step_timeout_s); an
+        # explicit timeout_s wins, and step_timeout_s applies where these are not set.
+        self._agent_timeout_s = agent_timeout_s
+        self._tool_timeout_s = tool_timeout_s
         self._counts: dict[str, int] = {}
         # True until the first step that was not recorded: progress events are not repeated on replay.
         self.replaying = bool(recorded)
@@ -164,10 +162,12 @@ class Context:
         """Call the tool ``name`` with ``args``, checkpointed: ``await ctx.tool("http_fetch", url=u)``.
 
         The tool's own policy retries the call (with its gate, timeout and backoff); a call that runs
-        out of retries raises ToolFailed naming its dead letter.
+        out of retries raises ToolFailed naming its dead letter. The step as a whole (gate waits, every
+        attempt and backoff) is bounded by the tools' ``step_timeout_s``.
         """
         key = self._key(f"tool:{name}")
-        return self._run(key, lambda: self._services.call_tool(self, name, key, args), ONE_ATTEMPT, None)
+        return self._run(key, lambda: self._services.call_tool(self, name, key, args), ONE_ATTEMPT,
+                         self._tool_timeout_s)
 
     def agent(self, role: str) -> AgentRef:
         """The pool of agents of ``role``: ``await ctx.agent("planner").run(payload)``."""
@@ -208,42 +208,29 @@ class Context:
             raise TaskCancelled(self.task_id)
 
     async def _run(self, key: str, attempt: Callable[[], Awaitable[Any]],
-                   retry: RetryPolicy | None, timeout_s: float | None) -> Any:
+                   retry_policy: RetryPolicy | None, timeout_s: float | None) -> Any:
         if key in self._recorded:
             return self._recorded[key]
         self.replaying = False
         self.check_cancelled()
-        policy = retry or self._retry
-        timeout_s = timeout_s or self._step_timeout_s
-        n = 0
-        while True:
-            n += 1
-            deadline = asyncio.timeout(timeout_s)
-            try:
-                async with deadline:
-                    value = await attempt()
-                break
-            except TimeoutError as e:
-                error: Exception = e
-                if deadline.expired():  # ours, not a TimeoutError the step itself raised
-                    error = StepTimeout(key, timeout_s or 0)
-                    error.__cause__ = e
-            except (TaskCancelled, LeaseLost, asyncio.CancelledError):
-                raise
-            except Exception as e:  # noqa: BLE001 - any failure of user code is the step's
-                error = e
-            name = type(error).__name__
-            if n >= policy.max_attempts or name in policy.non_retryable:
-                raise StepError(key, str(error), name, n) from error
-            delay = policy.backoff_s(n, random.random())
-            log.info("task %s step %s attempt %d failed (%s); retrying in %.2fs",
-                     self.task_id, key, n, name, delay)
-            self._services.emit(self, "step_retry", {"key": key, "attempt": n, "error": str(error),
-                                                      "error_type": name, "delay_s": round(delay, 3)})
-            await asyncio.sleep(delay)
+        try:
+            value = await retry(attempt, retry_policy or self._retry, name=key,
+                                timeout_s=timeout_s or self._step_timeout_s,
+                                on_retry=functools.partial(self._retrying, key),
+                                passthrough=(TaskCancelled, LeaseLost))
+        except GaveUp as e:
+            raise StepError(key, str(e.error), type(e.error).__name__, e.attempts) from e.error
         value = await self._services.record(self, key, value)
         self._recorded[key] = value
         return value
+
+    def _retrying(self, key: str, retrying: Retrying) -> None:
+        name = type(retrying.error).__name__
+        log.info("task %s step %s attempt %d failed (%s); retrying in %.2fs",
+                 self.task_id, key, retrying.attempt, name, retrying.delay_s)
+        self._services.emit(self, "step_retry", {
+            "key": key, "attempt": retrying.attempt, "error": str(retrying.error), "error_type": name,
+            "delay_s": round(retrying.delay_s, 3)})
 
 
 class AgentRef:
@@ -255,11 +242,13 @@ class AgentRef:
 
     def run(self, payload: Any = None, *, retry: RetryPolicy | None = None,
             timeout_s: float | None = None) -> Awaitable[Any]:
-        """Send ``payload`` to one agent of the role; the reply is checkpointed as a step."""
+        """Send ``payload`` to one agent of the role; the reply is checkpointed as a step. Each
+        attempt is bounded by ``timeout_s`` (default: the context's agent timeout); a timed-out one
+        is retried under the step's policy."""
         ctx = self._ctx
         key = ctx._key(f"agent:{self.role}")
         return ctx._run(key, lambda: ctx._services.call_agent(ctx, self.role, key, payload),
-                        retry, timeout_s)
+                        retry, timeout_s or ctx._agent_timeout_s)
 
 
 class LLM:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,25 +14,33 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.errors import (
-    ActorUnavailable,
-    AgentNotFound,
-    DeadLetterNotFound,
+    Conflict,
+    InputTooLarge,
+    InvalidCursor,
     InvalidInput,
-    InvalidTransition,
+    NotFound,
+    PriorityNotAllowed,
     QueueFull,
     RaysquadError,
-    RuntimeNotRunning,
-    TaskNotFound,
+    Refused,
+    Retryable,
     ToolArgsInvalid,
-    ToolNotFound,
-    WorkflowNotFound,
 )
+from runtime.retry import retry_after_s
 
+# An error gets the status of the most specific class listed here that it is (its MRO decides, not
+# the order): the bases give the general answer, a subclass listed here its own. Others get 500.
 _STATUS: list[tuple[type[RaysquadError], int]] = [
-    (TaskNotFound, 404), (WorkflowNotFound, 404), (AgentNotFound, 404), (InvalidInput, 422),
-    (QueueFull, 429), (InvalidTransition, 409), (RuntimeNotRunning, 503), (ActorUnavailable, 503),
-    (DeadLetterNotFound, 404), (ToolNotFound, 404), (ToolArgsInvalid, 422),
+    (NotFound, 404), (Conflict, 409), (Refused, 400), (Retryable, 503),
+    (InvalidInput, 422), (ToolArgsInvalid, 422), (QueueFull, 429),
+    (PriorityNotAllowed, 422), (InputTooLarge, 413), (InvalidCursor, 422),
 ]
+
+
+def status_of(exc: RaysquadError) -> int:
+    """The HTTP status that answers ``exc``."""
+    codes = dict(_STATUS)
+    return next((codes[cls] for cls in type(exc).__mro__ if cls in codes), 500)
 
 
 def error_body(status: int, kind: str, message: str, **more: Any) -> JSONResponse:
@@ -43,11 +52,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RaysquadError)
     async def ours(request: Request, exc: RaysquadError) -> JSONResponse:
-        status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
+        status = status_of(exc)
         response = error_body(status, type(exc).__name__, str(exc),
                               **({"problems": exc.problems} if isinstance(exc, InvalidInput) else {}))
-        if isinstance(exc, (QueueFull, ActorUnavailable)):
-            response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        after = retry_after_s(exc) if isinstance(exc, Retryable) else None
+        if after is not None:
+            response.headers["Retry-After"] = str(max(1, round(after)))
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -126,7 +136,8 @@ class BodyGuard:
                              f"request body exceeds the limit of {limit} bytes")
                 return
         if body:
-            problem = strict_json_problem(bytes(body))
+            depth = settings.max_json_depth if settings is not None else 64
+            problem = strict_json_problem(bytes(body), depth)
             if problem is not None:
                 await _reply(send, *problem)
                 return
@@ -142,38 +153,65 @@ class BodyGuard:
         await self.app(scope, replay, send)
 
 
-def strict_json_problem(body: bytes) -> tuple[int, str, str] | None:
-    """What makes a body that json.loads accepts unacceptable as JSON, if anything."""
+class _OutOfRange(float):
+    """A JSON number too large for a double (``1e999``), kept as text so the walk can name it."""
+
+    text: str
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isfinite(value):
+        return value
+    marker = _OutOfRange(0.0)
+    marker.text = text
+    return marker
+
+
+def strict_json_problem(body: bytes, max_depth: int = 64) -> tuple[int, str, str] | None:
+    """What makes a body that json.loads accepts unacceptable as JSON, if anything: NaN and
+    Infinity (not JSON), numbers no double holds, nesting deeper than ``max_depth``, lone surrogates
+    (valid JSON escapes that no UTF-8 store can hold)."""
 
     def reject(constant: str) -> Any:
         raise ValueError(f"{constant} is not a JSON value")
 
     try:
-        value = json.loads(body, parse_constant=reject)
+        value = json.loads(body, parse_constant=reject, parse_float=_parse_float)
+    except RecursionError:
+        return 422, "ValidationError", f"body: nested too deeply (the limit is {max_depth} levels)"
     except ValueError as e:
         if "is not a JSON value" in str(e):
             return 400, "MalformedJSON", f"the request body is not valid JSON: {e}"
         return None  # ordinary syntax errors get FastAPI's own 400 with its position
-    path = _bad_unicode(value, ["body"])
-    if path is not None:
-        return 422, "ValidationError", f"{'.'.join(path)}: string is not valid Unicode (lone surrogate)"
-    return None
+    return _walk(value, max_depth)
 
 
-def _bad_unicode(value: Any, path: list[str]) -> list[str] | None:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path
-        return None
-    items = value.items() if isinstance(value, dict) else enumerate(value) \
-        if isinstance(value, list) else ()
-    for key, item in items:
-        found = _bad_unicode(key, path) if isinstance(key, str) else None
-        found = found or _bad_unicode(item, [*path, str(key)])
-        if found is not None:
-            return found
+def _walk(value: Any, max_depth: int) -> tuple[int, str, str] | None:
+    """Depth-first over the parsed body, without recursion (the depth is what is being checked)."""
+    stack: list[tuple[Any, list[str]]] = [(value, ["body"])]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, _OutOfRange):
+            return (422, "ValidationError",
+                    f"{'.'.join(path)}: number {item.text[:40]} is out of range (beyond a double)")
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return (422, "ValidationError",
+                        f"{'.'.join(path)}: string is not valid Unicode (lone surrogate)")
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if len(path) > max_depth:
+            return (422, "ValidationError",
+                    f"{'.'.join(path[:4])}...: nested deeper than {max_depth} levels")
+        pairs = item.items() if isinstance(item, dict) else enumerate(item)
+        for key, child in pairs:
+            if isinstance(key, str):
+                stack.append((key, path))
+            stack.append((child, [*path, str(key)]))
     return None
 
 

@@ -10,7 +10,9 @@ import asyncio
 import json
 import re
 import secrets
-from collections.abc import AsyncIterator
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
@@ -23,7 +25,14 @@ from sse_starlette.sse import EventSourceResponse
 from runtime.client import AsyncClient
 from runtime.config import GateLimits, Settings
 from runtime.errors import DeadLetterNotFound, TaskNotFound
-from runtime.models import END_EVENT_KINDS, DeadLetter, SubmitRequest, TaskRecord, TaskStatus
+from runtime.models import (
+    END_EVENT_KINDS,
+    DeadLetter,
+    SubmitRequest,
+    TaskRecord,
+    TaskStatus,
+    page_cursor,
+)
 from runtime.ops import AsyncOps
 from serve import errors
 
@@ -112,6 +121,79 @@ def task_fields(r: TaskRecord) -> dict[str, Any]:
     }
 
 
+STREAM_PING_S = 15
+
+
+class StreamSlots:
+    """The event streams this replica holds open, per tenant and in all. A stream holds one of the
+    replica's request slots for as long as it lasts; both limits sit below the replica's
+    ``max_ongoing_requests``, so streams never take the slots other requests need."""
+
+    def __init__(self, per_tenant: int, total: int) -> None:
+        self.per_tenant = per_tenant
+        self.total = total
+        self.open_by_tenant: Counter[str] = Counter()
+
+    def open(self, tenant: str) -> Callable[[], None]:
+        """Take a slot for ``tenant`` (HTTPException 429 if none is free); returns its release."""
+        if self.open_by_tenant[tenant] >= self.per_tenant:
+            raise HTTPException(429, f"tenant {tenant!r} has {self.per_tenant} event streams open, "
+                                     "the most it may; close one first",
+                                headers={"Retry-After": "5"})
+        if sum(self.open_by_tenant.values()) >= self.total:
+            raise HTTPException(429, f"this server holds {self.total} event streams open, the most "
+                                     "it may; try again shortly", headers={"Retry-After": "5"})
+        self.open_by_tenant[tenant] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.open_by_tenant[tenant] -= 1
+                if self.open_by_tenant[tenant] <= 0:
+                    del self.open_by_tenant[tenant]
+
+        return release
+
+
+class CountedEventStream(EventSourceResponse):
+    """An SSE response that gives its stream slot back however it ends (done, or the client gone)."""
+
+    def __init__(self, content: AsyncIterator[dict[str, Any]], release: Callable[[], None],
+                 **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+_SECRET_NAME = re.compile(r"auth|token|secret|passw|api[_-]?key|cookie|credential|signature",
+                          re.IGNORECASE)
+REDACTED = "[redacted]"
+
+
+def redacted(letter: DeadLetter) -> DeadLetter:
+    """A dead letter as a tenant sees it: the values of headers and of arguments named like
+    secrets (at any depth) replaced, since a workflow may have added credentials to a call."""
+
+    def scrub(value: Any, secret: bool) -> Any:
+        if isinstance(value, dict):
+            return {k: scrub(v, secret or (isinstance(k, str) and bool(_SECRET_NAME.search(k))))
+                    for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v, secret) for v in value]
+        return REDACTED if secret else value
+
+    args = {k: scrub(v, k == "headers" or bool(_SECRET_NAME.search(k)))
+            for k, v in letter.args.items()}
+    return letter.model_copy(update={"args": args})
+
+
 def _json(value: Any) -> bytes:
     """JSON as FastAPI's JSONResponse renders it. (Defined above ``Ingress``: ``serve.ingress``
     pickles the class where it is declared, with the globals that exist by then.)"""
@@ -120,7 +202,7 @@ def _json(value: Any) -> bytes:
 
 class TaskPage(BaseModel):
     items: list[TaskView]
-    next_offset: int | None
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
 
 
 class ResultView(BaseModel):
@@ -141,6 +223,15 @@ class WorkflowView(BaseModel):
     description: str
     input_schema: dict[str, Any]
     output_schema: dict[str, Any]
+
+
+# OpenAPI links from a submit's reply to the routes of the task it created (clients and fuzzers
+# follow them from one call to the next).
+TASK_LINKS = {
+    name: {"operationId": op, "parameters": {"task_id": "$response.body#/id"}}
+    for name, op in (("get", "getTask"), ("result", "getResult"), ("events", "streamEvents"),
+                     ("cancel", "cancelTask"), ("retry", "retryTask"))
+}
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -184,7 +275,8 @@ def admin_of(request: Request, tenant: Tenant) -> str:
 
 
 Admin = Annotated[str, Depends(admin_of)]
-GateKey = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[\w.:@/*-]+$")]
+# ASCII only: JSON Schema's \w is [A-Za-z0-9_], Python's matches any letter.
+GateKey = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@/*-]+$")]
 
 
 @serve.deployment(max_ongoing_requests=256)
@@ -192,6 +284,7 @@ GateKey = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[\w.:@/*-
 class Ingress:
     def __init__(self, settings: Settings) -> None:
         app.state.settings = settings
+        self.streams = StreamSlots(settings.max_streams_per_tenant, settings.max_streams)
         self.client = AsyncClient.from_named_actors(settings.namespace)
         self.ops = AsyncOps(settings.namespace)
 
@@ -201,9 +294,11 @@ class Ingress:
             raise TaskNotFound(task_id)  # another tenant's task does not exist for this caller
         return record
 
-    @app.post("/v1/tasks", status_code=202, response_model=TaskView,
+    @app.post("/v1/tasks", status_code=202, response_model=TaskView, operation_id="submitTask",
               responses={**_responses(404, 429, *_BODY_ERRORS),
-                         200: {"model": TaskView, "description": "the idempotency key's first task"}})
+                         202: {"links": TASK_LINKS},
+                         200: {"model": TaskView, "description": "the idempotency key's first task",
+                               "links": TASK_LINKS}})
     async def submit(self, body: SubmitBody, tenant: Tenant) -> Response:
         """Queue a task and answer at once. The same idempotency key returns the first task (200)."""
         record, created = await self.client.submit_request(
@@ -214,21 +309,25 @@ class Ingress:
         return Response(_json(task_fields(record)), 202 if created else 200,
                         {"Location": f"/v1/tasks/{record.id}"}, media_type="application/json")
 
-    @app.get("/v1/tasks", response_model=TaskPage, responses=_responses())
+    @app.get("/v1/tasks", response_model=TaskPage, responses=_responses(), operation_id="listTasks")
     async def list_tasks(self, tenant: Tenant, status: TaskStatus | None = None,
-                         workflow: str | None = None,
+                         workflow: Annotated[str | None, Query(max_length=200)] = None,
                          limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                         offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> TaskPage:
-        """Tasks of the caller's tenant, newest first."""
-        records = await self.client.list(status, workflow, tenant, limit + 1, offset)
-        return TaskPage(items=[TaskView.of(r) for r in records[:limit]],
-                        next_offset=offset + limit if len(records) > limit else None)
+                         cursor: Annotated[str | None, Query(max_length=200,
+                                                             pattern=r"^[A-Za-z0-9_=-]+$")] = None
+                         ) -> TaskPage:
+        """Tasks of the caller's tenant, newest first, a page at a time (follow ``next_cursor``)."""
+        records = await self.client.list(status, workflow, tenant, limit + 1, cursor)
+        page = records[:limit]
+        return TaskPage(items=[TaskView.of(r) for r in page],
+                        next_cursor=page_cursor(page[-1]) if len(records) > limit else None)
 
-    @app.get("/v1/tasks/{task_id}", response_model=TaskView, responses=_responses(404))
+    @app.get("/v1/tasks/{task_id}", response_model=TaskView, responses=_responses(404),
+             operation_id="getTask")
     async def get_task(self, task_id: str, tenant: Tenant) -> TaskView:
         return TaskView.of(await self._task(task_id, tenant))
 
-    @app.get("/v1/tasks/{task_id}/result", response_model=ResultView,
+    @app.get("/v1/tasks/{task_id}/result", response_model=ResultView, operation_id="getResult",
              responses={**_responses(404), 202: {"model": ResultView, "description": "not ended yet"},
                         409: {"model": ResultView, "description": "failed or cancelled"}})
     async def result(self, task_id: str, tenant: Tenant, response: Response) -> ResultView:
@@ -242,13 +341,16 @@ class Ingress:
         response.status_code = 409
         return ResultView(id=r.id, status=r.status, error=r.error or r.status.value)
 
-    @app.get("/v1/tasks/{task_id}/events", responses={
+    @app.get("/v1/tasks/{task_id}/events", operation_id="streamEvents", responses={
         **_responses(404, 400), 200: {"content": {"text/event-stream": {}},
                                  "description": "Server-Sent Events; ends when the task ends"}})
     async def events(self, task_id: str, tenant: Tenant,
                      last_event_id: Annotated[str | None, Header()] = None,
                      after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0) -> EventSourceResponse:
-        """The task's events as SSE, from after ``Last-Event-ID`` (or ``after``), until it ends."""
+        """The task's events as SSE, from after ``Last-Event-ID`` (or ``after``), until it ends.
+
+        A stream lasts at most ``stream_max_s``; the client then reconnects with ``Last-Event-ID``.
+        Each tenant may hold ``max_streams_per_tenant`` streams open (429 past it)."""
         await self._task(task_id, tenant)
         start = after
         if last_event_id is not None:
@@ -256,10 +358,13 @@ class Ingress:
                 raise HTTPException(400, f"Last-Event-ID must be an event seq (digits), not "
                                          f"{last_event_id[:40]!r}")
             start = int(last_event_id)
-        return EventSourceResponse(self._stream(task_id, start), ping=15)
+        release = self.streams.open(tenant)
+        return CountedEventStream(self._stream(task_id, start), release, ping=STREAM_PING_S)
 
     async def _stream(self, task_id: str, after: int) -> AsyncIterator[dict[str, Any]]:
-        while True:
+        settings: Settings = app.state.settings
+        ends = time.monotonic() + settings.stream_max_s
+        while (left := ends - time.monotonic()) > 0:
             batch = await self.client.wait_events(task_id, after, 0.0)
             if not batch:
                 if (await self.client.get(task_id)).status.ended:
@@ -268,7 +373,7 @@ class Ingress:
                     if not batch:
                         return
                 else:
-                    batch = await self.client.wait_events(task_id, after, 10.0)
+                    batch = await self.client.wait_events(task_id, after, min(10.0, left))
             for event in batch:
                 after = event.seq
                 yield {"id": str(event.seq), "event": event.kind,
@@ -277,15 +382,18 @@ class Ingress:
                 if event.kind in END_EVENT_KINDS:
                     return
             await asyncio.sleep(0)
+        # The stream's time is up: the client reconnects with Last-Event-ID (EventSource does so
+        # by itself, after the ``retry`` delay).
+        yield {"comment": "stream length reached; reconnect with Last-Event-ID", "retry": 1000}
 
-    @app.post("/v1/tasks/{task_id}/cancel", response_model=TaskView,
+    @app.post("/v1/tasks/{task_id}/cancel", response_model=TaskView, operation_id="cancelTask",
               responses=_responses(404, 409, *_BODY_ERRORS))
     async def cancel(self, task_id: str, tenant: Tenant) -> TaskView:
         """Cancel now if queued or waiting; at the next step boundary if running."""
         await self._task(task_id, tenant)
         return TaskView.of(await self.client.cancel(task_id))
 
-    @app.post("/v1/tasks/{task_id}/retry", response_model=TaskView,
+    @app.post("/v1/tasks/{task_id}/retry", response_model=TaskView, operation_id="retryTask",
               responses=_responses(404, 409, *_BODY_ERRORS))
     async def retry(self, task_id: str, tenant: Tenant) -> TaskView:
         """Run a failed or cancelled task again from its last checkpoint."""
@@ -293,7 +401,7 @@ class Ingress:
         return TaskView.of(await self.client.retry(task_id))
 
     @app.post("/v1/tasks/{task_id}/signals/{name}", status_code=202, response_model=TaskView,
-              responses=_responses(404, 409, *_BODY_ERRORS))
+              operation_id="signalTask", responses=_responses(404, 409, *_BODY_ERRORS))
     async def signal(self, task_id: str, name: Annotated[str, Field(min_length=1, max_length=200)],
                      tenant: Tenant, payload: Annotated[Any, Body()] = None) -> TaskView:
         """Send a signal with a JSON payload; a task waiting for it resumes."""
@@ -335,8 +443,10 @@ class Ingress:
     async def dead_letters(self, tenant: Tenant, status: Literal["dead", "replayed"] | None = None,
                            tool: str | None = None,
                            limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[DeadLetter]:
-        """Tool calls of the caller's tenant that ran out of retries, newest first."""
-        return await self.ops.dead_letters(status, tool, tenant, limit)
+        """Tool calls of the caller's tenant that ran out of retries, newest first (header values
+        and arguments named like secrets are shown as "[redacted]")."""
+        return [redacted(letter) for letter in await self.ops.dead_letters(status, tool, tenant,
+                                                                            limit)]
 
     @app.post("/v1/dead-letters/{letter_id}/replay", response_model=DeadLetter,
               responses=_responses(404))
@@ -345,7 +455,7 @@ class Ingress:
         letter = await self.ops.dead_letter(letter_id)
         if letter.tenant != tenant:
             raise DeadLetterNotFound(letter_id)
-        return await self.ops.replay(letter_id)
+        return redacted(await self.ops.replay(letter_id))
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -370,6 +480,8 @@ def build(settings: Settings) -> Any:
                                 "target_ongoing_requests": 32}})
     return Ingress.options(  # type: ignore[attr-defined]
         ray_actor_options={"num_cpus": 0.1},
+        # Room for every stream and as many other requests again, at least.
+        max_ongoing_requests=max(256, 2 * settings.max_streams),
         logging_config={"enable_access_log": settings.http_access_log}, **scaling,
     ).bind(settings)
 

@@ -45,8 +45,10 @@ class HttpClient:
         return _record(self._call("GET", f"/v1/tasks/{_path(task_id)}"))
 
     def list(self, status: TaskStatus | str | None = None, workflow: str | None = None,
-             limit: int = 100, offset: int = 0) -> TaskList:
-        params: dict[str, Any] = {"limit": min(limit, 500), "offset": offset}
+             limit: int = 100, cursor: str | None = None) -> TaskList:
+        params: dict[str, Any] = {"limit": min(limit, 500)}
+        if cursor:
+            params["cursor"] = cursor
         if status:
             params["status"] = TaskStatus(status).value
         if workflow:
@@ -88,8 +90,21 @@ class HttpClient:
         return self._call("GET", "/v1/workflows")  # type: ignore[no-any-return]
 
     def events(self, task_id: str, after: int = 0, follow: bool = True) -> Iterator[Event]:
-        """The task's events from its SSE stream, which ends when the task does (the stream always
-        follows; ``follow`` is accepted for the same signature as over Ray)."""
+        """The task's events from its SSE stream, until the task ends (the stream always follows;
+        ``follow`` is accepted for the same signature as over Ray). A stream the server ends
+        before the task does (streams have a maximum length) is opened again from the last event."""
+        while True:
+            got = False
+            for event in self._stream_once(task_id, after):
+                got = True
+                after = event.seq
+                yield event
+                if event.kind in END_EVENT_KINDS:
+                    return
+            if not got:  # nothing more, and the server closed: the task has ended
+                return
+
+    def _stream_once(self, task_id: str, after: int) -> Iterator[Event]:
         headers = {"Last-Event-ID": str(after)} if after else {}
         try:
             with self._http.stream("GET", f"/v1/tasks/{_path(task_id)}/events", headers=headers,

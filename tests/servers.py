@@ -25,6 +25,7 @@ class Hit:
     path: str
     query: dict[str, str]
     body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
 
 
 @dataclass
@@ -67,7 +68,8 @@ def _handler(up: Upstream) -> type[BaseHTTPRequestHandler]:
             parts = urlsplit(self.path)
             query = {k: v[0] for k, v in parse_qs(parts.query).items()}
             with up.lock:
-                up.hits.append(Hit(time.time(), self.command, parts.path, query, body))
+                up.hits.append(Hit(time.time(), self.command, parts.path, query, body,
+                                   {k.lower(): v for k, v in self.headers.items()}))
                 n = sum(1 for h in up.hits if h.path == parts.path)
             return parts.path, n
 

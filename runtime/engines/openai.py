@@ -1,8 +1,9 @@
 """An engine for any OpenAI-compatible endpoint, on the ``openai`` async client.
 
-Streams chat completions; retries 429 and 5xx answers (and connection errors) with exponential backoff
-that honours ``Retry-After``; wraps every failure in our picklable ``EngineError`` before it crosses
-an actor boundary. With ``send_priority`` the task's priority goes along as vLLM's ``priority`` field.
+Streams chat completions; retries 429 and 5xx answers (and connection errors) with runtime/retry.py's
+backoff loop, which honours ``Retry-After`` up to the config's ``max_backoff_s``; wraps every failure
+in our picklable ``EngineError`` (``EngineUnavailable`` when the tries ran out) before it crosses an
+actor boundary. With ``send_priority`` the task's priority goes along as vLLM's ``priority`` field.
 """
 
 from __future__ import annotations
@@ -10,35 +11,47 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 import httpx
 import openai
 
-from runtime.config import OpenAIEngineConfig
-from runtime.errors import EngineError
+from runtime.config import OpenAIEngineConfig, RetryPolicy
+from runtime.errors import EngineError, EngineUnavailable
 from runtime.models import ChatRequest, Completion, Usage
+from runtime.retry import GaveUp, Retrying, Sleep, retry, usable_retry_after_s
 
 log = logging.getLogger(__name__)
 
+# What another try may cure: throttling, a server error, a connection that failed or timed out.
+TRANSIENT = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)
 
-def retry_after_s(error: openai.APIStatusError) -> float | None:
-    """The server's Retry-After in seconds, if it sent one we can read."""
-    value = error.response.headers.get("retry-after") if error.response is not None else None
+
+def retry_after_s(error: BaseException) -> float | None:
+    """The server's Retry-After in seconds, if it sent one we can read (the retry loop caps it)."""
+    response = getattr(error, "response", None) if isinstance(error, openai.APIStatusError) else None
+    value = response.headers.get("retry-after") if response is not None else None
     try:
-        return max(0.0, float(value)) if value is not None else None
+        return usable_retry_after_s(float(value)) if value is not None else None
     except ValueError:
         return None
+
+
+def retry_policy(config: OpenAIEngineConfig) -> RetryPolicy:
+    """The engine's retries as a RetryPolicy: doubling backoff with 20% jitter."""
+    return RetryPolicy(max_attempts=config.max_attempts, initial_backoff_s=config.initial_backoff_s,
+                       max_backoff_s=config.max_backoff_s, backoff_multiplier=2.0, jitter=0.2)
 
 
 class OpenAIEngine:
     remote = True  # an upstream service: a request has reached it when its first chunk comes back
     def __init__(self, model: str, config: OpenAIEngineConfig,
-                 http_client: httpx.AsyncClient | None = None) -> None:
+                 http_client: httpx.AsyncClient | None = None, sleep: Sleep = asyncio.sleep) -> None:
         self.model = model
         self.config = config
+        self.policy = retry_policy(config)
+        self._sleep = sleep  # every backoff waits here (a test measures them instead)
         self._client = openai.AsyncOpenAI(
             base_url=config.base_url, api_key=os.environ.get(config.api_key_env) or "unused",
             max_retries=0, timeout=config.timeout_s,
@@ -66,25 +79,24 @@ class OpenAIEngine:
 
     async def chat(self, request: ChatRequest,
                    on_text: Callable[[str], Awaitable[None]] | None = None) -> Completion:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await self._once(request, on_text)
-            except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as e:
-                if attempt >= self.config.max_attempts:
-                    raise EngineError(self.model, f"{type(e).__name__} after {attempt} attempts: {e}",
-                                      retryable=True) from None
-                hinted = retry_after_s(e) if isinstance(e, openai.APIStatusError) else None
-                if isinstance(e, openai.RateLimitError) and self.on_throttled is not None:
-                    self.on_throttled(hinted)
-                delay = hinted if hinted is not None else min(
-                    self.config.max_backoff_s,
-                    self.config.initial_backoff_s * 2 ** (attempt - 1) * (0.8 + 0.4 * random.random()))
-                log.info("model %s: %s, retrying in %.2fs", self.model, type(e).__name__, delay)
-                await asyncio.sleep(delay)
-            except openai.APIError as e:
-                raise EngineError(self.model, f"{type(e).__name__}: {e}") from None
+        try:
+            return await retry(lambda: self._once(request, on_text), self.policy,
+                               name=f"model:{self.model}",
+                               retryable=lambda e: isinstance(e, TRANSIENT), hint=retry_after_s,
+                               on_retry=self._retrying, sleep=self._sleep)
+        except GaveUp as e:
+            error = e.error
+            if e.retryable:
+                raise EngineUnavailable(self.model, f"{type(error).__name__} after {e.attempts} "
+                                                    f"attempts: {error}") from None
+            if isinstance(error, openai.APIError):
+                raise EngineError(self.model, f"{type(error).__name__}: {error}") from None
+            raise error from None
+
+    def _retrying(self, r: Retrying) -> None:
+        if isinstance(r.error, openai.RateLimitError) and self.on_throttled is not None:
+            self.on_throttled(r.retry_after_s)  # as honoured: capped like the wait itself
+        log.info("model %s: %s, retrying in %.2fs", self.model, type(r.error).__name__, r.delay_s)
 
     async def _once(self, request: ChatRequest,
                     on_text: Callable[[str], Awaitable[None]] | None) -> Completion:

@@ -1,9 +1,9 @@
 """The vLLM engine: vLLM's async engine in-process (inside an engine actor), streaming, abort, priority.
 
 Two concurrency limits apply: vLLM's own ``max_num_seqs`` (sequences batched at once), and an
-admission limit per actor, ``max_inflight``: requests beyond it wait here, highest priority first,
-instead of piling into the engine. The task's priority reaches vLLM's priority scheduler (vLLM runs
-lower numbers first, so it gets ``-priority``).
+admission limit per actor, ``max_inflight``: requests beyond it wait here, highest priority first with
+aging (so a low priority is not starved), instead of piling into the engine. The task's priority
+reaches vLLM's priority scheduler (vLLM runs lower numbers first, so it gets ``-priority``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import heapq
 import itertools
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
@@ -24,12 +25,22 @@ log = logging.getLogger(__name__)
 
 
 class Admission:
-    """At most ``limit`` holders at once; waiters are admitted by priority (higher first), then FIFO."""
+    """At most ``limit`` holders at once; waiters are admitted by priority with aging, then FIFO.
 
-    def __init__(self, limit: int) -> None:
+    A waiter's effective priority is ``priority + aging_per_s * seconds waited`` (as in the task
+    queue, so the heap key ``aging_per_s * enqueued_at - priority`` is fixed at insert time): a request
+    of priority ``p`` waits behind a later one of priority ``q`` only if the later one arrived less
+    than ``(q - p) / aging_per_s`` seconds after it, so a stream of high-priority requests cannot
+    starve a low-priority one.
+    """
+
+    def __init__(self, limit: int, aging_per_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self.active = 0
-        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self.aging_per_s = aging_per_s
+        self._clock = clock
+        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
 
     @property
@@ -41,7 +52,7 @@ class Admission:
             self.active += 1
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (-priority, next(self._seq), future)
+        entry = (self.aging_per_s * self._clock() - priority, next(self._seq), future)
         heapq.heappush(self._waiting, entry)
         try:
             await future
@@ -80,7 +91,7 @@ class VLLMEngine:
         )
         self._engine = AsyncLLMEngine.from_engine_args(args)
         self._tokenizer = self._engine.get_tokenizer()
-        self.admission = Admission(config.max_inflight)
+        self.admission = Admission(config.max_inflight, config.admission_aging_per_s)
 
     def _prompt(self, request: ChatRequest) -> str:
         messages = [{"role": m.role, "content": m.content} for m in request.messages]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import pickle
 import time
 import uuid
@@ -21,7 +22,14 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from runtime.config import Settings
-from runtime.errors import QueueFull, RaysquadError
+from runtime.errors import (
+    InputTooLarge,
+    InvalidInput,
+    PriorityNotAllowed,
+    QueueFull,
+    RaysquadError,
+    TenantQuotaExceeded,
+)
 from runtime.group_commit import GroupCommit
 from runtime.handles import ActorHandle
 from runtime.models import (
@@ -45,8 +53,17 @@ def open_store(settings: Settings) -> Store:
         from runtime.store.sqlite import SQLiteStore
 
         return SQLiteStore(settings.database_path, settings.blob_dir,
+                           synchronous=settings.sqlite_synchronous,
                            max_crashes=settings.max_task_crashes)
     raise ValueError(f"unknown store {settings.store!r}")
+
+
+def _input_bytes(req: SubmitRequest) -> int:
+    """The size of a task's input as JSON; -1 if it is not JSON (it holds NaN or an infinity)."""
+    try:
+        return len(json.dumps(req.input, allow_nan=False).encode())
+    except ValueError:
+        return -1
 
 
 class StoreActor:
@@ -55,6 +72,7 @@ class StoreActor:
     def __init__(self, settings: Settings) -> None:
         self._store: Any = open_store(settings)  # a backend's own extras: touched, path
         self._waiters: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._settings = settings
         self._capacity = settings.queue_capacity
         # The dispatcher's feed: (id, priority, created_at) of tasks submitted since it last looked.
         self._submitted: list[tuple[str, int, float]] = []
@@ -80,23 +98,55 @@ class StoreActor:
         return self._call("create_tasks", items, time.time())  # type: ignore[no-any-return]
 
     async def submit_tasks(self, items: list[tuple[str, SubmitRequest]]
-                           ) -> list[tuple[TaskRecord, bool] | QueueFull]:
-        """``create_tasks`` under the queue bound; the new tasks go to the dispatcher's feed.
+                           ) -> list[tuple[TaskRecord, bool] | RaysquadError]:
+        """``create_tasks`` for the items that pass admission; the new tasks go to the dispatcher's feed.
 
-        Once ``queue_capacity`` tasks are queued, the rest of the batch gets QueueFull (as values, one
-        per refused item) and nothing is written for them. As in the dispatcher before, the bound is
-        checked before idempotency keys: a submit that may be new must find room.
+        Admission, decided before anything is written, per item in order: the tenant's priority range
+        (PriorityNotAllowed), the input's size (InputTooLarge), the queue bound (QueueFull) and the
+        tenant's queued input bytes (TenantQuotaExceeded). A refused item gets its error as a value
+        and nothing is written for it. As in the dispatcher before, the bounds are checked before
+        idempotency keys: a submit that may be new must find room.
         """
         room = max(0, self._capacity - self._store.count_tasks(TaskStatus.QUEUED))
-        accepted: list[tuple[TaskRecord, bool]] = (
-            self._call("create_tasks", items[:room], time.time()) if room else [])
-        fresh = [(r.id, r.priority, r.created_at) for r, created in accepted if created]
+        queued: dict[str, int] = {}
+        verdicts: list[RaysquadError | None] = []
+        for _, req in items:
+            size = _input_bytes(req)
+            refusal = self._refusal(req, size)
+            size = max(size, 0)
+            if refusal is None and room <= 0:
+                refusal = QueueFull("tasks", self._capacity, retry_after_s=1.0)
+            if refusal is None:
+                if req.tenant not in queued:
+                    queued[req.tenant] = self._store.queued_bytes(req.tenant)
+                if queued[req.tenant] + size > self._settings.tenant_queued_bytes:
+                    refusal = TenantQuotaExceeded(req.tenant, queued[req.tenant],
+                                                  self._settings.tenant_queued_bytes)
+                else:
+                    queued[req.tenant] += size
+                    room -= 1
+            verdicts.append(refusal)
+        admitted = [item for item, refusal in zip(items, verdicts, strict=True) if refusal is None]
+        created = iter(self._call("create_tasks", admitted, time.time()) if admitted else [])
+        results: list[tuple[TaskRecord, bool] | RaysquadError] = [
+            next(created) if refusal is None else refusal for refusal in verdicts]
+        fresh = [(r[0].id, r[0].priority, r[0].created_at) for r in results
+                 if isinstance(r, tuple) and r[1]]
         if fresh:
             self._submitted.extend(fresh)
             del self._submitted[:-self._capacity]  # unread that long: the reconcile finds them
             self._submitted_event.set()
-        return [*accepted,
-                *(QueueFull("tasks", self._capacity, retry_after_s=1.0) for _ in items[room:])]
+        return results
+
+    def _refusal(self, req: SubmitRequest, size: int) -> RaysquadError | None:
+        if size < 0:
+            return InvalidInput(req.workflow, ["input: NaN and infinite numbers are not JSON"])
+        low, high = self._settings.priority_range(req.tenant)
+        if not low <= req.priority <= high:
+            return PriorityNotAllowed(req.tenant, req.priority, low, high)
+        if size > self._settings.max_input_bytes:
+            return InputTooLarge(size, self._settings.max_input_bytes)
+        return None
 
     async def take_submitted(self, timeout_s: float) -> list[tuple[str, int, float]]:
         """The tasks ``submit_tasks`` created since the last call, waiting up to ``timeout_s`` for one.
@@ -133,14 +183,17 @@ class StoreActor:
 
     async def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
                          tenant: str | None = None, limit: int = 100,
-                         offset: int = 0) -> list[TaskRecord]:
-        return self._call("list_tasks", status, workflow, tenant, limit, offset)  # type: ignore[no-any-return]
+                         before: tuple[float, str] | None = None) -> list[TaskRecord]:
+        return self._call("list_tasks", status, workflow, tenant, limit, before)  # type: ignore[no-any-return]
+
+    async def queued_index(self, limit: int) -> list[tuple[str, int, float]]:
+        return self._call("queued_index", limit)  # type: ignore[no-any-return]
 
     async def count_tasks(self, status: TaskStatus) -> int:
         return self._call("count_tasks", status)  # type: ignore[no-any-return]
 
-    async def recover(self) -> list[TaskRecord]:
-        return self._call("recover", time.time())  # type: ignore[no-any-return]
+    async def recover(self) -> list[tuple[str, int, float]]:
+        return self._call("recover", time.time(), self._capacity)  # type: ignore[no-any-return]
 
     async def claim(self, task_ids: list[str], owner: str, lease_s: float) -> list[Claim]:
         return self._call("claim", task_ids, owner, lease_s, time.time())  # type: ignore[no-any-return]
@@ -229,14 +282,15 @@ class StoreService(Protocol):
     test, a ``StoreActor`` in the same process."""
 
     async def submit_tasks(self, items: list[tuple[str, SubmitRequest]]
-                           ) -> list[tuple[TaskRecord, bool] | QueueFull]: ...
+                           ) -> list[tuple[TaskRecord, bool] | RaysquadError]: ...
     async def take_submitted(self, timeout_s: float) -> list[tuple[str, int, float]]: ...
     async def get_task(self, task_id: str) -> TaskRecord: ...
     async def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
                          tenant: str | None = None, limit: int = 100,
-                         offset: int = 0) -> list[TaskRecord]: ...
+                         before: tuple[float, str] | None = None) -> list[TaskRecord]: ...
+    async def queued_index(self, limit: int) -> list[tuple[str, int, float]]: ...
     async def count_tasks(self, status: TaskStatus) -> int: ...
-    async def recover(self) -> list[TaskRecord]: ...
+    async def recover(self) -> list[tuple[str, int, float]]: ...
     async def claim(self, task_ids: list[str], owner: str, lease_s: float) -> list[Claim]: ...
     async def renew(self, owner: str, leases: dict[str, int], lease_s: float) -> dict[str, bool]: ...
     async def expire_leases(self) -> list[TaskRecord]: ...
@@ -294,7 +348,7 @@ class StoreHandle(ActorHandle):
         return list(await self.submit_tasks([(uuid.uuid4().hex, r) for r in reqs]))
 
     async def submit_tasks(self, items: list[tuple[str, SubmitRequest]]
-                           ) -> list[tuple[TaskRecord, bool] | QueueFull]:
+                           ) -> list[tuple[TaskRecord, bool] | RaysquadError]:
         # Repeatable: each item carries the id it gets, and a repeat finds it created.
         return await self._call("submit_tasks", items)  # type: ignore[no-any-return]
 
@@ -306,13 +360,16 @@ class StoreHandle(ActorHandle):
 
     async def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
                          tenant: str | None = None, limit: int = 100,
-                         offset: int = 0) -> list[TaskRecord]:
-        return await self._call("list_tasks", status, workflow, tenant, limit, offset)  # type: ignore[no-any-return]
+                         before: tuple[float, str] | None = None) -> list[TaskRecord]:
+        return await self._call("list_tasks", status, workflow, tenant, limit, before)  # type: ignore[no-any-return]
+
+    async def queued_index(self, limit: int) -> list[tuple[str, int, float]]:
+        return await self._call("queued_index", limit)  # type: ignore[no-any-return]
 
     async def count_tasks(self, status: TaskStatus) -> int:
         return await self._call("count_tasks", status)  # type: ignore[no-any-return]
 
-    async def recover(self) -> list[TaskRecord]:
+    async def recover(self) -> list[tuple[str, int, float]]:
         return await self._call("recover")  # type: ignore[no-any-return]
 
     async def claim(self, task_ids: list[str], owner: str, lease_s: float) -> list[Claim]:

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from runtime.models import Claim, DeadLetter, Event, Lease, SubmitRequest, TaskRecord, TaskStatus
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class Store(Protocol):
@@ -25,14 +25,21 @@ class Store(Protocol):
         """The task, or TaskNotFound."""
 
     def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
-                   tenant: str | None = None, limit: int = 100, offset: int = 0) -> list[TaskRecord]:
-        """Tasks, newest first."""
+                   tenant: str | None = None, limit: int = 100,
+                   before: tuple[float, str] | None = None) -> list[TaskRecord]:
+        """Tasks, newest first; ``before``: the (created_at, id) the previous page ended at."""
 
     def count_tasks(self, status: TaskStatus) -> int:
         """How many tasks have this status."""
 
-    def recover(self, now: float) -> list[TaskRecord]:
-        """At start-up: make every task left running by an earlier run queued; return all queued."""
+    def queued_bytes(self, tenant: str) -> int:
+        """The input bytes of ``tenant``'s queued tasks."""
+
+    def queued_index(self, limit: int) -> list[tuple[str, int, float]]:
+        """(id, priority, created_at) of the oldest ``limit`` queued tasks, without their inputs."""
+
+    def recover(self, now: float, limit: int = 1_000_000) -> list[tuple[str, int, float]]:
+        """At start-up: make every task left running by an earlier run queued; the queued index."""
 
     def claim(self, task_ids: list[str], owner: str, lease_s: float, now: float) -> list[Claim]:
         """Lease each still-queued task to ``owner``; tasks no longer queued are skipped."""

@@ -99,6 +99,12 @@ _MIGRATIONS: dict[int, str] = {
     4: """
     ALTER TABLE tasks ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;
     """,
+    5: """
+    ALTER TABLE tasks ADD COLUMN input_bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE tasks SET input_bytes = length(CAST(input AS BLOB));
+    CREATE INDEX tasks_tenant_created ON tasks(tenant, created_at, id);
+    CREATE INDEX tasks_tenant_status ON tasks(tenant, status, input_bytes);
+    """,
 }
 
 _TASK_COLUMNS = (
@@ -134,7 +140,7 @@ def _dead_letter(row: sqlite3.Row) -> DeadLetter:
 class SQLiteStore:
     """The Store on one SQLite file. Not thread-safe: one process, one thread (the Store actor)."""
 
-    def __init__(self, path: Path, blob_dir: Path, synchronous: str = "NORMAL",
+    def __init__(self, path: Path, blob_dir: Path, synchronous: str = "FULL",
                  max_crashes: int = 3) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         blob_dir.mkdir(parents=True, exist_ok=True)
@@ -254,10 +260,11 @@ class SQLiteStore:
             ).fetchone()
             if row is not None:
                 return _task(row), False
+        text = json.dumps(req.input)
         c.execute(
-            "INSERT INTO tasks (id, workflow, input, status, priority, tenant, idempotency_key, "
-            "created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-            (task_id, req.workflow, json.dumps(req.input), req.priority, req.tenant,
+            "INSERT INTO tasks (id, workflow, input, input_bytes, status, priority, tenant, "
+            "idempotency_key, created_at, updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+            (task_id, req.workflow, text, len(text.encode()), req.priority, req.tenant,
              req.idempotency_key, now, now),
         )
         self._event(c, task_id, "submitted", {"priority": req.priority}, now)
@@ -267,31 +274,48 @@ class SQLiteStore:
         return self._get(self._conn, task_id)
 
     def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
-                   tenant: str | None = None, limit: int = 100, offset: int = 0) -> list[TaskRecord]:
-        where, args = [], []
+                   tenant: str | None = None, limit: int = 100,
+                   before: tuple[float, str] | None = None) -> list[TaskRecord]:
+        """Newest first; ``before``: the (created_at, id) of the last task of the previous page."""
+        where: list[str] = []
+        args: list[Any] = []
         for column, value in (("status", status.value if status else None), ("workflow", workflow),
                               ("tenant", tenant)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
+        if before is not None:
+            where.append("(created_at, id) < (?, ?)")
+            args.extend(before)
         sql = f"SELECT {_TASK_COLUMNS} FROM tasks"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
-        return [_task(r) for r in self._conn.execute(sql, (*args, limit, offset))]
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        return [_task(r) for r in self._conn.execute(sql, (*args, limit))]
 
     def count_tasks(self, status: TaskStatus) -> int:
         row = self._conn.execute("SELECT count(*) FROM tasks WHERE status = ?", (status.value,))
         return int(row.fetchone()[0])
 
-    def recover(self, now: float) -> list[TaskRecord]:
+    def queued_bytes(self, tenant: str) -> int:
+        """The input bytes of ``tenant``'s queued tasks."""
+        row = self._conn.execute("SELECT coalesce(sum(input_bytes), 0) FROM tasks "
+                                 "WHERE tenant = ? AND status = 'queued'", (tenant,))
+        return int(row.fetchone()[0])
+
+    def queued_index(self, limit: int) -> list[tuple[str, int, float]]:
+        """(id, priority, created_at) of the oldest ``limit`` queued tasks: what a queue indexes,
+        without their inputs."""
+        return [(r[0], r[1], r[2]) for r in self._conn.execute(
+            "SELECT id, priority, created_at FROM tasks WHERE status = 'queued' "
+            "ORDER BY created_at LIMIT ?", (limit,))]
+
+    def recover(self, now: float, limit: int = 1_000_000) -> list[tuple[str, int, float]]:
+        """Queue again the tasks an earlier run left running; the queued tasks' index."""
         with self._tx() as c:
             rows = c.execute("SELECT id, owner FROM tasks WHERE status = 'running'").fetchall()
             self._requeue(c, rows, "runtime restarted", now)
-            queued = c.execute(
-                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status = 'queued' ORDER BY created_at"
-            ).fetchall()
-            return [_task(r) for r in queued]
+        return self.queued_index(limit)
 
     def claim(self, task_ids: list[str], owner: str, lease_s: float, now: float) -> list[Claim]:
         claims = []
@@ -600,6 +624,7 @@ class SQLiteStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives power loss only once its directory is
 
     def read_blob(self, key: str) -> bytes:
         try:
@@ -609,3 +634,11 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

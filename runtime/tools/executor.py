@@ -1,9 +1,10 @@
 """Tool executors: actors that run tool calls with gates, timeouts, retries, batching, dead letters.
 
 A call passes its tool's gate on every attempt (so a cluster-wide limit counts retries too), runs
-under the tool's timeout, and is retried with exponential backoff and jitter while its error is
-retryable (an upstream's Retry-After is honoured, and an upstream 429 also throttles the gate). A call
-that runs out of retries becomes a dead letter in the Store, which ``replay`` runs again.
+under the tool's timeout, and is retried by runtime/retry.py's loop while its error is retryable (an
+upstream's Retry-After is honoured up to the policy's max_backoff_s, and an upstream 429 also
+throttles the gate, as long). A call that runs out of retries becomes a dead letter in the Store,
+which ``replay`` runs again.
 
 A batching tool's calls all go to one executor (chosen by the tool's name), which holds them for up
 to ``max_wait_s`` after the first arrives, or until ``max_size`` are waiting, and makes one upstream
@@ -31,10 +32,20 @@ from pydantic import BaseModel
 
 from runtime import refs
 from runtime.config import RetryPolicy, Settings
-from runtime.errors import ActorUnavailable, StepTimeout, ToolFailed, UpstreamError
+from runtime.errors import ActorUnavailable, ToolFailed, UpstreamError
 from runtime.gates import GateClient, Passage
 from runtime.handles import ActorHandle
 from runtime.models import DeadLetter
+from runtime.retry import (
+    GaveUp,
+    Retrying,
+    Sleep,
+    attempt_timeout,
+    capped_retry_after_s,
+    delay_s,
+    retry,
+    retry_after_s,
+)
 from runtime.tools.registry import Registry, Tool, ToolContext, dump_result
 
 log = logging.getLogger(__name__)
@@ -62,11 +73,13 @@ class _Pending:
 
 
 class ToolExecutor:
-    def __init__(self, settings: Settings, registry: Registry, store: Any, gates: GateClient) -> None:
+    def __init__(self, settings: Settings, registry: Registry, store: Any, gates: GateClient,
+                 sleep: Sleep = asyncio.sleep) -> None:
         self.settings = settings
         self.registry = registry
         self.store = store
         self.gates = gates
+        self._sleep = sleep  # every backoff waits here (a test measures them instead)
         self._batches: dict[str, _Batcher] = {}
         self.upstream_calls: dict[str, int] = {}
         self.in_flight = 0
@@ -117,20 +130,23 @@ class ToolExecutor:
     async def _with_retries(self, tool: Tool, args: BaseModel, caller: Caller, dead_letter: bool,
                             run: Callable[[ToolContext], Awaitable[Any]] | None = None) -> Any:
         policy = self._policy(tool)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await self._attempt(tool, args, caller, run or (lambda ctx: tool.call(args, ctx)))
-            except Exception as e:  # noqa: BLE001 - classified below: retry, dead letter, or fail
-                error = e
-            retryable = tool.retryable(error, policy)
-            if not retryable or attempt >= policy.max_attempts:
-                letter = ""
-                if retryable and dead_letter:
-                    letter = await self._dead_letter(tool, args, caller, error, attempt)
-                raise ToolFailed(tool.name, str(error), type(error).__name__, attempt, letter) from None
-            await asyncio.sleep(self._delay(policy, attempt, error))
+        once = run or (lambda ctx: tool.call(args, ctx))
+
+        def retrying(r: Retrying) -> None:
+            log.info("task %s tool %s attempt %d failed (%s); retrying in %.2fs", caller.task_id,
+                     tool.name, r.attempt, type(r.error).__name__, r.delay_s)
+
+        try:
+            return await retry(lambda: self._attempt(tool, args, caller, once), policy,
+                               name=f"tool:{tool.name}",
+                               retryable=lambda error: tool.retryable(error, policy),
+                               on_retry=retrying, sleep=self._sleep)
+        except GaveUp as e:
+            letter = ""
+            if e.retryable and dead_letter:
+                letter = await self._dead_letter(tool, args, caller, e.error, e.attempts)
+            raise ToolFailed(tool.name, str(e.error), type(e.error).__name__, e.attempts,
+                             letter) from None
 
     async def _attempt(self, tool: Tool, args: BaseModel, caller: Caller,
                        run: Callable[[ToolContext], Awaitable[Any]]) -> Any:
@@ -141,19 +157,11 @@ class ToolExecutor:
             ctx = ToolContext(self.settings.tools, tool.name, caller.task_id, caller.tenant,
                               passage.reached)
             try:
-                async with asyncio.timeout(timeout_s):
+                async with attempt_timeout(f"tool:{tool.name}", timeout_s):
                     return await run(ctx)
-            except TimeoutError:
-                raise StepTimeout(f"tool:{tool.name}", timeout_s) from None
             except UpstreamError as e:
-                _throttle(passage, e)
+                _throttle(passage, e, self._policy(tool))
                 raise
-
-    @staticmethod
-    def _delay(policy: RetryPolicy, attempt: int, error: BaseException) -> float:
-        delay = policy.backoff_s(attempt, random.random())
-        hinted = getattr(error, "retry_after_s", None)
-        return max(delay, hinted) if isinstance(hinted, (int, float)) else delay
 
     async def _dead_letter(self, tool: Tool, args: BaseModel, caller: Caller, error: BaseException,
                            attempts: int) -> str:
@@ -183,9 +191,10 @@ def _alone(tool: Tool, args: BaseModel) -> Callable[[ToolContext], Awaitable[Any
     return run
 
 
-def _throttle(passage: Passage, error: UpstreamError) -> None:
+def _throttle(passage: Passage, error: UpstreamError, policy: RetryPolicy) -> None:
+    """An upstream 429 closes the gate for its Retry-After, capped like the retry's own wait."""
     if error.status == 429:
-        passage.throttled(error.retry_after_s)
+        passage.throttled(capped_retry_after_s(error.retry_after_s, policy))
 
 
 class _Batcher:
@@ -251,7 +260,8 @@ class _Batcher:
         retryable = tool.retryable(error, policy)
         if retryable and pending.attempts < policy.max_attempts:
             loop = asyncio.get_running_loop()
-            loop.call_later(ex._delay(policy, pending.attempts, error), self._add, pending)
+            wait = delay_s(policy, pending.attempts, retry_after_s(error))
+            loop.call_later(wait, self._add, pending)
             return
         letter = ""
         if retryable:

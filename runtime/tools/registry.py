@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create
 
 from runtime.config import RetryPolicy, ToolSettings
 from runtime.errors import ToolArgsInvalid, ToolNotFound
+from runtime.retry import is_retryable
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,10 @@ class Tool:
         return self.gate if isinstance(self.gate, str) else self.gate(args)
 
     def retryable(self, error: BaseException, policy: RetryPolicy) -> bool:
-        return (getattr(error, "retryable", True) and isinstance(error, self.retry_on)
-                and type(error).__name__ not in policy.non_retryable)
+        """Whether another attempt may succeed: as the error says where it says (a Retryable, a
+        timed-out attempt among them, yes; NotFound, Conflict, Refused no), else if it is one of
+        ``retry_on``; never for a class the policy names as non-retryable."""
+        return is_retryable(error, policy, unknown=isinstance(error, self.retry_on))
 
     async def call(self, args: BaseModel, ctx: ToolContext) -> Any:
         """One call (not a batching tool)."""
@@ -113,7 +116,9 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, batch
          retry: RetryPolicy | None = None, retry_on: tuple[type[BaseException], ...] = (Exception,),
          timeout_s: float | None = None, gate: str | Callable[[BaseModel], str] | None = None) -> Any:
     """Declare a tool. ``gate`` names the resource key its calls pass (default ``tool:<name>``);
-    ``batch`` makes it a batching tool: it then takes one ``list[SomeModel]`` and returns a list."""
+    ``batch`` makes it a batching tool: it then takes one ``list[SomeModel]`` and returns a list.
+    ``retry_on`` names the errors worth another attempt among those that do not say so themselves
+    (see ``Tool.retryable``); a timed-out attempt always is."""
 
     def wrap(f: Callable[..., Any]) -> Tool:
         hints = get_type_hints(f)

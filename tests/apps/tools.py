@@ -15,6 +15,7 @@ from runtime.tools import Batch, tool
 class FetchLoopIn(BaseModel):
     url: str
     n: int = 1
+    headers: dict[str, str] | None = None
 
 
 @workflow
@@ -38,7 +39,7 @@ class FetchOut(BaseModel):
 async def fetch_once(ctx: Context, inp: FetchLoopIn) -> FetchOut:
     """One http_fetch; a call that fails for good is reported, not raised."""
     try:
-        result = await ctx.tool("http_fetch", url=inp.url)
+        result = await ctx.tool("http_fetch", url=inp.url, headers=inp.headers)
     except Exception as e:  # noqa: BLE001 - the step's error carries the ToolFailed's text
         cause = e.__cause__
         letter = cause.dead_letter if isinstance(cause, ToolFailed) else None

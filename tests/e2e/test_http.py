@@ -29,6 +29,8 @@ from tests.conftest import ROOT, count_lines, wait_for
 API_KEYS = {"key-a": "tenant-a", "key-b": "tenant-b"}
 MAX_BODY_BYTES = 65_536
 TASK_TIMEOUT_S = 90.0
+TENANT_PRIORITIES = {"tenant-b": [-5, 100]}  # tenant-a has the default, 0 to 10
+STREAM_MAX_S = 8.0
 
 
 # -- the server ---------------------------------------------------------------------------------
@@ -83,7 +85,9 @@ def raysquad_up(workdir: Path, app: str = "tests.apps.basic", **env: str) -> Ite
     full_env = {
         **os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "",
         "RAYSQUAD_API_KEYS": json.dumps(API_KEYS), "RAYSQUAD_LEASE_S": "5",
-        "RAYSQUAD_SWEEP_INTERVAL_S": "0.2", "RAYSQUAD_MAX_BODY_BYTES": str(MAX_BODY_BYTES), **env,
+        "RAYSQUAD_SWEEP_INTERVAL_S": "0.2", "RAYSQUAD_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        "RAYSQUAD_TENANT_PRIORITIES": json.dumps(TENANT_PRIORITIES),
+        "RAYSQUAD_STREAM_MAX_S": str(STREAM_MAX_S), **env,
     }
     log_path = workdir / "up.log"
     with open(log_path, "wb") as log:
@@ -234,19 +238,19 @@ def stream_events(client: httpx.Client, task_id: str, headers: dict[str, str] | 
 
 
 def list_all(client: httpx.Client, limit: int, **filters: str) -> list[dict[str, Any]]:
-    """Follow ``next_offset`` through every page; checks each page's size and offsets on the way."""
+    """Follow ``next_cursor`` through every page; checks each page's size on the way."""
     items: list[dict[str, Any]] = []
-    offset = 0
+    params: dict[str, Any] = {**filters, "limit": limit}
     while True:
-        r = client.get("/v1/tasks", params={**filters, "limit": limit, "offset": offset})
+        r = client.get("/v1/tasks", params=params)
         assert r.status_code == 200, r.text
         page = r.json()
         assert len(page["items"]) <= limit
         items += page["items"]
-        if page["next_offset"] is None:
+        if page["next_cursor"] is None:
             return items
-        assert len(page["items"]) == limit and page["next_offset"] == offset + limit, page
-        offset = page["next_offset"]
+        assert len(page["items"]) == limit, page
+        params["cursor"] = page["next_cursor"]
 
 
 # -- the lifecycle ----------------------------------------------------------------------------------
@@ -318,7 +322,8 @@ def test_list_filters_by_status_and_workflow_with_pagination(api: Api, a: httpx.
     assert_client_error(a.get("/v1/tasks", params={"status": "sleeping"}), 422, "status")
     assert_client_error(a.get("/v1/tasks", params={"limit": 0}), 422, "limit")
     assert_client_error(a.get("/v1/tasks", params={"limit": 501}), 422, "limit")
-    assert_client_error(a.get("/v1/tasks", params={"offset": -1}), 422, "offset")
+    assert_client_error(a.get("/v1/tasks", params={"cursor": "not a cursor!"}), 422, "cursor")
+    assert_client_error(a.get("/v1/tasks", params={"cursor": "bm90LWEtY3Vyc29y"}), 422, "cursor")
 
 
 # -- events -------------------------------------------------------------------------------------------
@@ -720,4 +725,127 @@ def test_readyz_names_what_is_down_and_submits_survive_a_restart(api: Api, a: ht
     ids = [waiting["id"]] + ([during.json()["id"]] if during.status_code == 202 else [])
     for task_id in ids:
         assert wait_status(a, task_id, "succeeded")["status"] == "succeeded"
+
+
+
+# -- hostile input ------------------------------------------------------------------------------------
+
+def _tasks_of(client: httpx.Client) -> set[str]:
+    return {t["id"] for t in list_all(client, 500)}
+
+
+def test_a_number_beyond_a_double_is_422_and_commits_nothing(a: httpx.Client) -> None:
+    before = _tasks_of(a)
+    for number in (b"1e999", b"-1e400", b"[1, 2, 1E+999]"):
+        r = a.post("/v1/tasks", content=b'{"workflow": "echo", "input": {"text": "x", "n": %s}}'
+                   % number, headers={"Content-Type": "application/json"})
+        assert_client_error(r, 422, "body.input.n", "out of range")
+    assert _tasks_of(a) == before
+
+
+def test_deep_nesting_is_422_with_json_and_commits_nothing(a: httpx.Client) -> None:
+    before = _tasks_of(a)
+    for depth in (70, 5_000, 100_000):  # past the limit of 64; past Python's recursion limit
+        deep = b"[" * depth + b"]" * depth
+        if len(deep) >= MAX_BODY_BYTES:
+            r = a.post("/v1/tasks", content=deep, headers={"Content-Type": "application/json"})
+            assert_client_error(r, 413)
+            continue
+        r = a.post("/v1/tasks", content=b'{"workflow": "echo", "input": {"text": "x", "n": %s}}'
+                   % deep, headers={"Content-Type": "application/json"})
+        assert_client_error(r, 422, "nested")
+    assert _tasks_of(a) == before
+
+
+def test_each_tenant_submits_only_within_its_priority_range(a: httpx.Client, b: httpx.Client) -> None:
+    before = _tasks_of(a) | _tasks_of(b)
+    for priority in (11, -1, 1000):
+        r = a.post("/v1/tasks", json={"workflow": "echo", "input": {"text": "p"}, "priority": priority})
+        assert_client_error(r, 422, f"priority {priority}", "tenant-a", "0 to 10")
+    assert_client_error(b.post("/v1/tasks", json={"workflow": "echo", "input": {"text": "p"},
+                                                   "priority": 101}), 422, "-5 to 100")
+    assert _tasks_of(a) | _tasks_of(b) == before
+    assert submit(a, "echo", {"text": "p"}, priority=10)["priority"] == 10
+    assert submit(b, "echo", {"text": "p"}, priority=100)["priority"] == 100
+    assert submit(b, "echo", {"text": "p"}, priority=-5)["priority"] == -5
+
+
+def test_a_tenant_holding_300_streams_starves_no_one(api: Api, a: httpx.Client,
+                                                    b: httpx.Client) -> None:
+    """Tenant a asks for 300 event streams on a parked task: it gets its limit and 429s for the
+    rest; meanwhile tenant b's submit and /healthz answer within 1 s."""
+    import asyncio
+
+    parked = submit(a, "approval", {"dir": str(api.dir)})["id"]
+    wait_status(a, parked, "waiting")
+    held: list[httpx.Response] = []
+
+    async def hold_streams() -> tuple[int, int, list[float]]:
+        async with httpx.AsyncClient(base_url=api.url, headers=dict(a.headers),
+                                     timeout=httpx.Timeout(30.0, read=None),
+                                     limits=httpx.Limits(max_connections=400)) as aio:
+            async def one() -> int:
+                request = aio.build_request("GET", f"/v1/tasks/{parked}/events")
+                response = await aio.send(request, stream=True)
+                if response.status_code == 200:
+                    held.append(response)
+                else:
+                    await response.aread()
+                    await response.aclose()
+                return response.status_code
+
+            statuses = await asyncio.gather(*(one() for _ in range(300)))
+            # With every stream a holds open: b and /healthz must not wait behind them.
+            timings = []
+            for _ in range(3):
+                started = time.monotonic()
+                healthz = await aio.get("/healthz")
+                assert healthz.status_code == 200
+                r = await aio.post("/v1/tasks", json={"workflow": "echo", "input": {"text": "b"}},
+                                   headers={"Authorization": "Bearer key-b"})
+                assert r.status_code == 202, r.text
+                timings.append(time.monotonic() - started)
+            for response in held:
+                await response.aclose()
+            return statuses.count(200), statuses.count(429), timings
+
+    ok, refused, timings = asyncio.run(hold_streams())
+    assert ok == 32 and refused == 268, (ok, refused)
+    assert max(timings) < 1.0, timings
+    # Closed streams give their slots back.
+    wait_for(lambda: _can_stream(a, parked), timeout_s=20, what="stream slots to come back")
+    a.post(f"/v1/tasks/{parked}/signals/approve", json={"by": "t"})
+
+
+def _can_stream(client: httpx.Client, task_id: str) -> bool:
+    with client.stream("GET", f"/v1/tasks/{task_id}/events") as r:
+        return r.status_code == 200
+
+
+def test_a_stream_ends_at_its_maximum_length_and_resumes_with_last_event_id(
+        api: Api, a: httpx.Client) -> None:
+    parked = submit(a, "approval", {"dir": str(api.dir)})["id"]
+    wait_status(a, parked, "waiting")
+    started = time.monotonic()
+    first = stream_events(a, parked)  # ends by itself: the task stays parked
+    took = time.monotonic() - started
+    assert STREAM_MAX_S - 1 <= took < STREAM_MAX_S + 10, took
+    assert first and first[-1].event != "succeeded"
+    last = first[-1].id
+    a.post(f"/v1/tasks/{parked}/signals/approve", json={"by": "t"})
+    rest = stream_events(a, parked, headers={"Last-Event-ID": str(last)})
+    assert rest and int(rest[0].id or 0) == int(last or 0) + 1 and rest[-1].event == "succeeded"
+
+
+def test_the_openapi_document_says_what_the_server_enforces(api: Api) -> None:
+    doc = httpx.get(f"{api.url}/openapi.json").json()
+    submit_op = doc["paths"]["/v1/tasks"]["post"]
+    links = submit_op["responses"]["202"]["links"]
+    operation_ids = {op["operationId"] for ops in doc["paths"].values() for op in ops.values()}
+    assert {"get", "result", "events", "cancel", "retry"} <= set(links)
+    for link in links.values():
+        assert link["operationId"] in operation_ids
+        assert link["parameters"] == {"task_id": "$response.body#/id"}
+    (key,) = [p for p in doc["paths"]["/v1/gates/{key}"]["put"]["parameters"] if p["name"] == "key"]
+    assert key["schema"]["pattern"] == r"^[A-Za-z0-9_.:@/*-]+$"  # \w would differ from JSON Schema's
 

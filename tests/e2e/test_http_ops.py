@@ -20,7 +20,8 @@ def ops_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Ups
     workdir: Path = tmp_path_factory.mktemp("http-ops")
     with upstream() as up, raysquad_up(
             workdir, app="tests.apps.tools", RAYSQUAD_ADMIN_TENANTS='["tenant-a"]',
-            RAYSQUAD_TOOLS__HTTP_ALLOW_NETWORKS='["127.0.0.1/32"]') as url:
+            RAYSQUAD_TOOLS__HTTP_ALLOW_NETWORKS='["127.0.0.1/32"]',
+            RAYSQUAD_TOOLS__HTTP_ALLOW_PORTS='["1024-65535"]') as url:
         api = Api(url, workdir)
         yield api, up
         for c in api.clients:
@@ -60,6 +61,10 @@ def test_admins_see_and_change_gates_others_get_403(ops_api: tuple[Api, Upstream
     assert problems[0]["loc"][-1] == "requests"
     assert_client_error(admin.put("/v1/gates/api:search", json={"burst": 3}), 422, "burst")
     assert_client_error(admin.put("/v1/gates/bad%20key", json={"requests": 1}), 422)
+    # What the OpenAPI document says is what is enforced: its pattern is ASCII (JSON Schema's \w).
+    assert_client_error(admin.put("/v1/gates/caf%C3%A9", json={"requests": 1}), 422, "key")
+    assert_client_error(admin.put("/v1/gates/api:x", json={"requests": 1, "interval_s": 1.2e-7}),
+                        422, "interval_s")
 
     assert admin.delete("/v1/gates/api:search").status_code == 204
     assert "api:search" not in admin.get("/v1/gates").json()
@@ -70,13 +75,19 @@ def test_a_dead_letter_is_listed_for_its_tenant_and_replayed(ops_api: tuple[Api,
     api, up = ops_api
     a, b = api.client("key-a"), api.client("key-b")
     up.down = True
-    r = a.post("/v1/tasks", json={"workflow": "fetch_once", "input": {"url": up.url("/flaky")}})
+    secret = "Bearer s3cret-upstream-token"
+    r = a.post("/v1/tasks", json={"workflow": "fetch_once", "input": {
+        "url": up.url("/flaky"), "headers": {"Authorization": secret, "X-Trace": "t-1"}}})
     assert r.status_code == 202, r.text
     out = _wait_done(a, r.json()["id"])["output"]
     assert out["ok"] is False and out["dead_letter"]
 
-    letters = a.get("/v1/dead-letters", params={"status": "dead"}).json()
+    listed = a.get("/v1/dead-letters", params={"status": "dead"})
+    letters = listed.json()
     assert [d["id"] for d in letters] == [out["dead_letter"]]
+    # The call's header values never reach the tenant (a workflow may have added credentials).
+    assert "s3cret" not in listed.text and "t-1" not in listed.text
+    assert letters[0]["args"]["headers"] == {"Authorization": "[redacted]", "X-Trace": "[redacted]"}
     assert letters[0]["tool"] == "http_fetch" and letters[0]["attempts"] == 4
     assert b.get("/v1/dead-letters").json() == []  # another tenant's letters do not exist for b
     assert_client_error(b.post(f"/v1/dead-letters/{out['dead_letter']}/replay"), 404)
@@ -85,6 +96,8 @@ def test_a_dead_letter_is_listed_for_its_tenant_and_replayed(ops_api: tuple[Api,
     up.down = False
     replayed = a.post(f"/v1/dead-letters/{out['dead_letter']}/replay")
     assert replayed.status_code == 200, replayed.text
+    assert "s3cret" not in replayed.text
+    assert up.of("/flaky")[-1].headers["authorization"] == secret  # the replay itself sent them
     assert replayed.json()["status"] == "replayed" and replayed.json()["result"]["status"] == 200
     assert json.loads(json.dumps(a.get("/v1/dead-letters", params={"status": "replayed"}).json()))[0][
         "id"] == out["dead_letter"]

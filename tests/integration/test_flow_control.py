@@ -19,7 +19,7 @@ from tests.conftest import wait_for
 from tests.servers import Upstream, upstream
 
 APPS = ["tests.apps.tools"]
-LOOPBACK = ToolSettings(http_allow_networks=("127.0.0.1/32",), executors=4,
+LOOPBACK = ToolSettings(http_allow_networks=("127.0.0.1/32",), http_allow_ports=("1024-65535",), executors=4,
                         retry={"max_attempts": 1})  # type: ignore[arg-type]
 
 
@@ -113,7 +113,7 @@ def test_a_batching_tool_makes_one_upstream_call_per_batch(shared_runtime: Calla
 
 
 def test_retries_back_off_then_dead_letter_and_replay(make_runtime: Callable[..., Runtime]) -> None:
-    tools = ToolSettings(http_allow_networks=("127.0.0.1/32",))
+    tools = ToolSettings(http_allow_networks=("127.0.0.1/32",), http_allow_ports=("1024-65535",))
     with upstream() as up:
         rt = make_runtime(APPS, tools=tools)
         client = rt.client()
@@ -196,7 +196,7 @@ def peak_at_once(spans: list[tuple[float, float]]) -> int:
 def test_an_upstream_429_throttles_the_gate_and_the_retry_waits(
         make_runtime: Callable[..., Runtime]) -> None:
     key = "http:127.0.0.1"
-    tools = ToolSettings(http_allow_networks=("127.0.0.1/32",))
+    tools = ToolSettings(http_allow_networks=("127.0.0.1/32",), http_allow_ports=("1024-65535",))
     with upstream() as up:
         up.fail_first = 1
         rt = make_runtime(APPS, tools=tools, gates={key: GateLimits(requests=100, interval_s=1.0)})
@@ -211,7 +211,8 @@ def test_an_upstream_429_throttles_the_gate_and_the_retry_waits(
 def test_a_replay_resumes_the_task_that_failed_at_that_call(
         make_runtime: Callable[..., Runtime]) -> None:
     with upstream() as up:
-        rt = make_runtime(APPS, tools=ToolSettings(http_allow_networks=("127.0.0.1/32",)),
+        rt = make_runtime(APPS, tools=ToolSettings(http_allow_networks=("127.0.0.1/32",),
+                                                   http_allow_ports=("1024-65535",)),
                           retry={"max_attempts": 1})
         client = rt.client()
         up.down = True

@@ -24,7 +24,8 @@ QUESTION = "Which checkpoints, fencing tokens and backpressure rules protect dur
 def test_a_revision_round_keeps_findings_cited_from_a_url(shared_runtime: Callable[..., Runtime]) -> None:
     with upstream() as up:
         up.pages["/checkpoints.html"] = PAGE
-        rt = shared_runtime(["agents"], tools=ToolSettings(http_allow_networks=("127.0.0.1/32",)))
+        rt = shared_runtime(["agents"], tools=ToolSettings(http_allow_networks=("127.0.0.1/32",),
+                                                           http_allow_ports=("1024-65535",)))
         client = rt.client()
         url = up.url("/checkpoints.html")
         task = client.submit("research", {"question": QUESTION, "max_documents": 1, "max_rounds": 3,

@@ -19,7 +19,8 @@ def test_scrapers_read_configured_urls_with_the_fetch_and_extract_tools(
         shared_runtime: Callable[..., Runtime]) -> None:
     with upstream() as up:
         up.pages["/durable.html"] = PAGE
-        rt = shared_runtime(["agents"], tools=ToolSettings(http_allow_networks=("127.0.0.1/32",)))
+        rt = shared_runtime(["agents"], tools=ToolSettings(http_allow_networks=("127.0.0.1/32",),
+                                                           http_allow_ports=("1024-65535",)))
         client = rt.client()
         url, private = up.url("/durable.html"), "http://10.1.2.3/never-reached"
         task = client.submit("research", {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -452,8 +453,45 @@ def test_list_tasks_filters_and_pages(store: SQLiteStore) -> None:
     assert [t.id for t in store.list_tasks(status=TaskStatus.QUEUED, workflow="b", tenant="y")] == []
     assert [t.id for t in store.list_tasks(workflow="b", tenant="x")] == ["t2", "t0"]
     assert [t.id for t in store.list_tasks(limit=2)] == ["t5", "t4"]
-    assert [t.id for t in store.list_tasks(limit=2, offset=2)] == ["t3", "t2"]
-    assert store.list_tasks(offset=6) == []
+    page = store.list_tasks(limit=2)
+    page2 = store.list_tasks(limit=2, before=(page[-1].created_at, page[-1].id))
+    assert [t.id for t in page2] == ["t3", "t2"]
+    last = store.list_tasks()[-1]
+    assert store.list_tasks(before=(last.created_at, last.id)) == []
+
+
+def test_pages_do_not_skip_tasks_created_in_the_same_instant(store: SQLiteStore) -> None:
+    for i in range(5):
+        submit(store, f"t{i}", now=T0, tenant="x")  # one clock reading for all: ids break the tie
+    seen: list[str] = []
+    before = None
+    while page := store.list_tasks(tenant="x", limit=2, before=before):
+        seen += [t.id for t in page]
+        before = (page[-1].created_at, page[-1].id)
+    assert sorted(seen) == [f"t{i}" for i in range(5)] and len(seen) == 5
+
+
+def test_task_list_by_tenant_uses_the_tenant_index(store: SQLiteStore) -> None:
+    plan = store._conn.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE tenant = ? AND (created_at, id) < (?, ?) "
+        "ORDER BY created_at DESC, id DESC LIMIT 5", ("x", T0, "z")).fetchall()
+    text = " ".join(str(tuple(row)) for row in plan)
+    assert "tasks_tenant_created" in text and "TEMP B-TREE" not in text, text
+
+
+def test_queued_bytes_and_index_read_no_inputs(store: SQLiteStore) -> None:
+    submit(store, "a", tenant="x", input={"text": "x" * 1000})
+    submit(store, "b", tenant="x", input={"text": "y" * 10})
+    submit(store, "c", tenant="y", input={})
+    running(store, "d")
+    assert store.queued_bytes("x") == len(json.dumps({"text": "x" * 1000})) + len(
+        json.dumps({"text": "y" * 10}))
+    assert store.queued_bytes("nobody") == 0
+    assert [(i, p) for i, p, _ in store.queued_index(10)] == [("a", 0), ("b", 0), ("c", 0)]
+
+
+def test_synchronous_is_full_by_default(store: SQLiteStore) -> None:
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
 def test_count_tasks(store: SQLiteStore) -> None:
@@ -479,7 +517,7 @@ def test_recover_requeues_running_tasks(store: SQLiteStore) -> None:
 
     queued = store.recover(T0 + 10)
 
-    assert [t.id for t in queued] == ["q1", "r1"]  # oldest first
+    assert [task_id for task_id, _, _ in queued] == ["q1", "r1"]  # oldest first, ids only
     assert store.get_task("r1").status is TaskStatus.QUEUED
     assert store.get_task("r1").owner is None
     assert store.events("r1")[-1].data == {"reason": "runtime restarted", "owner": "w1"}
