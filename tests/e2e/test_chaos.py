@@ -27,7 +27,7 @@ from runtime import GateLimits, Runtime, Settings, TaskStatus
 from runtime.config import SimulatedEngineConfig
 from tests.apps.chaos import STEP_KEYS, TOOL
 from tests.conftest import wait_for
-from tests.e2e.test_http import free_port
+from tests.e2e.live import free_port
 from tests.faults import (
     Kind,
     Victim,

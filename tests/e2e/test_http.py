@@ -7,147 +7,25 @@ mistake is a 4xx with a message that names the problem, never a 500.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
-import pytest
 
-from tests.conftest import ROOT, count_lines, wait_for
-
-API_KEYS = {"key-a": "tenant-a", "key-b": "tenant-b"}
-MAX_BODY_BYTES = 65_536
-TASK_TIMEOUT_S = 90.0
-TENANT_PRIORITIES = {"tenant-b": [-5, 100]}  # tenant-a has the default, 0 to 10
-STREAM_MAX_S = 8.0
-
-
-# -- the server ---------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    """SIGTERM, then the whole process tree if it is still there after ``timeout_s``."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        try:
-            parent = psutil.Process(proc.pid)
-            tree = [*parent.children(recursive=True), parent]
-        except psutil.NoSuchProcess:
-            tree = []
-        for p in tree:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(tree, timeout=30)
-        proc.wait(timeout=30)
-
-
-SERVER_PIDS: dict[str, int] = {}  # base URL -> pid of its `raysquad up` process
-
-
-@contextmanager
-def raysquad_up(workdir: Path, app: str = "tests.apps.basic", **env: str) -> Iterator[str]:
-    """Run `raysquad up --app APP` in ``workdir``; yields its base URL once /healthz answers.
-
-    ``env`` adds RAYSQUAD_* settings to the defaults below (two API keys, short leases, a 64 KiB body
-    limit). Output goes to ``workdir/up.log`` (a pipe could fill up and stall the server).
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    full_env = {
-        **os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "",
-        "RAYSQUAD_API_KEYS": json.dumps(API_KEYS), "RAYSQUAD_LEASE_S": "5",
-        "RAYSQUAD_SWEEP_INTERVAL_S": "0.2", "RAYSQUAD_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
-        "RAYSQUAD_TENANT_PRIORITIES": json.dumps(TENANT_PRIORITIES),
-        "RAYSQUAD_STREAM_MAX_S": str(STREAM_MAX_S), **env,
-    }
-    log_path = workdir / "up.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "serve.cli", "up", "--app", app,
-             "--data-dir", str(workdir / "state"), "--port", str(port)],
-            cwd=workdir, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for(lambda: proc.poll() is not None or _healthy(url), timeout_s=180,
-                 interval_s=0.25, what="raysquad up to answer /healthz")
-        assert proc.poll() is None, f"raysquad up exited early:\n{log_path.read_text()}"
-        SERVER_PIDS[url] = proc.pid
-        yield url
-    finally:
-        _stop(proc)
-
-
-@dataclass
-class Api:
-    url: str
-    dir: Path  # where test workflows write their side effects and look for gate files
-    clients: list[httpx.Client] = field(default_factory=list)
-
-    def client(self, key: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        c = httpx.Client(base_url=self.url, headers=headers, timeout=30,
-                         event_hooks={"response": [no_server_error]})
-        self.clients.append(c)
-        return c
-
-
-def no_server_error(response: httpx.Response) -> None:
-    """Response hook on every client: a 5xx fails the test, whatever the request was."""
-    if response.status_code >= 500:
-        response.read()
-        raise AssertionError(f"{response.request.method} {response.request.url} answered "
-                             f"{response.status_code}: {response.text[:2000]}")
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    workdir = tmp_path_factory.mktemp("http")
-    with raysquad_up(workdir) as url:
-        side = workdir / "side"
-        side.mkdir()
-        api = Api(url, side)
-        yield api
-        for c in api.clients:
-            c.close()
-
-
-@pytest.fixture(scope="module")
-def a(api: Api) -> httpx.Client:
-    return api.client("key-a")
-
-
-@pytest.fixture(scope="module")
-def b(api: Api) -> httpx.Client:
-    return api.client("key-b")
-
+from tests.conftest import count_lines, wait_for
+from tests.e2e.live import (
+    MAX_BODY_BYTES,
+    SERVER_PIDS,
+    STREAM_MAX_S,
+    TASK_TIMEOUT_S,
+    Api,
+    raysquad_up,
+)
 
 # -- helpers ----------------------------------------------------------------------------------------
 
@@ -650,13 +528,22 @@ def test_a_full_queue_is_429_with_retry_after_and_accepted_tasks_all_finish(
     side = tmp_path / "side"
     side.mkdir()
     with raysquad_up(tmp_path / "small", RAYSQUAD_QUEUE_CAPACITY="2", RAYSQUAD_WORKERS="1",
-                     RAYSQUAD_TASKS_PER_WORKER="1") as url:
+                     RAYSQUAD_TASKS_PER_WORKER="1", RAYSQUAD_TENANT_QUEUED_BYTES="50000") as url:
         small = Api(url, side)
-        c = small.client("key-a")
+        c, other = small.client("key-a"), small.client("key-b")
         try:
             blocker = submit(c, "five_steps", {"dir": str(side), "gate_at": 1})["id"]
             at_gate(small, blocker)  # the only worker's only slot is taken
-            accepted = [blocker]
+            # Each tenant's queued input bytes are bounded: a's second 30 KB input is one too many,
+            # while b still has room of its own.
+            big = {"text": "x" * 30_000}
+            accepted = [blocker, submit(c, "echo", big)["id"]]
+            before = {t["id"] for t in list_all(c, 500)}
+            over = c.post("/v1/tasks", json={"workflow": "echo", "input": big})
+            assert_client_error(over, 429, "tenant-a", "50000")
+            assert int(over.headers["retry-after"]) >= 1
+            assert {t["id"] for t in list_all(c, 500)} == before  # nothing committed
+            accepted.append(submit(other, "echo", big)["id"])
             refused = None
             for i in range(10):
                 r = c.post("/v1/tasks", json={"workflow": "echo", "input": {"text": f"q{i}"}})
@@ -669,14 +556,18 @@ def test_a_full_queue_is_429_with_retry_after_and_accepted_tasks_all_finish(
             assert len(accepted) == 1 + 2  # the running task and a queue of two
             assert_client_error(refused, 429, "full", "2 items")
             assert int(refused.headers["retry-after"]) >= 1
-            assert all(get_task(c, t)["status"] == "queued" for t in accepted[1:])
+            owners = [c, c, other]
+            assert all(get_task(o, t)["status"] == "queued" for o, t in zip(owners, accepted, strict=True)
+                       if t != blocker)
 
             open_gate(small, blocker)
-            for task_id in accepted:
-                assert wait_status(c, task_id, "succeeded", "failed", "cancelled")["status"] == "succeeded"
-            assert submit(c, "echo", {"text": "room again"})["status"] == "queued"
+            for owner, task_id in zip(owners, accepted, strict=True):
+                assert wait_status(owner, task_id, "succeeded", "failed", "cancelled")[
+                    "status"] == "succeeded"
+            assert submit(c, "echo", big)["status"] == "queued"  # room again, bytes too
         finally:
             c.close()
+            other.close()
 
 
 def test_a_lone_surrogate_is_422_and_stores_nothing(a: httpx.Client, b: httpx.Client) -> None:

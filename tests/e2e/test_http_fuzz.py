@@ -1,9 +1,10 @@
 """Property-based run of the live server's own OpenAPI schema with schemathesis: generated requests,
 valid and invalid, to every operation never get a 5xx, and every response matches the schema.
 
-The server is a real `raysquad up`, seeded with tenant-a tasks in each state (succeeded, failed,
-waiting, running). Schemathesis runs as its CLI (`schemathesis run`), which loads the schema the
-server serves; this module doubles as its hooks module (SCHEMATHESIS_HOOKS), see `before_call`.
+The server is the real `raysquad up` the HTTP suites share (tests/e2e/live.py), seeded with tenant-a
+tasks in each state (succeeded, failed, waiting, running). Schemathesis runs as its CLI
+(`schemathesis run`), which loads the schema the server serves; this module doubles as its hooks
+module (SCHEMATHESIS_HOOKS), see `before_call`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import subprocess
 import sys
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, wait_for
-from tests.e2e.test_http import raysquad_up
+from tests.e2e.live import Api
 
 AUTH = "Bearer key-a"
 TASK_IDS_ENV = "RAYSQUAD_FUZZ_TASK_IDS"
@@ -40,7 +40,8 @@ MAX_TIME_S = 75
 
 # Workflows that write files where their input says, wait on gates or allocate memory. A submission
 # that names one of them runs `echo` instead, which takes any input and does nothing with it.
-UNSAFE = {"five_steps", "flaky", "approval", "agent_once", "big_handoff"}
+UNSAFE = {"five_steps", "flaky", "approval", "agent_once", "big_handoff",
+          "fetch_loop", "fetch_once", "lookup_all"}
 
 
 def steer(case: Any, task_ids: list[str]) -> None:
@@ -103,12 +104,8 @@ def _seed(url: str, side: Path) -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    workdir = tmp_path_factory.mktemp("fuzz")
-    side = workdir / "side"
-    side.mkdir()
-    with raysquad_up(workdir) as url:
-        yield Live(url, _seed(url, side))
+def live(api: Api) -> Live:
+    return Live(api.url, _seed(api.url, api.dir))
 
 
 @dataclass(frozen=True)
