@@ -77,6 +77,12 @@ def _handler(up: Upstream) -> type[BaseHTTPRequestHandler]:
             path, n = self._log()
             if path == "/hold":
                 up.release.wait(60)
+            if path == "/redirect":  # to the URL in ?to=
+                self.send_response(302)
+                self.send_header("Location", parse_qs(urlsplit(self.path).query)["to"][0])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if path in up.pages:
                 self._answer(200, up.pages[path].encode())
                 return

@@ -155,7 +155,8 @@ class ToolExecutor:
         async with self.gates.passage(tool.gate_key(args), caller.tenant, caller.priority) as passage:
             self.upstream_calls[tool.name] = self.upstream_calls.get(tool.name, 0) + 1
             ctx = ToolContext(self.settings.tools, tool.name, caller.task_id, caller.tenant,
-                              passage.reached)
+                              passage.reached,
+                              gate=lambda key: self.gates.passage(key, caller.tenant, caller.priority))
             try:
                 async with attempt_timeout(f"tool:{tool.name}", timeout_s):
                     return await run(ctx)

@@ -116,8 +116,8 @@ def _a(reason: str) -> str:
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Connects only to addresses that pass ``refusal``, on allowed ports; everything else goes to
-    ``inner``."""
+    """Connects, through ``inner``, only to addresses that pass ``refusal`` and only on allowed ports:
+    it resolves the host itself and connects to the very addresses it checked."""
 
     def __init__(self, allow: Sequence[Network] = (), inner: httpcore.AsyncNetworkBackend | None = None,
                  resolve: Resolver = system_resolve, ports: Sequence[range] = DEFAULT_PORTS) -> None:
@@ -362,8 +362,7 @@ async def http_fetch(url: str, ctx: ToolContext, headers: dict[str, str] | None 
     """Fetch a web page or API response by HTTP GET. Returns the status, content type and text.
 
     Refuses private, loopback, link-local and metadata addresses and ports other than 80 and 443
-    unless configuration allows them. Passes the gate ``http:<host>``; retries connection errors, 429
-    and 5xx with backoff. A redirect on the same host is followed; one to another host is returned
-    with its ``location``: fetch that with another call.
+    unless configuration allows them. Passes the gate ``http:<host>``, and a redirect to another host
+    that host's gate too; retries connection errors, 429 and 5xx with backoff.
     """
-    return await fetch(url, ctx.settings, headers, max_bytes, reached=ctx.reached)
+    return await fetch(url, ctx.settings, headers, max_bytes, reached=ctx.reached, gate=ctx.gate)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -43,6 +44,9 @@ class ToolContext:
     task_id: str = ""
     tenant: str = "default"
     reached: Callable[[], None] = _nothing
+    #: Enters the gate of another resource key for as long as the context is held (for a call that
+    #: moves to another upstream, such as a redirect to another host); None where there are no gates.
+    gate: Callable[[str], AbstractAsyncContextManager[object]] | None = None
 
 
 class _Args(BaseModel):

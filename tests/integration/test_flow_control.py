@@ -170,6 +170,26 @@ def test_limits_change_at_run_time(make_runtime: Callable[..., Runtime]) -> None
         assert {t["name"] for t in ops.tools()} >= {"http_fetch", "extract_text", "sql_query"}
 
 
+def test_a_redirect_to_another_host_passes_that_hosts_gate(make_runtime: Callable[..., Runtime]) -> None:
+    """127.0.0.1 redirects to localhost, whose only slot a blocker holds: the redirected call waits
+    at localhost's gate (it used to pass straight through), and goes once the slot is free."""
+    other = "http:localhost"
+    with upstream() as up:
+        rt = make_runtime(APPS, tools=LOOPBACK, gates={other: GateLimits(concurrency=1)})
+        client = rt.client()
+        blocker = client.submit("fetch_once", {"url": f"http://localhost:{up.port}/hold"}).id
+        wait_for(lambda: up.count("/hold") == 1, 60, what="the blocker to hold localhost's gate")
+        target = f"http://localhost:{up.port}/ok"
+        moved = client.submit("fetch_once", {"url": up.url(f"/redirect?to={target}")}).id
+        wait_for(lambda: up.count("/redirect") == 1 and gate_waiting(rt, other) == 1, 60,
+                 what="the redirected call to wait at localhost's gate")
+        assert up.count("/ok") == 0
+        up.release.set()
+        outputs = finish_all(rt, [blocker, moved])
+        assert outputs[1] == {"ok": True, "status": 200, "error": None, "dead_letter": None}
+        assert up.count("/ok") == 1
+
+
 def test_engine_calls_pass_the_models_gate_unasked(make_runtime: Callable[..., Runtime]) -> None:
     # benchmarks.apps's llm_calls: k chat calls in a row, with nothing about gates in them.
     rt = make_runtime([*APPS, "benchmarks.apps"], workers=4,
