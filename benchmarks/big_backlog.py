@@ -196,6 +196,19 @@ def _pid(name: str, namespace: str) -> int:
     return int(info["Pid"])
 
 
+def _mappings(pid: int, top: int = 4) -> list[dict[str, Any]]:
+    """The process's largest mappings by RSS (what its RSS is made of: heap, the object store...)."""
+    import psutil
+
+    try:
+        maps = psutil.Process(pid).memory_maps(grouped=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+    return [{"path": m.path, "rss_mb": round(m.rss / MB, 1),
+             "private_mb": round((m.private_clean + m.private_dirty) / MB, 1)}
+            for m in sorted(maps, key=lambda m: -m.rss)[:top]]
+
+
 def _db_bytes(database: Path) -> int:
     return sum(p.stat().st_size for p in database.parent.glob(database.name + "*") if p.is_file())
 
@@ -322,6 +335,7 @@ def _run(rt: Any, args: argparse.Namespace, settings: Any, gate_file: Path, cons
         sampler.phase = "hold"
         db_after_submit = _db_bytes(db)
         time.sleep(args.hold_s)
+        maps = {who: _mappings(pid) for who, pid in pids.items() if who != "worker"}
         stats = client.queue_stats()
         blocker_now = client.get(blocker.id)
         blocker_events = client.wait_events(blocker.id, 0, 0.0)
@@ -381,6 +395,7 @@ def _run(rt: Any, args: argparse.Namespace, settings: Any, gate_file: Path, cons
         "lease_expired_requeues": expired_all,
         "tasks_run_more_than_once": rerun,
         "memory": mem,
+        "mappings_after_hold": maps,
         "timeline": sampler.timeline(),
         "list": listed,
         "drain": drain,

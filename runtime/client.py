@@ -31,13 +31,14 @@ from runtime.models import (
     SubmitRequest,
     TaskRecord,
     TaskStatus,
+    TaskSummary,
     parse_cursor,
 )
 from runtime.store.actor import StoreHandle
 
 T = TypeVar("T")
 SchemaList = list[dict[str, Any]]
-TaskList = list[TaskRecord]
+TaskList = list[TaskSummary]
 EventList = list[Event]
 
 #: How long a readiness check waits for each part of the control plane.

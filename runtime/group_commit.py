@@ -22,8 +22,13 @@ class GroupCommit(Generic[Item, Result]):
     item's caller alone. If ``send`` itself fails, every caller of that batch gets the error.
     """
 
-    def __init__(self, send: Callable[[list[Item]], Awaitable[list[Result | BaseException]]]) -> None:
+    def __init__(self, send: Callable[[list[Item]], Awaitable[list[Result | BaseException]]],
+                 weigh: Callable[[Item], int] = lambda _: 1, max_weight: int | None = None) -> None:
+        """``weigh`` and ``max_weight`` bound one batch (say, its bytes): a batch takes items while
+        their weight fits, and always at least one."""
         self._send = send
+        self._weigh = weigh
+        self._max_weight = max_weight
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -37,7 +42,7 @@ class GroupCommit(Generic[Item, Result]):
     async def _flush(self) -> None:
         while self._pending:
             await asyncio.sleep(0)  # let the calls already waiting on this loop join the batch
-            batch, self._pending = self._pending, []
+            batch = self._take()
             try:
                 results = await self._send([item for item, _ in batch])
             except Exception as e:  # noqa: BLE001 - every caller of the batch gets the error
@@ -52,3 +57,17 @@ class GroupCommit(Generic[Item, Result]):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+    def _take(self) -> list[tuple[Item, asyncio.Future[Result]]]:
+        """The next batch, off the front of the pending calls."""
+        if self._max_weight is None:
+            batch, self._pending = self._pending, []
+            return batch
+        weight, n = 0, 0
+        for item, _ in self._pending:
+            weight += self._weigh(item)
+            if n and weight > self._max_weight:
+                break
+            n += 1
+        batch, self._pending = self._pending[:n], self._pending[n:]
+        return batch

@@ -69,6 +69,31 @@ class TaskRecord(BaseModel):
     crashes: int = Field(0, description="runs that ended without a word (a worker died, a lease ran out)")
 
 
+class TaskSummary(BaseModel):
+    """A task as lists show it: its record without its input and output (those can be large; fetch
+    one task for them), with the input's size."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    workflow: str
+    status: TaskStatus
+    priority: int = 0
+    tenant: str = "default"
+    idempotency_key: str | None = None
+    error: str | None = None
+    runs: int = 0
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    owner: str | None = None
+    cancel_requested: bool = False
+    waiting_for: str | None = None
+    crashes: int = 0
+    input_bytes: int = Field(0, description="the size of the task's input as JSON")
+
+
 class Event(BaseModel):
     """One entry of a task's event log; ``seq`` counts from 1 per task."""
 
@@ -175,7 +200,7 @@ class DeadLetter(BaseModel):
     result: Any = None
 
 
-def page_cursor(record: TaskRecord) -> str:
+def page_cursor(record: TaskRecord | TaskSummary) -> str:
     """Where a page of tasks (newest first) that ended with ``record`` leaves off: an opaque token."""
     return base64.urlsafe_b64encode(f"{record.created_at!r} {record.id}".encode()).decode()
 

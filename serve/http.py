@@ -31,6 +31,7 @@ from runtime.models import (
     SubmitRequest,
     TaskRecord,
     TaskStatus,
+    TaskSummary,
     page_cursor,
 )
 from runtime.ops import AsyncOps
@@ -110,15 +111,19 @@ class TaskView(BaseModel):
 
 def task_fields(r: TaskRecord) -> dict[str, Any]:
     """A task as the API shows it: TaskView's fields, in its order, as JSON-ready values."""
-    base = f"/v1/tasks/{r.id}"
     return {
         "id": r.id, "workflow": r.workflow, "status": r.status.value, "priority": r.priority,
         "input": r.input, "output": r.output, "error": r.error, "runs": r.runs,
         "created_at": r.created_at, "started_at": r.started_at, "finished_at": r.finished_at,
         "waiting_for": r.waiting_for, "cancel_requested": r.cancel_requested,
-        "links": {"self": base, "result": f"{base}/result", "events": f"{base}/events",
-                  "cancel": f"{base}/cancel", "retry": f"{base}/retry"},
+        "links": task_links(r.id),
     }
+
+
+def task_links(task_id: str) -> dict[str, str]:
+    base = f"/v1/tasks/{task_id}"
+    return {"self": base, "result": f"{base}/result", "events": f"{base}/events",
+            "cancel": f"{base}/cancel", "retry": f"{base}/retry"}
 
 
 STREAM_PING_S = 15
@@ -200,8 +205,34 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
+class TaskSummaryView(BaseModel):
+    """A task in a list: without its input and output (GET the task for those)."""
+
+    id: str
+    workflow: str
+    status: TaskStatus
+    priority: int
+    input_bytes: int
+    error: str | None = None
+    runs: int
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    waiting_for: str | None = None
+    cancel_requested: bool = False
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, r: TaskSummary) -> "TaskSummaryView":
+        return cls(id=r.id, workflow=r.workflow, status=r.status, priority=r.priority,
+                   input_bytes=r.input_bytes, error=r.error, runs=r.runs,
+                   created_at=r.created_at, started_at=r.started_at, finished_at=r.finished_at,
+                   waiting_for=r.waiting_for, cancel_requested=r.cancel_requested,
+                   links=task_links(r.id))
+
+
 class TaskPage(BaseModel):
-    items: list[TaskView]
+    items: list[TaskSummaryView]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
 
 
@@ -316,10 +347,11 @@ class Ingress:
                          cursor: Annotated[str | None, Query(max_length=200,
                                                              pattern=r"^[A-Za-z0-9_=-]+$")] = None
                          ) -> TaskPage:
-        """Tasks of the caller's tenant, newest first, a page at a time (follow ``next_cursor``)."""
+        """Tasks of the caller's tenant, newest first, a page at a time (follow ``next_cursor``);
+        without inputs and outputs, which may be large (GET a task for them)."""
         records = await self.client.list(status, workflow, tenant, limit + 1, cursor)
         page = records[:limit]
-        return TaskPage(items=[TaskView.of(r) for r in page],
+        return TaskPage(items=[TaskSummaryView.of(r) for r in page],
                         next_cursor=page_cursor(page[-1]) if len(records) > limit else None)
 
     @app.get("/v1/tasks/{task_id}", response_model=TaskView, responses=_responses(404),

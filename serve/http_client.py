@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 
 from runtime.errors import RemoteError, TaskFailed, WaitTimeout
-from runtime.models import END_EVENT_KINDS, Event, TaskRecord, TaskStatus
+from runtime.models import END_EVENT_KINDS, Event, TaskRecord, TaskStatus, TaskSummary
 
-TaskList = list[TaskRecord]
+TaskList = list[TaskSummary]
 SchemaList = list[dict[str, Any]]
 
 
@@ -54,7 +54,7 @@ class HttpClient:
         if workflow:
             params["workflow"] = workflow
         page = self._call("GET", "/v1/tasks", params=params)
-        return [_record(item) for item in page["items"]]
+        return [_summary(item) for item in page["items"]]
 
     def wait(self, task_id: str, timeout_s: float | None = None) -> TaskRecord:
         """Block until the task ends (following its event stream) and return its record."""
@@ -137,6 +137,12 @@ def _record(view: dict[str, Any]) -> TaskRecord:
     fields = {k: v for k, v in view.items() if k in TaskRecord.model_fields}
     fields.setdefault("updated_at", view.get("finished_at") or view["created_at"])
     return TaskRecord(**fields)
+
+
+def _summary(view: dict[str, Any]) -> TaskSummary:
+    fields = {k: v for k, v in view.items() if k in TaskSummary.model_fields}
+    fields.setdefault("updated_at", view.get("finished_at") or view["created_at"])
+    return TaskSummary(**fields)
 
 
 def _path(segment: str) -> str:

@@ -40,7 +40,9 @@ from runtime.models import (
     SubmitRequest,
     TaskRecord,
     TaskStatus,
+    TaskSummary,
 )
+from runtime.queue import approx_size
 from runtime.store.base import Store
 
 #: The Store actor's name in the runtime's namespace.
@@ -56,6 +58,15 @@ def open_store(settings: Settings) -> Store:
                            synchronous=settings.sqlite_synchronous,
                            max_crashes=settings.max_task_crashes)
     raise ValueError(f"unknown store {settings.store!r}")
+
+
+#: A group-committed batch of submits stops at about this many bytes of input: one Store call (and
+#: its reply) stays a few MiB, however many large submits arrive at once.
+SUBMIT_BATCH_BYTES = 4 << 20
+
+
+def _weight(req: SubmitRequest) -> int:
+    return approx_size(req.input)
 
 
 def _input_bytes(req: SubmitRequest) -> int:
@@ -183,7 +194,7 @@ class StoreActor:
 
     async def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
                          tenant: str | None = None, limit: int = 100,
-                         before: tuple[float, str] | None = None) -> list[TaskRecord]:
+                         before: tuple[float, str] | None = None) -> list[TaskSummary]:
         return self._call("list_tasks", status, workflow, tenant, limit, before)  # type: ignore[no-any-return]
 
     async def queued_index(self, limit: int) -> list[tuple[str, int, float]]:
@@ -287,7 +298,7 @@ class StoreService(Protocol):
     async def get_task(self, task_id: str) -> TaskRecord: ...
     async def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
                          tenant: str | None = None, limit: int = 100,
-                         before: tuple[float, str] | None = None) -> list[TaskRecord]: ...
+                         before: tuple[float, str] | None = None) -> list[TaskSummary]: ...
     async def queued_index(self, limit: int) -> list[tuple[str, int, float]]: ...
     async def count_tasks(self, status: TaskStatus) -> int: ...
     async def recover(self) -> list[tuple[str, int, float]]: ...
@@ -340,7 +351,8 @@ class StoreHandle(ActorHandle):
             self._commits = weakref.WeakKeyDictionary()
         commit = self._commits.get(loop)
         if commit is None:  # one batcher per event loop: its futures belong to that loop
-            commit = self._commits[loop] = GroupCommit(self._submit_batch)
+            commit = self._commits[loop] = GroupCommit(self._submit_batch, weigh=_weight,
+                                                       max_weight=SUBMIT_BATCH_BYTES)
         return await commit(req)
 
     async def _submit_batch(self, reqs: list[SubmitRequest]
@@ -360,7 +372,7 @@ class StoreHandle(ActorHandle):
 
     async def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
                          tenant: str | None = None, limit: int = 100,
-                         before: tuple[float, str] | None = None) -> list[TaskRecord]:
+                         before: tuple[float, str] | None = None) -> list[TaskSummary]:
         return await self._call("list_tasks", status, workflow, tenant, limit, before)  # type: ignore[no-any-return]
 
     async def queued_index(self, limit: int) -> list[tuple[str, int, float]]:

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from runtime.models import Claim, DeadLetter, Event, Lease, SubmitRequest, TaskRecord, TaskStatus
+from runtime.models import (
+    Claim,
+    DeadLetter,
+    Event,
+    Lease,
+    SubmitRequest,
+    TaskRecord,
+    TaskStatus,
+    TaskSummary,
+)
 
 SCHEMA_VERSION = 5
 
@@ -26,7 +35,7 @@ class Store(Protocol):
 
     def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
                    tenant: str | None = None, limit: int = 100,
-                   before: tuple[float, str] | None = None) -> list[TaskRecord]:
+                   before: tuple[float, str] | None = None) -> list[TaskSummary]:
         """Tasks, newest first; ``before``: the (created_at, id) the previous page ended at."""
 
     def count_tasks(self, status: TaskStatus) -> int:

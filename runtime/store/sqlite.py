@@ -19,7 +19,16 @@ from runtime.errors import (
     StoreError,
     TaskNotFound,
 )
-from runtime.models import Claim, DeadLetter, Event, Lease, SubmitRequest, TaskRecord, TaskStatus
+from runtime.models import (
+    Claim,
+    DeadLetter,
+    Event,
+    Lease,
+    SubmitRequest,
+    TaskRecord,
+    TaskStatus,
+    TaskSummary,
+)
 from runtime.store.base import SCHEMA_VERSION
 
 _MIGRATIONS: dict[int, str] = {
@@ -124,6 +133,23 @@ def _task(row: sqlite3.Row) -> TaskRecord:
         owner=row["owner"], lease_until=row["lease_until"],
         cancel_requested=bool(row["cancel_requested"]), waiting_for=row["waiting_for"],
         wake_at=row["wake_at"], crashes=row["crashes"],
+    )
+
+
+_SUMMARY_COLUMNS = (
+    "id, workflow, status, priority, tenant, idempotency_key, error, runs, created_at, updated_at, "
+    "started_at, finished_at, owner, cancel_requested, waiting_for, crashes, input_bytes"
+)
+
+
+def _summary(row: sqlite3.Row) -> TaskSummary:
+    return TaskSummary(
+        id=row["id"], workflow=row["workflow"], status=TaskStatus(row["status"]),
+        priority=row["priority"], tenant=row["tenant"], idempotency_key=row["idempotency_key"],
+        error=row["error"], runs=row["runs"], created_at=row["created_at"],
+        updated_at=row["updated_at"], started_at=row["started_at"], finished_at=row["finished_at"],
+        owner=row["owner"], cancel_requested=bool(row["cancel_requested"]),
+        waiting_for=row["waiting_for"], crashes=row["crashes"], input_bytes=row["input_bytes"],
     )
 
 
@@ -268,15 +294,20 @@ class SQLiteStore:
              req.idempotency_key, now, now),
         )
         self._event(c, task_id, "submitted", {"priority": req.priority}, now)
-        return self._get(c, task_id), True
+        # The row as written, without reading it back (and parsing its input again).
+        return TaskRecord(id=task_id, workflow=req.workflow, input=req.input,
+                          status=TaskStatus.QUEUED, priority=req.priority, tenant=req.tenant,
+                          idempotency_key=req.idempotency_key, created_at=now,
+                          updated_at=now), True
 
     def get_task(self, task_id: str) -> TaskRecord:
         return self._get(self._conn, task_id)
 
     def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
                    tenant: str | None = None, limit: int = 100,
-                   before: tuple[float, str] | None = None) -> list[TaskRecord]:
-        """Newest first; ``before``: the (created_at, id) of the last task of the previous page."""
+                   before: tuple[float, str] | None = None) -> list[TaskSummary]:
+        """Newest first, without inputs and outputs; ``before``: the (created_at, id) of the last
+        task of the previous page."""
         where: list[str] = []
         args: list[Any] = []
         for column, value in (("status", status.value if status else None), ("workflow", workflow),
@@ -287,11 +318,11 @@ class SQLiteStore:
         if before is not None:
             where.append("(created_at, id) < (?, ?)")
             args.extend(before)
-        sql = f"SELECT {_TASK_COLUMNS} FROM tasks"
+        sql = f"SELECT {_SUMMARY_COLUMNS} FROM tasks"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        return [_task(r) for r in self._conn.execute(sql, (*args, limit))]
+        return [_summary(r) for r in self._conn.execute(sql, (*args, limit))]
 
     def count_tasks(self, status: TaskStatus) -> int:
         row = self._conn.execute("SELECT count(*) FROM tasks WHERE status = ?", (status.value,))

@@ -58,3 +58,19 @@ def test_a_failed_send_fails_its_batch_and_the_next_batch_still_goes() -> None:
         return await commit(3)
 
     assert asyncio.run(main()) == 3
+
+
+def test_a_batch_stops_at_its_weight_and_the_rest_follow_in_order() -> None:
+    sent: list[list[int]] = []
+
+    async def send(items: list[int]) -> list[int | BaseException]:
+        sent.append(items)
+        return items  # type: ignore[return-value]
+
+    async def main() -> list[int]:
+        commit = GroupCommit(send, weigh=lambda i: i, max_weight=10)
+        return await asyncio.gather(*(commit(i) for i in (4, 5, 3, 20, 1, 2)))
+
+    assert asyncio.run(main()) == [4, 5, 3, 20, 1, 2]
+    # 4+5 fits, +3 would not; 3 alone, +20 would not; 20 alone (over, but a batch takes one); 1+2.
+    assert sent == [[4, 5], [3], [20], [1, 2]]
