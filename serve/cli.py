@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -16,11 +16,17 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from runtime import Client, GateLimits, RaysquadError, Runtime, Settings, TaskRecord, TaskStatus
-from runtime.ops import Ops
-from serve.http import open_bind_refusal
+# Light imports only: a command over --url never imports Ray (Client, Runtime and Ops are imported
+# where a command needs them), so it starts in a fraction of a second.
+from runtime.config import GateLimits, Settings
+from runtime.errors import RaysquadError
+from runtime.models import TaskRecord, TaskStatus
 from serve.http_client import HttpClient
 from serve.progress import follow
+
+if TYPE_CHECKING:
+    from runtime.client import Client
+    from runtime.ops import Ops
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="raysquad: durable multi-agent workflows on Ray.")
@@ -62,6 +68,8 @@ def connect(address: str | None, url: str | None, api_key: str | None) -> Client
     """A client over HTTP when --url is given, else over Ray."""
     if url:
         return HttpClient(url, api_key)
+    from runtime.client import Client
+
     return Client.connect(settings(address))
 
 
@@ -101,7 +109,8 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
        port: Annotated[int | None, typer.Option(help="HTTP port (default 8000)")] = None,
        http: Annotated[bool, typer.Option(help="serve the HTTP API")] = True) -> None:
     """Run the runtime and its HTTP API in the foreground with the given modules' workflows and agents."""
-    from serve.http import start_http, stop_http
+    from runtime.app import Runtime
+    from serve.http import open_bind_refusal, start_http, stop_http
 
     config = settings(address, data_dir, workers=workers, http_host=host, http_port=port)
     refusal = open_bind_refusal(config) if http else None
@@ -149,6 +158,8 @@ def submit(workflow: str, input: Annotated[str, typer.Option("--input", help="JS
 def run(workflow: str, input: Annotated[str, typer.Option("--input", help="JSON object")] = "{}",
         apps: AppOpt = None, data_dir: DataOpt = None, priority: int = 0) -> None:
     """Start an embedded runtime, run one task to its end with a progress bar, print its result."""
+    from runtime.app import Runtime
+
     payload = parse_input(input)
     with Runtime.start(settings(None, data_dir), apps=apps or DEFAULT_APPS) as rt:
         client = rt.client()
@@ -224,6 +235,9 @@ def watch(task_id: str, address: AddressOpt = None, url: UrlOpt = None,
 
 def ops(address: str | None) -> Ops:
     """Operator calls over Ray (after Client.connect has joined the cluster)."""
+    from runtime.client import Client
+    from runtime.ops import Ops
+
     s = settings(address)
     Client.connect(s)
     return Ops(s.namespace)

@@ -94,7 +94,7 @@ class Slow(Agent):
     """Holds a message until the test opens its gate; counts how often it started on each message."""
 
     role = "slow"
-    min_replicas = 1
+    min_replicas = 0  # started when a message arrives: an idle test runtime has no replica
     max_replicas = 2
 
     async def handle(self, msg: AgentMessage, ctx: AgentContext) -> str:
@@ -131,6 +131,7 @@ class Producer(Agent):
     """Makes a large value; the runtime hands it back by reference (a Ref in the object store)."""
 
     role = "producer"
+    min_replicas = 0
 
     async def handle(self, msg: AgentMessage, ctx: AgentContext) -> bytes:
         import random
@@ -142,6 +143,7 @@ class Consumer(Agent):
     """Receives the large value as a Ref inside its payload and reads it from the object store."""
 
     role = "consumer"
+    min_replicas = 0
 
     async def handle(self, msg: AgentMessage, ctx: AgentContext) -> dict[str, str]:
         import hashlib
@@ -200,6 +202,7 @@ class Elastic(Agent):
     """Holds each message until the test opens the shared gate; sized by the test's configuration."""
 
     role = "elastic"
+    min_replicas = 0
 
     async def handle(self, msg: AgentMessage, ctx: AgentContext) -> int:
         await wait_gate(msg.payload["dir"], "elastic.open")

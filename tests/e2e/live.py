@@ -87,7 +87,7 @@ def raysquad_up(workdir: Path, app: str | list[str] = "tests.apps.basic",
         "RAYSQUAD_API_KEYS": json.dumps(API_KEYS), "RAYSQUAD_LEASE_S": "5",
         "RAYSQUAD_SWEEP_INTERVAL_S": "0.2", "RAYSQUAD_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         "RAYSQUAD_TENANT_PRIORITIES": json.dumps(TENANT_PRIORITIES),
-        "RAYSQUAD_STREAM_MAX_S": str(STREAM_MAX_S), **env,
+        "RAYSQUAD_STREAM_MAX_S": str(STREAM_MAX_S), "RAYSQUAD_TOOLS__EXECUTORS": "1", **env,
     }
     log_path = workdir / "up.log"
     with open(log_path, "wb") as log:

@@ -19,10 +19,13 @@ from typing import Any
 import pytest
 import ray
 
-from runtime import Runtime, Settings
+from runtime import Runtime, Settings, ToolSettings
 
 DEFAULT_APPS = ["tests.apps.basic"]
-TEST_DEFAULTS: dict[str, Any] = {"lease_s": 5.0, "sweep_interval_s": 0.2}
+# One tool executor unless a test asks for more: each actor is a process, and starting one costs
+# about a CPU-second on this machine.
+TEST_DEFAULTS: dict[str, Any] = {"lease_s": 5.0, "sweep_interval_s": 0.2,
+                                 "tools": ToolSettings(executors=1)}
 
 
 @pytest.fixture(scope="session")
