@@ -25,11 +25,14 @@ def pg_database() -> Iterator[PostgresDatabase]:
     try:
         database = PostgresDatabase()
     except psycopg.OperationalError as e:
-        pytest.fail(f"the PostgreSQL Store tests need PostgreSQL at {PG_URL} (set "
-                    f"RAYSQUAD_TEST_POSTGRES_URL to another server; .ci/run starts the local one): {e}",
-                    pytrace=False)
-    yield database
-    database.drop()
+        unreachable = str(e)
+    else:
+        yield database
+        database.drop()
+        return
+    pytest.fail(f"the PostgreSQL Store tests need PostgreSQL at {PG_URL} (set "
+                f"RAYSQUAD_TEST_POSTGRES_URL to another server; .ci/run starts the local one): "
+                f"{unreachable}", pytrace=False)
 
 
 @pytest.fixture
