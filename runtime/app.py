@@ -25,7 +25,7 @@ from runtime.engines.actor import EngineHandle, start_engines
 from runtime.gates import GateKeeperHandle, start_gatekeeper
 from runtime.ops import Ops
 from runtime.queue import MailboxHandle, start_queue
-from runtime.store.actor import StoreHandle, start_store
+from runtime.store.actor import StoreHandle, check_store_settings, start_store
 from runtime.tools.executor import ToolExecutorHandle, start_tool_executors
 from runtime.worker import WorkerPoolHandle, start_worker_pool
 
@@ -58,6 +58,7 @@ class Runtime:
         settings = absolute_paths(settings or Settings())
         apps = list(apps or ["agents"])
         catalog = load_catalog(apps)  # fail here, in the caller, on a bad module
+        check_store_settings(settings)  # and on a Store that cannot be opened
         started_ray = cluster.connect(settings)
         store = start_store(settings)
         asyncio.run(store.ping())

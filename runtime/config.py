@@ -181,7 +181,12 @@ class Settings(BaseSettings):
 
     # Durable state.
     data_dir: Path = Path(".raysquad")
-    store: Literal["sqlite"] = Field("sqlite", description="the Store backend (RAYSQUAD_STORE)")
+    store: Literal["sqlite", "postgres"] = Field(
+        "sqlite", description="the Store backend (RAYSQUAD_STORE): one SQLite file, or PostgreSQL")
+    postgres_url: str | None = Field(
+        None, description="the PostgreSQL Store's database, a libpq URL such as "
+                          "postgresql://user@host:5432/raysquad (RAYSQUAD_POSTGRES_URL); step blobs "
+                          "stay files under DATA_DIR/blobs")
     sqlite_path: Path | None = Field(None, description="defaults to DATA_DIR/raysquad.db")
     sqlite_synchronous: Literal["FULL", "EXTRA", "NORMAL"] = Field(
         "FULL", description="FULL: an acknowledged submit survives power loss; NORMAL trades that "

@@ -119,8 +119,10 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
     rt = Runtime.start(config, apps=apps or DEFAULT_APPS)
     try:
         url = start_http(config) if http else None
+        store = (rt.settings.database_path if rt.settings.store == "sqlite"
+                 else "on PostgreSQL (RAYSQUAD_POSTGRES_URL)")
         out.print(f"raysquad is up: workflows {sorted(rt.catalog.workflows)}, agents "
-                  f"{sorted(rt.catalog.agents)}; Store {rt.settings.database_path}.")
+                  f"{sorted(rt.catalog.agents)}; Store {store}.")
         if url:
             auth = (f"{len(config.api_keys)} API key(s)" if config.api_keys else
                     "no API keys configured: loopback only, no authentication")

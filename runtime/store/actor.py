@@ -1,4 +1,5 @@
-"""The Store actor: one process owns the SQLite file; every other process reaches it through here.
+"""The Store actor: one process owns the Store (a SQLite file, or a connection to PostgreSQL); every
+other process reaches it through here.
 
 It is pinned to the node that starts it (the head in a cluster) and restarts on failure, since all of
 its state is on disk. ``wait_events`` long-polls a task's event log, which feeds progress bars and SSE.
@@ -23,6 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from runtime.config import Settings
 from runtime.errors import (
+    ConfigError,
     InputTooLarge,
     InvalidInput,
     PriorityNotAllowed,
@@ -49,15 +51,29 @@ from runtime.store.base import Store
 ACTOR_NAME = "store"
 
 
+def check_store_settings(settings: Settings) -> None:
+    """ConfigError unless ``settings`` name a Store that can be opened (checked in the caller before
+    the Store actor starts, and again as it opens the Store)."""
+    if settings.store == "postgres" and not settings.postgres_url:
+        raise ConfigError("RAYSQUAD_STORE=postgres needs RAYSQUAD_POSTGRES_URL, a libpq URL "
+                          "such as postgresql://user@127.0.0.1:5432/raysquad")
+
+
 def open_store(settings: Settings) -> Store:
     """The Store backend that ``settings.store`` (``RAYSQUAD_STORE``) names: the one place it is chosen."""
+    check_store_settings(settings)
     if settings.store == "sqlite":
         from runtime.store.sqlite import SQLiteStore
 
         return SQLiteStore(settings.database_path, settings.blob_dir,
                            synchronous=settings.sqlite_synchronous,
                            max_crashes=settings.max_task_crashes)
-    raise ValueError(f"unknown store {settings.store!r}")
+    if settings.store == "postgres" and settings.postgres_url:
+        from runtime.store.postgres import PostgresStore
+
+        return PostgresStore(settings.postgres_url, settings.blob_dir,
+                             max_crashes=settings.max_task_crashes)
+    raise ConfigError(f"unknown store {settings.store!r}")
 
 
 #: A group-committed batch of submits stops at about this many bytes of input: one Store call (and

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +28,9 @@ from runtime.models import (
     TaskStatus,
     TaskSummary,
 )
+from runtime.store import records
 from runtime.store.base import SCHEMA_VERSION
+from runtime.store.blobs import read_blob, write_blob
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -116,53 +117,6 @@ _MIGRATIONS: dict[int, str] = {
     """,
 }
 
-_TASK_COLUMNS = (
-    "id, workflow, input, status, priority, tenant, idempotency_key, output, error, runs, created_at, "
-    "updated_at, started_at, finished_at, owner, lease_until, cancel_requested, waiting_for, wake_at, crashes"
-)
-
-
-def _task(row: sqlite3.Row) -> TaskRecord:
-    return TaskRecord(
-        id=row["id"], workflow=row["workflow"], input=json.loads(row["input"]),
-        status=TaskStatus(row["status"]), priority=row["priority"], tenant=row["tenant"],
-        idempotency_key=row["idempotency_key"],
-        output=json.loads(row["output"]) if row["output"] is not None else None,
-        error=row["error"], runs=row["runs"], created_at=row["created_at"],
-        updated_at=row["updated_at"], started_at=row["started_at"], finished_at=row["finished_at"],
-        owner=row["owner"], lease_until=row["lease_until"],
-        cancel_requested=bool(row["cancel_requested"]), waiting_for=row["waiting_for"],
-        wake_at=row["wake_at"], crashes=row["crashes"],
-    )
-
-
-_SUMMARY_COLUMNS = (
-    "id, workflow, status, priority, tenant, idempotency_key, error, runs, created_at, updated_at, "
-    "started_at, finished_at, owner, cancel_requested, waiting_for, crashes, input_bytes"
-)
-
-
-def _summary(row: sqlite3.Row) -> TaskSummary:
-    return TaskSummary(
-        id=row["id"], workflow=row["workflow"], status=TaskStatus(row["status"]),
-        priority=row["priority"], tenant=row["tenant"], idempotency_key=row["idempotency_key"],
-        error=row["error"], runs=row["runs"], created_at=row["created_at"],
-        updated_at=row["updated_at"], started_at=row["started_at"], finished_at=row["finished_at"],
-        owner=row["owner"], cancel_requested=bool(row["cancel_requested"]),
-        waiting_for=row["waiting_for"], crashes=row["crashes"], input_bytes=row["input_bytes"],
-    )
-
-
-def _dead_letter(row: sqlite3.Row) -> DeadLetter:
-    return DeadLetter(
-        id=row["id"], tool=row["tool"], args=json.loads(row["args"]), error=row["error"],
-        error_type=row["error_type"], attempts=row["attempts"], task_id=row["task_id"],
-        step_key=row["step_key"], tenant=row["tenant"], created_at=row["created_at"],
-        status=row["status"], replayed_at=row["replayed_at"],
-        result=json.loads(row["result"]) if row["result"] is not None else None,
-    )
-
-
 class SQLiteStore:
     """The Store on one SQLite file. Not thread-safe: one process, one thread (the Store actor)."""
 
@@ -230,10 +184,10 @@ class SQLiteStore:
         return seq
 
     def _get(self, c: sqlite3.Connection, task_id: str) -> TaskRecord:
-        row = c.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        row = c.execute(f"SELECT {records.TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
             raise TaskNotFound(task_id)
-        return _task(row)
+        return records.task(row)
 
     def _requeue(self, c: sqlite3.Connection, rows: list[sqlite3.Row], reason: str,
                  now: float, crashed: bool = False) -> list[TaskRecord]:
@@ -276,16 +230,16 @@ class SQLiteStore:
 
     def _create(self, c: sqlite3.Connection, task_id: str, req: SubmitRequest,
                 now: float) -> tuple[TaskRecord, bool]:
-        row = c.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        row = c.execute(f"SELECT {records.TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is not None:  # the same submit sent again (its first reply was lost): it is this task
-            return _task(row), True
+            return records.task(row), True
         if req.idempotency_key is not None:
             row = c.execute(
-                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE tenant = ? AND idempotency_key = ?",
+                f"SELECT {records.TASK_COLUMNS} FROM tasks WHERE tenant = ? AND idempotency_key = ?",
                 (req.tenant, req.idempotency_key),
             ).fetchone()
             if row is not None:
-                return _task(row), False
+                return records.task(row), False
         text = json.dumps(req.input)
         c.execute(
             "INSERT INTO tasks (id, workflow, input, input_bytes, status, priority, tenant, "
@@ -318,11 +272,11 @@ class SQLiteStore:
         if before is not None:
             where.append("(created_at, id) < (?, ?)")
             args.extend(before)
-        sql = f"SELECT {_SUMMARY_COLUMNS} FROM tasks"
+        sql = f"SELECT {records.SUMMARY_COLUMNS} FROM tasks"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        return [_summary(r) for r in self._conn.execute(sql, (*args, limit))]
+        return [records.summary(r) for r in self._conn.execute(sql, (*args, limit))]
 
     def count_tasks(self, status: TaskStatus) -> int:
         row = self._conn.execute("SELECT count(*) FROM tasks WHERE status = ?", (status.value,))
@@ -436,7 +390,7 @@ class SQLiteStore:
         if blobs:
             self._check_lease(self._conn, lease)
         for blob_key, data in blobs.items():
-            self._write_blob(blob_key, data)
+            write_blob(self.blob_dir, blob_key, data)
         with self._tx() as c:
             row = self._check_lease(c, lease)
             inserted = c.execute(
@@ -579,8 +533,6 @@ class SQLiteStore:
         return [Event(task_id=r["task_id"], seq=r["seq"], kind=r["kind"], data=json.loads(r["data"]),
                       at=r["at"]) for r in rows]
 
-    # -- blobs --------------------------------------------------------------------------------------
-
     # -- dead letters ----------------------------------------------------------------------------
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
@@ -599,15 +551,17 @@ class SQLiteStore:
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        sql = "SELECT * FROM dead_letters" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = f"SELECT {records.DEAD_LETTER_COLUMNS} FROM dead_letters"
+        sql += " WHERE " + " AND ".join(where) if where else ""
         rows = self._conn.execute(sql + " ORDER BY created_at DESC LIMIT ?", (*params, limit))
-        return [_dead_letter(r) for r in rows]
+        return [records.dead_letter(r) for r in rows]
 
     def get_dead_letter(self, letter_id: str) -> DeadLetter:
-        row = self._conn.execute("SELECT * FROM dead_letters WHERE id = ?", (letter_id,)).fetchone()
+        row = self._conn.execute(f"SELECT {records.DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?",
+                                 (letter_id,)).fetchone()
         if row is None:
             raise DeadLetterNotFound(letter_id)
-        return _dead_letter(row)
+        return records.dead_letter(row)
 
     def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
                  now: float, step_output: bytes | None = None) -> DeadLetter:
@@ -640,36 +594,9 @@ class SQLiteStore:
         self._queue_again(c, letter["task_id"],
                           {"by": "replay", "dead_letter": letter_id, "step": letter["step_key"]}, now)
 
-    def _blob_path(self, key: str) -> Path:
-        parts = key.split("/")
-        if not key or any(p in ("", ".", "..") for p in parts):
-            raise StoreError(f"bad blob key {key!r}: want relative names like 'task/step'")
-        return self.blob_dir.joinpath(*parts)
-
-    def _write_blob(self, key: str, data: bytes) -> None:
-        path = self._blob_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)  # the rename itself survives power loss only once its directory is
-
     def read_blob(self, key: str) -> bytes:
-        try:
-            return self._blob_path(key).read_bytes()
-        except FileNotFoundError:
-            raise StoreError(f"blob {key!r} is missing from {self.blob_dir}") from None
+        return read_blob(self.blob_dir, key)
 
     def close(self) -> None:
         self._conn.close()
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -95,3 +95,15 @@ def test_database_path_defaults_under_data_dir(tmp_path: Path, monkeypatch: pyte
 
     explicit = tmp_path / "elsewhere.db"
     assert Settings(data_dir=tmp_path, sqlite_path=explicit).database_path == explicit
+
+
+def test_store_backend_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAYSQUAD_STORE", "postgres")
+    monkeypatch.setenv("RAYSQUAD_POSTGRES_URL", "postgresql://rs@db:5432/raysquad")
+
+    s = Settings()
+
+    assert (s.store, s.postgres_url) == ("postgres", "postgresql://rs@db:5432/raysquad")
+    assert Settings(store="sqlite").postgres_url == "postgresql://rs@db:5432/raysquad"
+    with pytest.raises(ValidationError):
+        Settings(store="mysql")  # type: ignore[arg-type]

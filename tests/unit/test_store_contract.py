@@ -1,71 +1,39 @@
-"""SQLiteStore on a temporary file: task lifecycle, leases, steps, blobs, events, schema."""
+"""The Store contract: one suite, run on SQLite and on PostgreSQL alike (both real; see
+tests/unit/conftest.py). Task lifecycle, leases and fencing, steps, blobs, events, signals, dead
+letters, lists, recovery and the schema. What only one backend has is in test_store_backends.py."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
+from datetime import datetime
 
 import pytest
 
-from runtime.errors import InvalidTransition, LeaseLost, StoreError, TaskNotFound
-from runtime.models import Lease, SubmitRequest, TaskRecord, TaskStatus
+from runtime.errors import (
+    DeadLetterNotFound,
+    InvalidTransition,
+    LeaseLost,
+    StoreError,
+    TaskNotFound,
+)
+from runtime.models import DeadLetter, Lease, SubmitRequest, TaskStatus
 from runtime.store.base import SCHEMA_VERSION
-from runtime.store.sqlite import SQLiteStore
-
-T0 = 1_700_000_000.0
-LEASE_S = 30.0
-
-
-def open_store(tmp_path: Path) -> SQLiteStore:
-    return SQLiteStore(tmp_path / "data" / "raysquad.db", tmp_path / "data" / "blobs")
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = open_store(tmp_path)
-    yield s
-    s.close()
-
-
-def submit(store: SQLiteStore, task_id: str, now: float = T0, **fields: object) -> TaskRecord:
-    req = SubmitRequest.model_validate({"workflow": "wf", "input": {"n": 1}, **fields})
-    task, created = store.create_task(task_id, req, now)
-    assert created
-    return task
-
-
-def running(store: SQLiteStore, task_id: str, owner: str = "w1", now: float = T0) -> TaskRecord:
-    submit(store, task_id, now)
-    (claim,) = store.claim([task_id], owner, LEASE_S, now)
-    return claim.task
-
-
-def lease(store: SQLiteStore, task_id: str, owner: str) -> Lease:
-    """The lease ``owner`` would hold on the task's current run."""
-    return Lease(task_id, owner, store.get_task(task_id).runs)
-
-
-def tokens(store: SQLiteStore, *task_ids: str) -> dict[str, int]:
-    """task id -> its current run, for renewals (0 for a task that does not exist)."""
-    out = {}
-    for task_id in task_ids:
-        try:
-            out[task_id] = store.get_task(task_id).runs
-        except TaskNotFound:
-            out[task_id] = 0
-    return out
-
-
-def kinds(store: SQLiteStore, task_id: str) -> list[str]:
-    return [e.kind for e in store.events(task_id)]
-
+from tests.unit.stores import (
+    LEASE_S,
+    T0,
+    AnyStore,
+    Backend,
+    kinds,
+    lease,
+    running,
+    submit,
+    tokens,
+)
 
 # -- create -----------------------------------------------------------------------------------------
 
 
-def test_create_task(store: SQLiteStore) -> None:
+def test_create_task(store: AnyStore) -> None:
     task = submit(store, "t1", workflow="research", input={"q": "x"}, priority=7, tenant="acme")
 
     assert task.status is TaskStatus.QUEUED
@@ -76,14 +44,14 @@ def test_create_task(store: SQLiteStore) -> None:
     assert kinds(store, "t1") == ["submitted"]
 
 
-def test_get_unknown_task(store: SQLiteStore) -> None:
+def test_get_unknown_task(store: AnyStore) -> None:
     with pytest.raises(TaskNotFound):
         store.get_task("nope")
     with pytest.raises(TaskNotFound):
         store.events("nope")
 
 
-def test_idempotency_key_is_per_tenant(store: SQLiteStore) -> None:
+def test_idempotency_key_is_per_tenant(store: AnyStore) -> None:
     first = submit(store, "t1", idempotency_key="k", tenant="a")
 
     again, created = store.create_task(
@@ -101,16 +69,42 @@ def test_idempotency_key_is_per_tenant(store: SQLiteStore) -> None:
     assert store.count_tasks(TaskStatus.QUEUED) == 2
 
 
-def test_tasks_without_key_are_never_deduplicated(store: SQLiteStore) -> None:
+def test_tasks_without_key_are_never_deduplicated(store: AnyStore) -> None:
     submit(store, "t1")
     submit(store, "t2")
     assert store.count_tasks(TaskStatus.QUEUED) == 2
 
 
+def test_the_same_submit_again_is_the_same_task(store: AnyStore) -> None:
+    first = submit(store, "t1", idempotency_key="k")
+
+    again, created = store.create_task("t1", SubmitRequest(workflow="other"), T0 + 5)
+
+    assert created and again == first  # its first reply was lost: the task as stored
+    assert kinds(store, "t1") == ["submitted"]
+
+
+def test_create_tasks_in_one_batch(store: AnyStore) -> None:
+    results = store.create_tasks([
+        ("a", SubmitRequest(workflow="wf", idempotency_key="k")),
+        ("b", SubmitRequest(workflow="wf", idempotency_key="k")),  # the key "a" took in this batch
+        ("c", SubmitRequest(workflow="wf", input={"text": "\u00e9t\u00e9 \u2713"}, priority=3)),
+        ("a", SubmitRequest(workflow="wf")),  # "a" again
+    ], T0)
+
+    assert [(task.id, created) for task, created in results] == [
+        ("a", True), ("a", False), ("c", True), ("a", True)]
+    assert store.count_tasks(TaskStatus.QUEUED) == 2
+    assert store.get_task("c").input == {"text": "\u00e9t\u00e9 \u2713"}
+    sizes = {t.id: t.input_bytes for t in store.list_tasks()}
+    assert sizes == {"a": 2, "c": len(json.dumps({"text": "\u00e9t\u00e9 \u2713"}).encode())}
+    assert store.create_tasks([], T0) == []
+
+
 # -- claim, renew, leases ---------------------------------------------------------------------------
 
 
-def test_claim_only_queued_tasks(store: SQLiteStore) -> None:
+def test_claim_only_queued_tasks(store: AnyStore) -> None:
     submit(store, "t1")
     submit(store, "t2")
     submit(store, "t3")
@@ -131,7 +125,7 @@ def test_claim_only_queued_tasks(store: SQLiteStore) -> None:
     assert (started.kind, started.data) == ("started", {"owner": "w1", "run": 1})
 
 
-def test_claim_returns_recorded_steps_and_counts_runs(store: SQLiteStore) -> None:
+def test_claim_returns_recorded_steps_and_counts_runs(store: AnyStore) -> None:
     running(store, "t1")
     store.record_step(lease(store, "t1", "w1"), "a", b"out-a", {}, T0 + 1)
     store.record_step(lease(store, "t1", "w1"), "a#2", b"out-a2", {}, T0 + 2)
@@ -145,7 +139,7 @@ def test_claim_returns_recorded_steps_and_counts_runs(store: SQLiteStore) -> Non
     assert claim.task.started_at == T0  # the first start is kept
 
 
-def test_renew_extends_held_leases_and_reports_cancel(store: SQLiteStore) -> None:
+def test_renew_extends_held_leases_and_reports_cancel(store: AnyStore) -> None:
     running(store, "t1")
     running(store, "t2")
     running(store, "other", owner="w2")
@@ -158,7 +152,7 @@ def test_renew_extends_held_leases_and_reports_cancel(store: SQLiteStore) -> Non
     assert store.get_task("other").lease_until == T0 + LEASE_S
 
 
-def test_expire_leases(store: SQLiteStore) -> None:
+def test_expire_leases(store: AnyStore) -> None:
     running(store, "t1")
     running(store, "t2", now=T0 + 20)
 
@@ -175,7 +169,7 @@ def test_expire_leases(store: SQLiteStore) -> None:
     assert store.renew("w1", tokens(store, "t1"), LEASE_S, T0 + 40) == {}
 
 
-def test_release_owner(store: SQLiteStore) -> None:
+def test_release_owner(store: AnyStore) -> None:
     running(store, "t1", owner="dead")
     running(store, "t2", owner="dead")
     running(store, "t3", owner="alive")
@@ -189,10 +183,45 @@ def test_release_owner(store: SQLiteStore) -> None:
     assert store.release_owner("dead", T0 + 2) == []
 
 
+def test_a_pool_restart_releases_tasks_without_counting_a_crash(backend: Backend) -> None:
+    store = backend.open(max_crashes=1)
+    running(store, "t1")
+
+    (task,) = store.release_owner("w1", T0 + 1, crashed=False)
+
+    assert task.status is TaskStatus.QUEUED and task.crashes == 0
+    assert store.events("t1")[-1].data == {"reason": "worker pool restarted", "owner": "w1"}
+    store.claim(["t1"], "w2", LEASE_S, T0 + 2)
+    assert store.release_owner("w2", T0 + 3) == []  # a crash, the first of one allowed
+    assert store.get_task("t1").status is TaskStatus.FAILED
+
+
+def test_check_lease(store: AnyStore) -> None:
+    running(store, "t1")
+
+    store.check_lease(lease(store, "t1", "w1"))
+    with pytest.raises(LeaseLost):
+        store.check_lease(lease(store, "t1", "w2"))
+    with pytest.raises(LeaseLost):
+        store.check_lease(Lease("t1", "w1", 2))  # a token the task has not reached
+    with pytest.raises(TaskNotFound):
+        store.check_lease(Lease("missing", "w1", 1))
+
+
+def test_running_owners(store: AnyStore) -> None:
+    assert store.running_owners() == []
+    running(store, "t1", owner="w2")
+    running(store, "t2", owner="w1")
+    running(store, "t3", owner="w1")
+    submit(store, "q")
+
+    assert store.running_owners() == ["w1", "w2"]
+
+
 # -- steps and blobs --------------------------------------------------------------------------------
 
 
-def test_record_step_under_lease(store: SQLiteStore) -> None:
+def test_record_step_under_lease(store: AnyStore) -> None:
     running(store, "t1")
 
     assert store.record_step(lease(store, "t1", "w1"), "fetch", b"\x00bytes", {}, T0 + 1) is False
@@ -203,7 +232,7 @@ def test_record_step_under_lease(store: SQLiteStore) -> None:
     assert store.record_step(lease(store, "t1", "w1"), "next", b"x", {}, T0 + 3) is True
 
 
-def test_a_recorded_step_is_never_overwritten(store: SQLiteStore) -> None:
+def test_a_recorded_step_is_never_overwritten(store: AnyStore) -> None:
     running(store, "t1")
     store.record_step(lease(store, "t1", "w1"), "a", b"first", {}, T0 + 1)
     store.record_step(lease(store, "t1", "w1"), "a", b"again", {}, T0 + 2)  # a repeated call
@@ -214,7 +243,7 @@ def test_a_recorded_step_is_never_overwritten(store: SQLiteStore) -> None:
     assert claim.steps == {"a": b"first"}
 
 
-def test_a_stale_run_cannot_write_after_the_task_is_claimed_again(store: SQLiteStore) -> None:
+def test_a_stale_run_cannot_write_after_the_task_is_claimed_again(store: AnyStore) -> None:
     running(store, "t1")
     stale = lease(store, "t1", "w1")
     store.expire_leases(T0 + LEASE_S + 1)
@@ -235,8 +264,8 @@ def test_a_stale_run_cannot_write_after_the_task_is_claimed_again(store: SQLiteS
     assert store.finish(claim.lease, TaskStatus.SUCCEEDED, 1, None, T0 + LEASE_S + 6).output == 1
 
 
-def test_a_task_that_keeps_killing_its_worker_fails_as_poison(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "db", tmp_path / "blobs", max_crashes=2)
+def test_a_task_that_keeps_killing_its_worker_fails_as_poison(backend: Backend) -> None:
+    store = backend.open(max_crashes=2)
     running(store, "t1")
     assert [t.id for t in store.release_owner("w1", T0 + 1)] == ["t1"]  # crash 1: queued again
     store.claim(["t1"], "w2", LEASE_S, T0 + 2)
@@ -247,8 +276,8 @@ def test_a_task_that_keeps_killing_its_worker_fails_as_poison(tmp_path: Path) ->
     assert "worker lost" in (task.error or "")
 
 
-def test_an_undecodable_task_is_abandoned_until_it_fails(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "db", tmp_path / "blobs", max_crashes=2)
+def test_an_undecodable_task_is_abandoned_until_it_fails(backend: Backend) -> None:
+    store = backend.open(max_crashes=2)
     running(store, "t1")
     assert store.abandon(lease(store, "t1", "w1"), "cannot read", T0 + 1).status is TaskStatus.QUEUED
     store.claim(["t1"], "w1", LEASE_S, T0 + 2)
@@ -256,7 +285,7 @@ def test_an_undecodable_task_is_abandoned_until_it_fails(tmp_path: Path) -> None
     assert task.status is TaskStatus.FAILED and "cannot read" in (task.error or "")
 
 
-def test_record_step_with_a_wrong_owner_is_refused(store: SQLiteStore) -> None:
+def test_record_step_with_a_wrong_owner_is_refused(store: AnyStore) -> None:
     running(store, "t1")
 
     with pytest.raises(LeaseLost) as info:
@@ -274,7 +303,7 @@ def test_record_step_with_a_wrong_owner_is_refused(store: SQLiteStore) -> None:
     assert claim.steps == {}
 
 
-def test_blobs_written_and_read_back(store: SQLiteStore) -> None:
+def test_blobs_written_and_read_back(store: AnyStore) -> None:
     running(store, "t1")
     big = bytes(range(256)) * 1000
 
@@ -290,7 +319,7 @@ def test_blobs_written_and_read_back(store: SQLiteStore) -> None:
 
 
 @pytest.mark.parametrize("key", ["../escape", "a/../../escape", "/etc/passwd", ".."])
-def test_path_traversal_blob_key_is_refused(store: SQLiteStore, key: str) -> None:
+def test_path_traversal_blob_key_is_refused(store: AnyStore, key: str) -> None:
     running(store, "t1")
     outside_before = set(store.blob_dir.parent.parent.rglob("*"))
 
@@ -304,7 +333,7 @@ def test_path_traversal_blob_key_is_refused(store: SQLiteStore, key: str) -> Non
 
 
 @pytest.mark.parametrize("key", [".", ""])
-def test_blob_key_naming_the_blob_dir_is_refused(store: SQLiteStore, key: str) -> None:
+def test_blob_key_naming_the_blob_dir_is_refused(store: AnyStore, key: str) -> None:
     running(store, "t1")
     data_dir = store.blob_dir.parent
     before = set(data_dir.iterdir())
@@ -319,7 +348,7 @@ def test_blob_key_naming_the_blob_dir_is_refused(store: SQLiteStore, key: str) -
 # -- finish, cancel, retry --------------------------------------------------------------------------
 
 
-def test_finish(store: SQLiteStore) -> None:
+def test_finish(store: AnyStore) -> None:
     running(store, "t1")
 
     task = store.finish(lease(store, "t1", "w1"), TaskStatus.SUCCEEDED, {"answer": [1, 2]}, None, T0 + 9)
@@ -333,7 +362,7 @@ def test_finish(store: SQLiteStore) -> None:
         store.finish(Lease("t1", "w1", 2), TaskStatus.SUCCEEDED, None, None, T0 + 10)
 
 
-def test_finish_failed_records_error_and_needs_the_lease(store: SQLiteStore) -> None:
+def test_finish_failed_records_error_and_needs_the_lease(store: AnyStore) -> None:
     running(store, "t1")
 
     with pytest.raises(LeaseLost):
@@ -347,7 +376,7 @@ def test_finish_failed_records_error_and_needs_the_lease(store: SQLiteStore) -> 
     assert (last.kind, last.data) == ("failed", {"error": "boom"})
 
 
-def test_cancel_queued_task_at_once(store: SQLiteStore) -> None:
+def test_cancel_queued_task_at_once(store: AnyStore) -> None:
     submit(store, "t1")
 
     task = store.request_cancel("t1", T0 + 1)
@@ -358,7 +387,7 @@ def test_cancel_queued_task_at_once(store: SQLiteStore) -> None:
     assert store.claim(["t1"], "w1", LEASE_S, T0 + 2) == []
 
 
-def test_cancel_running_task_marks_it(store: SQLiteStore) -> None:
+def test_cancel_running_task_marks_it(store: AnyStore) -> None:
     running(store, "t1")
 
     task = store.request_cancel("t1", T0 + 1)
@@ -369,7 +398,7 @@ def test_cancel_running_task_marks_it(store: SQLiteStore) -> None:
 
 
 @pytest.mark.parametrize("end", [TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED])
-def test_cancel_ended_task_is_invalid(store: SQLiteStore, end: TaskStatus) -> None:
+def test_cancel_ended_task_is_invalid(store: AnyStore, end: TaskStatus) -> None:
     running(store, "t1")
     store.finish(lease(store, "t1", "w1"), end, None, None, T0 + 1)
 
@@ -378,7 +407,7 @@ def test_cancel_ended_task_is_invalid(store: SQLiteStore, end: TaskStatus) -> No
     assert (info.value.status, info.value.operation) == (end.value, "cancel")
 
 
-def test_retry_failed_task_keeps_steps(store: SQLiteStore) -> None:
+def test_retry_failed_task_keeps_steps(store: AnyStore) -> None:
     running(store, "t1")
     store.record_step(lease(store, "t1", "w1"), "a", b"A", {}, T0 + 1)
     store.request_cancel("t1", T0 + 2)
@@ -395,7 +424,7 @@ def test_retry_failed_task_keeps_steps(store: SQLiteStore) -> None:
     assert claim.task.runs == 2
 
 
-def test_retry_cancelled_task(store: SQLiteStore) -> None:
+def test_retry_cancelled_task(store: AnyStore) -> None:
     submit(store, "t1")
     store.request_cancel("t1", T0 + 1)
 
@@ -403,7 +432,7 @@ def test_retry_cancelled_task(store: SQLiteStore) -> None:
 
 
 @pytest.mark.parametrize("state", ["queued", "running", "succeeded"])
-def test_retry_is_invalid_unless_failed_or_cancelled(store: SQLiteStore, state: str) -> None:
+def test_retry_is_invalid_unless_failed_or_cancelled(store: AnyStore, state: str) -> None:
     if state == "queued":
         submit(store, "t1")
     else:
@@ -416,10 +445,98 @@ def test_retry_is_invalid_unless_failed_or_cancelled(store: SQLiteStore, state: 
     assert (info.value.status, info.value.operation) == (state, "retry")
 
 
+# -- signals ----------------------------------------------------------------------------------------
+
+
+def test_signals_sent_before_the_wait_are_taken_oldest_first(store: AnyStore) -> None:
+    submit(store, "t1")
+    assert store.send_signal("t1", "approve", {"ok": True}, T0 + 1).status is TaskStatus.QUEUED
+    (claim,) = store.claim(["t1"], "w1", LEASE_S, T0 + 2)
+    store.send_signal("t1", "approve", {"ok": False}, T0 + 3)
+
+    assert store.await_signal(claim.lease, "approve", "s1", None, T0 + 4) == ("signal", {"ok": True})
+    assert store.await_signal(claim.lease, "approve", "s2", None, T0 + 5) == ("signal", {"ok": False})
+    # the first wait sent again (its reply lost): its recorded outcome; nothing is taken twice
+    assert store.await_signal(claim.lease, "approve", "s1", None, T0 + 6) == ("signal", {"ok": True})
+    assert kinds(store, "t1") == ["submitted", "signal", "started", "signal", "step", "step"]
+    store.release_owner("w1", T0 + 7)
+    (again,) = store.claim(["t1"], "w2", LEASE_S, T0 + 8)
+    assert set(again.steps) == {"s1", "s2"}
+
+
+def test_a_wait_without_a_signal_parks_the_task_until_it_comes(store: AnyStore) -> None:
+    running(store, "t1")
+    held = lease(store, "t1", "w1")
+
+    assert store.await_signal(held, "go", "s1", T0 + 100, T0 + 1) == ("parked", None)
+
+    task = store.get_task("t1")
+    assert (task.status, task.owner, task.lease_until, task.waiting_for, task.wake_at) == (
+        TaskStatus.WAITING, None, None, "go", T0 + 100)
+    assert store.events("t1")[-1].data == {"signal": "go", "wake_at": T0 + 100}
+    with pytest.raises(LeaseLost):  # parking gave the lease up
+        store.record_step(held, "x", b"x", {}, T0 + 2)
+    assert store.send_signal("t1", "other", 1, T0 + 3).status is TaskStatus.WAITING
+    woken = store.send_signal("t1", "go", {"v": 1}, T0 + 4)
+    assert (woken.status, woken.waiting_for, woken.wake_at) == (TaskStatus.QUEUED, None, None)
+    last = store.events("t1")[-1]
+    assert (last.kind, last.data) == ("requeued", {"reason": "signal go"})
+    (claim,) = store.claim(["t1"], "w2", LEASE_S, T0 + 5)
+    assert store.await_signal(claim.lease, "go", "s1", T0 + 100, T0 + 6) == ("signal", {"v": 1})
+
+
+def test_a_wait_past_its_deadline_times_out(store: AnyStore) -> None:
+    running(store, "t1")
+
+    assert store.await_signal(lease(store, "t1", "w1"), "go", "s1", T0 + 10, T0 + 10) == ("timeout", None)
+    last = store.events("t1")[-1]
+    assert (last.kind, last.data["key"], last.data["blobs"]) == ("step", "s1", [])
+    assert store.get_task("t1").status is TaskStatus.RUNNING
+    with pytest.raises(LeaseLost):
+        store.await_signal(lease(store, "t1", "w2"), "go", "s2", None, T0 + 11)
+
+
+def test_wake_due_queues_waits_that_ran_out(store: AnyStore) -> None:
+    for task_id, wake_at in (("t1", T0 + 10), ("t2", T0 + 20), ("t3", None)):
+        running(store, task_id)
+        store.await_signal(lease(store, task_id, "w1"), "go", "s", wake_at, T0 + 1)
+
+    assert store.wake_due(T0 + 9) == []
+    (woken,) = store.wake_due(T0 + 10)
+    assert (woken.id, woken.status, woken.wake_at) == ("t1", TaskStatus.QUEUED, None)
+    assert store.events("t1")[-1].data == {"reason": "signal wait timed out"}
+    assert [t.id for t in store.wake_due(T0 + 1000)] == ["t2"]
+    assert store.get_task("t3").status is TaskStatus.WAITING  # it waits for ever
+    (claim,) = store.claim(["t1"], "w1", LEASE_S, T0 + 11)
+    assert store.await_signal(claim.lease, "go", "s", T0 + 10, T0 + 11) == ("timeout", None)
+
+
+def test_cancel_a_waiting_task_at_once(store: AnyStore) -> None:
+    running(store, "t1")
+    store.await_signal(lease(store, "t1", "w1"), "go", "s", T0 + 50, T0 + 1)
+
+    task = store.request_cancel("t1", T0 + 2)
+
+    assert (task.status, task.waiting_for, task.wake_at) == (TaskStatus.CANCELLED, None, None)
+    assert store.events("t1")[-1].data == {"while": "waiting"}
+    assert store.wake_due(T0 + 100) == []
+
+
+def test_signals_to_ended_or_missing_tasks_are_refused(store: AnyStore) -> None:
+    running(store, "t1")
+    store.finish(lease(store, "t1", "w1"), TaskStatus.SUCCEEDED, None, None, T0 + 1)
+
+    with pytest.raises(InvalidTransition) as info:
+        store.send_signal("t1", "go", 1, T0 + 2)
+    assert (info.value.status, info.value.operation) == ("succeeded", "signal 'go' to")
+    with pytest.raises(TaskNotFound):
+        store.send_signal("missing", "go", 1, T0 + 2)
+
+
 # -- events -----------------------------------------------------------------------------------------
 
 
-def test_events_are_numbered_per_task_and_paged_with_after(store: SQLiteStore) -> None:
+def test_events_are_numbered_per_task_and_paged_with_after(store: AnyStore) -> None:
     running(store, "t1")
     submit(store, "t2")
     seqs = [store.append_event("t1", "progress", {"i": i}, T0 + i) for i in range(5)]
@@ -437,10 +554,24 @@ def test_events_are_numbered_per_task_and_paged_with_after(store: SQLiteStore) -
         store.append_event("missing", "x", {}, T0)
 
 
+def test_event_data_and_outputs_read_back_as_written(store: AnyStore) -> None:
+    running(store, "t1")
+    data = {"text": "\u00fcn\u00efcode \u2713 \"quoted\"", "n": 0.1, "list": [None, True, 2**53]}
+
+    store.append_event("t1", "note", {**data, "when": datetime(2026, 1, 2, 3, 4, 5)}, T0 + 0.1)
+    task = store.finish(lease(store, "t1", "w1"), TaskStatus.SUCCEEDED, data, None, T0 + 0.2)
+
+    note = store.events("t1")[-2]
+    assert note.data == {**data, "when": "2026-01-02 03:04:05"}  # what JSON cannot hold, as text
+    assert note.at == T0 + 0.1
+    assert task.output == store.get_task("t1").output == data
+    assert task.finished_at == T0 + 0.2
+
+
 # -- listing and counting ---------------------------------------------------------------------------
 
 
-def test_list_tasks_filters_and_pages(store: SQLiteStore) -> None:
+def test_list_tasks_filters_and_pages(store: AnyStore) -> None:
     for i in range(6):
         submit(store, f"t{i}", now=T0 + i, workflow="a" if i % 2 else "b",
                tenant="x" if i < 3 else "y")
@@ -460,14 +591,14 @@ def test_list_tasks_filters_and_pages(store: SQLiteStore) -> None:
     assert store.list_tasks(before=(last.created_at, last.id)) == []
 
 
-def test_lists_carry_no_inputs_only_their_size(store: SQLiteStore) -> None:
+def test_lists_carry_no_inputs_only_their_size(store: AnyStore) -> None:
     submit(store, "big", input={"text": "x" * 100_000})
     (summary,) = store.list_tasks()
     assert summary.id == "big" and summary.input_bytes == len(json.dumps({"text": "x" * 100_000}))
     assert "input" not in type(summary).model_fields and "output" not in type(summary).model_fields
 
 
-def test_pages_do_not_skip_tasks_created_in_the_same_instant(store: SQLiteStore) -> None:
+def test_pages_do_not_skip_tasks_created_in_the_same_instant(store: AnyStore) -> None:
     for i in range(5):
         submit(store, f"t{i}", now=T0, tenant="x")  # one clock reading for all: ids break the tie
     seen: list[str] = []
@@ -478,15 +609,7 @@ def test_pages_do_not_skip_tasks_created_in_the_same_instant(store: SQLiteStore)
     assert sorted(seen) == [f"t{i}" for i in range(5)] and len(seen) == 5
 
 
-def test_task_list_by_tenant_uses_the_tenant_index(store: SQLiteStore) -> None:
-    plan = store._conn.execute(
-        "EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE tenant = ? AND (created_at, id) < (?, ?) "
-        "ORDER BY created_at DESC, id DESC LIMIT 5", ("x", T0, "z")).fetchall()
-    text = " ".join(str(tuple(row)) for row in plan)
-    assert "tasks_tenant_created" in text and "TEMP B-TREE" not in text, text
-
-
-def test_queued_bytes_and_index_read_no_inputs(store: SQLiteStore) -> None:
+def test_queued_bytes_and_index_read_no_inputs(store: AnyStore) -> None:
     submit(store, "a", tenant="x", input={"text": "x" * 1000})
     submit(store, "b", tenant="x", input={"text": "y" * 10})
     submit(store, "c", tenant="y", input={})
@@ -497,11 +620,7 @@ def test_queued_bytes_and_index_read_no_inputs(store: SQLiteStore) -> None:
     assert [(i, p) for i, p, _ in store.queued_index(10)] == [("a", 0), ("b", 0), ("c", 0)]
 
 
-def test_synchronous_is_full_by_default(store: SQLiteStore) -> None:
-    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-
-
-def test_count_tasks(store: SQLiteStore) -> None:
+def test_count_tasks(store: AnyStore) -> None:
     running(store, "t1")
     submit(store, "t2")
     submit(store, "t3")
@@ -513,10 +632,85 @@ def test_count_tasks(store: SQLiteStore) -> None:
                       TaskStatus.SUCCEEDED: 0, TaskStatus.FAILED: 0, TaskStatus.CANCELLED: 1}
 
 
+def test_ids_sort_bytewise_in_lists_and_pages(store: AnyStore) -> None:
+    ids = ["B", "a", "_", "a-1", "a1", "Z", "\u00e9"]
+    for task_id in ids:
+        submit(store, task_id, now=T0)
+
+    newest_first = sorted(ids, key=str.encode, reverse=True)
+    assert [t.id for t in store.list_tasks()] == newest_first
+    seen: list[str] = []
+    before = None
+    while page := store.list_tasks(limit=3, before=before):
+        seen += [t.id for t in page]
+        before = (page[-1].created_at, page[-1].id)
+    assert seen == newest_first
+
+
+# -- dead letters -----------------------------------------------------------------------------------
+
+
+def letter(letter_id: str, created_at: float, **fields: object) -> DeadLetter:
+    return DeadLetter.model_validate({
+        "id": letter_id, "tool": "http_fetch", "args": {"url": "http://example.com"},
+        "error": "timed out", "error_type": "UpstreamError", "attempts": 3, "created_at": created_at,
+        **fields})
+
+
+def test_dead_letters_are_kept_and_listed_newest_first(store: AnyStore) -> None:
+    store.add_dead_letter(letter("d1", T0, tenant="a"))
+    store.add_dead_letter(letter("d2", T0 + 1, tool="sql_query", tenant="b", task_id="t1", step_key="k"))
+    store.add_dead_letter(letter("d3", T0 + 2, tenant="a"))
+
+    assert [d.id for d in store.dead_letters()] == ["d3", "d2", "d1"]
+    assert [d.id for d in store.dead_letters(tenant="a")] == ["d3", "d1"]
+    assert [d.id for d in store.dead_letters(tool="sql_query")] == ["d2"]
+    assert [d.id for d in store.dead_letters(status="dead", tool="sql_query", tenant="a")] == []
+    assert [d.id for d in store.dead_letters(limit=1)] == ["d3"]
+    assert store.get_dead_letter("d2") == letter(
+        "d2", T0 + 1, tool="sql_query", tenant="b", task_id="t1", step_key="k")
+    with pytest.raises(DeadLetterNotFound):
+        store.get_dead_letter("nope")
+
+
+def test_a_replay_marks_the_letter_or_keeps_its_new_error(store: AnyStore) -> None:
+    store.add_dead_letter(letter("d1", T0))
+
+    failed = store.replayed("d1", False, None, "still down", 2, T0 + 1)
+    assert (failed.status, failed.error, failed.attempts, failed.replayed_at) == (
+        "dead", "still down", 5, None)
+    done = store.replayed("d1", True, {"rows": [1]}, "", 1, T0 + 2)
+    assert (done.status, done.result, done.attempts, done.replayed_at) == (
+        "replayed", {"rows": [1]}, 6, T0 + 2)
+    assert [d.id for d in store.dead_letters(status="replayed")] == ["d1"]
+    with pytest.raises(DeadLetterNotFound):
+        store.replayed("nope", True, 1, "", 1, T0)
+
+
+def test_a_replay_resumes_the_task_that_failed_at_the_call(store: AnyStore) -> None:
+    running(store, "t1")
+    store.record_step(lease(store, "t1", "w1"), "a", b"A", {}, T0 + 1)
+    store.finish(lease(store, "t1", "w1"), TaskStatus.FAILED, None, "tool failed", T0 + 2)
+    store.add_dead_letter(letter("d1", T0 + 2, task_id="t1", step_key="call"))
+
+    store.replayed("d1", True, "ok", "", 1, T0 + 3, step_output=b"result")
+
+    task = store.get_task("t1")
+    assert (task.status, task.error) == (TaskStatus.QUEUED, None)
+    last = store.events("t1")[-1]
+    assert (last.kind, last.data) == ("retried", {"by": "replay", "dead_letter": "d1", "step": "call"})
+    (claim,) = store.claim(["t1"], "w2", LEASE_S, T0 + 4)
+    assert claim.steps == {"a": b"A", "call": b"result"}
+    # a task that went on without the call is left be
+    store.add_dead_letter(letter("d2", T0 + 5, task_id="t1", step_key="other"))
+    store.replayed("d2", True, "ok", "", 1, T0 + 6, step_output=b"late")
+    assert kinds(store, "t1")[-1] == "started"
+
+
 # -- recovery and the file --------------------------------------------------------------------------
 
 
-def test_recover_requeues_running_tasks(store: SQLiteStore) -> None:
+def test_recover_requeues_running_tasks(store: AnyStore) -> None:
     submit(store, "q1", now=T0)
     running(store, "r1", now=T0 + 1)
     running(store, "done", now=T0 + 2)
@@ -532,43 +726,33 @@ def test_recover_requeues_running_tasks(store: SQLiteStore) -> None:
     assert store.count_tasks(TaskStatus.RUNNING) == 0
 
 
-def test_schema_version_is_stored(store: SQLiteStore) -> None:
-    conn = sqlite3.connect(store.path)
-    try:
-        (value,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    finally:
-        conn.close()
-    assert int(value) == SCHEMA_VERSION
+def test_schema_version_is_stored(backend: Backend, store: AnyStore) -> None:
+    rows = backend.query("SELECT value FROM meta WHERE key = 'schema_version'")
+    assert rows == [(str(SCHEMA_VERSION),)]
 
 
-def test_reopening_keeps_everything(tmp_path: Path) -> None:
-    first = open_store(tmp_path)
+def test_reopening_keeps_everything(backend: Backend) -> None:
+    first = backend.open()
     running(first, "t1")
     first.record_step(lease(first, "t1", "w1"), "a", b"A", {"t1/a": b"blob"}, T0 + 1)
     submit(first, "t2", idempotency_key="k")
     first.close()
 
-    second = open_store(tmp_path)
-    try:
-        assert second.get_task("t1").status is TaskStatus.RUNNING
-        assert kinds(second, "t1") == ["submitted", "started", "step"]
-        assert second.read_blob("t1/a") == b"blob"
-        _, created = second.create_task("t3", SubmitRequest(workflow="wf", idempotency_key="k"), T0)
-        assert not created
-        assert second.append_event("t1", "x", {}, T0 + 2) == 4
-        second.release_owner("w1", T0 + 3)
-        (claim,) = second.claim(["t1"], "w2", LEASE_S, T0 + 4)
-        assert claim.steps == {"a": b"A"}
-    finally:
-        second.close()
+    second = backend.open()
+    assert second.get_task("t1").status is TaskStatus.RUNNING
+    assert kinds(second, "t1") == ["submitted", "started", "step"]
+    assert second.read_blob("t1/a") == b"blob"
+    _, created = second.create_task("t3", SubmitRequest(workflow="wf", idempotency_key="k"), T0)
+    assert not created
+    assert second.append_event("t1", "x", {}, T0 + 2) == 4
+    second.release_owner("w1", T0 + 3)
+    (claim,) = second.claim(["t1"], "w2", LEASE_S, T0 + 4)
+    assert claim.steps == {"a": b"A"}
 
 
-def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
-    open_store(tmp_path).close()
-    conn = sqlite3.connect(tmp_path / "data" / "raysquad.db")
-    with conn:
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
-    conn.close()
+def test_newer_schema_version_is_refused(backend: Backend) -> None:
+    backend.open().close()
+    backend.query(f"UPDATE meta SET value = '{SCHEMA_VERSION + 1}' WHERE key = 'schema_version'")
 
     with pytest.raises(StoreError, match="newer"):
-        open_store(tmp_path)
+        backend.open()

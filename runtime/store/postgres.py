@@ -1,0 +1,711 @@
+"""The PostgreSQL Store: the Store protocol on a database that several processes may share.
+
+Each method is one transaction under READ COMMITTED. What SQLite gets from its single writer, this
+gets from row locks: a method that reads a task and then writes it locks the row first (``FOR
+UPDATE``), so a lease's fencing check and the write it guards cannot be split by another process's
+claim, and an event's ``seq`` is taken by ``UPDATE ... RETURNING`` on the locked row. ``claim`` skips
+rows another transaction holds (``FOR UPDATE SKIP LOCKED``): two processes claiming the same ids
+never both get a task, and neither waits for the other. A method that locks several tasks locks them
+in id order, so no two methods wait on each other in a cycle. Large step outputs are blob files, as
+with SQLite (store/blobs.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
+from psycopg.rows import DictRow, dict_row
+
+from runtime import refs
+from runtime.errors import (
+    DeadLetterNotFound,
+    InvalidTransition,
+    LeaseLost,
+    PoisonTask,
+    StoreError,
+    TaskNotFound,
+)
+from runtime.models import (
+    Claim,
+    DeadLetter,
+    Event,
+    Lease,
+    SubmitRequest,
+    TaskRecord,
+    TaskStatus,
+    TaskSummary,
+)
+from runtime.store import records
+from runtime.store.base import SCHEMA_VERSION
+from runtime.store.blobs import read_blob, write_blob
+
+Conn = psycopg.Connection[DictRow]
+
+# The schema by the version it brings the database to. PostgreSQL support began at version 5, so its
+# first migration creates that schema whole; later versions append their changes here. JSON is kept
+# as TEXT, exactly the text SQLite keeps (so ``input_bytes`` counts the same bytes and any JSON that
+# Python writes, NaN included, reads back). Ids, tenants and statuses sort bytewise (COLLATE "C"),
+# as SQLite's do, whatever the database's locale.
+_MIGRATIONS: dict[int, str] = {
+    5: """
+    CREATE TABLE tasks (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        workflow TEXT NOT NULL,
+        input TEXT NOT NULL,
+        input_bytes BIGINT NOT NULL DEFAULT 0,
+        status TEXT COLLATE "C" NOT NULL,
+        priority INTEGER NOT NULL,
+        tenant TEXT COLLATE "C" NOT NULL,
+        idempotency_key TEXT,
+        output TEXT,
+        error TEXT,
+        runs INTEGER NOT NULL DEFAULT 0,
+        crashes INTEGER NOT NULL DEFAULT 0,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        started_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION,
+        owner TEXT,
+        lease_until DOUBLE PRECISION,
+        cancel_requested BOOLEAN NOT NULL DEFAULT false,
+        waiting_for TEXT,
+        wake_at DOUBLE PRECISION,
+        last_seq BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX tasks_idempotency ON tasks(tenant, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX tasks_status ON tasks(status, created_at, id);
+    CREATE INDEX tasks_owner ON tasks(owner) WHERE owner IS NOT NULL;
+    CREATE INDEX tasks_wake ON tasks(wake_at) WHERE status = 'waiting';
+    CREATE INDEX tasks_tenant_created ON tasks(tenant, created_at, id);
+    CREATE INDEX tasks_tenant_status ON tasks(tenant, status, input_bytes);
+    CREATE TABLE steps (
+        task_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        output BYTEA NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (task_id, key)
+    );
+    CREATE TABLE events (
+        task_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (task_id, seq)
+    );
+    CREATE TABLE signals (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        consumed_by TEXT
+    );
+    CREATE INDEX signals_pending ON signals(task_id, name, id) WHERE consumed_by IS NULL;
+    CREATE TABLE dead_letters (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        tool TEXT NOT NULL,
+        args TEXT NOT NULL,
+        error TEXT NOT NULL,
+        error_type TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        task_id TEXT,
+        step_key TEXT,
+        tenant TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        status TEXT NOT NULL DEFAULT 'dead',
+        replayed_at DOUBLE PRECISION,
+        result TEXT
+    );
+    CREATE INDEX dead_letters_created ON dead_letters(created_at, id);
+    """,
+}
+
+
+class PostgresStore:
+    """The Store on a PostgreSQL database (``url``: a libpq URL or conninfo string; its
+    ``search_path`` decides the schema). One connection, one thread; other processes may hold their
+    own on the same database."""
+
+    def __init__(self, url: str, blob_dir: Path, max_crashes: int = 3) -> None:
+        blob_dir.mkdir(parents=True, exist_ok=True)
+        self.blob_dir = blob_dir
+        self.max_crashes = max_crashes
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.ProgrammingError as e:
+            raise StoreError(f"bad PostgreSQL URL: {e}") from None
+        params.setdefault("connect_timeout", 10)
+        params.setdefault("application_name", "raysquad")
+        self._conninfo = make_conninfo("", **params)
+        # Where the Store is, for messages and ``ping``: the connection string without its password.
+        self.path = make_conninfo("", **{k: v for k, v in params.items() if k != "password"})
+        self._conn = self._connect()
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+        # Task ids whose event log grew since the last drain; the Store actor wakes their waiters.
+        self.touched: set[str] = set()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _connect(self) -> Conn:
+        try:
+            return psycopg.connect(self._conninfo, autocommit=False, row_factory=dict_row)
+        except psycopg.Error as e:
+            raise StoreError(f"cannot connect to PostgreSQL at {self.path}: {e}") from None
+
+    @contextmanager
+    def _tx(self) -> Iterator[Conn]:
+        """One transaction; PostgreSQL's own errors come out as StoreError (ours pass through)."""
+        try:
+            with ExitStack() as stack:
+                yield self._begin(stack)
+        except psycopg.Error as e:
+            raise StoreError(f"PostgreSQL at {self.path}: {type(e).__name__}: {e}") from None
+
+    def _begin(self, stack: ExitStack) -> Conn:
+        """Start a transaction. A connection lost since its last use (the server restarted, the
+        network dropped) is replaced, once, when BEGIN finds it gone: nothing was done on it yet."""
+        for attempt in range(2):
+            if self._conn.closed and not self._conn.broken:
+                raise StoreError(f"the Store on {self.path} is closed")
+            if self._conn.broken:
+                self._conn = self._connect()
+            if self._conn.info.transaction_status != TransactionStatus.IDLE:
+                # transaction() would only make a savepoint in it, and nothing would ever commit
+                raise StoreError("a PostgreSQL transaction was left open on the Store's connection")
+            try:
+                stack.enter_context(self._conn.transaction())
+                return self._conn
+            except psycopg.OperationalError:
+                if attempt or not self._conn.broken:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _migrate(self) -> None:
+        if max(_MIGRATIONS) != SCHEMA_VERSION:
+            raise StoreError(f"the PostgreSQL migrations end at version {max(_MIGRATIONS)}, "
+                             f"not this raysquad's {SCHEMA_VERSION}")
+        with self._tx() as c:
+            # Processes starting together migrate one at a time (per schema).
+            c.execute("SELECT pg_advisory_xact_lock(hashtext('raysquad:' || current_schema()))")
+            c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row["value"]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {version}, newer than this raysquad's "
+                    f"{SCHEMA_VERSION}; upgrade raysquad"
+                )
+            for v, sql in sorted(_MIGRATIONS.items()):
+                if v > version:
+                    c.execute(sql)  # several statements: fine without parameters
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def _event(self, c: Conn, task_id: str, kind: str, data: dict[str, Any], now: float) -> int:
+        row = c.execute(
+            "UPDATE tasks SET last_seq = last_seq + 1 WHERE id = %s RETURNING last_seq", (task_id,)
+        ).fetchone()
+        if row is None:
+            raise TaskNotFound(task_id)
+        seq = int(row["last_seq"])
+        c.execute(
+            "INSERT INTO events (task_id, seq, kind, data, at) VALUES (%s, %s, %s, %s, %s)",
+            (task_id, seq, kind, json.dumps(data, default=str), now),
+        )
+        self.touched.add(task_id)
+        return seq
+
+    def _get(self, c: Conn, task_id: str, lock: bool = False) -> TaskRecord:
+        row = c.execute(f"SELECT {records.TASK_COLUMNS} FROM tasks WHERE id = %s"
+                        + (" FOR UPDATE" if lock else ""), (task_id,)).fetchone()
+        if row is None:
+            raise TaskNotFound(task_id)
+        return records.task(row)
+
+    def _requeue(self, c: Conn, rows: Sequence[DictRow], reason: str, now: float,
+                 crashed: bool = False) -> list[TaskRecord]:
+        """Queue running tasks (their rows locked) again. ``crashed``: their run ended without a word
+        (a worker died, a lease ran out), which counts towards ``max_crashes``; a task at the limit
+        fails instead."""
+        out = []
+        for row in rows:
+            counted = c.execute(
+                "UPDATE tasks SET crashes = crashes + %s WHERE id = %s RETURNING crashes",
+                (int(crashed), row["id"])).fetchone()
+            assert counted is not None  # the row is locked: it is there
+            crashes = int(counted["crashes"])
+            if crashed and crashes >= self.max_crashes:
+                self._give_up(c, row["id"], crashes, reason, now)
+                continue
+            c.execute(
+                "UPDATE tasks SET status = 'queued', owner = NULL, lease_until = NULL, updated_at = %s "
+                "WHERE id = %s",
+                (now, row["id"]),
+            )
+            self._event(c, row["id"], "requeued", {"reason": reason, "owner": row["owner"]}, now)
+            out.append(self._get(c, row["id"]))
+        return out
+
+    def _give_up(self, c: Conn, task_id: str, attempts: int, reason: str, now: float) -> None:
+        error = str(PoisonTask(task_id, attempts, reason))
+        c.execute("UPDATE tasks SET status = 'failed', error = %s, owner = NULL, lease_until = NULL, "
+                  "finished_at = %s, updated_at = %s WHERE id = %s", (_text(error), now, now, task_id))
+        self._event(c, task_id, TaskStatus.FAILED.value, {"error": error}, now)
+
+    # -- tasks ------------------------------------------------------------------------------------
+
+    def create_task(self, task_id: str, req: SubmitRequest, now: float) -> tuple[TaskRecord, bool]:
+        return self.create_tasks([(task_id, req)], now)[0]
+
+    def create_tasks(self, items: list[tuple[str, SubmitRequest]],
+                     now: float) -> list[tuple[TaskRecord, bool]]:
+        """Insert many queued tasks in one transaction (group commit for concurrent submits)."""
+        with self._tx() as c:
+            return [self._create(c, task_id, req, now) for task_id, req in items]
+
+    def _create(self, c: Conn, task_id: str, req: SubmitRequest, now: float) -> tuple[TaskRecord, bool]:
+        text = json.dumps(req.input)
+        for _ in range(3):
+            row = c.execute(f"SELECT {records.TASK_COLUMNS} FROM tasks WHERE id = %s",
+                            (task_id,)).fetchone()
+            if row is not None:  # the same submit sent again (its first reply was lost): it is this task
+                return records.task(row), True
+            if req.idempotency_key is not None:
+                row = c.execute(
+                    f"SELECT {records.TASK_COLUMNS} FROM tasks WHERE tenant = %s AND idempotency_key = %s",
+                    (req.tenant, req.idempotency_key),
+                ).fetchone()
+                if row is not None:
+                    return records.task(row), False
+            inserted = c.execute(
+                "INSERT INTO tasks (id, workflow, input, input_bytes, status, priority, tenant, "
+                "idempotency_key, created_at, updated_at) "
+                "VALUES (%s, %s, %s, %s, 'queued', %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (task_id, req.workflow, text, len(text.encode()), req.priority, req.tenant,
+                 req.idempotency_key, now, now),
+            ).rowcount
+            if inserted:
+                break
+            # Another process committed this id or this key after we looked: read it as it is.
+        else:
+            raise StoreError(f"task {task_id!r} could be neither created nor read")
+        self._event(c, task_id, "submitted", {"priority": req.priority}, now)
+        # The row as written, without reading it back (and parsing its input again).
+        return TaskRecord(id=task_id, workflow=req.workflow, input=req.input,
+                          status=TaskStatus.QUEUED, priority=req.priority, tenant=req.tenant,
+                          idempotency_key=req.idempotency_key, created_at=now,
+                          updated_at=now), True
+
+    def get_task(self, task_id: str) -> TaskRecord:
+        with self._tx() as c:
+            return self._get(c, task_id)
+
+    def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
+                   tenant: str | None = None, limit: int = 100,
+                   before: tuple[float, str] | None = None) -> list[TaskSummary]:
+        """Newest first, without inputs and outputs; ``before``: the (created_at, id) of the last
+        task of the previous page."""
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("status", status.value if status else None), ("workflow", workflow),
+                              ("tenant", tenant)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                args.append(value)
+        if before is not None:
+            where.append("(created_at, id) < (%s, %s)")
+            args.extend(before)
+        sql = f"SELECT {records.SUMMARY_COLUMNS} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
+        with self._tx() as c:
+            return [records.summary(r) for r in c.execute(sql, (*args, limit))]
+
+    def count_tasks(self, status: TaskStatus) -> int:
+        with self._tx() as c:
+            row = c.execute("SELECT count(*) AS n FROM tasks WHERE status = %s", (status.value,))
+            return int(_one(row.fetchone())["n"])
+
+    def queued_bytes(self, tenant: str) -> int:
+        """The input bytes of ``tenant``'s queued tasks."""
+        with self._tx() as c:
+            row = c.execute("SELECT coalesce(sum(input_bytes), 0) AS n FROM tasks "
+                            "WHERE tenant = %s AND status = 'queued'", (tenant,))
+            return int(_one(row.fetchone())["n"])
+
+    def queued_index(self, limit: int) -> list[tuple[str, int, float]]:
+        """(id, priority, created_at) of the oldest ``limit`` queued tasks: what a queue indexes,
+        without their inputs."""
+        with self._tx() as c:
+            return self._queued_index(c, limit)
+
+    def _queued_index(self, c: Conn, limit: int) -> list[tuple[str, int, float]]:
+        # Ties in created_at go by id (SQLite's go by insertion): the order is the same every time.
+        return [(r["id"], r["priority"], r["created_at"]) for r in c.execute(
+            "SELECT id, priority, created_at FROM tasks WHERE status = 'queued' "
+            "ORDER BY created_at, id LIMIT %s", (limit,))]
+
+    def recover(self, now: float, limit: int = 1_000_000) -> list[tuple[str, int, float]]:
+        """Queue again the tasks an earlier run left running; the queued tasks' index."""
+        with self._tx() as c:
+            rows = c.execute("SELECT id, owner FROM tasks WHERE status = 'running' "
+                             "ORDER BY id FOR UPDATE").fetchall()
+            self._requeue(c, rows, "runtime restarted", now)
+            return self._queued_index(c, limit)
+
+    def claim(self, task_ids: list[str], owner: str, lease_s: float, now: float) -> list[Claim]:
+        """Lease each still-queued task to ``owner``. A task another transaction holds right now is
+        skipped, not waited for: it is being claimed, cancelled or signalled elsewhere (and if it is
+        still queued after that, the dispatcher's reconcile finds it again)."""
+        claims: list[Claim] = []
+        if not task_ids:
+            return claims
+        with self._tx() as c:
+            free = {r["id"] for r in c.execute(
+                "SELECT id FROM tasks WHERE id = ANY(%s) AND status = 'queued' "
+                "ORDER BY id FOR UPDATE SKIP LOCKED", (task_ids,))}
+            for task_id in task_ids:
+                if task_id not in free:
+                    continue
+                row = c.execute(
+                    "UPDATE tasks SET status = 'running', owner = %s, lease_until = %s, runs = runs + 1, "
+                    "started_at = coalesce(started_at, %s), updated_at = %s "
+                    "WHERE id = %s AND status = 'queued' RETURNING runs",
+                    (owner, now + lease_s, now, now, task_id),
+                ).fetchone()
+                if row is None:  # named twice in task_ids
+                    continue
+                self._event(c, task_id, "started", {"owner": owner, "run": row["runs"]}, now)
+                steps = {
+                    r["key"]: bytes(r["output"])
+                    for r in c.execute("SELECT key, output FROM steps WHERE task_id = %s", (task_id,))
+                }
+                claims.append(Claim(task=self._get(c, task_id), steps=steps))
+        return claims
+
+    def renew(self, owner: str, leases: dict[str, int], lease_s: float,
+              now: float) -> dict[str, bool]:
+        """Extend ``owner``'s leases (task id -> token); returns task id -> cancel requested, for the
+        leases still held."""
+        held = {}
+        with self._tx() as c:
+            for task_id, token in sorted(leases.items()):
+                row = c.execute(
+                    "UPDATE tasks SET lease_until = %s WHERE id = %s AND owner = %s AND runs = %s "
+                    "AND status = 'running' RETURNING cancel_requested",
+                    (now + lease_s, task_id, owner, token),
+                ).fetchone()
+                if row is not None:
+                    held[task_id] = bool(row["cancel_requested"])
+        return held
+
+    def expire_leases(self, now: float) -> list[TaskRecord]:
+        with self._tx() as c:
+            # FOR UPDATE re-reads a row another transaction changed: a lease renewed meanwhile is kept.
+            rows = c.execute(
+                "SELECT id, owner FROM tasks WHERE status = 'running' AND lease_until < %s "
+                "ORDER BY id FOR UPDATE", (now,)
+            ).fetchall()
+            return self._requeue(c, rows, "lease expired", now, crashed=True)
+
+    def release_owner(self, owner: str, now: float, crashed: bool = True) -> list[TaskRecord]:
+        """Queue again every task leased to ``owner``, which is gone. ``crashed``: its death counts
+        against its tasks (not when it died with its pool, which says nothing about them)."""
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT id, owner FROM tasks WHERE status = 'running' AND owner = %s "
+                "ORDER BY id FOR UPDATE", (owner,)
+            ).fetchall()
+            return self._requeue(c, rows, "worker lost" if crashed else "worker pool restarted",
+                                 now, crashed=crashed)
+
+    def running_owners(self) -> list[str]:
+        """The owners that hold leases now."""
+        with self._tx() as c:
+            rows = c.execute("SELECT DISTINCT owner FROM tasks WHERE status = 'running'").fetchall()
+        return sorted(r["owner"] for r in rows if r["owner"] is not None)
+
+    def abandon(self, lease: Lease, reason: str, now: float) -> TaskRecord:
+        """The lease holder cannot run the task (its steps do not decode here): queue it again, as a
+        crash (it fails once ``max_crashes`` is reached)."""
+        with self._tx() as c:
+            row = self._check_lease(c, lease)
+            self._requeue(c, [row], reason, now, crashed=True)
+            return self._get(c, lease.task_id)
+
+    def _check_lease(self, c: Conn, lease: Lease, lock: bool = True) -> DictRow:
+        """The fencing check of every write a runner makes: its claim (owner and token) still holds.
+        The row stays locked until the transaction ends, so the write it guards lands under it."""
+        row = c.execute(
+            "SELECT id, owner, status, runs, cancel_requested FROM tasks WHERE id = %s"
+            + (" FOR UPDATE" if lock else ""), (lease.task_id,)).fetchone()
+        if row is None:
+            raise TaskNotFound(lease.task_id)
+        if row["owner"] != lease.owner or row["runs"] != lease.token or row["status"] != "running":
+            raise LeaseLost(lease.task_id, lease.owner)
+        return row
+
+    def check_lease(self, lease: Lease) -> None:
+        """LeaseLost unless ``lease`` still holds (checked before writing a step's blobs)."""
+        with self._tx() as c:
+            self._check_lease(c, lease, lock=False)
+
+    def record_step(self, lease: Lease, key: str, output: bytes, blobs: dict[str, bytes],
+                    now: float) -> bool:
+        """Checkpoint a step under ``lease``. The first record of a key wins: a completed step is
+        never overwritten, and the same record sent again changes nothing."""
+        if blobs:
+            self.check_lease(lease)
+        for blob_key, data in blobs.items():
+            write_blob(self.blob_dir, blob_key, data)
+        with self._tx() as c:
+            row = self._check_lease(c, lease)
+            inserted = c.execute(
+                "INSERT INTO steps (task_id, key, output, created_at) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (task_id, key) DO NOTHING",
+                (lease.task_id, key, output, now),
+            ).rowcount
+            if inserted:
+                self._event(c, lease.task_id, "step", {"key": key, "bytes": len(output),
+                                                       "blobs": sorted(blobs)}, now)
+            return bool(row["cancel_requested"])
+
+    def append_event(self, task_id: str, kind: str, data: dict[str, Any], now: float,
+                     lease: Lease | None = None) -> int:
+        """Append an event; a runner's events carry its ``lease`` and are fenced by it."""
+        with self._tx() as c:
+            if lease is not None:
+                self._check_lease(c, lease)
+            return self._event(c, task_id, kind, data, now)
+
+    def finish(self, lease: Lease, status: TaskStatus, output: Any, error: str | None,
+               now: float) -> TaskRecord:
+        if not status.ended:
+            raise ValueError(f"finish needs an end status, not {status.value}")
+        with self._tx() as c:
+            task = self._get(c, lease.task_id, lock=True)
+            if task.status.ended and task.runs == lease.token and task.owner is None:
+                return task  # this very finish, sent again after its reply was lost
+            self._check_lease(c, lease)
+            c.execute(
+                "UPDATE tasks SET status = %s, output = %s, error = %s, owner = NULL, "
+                "lease_until = NULL, finished_at = %s, updated_at = %s WHERE id = %s",
+                (status.value, json.dumps(output) if output is not None else None, _text(error), now,
+                 now, lease.task_id),
+            )
+            data = {"error": error} if error else {}
+            self._event(c, lease.task_id, status.value, data, now)
+            return self._get(c, lease.task_id)
+
+    def request_cancel(self, task_id: str, now: float) -> TaskRecord:
+        with self._tx() as c:
+            task = self._get(c, task_id, lock=True)
+            if task.status.ended:
+                raise InvalidTransition(task_id, task.status.value, "cancel")
+            if task.status in (TaskStatus.QUEUED, TaskStatus.WAITING):
+                c.execute(
+                    "UPDATE tasks SET status = 'cancelled', waiting_for = NULL, wake_at = NULL, "
+                    "finished_at = %s, updated_at = %s WHERE id = %s",
+                    (now, now, task_id),
+                )
+                self._event(c, task_id, "cancelled", {"while": task.status.value}, now)
+            else:
+                c.execute("UPDATE tasks SET cancel_requested = true, updated_at = %s WHERE id = %s",
+                          (now, task_id))
+                self._event(c, task_id, "cancel_requested", {}, now)
+            return self._get(c, task_id)
+
+    def retry(self, task_id: str, now: float) -> TaskRecord:
+        with self._tx() as c:
+            task = self._get(c, task_id, lock=True)
+            if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+                raise InvalidTransition(task_id, task.status.value, "retry")
+            kept = _one(c.execute("SELECT count(*) AS n FROM steps WHERE task_id = %s",
+                                  (task_id,)).fetchone())["n"]
+            self._queue_again(c, task_id, {"steps_kept": kept}, now)
+            return self._get(c, task_id)
+
+    def _queue_again(self, c: Conn, task_id: str, why: dict[str, Any], now: float) -> None:
+        """A failed or cancelled task (its row locked) runs again from its checkpoints."""
+        c.execute("UPDATE tasks SET status = 'queued', error = NULL, cancel_requested = false, "
+                  "finished_at = NULL, updated_at = %s WHERE id = %s", (now, task_id))
+        self._event(c, task_id, "retried", why, now)
+
+    # -- signals ------------------------------------------------------------------------------------
+
+    def send_signal(self, task_id: str, name: str, payload: Any, now: float) -> TaskRecord:
+        with self._tx() as c:
+            task = self._get(c, task_id, lock=True)
+            if task.status.ended:
+                raise InvalidTransition(task_id, task.status.value, f"signal {name!r} to")
+            c.execute("INSERT INTO signals (task_id, name, payload, at) VALUES (%s, %s, %s, %s)",
+                      (task_id, name, json.dumps(payload), now))
+            self._event(c, task_id, "signal", {"name": name}, now)
+            if task.status is TaskStatus.WAITING and task.waiting_for == name:
+                c.execute(
+                    "UPDATE tasks SET status = 'queued', waiting_for = NULL, wake_at = NULL, "
+                    "updated_at = %s WHERE id = %s", (now, task_id))
+                self._event(c, task_id, "requeued", {"reason": f"signal {name}"}, now)
+            return self._get(c, task_id)
+
+    def await_signal(self, lease: Lease, name: str, key: str, wake_at: float | None,
+                     now: float) -> tuple[str, Any]:
+        with self._tx() as c:
+            # The task's row lock orders this against every other writer of the task: a signal is
+            # sent, consumed and recorded only under it.
+            c.execute("SELECT id FROM tasks WHERE id = %s FOR UPDATE", (lease.task_id,))
+            done = c.execute("SELECT output FROM steps WHERE task_id = %s AND key = %s",
+                             (lease.task_id, key)).fetchone()
+            if done is not None:  # sent again after its reply was lost: the recorded outcome
+                return refs.loads(bytes(done["output"]))  # type: ignore[no-any-return]
+            self._check_lease(c, lease)
+            task_id = lease.task_id
+            row = c.execute(
+                "SELECT id, payload FROM signals WHERE task_id = %s AND name = %s "
+                "AND consumed_by IS NULL ORDER BY id LIMIT 1", (task_id, name)).fetchone()
+            if row is not None or (wake_at is not None and now >= wake_at):
+                outcome = ("signal", json.loads(row["payload"])) if row else ("timeout", None)
+                if row is not None:
+                    c.execute("UPDATE signals SET consumed_by = %s WHERE id = %s", (key, row["id"]))
+                data, _ = refs.dumps(outcome)
+                c.execute(
+                    "INSERT INTO steps (task_id, key, output, created_at) VALUES (%s, %s, %s, %s)",
+                    (task_id, key, data, now))
+                self._event(c, task_id, "step", {"key": key, "bytes": len(data), "blobs": []}, now)
+                return outcome
+            c.execute(
+                "UPDATE tasks SET status = 'waiting', owner = NULL, lease_until = NULL, "
+                "waiting_for = %s, wake_at = %s, updated_at = %s WHERE id = %s",
+                (name, wake_at, now, task_id))
+            self._event(c, task_id, "waiting", {"signal": name, "wake_at": wake_at}, now)
+            return ("parked", None)
+
+    def wake_due(self, now: float) -> list[TaskRecord]:
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT id FROM tasks WHERE status = 'waiting' AND wake_at IS NOT NULL "
+                "AND wake_at <= %s ORDER BY id FOR UPDATE", (now,)).fetchall()
+            out = []
+            for row in rows:
+                c.execute(
+                    "UPDATE tasks SET status = 'queued', waiting_for = NULL, wake_at = NULL, "
+                    "updated_at = %s WHERE id = %s", (now, row["id"]))
+                self._event(c, row["id"], "requeued", {"reason": "signal wait timed out"}, now)
+                out.append(self._get(c, row["id"]))
+            return out
+
+    def events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT task_id, seq, kind, data, at FROM events WHERE task_id = %s AND seq > %s "
+                "ORDER BY seq LIMIT %s",
+                (task_id, after, limit),
+            ).fetchall()
+            if not rows and after == 0:
+                self._get(c, task_id)
+        return [Event(task_id=r["task_id"], seq=r["seq"], kind=r["kind"], data=json.loads(r["data"]),
+                      at=r["at"]) for r in rows]
+
+    # -- dead letters ----------------------------------------------------------------------------
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO dead_letters (id, tool, args, error, error_type, attempts, task_id, "
+                "step_key, tenant, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (letter.id, letter.tool, json.dumps(letter.args), _text(letter.error), letter.error_type,
+                 letter.attempts, letter.task_id, letter.step_key, letter.tenant, letter.created_at),
+            )
+
+    def dead_letters(self, status: str | None = None, tool: str | None = None,
+                     tenant: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        where, params = [], []
+        for column, value in (("status", status), ("tool", tool), ("tenant", tenant)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        sql = f"SELECT {records.DEAD_LETTER_COLUMNS} FROM dead_letters"
+        sql += " WHERE " + " AND ".join(where) if where else ""
+        with self._tx() as c:
+            rows = c.execute(sql + " ORDER BY created_at DESC, id DESC LIMIT %s", (*params, limit))
+            return [records.dead_letter(r) for r in rows]
+
+    def get_dead_letter(self, letter_id: str) -> DeadLetter:
+        with self._tx() as c:
+            return self._get_dead_letter(c, letter_id)
+
+    def _get_dead_letter(self, c: Conn, letter_id: str) -> DeadLetter:
+        row = c.execute(f"SELECT {records.DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = %s",
+                        (letter_id,)).fetchone()
+        if row is None:
+            raise DeadLetterNotFound(letter_id)
+        return records.dead_letter(row)
+
+    def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
+                 now: float, step_output: bytes | None = None) -> DeadLetter:
+        with self._tx() as c:
+            if ok:
+                c.execute("UPDATE dead_letters SET status = 'replayed', replayed_at = %s, result = %s, "
+                          "attempts = attempts + %s WHERE id = %s",
+                          (now, json.dumps(result), attempts, letter_id))
+                if step_output is not None:
+                    self._resume_with(c, letter_id, step_output, now)
+            else:
+                c.execute("UPDATE dead_letters SET error = %s, attempts = attempts + %s WHERE id = %s",
+                          (_text(error), attempts, letter_id))
+            return self._get_dead_letter(c, letter_id)
+
+    def _resume_with(self, c: Conn, letter_id: str, output: bytes, now: float) -> None:
+        """A replayed call's task failed at that call: record the result as the step, queue the task
+        (as a retry would; its earlier steps are kept). A task that went on without it is left be."""
+        letter = c.execute("SELECT task_id, step_key FROM dead_letters WHERE id = %s",
+                           (letter_id,)).fetchone()
+        if letter is None or letter["task_id"] is None or letter["step_key"] is None:
+            return
+        task = c.execute("SELECT status FROM tasks WHERE id = %s FOR UPDATE",
+                         (letter["task_id"],)).fetchone()
+        done = c.execute("SELECT 1 FROM steps WHERE task_id = %s AND key = %s",
+                         (letter["task_id"], letter["step_key"])).fetchone()
+        if task is None or task["status"] != TaskStatus.FAILED.value or done is not None:
+            return
+        c.execute("INSERT INTO steps (task_id, key, output, created_at) VALUES (%s, %s, %s, %s)",
+                  (letter["task_id"], letter["step_key"], output, now))
+        self._queue_again(c, letter["task_id"],
+                          {"by": "replay", "dead_letter": letter_id, "step": letter["step_key"]}, now)
+
+    # -- blobs --------------------------------------------------------------------------------------
+
+    def read_blob(self, key: str) -> bytes:
+        return read_blob(self.blob_dir, key)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _text(message: str | None) -> str | None:
+    """An error message as a TEXT column can hold it: PostgreSQL refuses NUL characters (SQLite
+    keeps them), and a message that quotes an upstream's bytes must not make its write fail."""
+    return message.replace("\x00", "\ufffd") if message is not None else None
+
+
+def _one(row: DictRow | None) -> DictRow:
+    """The row an aggregate always returns."""
+    assert row is not None
+    return row
