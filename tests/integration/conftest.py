@@ -11,13 +11,17 @@ configuration at run time, or needs its queue empty or its workers idle.
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import ray
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from runtime import Runtime, Settings, ToolSettings
 
@@ -34,10 +38,41 @@ def ray_cluster() -> Iterator[None]:
              logging_level=logging.WARNING, log_to_driver=False)
     yield
     ray.shutdown()
+    _drop_schemas()
+
+
+# RAYSQUAD_TEST_STORE=postgres runs the suite on PostgreSQL: each runtime (one namespace) gets a
+# schema of its own in the database at RAYSQUAD_TEST_POSTGRES_URL, so a restart finds its state.
+TEST_STORE = os.environ.get("RAYSQUAD_TEST_STORE", "sqlite")
+PG_URL = os.environ.get("RAYSQUAD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+SCHEMAS: set[str] = set()  # made by this session, dropped at its end
+
+
+def _drop_schemas() -> None:
+    if not SCHEMAS:
+        return
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        for schema in sorted(SCHEMAS):
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    SCHEMAS.clear()
+
+
+def _store_settings(namespace: str) -> dict[str, Any]:
+    if TEST_STORE != "postgres":
+        return {}
+    schema = f"rs_{namespace.replace('-', '_')}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    SCHEMAS.add(schema)
+    return {"store": "postgres",
+            "postgres_url": make_conninfo(PG_URL, options=f"-c search_path={schema}")}
 
 
 def _settings(data_dir: Path, namespace: str, overrides: dict[str, Any]) -> Settings:
-    return Settings(data_dir=data_dir, namespace=namespace, **{**TEST_DEFAULTS, **overrides})
+    return Settings(data_dir=data_dir, namespace=namespace,
+                    **{**TEST_DEFAULTS, **_store_settings(namespace), **overrides})
 
 
 @pytest.fixture
@@ -74,7 +109,7 @@ class SharedRuntimeSlot:
     def get(self, apps: list[str] | None = None, **overrides: Any) -> Runtime:
         apps = list(apps or DEFAULT_APPS)
         # The settings themselves are the key, so two spellings of one configuration share.
-        probe = _settings(Path("."), "probe", overrides)
+        probe = Settings(data_dir=Path("."), namespace="probe", **{**TEST_DEFAULTS, **overrides})
         key = repr((apps, probe.model_dump(mode="json", exclude={"data_dir", "namespace"})))
         if self._runtime is None or key != self._key:
             self.stop()
