@@ -33,7 +33,7 @@ CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conform
 MAX_EXAMPLES = 60  # per operation and round
 # The run's time budget: with one, schemathesis keeps fuzzing in new rounds until it is spent
 # (about 35 generated requests a second against this server on a 2-core machine).
-MAX_TIME_S = 45
+MAX_TIME_S = 35
 
 
 # -- hooks: run inside the schemathesis process -------------------------------------------------------

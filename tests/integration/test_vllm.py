@@ -87,14 +87,14 @@ def test_cancel_aborts_an_in_flight_request(llm: Client) -> None:
 
 def test_high_priority_request_queued_behind_low_ones_finishes_first(llm: Client) -> None:
     low = [llm.submit("generate", {"question": f"Describe the colour number {i} in detail.",
-                                   "max_tokens": 128}, priority=0) for i in range(MAX_INFLIGHT + 6)]
+                                   "max_tokens": 64}, priority=0) for i in range(MAX_INFLIGHT + 6)]
     # Every low-priority request is at the engine (in flight or waiting in its admission queue)
     # before the high one is sent; then the first lows still have most of their tokens to go.
     engine = EngineHandle(ray.get_actor("engine:smollm2:0", namespace=NAMESPACE))
     wait_for(lambda: asyncio.run(engine.load()) == len(low), timeout_s=60, interval_s=0.02,
              what="every low-priority request to be at the engine")
     high = llm.submit("generate", {"question": "Describe the colour blue in detail.",
-                                   "max_tokens": 96}, priority=10)
+                                   "max_tokens": 48}, priority=10)
     done_high = llm.wait(high.id, timeout_s=300)
     done_low = [llm.wait(t.id, timeout_s=300) for t in low]
     assert done_high.status is TaskStatus.SUCCEEDED
