@@ -84,7 +84,9 @@ class SubmitBody(BaseModel):
 
     workflow: str = Field(min_length=1, max_length=200)
     input: dict[str, Any] = Field(default_factory=dict)
-    priority: int = Field(0, ge=-1000, le=1000)
+    priority: int = Field(0, ge=-1000, le=1000, description=(
+        "higher runs first; a tenant may use only the range configured for it (default 0 to 10): "
+        "outside it, 422"))
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
 
 
