@@ -19,12 +19,13 @@ from typing import Any, ClassVar, Protocol
 
 import ray
 
+from runtime.cluster import member_actor_options, named_actor_options
 from runtime.config import AgentPoolConfig, Settings
 from runtime.engines.actor import Router, TokenSink
 from runtime.errors import ActorUnavailable, AgentError
 from runtime.handles import ActorHandle, restarted
 from runtime.models import AgentMessage, ChatMessage, ChatRequest, Completion
-from runtime.pool import Member, Members
+from runtime.pool import Member, Members, probe, retire
 from runtime.queue import MailboxService, approx_size
 from runtime.refs import Ref
 from runtime.tools.executor import Caller, ToolRouter
@@ -163,11 +164,12 @@ class AgentReplica:
 
 
 class ReplicaMember(Protocol):
-    """What a pool needs of a replica: its loop, its idle time, a way to end it."""
+    """What a pool needs of a replica: its loop, its idle time, ways to end it (asked, or killed)."""
 
     async def run(self, concurrency: int) -> int: ...
     async def idle_s(self) -> float: ...
     async def stop(self) -> None: ...
+    async def kill(self) -> None: ...
 
 
 class ReplicaHandle(ActorHandle):
@@ -205,6 +207,7 @@ class AgentPool:
         self.members = Members(self._on_exit)
         self.started = 0
         self._loop: asyncio.Task[None] | None = None
+        self._sizing = asyncio.Lock()
         if restarted():
             asyncio.get_running_loop().create_task(self.start())
 
@@ -229,8 +232,8 @@ class AgentPool:
         name = f"agent:{replica_id}"
         actor = (
             ray.remote(AgentReplica)
-            .options(num_cpus=self.config.num_cpus, max_restarts=0, max_concurrency=1000,
-                     name=name, namespace=self.settings.namespace)
+            .options(**member_actor_options(self.settings, name, self.config.num_cpus,
+                                            self.config.resources, max_concurrency=1000))
             .remote(replica_id, self.role, self.agent_cls, self.settings, self.mailbox, self.store,
                     self.router, self.tools)
         )
@@ -241,6 +244,8 @@ class AgentPool:
         if returned:
             log.warning("agent %s: %d message(s) of replica %s go back to the mailbox",
                         self.role, returned, member.id)
+        if member.stopping:
+            await member.handle.kill()  # its loop has ended: free its process and resources
 
     def _desired(self, backlog: int) -> int:
         wanted = math.ceil(backlog / self.config.target_backlog)
@@ -261,21 +266,19 @@ class AgentPool:
 
     async def tick(self, stats: dict[str, Any] | None = None) -> None:
         """Size the pool to the mailbox's backlog: grow at once, shrink replicas idle long enough."""
-        stats = stats or await self.mailbox.stats()
+        async with self._sizing:  # one tick at a time: two would both act on one backlog
+            await self._size(stats or await self.mailbox.stats())
+
+    async def _size(self, stats: dict[str, Any]) -> None:
         backlog = stats["depth"] + stats["in_flight"]
         live = [m for m in self.members.live.values() if not m.stopping]
         desired = max(self._desired(backlog), 1 if stats["depth"] else 0)
         for _ in range(desired - len(live)):
             self._spawn()
         if len(live) > desired and stats["depth"] == 0:
-            idle = await asyncio.gather(*(m.handle.idle_s() for m in live), return_exceptions=True)
-            for member, idle_s in list(zip(live, idle, strict=True)):
-                if len(live) <= desired:
-                    break
-                if isinstance(idle_s, float) and idle_s >= self.config.idle_s:
-                    member.stopping = True
-                    await member.handle.stop()
-                    live.remove(member)
+            idle = await probe(live, lambda m: m.handle.idle_s())
+            await retire(live, idle, len(live) - desired,
+                         lambda idle_s: idle_s >= self.config.idle_s)
 
     async def stats(self) -> dict[str, Any]:
         return {"role": self.role, "replicas": len(self.members), "started": self.started,
@@ -310,8 +313,7 @@ def start_agent_pool(role: str, settings: Settings, apps: list[str]) -> AgentPoo
     name = f"pool:{role}"
     actor = (
         ray.remote(AgentPoolActor)
-        .options(name=name, namespace=settings.namespace, num_cpus=0, max_restarts=-1,
-                 max_concurrency=1000)
+        .options(**named_actor_options(settings, name, max_concurrency=1000))
         .remote(role, settings, apps)
     )
     return AgentPoolHandle(actor, name, settings.namespace)

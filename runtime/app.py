@@ -1,7 +1,10 @@
 """Wire a running runtime: the Store, engines, mailboxes and agent pools, the dispatcher, the workers.
 
-``Runtime.start`` is what ``raysquad up`` and driver scripts call; the actors it creates belong to the
-calling process and stop with it (or with ``Runtime.stop``).
+``Runtime.start`` is what ``raysquad up`` and driver scripts call. By default the actors it creates
+belong to the calling process and stop with it (or with ``Runtime.stop``); with
+``Settings.detached`` they are detached actors that outlive it, and ``stop_runtime`` (``raysquad
+down``) stops them. Either way every actor restarts when it dies, and one namespace holds at most one
+runtime.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from runtime.client import AsyncClient, Client, address_file
 from runtime.config import Settings
 from runtime.dispatch import DispatcherHandle, start_dispatcher
 from runtime.engines.actor import EngineHandle, start_engines
+from runtime.errors import RuntimeAlreadyRunning
 from runtime.gates import GateKeeperHandle, start_gatekeeper
+from runtime.handles import actor_names
 from runtime.ops import Ops
 from runtime.queue import MailboxHandle, start_queue
 from runtime.store.actor import StoreHandle, check_store_settings, start_store
@@ -60,6 +65,22 @@ class Runtime:
         catalog = load_catalog(apps)  # fail here, in the caller, on a bad module
         check_store_settings(settings)  # and on a Store that cannot be opened
         started_ray = cluster.connect(settings)
+        if actor_names(settings.namespace, "store"):
+            raise RuntimeAlreadyRunning(settings.namespace)
+        try:
+            rt = cls._start_actors(settings, apps, catalog, models, started_ray)
+        except BaseException:
+            # Nothing half-started stays behind (a detached actor would outlive us).
+            stop_runtime(settings.namespace)
+            if started_ray:
+                ray.shutdown()
+            raise
+        address_file(settings).write_text(ray.get_runtime_context().gcs_address)
+        return rt
+
+    @classmethod
+    def _start_actors(cls, settings: Settings, apps: list[str], catalog: Catalog,
+                      models: list[str] | None, started_ray: bool) -> Runtime:
         store = start_store(settings)
         asyncio.run(store.ping())
         gatekeeper = start_gatekeeper(settings)
@@ -67,8 +88,7 @@ class Runtime:
         asyncio.run(_all(h.ready() for hs in engines.values() for h in hs))
         tool_executors = start_tool_executors(settings, apps)
         mailboxes = {
-            role: start_queue(f"agent:{role}", settings.namespace, MAILBOX_CAPACITY,
-                              settings.aging_per_s)
+            role: start_queue(f"agent:{role}", settings, MAILBOX_CAPACITY)
             for role in catalog.agents
         }
         pools = {role: start_agent_pool(role, settings, apps) for role in catalog.agents}
@@ -77,7 +97,6 @@ class Runtime:
         recovered = asyncio.run(dispatcher.start())
         workers = start_worker_pool(settings, apps)
         asyncio.run(workers.start())
-        address_file(settings).write_text(ray.get_runtime_context().gcs_address)
         log.info("raysquad runtime up: %d workflow(s), %d agent role(s), %d task(s) recovered",
                  len(catalog.workflows), len(catalog.agents), recovered)
         return cls(settings, apps, catalog, store, dispatcher, workers, mailboxes, pools, engines,
@@ -103,19 +122,7 @@ class Runtime:
         self._stopped = True
         if self._client is not None:
             self._client.close()
-        handles = [self.workers, self.dispatcher, *self.pools.values(), *self.mailboxes.values(),
-                   *(h for hs in self.engines.values() for h in hs), *self.tool_executors,
-                   self.gatekeeper, self.store]
-        for handle in handles:
-            try:
-                ray.kill(handle.actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone is fine
-                pass
-        engines = [f"engine:{m}:{i}" for m, hs in self.engines.items() for i in range(len(hs))]
-        names = ["store", "dispatcher", "pool:workers", *(f"pool:{r}" for r in self.pools),
-                 *(f"queue:agent:{r}" for r in self.mailboxes), *engines, "gates",
-                 *(f"tools:{i}" for i in range(len(self.tool_executors)))]
-        _wait_names_free(self.settings.namespace, names)
+        stop_runtime(self.settings.namespace)
         if shutdown_ray if shutdown_ray is not None else self.started_ray:
             ray.shutdown()
 
@@ -138,13 +145,23 @@ def absolute_paths(settings: Settings) -> Settings:
         "sqlite_path": settings.sqlite_path.resolve() if settings.sqlite_path else None})
 
 
-def _wait_names_free(namespace: str, names: list[str], timeout_s: float = 15.0) -> None:
-    """Wait until the killed actors' names are free, so a runtime started next can take them."""
-    deadline = time.monotonic() + timeout_s
+#: The runtime's actors by name prefix, in the order they are stopped: what feeds work first.
+RUNTIME_ACTORS = ("pool:workers", "worker:", "dispatcher", "pool:", "agent:", "queue:", "engine:",
+                  "tools:", "gates", "store")
+
+
+def stop_runtime(namespace: str, timeout_s: float = 15.0) -> list[str]:
+    """Kill every actor of the runtime in ``namespace`` (detached or not) and wait until their names
+    are free, so a runtime started next can take them; returns the names killed. Tasks in flight
+    resume at the next start. The caller must be connected to the runtime's Ray cluster."""
+    names = [n for n in dict.fromkeys(n for prefix in RUNTIME_ACTORS
+                                      for n in actor_names(namespace, prefix))]
     for name in names:
-        while time.monotonic() < deadline:
-            try:
-                ray.get_actor(name, namespace=namespace)
-            except ValueError:
-                break
-            time.sleep(0.05)
+        try:
+            ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone is fine
+            pass
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(n in names for n in actor_names(namespace)):
+        time.sleep(0.05)
+    return names

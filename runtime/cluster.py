@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import socket
+from typing import Any
 
 import ray
 
 from runtime.config import Settings
+from runtime.errors import ClusterUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -16,8 +19,12 @@ def connect(settings: Settings) -> bool:
     if ray.is_initialized():
         return False
     if settings.ray_address:
-        ray.init(address=settings.ray_address, namespace=settings.namespace,
-                 logging_level=logging.ERROR, log_to_driver=settings.ray_log_to_driver)
+        check_reachable(settings.ray_address)
+        try:
+            ray.init(address=settings.ray_address, namespace=settings.namespace,
+                     logging_level=logging.ERROR, log_to_driver=settings.ray_log_to_driver)
+        except ConnectionError as e:
+            raise ClusterUnreachable(settings.ray_address) from e
         return False
     ray.init(
         namespace=settings.namespace,
@@ -32,6 +39,18 @@ def connect(settings: Settings) -> bool:
     return True
 
 
+def check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail at once, not after Ray's own minute of retries, when a ``host:port`` address does not
+    accept connections ("auto" and ``ray://`` addresses are left to Ray)."""
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ClusterUnreachable(address, e.strerror or str(e)) from None
+
+
 def quiet_driver() -> None:
     """Keep the raylet's notices off this process's terminal (they stay in Ray's log files).
 
@@ -43,3 +62,37 @@ def quiet_driver() -> None:
     import ray._private.worker as ray_worker
 
     ray_worker._worker_logs_enabled = False
+
+
+# -- where the runtime's actors run ----------------------------------------------------------------
+
+#: The resource only the head node has (Ray Train pins its state actor with it the same way).
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
+
+def named_actor_options(settings: Settings, name: str, **options: Any) -> dict[str, Any]:
+    """Ray options of a control-plane actor: named in the runtime's namespace, restarted whenever it
+    dies, and detached when the runtime must outlive the process that started it."""
+    base: dict[str, Any] = {"name": name, "namespace": settings.namespace, "max_restarts": -1,
+                            "num_cpus": 0}
+    if settings.detached:
+        base["lifetime"] = "detached"
+    return {**base, **options}
+
+
+def member_actor_options(settings: Settings, name: str, num_cpus: float,
+                         resources: dict[str, float], **options: Any) -> dict[str, Any]:
+    """Ray options of a pool member (a workflow worker, an agent replica): replaced by its pool,
+    not restarted, and spread over the nodes that have the resources it asks for. A member the
+    cluster has no room for waits as a pending actor, which is what asks an autoscaling cluster for
+    a node. Members belong to their pool actor, so they outlive the launcher when it is detached."""
+    return {"name": name, "namespace": settings.namespace, "max_restarts": 0,
+            "num_cpus": num_cpus, "resources": dict(resources), "scheduling_strategy": "SPREAD",
+            **options}
+
+
+def store_placement(settings: Settings) -> dict[str, Any]:
+    """The SQLite Store is pinned to the head node (its file is there); PostgreSQL's is not."""
+    if settings.store == "sqlite":
+        return {"resources": {HEAD_NODE_RESOURCE: 0.001}}
+    return {}

@@ -49,6 +49,9 @@ class AgentPoolConfig(BaseModel):
     max_replicas: int = Field(4, ge=1)
     concurrency: int = Field(8, ge=1, description="messages one replica handles at once")
     num_cpus: float = Field(0.05, ge=0)
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per replica (to place a role on "
+                                          "a group of nodes)")
     target_backlog: int = Field(
         8, ge=1, description="queued messages per replica above which the pool grows"
     )
@@ -178,6 +181,9 @@ class Settings(BaseSettings):
     ray_object_store_memory: int | None = None
     ray_include_dashboard: bool = False
     ray_log_to_driver: bool = False
+    detached: bool = Field(
+        False, description="the runtime's actors outlive the process that started them (`raysquad "
+                           "up --detach`); `raysquad down` stops them")
 
     # Durable state.
     data_dir: Path = Path(".raysquad")
@@ -193,9 +199,20 @@ class Settings(BaseSettings):
                             "for fewer fsyncs (a crash of the process still loses nothing)")
 
     # Task flow.
-    workers: int = Field(2, ge=1)
+    workers: int = Field(2, ge=1, description="workflow workers always running (the pool's minimum)")
+    workers_max: int | None = Field(
+        None, ge=1, description="the pool grows up to this many workers on backlog (default: "
+                                "`workers`, a fixed pool)")
+    worker_target_backlog: int | None = Field(
+        None, ge=1, description="queued plus running tasks per worker above which the pool grows "
+                                "(default: tasks_per_worker)")
+    worker_idle_s: float = Field(
+        30.0, ge=0, description="idle time before a worker above the minimum stops")
     tasks_per_worker: int = Field(64, ge=1, description="workflows one worker runs at once")
     worker_num_cpus: float = Field(0.1, ge=0)
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per worker (to place workers on a "
+                                          "group of nodes)")
     queue_capacity: int = Field(10_000, ge=1, description="queued tasks before submits are refused")
     lease_s: float = Field(30.0, gt=0, description="a claimed task returns to the queue if not renewed")
     max_task_crashes: int = Field(
@@ -270,6 +287,12 @@ class Settings(BaseSettings):
                                    for t, r in self.tenant_priorities.items())]:
             if low > high:
                 raise ValueError(f"{who}: the lowest priority {low} is above the highest {high}")
+        return self
+
+    @model_validator(mode="after")
+    def _workers_ordered(self) -> Settings:
+        if self.workers_max is not None and self.workers_max < self.workers:
+            raise ValueError(f"workers_max ({self.workers_max}) is below workers ({self.workers})")
         return self
 
     def priority_range(self, tenant: str) -> tuple[int, int]:

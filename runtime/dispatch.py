@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import ray
 
 from runtime.catalog import Catalog, load_catalog
+from runtime.cluster import named_actor_options
 from runtime.config import Settings
 from runtime.handles import ActorHandle, restarted
 from runtime.models import Claim, TaskRecord, TaskStatus
@@ -207,6 +208,7 @@ class DispatcherService(Protocol):
     async def signal(self, task_id: str, name: str, payload: Any) -> TaskRecord: ...
     async def worker_lost(self, owner: str, crashed: bool = True) -> int: ...
     async def workers_replaced(self, live: list[str]) -> int: ...
+    async def stats(self) -> dict[str, Any]: ...
 
 
 class DispatcherHandle(ActorHandle):
@@ -256,8 +258,7 @@ def start_dispatcher(settings: Settings, apps: list[str]) -> DispatcherHandle:
     """Start the dispatcher (the Store must be up)."""
     actor = (
         ray.remote(DispatcherActor)
-        .options(name=ACTOR_NAME, namespace=settings.namespace, num_cpus=0, max_restarts=-1,
-                 max_concurrency=1000)
+        .options(**named_actor_options(settings, ACTOR_NAME, max_concurrency=1000))
         .remote(settings, apps)
     )
     return DispatcherHandle(actor, ACTOR_NAME, settings.namespace)

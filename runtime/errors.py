@@ -285,6 +285,31 @@ class ModelNotFound(NotFound):
         return f"no engine serves model {self.model!r} (served: {known})"
 
 
+class RuntimeAlreadyRunning(Conflict):
+    """Raised when a runtime is started in a Ray namespace that already has one."""
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__(namespace)
+        self.namespace = namespace
+
+    def __str__(self) -> str:
+        return (f"a raysquad runtime is already running in Ray namespace {self.namespace!r}; "
+                "`raysquad down` stops it (or set RAYSQUAD_NAMESPACE to run another beside it)")
+
+
+class ClusterUnreachable(Retryable):
+    """Raised when no Ray cluster answers at the address a runtime was to join."""
+
+    def __init__(self, address: str, why: str = "") -> None:
+        super().__init__(address, why)
+        self.address, self.why = address, why
+
+    def __str__(self) -> str:
+        why = f" ({self.why})" if self.why else ""
+        return (f"no Ray cluster answered at {self.address!r}{why}; start one with `ray start "
+                "--head`, or give its address with --address or RAYSQUAD_RAY_ADDRESS")
+
+
 class RuntimeNotRunning(Retryable):
     """Raised when a client cannot find a running raysquad runtime."""
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import ray
 
+from runtime.cluster import named_actor_options
 from runtime.config import GateLimits, Settings
 from runtime.errors import ActorUnavailable, GateRequestTooLarge, GateTimeout
 from runtime.handles import ActorHandle
@@ -421,8 +422,7 @@ class GateKeeperHandle(ActorHandle):
 def start_gatekeeper(settings: Settings) -> GateKeeperHandle:
     actor = (
         ray.remote(GateKeeper)
-        .options(name=ACTOR_NAME, namespace=settings.namespace, num_cpus=0, max_restarts=-1,
-                 max_concurrency=100_000)
+        .options(**named_actor_options(settings, ACTOR_NAME, max_concurrency=100_000))
         .remote(settings)
     )
     return GateKeeperHandle(actor, ACTOR_NAME, settings.namespace)

@@ -91,6 +91,13 @@ class ActorHandle:
         except (TimeoutError, ActorUnavailable):
             return False
 
+    async def kill(self) -> None:
+        """End the actor's process now, for good (no restart)."""
+        try:
+            ray.kill(self._actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone is what we wanted
+            pass
+
     def _send(self, method: str, *args: Any) -> None:
         """Fire and forget: for notifications whose loss costs nothing (a later call makes up)."""
         getattr(self._actor, method).remote(*args)

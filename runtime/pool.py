@@ -51,3 +51,40 @@ class Members:
             await self._on_exit(member, error)
         except Exception:  # noqa: BLE001 - keep supervising whatever the clean-up hit
             log.exception("clean-up after pool member %s failed", member.id)
+
+
+#: How long a pool waits for a member to answer a question about its load.
+PROBE_S = 1.0
+
+
+async def probe(members: list[Member], ask: Callable[[Member], Awaitable[Any]]) -> list[Any]:
+    """``ask`` each member, within PROBE_S each; a failure comes back as its exception. A member
+    that answers once is marked ``answered``: one that never has is still pending (no node has had
+    room for it yet), which makes it the first to go when the pool shrinks."""
+    results = await asyncio.gather(*(asyncio.wait_for(ask(m), PROBE_S) for m in members),
+                                   return_exceptions=True)
+    for member, result in zip(members, results, strict=True):
+        if not isinstance(result, BaseException):
+            member.info["answered"] = True
+    return results
+
+
+async def retire(members: list[Member], answers: list[Any], surplus: int,
+                 idle: Callable[[Any], bool]) -> list[Member]:
+    """Stop up to ``surplus`` members: pending ones first (killed: they hold nothing), then those
+    whose answer says ``idle`` (asked to stop: their loop ends and the pool's exit hook frees the
+    process). Returns the members retired."""
+    retired: list[Member] = []
+    never_answered = [m for m, a in zip(members, answers, strict=True)
+                      if isinstance(a, BaseException) and not m.info.get("answered")]
+    idle_now = [m for m, a in zip(members, answers, strict=True)
+                if not isinstance(a, BaseException) and idle(a)]
+    for member in never_answered[:surplus]:
+        member.stopping = True
+        await member.handle.kill()
+        retired.append(member)
+    for member in idle_now[:surplus - len(retired)]:
+        member.stopping = True
+        await member.handle.stop()
+        retired.append(member)
+    return retired

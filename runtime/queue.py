@@ -17,13 +17,17 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ray
 from pydantic import BaseModel
 
+from runtime.cluster import named_actor_options
 from runtime.errors import QueueFull
 from runtime.handles import ActorHandle
+
+if TYPE_CHECKING:
+    from runtime.config import Settings
 
 
 @dataclass(order=True)
@@ -321,11 +325,10 @@ class MailboxHandle(ActorHandle):
         return await self._call("watch", seen, timeout_s)  # type: ignore[no-any-return]
 
 
-def start_queue(name: str, namespace: str, capacity: int, aging_per_s: float) -> MailboxHandle:
+def start_queue(name: str, settings: Settings, capacity: int) -> MailboxHandle:
     actor = (
         ray.remote(QueueActor)
-        .options(name=f"queue:{name}", namespace=namespace, num_cpus=0, max_restarts=-1,
-                 max_concurrency=1000)
-        .remote(name, capacity, aging_per_s)
+        .options(**named_actor_options(settings, f"queue:{name}", max_concurrency=1000))
+        .remote(name, capacity, settings.aging_per_s)
     )
-    return MailboxHandle(actor, f"queue:{name}", namespace)
+    return MailboxHandle(actor, f"queue:{name}", settings.namespace)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -21,6 +23,7 @@ import ray
 
 from runtime import refs
 from runtime.catalog import Catalog, load_catalog
+from runtime.cluster import member_actor_options, named_actor_options
 from runtime.config import Settings
 from runtime.dispatch import DispatcherService
 from runtime.engines.actor import Router, TokenSink
@@ -33,7 +36,7 @@ from runtime.errors import (
 )
 from runtime.handles import ActorHandle, restarted
 from runtime.models import AgentMessage, ChatRequest, Claim, Completion, Lease, TaskStatus
-from runtime.pool import Member, Members
+from runtime.pool import Member, Members, probe, retire
 from runtime.queue import MailboxService
 from runtime.store.actor import StoreService
 from runtime.tools.executor import Caller, ToolRouter
@@ -45,6 +48,8 @@ log = logging.getLogger(__name__)
 POOL_NAME = "pool:workers"
 # How long an agent call waits for its reply before checking that its mailbox still holds the message.
 MAILBOX_CHECK_S = 10.0
+#: How often a pool that autoscales looks at the backlog.
+SCALE_EVERY_S = 1.0
 
 
 class WorkflowWorker:
@@ -66,6 +71,7 @@ class WorkflowWorker:
         self._stopping = False
         self._reply_to: Any = self
         self.completed = 0
+        self.last_active = time.monotonic()
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -86,12 +92,20 @@ class WorkflowWorker:
                     continue  # the dispatcher stays down past the handle's deadline: ask again
                 for claim in claims:
                     await self._start(claim)
+            # Asked to stop (the pool shrinks): claim nothing more, finish what we hold.
+            await asyncio.gather(*(runner for runner, _, _ in list(self._tasks.values())),
+                                 return_exceptions=True)
         finally:
             renewer.cancel()
         return self.completed
 
     async def stop(self) -> None:
         self._stopping = True
+
+    async def load(self) -> dict[str, Any]:
+        """Tasks running here, and how long this worker has run none (the pool's sizing input)."""
+        active = len(self._tasks)
+        return {"active": active, "idle_s": 0.0 if active else time.monotonic() - self.last_active}
 
     async def _start(self, claim: Claim) -> None:
         task, lease = claim.task, claim.lease
@@ -161,6 +175,7 @@ class WorkflowWorker:
         if entry is not None and entry[2] == lease:  # not a newer run of the same task
             del self._tasks[lease.task_id]
             self._llm_requests.pop(lease.task_id, None)
+        self.last_active = time.monotonic()
         self._slot_free.set()
 
     async def _renew_leases(self) -> None:
@@ -311,19 +326,28 @@ class WorkerHandle(ActorHandle):
     async def info(self) -> dict[str, Any]:
         return await self._call("info", idempotent=False)  # type: ignore[no-any-return]
 
+    async def load(self) -> dict[str, Any]:
+        return await self._call("load", idempotent=False)  # type: ignore[no-any-return]
+
 
 class WorkerMember(Protocol):
-    """What the pool needs of a worker: its loop, and a way to end it."""
+    """What the pool needs of a worker: its loop, its load, ways to end it (asked, or killed)."""
 
     async def run(self) -> int: ...
     async def stop(self) -> None: ...
+    async def load(self) -> dict[str, Any]: ...
+    async def kill(self) -> None: ...
 
 
 Spawner = Callable[[str], WorkerMember]
 
 
 class WorkerPool:
-    """Keeps ``settings.workers`` workflow workers running; replaces the dead, releasing their leases."""
+    """Keeps the workflow workers running: replaces the dead (releasing their leases at once) and,
+    when ``workers_max`` is above ``workers``, sizes the pool to the backlog as the agent pools do:
+    one worker per ``worker_target_backlog`` queued or running tasks, grown at once, shrunk by the
+    workers idle for ``worker_idle_s``. A worker no node has room for waits as a pending actor
+    (which asks an autoscaling cluster for a node) and is the first to go when the pool shrinks."""
 
     def __init__(self, settings: Settings, apps: list[str], store: StoreService,
                  dispatcher: DispatcherService, mailboxes: dict[str, MailboxService], router: Router,
@@ -339,18 +363,51 @@ class WorkerPool:
         self.members = Members(self._on_exit)
         self.started = 0
         self._stopping = False
+        self._loop: asyncio.Task[None] | None = None
+        self._sizing = asyncio.Lock()  # one tick at a time: two would both grow for one backlog
+        self.min = settings.workers
+        self.max = settings.workers_max or settings.workers
+        self.target = settings.worker_target_backlog or settings.tasks_per_worker
         if restarted():  # our workers died with us: start new ones and free the old ones' tasks
             asyncio.get_running_loop().create_task(self.start())
 
     async def start(self) -> list[str]:
-        for _ in range(self.settings.workers):
+        for _ in range(self.min):
             self._spawn()
         live = list(self.members.live)
         released = await self.dispatcher.workers_replaced(live)
         if released:
             log.warning("worker pool started: %d task(s) of workers gone before it queued again",
                         released)
+        if self.max > self.min and self._loop is None:
+            self._loop = asyncio.create_task(self._supervise())
         return live
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            try:
+                await self.tick()
+            except Exception:  # noqa: BLE001 - a failed tick is retried on the next one
+                log.warning("worker pool: sizing tick failed", exc_info=True)
+            await asyncio.sleep(SCALE_EVERY_S)
+
+    async def tick(self) -> int:
+        """Size the pool to the backlog (queued + running tasks); returns the size wanted."""
+        async with self._sizing:
+            return await self._size()
+
+    async def _size(self) -> int:
+        depth = int((await self.dispatcher.stats())["depth"])
+        live = [m for m in self.members.live.values() if not m.stopping]
+        loads = await probe(live, lambda m: m.handle.load())
+        running = sum(int(a["active"]) for a in loads if isinstance(a, dict))
+        wanted = max(self.min, min(self.max, math.ceil((depth + running) / self.target)))
+        for _ in range(wanted - len(live)):
+            self._spawn()
+        if len(live) > wanted and depth == 0:
+            await retire(live, loads, len(live) - wanted,
+                         lambda a: a["active"] == 0 and a["idle_s"] >= self.settings.worker_idle_s)
+        return wanted
 
     def _spawn(self) -> None:
         self.started += 1
@@ -361,8 +418,9 @@ class WorkerPool:
     def _spawn_actor(self, worker_id: str) -> WorkerHandle:
         actor = (
             ray.remote(WorkflowWorker)
-            .options(name=f"worker:{worker_id}", namespace=self.settings.namespace,
-                     num_cpus=self.settings.worker_num_cpus, max_restarts=0, max_concurrency=10_000)
+            .options(**member_actor_options(self.settings, f"worker:{worker_id}",
+                                            self.settings.worker_num_cpus,
+                                            self.settings.worker_resources, max_concurrency=10_000))
             .remote(worker_id, self.settings, self.apps, self.store, self.dispatcher,
                     self.mailboxes, self.router, self.tools)
         )
@@ -371,15 +429,19 @@ class WorkerPool:
     async def _on_exit(self, member: Member, error: BaseException | None) -> None:
         if not self._stopping and not member.stopping:
             self._spawn()  # first: a replacement does not wait on the dispatcher
-        released = await self.dispatcher.worker_lost(member.id)
+        released = await self.dispatcher.worker_lost(member.id, crashed=not member.stopping)
         if released:
             log.warning("worker %s gone: %d task(s) queued again", member.id, released)
+        if member.stopping:
+            await member.handle.kill()  # its loop has ended: free its process and resources
 
     async def workers(self) -> list[str]:
         return sorted(self.members.live)
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._loop is not None:
+            self._loop.cancel()
         for member in list(self.members.live.values()):
             member.stopping = True
             await member.handle.stop()
@@ -428,8 +490,7 @@ def start_worker_pool(settings: Settings, apps: list[str]) -> WorkerPoolHandle:
     """Start the workflow workers' pool (every other actor of the runtime must be up)."""
     actor = (
         ray.remote(WorkerPoolActor)
-        .options(name=POOL_NAME, namespace=settings.namespace, num_cpus=0, max_restarts=-1,
-                 max_concurrency=1000)
+        .options(**named_actor_options(settings, POOL_NAME, max_concurrency=1000))
         .remote(settings, apps)
     )
     return WorkerPoolHandle(actor, POOL_NAME, settings.namespace)

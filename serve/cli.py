@@ -107,26 +107,44 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
        workers: Annotated[int | None, typer.Option(help="workflow worker actors")] = None,
        host: Annotated[str | None, typer.Option(help="HTTP host (default 127.0.0.1)")] = None,
        port: Annotated[int | None, typer.Option(help="HTTP port (default 8000)")] = None,
-       http: Annotated[bool, typer.Option(help="serve the HTTP API")] = True) -> None:
-    """Run the runtime and its HTTP API in the foreground with the given modules' workflows and agents."""
+       http: Annotated[bool, typer.Option(help="serve the HTTP API")] = True,
+       detach: Annotated[bool, typer.Option(
+           "--detach", help="start the runtime on a running Ray cluster (`ray start --head`) and "
+                            "return; it runs until `raysquad down`")] = False) -> None:
+    """Run the runtime and its HTTP API with the given modules' workflows and agents: in the
+    foreground (Ctrl-C stops it), or detached on a Ray cluster with --detach."""
     from runtime.app import Runtime
     from serve.http import open_bind_refusal, start_http, stop_http
 
-    config = settings(address, data_dir, workers=workers, http_host=host, http_port=port)
+    extra: dict[str, Any] = {"detached": True} if detach else {}
+    config = settings(address, data_dir, workers=workers, http_host=host, http_port=port, **extra)
+    if detach and not config.ray_address:
+        # A detached runtime needs a cluster that outlives this process: join the local one.
+        config = config.model_copy(update={"ray_address": "auto"})
     refusal = open_bind_refusal(config) if http else None
     if refusal:
         fail(refusal)
     rt = Runtime.start(config, apps=apps or DEFAULT_APPS)
     try:
         url = start_http(config) if http else None
-        store = (rt.settings.database_path if rt.settings.store == "sqlite"
-                 else "on PostgreSQL (RAYSQUAD_POSTGRES_URL)")
-        out.print(f"raysquad is up: workflows {sorted(rt.catalog.workflows)}, agents "
-                  f"{sorted(rt.catalog.agents)}; Store {store}.")
-        if url:
-            auth = (f"{len(config.api_keys)} API key(s)" if config.api_keys else
-                    "no API keys configured: loopback only, no authentication")
-            out.print(f"HTTP API on {url} ({auth}); docs at {url}/docs.")
+    except BaseException:
+        rt.stop()  # nothing half-started stays behind, detached or not
+        raise
+    store = (rt.settings.database_path if rt.settings.store == "sqlite"
+             else "on PostgreSQL (RAYSQUAD_POSTGRES_URL)")
+    out.print(f"raysquad is up{' (detached)' if detach else ''}: workflows "
+              f"{sorted(rt.catalog.workflows)}, agents {sorted(rt.catalog.agents)}; Store {store}.")
+    if url:
+        auth = (f"{len(config.api_keys)} API key(s)" if config.api_keys else
+                "no API keys configured: loopback only, no authentication")
+        out.print(f"HTTP API on {url} ({auth}); docs at {url}/docs.")
+    if detach:
+        import ray
+
+        out.print(f"Ray namespace {config.namespace!r} on the cluster at "
+                  f"{ray.get_runtime_context().gcs_address}; `raysquad down` stops it.")
+        return
+    try:
         out.print("Ctrl-C stops it.")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -135,9 +153,28 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
         except KeyboardInterrupt:
             pass
         if url:
-            stop_http()
+            stop_http(config.namespace)
     finally:
         rt.stop()
+
+
+@app.command()
+def down(address: AddressOpt = None) -> None:
+    """Stop the runtime of this namespace (RAYSQUAD_NAMESPACE) on the Ray cluster: its HTTP app and
+    every actor, detached or not. Tasks not finished resume at the next `raysquad up`."""
+    from runtime.app import stop_runtime
+    from runtime.client import join
+    from serve.http import stop_http
+
+    config = settings(address)
+    join(config)
+    had_http = stop_http(config.namespace)
+    stopped = stop_runtime(config.namespace)
+    if not stopped and not had_http:
+        out.print(f"nothing to stop: no raysquad runtime in Ray namespace {config.namespace!r}")
+        return
+    out.print(f"stopped the raysquad runtime in Ray namespace {config.namespace!r}: "
+              f"{len(stopped)} actor(s){', its HTTP app' if had_http else ''}")
 
 
 @app.command()

@@ -552,9 +552,25 @@ def start_http(settings: Settings) -> str:
     # Per-request access logs cost the proxy and the replica a file write each; errors still log.
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port},
                 logging_config={"enable_access_log": settings.http_access_log})
-    serve.run(build(settings), name="raysquad", route_prefix="/", blocking=False)
+    # One Serve application per runtime, named after its namespace (a cluster may run several).
+    serve.run(build(settings), name=settings.namespace, route_prefix="/", blocking=False)
     return f"http://{settings.http_host}:{settings.http_port}"
 
 
-def stop_http() -> None:
-    serve.shutdown()
+def stop_http(namespace: str | None = None) -> bool:
+    """Remove the runtime's Serve application (all of Serve when ``namespace`` is None); Serve
+    itself (its controller and the proxy's port) stops once no application is left. True if there
+    was an application to remove."""
+    if namespace is None:
+        serve.shutdown()
+        return True
+    try:
+        apps = serve.status().applications
+    except Exception:  # noqa: BLE001 - Serve is not running on this cluster
+        return False
+    found = namespace in apps
+    if found:
+        serve.delete(namespace)
+    if found and not set(apps) - {namespace}:
+        serve.shutdown()
+    return found

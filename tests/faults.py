@@ -164,7 +164,22 @@ def _lines(path: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines() if line.strip()]
 
 
-def read_effects(side_dir: Path, database: Path) -> Effects:
+#: Where a test reads the Store's tables: the SQLite file, or a PostgreSQL conninfo (with its schema).
+Database = Path | str
+
+
+def query(database: Database, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` read straight from the Store's database (no Store call)."""
+    if isinstance(database, Path):
+        with sqlite3.connect(database, timeout=30) as db:
+            return [tuple(r) for r in db.execute(sql).fetchall()]
+    import psycopg
+
+    with psycopg.connect(database, autocommit=True) as conn:
+        return [tuple(r) for r in conn.execute(sql).fetchall()]  # type: ignore[arg-type]
+
+
+def read_effects(side_dir: Path, database: Database) -> Effects:
     plain: dict[tuple[str, str], list[float]] = defaultdict(list)
     for task_id, key, at, _pid in _lines(side_dir / STEPS_LOG):
         plain[(task_id, key)].append(float(at))
@@ -174,28 +189,26 @@ def read_effects(side_dir: Path, database: Path) -> Effects:
     tool: dict[str, int] = defaultdict(int)
     for task_id, *_ in _lines(side_dir / TOOL_LOG):
         tool[task_id] += 1
-    with sqlite3.connect(database, timeout=30) as db:
-        recorded = {(t, k): at for t, k, at in
-                    db.execute("SELECT task_id, key, created_at FROM steps").fetchall()}
-        runs = dict(db.execute("SELECT id, runs FROM tasks").fetchall())
+    recorded = {(t, k): at for t, k, at in query(database, "SELECT task_id, key, created_at FROM steps")}
+    runs = {t: n for t, n in query(database, "SELECT id, runs FROM tasks")}
     return Effects(dict(plain), dict(agent), dict(tool), recorded, runs)
 
 
-def task_rows(database: Path) -> dict[str, dict[str, Any]]:
-    """Every task's status, run count and times, read from the SQLite file (no Store call)."""
-    with sqlite3.connect(database, timeout=30) as db:
-        db.row_factory = sqlite3.Row
-        rows = db.execute("SELECT id, status, runs, crashes, error, created_at, started_at, "
-                          "finished_at FROM tasks").fetchall()
-    return {r["id"]: dict(r) for r in rows}
+_TASK_COLUMNS = ("id", "status", "runs", "crashes", "error", "created_at", "started_at",
+                 "finished_at")
 
 
-def recorded_keys(database: Path) -> dict[str, set[str]]:
+def task_rows(database: Database) -> dict[str, dict[str, Any]]:
+    """Every task's status, run count and times, read from the Store's database (no Store call)."""
+    rows = query(database, f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks")
+    return {r[0]: dict(zip(_TASK_COLUMNS, r, strict=True)) for r in rows}
+
+
+def recorded_keys(database: Database) -> dict[str, set[str]]:
     """Task -> the keys of its recorded steps."""
     out: dict[str, set[str]] = defaultdict(set)
-    with sqlite3.connect(database, timeout=30) as db:
-        for task_id, key in db.execute("SELECT task_id, key FROM steps").fetchall():
-            out[task_id].add(key)
+    for task_id, key in query(database, "SELECT task_id, key FROM steps"):
+        out[task_id].add(key)
     return out
 
 

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import ray
 
+from runtime.cluster import named_actor_options
 from runtime.config import Settings
 from runtime.engines.base import Engine
 from runtime.engines.simulated import SimulatedEngine
@@ -223,8 +224,8 @@ def start_engines(settings: Settings, models: list[str],
         for i in range(replicas):
             name = f"engine:{model}:{i}"
             actor = (ray.remote(EngineActor)
-                     .options(name=name, namespace=settings.namespace, max_concurrency=1000,
-                              max_restarts=-1, **engine_actor_options(settings))
+                     .options(**named_actor_options(settings, name, max_concurrency=1000,
+                                                    **engine_actor_options(settings)))
                      .remote(settings, model, gated))
             engines.setdefault(model, []).append(EngineHandle(actor, name, settings.namespace))
     return engines

@@ -20,8 +20,8 @@ from collections import defaultdict
 from typing import Any, Protocol
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from runtime.cluster import named_actor_options, store_placement
 from runtime.config import Settings
 from runtime.errors import (
     ConfigError,
@@ -480,19 +480,11 @@ class StoreHandle(ActorHandle):
 
 
 def start_store(settings: Settings) -> StoreHandle:
-    """Create the Store actor on this node (the head), named so that every process can find it."""
+    """Create the Store actor, named so that every process can find it (on the head node with SQLite)."""
     actor = (
         ray.remote(StoreActor)
-        .options(
-            name=ACTOR_NAME,
-            namespace=settings.namespace,
-            num_cpus=0,
-            max_restarts=-1,
-            max_concurrency=1000,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(
-                node_id=ray.get_runtime_context().get_node_id(), soft=False
-            ),
-        )
+        .options(**named_actor_options(settings, ACTOR_NAME, max_concurrency=1000,
+                                       **store_placement(settings)))
         .remote(settings)
     )
     return StoreHandle(actor, ACTOR_NAME, settings.namespace)

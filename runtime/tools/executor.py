@@ -31,6 +31,7 @@ import ray
 from pydantic import BaseModel
 
 from runtime import refs
+from runtime.cluster import named_actor_options
 from runtime.config import RetryPolicy, Settings
 from runtime.errors import ActorUnavailable, ToolFailed, UpstreamError
 from runtime.gates import GateClient, Passage
@@ -346,8 +347,9 @@ def start_tool_executors(settings: Settings, apps: list[str]) -> list[ToolExecut
     for i in range(cfg.executors):
         name = f"tools:{i}"
         actor = (ray.remote(ToolExecutorActor)
-                 .options(name=name, namespace=settings.namespace, num_cpus=cfg.executor_num_cpus,
-                          max_restarts=-1, max_concurrency=10_000)
+                 .options(**named_actor_options(settings, name, num_cpus=cfg.executor_num_cpus,
+                                                max_concurrency=10_000,
+                                                scheduling_strategy="SPREAD"))
                  .remote(settings, apps))
         handles.append(ToolExecutorHandle(actor, name, settings.namespace))
     return handles

@@ -230,6 +230,7 @@ class FakeMember:
         self.id = member_id
         self.ended = asyncio.Event()
         self.stopped = False
+        self.killed = False
 
     async def run(self, *_: Any) -> int:
         await self.ended.wait()
@@ -241,6 +242,13 @@ class FakeMember:
 
     async def idle_s(self) -> float:
         return 3600.0
+
+    async def load(self) -> dict[str, Any]:
+        return {"active": 0, "idle_s": 3600.0}
+
+    async def kill(self) -> None:
+        self.killed = True
+        self.ended.set()
 
 
 class RecordingDispatcher:
@@ -274,6 +282,58 @@ def test_the_worker_pool_replaces_a_dead_worker_and_releases_its_leases(tmp_path
         members[victim].ended.set()  # the worker dies
         await until(lambda: dispatcher.lost == [victim] and len(pool.members) == 2)
         assert victim not in await pool.workers() and len(members) == 3
+
+    run(body())
+
+
+class PendingMember(FakeMember):
+    """A member no node has room for: it never answers."""
+
+    async def load(self) -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+class BacklogDispatcher(RecordingDispatcher):
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
+
+    async def stats(self) -> dict[str, Any]:
+        return {"depth": self.depth}
+
+
+def test_the_worker_pool_grows_on_backlog_and_shrinks_pending_workers_first(tmp_path: Path) -> None:
+    async def body() -> None:
+        members: dict[str, FakeMember] = {}
+
+        def spawn(worker_id: str) -> FakeMember:
+            # The third worker finds no node with room: it stays pending.
+            members[worker_id] = (PendingMember if len(members) == 2 else FakeMember)(worker_id)
+            return members[worker_id]
+
+        dispatcher = BacklogDispatcher()
+        config = settings(tmp_path, workers=1, workers_max=3, worker_target_backlog=2,
+                          worker_idle_s=0.0)
+        pool = WorkerPool(config, APPS, None, dispatcher, {},  # type: ignore[arg-type]
+                          Router({}), ToolRouter(Registry(), []), spawner=spawn)
+        await pool.start()
+        assert len(pool.members) == 1
+        dispatcher.depth = 5  # 5 queued / 2 per worker -> 3, the most allowed
+        assert await pool.tick() == 3 and len(pool.members) == 3
+        dispatcher.depth = 9
+        assert await pool.tick() == 3 and len(pool.members) == 3  # capped
+        dispatcher.depth = 0  # the load stops: back to the minimum, the pending one first
+        assert await pool.tick() == 1
+        await until(lambda: len(pool.members) == 1)
+        first, second, pending = members.values()
+        assert pending.killed and not pending.stopped
+        assert second.stopped or first.stopped
+        # Retired workers held nothing: their leases are released as not crashed; their processes
+        # are ended once their loop has returned.
+        assert sorted(dispatcher.lost) == sorted(m.id for m in members.values() if m.ended.is_set())
+        await until(lambda: all(m.killed for m in members.values() if m.stopped))
+        await pool.stop()
 
     run(body())
 
