@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import ray
 
 from runtime.catalog import Catalog, load_catalog
+from runtime.cluster import use_local_token_if_any
 from runtime.config import Settings
 from runtime.dispatch import DispatcherHandle
 from runtime.errors import RuntimeNotRunning, TaskFailed, WaitTimeout
@@ -265,26 +266,12 @@ def join(settings: Settings) -> None:
     if ray.is_initialized():
         return
     where = settings.ray_address or _recorded_address(settings) or "auto"
-    # Ray turns token auth on by itself only for "auto"; a local cluster started by `raysquad up`
-    # uses the token in ~/.ray/auth_token, so an explicit address needs it too.
-    _use_local_token_if_any()
+    use_local_token_if_any()
     try:
         ray.init(address=where, namespace=settings.namespace, log_to_driver=False,
                  logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError):
         raise RuntimeNotRunning(f"Ray address {where!r} (no Ray cluster answered)") from None
-
-
-def _use_local_token_if_any() -> None:
-    """Do for an explicit address what ``ray.init`` does for "auto": use ~/.ray/auth_token if present."""
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # a Ray without token auth
-        return
-    logging.getLogger(maybe_enable_token_auth_if_token_available.__module__).setLevel(logging.ERROR)
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def address_file(settings: Settings) -> Path:

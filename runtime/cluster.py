@@ -20,6 +20,7 @@ def connect(settings: Settings) -> bool:
         return False
     if settings.ray_address:
         check_reachable(settings.ray_address)
+        use_local_token_if_any()
         try:
             ray.init(address=settings.ray_address, namespace=settings.namespace,
                      logging_level=logging.ERROR, log_to_driver=settings.ray_log_to_driver)
@@ -37,6 +38,19 @@ def connect(settings: Settings) -> bool:
     if not settings.ray_log_to_driver:
         quiet_driver()
     return True
+
+
+def use_local_token_if_any() -> None:
+    """Do for an explicit address what ``ray.init`` does for "auto": use ~/.ray/auth_token if present
+    (a cluster started by `ray start` or `raysquad up` uses that token)."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token auth
+        return
+    logging.getLogger(maybe_enable_token_auth_if_token_available.__module__).setLevel(logging.ERROR)
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def check_reachable(address: str, timeout_s: float = 3.0) -> None:

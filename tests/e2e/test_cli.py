@@ -5,23 +5,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import ROOT, wait_for
+from tests.e2e.live import Api, SharedServer
 
 RAYSQUAD = [sys.executable, "-m", "serve.cli"]
 
 
 def cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "", "RAYSQUAD_API_KEY": "key-a"}
     return subprocess.run([*RAYSQUAD, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -51,42 +48,13 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path: Path) -> None:
                           "--status must be one of queued, running")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def runtime_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, str]]:
-    """One `raysquad up` for the module's tests (each starts its own tasks and reads only those)."""
-    tmp_path = tmp_path_factory.mktemp("cli")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""}
-    port = free_port()
-    proc = subprocess.Popen([*RAYSQUAD, "up", "--app", "tests.apps.basic", "--data-dir", "state",
-                             "--port", str(port)],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    address_file = tmp_path / "state" / "ray_address"
-    try:
-        wait_for(lambda: address_file.exists() or proc.poll() is not None, timeout_s=120,
-                 what="raysquad up to start")
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _healthy(url), timeout_s=120, what="the HTTP API to answer")
-        yield tmp_path, address_file.read_text(), url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
-    assert "raysquad is up" in out
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
+def runtime_up(api: Api, shared_server: SharedServer) -> tuple[Path, str, str]:
+    """The HTTP suites' shared `raysquad up` (tests/e2e/live.py): where the test workflows write,
+    its Ray address (for the CLI over Ray) and its URL (for --url, with tenant-a's key). Each test
+    starts its own tasks and reads only those."""
+    address = (shared_server.workdir / "state" / "ray_address").read_text()
+    return api.dir, address, api.url
 
 
 def test_submit_wait_status_and_tasks_against_a_running_runtime(

@@ -141,11 +141,15 @@ def port_closed(url: str) -> bool:
 def test_a_detached_runtime_outlives_its_launcher_and_down_stops_it(head: Head) -> None:
     url = url_of(head)
     # 1. A launcher with detached actors, SIGKILLed once it serves.
-    launcher = subprocess.Popen([str(BIN / "raysquad"), "up", "--app", APP], cwd=ROOT,
-                                env={**head.env, "RAYSQUAD_DETACHED": "true"},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = head.temp_dir.parent / f"{head.temp_dir.name}-up.log"
+    with open(log_path, "wb") as log:
+        launcher = subprocess.Popen([str(BIN / "raysquad"), "up", "--app", APP], cwd=ROOT,
+                                    env={**head.env, "RAYSQUAD_DETACHED": "true"},
+                                    stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: ready(url), timeout_s=180, interval_s=0.5, what="the runtime to serve")
+        wait_for(lambda: launcher.poll() is not None or ready(url), timeout_s=180, interval_s=0.5,
+                 what="the runtime to serve")
+        assert launcher.poll() is None, f"raysquad up exited:\n{log_path.read_text()}"
         http = httpx.Client(base_url=url, timeout=30)
         before = [submit(http, n) for n in ("ada", "grace", "linus")]
         launcher.send_signal(signal.SIGKILL)
@@ -178,7 +182,10 @@ def test_a_detached_runtime_outlives_its_launcher_and_down_stops_it(head: Head) 
     job = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", head.dashboard, "--working-dir", ".",
          "--", "python", "examples/driver.py", "Ada", "Grace"],
-        cwd=ROOT, env=head.env, capture_output=True, text=True, timeout=300)
+        # `ray start` turned token auth on (a token is in ~/.ray/auth_token); Ray's job CLI uses it
+        # only when told to.
+        cwd=ROOT, env={**head.env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
+        timeout=300)
     assert job.returncode == 0, job.stdout + job.stderr
     assert "succeeded" in job.stdout and "Hello, Ada!" in job.stdout, job.stdout
     with sqlite3.connect(Path(head.env["RAYSQUAD_DATA_DIR"]) / "raysquad.db") as db:
