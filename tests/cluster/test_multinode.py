@@ -8,6 +8,10 @@ raylet per node, on this machine), on SQLite and on PostgreSQL.
   room for; they wait as pending actors, take the node added mid-run, and once the load stops the
   pool shrinks back to its minimum.
 
+The nodes listen on this machine's own address (Ray's default node IP, as for every local
+``ray.init`` in the suite); nothing leaves the machine. (``node_ip_address="127.0.0.1"`` is not honoured
+by every process of a ``Cluster``: some still dialled the GCS at the default address and hung.)
+
 Workers ask for a custom resource (``worker_slot``) so the test decides which nodes may host them;
 the control plane's actors (0 CPUs) may land on any node, so a removed node may take some of them
 down too, and they restart elsewhere. With SQLite the Store is pinned to the head node.
