@@ -19,6 +19,7 @@ Ray on the machine).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -47,6 +48,7 @@ class Head:
     dashboard: str  # the job server, for `ray job submit`
     env: dict[str, str]
     temp_dir: Path
+    log_dir: Path
 
 
 def _cluster_processes(temp_dir: Path) -> list[psutil.Process]:
@@ -83,7 +85,8 @@ def head(tmp_path: Path) -> Iterator[Head]:
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stdout + started.stderr
     try:
-        yield Head(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", env, temp_dir)
+        yield Head(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", env, temp_dir,
+                   tmp_path)
     finally:
         procs = _cluster_processes(temp_dir)
         for proc in procs:
@@ -92,6 +95,7 @@ def head(tmp_path: Path) -> Iterator[Head]:
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(procs, timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def raysquad(head: Head, *args: str, timeout: float = 180,
@@ -141,7 +145,7 @@ def port_closed(url: str) -> bool:
 def test_a_detached_runtime_outlives_its_launcher_and_down_stops_it(head: Head) -> None:
     url = url_of(head)
     # 1. A launcher with detached actors, SIGKILLed once it serves.
-    log_path = head.temp_dir.parent / f"{head.temp_dir.name}-up.log"
+    log_path = head.log_dir / "up.log"
     with open(log_path, "wb") as log:
         launcher = subprocess.Popen([str(BIN / "raysquad"), "up", "--app", APP], cwd=ROOT,
                                     env={**head.env, "RAYSQUAD_DETACHED": "true"},
