@@ -47,7 +47,7 @@ def run_serve(port: int, num_cpus: int) -> None:
         {"autoscaling_config": {"min_replicas": 1, "max_replicas": settings.http_replicas_max,
                                 "target_ongoing_requests": 32}})
     logging_config = {"enable_access_log": settings.http_access_log}
-    ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=200 * 1024**2,
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, object_store_memory=200 * 1024**2,
              logging_level=logging.ERROR, log_to_driver=False)
     try:
         @serve.deployment(max_ongoing_requests=256)

@@ -27,7 +27,9 @@ def connect(settings: Settings) -> bool:
         except ConnectionError as e:
             raise ClusterUnreachable(settings.ray_address) from e
         return False
+    # "local": a new cluster of our own, even where `ray start` runs one (or left its address file).
     ray.init(
+        address="local",
         namespace=settings.namespace,
         num_cpus=settings.ray_num_cpus,
         object_store_memory=settings.ray_object_store_memory,

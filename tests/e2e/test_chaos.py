@@ -73,7 +73,7 @@ class Chaos:
 
 @pytest.fixture
 def chaos(tmp_path: Path) -> Iterator[Chaos]:
-    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False,
              logging_level=logging.WARNING, log_to_driver=False)
     side = tmp_path / "effects"
     side.mkdir()

@@ -34,7 +34,7 @@ TEST_DEFAULTS: dict[str, Any] = {"lease_s": 5.0, "sweep_interval_s": 0.2,
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
-    ray.init(num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False,
+    ray.init(address="local", num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False,
              logging_level=logging.WARNING, log_to_driver=False)
     yield
     ray.shutdown()
