@@ -39,8 +39,8 @@ test: setup model
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check runtime agents serve benchmarks tests
-	$(BIN)/mypy runtime agents serve
+	$(BIN)/ruff check runtime agents serve benchmarks tests examples
+	$(BIN)/mypy runtime agents serve examples
 
 bench: setup model
 	@# Celery (the peer comparison) is an extra installed here, not by setup; not with [cpu] again,
