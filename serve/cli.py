@@ -168,6 +168,7 @@ def down(address: AddressOpt = None) -> None:
 
     config = settings(address)
     join(config)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # "Deleting app ...": ours to say
     had_http = stop_http(config.namespace)
     stopped = stop_runtime(config.namespace)
     if not stopped and not had_http:

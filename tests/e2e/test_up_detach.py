@@ -10,7 +10,8 @@ One test, in phases (each needs the one before):
 4. `raysquad up --detach` returns at once; `ray job submit --working-dir . -- python
    examples/driver.py Ada Grace` runs the driver as a Ray job: it succeeds, prints the greetings,
    and its tasks are in the Store. `raysquad down` again.
-5. `up --detach` against an address where no cluster listens fails fast with one line.
+5. `serve deploy` of a config naming ``serve.deploy:app`` starts the runtime and serves it; `down`.
+6. `up --detach` against an address where no cluster listens fails fast with one line.
 
 The cluster is stopped by killing its processes by pid (never `ray stop`, which would stop every
 Ray on the machine).
@@ -18,6 +19,7 @@ Ray on the machine).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -198,7 +200,28 @@ def test_a_detached_runtime_outlives_its_launcher_and_down_stops_it(head: Head) 
     assert sum('"Ada"' in x for x in greeted) == 1 and sum('"Grace"' in x for x in greeted) == 1
     assert raysquad(head, "down").returncode == 0
 
-    # 5. No cluster at the address: one line, at once.
+    # 5. The same from Ray Serve's side: `serve deploy` of a config naming serve.deploy:app.
+    port = int(head.env["RAYSQUAD_HTTP_PORT"])
+    config = head.log_dir / "serve.yaml"
+    config.write_text(json.dumps({  # YAML is a superset of JSON
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [{"name": "raysquad", "route_prefix": "/",
+                          "import_path": "serve.deploy:app", "args": {"apps": [APP]}}]}))
+    deployed = subprocess.run(
+        [str(BIN / "serve"), "deploy", str(config), "--address", head.dashboard], cwd=ROOT,
+        env={**head.env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=120)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    wait_for(lambda: ready(url), timeout_s=180, interval_s=0.5, what="the Serve-deployed runtime")
+    http = httpx.Client(base_url=url, timeout=30)
+    served = submit(http, "margaret")
+    wait_for(lambda: succeeded(http, [served]), timeout_s=120, interval_s=0.3,
+             what="a task of the Serve-deployed runtime")
+    stopped = raysquad(head, "down")
+    assert "its HTTP app" in " ".join(stopped.stdout.split()), stopped.stdout + stopped.stderr
+    assert "Deleting app" not in stopped.stderr  # Serve's own log stays off the user's terminal
+    assert port_closed(url)
+
+    # 6. No cluster at the address: one line, at once.
     started_at = time.monotonic()
     one_line_error(raysquad(head, "up", "--detach", "--address", f"127.0.0.1:{free_port()}"),
                    "no Ray cluster answered")
