@@ -25,6 +25,7 @@ from runtime.client import AsyncClient, Client, address_file
 from runtime.config import Settings
 from runtime.dispatch import DispatcherHandle, start_dispatcher
 from runtime.engines.actor import EngineHandle, start_engines
+from runtime.engines.pool import start_engine_pools
 from runtime.errors import RuntimeAlreadyRunning
 from runtime.gates import GateKeeperHandle, start_gatekeeper
 from runtime.handles import actor_names
@@ -86,6 +87,7 @@ class Runtime:
         gatekeeper = start_gatekeeper(settings)
         engines = start_engines(settings, models or [settings.default_model])
         asyncio.run(_all(h.ready() for hs in engines.values() for h in hs))
+        start_engine_pools(settings, list(engines))  # only where engines autoscale
         tool_executors = start_tool_executors(settings, apps)
         mailboxes = {
             role: start_queue(f"agent:{role}", settings, MAILBOX_CAPACITY)

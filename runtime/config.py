@@ -275,6 +275,13 @@ class Settings(BaseSettings):
     # Agents and engines.
     agents: dict[str, AgentPoolConfig] = Field(default_factory=dict, description="per-role overrides")
     engine: Literal["simulated", "vllm", "openai"] = "simulated"
+    engine_replicas_max: int | None = Field(
+        None, ge=1, description="engine actors per model grow up to this many with the LLM requests "
+                                "in flight on them (default: the fixed count, vllm.replicas or 1)")
+    engine_target_requests: int = Field(
+        8, ge=1, description="LLM requests in flight per engine actor above which one is added")
+    engine_idle_s: float = Field(
+        60.0, ge=0, description="idle time before an engine actor above the minimum stops")
     default_model: str = "sim-small"
     simulated: SimulatedEngineConfig = SimulatedEngineConfig()
     vllm: VLLMEngineConfig = VLLMEngineConfig()
@@ -298,6 +305,12 @@ class Settings(BaseSettings):
     def priority_range(self, tenant: str) -> tuple[int, int]:
         """The priorities ``tenant`` may use."""
         return self.tenant_priorities.get(tenant, self.priorities)
+
+    @property
+    def engine_replicas(self) -> tuple[int, int]:
+        """Engine actors per model: (always running, at most)."""
+        low = self.vllm.replicas if self.engine == "vllm" else 1
+        return low, max(low, self.engine_replicas_max or low)
 
     @property
     def database_path(self) -> Path:

@@ -8,13 +8,12 @@ always build the actor again, whereas arguments stored as objects may be gone by
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 from runtime.catalog import Catalog, load_catalog
 from runtime.config import Settings
 from runtime.dispatch import DispatcherHandle
-from runtime.engines.actor import EngineHandle, Router
+from runtime.engines.actor import Router, find_engines
 from runtime.handles import actor_names
 from runtime.queue import MailboxHandle
 from runtime.store.actor import StoreHandle
@@ -38,12 +37,12 @@ def find_peers(settings: Settings, apps: list[str]) -> Peers:
     ``settings.namespace``, and the app modules' catalogue."""
     namespace = settings.namespace
     catalog = load_catalog(apps)
-    engines: dict[str, list[EngineHandle]] = defaultdict(list)
-    for name in actor_names(namespace, "engine:"):
-        model = name[len("engine:"):].rpartition(":")[0]  # engine:<model>:<i>
-        engines[model].append(EngineHandle.named(name, namespace))
+    low, high = settings.engine_replicas
+    # Engines that autoscale are looked up again as they come and go.
+    router = Router(find_engines(namespace),
+                    discover=(lambda: find_engines(namespace)) if high > low else None)
     executors = [ToolExecutorHandle.named(n, namespace) for n in actor_names(namespace, "tools:")]
     mailboxes = {role: MailboxHandle.named(f"queue:agent:{role}", namespace)
                  for role in catalog.agents}
-    return Peers(catalog, StoreHandle.find(namespace), mailboxes, Router(dict(engines)),
+    return Peers(catalog, StoreHandle.find(namespace), mailboxes, router,
                  ToolRouter(catalog.registry(), executors))

@@ -14,9 +14,9 @@ from runtime.cluster import named_actor_options
 from runtime.config import Settings
 from runtime.engines.base import Engine
 from runtime.engines.simulated import SimulatedEngine
-from runtime.errors import ModelNotFound, RaysquadError
+from runtime.errors import ActorUnavailable, ModelNotFound, RaysquadError
 from runtime.gates import GateClient, GateKeeperHandle, Passage
-from runtime.handles import ActorHandle
+from runtime.handles import ActorHandle, actor_names
 from runtime.models import ChatRequest, Completion, Lease
 
 
@@ -186,13 +186,40 @@ class EngineHandle(ActorHandle):
 
 
 class Router:
-    """Sends a request to the least-loaded engine actor of its model (as this router has seen it)."""
+    """Sends a request to the least-loaded engine actor of its model (as this router has seen it).
 
-    def __init__(self, replicas: Mapping[str, Sequence[EngineService]]) -> None:
+    With ``discover`` (engines that autoscale), it looks the replicas up again every ``refresh_s``
+    seconds, and at once when a replica it picked is gone."""
+
+    def __init__(self, replicas: Mapping[str, Sequence[EngineService]],
+                 discover: Callable[[], Mapping[str, Sequence[EngineService]]] | None = None,
+                 refresh_s: float = 2.0) -> None:
         self.replicas = replicas
         self._load: dict[tuple[str, int], int] = {}
+        self._discover = discover
+        self._refresh_s = refresh_s
+        self._refreshed = time.monotonic()
+
+    def _refresh(self, force: bool = False) -> None:
+        if self._discover is None:
+            return
+        if force or time.monotonic() - self._refreshed >= self._refresh_s:
+            self.replicas = self._discover()
+            self._load.clear()  # indexes may now name other replicas
+            self._refreshed = time.monotonic()
 
     async def chat(self, request: ChatRequest, stream_to: TokenSink | None = None) -> Completion:
+        self._refresh()
+        try:
+            return await self._chat(request, stream_to)
+        except ActorUnavailable:
+            if self._discover is None:
+                raise
+            # A replica the pool stopped since we last looked: look again, try one other once.
+            self._refresh(force=True)
+            return await self._chat(request, stream_to)
+
+    async def _chat(self, request: ChatRequest, stream_to: TokenSink | None) -> Completion:
         handles = self.replicas.get(request.model)
         if not handles:
             raise ModelNotFound(request.model, tuple(self.replicas))
@@ -204,7 +231,8 @@ class Router:
         try:
             result = await handles[pick].chat(request, stream_to)
         finally:
-            self._load[key] -= 1
+            if key in self._load:  # not cleared by a refresh meanwhile
+                self._load[key] -= 1
         return result
 
     async def abort(self, model: str, request_id: str) -> None:
@@ -216,16 +244,31 @@ class Router:
                 pass  # a replica that is down runs nothing to abort
 
 
+def start_engine(settings: Settings, model: str, index: int, gated: bool = True) -> EngineHandle:
+    """Create the engine actor ``engine:<model>:<index>`` (restartable, named)."""
+    name = f"engine:{model}:{index}"
+    actor = (ray.remote(EngineActor)
+             .options(**named_actor_options(settings, name, max_concurrency=1000,
+                                            **engine_actor_options(settings)))
+             .remote(settings, model, gated))
+    return EngineHandle(actor, name, settings.namespace)
+
+
 def start_engines(settings: Settings, models: list[str],
                   gated: bool = True) -> dict[str, list[EngineHandle]]:
-    replicas = settings.vllm.replicas if settings.engine == "vllm" else 1
-    engines: dict[str, list[EngineHandle]] = {}
-    for model in models:
-        for i in range(replicas):
-            name = f"engine:{model}:{i}"
-            actor = (ray.remote(EngineActor)
-                     .options(**named_actor_options(settings, name, max_concurrency=1000,
-                                                    **engine_actor_options(settings)))
-                     .remote(settings, model, gated))
-            engines.setdefault(model, []).append(EngineHandle(actor, name, settings.namespace))
-    return engines
+    """The engines every model always has (``settings.engine_replicas[0]`` each)."""
+    return {model: [start_engine(settings, model, i, gated)
+                    for i in range(settings.engine_replicas[0])] for model in models}
+
+
+def find_engines(namespace: str) -> dict[str, list[EngineHandle]]:
+    """The engine actors registered in ``namespace``, by model, in index order."""
+    found: dict[str, list[tuple[int, EngineHandle]]] = {}
+    for name in actor_names(namespace, "engine:"):
+        model, _, index = name[len("engine:"):].rpartition(":")  # engine:<model>:<i>
+        try:
+            found.setdefault(model, []).append((int(index), EngineHandle.named(name, namespace)))
+        except ValueError:  # gone since it was listed
+            continue
+    return {model: [h for _, h in sorted(pairs, key=lambda p: p[0])]
+            for model, pairs in found.items()}

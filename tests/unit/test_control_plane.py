@@ -407,3 +407,79 @@ def test_a_handle_rides_out_a_restart_for_repeatable_calls_only() -> None:
     with pytest.raises(ActorUnavailable) as raised:
         run(never._call("ping"))
     assert raised.value.actor == "flaky"
+
+
+# -- engines that autoscale ---------------------------------------------------------------------
+
+
+class FakeEngine:
+    def __init__(self, load: int = 0, pending: bool = False) -> None:
+        self.in_flight = load
+        self.pending = pending
+        self.killed = False
+
+    async def load(self, deadline_s: float | None = None) -> int:
+        if self.pending:
+            await asyncio.Event().wait()
+        return self.in_flight
+
+    async def kill(self) -> None:
+        self.killed = True
+
+
+def test_engine_replicas_follow_the_requests_in_flight(tmp_path: Path) -> None:
+    from runtime.engines.pool import EnginePool
+
+    async def body() -> None:
+        replicas: dict[int, FakeEngine] = {0: FakeEngine(load=10)}
+
+        def spawn(index: int) -> FakeEngine:
+            replicas[index] = FakeEngine(pending=index == 2)  # no node has room for the third
+            return replicas[index]
+
+        def find() -> dict[int, FakeEngine]:
+            return {i: r for i, r in replicas.items() if not r.killed}
+
+        config = settings(tmp_path, engine_replicas_max=3, engine_target_requests=4,
+                          engine_idle_s=0.0)
+        pool = EnginePool(config, "sim-small", find, spawn)
+        assert await pool.tick() == 3  # 10 in flight / 4 per replica, capped at 3
+        assert sorted(find()) == [0, 1, 2]
+        replicas[0].in_flight = 5
+        assert await pool.tick() == 2 and sorted(find()) == [0, 1]  # the pending one goes first
+        assert replicas[2].killed
+        replicas[0].in_flight = 0
+        assert await pool.tick() == 1 and sorted(find()) == [0]  # idle, above the minimum
+        assert await pool.tick() == 1 and not replicas[0].killed  # the fixed replica stays
+
+    run(body())
+
+
+def test_a_router_that_discovers_sends_to_replicas_added_later() -> None:
+    from runtime.models import ChatMessage, ChatRequest, Completion, Usage
+
+    class Echo:
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.calls = 0
+
+        async def chat(self, request: ChatRequest, stream_to: Any = None) -> Completion:
+            self.calls += 1
+            await asyncio.sleep(0.01)
+            return Completion(model="m", text=self.name,
+                              usage=Usage(prompt_tokens=1, completion_tokens=1))
+
+        async def abort(self, request_id: str) -> bool:
+            return False
+
+    first, second = Echo("a"), Echo("b")
+    known: dict[str, list[Any]] = {"m": [first]}
+    router = Router(dict(known), discover=lambda: dict(known), refresh_s=0.0)
+
+    async def body() -> None:
+        request = ChatRequest(model="m", messages=[ChatMessage(role="user", content="hi")])
+        known["m"] = [first, second]
+        await asyncio.gather(*(router.chat(request) for _ in range(8)))
+        assert first.calls and second.calls  # the replica added later took requests
+
+    run(body())
