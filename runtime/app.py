@@ -25,7 +25,7 @@ from runtime.client import AsyncClient, Client, address_file
 from runtime.config import Settings
 from runtime.dispatch import DispatcherHandle, start_dispatcher
 from runtime.engines.actor import EngineHandle, start_engines
-from runtime.engines.pool import start_engine_pools
+from runtime.engines.pool import EnginePoolHandle, start_engine_pools
 from runtime.errors import RuntimeAlreadyRunning
 from runtime.gates import GateKeeperHandle, start_gatekeeper
 from runtime.handles import actor_names
@@ -53,6 +53,7 @@ class Runtime:
     engines: dict[str, list[EngineHandle]]
     gatekeeper: GateKeeperHandle
     tool_executors: list[ToolExecutorHandle] = field(default_factory=list)
+    engine_pools: dict[str, EnginePoolHandle] = field(default_factory=dict)
     started_ray: bool = False
     _stopped: bool = field(default=False, repr=False)
     _client: Client | None = field(default=None, repr=False)
@@ -87,7 +88,8 @@ class Runtime:
         gatekeeper = start_gatekeeper(settings)
         engines = start_engines(settings, models or [settings.default_model])
         asyncio.run(_all(h.ready() for hs in engines.values() for h in hs))
-        start_engine_pools(settings, list(engines))  # only where engines autoscale
+        # Only where engines autoscale. (Kept: an owned actor without a handle is collected.)
+        engine_pools = start_engine_pools(settings, list(engines))
         tool_executors = start_tool_executors(settings, apps)
         mailboxes = {
             role: start_queue(f"agent:{role}", settings, MAILBOX_CAPACITY)
@@ -102,7 +104,7 @@ class Runtime:
         log.info("raysquad runtime up: %d workflow(s), %d agent role(s), %d task(s) recovered",
                  len(catalog.workflows), len(catalog.agents), recovered)
         return cls(settings, apps, catalog, store, dispatcher, workers, mailboxes, pools, engines,
-                   gatekeeper, tool_executors, started_ray)
+                   gatekeeper, tool_executors, engine_pools, started_ray)
 
     def client(self) -> Client:
         """A client on this runtime (one per runtime: it runs its calls on one loop thread)."""

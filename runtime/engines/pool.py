@@ -6,9 +6,10 @@ ceil(requests in flight / ``engine_target_requests``), between the minimum and t
 replicas at once (the next free index; a vLLM replica asks for its GPUs, so one that finds no room
 waits as a pending actor, which asks an autoscaling cluster for a GPU node) and stops, from the
 highest index down, replicas above the minimum that have had nothing in flight for
-``engine_idle_s``; a pending one goes first. Routers look the replicas up again as they change
+``engine_idle_s``; a pending one goes first. The replicas it adds are its own (they die with it, and
+a restarted pool starts from the fixed ones). Routers look the replicas up again as they change
 (``Router(discover=...)``). The pool holds nothing it cannot rebuild: after a restart it finds the
-replicas by name, and an idle clock that starts again only delays a shrink.
+fixed replicas by name, and an idle clock that starts again only delays a shrink.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class EnginePool:
         self._spawn = spawn
         self._busy_at: dict[int, float] = {}  # index -> when it last had a request in flight
         self._answered: set[int] = set()  # indexes that have answered once (not pending)
+        # The replicas this pool created: it owns them, and an owned actor whose last handle goes
+        # away is collected by Ray, so the handles are kept until the replica is stopped.
+        self._spawned: dict[int, Replica] = {}
         self._sizing = asyncio.Lock()
         self._loop: asyncio.Task[None] | None = None
 
@@ -94,7 +98,7 @@ class EnginePool:
             index = next(free)
             log.info("engine pool %s: %d request(s) in flight, adding replica %d", self.model,
                      in_flight, index)
-            replicas[index] = self._spawn(index)
+            replicas[index] = self._spawned[index] = self._spawn(index)
             self._busy_at[index] = now
         surplus = len(replicas) - wanted
         if surplus > 0:
@@ -107,6 +111,7 @@ class EnginePool:
                     continue  # the fixed replicas stay
                 log.info("engine pool %s: stopping replica %d", self.model, index)
                 await replicas[index].kill()
+                self._spawned.pop(index, None)
                 self._busy_at.pop(index, None)
                 self._answered.discard(index)
         return wanted

@@ -136,12 +136,12 @@ def all_ended(database: Database, ids: list[str]) -> bool:
     return all(t in rows and TaskStatus(rows[t]["status"]).ended for t in ids)
 
 
-def check_effects(m: Multi, ids: list[str]) -> None:
-    rows = task_rows(m.database)
+def check_effects(database: Database, side: Path, ids: list[str]) -> None:
+    rows = task_rows(database)
     assert sorted(rows) == sorted(ids), "the Store holds exactly the tasks submitted"
     failed = {t: (r["status"], r["error"]) for t, r in rows.items() if r["status"] != "succeeded"}
     assert not failed, failed
-    effects = read_effects(m.side, m.database)
+    effects = read_effects(side, database)
     assert effects.repeated() == [], "a step ran again after it was recorded as completed"
     assert effects.over_runs() == [], "a step ran more often than its task was run"
     assert effects.missing(ids) == []
@@ -184,7 +184,7 @@ def test_losing_a_node_mid_run_loses_no_task_and_repeats_no_step(multi: Any) -> 
     resumed = sum(1 for t in ids if rows[t]["runs"] > 1)
     print(f"{resumed} task(s) ran again after the loss; all ended "
           f"{max(r['finished_at'] for r in rows.values()) - removed_at:.1f}s after it")
-    check_effects(m, ids)
+    check_effects(m.database, m.side, ids)
     assert node_id not in workers_by_node(namespace)
 
 
@@ -213,7 +213,7 @@ def test_the_worker_pool_grows_onto_a_node_added_mid_run_and_shrinks_back(multi:
     new_pids = {str(worker_pid(namespace, name)) for name in grown[added.node_id]}
     wait_for(lambda: all_ended(m.database, ids), timeout_s=180, interval_s=0.3,
              what="every task to end")
-    check_effects(m, ids)
+    check_effects(m.database, m.side, ids)
     ran_there = {pid for _, _, _, pid in read_lines(m.side / STEPS_LOG)} & new_pids
     assert ran_there, "the workers on the added node ran steps"
     # The load has stopped: back to the minimum, one worker.
