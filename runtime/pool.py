@@ -73,12 +73,21 @@ async def retire(members: list[Member], answers: list[Any], surplus: int,
                  idle: Callable[[Any], bool]) -> list[Member]:
     """Stop up to ``surplus`` members: pending ones first (killed: they hold nothing), then those
     whose answer says ``idle`` (asked to stop: their loop ends and the pool's exit hook frees the
-    process). Returns the members retired."""
+    process). The pool shrinks from its newest end, as a stack: an idle member goes only when every
+    member newer than it is going too. The pool grew onto the newest capacity last, so a node an
+    autoscaler added for it empties and can go away, rather than keeping one busy member while an
+    old node's member is stopped. Returns the members retired."""
     retired: list[Member] = []
-    never_answered = [m for m, a in zip(members, answers, strict=True)
+    newest_first = list(zip(members, answers, strict=True))[::-1]
+    never_answered = [m for m, a in newest_first
                       if isinstance(a, BaseException) and not m.info.get("answered")]
-    idle_now = [m for m, a in zip(members, answers, strict=True)
-                if not isinstance(a, BaseException) and idle(a)]
+    idle_now = []
+    for member, answer in newest_first:
+        if member in never_answered:
+            continue
+        if isinstance(answer, BaseException) or not idle(answer):
+            break  # a newer member is busy (or did not answer): the older ones wait for it
+        idle_now.append(member)
     for member in never_answered[:surplus]:
         member.stopping = True
         await member.handle.kill()

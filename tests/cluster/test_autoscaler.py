@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def _config(gcs_address: str) -> dict[str, Any]:
     return {
         "cluster_name": f"rs-{uuid.uuid4().hex[:6]}",
         "max_workers": 1,
-        "provider": {"type": "fake_multinode", "gcs_address": gcs_address,
+        "provider": {"type": "fake_multinode", "gcs_address": gcs_address, "use_node_id_as_ip": True,
                      "disable_node_updaters": True, "disable_launch_config_check": True},
         "available_node_types": {
             "ray.head.default": {"resources": {"CPU": 2, "worker_slot": 1}, "node_config": {},
@@ -100,6 +101,7 @@ def autoscaling(tmp_path: Path) -> Iterator[str]:
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(procs, timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def alive_nodes() -> list[dict[str, Any]]:
@@ -137,6 +139,7 @@ def test_pending_workers_bring_a_node_and_its_removal_follows_the_shrink(
         assert all(rt.client().get(t).status is TaskStatus.SUCCEEDED for t in ids)
         wait_for(lambda: len(actor_names(namespace, Kind.WORKER.value)) == 1, timeout_s=60,
                  interval_s=0.3, what="the pool to shrink back to one worker")
+        assert list(workers_by_node(namespace)) == [head_id]  # the newest workers went first
         wait_for(lambda: len(alive_nodes()) == 1, timeout_s=120, interval_s=1.0,
                  what="the autoscaler to remove the idle node")
     finally:
