@@ -31,7 +31,7 @@ from runtime.gates import GateKeeperHandle, start_gatekeeper
 from runtime.handles import actor_names
 from runtime.ops import Ops
 from runtime.queue import MailboxHandle, start_queue
-from runtime.store.actor import StoreHandle, check_store_settings, start_store
+from runtime.store.actor import StoreHandle, check_store_settings, start_store, store_for
 from runtime.tools.executor import ToolExecutorHandle, start_tool_executors
 from runtime.worker import WorkerPoolHandle, start_worker_pool
 
@@ -113,7 +113,8 @@ class Runtime:
         return self._client
 
     def async_client(self) -> AsyncClient:
-        return AsyncClient(self.store, self.dispatcher, self.catalog, self.settings.namespace)
+        return AsyncClient(store_for(self.settings), self.dispatcher, self.catalog,
+                           self.settings.namespace)
 
     def ops(self) -> Ops:
         """Operator calls: gate limits (see, change at run time), dead letters (list, replay)."""

@@ -11,6 +11,7 @@ surface over the HTTP API.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -35,7 +36,7 @@ from runtime.models import (
     TaskSummary,
     parse_cursor,
 )
-from runtime.store.actor import StoreHandle
+from runtime.store.actor import StoreHandle, StoreService, store_for
 
 T = TypeVar("T")
 SchemaList = list[dict[str, Any]]
@@ -51,7 +52,7 @@ _CONTROL_PLANE = ("store", "dispatcher", "pool:", "queue:", "gates", "engine:", 
 class AsyncClient:
     """A handle on a running runtime for async code (the HTTP app, async driver scripts)."""
 
-    def __init__(self, store: StoreHandle, dispatcher: DispatcherHandle, catalog: Catalog,
+    def __init__(self, store: StoreService, dispatcher: DispatcherHandle, catalog: Catalog,
                  namespace: str = "raysquad") -> None:
         self._store = store
         self._dispatcher = dispatcher
@@ -65,19 +66,27 @@ class AsyncClient:
         directory, else ``auto``) and find the runtime's actors. Blocking: call it at start-up."""
         settings = settings or Settings()
         join(settings)
-        return cls.from_named_actors(settings.namespace)
+        return cls.from_named_actors(settings.namespace, settings)
 
     @classmethod
-    def from_named_actors(cls, namespace: str) -> AsyncClient:
+    def from_named_actors(cls, namespace: str, settings: Settings | None = None) -> AsyncClient:
         """Find the runtime's actors on the Ray cluster this process is connected to, and load the
-        app modules the runtime runs (blocking: call it outside the event loop, or at start-up)."""
+        app modules the runtime runs (blocking: call it outside the event loop, or at start-up).
+        With ``settings`` that name a PostgreSQL Store, the client reaches it directly."""
         try:
-            store = StoreHandle.find(namespace)
             dispatcher = DispatcherHandle.find(namespace)
+            store = (store_for(settings) if settings is not None
+                     and settings.namespace == namespace else StoreHandle.find(namespace))
         except ValueError:
             raise RuntimeNotRunning(f"Ray namespace {namespace!r}") from None
         apps = dispatcher.app_modules_now()
         return cls(store, dispatcher, load_catalog(apps), namespace)
+
+    async def aclose(self) -> None:
+        """Release what this client holds on its event loop (a PostgreSQL LISTEN connection)."""
+        close = getattr(self._store, "aclose", None)
+        if close is not None:
+            await close()
 
     # -- tasks --------------------------------------------------------------------------------------
 
@@ -248,6 +257,8 @@ class Client:
 
     def close(self) -> None:
         """Stop this client's loop thread (a client is also cleaned up when the process ends)."""
+        with contextlib.suppress(Exception):
+            self._run(self.aio.aclose())
         self._loop.call_soon_threadsafe(self._loop.stop)
 
 

@@ -192,7 +192,13 @@ class Settings(BaseSettings):
     postgres_url: str | None = Field(
         None, description="the PostgreSQL Store's database, a libpq URL such as "
                           "postgresql://user@host:5432/raysquad (RAYSQUAD_POSTGRES_URL); step blobs "
-                          "stay files under DATA_DIR/blobs")
+                          "are kept in the database too")
+    postgres_direct: bool = Field(
+        True, description="with PostgreSQL, the dispatcher, workers, tool executors and the HTTP "
+                          "app reach the database through their own connection pools, woken by "
+                          "LISTEN/NOTIFY, with no hop through the Store actor")
+    postgres_pool_size: int = Field(
+        4, ge=1, le=64, description="PostgreSQL connections each process may hold (direct mode)")
     sqlite_path: Path | None = Field(None, description="defaults to DATA_DIR/raysquad.db")
     sqlite_synchronous: Literal["FULL", "EXTRA", "NORMAL"] = Field(
         "FULL", description="FULL: an acknowledged submit survives power loss; NORMAL trades that "

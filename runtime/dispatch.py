@@ -192,10 +192,10 @@ class DispatcherActor(Dispatcher):
     """A Dispatcher built from small values; it finds the Store by name, and reaches workers by name."""
 
     def __init__(self, settings: Settings, apps: list[str]) -> None:
-        from runtime.store.actor import StoreHandle
+        from runtime.store.actor import store_for
         from runtime.worker import WorkerDirectory
 
-        super().__init__(settings, StoreHandle.find(settings.namespace), apps,
+        super().__init__(settings, store_for(settings), apps,
                          WorkerDirectory(settings.namespace))
 
 

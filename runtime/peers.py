@@ -16,14 +16,14 @@ from runtime.dispatch import DispatcherHandle
 from runtime.engines.actor import Router, find_engines
 from runtime.handles import actor_names
 from runtime.queue import MailboxHandle
-from runtime.store.actor import StoreHandle
+from runtime.store.actor import StoreService, store_for
 from runtime.tools.executor import ToolExecutorHandle, ToolRouter
 
 
 @dataclass
 class Peers:
     catalog: Catalog
-    store: StoreHandle
+    store: StoreService
     mailboxes: dict[str, MailboxHandle]
     router: Router
     tools: ToolRouter
@@ -44,5 +44,5 @@ def find_peers(settings: Settings, apps: list[str]) -> Peers:
     executors = [ToolExecutorHandle.named(n, namespace) for n in actor_names(namespace, "tools:")]
     mailboxes = {role: MailboxHandle.named(f"queue:agent:{role}", namespace)
                  for role in catalog.agents}
-    return Peers(catalog, StoreHandle.find(namespace), mailboxes, router,
+    return Peers(catalog, store_for(settings), mailboxes, router,
                  ToolRouter(catalog.registry(), executors))

@@ -318,7 +318,7 @@ class Ingress:
     def __init__(self, settings: Settings) -> None:
         app.state.settings = settings
         self.streams = StreamSlots(settings.max_streams_per_tenant, settings.max_streams)
-        self.client = AsyncClient.from_named_actors(settings.namespace)
+        self.client = AsyncClient.from_named_actors(settings.namespace, settings)
         self.ops = AsyncOps(settings.namespace)
 
     async def _task(self, task_id: str, tenant: str) -> TaskRecord:

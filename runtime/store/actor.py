@@ -17,7 +17,7 @@ import time
 import uuid
 import weakref
 from collections import defaultdict
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ray
 
@@ -46,6 +46,9 @@ from runtime.models import (
 )
 from runtime.queue import approx_size
 from runtime.store.base import Store
+
+if TYPE_CHECKING:
+    from runtime.store.listen import Listener
 
 #: The Store actor's name in the runtime's namespace.
 ACTOR_NAME = "store"
@@ -93,7 +96,81 @@ def _input_bytes(req: SubmitRequest) -> int:
         return -1
 
 
-class StoreActor:
+def admit(store: Store, settings: Settings, items: list[tuple[str, SubmitRequest]],
+          now: float) -> list[tuple[TaskRecord, bool] | RaysquadError]:
+    """``create_tasks`` for the items that pass admission.
+
+    Admission, decided before anything is written, per item in order: the tenant's priority range
+    (PriorityNotAllowed), the input's size (InputTooLarge), the queue bound (QueueFull) and the
+    tenant's queued input bytes (TenantQuotaExceeded). A refused item gets its error as a value
+    and nothing is written for it. The bounds are checked before idempotency keys: a submit that
+    may be new must find room. (With PostgreSQL reached from several processes at once, the queue
+    and quota bounds are soft by at most the submits that race in one group commit each.)
+    """
+    capacity = settings.queue_capacity
+    room = max(0, capacity - store.count_tasks(TaskStatus.QUEUED))
+    queued: dict[str, int] = {}
+    verdicts: list[RaysquadError | None] = []
+    for _, req in items:
+        size = _input_bytes(req)
+        refusal = _refusal(settings, req, size)
+        size = max(size, 0)
+        if refusal is None and room <= 0:
+            refusal = QueueFull("tasks", capacity, retry_after_s=1.0)
+        if refusal is None:
+            if req.tenant not in queued:
+                queued[req.tenant] = store.queued_bytes(req.tenant)
+            if queued[req.tenant] + size > settings.tenant_queued_bytes:
+                refusal = TenantQuotaExceeded(req.tenant, queued[req.tenant],
+                                              settings.tenant_queued_bytes)
+            else:
+                queued[req.tenant] += size
+                room -= 1
+        verdicts.append(refusal)
+    admitted = [item for item, refusal in zip(items, verdicts, strict=True) if refusal is None]
+    created = iter(store.create_tasks(admitted, now) if admitted else [])
+    return [next(created) if refusal is None else refusal for refusal in verdicts]
+
+
+def _refusal(settings: Settings, req: SubmitRequest, size: int) -> RaysquadError | None:
+    if size < 0:
+        return InvalidInput(req.workflow, ["input: NaN and infinite numbers are not JSON"])
+    low, high = settings.priority_range(req.tenant)
+    if not low <= req.priority <= high:
+        return PriorityNotAllowed(req.tenant, req.priority, low, high)
+    if size > settings.max_input_bytes:
+        return InputTooLarge(size, settings.max_input_bytes)
+    return None
+
+
+class SubmitBatching:
+    """``submit``: the submits of one event-loop turn leave as one ``submit_tasks`` call, one
+    transaction (a group commit), whichever way the Store is reached."""
+
+    _commits: weakref.WeakKeyDictionary[
+        asyncio.AbstractEventLoop, GroupCommit[SubmitRequest, tuple[TaskRecord, bool]]] | None = None
+
+    async def submit_tasks(self, items: list[tuple[str, SubmitRequest]]
+                           ) -> list[tuple[TaskRecord, bool] | RaysquadError]:
+        raise NotImplementedError
+
+    async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
+        """Admit one task (batched with the other submits of this event-loop turn)."""
+        loop = asyncio.get_running_loop()
+        if self._commits is None:
+            self._commits = weakref.WeakKeyDictionary()
+        commit = self._commits.get(loop)
+        if commit is None:  # one batcher per event loop: its futures belong to that loop
+            commit = self._commits[loop] = GroupCommit(self._submit_batch, weigh=_weight,
+                                                       max_weight=SUBMIT_BATCH_BYTES)
+        return await commit(req)
+
+    async def _submit_batch(self, reqs: list[SubmitRequest]
+                            ) -> list[tuple[TaskRecord, bool] | BaseException]:
+        return list(await self.submit_tasks([(uuid.uuid4().hex, r) for r in reqs]))
+
+
+class StoreActor(SubmitBatching):
     """Async facade over a Store; each call runs to completion on the actor's event loop."""
 
     def __init__(self, settings: Settings) -> None:
@@ -104,6 +181,14 @@ class StoreActor:
         # The dispatcher's feed: (id, priority, created_at) of tasks submitted since it last looked.
         self._submitted: list[tuple[str, int, float]] = []
         self._submitted_event = asyncio.Event()
+        self._listener: Listener | None = None
+        if settings.store == "postgres":
+            from runtime.store.listen import Listener
+            from runtime.store.postgres import PostgresStore
+
+            pg = self._store
+            assert isinstance(pg, PostgresStore)
+            self._listener = Listener(pg.conninfo, pg.schema)
 
     def _wake(self) -> None:
         for task_id in self._store.touched:
@@ -126,37 +211,11 @@ class StoreActor:
 
     async def submit_tasks(self, items: list[tuple[str, SubmitRequest]]
                            ) -> list[tuple[TaskRecord, bool] | RaysquadError]:
-        """``create_tasks`` for the items that pass admission; the new tasks go to the dispatcher's feed.
-
-        Admission, decided before anything is written, per item in order: the tenant's priority range
-        (PriorityNotAllowed), the input's size (InputTooLarge), the queue bound (QueueFull) and the
-        tenant's queued input bytes (TenantQuotaExceeded). A refused item gets its error as a value
-        and nothing is written for it. As in the dispatcher before, the bounds are checked before
-        idempotency keys: a submit that may be new must find room.
-        """
-        room = max(0, self._capacity - self._store.count_tasks(TaskStatus.QUEUED))
-        queued: dict[str, int] = {}
-        verdicts: list[RaysquadError | None] = []
-        for _, req in items:
-            size = _input_bytes(req)
-            refusal = self._refusal(req, size)
-            size = max(size, 0)
-            if refusal is None and room <= 0:
-                refusal = QueueFull("tasks", self._capacity, retry_after_s=1.0)
-            if refusal is None:
-                if req.tenant not in queued:
-                    queued[req.tenant] = self._store.queued_bytes(req.tenant)
-                if queued[req.tenant] + size > self._settings.tenant_queued_bytes:
-                    refusal = TenantQuotaExceeded(req.tenant, queued[req.tenant],
-                                                  self._settings.tenant_queued_bytes)
-                else:
-                    queued[req.tenant] += size
-                    room -= 1
-            verdicts.append(refusal)
-        admitted = [item for item, refusal in zip(items, verdicts, strict=True) if refusal is None]
-        created = iter(self._call("create_tasks", admitted, time.time()) if admitted else [])
-        results: list[tuple[TaskRecord, bool] | RaysquadError] = [
-            next(created) if refusal is None else refusal for refusal in verdicts]
+        """``admit`` the items; the new tasks go to the dispatcher's feed."""
+        try:
+            results = admit(self._store, self._settings, items, time.time())
+        finally:
+            self._wake()
         fresh = [(r[0].id, r[0].priority, r[0].created_at) for r in results
                  if isinstance(r, tuple) and r[1]]
         if fresh:
@@ -164,16 +223,6 @@ class StoreActor:
             del self._submitted[:-self._capacity]  # unread that long: the reconcile finds them
             self._submitted_event.set()
         return results
-
-    def _refusal(self, req: SubmitRequest, size: int) -> RaysquadError | None:
-        if size < 0:
-            return InvalidInput(req.workflow, ["input: NaN and infinite numbers are not JSON"])
-        low, high = self._settings.priority_range(req.tenant)
-        if not low <= req.priority <= high:
-            return PriorityNotAllowed(req.tenant, req.priority, low, high)
-        if size > self._settings.max_input_bytes:
-            return InputTooLarge(size, self._settings.max_input_bytes)
-        return None
 
     async def take_submitted(self, timeout_s: float) -> list[tuple[str, int, float]]:
         """The tasks ``submit_tasks`` created since the last call, waiting up to ``timeout_s`` for one.
@@ -286,7 +335,13 @@ class StoreActor:
 
     async def wait_events(self, task_id: str, after: int = 0, timeout_s: float = 10.0,
                           limit: int = 1000) -> list[Event]:
-        """Events after ``after``; if there are none yet, wait up to ``timeout_s`` for one."""
+        """Events after ``after``; if there are none yet, wait up to ``timeout_s`` for one. With
+        PostgreSQL, other processes write events too: their NOTIFY wakes the wait."""
+        if self._listener is not None:
+            async def read() -> list[Event]:
+                return self._store.events(task_id, after, limit)  # type: ignore[no-any-return]
+
+            return await self._listener.wait_events(task_id, read, timeout_s)
         events = self._store.events(task_id, after, limit)
         if events:
             return events
@@ -305,9 +360,10 @@ class StoreActor:
 
 
 class StoreService(Protocol):
-    """What the rest of the runtime calls on the Store: ``StoreHandle`` over Ray, or, in a unit
-    test, a ``StoreActor`` in the same process."""
+    """What the rest of the runtime calls on the Store: ``StoreHandle`` over Ray, ``DirectStore``
+    on PostgreSQL, or, in a unit test, a ``StoreActor`` in the same process."""
 
+    async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]: ...
     async def submit_tasks(self, items: list[tuple[str, SubmitRequest]]
                            ) -> list[tuple[TaskRecord, bool] | RaysquadError]: ...
     async def take_submitted(self, timeout_s: float) -> list[tuple[str, int, float]]: ...
@@ -350,30 +406,12 @@ class StoreService(Protocol):
     async def ping(self) -> str: ...
 
 
-class StoreHandle(ActorHandle):
+class StoreHandle(SubmitBatching, ActorHandle):
     """The Store actor, typed. Calls that are safe to repeat ride out a restart of the actor."""
-
-    _commits: weakref.WeakKeyDictionary[
-        asyncio.AbstractEventLoop, GroupCommit[SubmitRequest, tuple[TaskRecord, bool]]] | None = None
 
     @classmethod
     def find(cls, namespace: str) -> StoreHandle:
         return cls.named(ACTOR_NAME, namespace)
-
-    async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
-        """Admit one task; the submits of one event-loop turn leave as one call, one transaction."""
-        loop = asyncio.get_running_loop()
-        if self._commits is None:
-            self._commits = weakref.WeakKeyDictionary()
-        commit = self._commits.get(loop)
-        if commit is None:  # one batcher per event loop: its futures belong to that loop
-            commit = self._commits[loop] = GroupCommit(self._submit_batch, weigh=_weight,
-                                                       max_weight=SUBMIT_BATCH_BYTES)
-        return await commit(req)
-
-    async def _submit_batch(self, reqs: list[SubmitRequest]
-                            ) -> list[tuple[TaskRecord, bool] | BaseException]:
-        return list(await self.submit_tasks([(uuid.uuid4().hex, r) for r in reqs]))
 
     async def submit_tasks(self, items: list[tuple[str, SubmitRequest]]
                            ) -> list[tuple[TaskRecord, bool] | RaysquadError]:
@@ -477,6 +515,16 @@ class StoreHandle(ActorHandle):
 
     async def ping(self, deadline_s: float | None = None) -> str:
         return await self._call("ping", deadline_s=deadline_s)  # type: ignore[no-any-return]
+
+
+def store_for(settings: Settings) -> StoreService:
+    """How this process reaches the runtime's Store: with PostgreSQL (and ``postgres_direct``)
+    through its own connection pool (store/direct.py); otherwise through the Store actor."""
+    if settings.store == "postgres" and settings.postgres_direct:
+        from runtime.store.direct import DirectStore
+
+        return DirectStore.shared(settings)
+    return StoreHandle.find(settings.namespace)
 
 
 def start_store(settings: Settings) -> StoreHandle:

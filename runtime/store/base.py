@@ -19,7 +19,7 @@ from runtime.models import (
     TaskSummary,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class Store(Protocol):

@@ -6,22 +6,28 @@ UPDATE``), so a lease's fencing check and the write it guards cannot be split by
 claim, and an event's ``seq`` is taken by ``UPDATE ... RETURNING`` on the locked row. ``claim`` skips
 rows another transaction holds (``FOR UPDATE SKIP LOCKED``): two processes claiming the same ids
 never both get a task, and neither waits for the other. A method that locks several tasks locks them
-in id order, so no two methods wait on each other in a cycle. Large step outputs are blob files, as
-with SQLite (store/blobs.py).
+in id order, so no two methods wait on each other in a cycle.
+
+Every process may open its own PostgresStore: it holds a small pool of connections (psycopg_pool),
+so threads of one process run methods side by side. Large step outputs live in the database too
+(``blobs``, written in the step's own transaction), so a worker on any node reads what a worker on
+another wrote. Triggers NOTIFY each new event and each new task on channels named after the schema
+(``channels``): a process that LISTENs (store/listen.py) is woken by writes from every other one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from runtime import refs
 from runtime.errors import (
@@ -44,7 +50,7 @@ from runtime.models import (
 )
 from runtime.store import records
 from runtime.store.base import SCHEMA_VERSION
-from runtime.store.blobs import read_blob, write_blob
+from runtime.store.blobs import blob_path, read_blob
 
 Conn = psycopg.Connection[DictRow]
 
@@ -127,17 +133,46 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX dead_letters_created ON dead_letters(created_at, id);
     """,
+    # Blobs move into the database (any node reads them); new events and tasks are NOTIFYed.
+    6: """
+    CREATE TABLE blobs (
+        key TEXT COLLATE "C" PRIMARY KEY,
+        data BYTEA NOT NULL
+    );
+    CREATE FUNCTION raysquad_notify_event() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('raysquad_' || md5(TG_TABLE_SCHEMA) || '_events', NEW.task_id);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER events_notify AFTER INSERT ON events
+        FOR EACH ROW EXECUTE FUNCTION raysquad_notify_event();
+    CREATE FUNCTION raysquad_notify_task() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('raysquad_' || md5(TG_TABLE_SCHEMA) || '_tasks',
+                          NEW.id || ' ' || NEW.priority || ' ' || NEW.created_at);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER tasks_notify AFTER INSERT ON tasks
+        FOR EACH ROW EXECUTE FUNCTION raysquad_notify_task();
+    """,
 }
+
+
+def channels(schema: str) -> tuple[str, str]:
+    """The NOTIFY channels of a schema's Store: (new events, payload a task id; new tasks, payload
+    ``"<id> <priority> <created_at>"``). Named by a hash, as a schema's name may be too long."""
+    prefix = "raysquad_" + hashlib.md5(schema.encode()).hexdigest()
+    return prefix + "_events", prefix + "_tasks"
 
 
 class PostgresStore:
     """The Store on a PostgreSQL database (``url``: a libpq URL or conninfo string; its
-    ``search_path`` decides the schema). One connection, one thread; other processes may hold their
-    own on the same database."""
+    ``search_path`` decides the schema). Thread-safe: each method takes a connection from the pool
+    (``pool_size`` at most); other processes may hold their own on the same database."""
 
-    def __init__(self, url: str, blob_dir: Path, max_crashes: int = 3) -> None:
+    def __init__(self, url: str, blob_dir: Path, max_crashes: int = 3, pool_size: int = 1) -> None:
         blob_dir.mkdir(parents=True, exist_ok=True)
-        self.blob_dir = blob_dir
+        self.blob_dir = blob_dir  # where blobs written before schema 6 are read from
         self.max_crashes = max_crashes
         try:
             params = conninfo_to_dict(url)
@@ -145,53 +180,49 @@ class PostgresStore:
             raise StoreError(f"bad PostgreSQL URL: {e}") from None
         params.setdefault("connect_timeout", 10)
         params.setdefault("application_name", "raysquad")
-        self._conninfo = make_conninfo("", **params)
+        self.conninfo = make_conninfo("", **params)
+        connect_timeout = float(str(params["connect_timeout"]))
         # Where the Store is, for messages and ``ping``: the connection string without its password.
         self.path = make_conninfo("", **{k: v for k, v in params.items() if k != "password"})
-        self._conn = self._connect()
+        # A connection found broken when it is taken (the server restarted, the network dropped) is
+        # replaced before use: nothing was done on it yet.
+        self._pool = ConnectionPool(
+            self.conninfo, min_size=1, max_size=max(1, pool_size), open=False, name="raysquad-store",
+            kwargs={"autocommit": False, "row_factory": dict_row},
+            check=ConnectionPool.check_connection, timeout=connect_timeout + 5)
+        try:  # one plain connection first: an unreachable server says why at once
+            psycopg.connect(self.conninfo).close()
+        except psycopg.Error as e:
+            raise StoreError(f"cannot connect to PostgreSQL at {self.path}: {e}") from None
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except PoolTimeout as e:
+            self._pool.close()
+            raise StoreError(f"cannot connect to PostgreSQL at {self.path}: {e}") from None
         try:
             self._migrate()
+            with self._tx() as c:
+                self.schema = str(_one(c.execute("SELECT current_schema() AS s").fetchone())["s"])
         except BaseException:
-            self._conn.close()
+            self._pool.close()
             raise
-        # Task ids whose event log grew since the last drain; the Store actor wakes their waiters.
+        # Task ids whose event log grew through this object since the last drain (the Store actor
+        # wakes their waiters; writes from other processes arrive by NOTIFY).
         self.touched: set[str] = set()
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    def _connect(self) -> Conn:
-        try:
-            return psycopg.connect(self._conninfo, autocommit=False, row_factory=dict_row)
-        except psycopg.Error as e:
-            raise StoreError(f"cannot connect to PostgreSQL at {self.path}: {e}") from None
-
     @contextmanager
     def _tx(self) -> Iterator[Conn]:
-        """One transaction; PostgreSQL's own errors come out as StoreError (ours pass through)."""
+        """One transaction on a pooled connection; PostgreSQL's own errors come out as StoreError
+        (ours pass through)."""
         try:
-            with ExitStack() as stack:
-                yield self._begin(stack)
+            with self._pool.connection() as conn, conn.transaction():
+                yield cast(Conn, conn)  # the pool's connections are made with dict rows
+        except PoolTimeout as e:
+            raise StoreError(f"no connection to PostgreSQL at {self.path}: {e}") from None
         except psycopg.Error as e:
             raise StoreError(f"PostgreSQL at {self.path}: {type(e).__name__}: {e}") from None
-
-    def _begin(self, stack: ExitStack) -> Conn:
-        """Start a transaction. A connection lost since its last use (the server restarted, the
-        network dropped) is replaced, once, when BEGIN finds it gone: nothing was done on it yet."""
-        for attempt in range(2):
-            if self._conn.closed and not self._conn.broken:
-                raise StoreError(f"the Store on {self.path} is closed")
-            if self._conn.broken:
-                self._conn = self._connect()
-            if self._conn.info.transaction_status != TransactionStatus.IDLE:
-                # transaction() would only make a savepoint in it, and nothing would ever commit
-                raise StoreError("a PostgreSQL transaction was left open on the Store's connection")
-            try:
-                stack.enter_context(self._conn.transaction())
-                return self._conn
-            except psycopg.OperationalError:
-                if attempt or not self._conn.broken:
-                    raise
-        raise AssertionError("unreachable")
 
     def _migrate(self) -> None:
         if max(_MIGRATIONS) != SCHEMA_VERSION:
@@ -471,12 +502,12 @@ class PostgresStore:
                     now: float) -> bool:
         """Checkpoint a step under ``lease``. The first record of a key wins: a completed step is
         never overwritten, and the same record sent again changes nothing."""
-        if blobs:
-            self.check_lease(lease)
-        for blob_key, data in blobs.items():
-            write_blob(self.blob_dir, blob_key, data)
         with self._tx() as c:
             row = self._check_lease(c, lease)
+            for blob_key, data in blobs.items():
+                blob_path(self.blob_dir, blob_key)  # the same rule for keys as blob files
+                c.execute("INSERT INTO blobs (key, data) VALUES (%s, %s) "
+                          "ON CONFLICT (key) DO NOTHING", (blob_key, data))
             inserted = c.execute(
                 "INSERT INTO steps (task_id, key, output, created_at) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT (task_id, key) DO NOTHING",
@@ -693,10 +724,19 @@ class PostgresStore:
     # -- blobs --------------------------------------------------------------------------------------
 
     def read_blob(self, key: str) -> bytes:
-        return read_blob(self.blob_dir, key)
+        with self._tx() as c:
+            row = c.execute("SELECT data FROM blobs WHERE key = %s", (key,)).fetchone()
+        if row is None:  # written as a file, before schema 6
+            return read_blob(self.blob_dir, key)
+        return bytes(row["data"])
+
+    def ping(self) -> None:
+        """StoreError unless the database answers."""
+        with self._tx() as c:
+            c.execute("SELECT 1")
 
     def close(self) -> None:
-        self._conn.close()
+        self._pool.close()
 
 
 def _text(message: str | None) -> str | None:

@@ -115,6 +115,9 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX tasks_tenant_created ON tasks(tenant, created_at, id);
     CREATE INDEX tasks_tenant_status ON tasks(tenant, status, input_bytes);
     """,
+    # Version 6 moved PostgreSQL's blobs into its database; one process owns a SQLite file, so its
+    # blobs stay files beside it.
+    6: "",
 }
 
 class SQLiteStore:

@@ -335,9 +335,9 @@ class ToolExecutorActor(ToolExecutor):
     def __init__(self, settings: Settings, apps: list[str]) -> None:
         from runtime.catalog import load_catalog
         from runtime.gates import GateKeeperHandle
-        from runtime.store.actor import StoreHandle
+        from runtime.store.actor import store_for
 
-        super().__init__(settings, load_catalog(apps).registry(), StoreHandle.find(settings.namespace),
+        super().__init__(settings, load_catalog(apps).registry(), store_for(settings),
                          GateClient(GateKeeperHandle.find(settings.namespace)))
 
 

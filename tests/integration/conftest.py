@@ -59,8 +59,9 @@ def _drop_schemas() -> None:
     SCHEMAS.clear()
 
 
-def _store_settings(namespace: str) -> dict[str, Any]:
-    if TEST_STORE != "postgres":
+def _store_settings(namespace: str, store: str = TEST_STORE) -> dict[str, Any]:
+    """The Store settings of a runtime: ``store`` (the suite's, unless a test asks for one)."""
+    if store != "postgres":
         return {}
     schema = f"rs_{namespace.replace('-', '_')}"
     with psycopg.connect(PG_URL, autocommit=True) as conn:
@@ -71,8 +72,9 @@ def _store_settings(namespace: str) -> dict[str, Any]:
 
 
 def _settings(data_dir: Path, namespace: str, overrides: dict[str, Any]) -> Settings:
+    store = _store_settings(namespace, overrides.pop("store", TEST_STORE))
     return Settings(data_dir=data_dir, namespace=namespace,
-                    **{**TEST_DEFAULTS, **_store_settings(namespace), **overrides})
+                    **{**TEST_DEFAULTS, **store, **overrides})
 
 
 @pytest.fixture

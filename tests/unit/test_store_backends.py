@@ -5,12 +5,14 @@ migrations), its connection and its errors. The shared contract is test_store_co
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from runtime.config import Settings
@@ -18,7 +20,7 @@ from runtime.errors import ConfigError, LeaseLost, StoreError
 from runtime.models import DeadLetter, Lease, SubmitRequest, TaskStatus
 from runtime.store.actor import open_store
 from runtime.store.base import SCHEMA_VERSION
-from runtime.store.postgres import PostgresStore
+from runtime.store.postgres import PostgresStore, channels
 from runtime.store.sqlite import SQLiteStore
 from tests.conftest import wait_for
 from tests.unit.stores import (
@@ -40,6 +42,15 @@ def test_sqlite_synchronous_is_full_by_default_in_wal_mode(sqlite_backend: SQLit
     assert isinstance(store, SQLiteStore)
     assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_sqlite_blobs_are_files_beside_the_database(sqlite_backend: SQLiteBackend) -> None:
+    store = sqlite_backend.open()
+    running(store, "t1")
+    store.record_step(lease(store, "t1", "w1"), "big", b"pickled", {"t1/big": b"x" * 5000}, T0 + 1)
+
+    assert (store.blob_dir / "t1" / "big").read_bytes() == b"x" * 5000
+    assert not list(store.blob_dir.rglob("*.tmp"))
 
 
 def test_sqlite_task_list_by_tenant_uses_the_tenant_index(sqlite_backend: SQLiteBackend) -> None:
@@ -230,18 +241,54 @@ def test_postgres_processes_starting_together_migrate_once(postgres_backend: Pos
 # -- PostgreSQL: the connection and its errors ---------------------------------------------------------
 
 
-def test_postgres_a_lost_connection_is_replaced(postgres_backend: PostgresBackend) -> None:
-    store = postgres_backend.open()
-    assert isinstance(store, PostgresStore)
+def test_postgres_lost_connections_are_replaced(postgres_backend: PostgresBackend,
+                                               tmp_path: Path) -> None:
+    name = f"lost-{uuid.uuid4().hex[:8]}"
+    store = PostgresStore(make_conninfo(postgres_backend.url, application_name=name), tmp_path,
+                          pool_size=2)
     submit(store, "t1")
-    pid = store._conn.info.backend_pid
+    pids = [r[0] for r in postgres_backend.query(
+        f"SELECT pid FROM pg_stat_activity WHERE application_name = '{name}'")]
+    assert pids
 
-    postgres_backend.query(f"SELECT pg_terminate_backend({pid})")
-    wait_for(lambda: not postgres_backend.query(f"SELECT 1 FROM pg_stat_activity WHERE pid = {pid}"),
-             timeout_s=10, what="the Store's server process to end")
+    postgres_backend.query(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           f"WHERE application_name = '{name}'")
+    wait_for(lambda: not postgres_backend.query(
+        f"SELECT 1 FROM pg_stat_activity WHERE pid IN ({', '.join(map(str, pids))})"),
+        timeout_s=10, what="the Store's server processes to end")
 
     assert store.get_task("t1").status is TaskStatus.QUEUED
-    assert store._conn.info.backend_pid != pid
+    store.close()
+
+
+def test_postgres_blobs_are_in_the_database_for_every_process(postgres_backend: PostgresBackend,
+                                                              tmp_path: Path) -> None:
+    here = postgres_backend.open()
+    running(here, "t1")
+    here.record_step(lease(here, "t1", "w1"), "big", b"pickled", {"t1/big": b"x" * 5000}, T0 + 1)
+    # Another node: the same database, a blob folder of its own.
+    there = PostgresStore(postgres_backend.url, tmp_path / "elsewhere")
+
+    assert there.read_blob("t1/big") == b"x" * 5000
+    assert postgres_backend.query("SELECT key, length(data) FROM blobs") == [("t1/big", 5000)]
+    assert not list(here.blob_dir.rglob("*"))
+    there.close()
+
+
+def test_postgres_new_events_and_tasks_are_notified(postgres_backend: PostgresBackend) -> None:
+    store = postgres_backend.open()
+    events_channel, tasks_channel = channels(store.schema)
+    with psycopg.connect(postgres_backend.url, autocommit=True) as listener:
+        for channel in (events_channel, tasks_channel):
+            listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        submit(store, "t1", priority=3)
+        store.append_event("t1", "progress", {}, T0 + 1)
+        notes = [(n.channel, n.payload) for n in listener.notifies(timeout=5, stop_after=3)]
+
+    events = [payload for channel, payload in notes if channel == events_channel]
+    tasks = [payload.split(" ") for channel, payload in notes if channel == tasks_channel]
+    assert events == ["t1", "t1"]  # submitted, progress: one transaction each
+    assert [(i, int(p), float(at)) for i, p, at in tasks] == [("t1", 3, T0)]
 
 
 def test_postgres_an_unreachable_server_is_a_store_error_without_the_password(tmp_path: Path) -> None:

@@ -312,8 +312,6 @@ def test_blobs_written_and_read_back(store: AnyStore) -> None:
     assert store.read_blob("t1/big") == big
     assert store.read_blob("t1/small") == b"s"
     assert store.events("t1")[-1].data["blobs"] == ["t1/big", "t1/small"]
-    assert (store.blob_dir / "t1" / "big").read_bytes() == big
-    assert not list(store.blob_dir.rglob("*.tmp"))
     with pytest.raises(StoreError):
         store.read_blob("t1/missing")
 

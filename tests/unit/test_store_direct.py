@@ -1,0 +1,138 @@
+"""The PostgreSQL Store reached directly (store/direct.py, store/listen.py), on a real server: two
+``DirectStore`` objects stand for two processes of one runtime, each with its own pool and its own
+LISTEN connection. No Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from runtime.config import Settings
+from runtime.errors import LeaseLost, QueueFull
+from runtime.models import Lease, SubmitRequest, TaskStatus
+from runtime.store.direct import DirectStore
+from tests.unit.stores import PostgresBackend
+
+WAIT_S = 30.0  # far longer than a NOTIFY takes: a wake that came by timeout would fail the test
+
+
+def settings(backend: PostgresBackend, tmp_path: Path, **extra: object) -> Settings:
+    return Settings(store="postgres", postgres_url=backend.url, data_dir=tmp_path,
+                    namespace=f"ns-{uuid.uuid4().hex[:8]}", **extra)  # type: ignore[arg-type]
+
+
+def test_a_submit_in_one_process_feeds_the_dispatcher_in_another(
+        postgres_backend: PostgresBackend, tmp_path: Path) -> None:
+    s = settings(postgres_backend, tmp_path)
+    ingress, dispatcher = DirectStore(s), DirectStore(s)
+
+    async def run() -> tuple[list[tuple[str, int, float]], float]:
+        assert await dispatcher.take_submitted(0.01) == []  # listening from here on
+        record, created = await ingress.submit(SubmitRequest(workflow="wf", priority=2))
+        assert created
+        started = time.monotonic()
+        fed = await dispatcher.take_submitted(WAIT_S)
+        return [(i, p, round(at, 3)) for i, p, at in fed], time.monotonic() - started
+
+    fed, waited = asyncio.run(run())
+    (task,) = [t for t in postgres_backend.query("SELECT id, priority, created_at FROM tasks")]
+    assert fed == [(task[0], 2, round(task[2], 3))]
+    assert waited < WAIT_S / 2
+
+
+def test_an_event_written_elsewhere_wakes_a_reader(postgres_backend: PostgresBackend,
+                                                   tmp_path: Path) -> None:
+    s = settings(postgres_backend, tmp_path)
+    reader, worker = DirectStore(s), DirectStore(s)
+
+    async def run() -> list[str]:
+        record, _ = await worker.submit(SubmitRequest(workflow="wf"))
+        seen = await reader.wait_events(record.id, after=0, timeout_s=0)
+        assert [e.kind for e in seen] == ["submitted"]
+        waiting = asyncio.create_task(reader.wait_events(record.id, after=seen[-1].seq,
+                                                         timeout_s=WAIT_S))
+        await asyncio.sleep(0)  # the reader registers before the write
+        (claim,) = await worker.claim([record.id], "w1", 30.0)
+        started = time.monotonic()
+        events = await waiting
+        assert time.monotonic() - started < WAIT_S / 2
+        assert claim.task.status is TaskStatus.RUNNING
+        return [e.kind for e in events]
+
+    assert asyncio.run(run()) == ["started"]
+
+
+def test_a_reader_times_out_without_an_event(postgres_backend: PostgresBackend,
+                                             tmp_path: Path) -> None:
+    store = DirectStore(settings(postgres_backend, tmp_path))
+
+    async def run() -> list[object]:
+        record, _ = await store.submit(SubmitRequest(workflow="wf"))
+        return list(await store.wait_events(record.id, after=1, timeout_s=0.2))
+
+    assert asyncio.run(run()) == []
+
+
+def test_the_listener_comes_back_after_its_connection_is_killed(
+        postgres_backend: PostgresBackend, tmp_path: Path) -> None:
+    name = f"listen-{uuid.uuid4().hex[:8]}"
+    s = settings(postgres_backend, tmp_path)
+    reader = DirectStore(s.model_copy(update={
+        "postgres_url": make_conninfo(postgres_backend.url, application_name=name)}))
+    writer = DirectStore(s)
+
+    async def run() -> list[str]:
+        record, _ = await writer.submit(SubmitRequest(workflow="wf"))
+        await reader.wait_events(record.id, timeout_s=0)  # listening
+        postgres_backend.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               f"WHERE application_name = '{name}'")
+        # Whatever the gap dropped, a reader is woken and reads again; later writes are heard.
+        kinds: list[str] = []
+        after = 1
+        deadline = time.monotonic() + WAIT_S
+        await writer.append_event(record.id, "progress", {"n": 1})
+        while "again" not in kinds and time.monotonic() < deadline:
+            events = await reader.wait_events(record.id, after=after, timeout_s=1.0)
+            kinds += [e.kind for e in events]
+            after = events[-1].seq if events else after
+            if "progress" in kinds and "again" not in kinds:
+                await writer.append_event(record.id, "again", {})
+        return kinds
+
+    assert asyncio.run(run()) == ["progress", "again"]
+
+
+def test_admission_and_fencing_hold_through_the_direct_path(postgres_backend: PostgresBackend,
+                                                            tmp_path: Path) -> None:
+    store = DirectStore(settings(postgres_backend, tmp_path, queue_capacity=2))
+
+    async def run() -> None:
+        first, _ = await store.submit(SubmitRequest(workflow="wf"))
+        await store.submit(SubmitRequest(workflow="wf"))
+        with pytest.raises(QueueFull):
+            await store.submit(SubmitRequest(workflow="wf"))
+        (claim,) = await store.claim([first.id], "w1", 30.0)
+        stale = Lease(task_id=first.id, owner="w1", token=claim.task.runs + 1)
+        with pytest.raises(LeaseLost):
+            await store.record_step(stale, "a", b"x")
+        lease = Lease(task_id=first.id, owner="w1", token=claim.task.runs)
+        assert await store.record_step(lease, "a", b"x") is False
+        done = await store.finish(lease, TaskStatus.SUCCEEDED, {"ok": True}, None)
+        assert done.status is TaskStatus.SUCCEEDED
+
+    asyncio.run(run())
+
+
+def test_sent_to_another_process_it_opens_that_process_own(postgres_backend: PostgresBackend,
+                                                            tmp_path: Path) -> None:
+    s = settings(postgres_backend, tmp_path)
+    shared = DirectStore.shared(s)
+
+    assert pickle.loads(pickle.dumps(shared)) is shared
+    assert DirectStore.shared(s) is shared
