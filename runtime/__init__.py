@@ -22,7 +22,7 @@ _HOME = {
                        "StepError", "TaskCancelled", "TaskFailed", "TaskNotFound", "ToolFailed",
                        "WorkflowNotFound"),
     "runtime.models": ("AgentMessage", "ChatMessage", "Completion", "Event", "TaskRecord",
-                       "TaskStatus", "TaskSummary"),
+                       "TaskStatus", "TaskSummary", "TopicEvent"),
     "runtime.refs": ("Ref",),
     "runtime.tools": ("Batch", "ToolContext", "tool"),
 }
@@ -32,8 +32,8 @@ __all__ = [
     "Batch", "ChatMessage", "Client", "Completion", "Context", "Event", "GateLimits",
     "InvalidInput", "QueueFull", "RaysquadError", "Ref", "RetryPolicy", "Runtime", "Settings",
     "SignalTimeout", "StepError", "TaskCancelled", "TaskFailed", "TaskNotFound", "TaskRecord",
-    "TaskStatus", "TaskSummary", "ToolContext", "ToolFailed", "ToolSettings", "Workflow",
-    "WorkflowNotFound", "tool", "workflow",
+    "TaskStatus", "TaskSummary", "ToolContext", "ToolFailed", "ToolSettings", "TopicEvent",
+    "Workflow", "WorkflowNotFound", "on_event", "tool", "workflow",
 ]
 
 
@@ -52,6 +52,7 @@ def __dir__() -> list[str]:
 
 # Imported now (it is light): the decorator ``workflow`` has its module's name, and a submodule
 # imported later would otherwise take the package attribute that a lazy lookup reads.
+from runtime.triggers import on_event  # noqa: E402
 from runtime.workflow import Context, Workflow, workflow  # noqa: E402
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ if TYPE_CHECKING:
         TaskRecord,
         TaskStatus,
         TaskSummary,
+        TopicEvent,
     )
     from runtime.refs import Ref
     from runtime.tools import Batch, ToolContext, tool

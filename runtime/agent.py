@@ -10,6 +10,7 @@ handles it again. Pools grow with the mailbox's backlog up to ``max_replicas``, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -19,14 +20,15 @@ from typing import Any, ClassVar, Protocol
 
 import ray
 
+from runtime.bus import new_event, publish
 from runtime.cluster import member_actor_options, named_actor_options
 from runtime.config import AgentPoolConfig, Settings
 from runtime.engines.actor import Router, TokenSink
-from runtime.errors import ActorUnavailable, AgentError
+from runtime.errors import ActorUnavailable, AgentError, AgentNotFound
 from runtime.handles import ActorHandle, restarted
-from runtime.models import AgentMessage, ChatMessage, ChatRequest, Completion
+from runtime.models import AgentMessage, ChatMessage, ChatRequest, Completion, TopicEvent
 from runtime.pool import Member, Members, probe, retire
-from runtime.queue import MailboxService, approx_size
+from runtime.queue import MailboxHandle, MailboxService, Replies, approx_size
 from runtime.refs import Ref
 from runtime.tools.executor import Caller, ToolRouter
 from runtime.workflow import as_messages
@@ -39,6 +41,9 @@ class Agent:
     """Subclass with ``role = "..."`` and ``async def handle(self, msg, ctx)``; one instance per replica."""
 
     role: ClassVar[str] = ""
+    #: Topic patterns (``docs.*``) whose events come to this role's mailbox, one message per
+    #: delivery; ``msg.event`` is the event and ``msg.redelivered`` says it may have come before.
+    subscribes: ClassVar[list[str]] = []
     min_replicas: ClassVar[int | None] = None
     max_replicas: ClassVar[int | None] = None
     concurrency: ClassVar[int | None] = None
@@ -59,19 +64,56 @@ class Agent:
 
 
 class AgentContext:
-    """What a handler sees besides its message: the LLM, events, and putting large values by ref."""
+    """What a handler sees besides its message: the LLM, tools, progress events, publishing events
+    and delegating to other roles.
+
+    A handler runs at least once per message: a replica that dies mid-handler, or (for an event) a
+    handler that raises, means it runs again. What it sends should therefore be safe to send twice:
+    ``publish`` gives each event an id made from the message and the order of the publish, so a
+    handler that runs again the same way publishes nothing new; a delegation (``agent(role).run``)
+    is part of this handler's work, not a step of its own, and runs again with it."""
 
     def __init__(self, msg: AgentMessage, router: Router, store: Any, default_model: str,
-                 tools: ToolRouter | None = None) -> None:
+                 tools: ToolRouter | None = None, replica: AgentReplica | None = None) -> None:
         self.task_id = msg.task_id
         self.step_key = msg.step_key
         self.priority = msg.priority
         self.tenant = msg.tenant
+        self.event = msg.event
+        self.redelivered = msg.redelivered
+        self._msg = msg
         self._router = router
         self._tools = tools
         self._store = store
         self._default_model = default_model
+        self._replica = replica
         self._calls = 0
+        self._published = 0
+        self._delegated = 0
+
+    def _origin(self) -> str:
+        """What this handler's work is part of, for the ids of what it sends."""
+        if self._msg.event is not None:
+            return f"event/{self._msg.event.tenant}/{self._msg.event.id}/{self._msg.role}"
+        return f"{self.task_id}/{self.step_key}"
+
+    async def publish(self, topic: str, data: Any = None, *, key: str | None = None,
+                      id: str | None = None) -> TopicEvent:  # noqa: A002 - the API's name
+        """Publish an event (tenant: this message's). Without an ``id``, a run of this handler
+        again publishes the same ids in the same order, which the Store keeps once."""
+        if self._replica is None:
+            raise RuntimeError("this agent context cannot publish")
+        self._published += 1
+        event = new_event(topic, data, key=key, event_id=id or f"{self._origin()}/publish/{self._published}",
+                          tenant=self.tenant, source=f"agent:{self._msg.role}",
+                          max_bytes=self._replica.settings.max_input_bytes)
+        ((kept, _),) = await publish(self._store, self._replica.settings.namespace, [event])
+        return kept
+
+    def agent(self, role: str) -> Delegate:
+        """Another role, for ``await ctx.agent("reviewer").run(payload)``: the message goes through
+        that role's mailbox with this one's priority and tenant, and its reply comes back here."""
+        return Delegate(self, role)
 
     async def chat(self, messages: list[ChatMessage] | list[dict[str, str]] | str, *,
                    model: str | None = None, max_tokens: int = 128,
@@ -93,8 +135,33 @@ class AgentContext:
                                                          self.priority))
 
     def emit(self, **data: Any) -> None:
-        """A progress event on the task (not fenced: a handler may run again for the same step)."""
+        """A progress event on the task (not fenced: a handler may run again for the same step).
+        An event's handler has no task: its progress goes to the log only."""
+        if not self.task_id:
+            log.info("agent %s (event %s): %s", self._msg.role, self.step_key, data)
+            return
         self._store.post_event(self.task_id, "agent", {"step": self.step_key, **data})
+
+
+class Delegate:
+    """A role that a handler hands work to (``AgentContext.agent``)."""
+
+    def __init__(self, ctx: AgentContext, role: str) -> None:
+        self._ctx = ctx
+        self.role = role
+
+    async def run(self, payload: Any = None, *, timeout_s: float | None = None) -> Any:
+        ctx, replica = self._ctx, self._ctx._replica
+        if replica is None:
+            raise RuntimeError("this agent context cannot delegate")
+        ctx._delegated += 1
+        msg = AgentMessage(id=uuid.uuid4().hex, role=self.role, task_id=ctx.task_id,
+                           step_key=f"{ctx.step_key}/agent:{self.role}#{ctx._delegated}",
+                           priority=ctx.priority, tenant=ctx.tenant, payload=payload,
+                           reply_to=replica.reply_to())
+        mailbox = replica.mailbox_of(self.role)
+        return await asyncio.wait_for(replica.replies.ask(mailbox, msg),
+                                      timeout_s or replica.settings.agent_timeout_s)
 
 
 class AgentReplica:
@@ -112,6 +179,31 @@ class AgentReplica:
         self._active: set[asyncio.Task[None]] = set()
         self.last_active = time.monotonic()
         self.handled = 0
+        self.replies = Replies()  # this replica's delegations to other roles
+        self._mailboxes: dict[str, Any] = {role: mailbox}
+        self._reply_to: Any = None
+
+    def reply_to(self) -> Any:
+        """Where replies to this replica's delegations go: its own actor (or itself in-process)."""
+        if self._reply_to is None:
+            actor = ray.get_runtime_context().current_actor if ray.is_initialized() else None
+            self._reply_to = ReplicaHandle(actor, f"agent:{self.id}", self.settings.namespace) \
+                if actor is not None else self
+        return self._reply_to
+
+    def mailbox_of(self, role: str) -> Any:
+        mailbox = self._mailboxes.get(role)
+        if mailbox is None:
+            try:
+                mailbox = MailboxHandle.named(f"queue:agent:{role}", self.settings.namespace)
+            except ValueError:
+                raise AgentNotFound(role, tuple(sorted(self._mailboxes))) from None
+            self._mailboxes[role] = mailbox
+        return mailbox
+
+    async def deliver(self, message_id: str, ok: bool, value: Any) -> bool:
+        """The reply to one of this replica's delegations."""
+        return self.replies.deliver(message_id, ok, value)
 
     async def run(self, concurrency: int) -> int:
         await self.agent.setup()
@@ -134,7 +226,11 @@ class AgentReplica:
 
     async def _handle(self, item_id: str, msg: AgentMessage) -> None:
         self.last_active = time.monotonic()
-        ctx = AgentContext(msg, self.router, self.store, self.settings.default_model, self.tools)
+        ctx = AgentContext(msg, self.router, self.store, self.settings.default_model, self.tools,
+                           self)
+        if msg.event is not None:
+            await self._handle_event(item_id, msg, ctx)
+            return
         try:
             value = await self.agent.handle(msg, ctx)
             size = approx_size(value)
@@ -155,6 +251,22 @@ class AgentReplica:
             await self.mailbox.ack([item_id])
         except ActorUnavailable:
             pass  # a mailbox that restarted holds the message no more
+
+    async def _handle_event(self, item_id: str, msg: AgentMessage, ctx: AgentContext) -> None:
+        """An event this role subscribes to: handled, the delivery is finished; a handler that
+        raises leaves it to come again (the bus redelivers it after ``event_retry_s``)."""
+        event = msg.event
+        assert event is not None
+        try:
+            await self.agent.handle(msg, ctx)
+            await self.store.finish_delivery(event.seq, f"agent:{self.role}", "handled")
+        except Exception as e:  # noqa: BLE001 - the delivery comes due again
+            log.warning("agent %s: handling event %s raised %s; it will be delivered again",
+                        self.role, event.id, type(e).__name__)
+        self.handled += 1
+        self.last_active = time.monotonic()
+        with contextlib.suppress(ActorUnavailable):
+            await self.mailbox.ack([item_id])
 
     async def idle_s(self) -> float:
         return 0.0 if self._active else time.monotonic() - self.last_active
@@ -183,6 +295,9 @@ class ReplicaHandle(ActorHandle):
 
     async def stop(self) -> None:
         self._send("stop")
+
+    async def deliver(self, message_id: str, ok: bool, value: Any) -> bool:
+        return await self._call("deliver", message_id, ok, value, idempotent=False)  # type: ignore[no-any-return]
 
 
 class AgentPool:

@@ -20,6 +20,7 @@ import ray
 
 from runtime import cluster
 from runtime.agent import AgentPoolHandle, start_agent_pool
+from runtime.bus import EventBusHandle, start_event_bus
 from runtime.catalog import Catalog, load_catalog
 from runtime.client import AsyncClient, Client, address_file
 from runtime.config import Settings
@@ -54,6 +55,7 @@ class Runtime:
     gatekeeper: GateKeeperHandle
     tool_executors: list[ToolExecutorHandle] = field(default_factory=list)
     engine_pools: dict[str, EnginePoolHandle] = field(default_factory=dict)
+    events: EventBusHandle | None = None
     started_ray: bool = False
     _stopped: bool = field(default=False, repr=False)
     _client: Client | None = field(default=None, repr=False)
@@ -101,10 +103,14 @@ class Runtime:
         recovered = asyncio.run(dispatcher.start())
         workers = start_worker_pool(settings, apps)
         asyncio.run(workers.start())
+        events = None
+        if catalog.subscribers():  # nobody subscribes: events wait in the Store, routed later
+            events = start_event_bus(settings, apps)
+            asyncio.run(events.start())
         log.info("raysquad runtime up: %d workflow(s), %d agent role(s), %d task(s) recovered",
                  len(catalog.workflows), len(catalog.agents), recovered)
         return cls(settings, apps, catalog, store, dispatcher, workers, mailboxes, pools, engines,
-                   gatekeeper, tool_executors, engine_pools, started_ray)
+                   gatekeeper, tool_executors, engine_pools, events, started_ray)
 
     def client(self) -> Client:
         """A client on this runtime (one per runtime: it runs its calls on one loop thread)."""
@@ -114,7 +120,7 @@ class Runtime:
 
     def async_client(self) -> AsyncClient:
         return AsyncClient(store_for(self.settings), self.dispatcher, self.catalog,
-                           self.settings.namespace)
+                           self.settings.namespace, self.settings.max_input_bytes)
 
     def ops(self) -> Ops:
         """Operator calls: gate limits (see, change at run time), dead letters (list, replay)."""
@@ -151,8 +157,8 @@ def absolute_paths(settings: Settings) -> Settings:
 
 
 #: The runtime's actors by name prefix, in the order they are stopped: what feeds work first.
-RUNTIME_ACTORS = ("pool:workers", "worker:", "dispatcher", "pool:", "agent:", "queue:", "engine:",
-                  "tools:", "gates", "store")
+RUNTIME_ACTORS = ("events", "pool:workers", "worker:", "dispatcher", "pool:", "agent:", "queue:",
+                  "engine:", "tools:", "gates", "store")
 
 
 def stop_runtime(namespace: str, timeout_s: float = 15.0) -> list[str]:

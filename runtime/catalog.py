@@ -7,8 +7,9 @@ import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runtime.errors import AgentNotFound, ConfigError, WorkflowNotFound
+from runtime.errors import AgentNotFound, ConfigError, InvalidTopic, WorkflowNotFound
 from runtime.tools import Registry, Tool, builtin_tools
+from runtime.triggers import check_pattern
 from runtime.workflow import Workflow
 
 if TYPE_CHECKING:
@@ -29,6 +30,11 @@ class Catalog:
             return self.workflows[name]
         except KeyError:
             raise WorkflowNotFound(name, tuple(sorted(self.workflows))) from None
+
+    def subscribers(self) -> list[str]:
+        """The workflows with event triggers and the agent roles that subscribe to topics."""
+        return ([f"workflow:{w.name}" for w in self.workflows.values() if w.triggers]
+                + [f"agent:{r}" for r, cls in self.agents.items() if cls.subscribes])
 
     def agent(self, role: str) -> type[Agent]:
         try:
@@ -55,6 +61,12 @@ def load_catalog(modules: list[str]) -> Catalog:
                 _add(catalog.agents, value.role, value, name)
             elif isinstance(value, Tool):
                 _add(catalog.tools, value.name, value, name)
+    for role, agent_cls in catalog.agents.items():
+        for pattern in agent_cls.subscribes:
+            try:
+                check_pattern(pattern)
+            except InvalidTopic as e:
+                raise ConfigError(f"agent role {role!r} subscribes to {e}") from None
     return catalog
 
 

@@ -21,11 +21,12 @@ from typing import Any, TypeVar
 
 import ray
 
+from runtime.bus import new_event, publish
 from runtime.catalog import Catalog, load_catalog
 from runtime.cluster import use_local_token_if_any
 from runtime.config import Settings
 from runtime.dispatch import DispatcherHandle
-from runtime.errors import RuntimeNotRunning, TaskFailed, WaitTimeout
+from runtime.errors import EventNotFound, RuntimeNotRunning, TaskFailed, WaitTimeout
 from runtime.handles import ActorHandle, actor_names
 from runtime.models import (
     END_EVENT_KINDS,
@@ -34,27 +35,31 @@ from runtime.models import (
     TaskRecord,
     TaskStatus,
     TaskSummary,
+    TopicEvent,
     parse_cursor,
 )
 from runtime.store.actor import StoreHandle, StoreService, store_for
+from runtime.store.outbox import EventReport
 
 T = TypeVar("T")
 SchemaList = list[dict[str, Any]]
 TaskList = list[TaskSummary]
 EventList = list[Event]
+TopicEventList = list[TopicEvent]
 
 #: How long a readiness check waits for each part of the control plane.
 READY_DEADLINE_S = 2.0
 # The actors whose absence stops work, by name prefix (workers and agent replicas are pool-managed).
-_CONTROL_PLANE = ("store", "dispatcher", "pool:", "queue:", "gates", "engine:", "tools:")
+_CONTROL_PLANE = ("store", "dispatcher", "pool:", "queue:", "gates", "engine:", "tools:", "events")
 
 
 class AsyncClient:
     """A handle on a running runtime for async code (the HTTP app, async driver scripts)."""
 
     def __init__(self, store: StoreService, dispatcher: DispatcherHandle, catalog: Catalog,
-                 namespace: str = "raysquad") -> None:
+                 namespace: str = "raysquad", max_event_bytes: int = 1 << 20) -> None:
         self._store = store
+        self._max_event_bytes = max_event_bytes
         self._dispatcher = dispatcher
         self._catalog = catalog
         self._namespace = namespace
@@ -80,7 +85,8 @@ class AsyncClient:
         except ValueError:
             raise RuntimeNotRunning(f"Ray namespace {namespace!r}") from None
         apps = dispatcher.app_modules_now()
-        return cls(store, dispatcher, load_catalog(apps), namespace)
+        return cls(store, dispatcher, load_catalog(apps), namespace,
+                   **({"max_event_bytes": settings.max_input_bytes} if settings else {}))
 
     async def aclose(self) -> None:
         """Release what this client holds on its event loop (a PostgreSQL LISTEN connection)."""
@@ -132,6 +138,35 @@ class AsyncClient:
                     return
             if not batch and (not follow or (await self.get(task_id)).status.ended):
                 return
+
+    # -- topic events -------------------------------------------------------------------------------
+
+    async def publish(self, topic: str, data: Any = None, *, key: str | None = None,
+                      id: str | None = None, tenant: str = "default",  # noqa: A002 - the API's name
+                      source: str = "client") -> TopicEvent:
+        """Publish an event: kept in the Store first, then delivered at least once to each
+        subscriber. Publishing again with the same ``id`` is the same event (returned as kept)."""
+        event = new_event(topic, data, key=key, event_id=id, tenant=tenant, source=source,
+                          max_bytes=self._max_event_bytes)
+        ((kept, _),) = await publish(self._store, self._namespace, [event])
+        return kept
+
+    async def publish_event(self, event: TopicEvent) -> tuple[TopicEvent, bool]:
+        """``publish`` for a built event; also says whether it is new (False: its id was used)."""
+        ((kept, new),) = await publish(self._store, self._namespace, [event])
+        return kept, new
+
+    async def topic_events(self, topic: str | None = None, tenant: str | None = None,
+                           limit: int = 100, before: int | None = None) -> TopicEventList:
+        """Published events, newest first; the next page: ``before=events[-1].seq``."""
+        return await self._store.topic_events(topic, tenant, limit, before)
+
+    async def event_report(self, event_id: str, tenant: str = "default") -> EventReport:
+        """The event ``event_id`` and what became of it (one entry per subscriber)."""
+        report = await self._store.event_deliveries(tenant, event_id)
+        if report is None:
+            raise EventNotFound(event_id)
+        return report
 
     async def wait(self, task_id: str, timeout_s: float | None = None) -> TaskRecord:
         """Wait until the task ends (succeeded, failed or cancelled) and return its record."""
@@ -254,6 +289,17 @@ class Client:
 
     def readiness(self) -> dict[str, str]:
         return self._run(self.aio.readiness())
+
+    def publish(self, topic: str, data: Any = None, *, key: str | None = None,
+                id: str | None = None, tenant: str = "default") -> TopicEvent:  # noqa: A002
+        return self._run(self.aio.publish(topic, data, key=key, id=id, tenant=tenant))
+
+    def topic_events(self, topic: str | None = None, tenant: str | None = None, limit: int = 100,
+                     before: int | None = None) -> TopicEventList:
+        return self._run(self.aio.topic_events(topic, tenant, limit, before))
+
+    def event_report(self, event_id: str, tenant: str = "default") -> EventReport:
+        return self._run(self.aio.event_report(event_id, tenant))
 
     def close(self) -> None:
         """Stop this client's loop thread (a client is also cleaned up when the process ends)."""

@@ -167,6 +167,17 @@ class ToolSettings(BaseModel):
         return tuple(ranges)
 
 
+class WebhookSource(BaseModel):
+    """An outside system that POSTs to ``/v1/webhooks/<source>``: the topic its deliveries are
+    published on, and its Standard Webhooks secrets (``whsec_...``; more than one while rotating)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topic: str
+    secrets: tuple[str, ...] = Field(min_length=1)
+    tenant: str = Field("default", description="the tenant its events belong to")
+
+
 class Settings(BaseSettings):
     """The runtime's configuration."""
 
@@ -235,6 +246,16 @@ class Settings(BaseSettings):
     step_timeout_s: float | None = Field(None, gt=0, description="default per-attempt step timeout")
     agent_timeout_s: float = Field(
         300.0, gt=0, description="default per-attempt timeout of an agent step (ctx.agent(...).run)")
+
+    # Topic events (runtime/bus.py).
+    event_poll_s: float = Field(
+        0.5, gt=0, description="the event bus looks for due deliveries at least this often (a "
+                               "publish wakes it at once; debounce timing is this precise)")
+    event_retry_s: float = Field(
+        60.0, gt=0, description="a delivery not finished in this long goes out again (a redelivery)")
+    event_max_attempts: int = Field(5, ge=1, description="deliveries of one event to one subscriber")
+    webhooks: dict[str, WebhookSource] = Field(
+        default_factory=dict, description="RAYSQUAD_WEBHOOKS: source name -> {topic, secrets}")
 
     # The HTTP API.
     http_host: str = "127.0.0.1"

@@ -117,13 +117,14 @@ class TenantQuotaExceeded(QueueFull):
 class InputTooLarge(Refused):
     """Raised when a task's input is larger than ``max_input_bytes`` (a 413)."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(size, limit)
+    def __init__(self, size: int, limit: int, what: str = "the task's input") -> None:
+        super().__init__(size, limit, what)
         self.size = size
         self.limit = limit
+        self.what = what
 
     def __str__(self) -> str:
-        return f"the task's input is {self.size} bytes as JSON; the limit is {self.limit}"
+        return f"{self.what} is {self.size} bytes as JSON; the limit is {self.limit}"
 
 
 class PriorityNotAllowed(Refused):
@@ -531,3 +532,61 @@ class PoisonTask(RaysquadError):
     def __str__(self) -> str:
         return (f"task {self.task_id!r} given up after {self.attempts} failed attempt(s) to run it: "
                 f"{self.reason}")
+
+
+class InvalidTopic(Refused):
+    """Raised for a topic or topic pattern that is not dot-separated words."""
+
+    def __init__(self, topic: str, rule: str) -> None:
+        super().__init__(topic, rule)
+        self.topic = topic
+        self.rule = rule
+
+    def __str__(self) -> str:
+        return f"bad topic {self.topic[:100]!r}: {self.rule}"
+
+
+class WebhookSourceNotFound(NotFound):
+    """Raised for a webhook to a source that RAYSQUAD_WEBHOOKS does not configure."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__(source)
+        self.source = source
+
+    def __str__(self) -> str:
+        return f"no webhook source {self.source[:100]!r} is configured (RAYSQUAD_WEBHOOKS)"
+
+
+class WebhookRejected(Refused):
+    """Raised for a webhook delivery whose signature is missing, wrong or stale."""
+
+    def __init__(self, source: str, why: str) -> None:
+        super().__init__(source, why)
+        self.source = source
+        self.why = why
+
+    def __str__(self) -> str:
+        return f"webhook for {self.source!r} rejected: {self.why}"
+
+
+class InvalidEventData(Refused):
+    """Raised for event data that is not JSON (NaN, an infinity, a value JSON cannot hold)."""
+
+    def __init__(self, topic: str, problem: str) -> None:
+        super().__init__(topic, problem)
+        self.topic = topic
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"bad data for an event on {self.topic!r}: {self.problem}"
+
+
+class EventNotFound(NotFound):
+    """Raised when a tenant has no event with the id asked for."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(event_id)
+        self.event_id = event_id
+
+    def __str__(self) -> str:
+        return f"no event with id {self.event_id[:200]!r}"

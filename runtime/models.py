@@ -130,8 +130,50 @@ class Claim(BaseModel):
         return Lease(self.task.id, self.task.owner or "", self.task.runs)
 
 
+class TopicEvent(BaseModel):
+    """An event published on a topic. It is kept in the Store first (an outbox), then delivered at
+    least once to each workflow and agent role that subscribes. ``id`` de-duplicates per tenant: a
+    publish sent again with the same id is the same event."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    topic: str
+    key: str | None = Field(None, description="groups events for flow control (debounce, one per key)")
+    data: Any = None
+    tenant: str = "default"
+    source: str = Field("client", description="client, http, task:<id>, agent:<role>, webhook:<source>")
+    created_at: float
+    seq: int = Field(0, description="the Store's order of events (set when it is kept)")
+
+
+class Delivery(BaseModel):
+    """One event on its way to one subscriber (``workflow:<name>`` or ``agent:<role>``);
+    ``attempt`` counts from 1, and more than 1 means it may have been delivered before."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event: TopicEvent
+    target: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where the bus sends an event: a subscriber, the event's key for it, when (a debounce puts it
+    later), and whether it replaces the subscriber's pending deliveries for the key."""
+
+    target: str
+    key: str
+    due_at: float
+    supersede: bool = False
+
+
 class AgentMessage(BaseModel):
-    """A message in an agent role's mailbox. Large payload values ride inside as Refs."""
+    """A message in an agent role's mailbox. Large payload values ride inside as Refs.
+
+    A step's message has a task and a ``reply_to``; an event delivered to a subscribing role has
+    ``event`` set instead (no task, no reply), and ``attempt`` > 1 when it may be a redelivery."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
@@ -143,6 +185,13 @@ class AgentMessage(BaseModel):
     tenant: str = "default"
     payload: Any = None
     reply_to: Any = Field(None, description="the workflow worker's actor handle")
+    event: TopicEvent | None = None
+    attempt: int = 1
+
+    @property
+    def redelivered(self) -> bool:
+        """This message may have been handled before (at-least-once delivery)."""
+        return self.attempt > 1
 
 
 class ChatMessage(BaseModel):

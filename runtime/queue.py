@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -23,11 +24,13 @@ import ray
 from pydantic import BaseModel
 
 from runtime.cluster import named_actor_options
-from runtime.errors import QueueFull
+from runtime.errors import ActorUnavailable, QueueFull
 from runtime.handles import ActorHandle
 
 if TYPE_CHECKING:
     from runtime.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(order=True)
@@ -332,3 +335,58 @@ def start_queue(name: str, settings: Settings, capacity: int) -> MailboxHandle:
         .remote(name, capacity, settings.aging_per_s)
     )
     return MailboxHandle(actor, f"queue:{name}", settings.namespace)
+
+
+#: How long an agent call waits for its reply before checking that its mailbox still holds the message.
+MAILBOX_CHECK_S = 10.0
+
+
+class Replies:
+    """Agent calls waiting for their replies, by message id: a workflow worker's agent steps, or an
+    agent replica's delegations. The callee sends its reply to ``deliver`` (through the caller's
+    actor handle, the message's ``reply_to``)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[tuple[bool, Any]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    async def ask(self, mailbox: MailboxService, msg: Any) -> Any:
+        """Put ``msg`` (an AgentMessage) in ``mailbox`` and wait for its reply; raise what the agent
+        raised. A message lost with a mailbox that restarted is sent again."""
+        reply: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[msg.id] = reply
+        try:
+            await mailbox.put_batch([(msg.id, msg.priority, msg)])
+            while True:
+                try:
+                    ok, value = await asyncio.wait_for(asyncio.shield(reply), MAILBOX_CHECK_S)
+                    break
+                except TimeoutError:
+                    await self._resend_if_lost(mailbox, msg, reply)
+        finally:
+            self._waiting.pop(msg.id, None)
+        if not ok:
+            raise value
+        return value
+
+    async def _resend_if_lost(self, mailbox: MailboxService, msg: Any,
+                              reply: asyncio.Future[tuple[bool, Any]]) -> None:
+        try:
+            held = await mailbox.holds(msg.id)
+            if not held and not reply.done():
+                log.warning("task %s step %s: message lost with its mailbox; sending it again",
+                            msg.task_id, msg.step_key)
+                await mailbox.put_batch([(msg.id, msg.priority, msg)])
+        except ActorUnavailable:
+            log.warning("task %s step %s: mailbox unreachable; will check again", msg.task_id,
+                        msg.step_key)
+
+    def deliver(self, message_id: str, ok: bool, value: Any) -> bool:
+        """A reply; False if nobody waits for it any more (timed out, task gone)."""
+        reply = self._waiting.get(message_id)
+        if reply is None or reply.done():
+            return False
+        reply.set_result((ok, value))
+        return True

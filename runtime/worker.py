@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import ray
 
 from runtime import refs
+from runtime.bus import new_event, publish
 from runtime.catalog import Catalog, load_catalog
 from runtime.cluster import member_actor_options, named_actor_options
 from runtime.config import Settings
@@ -35,9 +36,17 @@ from runtime.errors import (
     TaskCancelled,
 )
 from runtime.handles import ActorHandle, restarted
-from runtime.models import AgentMessage, ChatRequest, Claim, Completion, Lease, TaskStatus
+from runtime.models import (
+    AgentMessage,
+    ChatRequest,
+    Claim,
+    Completion,
+    Lease,
+    TaskStatus,
+    TopicEvent,
+)
 from runtime.pool import Member, Members, probe, retire
-from runtime.queue import MailboxService
+from runtime.queue import MailboxService, Replies
 from runtime.store.actor import StoreService
 from runtime.tools.executor import Caller, ToolRouter
 from runtime.workflow import Context, Parked
@@ -46,8 +55,6 @@ log = logging.getLogger(__name__)
 
 #: The worker pool actor's name; each worker is ``worker:<id>``.
 POOL_NAME = "pool:workers"
-# How long an agent call waits for its reply before checking that its mailbox still holds the message.
-MAILBOX_CHECK_S = 10.0
 #: How often a pool that autoscales looks at the backlog.
 SCALE_EVERY_S = 1.0
 
@@ -65,7 +72,7 @@ class WorkflowWorker:
         self.router = router
         self.tools = tools
         self._tasks: dict[str, tuple[asyncio.Task[None], Context, Lease]] = {}
-        self._replies: dict[str, asyncio.Future[tuple[bool, Any]]] = {}
+        self._replies = Replies()
         self._llm_requests: dict[str, set[tuple[str, str]]] = {}
         self._slot_free = asyncio.Event()
         self._stopping = False
@@ -230,34 +237,14 @@ class WorkflowWorker:
         msg = AgentMessage(id=uuid.uuid4().hex, role=role, task_id=ctx.task_id, step_key=key,
                            priority=ctx.priority, tenant=ctx.tenant, payload=payload,
                            reply_to=self._reply_to)
-        reply: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
-        self._replies[msg.id] = reply
-        try:
-            await mailbox.put_batch([(msg.id, ctx.priority, msg)])
-            while True:
-                try:
-                    ok, value = await asyncio.wait_for(asyncio.shield(reply), MAILBOX_CHECK_S)
-                    break
-                except TimeoutError:
-                    await self._resend_if_lost(mailbox, msg, reply)
-        finally:
-            self._replies.pop(msg.id, None)
-        if not ok:
-            raise value
-        return value
+        return await self._replies.ask(mailbox, msg)
 
-    async def _resend_if_lost(self, mailbox: MailboxService, msg: AgentMessage,
-                              reply: asyncio.Future[tuple[bool, Any]]) -> None:
-        """No reply yet: if the mailbox no longer holds the message (it restarted), send it again."""
-        try:
-            held = await mailbox.holds(msg.id)
-            if not held and not reply.done():
-                log.warning("task %s step %s: message lost with its mailbox; sending it again",
-                            msg.task_id, msg.step_key)
-                await mailbox.put_batch([(msg.id, msg.priority, msg)])
-        except ActorUnavailable:
-            log.warning("task %s step %s: mailbox unreachable; will check again", msg.task_id,
-                        msg.step_key)
+    async def publish(self, ctx: Context, topic: str, data: Any, key: str | None,
+                      event_id: str) -> TopicEvent:
+        event = new_event(topic, data, key=key, event_id=event_id, tenant=ctx.tenant,
+                          source=f"task:{ctx.task_id}", max_bytes=self.settings.max_input_bytes)
+        ((kept, _),) = await publish(self.store, self.settings.namespace, [event])
+        return kept
 
     async def call_tool(self, ctx: Context, name: str, key: str, args: dict[str, Any]) -> Any:
         return await self.tools.call(name, args, Caller(ctx.task_id, key, ctx.tenant, ctx.priority))
@@ -268,11 +255,7 @@ class WorkflowWorker:
 
     async def deliver(self, message_id: str, ok: bool, value: Any) -> bool:
         """An agent's reply; False if nobody waits for it any more (timed out, task gone)."""
-        reply = self._replies.get(message_id)
-        if reply is None or reply.done():
-            return False
-        reply.set_result((ok, value))
-        return True
+        return self._replies.deliver(message_id, ok, value)
 
     async def chat(self, ctx: Context, request: ChatRequest) -> Completion:
         step = (request.request_id or "").rpartition("/")[2]

@@ -21,8 +21,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from runtime.config import RetryPolicy
 from runtime.errors import InvalidInput, LeaseLost, SignalTimeout, StepError, TaskCancelled
-from runtime.models import ChatMessage, ChatRequest, Completion
+from runtime.models import ChatMessage, ChatRequest, Completion, TopicEvent
 from runtime.retry import GaveUp, Retrying, retry
+from runtime.triggers import OnEvent, check_topic
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Workflow:
     input_model: type[BaseModel]
     output_type: Any
     retry: RetryPolicy | None = None
+    triggers: tuple[OnEvent, ...] = ()
 
     def validate_input(self, data: Any) -> BaseModel:
         try:
@@ -63,8 +65,14 @@ class Workflow:
 
 
 def workflow(fn: Callable[..., Awaitable[Any]] | None = None, *, name: str | None = None,
-             retry: RetryPolicy | None = None) -> Any:
-    """Declare ``async def f(ctx: Context, inp: SomeModel) -> Out`` a workflow named ``name or f``."""
+             retry: RetryPolicy | None = None, triggers: list[OnEvent] | None = None) -> Any:
+    """Declare ``async def f(ctx: Context, inp: SomeModel) -> Out`` a workflow named ``name or f``.
+
+    ``triggers``: ``on_event(...)`` subscriptions, each starting one task per matching event
+    (runtime/triggers.py)."""
+    for trigger in triggers or ():
+        if not isinstance(trigger, OnEvent):
+            raise TypeError(f"a workflow trigger is made with on_event(...), not {trigger!r}")
 
     def wrap(f: Callable[..., Awaitable[Any]]) -> Workflow:
         if not inspect.iscoroutinefunction(f):
@@ -76,7 +84,8 @@ def workflow(fn: Callable[..., Awaitable[Any]] | None = None, *, name: str | Non
         input_model = hints.get(params[1])
         if not (isinstance(input_model, type) and issubclass(input_model, BaseModel)):
             raise TypeError(f"workflow {f.__name__}: annotate its input with a pydantic model")
-        return Workflow(f, name or f.__name__, input_model, hints.get("return", Any), retry)
+        return Workflow(f, name or f.__name__, input_model, hints.get("return", Any), retry,
+                        tuple(triggers or ()))
 
     return wrap(fn) if fn is not None else wrap
 
@@ -102,6 +111,10 @@ class Services(Protocol):
     async def await_signal(self, ctx: Context, name: str, key: str,
                            wake_at: float | None) -> tuple[str, Any]:
         """Take a signal (recorded as step ``key``), time out, or park the task ("parked")."""
+
+    async def publish(self, ctx: Context, topic: str, data: Any, key: str | None,
+                      event_id: str) -> TopicEvent:
+        """Publish an event (kept once per ``event_id``) and return it as kept."""
 
 
 class Parked(BaseException):  # noqa: N818 - control flow, not an error
@@ -168,6 +181,16 @@ class Context:
         key = self._key(f"tool:{name}")
         return self._run(key, lambda: self._services.call_tool(self, name, key, args), ONE_ATTEMPT,
                          self._tool_timeout_s)
+
+    def publish(self, topic: str, data: Any = None, *, key: str | None = None) -> Awaitable[TopicEvent]:
+        """Publish an event on ``topic`` as a checkpointed step: ``await ctx.publish("docs.new",
+        {"url": u}, key=u)``. Its id is the task's and the step's, so a run that resumes after it,
+        or repeats it after a crash, publishes nothing new."""
+        check_topic(topic)
+        step = self._key(f"publish:{topic}")
+        event_id = f"{self.task_id}/{step}"
+        return self._run(step, lambda: self._services.publish(self, topic, data, key, event_id),
+                         None, None)
 
     def agent(self, role: str) -> AgentRef:
         """The pool of agents of ``role``: ``await ctx.agent("planner").run(payload)``."""

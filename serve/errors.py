@@ -17,7 +17,9 @@ from runtime.errors import (
     Conflict,
     InputTooLarge,
     InvalidCursor,
+    InvalidEventData,
     InvalidInput,
+    InvalidTopic,
     NotFound,
     PriorityNotAllowed,
     QueueFull,
@@ -25,6 +27,7 @@ from runtime.errors import (
     Refused,
     Retryable,
     ToolArgsInvalid,
+    WebhookRejected,
 )
 from runtime.retry import retry_after_s
 
@@ -34,6 +37,7 @@ _STATUS: list[tuple[type[RaysquadError], int]] = [
     (NotFound, 404), (Conflict, 409), (Refused, 400), (Retryable, 503),
     (InvalidInput, 422), (ToolArgsInvalid, 422), (QueueFull, 429),
     (PriorityNotAllowed, 422), (InputTooLarge, 413), (InvalidCursor, 422),
+    (InvalidTopic, 422), (InvalidEventData, 422), (WebhookRejected, 401),
 ]
 
 

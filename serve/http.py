@@ -36,6 +36,7 @@ from runtime.models import (
 )
 from runtime.ops import AsyncOps
 from serve import errors
+from serve import events as events_http
 
 app = FastAPI(
     title="raysquad", version="0.1.0",
@@ -308,6 +309,7 @@ def admin_of(request: Request, tenant: Tenant) -> str:
 
 
 Admin = Annotated[str, Depends(admin_of)]
+events_http.install(app, tenant_of, _responses, _BODY_ERRORS)
 # ASCII only: JSON Schema's \w is [A-Za-z0-9_], Python's matches any letter.
 GateKey = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@/*-]+$")]
 
@@ -319,6 +321,7 @@ class Ingress:
         app.state.settings = settings
         self.streams = StreamSlots(settings.max_streams_per_tenant, settings.max_streams)
         self.client = AsyncClient.from_named_actors(settings.namespace, settings)
+        app.state.client = self.client  # for the routes outside this class (serve/events.py)
         self.ops = AsyncOps(settings.namespace)
 
     async def _task(self, task_id: str, tenant: str) -> TaskRecord:

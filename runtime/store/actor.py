@@ -37,15 +37,19 @@ from runtime.handles import ActorHandle
 from runtime.models import (
     Claim,
     DeadLetter,
+    Delivery,
     Event,
     Lease,
+    Route,
     SubmitRequest,
     TaskRecord,
     TaskStatus,
     TaskSummary,
+    TopicEvent,
 )
 from runtime.queue import approx_size
 from runtime.store.base import Store
+from runtime.store.outbox import EventReport
 
 if TYPE_CHECKING:
     from runtime.store.listen import Listener
@@ -355,6 +359,37 @@ class StoreActor(SubmitBatching):
     async def read_blob(self, key: str) -> bytes:
         return self._call("read_blob", key)  # type: ignore[no-any-return]
 
+    # -- topic events (store/outbox.py) --------------------------------------------------------------
+
+    async def publish(self, events: list[TopicEvent]) -> list[tuple[TopicEvent, bool]]:
+        return self._call("publish", events)  # type: ignore[no-any-return]
+
+    async def unrouted_events(self, limit: int) -> list[TopicEvent]:
+        return self._call("unrouted_events", limit)  # type: ignore[no-any-return]
+
+    async def route_event(self, seq: int, routes: list[Route]) -> None:
+        self._call("route_event", seq, routes, time.time())
+
+    async def take_deliveries(self, limit: int, retry_s: float) -> list[Delivery]:
+        return self._call("take_deliveries", time.time(), limit, retry_s)  # type: ignore[no-any-return]
+
+    async def finish_delivery(self, seq: int, target: str, outcome: str,
+                              task_id: str | None = None) -> bool:
+        return self._call("finish_delivery", seq, target, time.time(), outcome, task_id)  # type: ignore[no-any-return]
+
+    async def defer_delivery(self, seq: int, target: str, due_at: float) -> None:
+        self._call("defer_delivery", seq, target, due_at)
+
+    async def active_key_tasks(self, target: str, key: str) -> list[str]:
+        return self._call("active_key_tasks", target, key)  # type: ignore[no-any-return]
+
+    async def topic_events(self, topic: str | None = None, tenant: str | None = None, limit: int = 100,
+                           before: int | None = None) -> list[TopicEvent]:
+        return self._call("topic_events", topic, tenant, limit, before)  # type: ignore[no-any-return]
+
+    async def event_deliveries(self, tenant: str, event_id: str) -> EventReport | None:
+        return self._call("event_deliveries", tenant, event_id)  # type: ignore[no-any-return]
+
     async def ping(self) -> str:
         return str(self._store.path)
 
@@ -404,6 +439,17 @@ class StoreService(Protocol):
     async def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
                        step_output: bytes | None = None) -> DeadLetter: ...
     async def ping(self) -> str: ...
+    async def publish(self, events: list[TopicEvent]) -> list[tuple[TopicEvent, bool]]: ...
+    async def unrouted_events(self, limit: int) -> list[TopicEvent]: ...
+    async def route_event(self, seq: int, routes: list[Route]) -> None: ...
+    async def take_deliveries(self, limit: int, retry_s: float) -> list[Delivery]: ...
+    async def finish_delivery(self, seq: int, target: str, outcome: str,
+                              task_id: str | None = None) -> bool: ...
+    async def defer_delivery(self, seq: int, target: str, due_at: float) -> None: ...
+    async def active_key_tasks(self, target: str, key: str) -> list[str]: ...
+    async def topic_events(self, topic: str | None = None, tenant: str | None = None, limit: int = 100,
+                           before: int | None = None) -> list[TopicEvent]: ...
+    async def event_deliveries(self, tenant: str, event_id: str) -> EventReport | None: ...
 
 
 class StoreHandle(SubmitBatching, ActorHandle):
@@ -512,6 +558,37 @@ class StoreHandle(SubmitBatching, ActorHandle):
                        step_output: bytes | None = None) -> DeadLetter:
         return await self._call("replayed", letter_id, ok, result, error, attempts, step_output,  # type: ignore[no-any-return]
                                 idempotent=False)
+
+    # -- topic events (store/outbox.py) --------------------------------------------------------------
+
+    async def publish(self, events: list[TopicEvent]) -> list[tuple[TopicEvent, bool]]:
+        return await self._call("publish", events)  # type: ignore[no-any-return]
+
+    async def unrouted_events(self, limit: int) -> list[TopicEvent]:
+        return await self._call("unrouted_events", limit)  # type: ignore[no-any-return]
+
+    async def route_event(self, seq: int, routes: list[Route]) -> None:
+        await self._call("route_event", seq, routes)
+
+    async def take_deliveries(self, limit: int, retry_s: float) -> list[Delivery]:
+        return await self._call("take_deliveries", limit, retry_s, idempotent=False)  # type: ignore[no-any-return]
+
+    async def finish_delivery(self, seq: int, target: str, outcome: str,
+                              task_id: str | None = None) -> bool:
+        return await self._call("finish_delivery", seq, target, outcome, task_id)  # type: ignore[no-any-return]
+
+    async def defer_delivery(self, seq: int, target: str, due_at: float) -> None:
+        await self._call("defer_delivery", seq, target, due_at)
+
+    async def active_key_tasks(self, target: str, key: str) -> list[str]:
+        return await self._call("active_key_tasks", target, key)  # type: ignore[no-any-return]
+
+    async def topic_events(self, topic: str | None = None, tenant: str | None = None, limit: int = 100,
+                           before: int | None = None) -> list[TopicEvent]:
+        return await self._call("topic_events", topic, tenant, limit, before)  # type: ignore[no-any-return]
+
+    async def event_deliveries(self, tenant: str, event_id: str) -> EventReport | None:
+        return await self._call("event_deliveries", tenant, event_id)  # type: ignore[no-any-return]
 
     async def ping(self, deadline_s: float | None = None) -> str:
         return await self._call("ping", deadline_s=deadline_s)  # type: ignore[no-any-return]

@@ -19,7 +19,7 @@ from runtime.models import (
     TaskSummary,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class Store(Protocol):

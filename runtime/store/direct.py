@@ -27,15 +27,19 @@ from runtime.errors import RaysquadError
 from runtime.models import (
     Claim,
     DeadLetter,
+    Delivery,
     Event,
     Lease,
+    Route,
     SubmitRequest,
     TaskRecord,
     TaskStatus,
     TaskSummary,
+    TopicEvent,
 )
 from runtime.store.actor import SubmitBatching, admit, check_store_settings
 from runtime.store.listen import Listener
+from runtime.store.outbox import EventReport
 from runtime.store.postgres import PostgresStore
 
 log = logging.getLogger(__name__)
@@ -205,6 +209,37 @@ class DirectStore(SubmitBatching):
                        step_output: bytes | None = None) -> DeadLetter:
         return await self._run("replayed", letter_id, ok, result, error, attempts, time.time(),  # type: ignore[no-any-return]
                                step_output)
+
+    # -- topic events (store/outbox.py) --------------------------------------------------------------
+
+    async def publish(self, events: list[TopicEvent]) -> list[tuple[TopicEvent, bool]]:
+        return await self._run("publish", events)  # type: ignore[no-any-return]
+
+    async def unrouted_events(self, limit: int) -> list[TopicEvent]:
+        return await self._run("unrouted_events", limit)  # type: ignore[no-any-return]
+
+    async def route_event(self, seq: int, routes: list[Route]) -> None:
+        await self._run("route_event", seq, routes, time.time())
+
+    async def take_deliveries(self, limit: int, retry_s: float) -> list[Delivery]:
+        return await self._run("take_deliveries", time.time(), limit, retry_s)  # type: ignore[no-any-return]
+
+    async def finish_delivery(self, seq: int, target: str, outcome: str,
+                              task_id: str | None = None) -> bool:
+        return await self._run("finish_delivery", seq, target, time.time(), outcome, task_id)  # type: ignore[no-any-return]
+
+    async def defer_delivery(self, seq: int, target: str, due_at: float) -> None:
+        await self._run("defer_delivery", seq, target, due_at)
+
+    async def active_key_tasks(self, target: str, key: str) -> list[str]:
+        return await self._run("active_key_tasks", target, key)  # type: ignore[no-any-return]
+
+    async def topic_events(self, topic: str | None = None, tenant: str | None = None, limit: int = 100,
+                           before: int | None = None) -> list[TopicEvent]:
+        return await self._run("topic_events", topic, tenant, limit, before)  # type: ignore[no-any-return]
+
+    async def event_deliveries(self, tenant: str, event_id: str) -> EventReport | None:
+        return await self._run("event_deliveries", tenant, event_id)  # type: ignore[no-any-return]
 
     async def ping(self, deadline_s: float | None = None) -> str:
         await asyncio.wait_for(self._run("ping"), deadline_s)

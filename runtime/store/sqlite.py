@@ -28,7 +28,7 @@ from runtime.models import (
     TaskStatus,
     TaskSummary,
 )
-from runtime.store import records
+from runtime.store import outbox, records
 from runtime.store.base import SCHEMA_VERSION
 from runtime.store.blobs import read_blob, write_blob
 
@@ -118,9 +118,11 @@ _MIGRATIONS: dict[int, str] = {
     # Version 6 moved PostgreSQL's blobs into its database; one process owns a SQLite file, so its
     # blobs stay files beside it.
     6: "",
+    # Topic events and their deliveries (store/outbox.py).
+    7: outbox.migration(seq="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"),
 }
 
-class SQLiteStore:
+class SQLiteStore(outbox.Outbox):
     """The Store on one SQLite file. Not thread-safe: one process, one thread (the Store actor)."""
 
     def __init__(self, path: Path, blob_dir: Path, synchronous: str = "FULL",

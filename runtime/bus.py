@@ -1,0 +1,287 @@
+"""The event bus: it routes each published event to its subscribers and delivers it, at least once.
+
+Publishing only writes the event to the Store (the outbox, store/outbox.py) and pokes the bus. The
+bus, one restartable actor named ``events``, then works from the Store alone, so a kill at any
+point loses nothing: it routes each new event (the workflows whose ``on_event`` triggers match and
+the agent roles whose ``subscribes`` patterns match get a delivery each, a debounced one due
+later), then takes the deliveries that are due and carries them out:
+
+- to a workflow, it submits one task with the event's data as input and the idempotency key
+  ``event:<event id>:<workflow>``, so a redelivered event starts nothing new; flow control per key
+  (``one_per_key``, ``cancel_running``) is decided here, against the tasks earlier deliveries for
+  the key started;
+- to an agent role, it puts a message in the role's mailbox; the replica that handles it finishes
+  the delivery. A replica that dies, or a handler that raises, leaves it to come due again after
+  ``event_retry_s``, as a redelivery (``msg.redelivered``), up to ``event_max_attempts``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections import defaultdict
+from typing import Any, Protocol
+
+import ray
+
+from runtime.catalog import Catalog
+from runtime.cluster import named_actor_options
+from runtime.config import Settings
+from runtime.errors import (
+    InputTooLarge,
+    InvalidEventData,
+    InvalidInput,
+    InvalidTransition,
+    QueueFull,
+    RaysquadError,
+    TaskNotFound,
+)
+from runtime.handles import ActorHandle, restarted
+from runtime.models import AgentMessage, Delivery, Route, SubmitRequest, TopicEvent
+from runtime.queue import MailboxService
+from runtime.store.actor import StoreService
+from runtime.triggers import check_topic, topic_matches
+
+log = logging.getLogger(__name__)
+
+ACTOR_NAME = "events"
+BATCH = 100
+ONE_PER_KEY_RECHECK_S = 0.5  # an event held by one_per_key looks again this often
+
+
+def routes(event: TopicEvent, catalog: Catalog, now: float) -> list[Route]:
+    """The subscribers of ``event``: each workflow with a matching trigger (its first), each agent
+    role with a matching pattern."""
+    out = []
+    key = event.key or ""
+    for wf in catalog.workflows.values():
+        for trigger in wf.triggers:
+            try:
+                matched = trigger.matches(event.topic, event.data)
+            except Exception:  # noqa: BLE001 - a filter that raises matches nothing
+                log.warning("workflow %s: its where= filter raised on event %s", wf.name, event.id,
+                            exc_info=True)
+                matched = False
+            if matched:
+                debounce = trigger.debounce_s
+                out.append(Route(f"workflow:{wf.name}", key, now + (debounce or 0.0),
+                                 supersede=debounce is not None))
+                break
+    for role, agent_cls in catalog.agents.items():
+        if any(topic_matches(pattern, event.topic) for pattern in agent_cls.subscribes):
+            out.append(Route(f"agent:{role}", key, now))
+    return out
+
+
+class EventBus:
+    """Routes and delivers topic events; every bit of its state is in the Store."""
+
+    def __init__(self, settings: Settings, store: StoreService, catalog: Catalog,
+                 mailboxes: dict[str, MailboxService]) -> None:
+        self.settings = settings
+        self.store = store
+        self.catalog = catalog
+        self.mailboxes = mailboxes
+        self._wake = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+        self.routed = 0
+        self.delivered = 0
+        if restarted():
+            asyncio.get_running_loop().create_task(self.start())
+
+    async def start(self) -> None:
+        if self._loop is None or self._loop.done():
+            self._loop = asyncio.get_running_loop().create_task(self._run())
+
+    async def poke(self) -> None:
+        """Something was published: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def stats(self) -> dict[str, int]:
+        return {"routed": self.routed, "delivered": self.delivered}
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                busy = await self.tick()
+            except Exception:  # noqa: BLE001 - the Store may be restarting: try again next round
+                log.warning("event bus round failed; trying again", exc_info=True)
+                busy = False
+            if not busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.event_poll_s)
+
+    async def tick(self) -> bool:
+        """Route what is new, deliver what is due; True if there may be more right away."""
+        events = await self.store.unrouted_events(BATCH)
+        for event in events:
+            await self.store.route_event(event.seq, routes(event, self.catalog, time.time()))
+        self.routed += len(events)
+        due = await self.store.take_deliveries(BATCH, self.settings.event_retry_s)
+        # One key's deliveries in order (flow control compares them); different keys side by side.
+        lanes: dict[tuple[str, str], list[Delivery]] = defaultdict(list)
+        for delivery in due:
+            lanes[(delivery.target, delivery.event.key or "")].append(delivery)
+        await asyncio.gather(*(self._lane(lane) for lane in lanes.values()))
+        self.delivered += len(due)
+        return len(events) == BATCH or len(due) == BATCH
+
+    async def _lane(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            try:
+                await self.deliver(delivery)
+            except Exception:  # noqa: BLE001 - it comes due again after event_retry_s
+                log.warning("delivery of event %s to %s failed; it will be retried",
+                            delivery.event.id, delivery.target, exc_info=True)
+
+    async def deliver(self, delivery: Delivery) -> None:
+        event, target = delivery.event, delivery.target
+        if delivery.attempt > self.settings.event_max_attempts:
+            await self.store.finish_delivery(event.seq, target,
+                                             f"gave up after {delivery.attempt - 1} attempts")
+            return
+        kind, _, name = target.partition(":")
+        if kind == "workflow":
+            await self._start_task(delivery, name)
+        elif kind == "agent":
+            await self._to_mailbox(delivery, name)
+        else:
+            await self.store.finish_delivery(event.seq, target, f"unknown target {target!r}")
+
+    async def _start_task(self, delivery: Delivery, name: str) -> None:
+        event, target = delivery.event, delivery.target
+        wf = self.catalog.workflows.get(name)
+        trigger = next((t for t in wf.triggers if t.matches(event.topic, event.data)), None) if wf else None
+        if wf is None or trigger is None:
+            await self.store.finish_delivery(event.seq, target, "not subscribed any more")
+            return
+        try:
+            wf.validate_input(event.data)
+        except InvalidInput as e:
+            await self.store.finish_delivery(event.seq, target, f"rejected: {e}")
+            return
+        if trigger.one_per_key or trigger.cancel_running:
+            active = await self.store.active_key_tasks(target, event.key or "")
+            if trigger.cancel_running:
+                for task_id in active:
+                    with contextlib.suppress(InvalidTransition, TaskNotFound):
+                        await self.store.request_cancel(task_id)
+            elif active:
+                await self.store.defer_delivery(event.seq, target,
+                                                time.time() + ONE_PER_KEY_RECHECK_S)
+                return
+        request = SubmitRequest(workflow=name, input=event.data, tenant=event.tenant,
+                                idempotency_key=f"event:{event.id}:{name}")
+        try:
+            record, created = await self.store.submit(request)
+        except QueueFull as e:
+            await self.store.defer_delivery(event.seq, target, time.time() + (e.retry_after_s or 1.0))
+            return
+        except RaysquadError as e:  # refused for what it is (a priority, a size): it will not pass
+            await self.store.finish_delivery(event.seq, target, f"refused: {e}")
+            return
+        await self.store.finish_delivery(event.seq, target,
+                                         "started" if created else "started before", record.id)
+
+    async def _to_mailbox(self, delivery: Delivery, role: str) -> None:
+        event = delivery.event
+        mailbox = self.mailboxes.get(role)
+        if mailbox is None:
+            await self.store.finish_delivery(event.seq, delivery.target, "no such agent role")
+            return
+        msg = AgentMessage(id=f"event:{event.seq}:{role}:{delivery.attempt}", role=role, task_id="",
+                           step_key=f"event:{event.id}", tenant=event.tenant, payload=event.data,
+                           event=event, attempt=delivery.attempt)
+        await mailbox.put_batch([(msg.id, msg.priority, msg)])
+
+
+class EventBusService(Protocol):
+    async def start(self) -> None: ...
+    async def poke(self) -> None: ...
+    async def stats(self) -> dict[str, int]: ...
+
+
+class EventBusActor(EventBus):
+    """An EventBus built from small values; it finds the Store and the mailboxes by name."""
+
+    def __init__(self, settings: Settings, apps: list[str]) -> None:
+        from runtime.peers import find_peers
+
+        peers = find_peers(settings, apps)
+        super().__init__(settings, peers.store, peers.catalog, dict(peers.mailboxes))
+
+
+class EventBusHandle(ActorHandle):
+    """The event bus actor, typed."""
+
+    @classmethod
+    def find(cls, namespace: str) -> EventBusHandle:
+        return cls.named(ACTOR_NAME, namespace)
+
+    async def start(self) -> None:
+        await self._call("start")
+
+    def poke_now(self) -> None:
+        """``poke`` without waiting (a publish does not wait for its delivery)."""
+        self._send("poke")
+
+    async def poke(self) -> None:
+        await self._call("poke")
+
+    async def stats(self, deadline_s: float | None = None) -> dict[str, int]:
+        return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
+
+
+def start_event_bus(settings: Settings, apps: list[str]) -> EventBusHandle:
+    """Start the event bus (the Store and the agent mailboxes must be up)."""
+    actor = (
+        ray.remote(EventBusActor)
+        .options(**named_actor_options(settings, ACTOR_NAME, max_concurrency=1000))
+        .remote(settings, apps)
+    )
+    return EventBusHandle(actor, ACTOR_NAME, settings.namespace)
+
+
+_handles: dict[str, EventBusHandle] = {}
+
+
+def poke(namespace: str) -> None:
+    """Wake the namespace's event bus without waiting (if it cannot be reached, it polls anyway)."""
+    try:
+        handle = _handles.get(namespace) or _handles.setdefault(namespace,
+                                                                EventBusHandle.find(namespace))
+        handle.poke_now()
+    except Exception:  # noqa: BLE001 - no bus (yet): its next poll finds the event
+        _handles.pop(namespace, None)
+
+
+async def publish(store: StoreService, namespace: str,
+                  events: list[TopicEvent]) -> list[tuple[TopicEvent, bool]]:
+    """Keep the events in the Store (each once per id), then wake the bus; (event as kept, new?)."""
+    kept = await store.publish(events)
+    if any(new for _, new in kept):
+        poke(namespace)
+    return kept
+
+
+def new_event(topic: str, data: Any, *, key: str | None, event_id: str | None, tenant: str,
+              source: str, max_bytes: int) -> TopicEvent:
+    """A TopicEvent to publish, checked before anything is kept: its topic (InvalidTopic), its
+    data as JSON (InvalidEventData) and its size (InputTooLarge); an id made when none is given."""
+    check_topic(topic)
+    try:
+        size = len(json.dumps(data, allow_nan=False).encode())
+    except (TypeError, ValueError) as e:
+        raise InvalidEventData(topic, str(e)) from None
+    if size > max_bytes:
+        raise InputTooLarge(size, max_bytes, "the event's data")
+    if event_id is not None and not 0 < len(event_id) <= 200:
+        raise InvalidEventData(topic, "an event id is 1 to 200 characters")
+    return TopicEvent(id=event_id or uuid.uuid4().hex, topic=topic, key=key, data=data,
+                      tenant=tenant, source=source, created_at=time.time())
+

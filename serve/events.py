@@ -1,0 +1,138 @@
+"""The HTTP routes of the event-driven half: publish an event, list events, see what became of one,
+and webhooks from outside systems (Standard Webhooks: ``webhook-id``, ``webhook-timestamp``,
+``webhook-signature``; HMAC-SHA256 with one of the source's secrets; a 5-minute replay window, the
+scheme's own; the delivery's id as the event id, so a replayed delivery publishes nothing new)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from runtime.bus import new_event
+from runtime.client import AsyncClient
+from runtime.config import Settings
+from runtime.errors import WebhookRejected, WebhookSourceNotFound
+from runtime.models import TopicEvent
+
+TOPIC_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+Topic = Annotated[str, Path(min_length=1, max_length=200, pattern=TOPIC_PATTERN,
+                            description="dot-separated words, like docs.new")]
+EventId = Annotated[str, Path(min_length=1, max_length=200)]
+Source = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class PublishBody(BaseModel):
+    """An event: ``data`` is what subscribers get (a triggered workflow's input). ``id`` makes a
+    retried publish the same event; ``key`` groups events for flow control."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, min_length=1, max_length=200)
+    key: str | None = Field(None, min_length=1, max_length=200)
+    data: Any = None
+
+
+class EventPage(BaseModel):
+    items: list[TopicEvent]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
+
+
+class DeliveryView(BaseModel):
+    target: str = Field(description="workflow:<name> or agent:<role>")
+    key: str
+    attempts: int
+    due_at: float
+    done_at: float | None = None
+    outcome: str | None = Field(None, description="started, handled, superseded, rejected: ...")
+    task_id: str | None = Field(None, description="the task a workflow delivery started")
+
+
+class EventReportView(BaseModel):
+    event: TopicEvent
+    deliveries: list[DeliveryView]
+
+
+def _event_reply(event: TopicEvent, new: bool) -> JSONResponse:
+    return JSONResponse(event.model_dump(mode="json"), 202 if new else 200,
+                        {"Location": f"/v1/events/{event.topic}/{event.id}"})
+
+
+def install(app: FastAPI, tenant: Any, responses: Any, body_errors: tuple[int, ...]) -> None:
+    """Add the routes to ``app``; ``tenant`` is the API-key dependency, as for tasks."""
+    Tenant = Annotated[str, Depends(tenant)]  # noqa: N806 - a type, named as one
+
+    def client(request: Request) -> AsyncClient:
+        return request.app.state.client  # type: ignore[no-any-return]
+
+    def settings(request: Request) -> Settings:
+        return request.app.state.settings  # type: ignore[no-any-return]
+
+    @app.post("/v1/events/{topic}", status_code=202, response_model=TopicEvent,
+              operation_id="publishEvent",
+              responses={**responses(429, *body_errors),
+                         200: {"model": TopicEvent, "description": "the id's event, kept before"}})
+    async def publish_event(topic: Topic, body: PublishBody, tenant: Tenant,
+                            request: Request) -> JSONResponse:
+        """Publish an event on ``topic``: kept first, then delivered at least once to every
+        workflow and agent role that subscribes. 202 when new; 200 with the kept event when its
+        ``id`` was published before (nothing new happens)."""
+        event = new_event(topic, body.data, key=body.key, event_id=body.id, tenant=tenant,
+                          source="http", max_bytes=settings(request).max_input_bytes)
+        return _event_reply(*await client(request).publish_event(event))
+
+    @app.get("/v1/events", response_model=EventPage, responses=responses(),
+             operation_id="listEvents")
+    async def list_events(tenant: Tenant, request: Request,
+                          topic: Annotated[str | None, Query(max_length=200,
+                                                             pattern=TOPIC_PATTERN)] = None,
+                          limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                          cursor: Annotated[str | None, Query(max_length=19,
+                                                              pattern=r"^[0-9]+$")] = None
+                          ) -> EventPage:
+        """The tenant's published events, newest first, a page at a time."""
+        events = await client(request).topic_events(topic, tenant, limit + 1,
+                                                    int(cursor) if cursor else None)
+        page = events[:limit]
+        return EventPage(items=page,
+                         next_cursor=str(page[-1].seq) if len(events) > limit else None)
+
+    @app.get("/v1/events/{topic}/{event_id}", response_model=EventReportView,
+             responses=responses(404), operation_id="getEvent")
+    async def get_event(topic: Topic, event_id: EventId, tenant: Tenant,
+                        request: Request) -> EventReportView:
+        """An event and what became of it: one delivery per subscriber, with the task it started."""
+        event, deliveries = await client(request).event_report(event_id, tenant)
+        return EventReportView(event=event, deliveries=[DeliveryView(**d) for d in deliveries])
+
+    @app.post("/v1/webhooks/{source}", status_code=202, response_model=TopicEvent,
+              operation_id="receiveWebhook",
+              responses={**responses(404, 429, *body_errors),
+                         200: {"model": TopicEvent, "description": "a delivery received before"}})
+    async def receive_webhook(source: Source, request: Request) -> JSONResponse:
+        """A webhook from the outside system ``source`` (RAYSQUAD_WEBHOOKS), verified by the
+        Standard Webhooks scheme and published on its topic with the JSON body as the event's
+        data. 401 for a missing, wrong or stale signature; a delivery id seen before is 200 and
+        publishes nothing new. No API key: the signature is the caller's credential."""
+        config = settings(request).webhooks.get(source)
+        if config is None:
+            raise WebhookSourceNotFound(source)
+        body = await request.body()
+        headers = dict(request.headers)
+        why = "no secret matched"
+        for secret in config.secrets:
+            try:
+                Webhook(secret).verify(body, headers)
+                break
+            except WebhookVerificationError as e:
+                why = str(e)
+        else:
+            raise WebhookRejected(source, why.lower())
+        event = new_event(config.topic, json.loads(body), key=None,
+                          event_id=request.headers["webhook-id"], tenant=config.tenant,
+                          source=f"webhook:{source}", max_bytes=settings(request).max_input_bytes)
+        return _event_reply(*await client(request).publish_event(event))
