@@ -3,8 +3,8 @@ and webhooks from outside systems (Standard Webhooks: ``webhook-id``, ``webhook-
 ``webhook-signature``; HMAC-SHA256 with one of the source's secrets; a 5-minute replay window, the
 scheme's own; the delivery's id as the event id, so a replayed delivery publishes nothing new)."""
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: the routes are declared inside ``install``, and
+# FastAPI must see their parameter types (the tenant dependency among them) as objects.
 import json
 from typing import Annotated, Any
 

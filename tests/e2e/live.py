@@ -8,6 +8,7 @@ does (tests/e2e/conftest.py); its tests check only their own tasks, by id or by 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -129,10 +130,16 @@ def no_server_error(response: httpx.Response) -> None:
 
 
 # The shared server's own settings, on top of raysquad_up's defaults.
-SHARED_APPS = ["tests.apps.basic", "tests.apps.tools"]
+SHARED_APPS = ["tests.apps.basic", "tests.apps.tools", "tests.apps.events"]
+# Standard Webhooks secrets of the "docs" source: the current one and the one being rotated out.
+WEBHOOK_SECRETS = ["whsec_" + base64.b64encode(b"docs-source-secret-number-one!!").decode(),
+                   "whsec_" + base64.b64encode(b"docs-source-secret-number-two!!").decode()]
 SHARED_ENV = {"RAYSQUAD_ADMIN_TENANTS": '["tenant-a"]',
               "RAYSQUAD_TOOLS__HTTP_ALLOW_NETWORKS": '["127.0.0.1/32"]',
-              "RAYSQUAD_TOOLS__HTTP_ALLOW_PORTS": '["1024-65535"]'}
+              "RAYSQUAD_TOOLS__HTTP_ALLOW_PORTS": '["1024-65535"]',
+              "RAYSQUAD_EVENT_POLL_S": "0.2",
+              "RAYSQUAD_WEBHOOKS": json.dumps({"docs": {"topic": "docs.new", "tenant": "tenant-a",
+                                                        "secrets": WEBHOOK_SECRETS}})}
 
 
 class SharedServer:

@@ -1,0 +1,134 @@
+"""Events over real HTTP on the shared server: publishing (new, repeated, refused), listing per
+tenant, an event's report with the task it started, and webhooks signed by the Standard Webhooks
+scheme (good, missing, wrong, stale, replayed, rotated secret, unknown source, too large)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from standardwebhooks.webhooks import Webhook
+
+from tests.conftest import wait_for
+from tests.e2e.live import MAX_BODY_BYTES, WEBHOOK_SECRETS, Api
+
+UNKNOWN_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo="
+
+
+def signed(body: bytes, secret: str, msg_id: str | None = None,
+           at: datetime | None = None) -> dict[str, str]:
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    at = at or datetime.now(UTC)
+    return {"webhook-id": msg_id, "webhook-timestamp": str(int(at.timestamp())),
+            "webhook-signature": Webhook(secret).sign(msg_id, at, body),
+            "content-type": "application/json"}
+
+
+def doc(api: Api, url: str) -> bytes:
+    return json.dumps({"dir": str(api.dir), "url": url, "lang": "en"}).encode()
+
+
+def events_of(client: httpx.Client, topic: str) -> list[dict[str, Any]]:
+    return client.get("/v1/events", params={"topic": topic, "limit": 500}).json()["items"]
+
+
+def test_a_signed_webhook_publishes_its_event_and_starts_its_workflow(api: Api) -> None:
+    hooks, tenant_a = api.client(), api.client("key-a")
+    body = doc(api, f"hook-{uuid.uuid4().hex[:6]}.html")
+    headers = signed(body, WEBHOOK_SECRETS[0])
+
+    r = hooks.post("/v1/webhooks/docs", content=body, headers=headers)
+
+    assert r.status_code == 202, r.text
+    event = r.json()
+    assert (event["id"], event["topic"], event["source"], event["tenant"]) == (
+        headers["webhook-id"], "docs.new", "webhook:docs", "tenant-a")
+    assert event["data"] == json.loads(body)
+    report_url = r.headers["Location"]
+    task_id = wait_for(lambda: next((d["task_id"] for d in
+                                     tenant_a.get(report_url).json()["deliveries"]
+                                     if d["target"] == "workflow:index_doc" and d["task_id"]), None),
+                       timeout_s=60, what="the webhook's event to start index_doc")
+    assert tenant_a.get(f"/v1/tasks/{task_id}").json()["workflow"] == "index_doc"
+
+    # Replayed (the same delivery again, inside the window): nothing new is published.
+    before = len(events_of(tenant_a, "docs.new"))
+    again = hooks.post("/v1/webhooks/docs", content=body, headers=headers)
+    assert again.status_code == 200 and again.json()["seq"] == event["seq"]
+    assert len(events_of(tenant_a, "docs.new")) == before
+
+
+def test_a_rotated_secret_is_still_accepted(api: Api) -> None:
+    body = doc(api, "rotated.html")
+    r = api.client().post("/v1/webhooks/docs", content=body,
+                          headers=signed(body, WEBHOOK_SECRETS[1]))
+    assert r.status_code == 202, r.text
+
+
+def test_bad_signatures_are_401_and_publish_nothing(api: Api) -> None:
+    hooks, tenant_a = api.client(), api.client("key-a")
+    body = doc(api, "bad.html")
+    before = len(events_of(tenant_a, "docs.new"))
+    good = signed(body, WEBHOOK_SECRETS[0])
+    cases = {
+        "missing": {"content-type": "application/json"},
+        "wrong": signed(body, UNKNOWN_SECRET),
+        "stale": signed(body, WEBHOOK_SECRETS[0], at=datetime.now(UTC) - timedelta(minutes=10)),
+        "future": signed(body, WEBHOOK_SECRETS[0], at=datetime.now(UTC) + timedelta(minutes=10)),
+        "tampered": good,  # signed for another body
+    }
+    for name, headers in cases.items():
+        content = body if name != "tampered" else body.replace(b"bad.html", b"evil.html")
+        r = hooks.post("/v1/webhooks/docs", content=content, headers=headers)
+        assert r.status_code == 401, (name, r.status_code, r.text)
+        assert r.json()["error"]["type"] == "WebhookRejected", name
+    assert len(events_of(tenant_a, "docs.new")) == before
+
+
+def test_webhook_sources_and_sizes_are_checked(api: Api) -> None:
+    hooks = api.client()
+    body = doc(api, "x.html")
+    r = hooks.post("/v1/webhooks/nobody", content=body, headers=signed(body, WEBHOOK_SECRETS[0]))
+    assert r.status_code == 404 and "RAYSQUAD_WEBHOOKS" in r.json()["error"]["message"]
+    big = json.dumps({"pad": "x" * MAX_BODY_BYTES}).encode()
+    r = hooks.post("/v1/webhooks/docs", content=big, headers=signed(big, WEBHOOK_SECRETS[0]))
+    assert r.status_code == 413
+
+
+def test_publish_over_http(api: Api) -> None:
+    tenant_a, tenant_b = api.client("key-a"), api.client("key-b")
+    event_id = f"pub-{uuid.uuid4().hex[:8]}"
+    body = {"id": event_id, "key": "k1", "data": {"dir": str(api.dir), "url": "p.html"}}
+
+    first = tenant_a.post("/v1/events/notes.added", json=body)
+    again = tenant_a.post("/v1/events/notes.added", json={**body, "data": {"other": 1}})
+
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json() == first.json()
+    assert first.json()["key"] == "k1" and first.json()["source"] == "http"
+    report = tenant_a.get(f"/v1/events/notes.added/{event_id}").json()
+    assert report["event"]["id"] == event_id and report["deliveries"] == []  # nobody subscribes
+    assert tenant_b.get(f"/v1/events/notes.added/{event_id}").status_code == 404
+    assert all(e["tenant"] == "tenant-b" for e in events_of(tenant_b, "notes.added"))
+    assert api.client().post("/v1/events/notes.added", json=body).status_code == 401
+
+    for topic, payload, status in [("bad..topic", {"data": 1}, 422),
+                                   ("notes.added", {"data": 1, "extra": 2}, 422),
+                                   ("notes.added", {"data": 1, "id": ""}, 422)]:
+        r = tenant_a.post(f"/v1/events/{topic}", json=payload)
+        assert r.status_code == status, (topic, payload, r.text)
+
+
+def test_events_are_paged(api: Api) -> None:
+    tenant_b = api.client("key-b")
+    topic = f"pages.t{uuid.uuid4().hex[:6]}"
+    for n in range(5):
+        assert tenant_b.post(f"/v1/events/{topic}", json={"data": {"n": n}}).status_code == 202
+    first = tenant_b.get("/v1/events", params={"topic": topic, "limit": 3}).json()
+    rest = tenant_b.get("/v1/events", params={"topic": topic, "limit": 3,
+                                              "cursor": first["next_cursor"]}).json()
+    assert [e["data"]["n"] for e in first["items"] + rest["items"]] == [4, 3, 2, 1, 0]
+    assert rest["next_cursor"] is None
