@@ -33,7 +33,7 @@ __all__ = [
     "InvalidInput", "QueueFull", "RaysquadError", "Ref", "RetryPolicy", "Runtime", "Settings",
     "SignalTimeout", "StepError", "TaskCancelled", "TaskFailed", "TaskNotFound", "TaskRecord",
     "TaskStatus", "TaskSummary", "ToolContext", "ToolFailed", "ToolSettings", "TopicEvent",
-    "Workflow", "WorkflowNotFound", "on_event", "tool", "workflow",
+    "Workflow", "WorkflowNotFound", "on_event", "on_schedule", "tool", "workflow",
 ]
 
 
@@ -52,7 +52,7 @@ def __dir__() -> list[str]:
 
 # Imported now (it is light): the decorator ``workflow`` has its module's name, and a submodule
 # imported later would otherwise take the package attribute that a lazy lookup reads.
-from runtime.triggers import on_event  # noqa: E402
+from runtime.triggers import on_event, on_schedule  # noqa: E402
 from runtime.workflow import Context, Workflow, workflow  # noqa: E402
 
 if TYPE_CHECKING:

@@ -103,10 +103,8 @@ class Runtime:
         recovered = asyncio.run(dispatcher.start())
         workers = start_worker_pool(settings, apps)
         asyncio.run(workers.start())
-        events = None
-        if catalog.subscribers():  # nobody subscribes: events wait in the Store, routed later
-            events = start_event_bus(settings, apps)
-            asyncio.run(events.start())
+        events = start_event_bus(settings, apps)  # the bus and the scheduler
+        asyncio.run(events.start())
         log.info("raysquad runtime up: %d workflow(s), %d agent role(s), %d task(s) recovered",
                  len(catalog.workflows), len(catalog.agents), recovered)
         return cls(settings, apps, catalog, store, dispatcher, workers, mailboxes, pools, engines,

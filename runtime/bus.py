@@ -1,4 +1,5 @@
 """The event bus: it routes each published event to its subscribers and delivers it, at least once.
+The same actor (``events``) runs the scheduler (runtime/schedules.py).
 
 Publishing only writes the event to the Store (the outbox, store/outbox.py) and pokes the bus. The
 bus, one restartable actor named ``events``, then works from the Store alone, so a kill at any
@@ -43,6 +44,7 @@ from runtime.errors import (
 from runtime.handles import ActorHandle, restarted
 from runtime.models import AgentMessage, Delivery, Route, SubmitRequest, TopicEvent
 from runtime.queue import MailboxService
+from runtime.schedules import Scheduler
 from runtime.store.actor import StoreService
 from runtime.triggers import check_topic, topic_matches
 
@@ -87,22 +89,30 @@ class EventBus:
         self.catalog = catalog
         self.mailboxes = mailboxes
         self._wake = asyncio.Event()
-        self._loop: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self.scheduler = Scheduler(settings, store, catalog)
         self.routed = 0
         self.delivered = 0
         if restarted():
             asyncio.get_running_loop().create_task(self.start())
 
     async def start(self) -> None:
-        if self._loop is None or self._loop.done():
-            self._loop = asyncio.get_running_loop().create_task(self._run())
+        """Declare the app's schedules, then route and deliver events and fire schedules."""
+        if not self._loops or all(loop.done() for loop in self._loops):
+            await self.scheduler.declare()
+            loop = asyncio.get_running_loop()
+            self._loops = [loop.create_task(self._run()), loop.create_task(self.scheduler.run())]
 
     async def poke(self) -> None:
         """Something was published: look now rather than at the next poll."""
         self._wake.set()
 
+    async def schedules_changed(self) -> None:
+        """A schedule was created, changed or resumed: the scheduler looks now."""
+        self.scheduler.wake()
+
     async def stats(self) -> dict[str, int]:
-        return {"routed": self.routed, "delivered": self.delivered}
+        return {"routed": self.routed, "delivered": self.delivered, "fired": self.scheduler.fired}
 
     async def _run(self) -> None:
         while True:
@@ -203,6 +213,7 @@ class EventBus:
 class EventBusService(Protocol):
     async def start(self) -> None: ...
     async def poke(self) -> None: ...
+    async def schedules_changed(self) -> None: ...
     async def stats(self) -> dict[str, int]: ...
 
 
@@ -226,12 +237,11 @@ class EventBusHandle(ActorHandle):
     async def start(self) -> None:
         await self._call("start")
 
-    def poke_now(self) -> None:
-        """``poke`` without waiting (a publish does not wait for its delivery)."""
-        self._send("poke")
-
     async def poke(self) -> None:
         await self._call("poke")
+
+    async def schedules_changed(self) -> None:
+        await self._call("schedules_changed")
 
     async def stats(self, deadline_s: float | None = None) -> dict[str, int]:
         return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
@@ -250,13 +260,14 @@ def start_event_bus(settings: Settings, apps: list[str]) -> EventBusHandle:
 _handles: dict[str, EventBusHandle] = {}
 
 
-def poke(namespace: str) -> None:
-    """Wake the namespace's event bus without waiting (if it cannot be reached, it polls anyway)."""
+def poke(namespace: str, what: str = "poke") -> None:
+    """Wake the namespace's event bus (``poke``) or scheduler (``schedules_changed``) without
+    waiting; if it cannot be reached, it polls anyway."""
     try:
         handle = _handles.get(namespace) or _handles.setdefault(namespace,
                                                                 EventBusHandle.find(namespace))
-        handle.poke_now()
-    except Exception:  # noqa: BLE001 - no bus (yet): its next poll finds the event
+        handle._send(what)
+    except Exception:  # noqa: BLE001 - no bus (yet): its next poll finds the change
         _handles.pop(namespace, None)
 
 

@@ -17,20 +17,27 @@ import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import ray
 
-from runtime.bus import new_event, publish
+from runtime.bus import new_event, poke, publish
 from runtime.catalog import Catalog, load_catalog
 from runtime.cluster import use_local_token_if_any
 from runtime.config import Settings
 from runtime.dispatch import DispatcherHandle
-from runtime.errors import EventNotFound, RuntimeNotRunning, TaskFailed, WaitTimeout
+from runtime.errors import (
+    EventNotFound,
+    RuntimeNotRunning,
+    ScheduleNotFound,
+    TaskFailed,
+    WaitTimeout,
+)
 from runtime.handles import ActorHandle, actor_names
 from runtime.models import (
     END_EVENT_KINDS,
     Event,
+    Schedule,
     SubmitRequest,
     TaskRecord,
     TaskStatus,
@@ -38,6 +45,7 @@ from runtime.models import (
     TopicEvent,
     parse_cursor,
 )
+from runtime.schedules import new_schedule, next_tick
 from runtime.store.actor import StoreHandle, StoreService, store_for
 from runtime.store.outbox import EventReport
 
@@ -46,6 +54,7 @@ SchemaList = list[dict[str, Any]]
 TaskList = list[TaskSummary]
 EventList = list[Event]
 TopicEventList = list[TopicEvent]
+ScheduleList = list[Schedule]
 
 #: How long a readiness check waits for each part of the control plane.
 READY_DEADLINE_S = 2.0
@@ -167,6 +176,52 @@ class AsyncClient:
         if report is None:
             raise EventNotFound(event_id)
         return report
+
+    # -- schedules ----------------------------------------------------------------------------------
+
+    async def create_schedule(self, schedule_id: str, workflow: str, cron: str, *,
+                              timezone: str = "UTC",
+                              input: dict[str, Any] | None = None,  # noqa: A002 - as in submit
+                              catch_up: Literal["skip", "once"] = "skip",
+                              overlap: Literal["skip", "allow", "cancel"] = "skip",
+                              tenant: str = "default", paused: bool = False) -> Schedule:
+        """Create the schedule ``schedule_id`` (or replace its definition): a task of ``workflow``
+        with ``input`` at each tick of ``cron`` in ``timezone`` (see runtime/schedules.py)."""
+        schedule = new_schedule(schedule_id, workflow, cron, timezone=timezone, input=input,
+                                catch_up=catch_up, overlap=overlap, tenant=tenant, paused=paused,
+                                catalog=self._catalog)
+        kept, _ = await self._store.put_schedule(schedule)
+        poke(self._namespace, "schedules_changed")
+        return kept
+
+    async def schedules(self, tenant: str | None = None) -> ScheduleList:
+        return await self._store.list_schedules(tenant)
+
+    async def schedule(self, schedule_id: str, tenant: str = "default") -> Schedule:
+        found = await self._store.get_schedule(tenant, schedule_id)
+        if found is None:
+            raise ScheduleNotFound(schedule_id)
+        return found
+
+    async def pause_schedule(self, schedule_id: str, tenant: str = "default") -> Schedule:
+        return await self._set_paused(schedule_id, tenant, True)
+
+    async def resume_schedule(self, schedule_id: str, tenant: str = "default") -> Schedule:
+        """Resume from the next tick to come: ticks while it was paused do not run."""
+        return await self._set_paused(schedule_id, tenant, False)
+
+    async def _set_paused(self, schedule_id: str, tenant: str, paused: bool) -> Schedule:
+        current = await self.schedule(schedule_id, tenant)
+        updated = await self._store.pause_schedule(
+            tenant, schedule_id, paused, next_tick(current.cron, current.timezone, time.time()))
+        if updated is None:
+            raise ScheduleNotFound(schedule_id)
+        poke(self._namespace, "schedules_changed")
+        return updated
+
+    async def delete_schedule(self, schedule_id: str, tenant: str = "default") -> None:
+        if not await self._store.delete_schedule(tenant, schedule_id):
+            raise ScheduleNotFound(schedule_id)
 
     async def wait(self, task_id: str, timeout_s: float | None = None) -> TaskRecord:
         """Wait until the task ends (succeeded, failed or cancelled) and return its record."""
@@ -300,6 +355,30 @@ class Client:
 
     def event_report(self, event_id: str, tenant: str = "default") -> EventReport:
         return self._run(self.aio.event_report(event_id, tenant))
+
+    def create_schedule(self, schedule_id: str, workflow: str, cron: str, *,
+                        timezone: str = "UTC", input: dict[str, Any] | None = None,  # noqa: A002
+                        catch_up: Literal["skip", "once"] = "skip",
+                        overlap: Literal["skip", "allow", "cancel"] = "skip",
+                        tenant: str = "default", paused: bool = False) -> Schedule:
+        return self._run(self.aio.create_schedule(
+            schedule_id, workflow, cron, timezone=timezone, input=input, catch_up=catch_up,
+            overlap=overlap, tenant=tenant, paused=paused))
+
+    def schedules(self, tenant: str | None = None) -> ScheduleList:
+        return self._run(self.aio.schedules(tenant))
+
+    def schedule(self, schedule_id: str, tenant: str = "default") -> Schedule:
+        return self._run(self.aio.schedule(schedule_id, tenant))
+
+    def pause_schedule(self, schedule_id: str, tenant: str = "default") -> Schedule:
+        return self._run(self.aio.pause_schedule(schedule_id, tenant))
+
+    def resume_schedule(self, schedule_id: str, tenant: str = "default") -> Schedule:
+        return self._run(self.aio.resume_schedule(schedule_id, tenant))
+
+    def delete_schedule(self, schedule_id: str, tenant: str = "default") -> None:
+        self._run(self.aio.delete_schedule(schedule_id, tenant))
 
     def close(self) -> None:
         """Stop this client's loop thread (a client is also cleaned up when the process ends)."""

@@ -254,6 +254,8 @@ class Settings(BaseSettings):
     event_retry_s: float = Field(
         60.0, gt=0, description="a delivery not finished in this long goes out again (a redelivery)")
     event_max_attempts: int = Field(5, ge=1, description="deliveries of one event to one subscriber")
+    schedule_grace_s: float = Field(
+        10.0, gt=0, description="a schedule's tick fired later than this was missed (see catch_up)")
     webhooks: dict[str, WebhookSource] = Field(
         default_factory=dict, description="RAYSQUAD_WEBHOOKS: source name -> {topic, secrets}")
 

@@ -590,3 +590,25 @@ class EventNotFound(NotFound):
 
     def __str__(self) -> str:
         return f"no event with id {self.event_id[:200]!r}"
+
+
+class InvalidSchedule(Refused):
+    """Raised for a schedule that cannot run: a bad cron expression, time zone or id."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"bad schedule: {self.problem}"
+
+
+class ScheduleNotFound(NotFound):
+    """Raised when a tenant has no schedule with the id asked for."""
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(schedule_id)
+        self.schedule_id = schedule_id
+
+    def __str__(self) -> str:
+        return f"no schedule with id {self.schedule_id[:200]!r}"

@@ -147,6 +147,32 @@ class TopicEvent(BaseModel):
     seq: int = Field(0, description="the Store's order of events (set when it is kept)")
 
 
+class Schedule(BaseModel):
+    """A cron schedule that starts a workflow at each tick (runtime/schedules.py).
+
+    ``catch_up``: what a tick that passed while no scheduler ran (a full restart) becomes: ``skip``
+    (nothing; the next tick runs) or ``once`` (one run for all that were missed). ``overlap``: what
+    a tick does while the last run it started is still active: ``skip`` it, ``allow`` a second
+    run, or ``cancel`` the last run and start anew."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    tenant: str = "default"
+    workflow: str
+    cron: str
+    timezone: str = "UTC"
+    input: dict[str, Any] = Field(default_factory=dict)
+    catch_up: Literal["skip", "once"] = "skip"
+    overlap: Literal["skip", "allow", "cancel"] = "skip"
+    paused: bool = False
+    next_at: float = Field(description="the next tick, seconds since the epoch")
+    last_tick: float | None = None
+    last_task_id: str | None = None
+    created_at: float
+    updated_at: float
+
+
 class Delivery(BaseModel):
     """One event on its way to one subscriber (``workflow:<name>`` or ``agent:<role>``);
     ``attempt`` counts from 1, and more than 1 means it may have been delivered before."""

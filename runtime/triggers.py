@@ -1,5 +1,6 @@
-"""What starts work by itself: event triggers on workflows (``on_event``), and the topic patterns
-that workflows and agent roles subscribe with.
+"""What starts work by itself: event triggers on workflows (``on_event``), schedules declared on
+workflows (``on_schedule``, run by runtime/schedules.py), and the topic patterns that workflows and
+agent roles subscribe with.
 
 A topic is dot-separated words (``docs.new``, ``repo.push``). A pattern matches topics word by word:
 ``*`` is any one word, ``**`` any number of words (none included): ``docs.*`` matches ``docs.new``
@@ -11,10 +12,13 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from runtime.errors import InvalidTopic
+from croniter import croniter
+
+from runtime.errors import InvalidSchedule, InvalidTopic
 
 _WORD = r"[A-Za-z0-9_\-]+"
 TOPIC_RE = re.compile(rf"^{_WORD}(\.{_WORD})*$")
@@ -99,3 +103,37 @@ def on_event(topic: str, where: Where = None, *, debounce_s: float | None = None
     if debounce_s is not None and debounce_s <= 0:
         raise ValueError("debounce_s must be positive")
     return OnEvent(topic, where, debounce_s, one_per_key, cancel_running)
+
+
+def check_cron(cron: str, timezone: str) -> None:
+    """InvalidSchedule unless ``cron`` is a cron expression (five fields, or six with seconds
+    last) and ``timezone`` an IANA time zone."""
+    if not croniter.is_valid(cron):
+        raise InvalidSchedule(f"{cron!r} is not a cron expression (minute hour day month weekday, "
+                              "and optionally seconds last, like '*/5 * * * *')")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidSchedule(f"{timezone!r} is not a time zone (like 'UTC' or 'Europe/Paris')") from None
+
+
+@dataclass(frozen=True)
+class OnSchedule:
+    """A schedule declared on a workflow (``@workflow(triggers=[on_schedule(...)])``); it is
+    created, or updated, when the runtime starts, for the default tenant."""
+
+    cron: str
+    timezone: str = "UTC"
+    input: dict[str, Any] = field(default_factory=dict)
+    catch_up: Literal["skip", "once"] = "skip"
+    overlap: Literal["skip", "allow", "cancel"] = "skip"
+    id: str | None = None
+
+
+def on_schedule(cron: str, *, timezone: str = "UTC", input: dict[str, Any] | None = None,  # noqa: A002
+                catch_up: Literal["skip", "once"] = "skip",
+                overlap: Literal["skip", "allow", "cancel"] = "skip",
+                id: str | None = None) -> OnSchedule:  # noqa: A002
+    """A workflow trigger: start a task on each tick of ``cron`` in ``timezone``."""
+    check_cron(cron, timezone)
+    return OnSchedule(cron, timezone, dict(input or {}), catch_up, overlap, id)

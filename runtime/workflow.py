@@ -23,7 +23,7 @@ from runtime.config import RetryPolicy
 from runtime.errors import InvalidInput, LeaseLost, SignalTimeout, StepError, TaskCancelled
 from runtime.models import ChatMessage, ChatRequest, Completion, TopicEvent
 from runtime.retry import GaveUp, Retrying, retry
-from runtime.triggers import OnEvent, check_topic
+from runtime.triggers import OnEvent, OnSchedule, check_topic
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class Workflow:
     output_type: Any
     retry: RetryPolicy | None = None
     triggers: tuple[OnEvent, ...] = ()
+    schedules: tuple[OnSchedule, ...] = ()
 
     def validate_input(self, data: Any) -> BaseModel:
         try:
@@ -65,14 +66,18 @@ class Workflow:
 
 
 def workflow(fn: Callable[..., Awaitable[Any]] | None = None, *, name: str | None = None,
-             retry: RetryPolicy | None = None, triggers: list[OnEvent] | None = None) -> Any:
+             retry: RetryPolicy | None = None,
+             triggers: list[OnEvent | OnSchedule] | None = None) -> Any:
     """Declare ``async def f(ctx: Context, inp: SomeModel) -> Out`` a workflow named ``name or f``.
 
-    ``triggers``: ``on_event(...)`` subscriptions, each starting one task per matching event
-    (runtime/triggers.py)."""
+    ``triggers``: ``on_event(...)`` subscriptions, each starting one task per matching event, and
+    ``on_schedule(...)`` schedules (runtime/triggers.py)."""
     for trigger in triggers or ():
-        if not isinstance(trigger, OnEvent):
-            raise TypeError(f"a workflow trigger is made with on_event(...), not {trigger!r}")
+        if not isinstance(trigger, OnEvent | OnSchedule):
+            raise TypeError(f"a workflow trigger is made with on_event(...) or on_schedule(...), "
+                            f"not {trigger!r}")
+    events = tuple(t for t in triggers or () if isinstance(t, OnEvent))
+    schedules = tuple(t for t in triggers or () if isinstance(t, OnSchedule))
 
     def wrap(f: Callable[..., Awaitable[Any]]) -> Workflow:
         if not inspect.iscoroutinefunction(f):
@@ -85,7 +90,7 @@ def workflow(fn: Callable[..., Awaitable[Any]] | None = None, *, name: str | Non
         if not (isinstance(input_model, type) and issubclass(input_model, BaseModel)):
             raise TypeError(f"workflow {f.__name__}: annotate its input with a pydantic model")
         return Workflow(f, name or f.__name__, input_model, hints.get("return", Any), retry,
-                        tuple(triggers or ()))
+                        events, schedules)
 
     return wrap(fn) if fn is not None else wrap
 

@@ -38,6 +38,7 @@ class Kind(StrEnum):
     GATEKEEPER = "gates"
     ENGINE = "engine:"
     TOOL_EXECUTOR = "tools:"
+    EVENTS = "events"
     WORKER = "worker:"
     AGENT_REPLICA = "agent:"
 
@@ -47,7 +48,7 @@ class Kind(StrEnum):
         return self in (Kind.WORKER, Kind.AGENT_REPLICA)
 
     def matches(self, name: str) -> bool:
-        if self in (Kind.STORE, Kind.DISPATCHER, Kind.WORKER_POOL, Kind.GATEKEEPER):
+        if self in (Kind.STORE, Kind.DISPATCHER, Kind.WORKER_POOL, Kind.GATEKEEPER, Kind.EVENTS):
             return name == self.value
         if self is Kind.AGENT_POOL:
             return name.startswith("pool:") and name != Kind.WORKER_POOL.value

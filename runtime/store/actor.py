@@ -41,6 +41,7 @@ from runtime.models import (
     Event,
     Lease,
     Route,
+    Schedule,
     SubmitRequest,
     TaskRecord,
     TaskStatus,
@@ -390,6 +391,38 @@ class StoreActor(SubmitBatching):
     async def event_deliveries(self, tenant: str, event_id: str) -> EventReport | None:
         return self._call("event_deliveries", tenant, event_id)  # type: ignore[no-any-return]
 
+    # -- schedules (store/schedules.py) ---------------------------------------------------------------
+
+    async def put_schedule(self, schedule: Schedule) -> tuple[Schedule, bool]:
+        return self._call("put_schedule", schedule)  # type: ignore[no-any-return]
+
+    async def get_schedule(self, tenant: str, schedule_id: str) -> Schedule | None:
+        return self._call("get_schedule", tenant, schedule_id)  # type: ignore[no-any-return]
+
+    async def list_schedules(self, tenant: str | None = None) -> list[Schedule]:
+        return self._call("list_schedules", tenant)  # type: ignore[no-any-return]
+
+    async def delete_schedule(self, tenant: str, schedule_id: str) -> bool:
+        return self._call("delete_schedule", tenant, schedule_id)  # type: ignore[no-any-return]
+
+    async def pause_schedule(self, tenant: str, schedule_id: str, paused: bool,
+                             next_at: float) -> Schedule | None:
+        return self._call("pause_schedule", tenant, schedule_id, paused, next_at, time.time())  # type: ignore[no-any-return]
+
+    async def due_schedules(self, limit: int) -> list[Schedule]:
+        return self._call("due_schedules", time.time(), limit)  # type: ignore[no-any-return]
+
+    async def next_schedule_at(self) -> float | None:
+        return self._call("next_schedule_at")  # type: ignore[no-any-return]
+
+    async def advance_schedule(self, tenant: str, schedule_id: str, expected_next_at: float,
+                               next_at: float, tick: float | None, task_id: str | None) -> bool:
+        return self._call("advance_schedule", tenant, schedule_id, expected_next_at, next_at, tick,  # type: ignore[no-any-return]
+                          task_id, time.time())
+
+    async def take_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        return self._call("take_lease", name, owner, ttl_s, time.time())  # type: ignore[no-any-return]
+
     async def ping(self) -> str:
         return str(self._store.path)
 
@@ -439,6 +472,17 @@ class StoreService(Protocol):
     async def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
                        step_output: bytes | None = None) -> DeadLetter: ...
     async def ping(self) -> str: ...
+    async def put_schedule(self, schedule: Schedule) -> tuple[Schedule, bool]: ...
+    async def get_schedule(self, tenant: str, schedule_id: str) -> Schedule | None: ...
+    async def list_schedules(self, tenant: str | None = None) -> list[Schedule]: ...
+    async def delete_schedule(self, tenant: str, schedule_id: str) -> bool: ...
+    async def pause_schedule(self, tenant: str, schedule_id: str, paused: bool,
+                             next_at: float) -> Schedule | None: ...
+    async def due_schedules(self, limit: int) -> list[Schedule]: ...
+    async def next_schedule_at(self) -> float | None: ...
+    async def advance_schedule(self, tenant: str, schedule_id: str, expected_next_at: float,
+                               next_at: float, tick: float | None, task_id: str | None) -> bool: ...
+    async def take_lease(self, name: str, owner: str, ttl_s: float) -> bool: ...
     async def publish(self, events: list[TopicEvent]) -> list[tuple[TopicEvent, bool]]: ...
     async def unrouted_events(self, limit: int) -> list[TopicEvent]: ...
     async def route_event(self, seq: int, routes: list[Route]) -> None: ...
@@ -589,6 +633,38 @@ class StoreHandle(SubmitBatching, ActorHandle):
 
     async def event_deliveries(self, tenant: str, event_id: str) -> EventReport | None:
         return await self._call("event_deliveries", tenant, event_id)  # type: ignore[no-any-return]
+
+    # -- schedules (store/schedules.py) ---------------------------------------------------------------
+
+    async def put_schedule(self, schedule: Schedule) -> tuple[Schedule, bool]:
+        return await self._call("put_schedule", schedule)  # type: ignore[no-any-return]
+
+    async def get_schedule(self, tenant: str, schedule_id: str) -> Schedule | None:
+        return await self._call("get_schedule", tenant, schedule_id)  # type: ignore[no-any-return]
+
+    async def list_schedules(self, tenant: str | None = None) -> list[Schedule]:
+        return await self._call("list_schedules", tenant)  # type: ignore[no-any-return]
+
+    async def delete_schedule(self, tenant: str, schedule_id: str) -> bool:
+        return await self._call("delete_schedule", tenant, schedule_id)  # type: ignore[no-any-return]
+
+    async def pause_schedule(self, tenant: str, schedule_id: str, paused: bool,
+                             next_at: float) -> Schedule | None:
+        return await self._call("pause_schedule", tenant, schedule_id, paused, next_at)  # type: ignore[no-any-return]
+
+    async def due_schedules(self, limit: int) -> list[Schedule]:
+        return await self._call("due_schedules", limit)  # type: ignore[no-any-return]
+
+    async def next_schedule_at(self) -> float | None:
+        return await self._call("next_schedule_at")  # type: ignore[no-any-return]
+
+    async def advance_schedule(self, tenant: str, schedule_id: str, expected_next_at: float,
+                               next_at: float, tick: float | None, task_id: str | None) -> bool:
+        return await self._call("advance_schedule", tenant, schedule_id, expected_next_at, next_at,  # type: ignore[no-any-return]
+                                tick, task_id)
+
+    async def take_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        return await self._call("take_lease", name, owner, ttl_s)  # type: ignore[no-any-return]
 
     async def ping(self, deadline_s: float | None = None) -> str:
         return await self._call("ping", deadline_s=deadline_s)  # type: ignore[no-any-return]

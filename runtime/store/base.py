@@ -19,7 +19,7 @@ from runtime.models import (
     TaskSummary,
 )
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 class Store(Protocol):

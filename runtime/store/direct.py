@@ -31,6 +31,7 @@ from runtime.models import (
     Event,
     Lease,
     Route,
+    Schedule,
     SubmitRequest,
     TaskRecord,
     TaskStatus,
@@ -240,6 +241,38 @@ class DirectStore(SubmitBatching):
 
     async def event_deliveries(self, tenant: str, event_id: str) -> EventReport | None:
         return await self._run("event_deliveries", tenant, event_id)  # type: ignore[no-any-return]
+
+    # -- schedules (store/schedules.py) ---------------------------------------------------------------
+
+    async def put_schedule(self, schedule: Schedule) -> tuple[Schedule, bool]:
+        return await self._run("put_schedule", schedule)  # type: ignore[no-any-return]
+
+    async def get_schedule(self, tenant: str, schedule_id: str) -> Schedule | None:
+        return await self._run("get_schedule", tenant, schedule_id)  # type: ignore[no-any-return]
+
+    async def list_schedules(self, tenant: str | None = None) -> list[Schedule]:
+        return await self._run("list_schedules", tenant)  # type: ignore[no-any-return]
+
+    async def delete_schedule(self, tenant: str, schedule_id: str) -> bool:
+        return await self._run("delete_schedule", tenant, schedule_id)  # type: ignore[no-any-return]
+
+    async def pause_schedule(self, tenant: str, schedule_id: str, paused: bool,
+                             next_at: float) -> Schedule | None:
+        return await self._run("pause_schedule", tenant, schedule_id, paused, next_at, time.time())  # type: ignore[no-any-return]
+
+    async def due_schedules(self, limit: int) -> list[Schedule]:
+        return await self._run("due_schedules", time.time(), limit)  # type: ignore[no-any-return]
+
+    async def next_schedule_at(self) -> float | None:
+        return await self._run("next_schedule_at")  # type: ignore[no-any-return]
+
+    async def advance_schedule(self, tenant: str, schedule_id: str, expected_next_at: float,
+                               next_at: float, tick: float | None, task_id: str | None) -> bool:
+        return await self._run("advance_schedule", tenant, schedule_id, expected_next_at, next_at,  # type: ignore[no-any-return]
+                               tick, task_id, time.time())
+
+    async def take_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        return await self._run("take_lease", name, owner, ttl_s, time.time())  # type: ignore[no-any-return]
 
     async def ping(self, deadline_s: float | None = None) -> str:
         await asyncio.wait_for(self._run("ping"), deadline_s)

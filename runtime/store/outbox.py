@@ -65,17 +65,23 @@ def _event(row: Any) -> TopicEvent:
                       created_at=row["created_at"])
 
 
-class Outbox:
-    """Topic events and deliveries; the host class supplies ``_tx`` and its placeholder style."""
+class PortableSQL:
+    """SQL written once for both backends: the host class supplies ``_tx`` (one transaction) and
+    its placeholder style; ``_q`` turns the ``?`` placeholders into it."""
 
     _placeholder = "?"
-    _lock_taken = ""  # PostgreSQL: lock the deliveries a taker takes, skip those another holds
 
     def _tx(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
 
     def _q(self, sql: str) -> str:
         return sql if self._placeholder == "?" else sql.replace("?", self._placeholder)
+
+
+class Outbox(PortableSQL):
+    """Topic events and deliveries."""
+
+    _lock_taken = ""  # PostgreSQL: lock the deliveries a taker takes, skip those another holds
 
     def _one_event(self, c: Any, tenant: str, event_id: str) -> TopicEvent | None:
         row = c.execute(self._q(f"SELECT {_EVENT} FROM topic_events WHERE tenant = ? AND id = ?"),

@@ -48,7 +48,7 @@ from runtime.models import (
     TaskStatus,
     TaskSummary,
 )
-from runtime.store import outbox, records
+from runtime.store import outbox, records, schedules
 from runtime.store.base import SCHEMA_VERSION
 from runtime.store.blobs import blob_path, read_blob
 
@@ -157,6 +157,8 @@ _MIGRATIONS: dict[int, str] = {
     """,
     # Topic events and their deliveries (store/outbox.py).
     7: outbox.migration(seq="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", real="DOUBLE PRECISION"),
+    # Cron schedules and the scheduler's lease (store/schedules.py).
+    8: schedules.migration(real="DOUBLE PRECISION"),
 }
 
 
@@ -167,13 +169,14 @@ def channels(schema: str) -> tuple[str, str]:
     return prefix + "_events", prefix + "_tasks"
 
 
-class PostgresStore(outbox.Outbox):
+class PostgresStore(outbox.Outbox, schedules.Schedules):
     """The Store on a PostgreSQL database (``url``: a libpq URL or conninfo string; its
     ``search_path`` decides the schema). Thread-safe: each method takes a connection from the pool
     (``pool_size`` at most); other processes may hold their own on the same database."""
 
     _placeholder = "%s"
     _lock_taken = " FOR UPDATE OF d SKIP LOCKED"
+    _lock_row = " FOR UPDATE"
 
     def __init__(self, url: str, blob_dir: Path, max_crashes: int = 3, pool_size: int = 1) -> None:
         blob_dir.mkdir(parents=True, exist_ok=True)

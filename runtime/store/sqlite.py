@@ -28,7 +28,7 @@ from runtime.models import (
     TaskStatus,
     TaskSummary,
 )
-from runtime.store import outbox, records
+from runtime.store import outbox, records, schedules
 from runtime.store.base import SCHEMA_VERSION
 from runtime.store.blobs import read_blob, write_blob
 
@@ -120,9 +120,11 @@ _MIGRATIONS: dict[int, str] = {
     6: "",
     # Topic events and their deliveries (store/outbox.py).
     7: outbox.migration(seq="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"),
+    # Cron schedules and the scheduler's lease (store/schedules.py).
+    8: schedules.migration(real="REAL"),
 }
 
-class SQLiteStore(outbox.Outbox):
+class SQLiteStore(outbox.Outbox, schedules.Schedules):
     """The Store on one SQLite file. Not thread-safe: one process, one thread (the Store actor)."""
 
     def __init__(self, path: Path, blob_dir: Path, synchronous: str = "FULL",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from runtime import Agent, AgentContext, AgentMessage, Context, on_event, workflow
+from runtime import Agent, AgentContext, AgentMessage, Context, on_event, on_schedule, workflow
 from tests.apps.basic import mark, wait_gate
 
 
@@ -121,3 +121,26 @@ class AskIn(BaseModel):
 @workflow
 async def ask_chief(ctx: Context, inp: AskIn) -> str:
     return await ctx.agent("chief").run({"word": inp.word})  # type: ignore[no-any-return]
+
+
+class TickIn(BaseModel):
+    dir: str
+    gate: str | None = None  # the task holds at this gate file until the test opens it
+
+
+@workflow
+async def tick(ctx: Context, inp: TickIn) -> str:
+    """Started by schedules: notes its task, and holds at its gate if it has one."""
+    await ctx.step("note", lambda: note(inp.dir, f"tick.{ctx.task_id}", task=ctx.task_id))
+    if inp.gate:
+        await ctx.step("wait", wait_gate, inp.dir, inp.gate)
+    return ctx.task_id
+
+
+class Nothing(BaseModel):
+    pass
+
+
+@workflow(triggers=[on_schedule("0 3 * * *", timezone="Europe/Paris", id="nightly")])
+async def nightly(ctx: Context, inp: Nothing) -> str:
+    return "ran"
