@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="raysquad: durable multi-agent workflows on Ray.")
-out = Console()
-err = Console(stderr=True)
+# Piped or captured, rich would wrap tables at 80 columns and split ids; keep lines whole there.
+out = Console() if sys.stdout.isatty() else Console(width=250)
+err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=250)
 
 DEFAULT_APPS = ["agents"]
 
@@ -335,6 +336,110 @@ def replay(letter_id: str, address: AddressOpt = None) -> None:
     out.print(f"{letter.id} {letter.status} (attempts {letter.attempts})"
               + (f": {json.dumps(letter.result)[:200]}" if letter.status == "replayed"
                  else f": {letter.error}"), highlight=False)
+
+
+def _json_arg(text: str, option: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        fail(f"{option} is not valid JSON: {e}", 2)
+
+
+def _when(at: float | None) -> str:
+    import datetime
+
+    return "-" if at is None else datetime.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command()
+def publish(topic: str,
+            data: Annotated[str, typer.Option("--data", help="the event's data, JSON")] = "null",
+            key: Annotated[str | None, typer.Option(help="groups events for flow control")] = None,
+            event_id: Annotated[str | None, typer.Option("--id", help="makes a retry the same "
+                                                                       "event")] = None,
+            address: AddressOpt = None, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """Publish an event on TOPIC; the workflows and agents that subscribe get it. Prints its id."""
+    event = connect(address, url, api_key).publish(topic, _json_arg(data, "--data"), key=key,
+                                                   id=event_id)
+    out.print(event.id, highlight=False)
+
+
+@app.command()
+def events(topic: Annotated[str | None, typer.Option(help="only this topic")] = None,
+           limit: int = 20, address: AddressOpt = None, url: UrlOpt = None,
+           api_key: KeyOpt = None) -> None:
+    """List published events, newest first."""
+    table = Table("seq", "id", "topic", "key", "source", "published", "data")
+    for e in connect(address, url, api_key).topic_events(topic, limit=limit):
+        table.add_row(str(e.seq), e.id, e.topic, e.key or "", e.source, _when(e.created_at),
+                      json.dumps(e.data)[:60])
+    out.print(table)
+
+
+@app.command()
+def schedules(address: AddressOpt = None, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """List the cron schedules."""
+    table = Table("id", "workflow", "cron", "timezone", "next tick", "paused", "last task")
+    for s in connect(address, url, api_key).schedules():
+        table.add_row(s.id, s.workflow, s.cron, s.timezone, _when(s.next_at), "yes" if s.paused
+                      else "", s.last_task_id or "")
+    out.print(table)
+
+
+schedule_app = typer.Typer(no_args_is_help=True, help="Create, show, pause, resume or delete a "
+                                                      "cron schedule.")
+app.add_typer(schedule_app, name="schedule")
+
+
+def _show_schedule(s: Any) -> None:
+    out.print(f"{s.id}: {s.workflow} at '{s.cron}' ({s.timezone}), next {_when(s.next_at)}"
+              + (", paused" if s.paused else "") + f", catch-up {s.catch_up}, overlap {s.overlap}",
+              highlight=False)
+
+
+@schedule_app.command("create")
+def schedule_create(schedule_id: str, workflow: str, cron: str,
+                    timezone: Annotated[str, typer.Option(help="IANA time zone")] = "UTC",
+                    input: Annotated[str, typer.Option("--input", help="JSON object")] = "{}",
+                    catch_up: Annotated[str, typer.Option(help="skip or once")] = "skip",
+                    overlap: Annotated[str, typer.Option(help="skip, allow or cancel")] = "skip",
+                    paused: bool = False, address: AddressOpt = None, url: UrlOpt = None,
+                    api_key: KeyOpt = None) -> None:
+    """Create (or redefine) SCHEDULE_ID: a task of WORKFLOW at each tick of CRON (five fields, or
+    six with seconds last)."""
+    if catch_up not in ("skip", "once"):
+        fail("--catch-up must be skip or once", 2)
+    if overlap not in ("skip", "allow", "cancel"):
+        fail("--overlap must be skip, allow or cancel", 2)
+    _show_schedule(connect(address, url, api_key).create_schedule(
+        schedule_id, workflow, cron, timezone=timezone, input=parse_input(input),
+        catch_up=catch_up, overlap=overlap, paused=paused))  # type: ignore[arg-type]
+
+
+@schedule_app.command("show")
+def schedule_show(schedule_id: str, address: AddressOpt = None, url: UrlOpt = None,
+                  api_key: KeyOpt = None) -> None:
+    _show_schedule(connect(address, url, api_key).schedule(schedule_id))
+
+
+@schedule_app.command("pause")
+def schedule_pause(schedule_id: str, address: AddressOpt = None, url: UrlOpt = None,
+                   api_key: KeyOpt = None) -> None:
+    _show_schedule(connect(address, url, api_key).pause_schedule(schedule_id))
+
+
+@schedule_app.command("resume")
+def schedule_resume(schedule_id: str, address: AddressOpt = None, url: UrlOpt = None,
+                    api_key: KeyOpt = None) -> None:
+    """Resume from the next tick to come."""
+    _show_schedule(connect(address, url, api_key).resume_schedule(schedule_id))
+
+
+@schedule_app.command("delete")
+def schedule_delete(schedule_id: str, address: AddressOpt = None, url: UrlOpt = None,
+                    api_key: KeyOpt = None) -> None:
+    connect(address, url, api_key).delete_schedule(schedule_id)
+    out.print(f"deleted {schedule_id}", highlight=False)
 
 
 def main() -> None:

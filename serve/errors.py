@@ -19,6 +19,7 @@ from runtime.errors import (
     InvalidCursor,
     InvalidEventData,
     InvalidInput,
+    InvalidSchedule,
     InvalidTopic,
     NotFound,
     PriorityNotAllowed,
@@ -37,7 +38,7 @@ _STATUS: list[tuple[type[RaysquadError], int]] = [
     (NotFound, 404), (Conflict, 409), (Refused, 400), (Retryable, 503),
     (InvalidInput, 422), (ToolArgsInvalid, 422), (QueueFull, 429),
     (PriorityNotAllowed, 422), (InputTooLarge, 413), (InvalidCursor, 422),
-    (InvalidTopic, 422), (InvalidEventData, 422), (WebhookRejected, 401),
+    (InvalidTopic, 422), (InvalidEventData, 422), (WebhookRejected, 401), (InvalidSchedule, 422),
 ]
 
 

@@ -6,9 +6,9 @@ scheme's own; the delivery's id as the event id, so a replayed delivery publishe
 # No ``from __future__ import annotations`` here: the routes are declared inside ``install``, and
 # FastAPI must see their parameter types (the tenant dependency among them) as objects.
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -16,8 +16,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from runtime.bus import new_event
 from runtime.client import AsyncClient
 from runtime.config import Settings
-from runtime.errors import WebhookRejected, WebhookSourceNotFound
-from runtime.models import TopicEvent
+from runtime.errors import ScheduleNotFound, WebhookRejected, WebhookSourceNotFound
+from runtime.models import Schedule, TopicEvent
 
 TOPIC_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
 Topic = Annotated[str, Path(min_length=1, max_length=200, pattern=TOPIC_PATTERN,
@@ -55,6 +55,26 @@ class DeliveryView(BaseModel):
 class EventReportView(BaseModel):
     event: TopicEvent
     deliveries: list[DeliveryView]
+
+
+class ScheduleBody(BaseModel):
+    """A cron schedule: a task of ``workflow`` with ``input`` at each tick of ``cron`` (five
+    fields, or six with seconds last) in ``timezone``. Sent again with the same ``id``, it replaces
+    the schedule's definition."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200)
+    workflow: str = Field(min_length=1, max_length=200)
+    cron: str = Field(min_length=1, max_length=200)
+    timezone: str = Field("UTC", min_length=1, max_length=100)
+    input: dict[str, Any] = Field(default_factory=dict)
+    catch_up: Literal["skip", "once"] = "skip"
+    overlap: Literal["skip", "allow", "cancel"] = "skip"
+    paused: bool = False
+
+
+ScheduleId = Annotated[str, Path(min_length=1, max_length=200)]
 
 
 def _event_reply(event: TopicEvent, new: bool) -> JSONResponse:
@@ -136,3 +156,51 @@ def install(app: FastAPI, tenant: Any, responses: Any, body_errors: tuple[int, .
                           event_id=request.headers["webhook-id"], tenant=config.tenant,
                           source=f"webhook:{source}", max_bytes=settings(request).max_input_bytes)
         return _event_reply(*await client(request).publish_event(event))
+
+    @app.post("/v1/schedules", status_code=201, response_model=Schedule,
+              operation_id="putSchedule", responses={**responses(404, *body_errors),
+                                                     200: {"model": Schedule,
+                                                           "description": "replaced"}})
+    async def put_schedule(body: ScheduleBody, tenant: Tenant, request: Request) -> JSONResponse:
+        """Create a schedule (201), or replace the definition of the tenant's schedule with this
+        id (200). A bad cron expression, time zone, workflow or input is refused (422, 404)."""
+        existed = True
+        try:
+            await client(request).schedule(body.id, tenant)
+        except ScheduleNotFound:
+            existed = False
+        kept = await client(request).create_schedule(
+            body.id, body.workflow, body.cron, timezone=body.timezone, input=body.input,
+            catch_up=body.catch_up, overlap=body.overlap, tenant=tenant, paused=body.paused)
+        return JSONResponse(kept.model_dump(mode="json"), 200 if existed else 201,
+                            {"Location": f"/v1/schedules/{kept.id}"})
+
+    @app.get("/v1/schedules", response_model=list[Schedule], responses=responses(),
+             operation_id="listSchedules")
+    async def list_schedules(tenant: Tenant, request: Request) -> list[Schedule]:
+        return await client(request).schedules(tenant)
+
+    @app.get("/v1/schedules/{schedule_id}", response_model=Schedule, responses=responses(404),
+             operation_id="getSchedule")
+    async def get_schedule(schedule_id: ScheduleId, tenant: Tenant, request: Request) -> Schedule:
+        return await client(request).schedule(schedule_id, tenant)
+
+    @app.post("/v1/schedules/{schedule_id}/pause", response_model=Schedule,
+              responses=responses(404), operation_id="pauseSchedule")
+    async def pause_schedule(schedule_id: ScheduleId, tenant: Tenant,
+                             request: Request) -> Schedule:
+        return await client(request).pause_schedule(schedule_id, tenant)
+
+    @app.post("/v1/schedules/{schedule_id}/resume", response_model=Schedule,
+              responses=responses(404), operation_id="resumeSchedule")
+    async def resume_schedule(schedule_id: ScheduleId, tenant: Tenant,
+                              request: Request) -> Schedule:
+        """Resume from the next tick to come (ticks while paused do not run)."""
+        return await client(request).resume_schedule(schedule_id, tenant)
+
+    @app.delete("/v1/schedules/{schedule_id}", status_code=204, responses=responses(404),
+                operation_id="deleteSchedule")
+    async def delete_schedule(schedule_id: ScheduleId, tenant: Tenant,
+                              request: Request) -> Response:
+        await client(request).delete_schedule(schedule_id, tenant)
+        return Response(status_code=204)

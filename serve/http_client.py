@@ -1,8 +1,9 @@
 """The raysquad HTTP API as a Python client, with ``runtime.Client``'s surface for tasks.
 
 ``submit``, ``get``, ``list``, ``events``, ``wait``, ``result``, ``cancel``, ``retry``, ``signal`` and
-``workflows`` take the same arguments and return the same types as over Ray, so every CLI command
-that reads or changes a task works the same with ``--url`` (the tenant is the API key's).
+``workflows`` take the same arguments and return the same types as over Ray, and so do ``publish``,
+``topic_events`` and the schedule methods, so every CLI command works the same with ``--url`` (the
+tenant is the API key's).
 """
 
 from __future__ import annotations
@@ -15,13 +16,60 @@ from typing import Any
 import httpx
 
 from runtime.errors import RemoteError, TaskFailed, WaitTimeout
-from runtime.models import END_EVENT_KINDS, Event, TaskRecord, TaskStatus, TaskSummary
+from runtime.models import (
+    END_EVENT_KINDS,
+    Event,
+    Schedule,
+    TaskRecord,
+    TaskStatus,
+    TaskSummary,
+    TopicEvent,
+)
 
 TaskList = list[TaskSummary]
 SchemaList = list[dict[str, Any]]
 
 
-class HttpClient:
+class _Events:
+    """The HTTP client's events and schedules (mixed into HttpClient)."""
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def publish(self, topic: str, data: Any = None, *, key: str | None = None,
+                id: str | None = None) -> TopicEvent:  # noqa: A002 - the API's name
+        body = {"data": data, **({"key": key} if key else {}), **({"id": id} if id else {})}
+        return TopicEvent(**self._call("POST", f"/v1/events/{_path(topic)}", json=body))
+
+    def topic_events(self, topic: str | None = None, limit: int = 100) -> list[TopicEvent]:
+        params: dict[str, Any] = {"limit": min(limit, 500), **({"topic": topic} if topic else {})}
+        return [TopicEvent(**e) for e in self._call("GET", "/v1/events", params=params)["items"]]
+
+    def create_schedule(self, schedule_id: str, workflow: str, cron: str, *,
+                        timezone: str = "UTC", input: dict[str, Any] | None = None,  # noqa: A002
+                        catch_up: str = "skip", overlap: str = "skip",
+                        paused: bool = False) -> Schedule:
+        body = {"id": schedule_id, "workflow": workflow, "cron": cron, "timezone": timezone,
+                "input": input or {}, "catch_up": catch_up, "overlap": overlap, "paused": paused}
+        return Schedule(**self._call("POST", "/v1/schedules", json=body))
+
+    def schedules(self) -> list[Schedule]:
+        return [Schedule(**s) for s in self._call("GET", "/v1/schedules")]
+
+    def schedule(self, schedule_id: str) -> Schedule:
+        return Schedule(**self._call("GET", f"/v1/schedules/{_path(schedule_id)}"))
+
+    def pause_schedule(self, schedule_id: str) -> Schedule:
+        return Schedule(**self._call("POST", f"/v1/schedules/{_path(schedule_id)}/pause"))
+
+    def resume_schedule(self, schedule_id: str) -> Schedule:
+        return Schedule(**self._call("POST", f"/v1/schedules/{_path(schedule_id)}/resume"))
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self._call("DELETE", f"/v1/schedules/{_path(schedule_id)}")
+
+
+class HttpClient(_Events):
     def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
@@ -33,7 +81,7 @@ class HttpClient:
             raise RemoteError(0, "ConnectionError", f"cannot reach {self._http.base_url}: {e}") from None
         if response.status_code >= 400:
             raise _error(response)
-        return response.json()
+        return response.json() if response.content else None
 
     def submit(self, workflow: str, input: dict[str, Any] | None = None, *, priority: int = 0,
                idempotency_key: str | None = None) -> TaskRecord:

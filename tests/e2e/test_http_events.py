@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -132,3 +133,60 @@ def test_events_are_paged(api: Api) -> None:
                                               "cursor": first["next_cursor"]}).json()
     assert [e["data"]["n"] for e in first["items"] + rest["items"]] == [4, 3, 2, 1, 0]
     assert rest["next_cursor"] is None
+
+
+def test_schedules_over_http(api: Api) -> None:
+    tenant_a, tenant_b = api.client("key-a"), api.client("key-b")
+    sid = f"s-{uuid.uuid4().hex[:6]}"
+    body = {"id": sid, "workflow": "tick", "cron": "* * * * * */2", "overlap": "allow",
+            "input": {"dir": str(api.dir)}}
+
+    created = tenant_a.post("/v1/schedules", json=body)
+    assert created.status_code == 201, created.text
+    assert tenant_a.post("/v1/schedules", json={**body, "timezone": "Asia/Tokyo"}).status_code == 200
+    assert tenant_a.get(f"/v1/schedules/{sid}").json()["timezone"] == "Asia/Tokyo"
+    assert tenant_b.get(f"/v1/schedules/{sid}").status_code == 404
+    assert sid not in [s["id"] for s in tenant_b.get("/v1/schedules").json()]
+    wait_for(lambda: tenant_a.get(f"/v1/schedules/{sid}").json()["last_task_id"], timeout_s=30,
+             what="the schedule to start a task")
+    task = tenant_a.get(f"/v1/schedules/{sid}").json()["last_task_id"]
+    assert tenant_a.get(f"/v1/tasks/{task}").json()["workflow"] == "tick"
+
+    assert tenant_a.post(f"/v1/schedules/{sid}/pause").json()["paused"] is True
+    assert tenant_a.post(f"/v1/schedules/{sid}/resume").json()["paused"] is False
+    assert tenant_a.delete(f"/v1/schedules/{sid}").status_code == 204
+    assert tenant_a.get(f"/v1/schedules/{sid}").status_code == 404
+    assert tenant_a.delete(f"/v1/schedules/{sid}").status_code == 404
+
+    for change, status in [({"cron": "every day"}, 422), ({"timezone": "Mars/Base"}, 422),
+                           ({"workflow": "nope"}, 404), ({"input": {"wrong": 1}}, 422),
+                           ({"catch_up": "always"}, 422)]:
+        r = tenant_a.post("/v1/schedules", json={**body, **change})
+        assert r.status_code == status, (change, r.text)
+    assert sid not in [s["id"] for s in tenant_a.get("/v1/schedules").json()]
+
+
+def test_cli_publishes_lists_and_schedules(api: Api, tmp_path: Path) -> None:
+    from tests.e2e.test_cli import assert_one_line_error, cli
+
+    url = ["--url", api.url]
+    published = cli("publish", "notes.cli", "--data", '{"n": 1}', "--key", "k", *url, cwd=tmp_path)
+    assert published.returncode == 0, published.stderr
+    event_id = published.stdout.strip()
+    listed = cli("events", "--topic", "notes.cli", *url, cwd=tmp_path)
+    assert listed.returncode == 0 and event_id[:8] in listed.stdout
+
+    sid = f"cli-{uuid.uuid4().hex[:6]}"
+    made = cli("schedule", "create", sid, "tick", "0 9 * * 1", "--timezone", "Europe/Paris",
+               "--input", json.dumps({"dir": str(api.dir)}), *url, cwd=tmp_path)
+    assert made.returncode == 0 and "next" in made.stdout, made.stderr
+    assert sid in cli("schedules", *url, cwd=tmp_path).stdout
+    assert "paused" in cli("schedule", "pause", sid, *url, cwd=tmp_path).stdout
+    assert cli("schedule", "delete", sid, *url, cwd=tmp_path).returncode == 0
+
+    assert_one_line_error(cli("schedule", "create", "x", "tick", "every day", *url, cwd=tmp_path),
+                          1, "not a cron expression")
+    assert_one_line_error(cli("publish", "bad..topic", *url, cwd=tmp_path), 1, "422")
+    assert_one_line_error(cli("publish", "t", "--data", "{nope", *url, cwd=tmp_path), 2,
+                          "--data is not valid JSON")
+    assert_one_line_error(cli("schedule", "show", sid, *url, cwd=tmp_path), 1, "no schedule")
