@@ -27,11 +27,13 @@ import uuid
 from collections import defaultdict
 from typing import Any, Protocol
 
+import httpx
 import ray
 
+from runtime import webhooks
 from runtime.catalog import Catalog
 from runtime.cluster import named_actor_options
-from runtime.config import Settings
+from runtime.config import Settings, WebhookTarget
 from runtime.errors import (
     InputTooLarge,
     InvalidEventData,
@@ -42,10 +44,11 @@ from runtime.errors import (
     TaskNotFound,
 )
 from runtime.handles import ActorHandle, restarted
-from runtime.models import AgentMessage, Delivery, Route, SubmitRequest, TopicEvent
+from runtime.models import AgentMessage, DeadLetter, Delivery, Route, SubmitRequest, TopicEvent
 from runtime.queue import MailboxService
 from runtime.schedules import Scheduler
 from runtime.store.actor import StoreService
+from runtime.tools.fetch import GuardedBackend, GuardedTransport
 from runtime.triggers import check_topic, topic_matches
 
 log = logging.getLogger(__name__)
@@ -55,9 +58,10 @@ BATCH = 100
 ONE_PER_KEY_RECHECK_S = 0.5  # an event held by one_per_key looks again this often
 
 
-def routes(event: TopicEvent, catalog: Catalog, now: float) -> list[Route]:
+def routes(event: TopicEvent, catalog: Catalog, now: float,
+           outbound: dict[str, WebhookTarget] | None = None) -> list[Route]:
     """The subscribers of ``event``: each workflow with a matching trigger (its first), each agent
-    role with a matching pattern."""
+    role with a matching pattern, each outbound webhook with a matching pattern (and tenant)."""
     out = []
     key = event.key or ""
     for wf in catalog.workflows.values():
@@ -76,7 +80,19 @@ def routes(event: TopicEvent, catalog: Catalog, now: float) -> list[Route]:
     for role, agent_cls in catalog.agents.items():
         if any(topic_matches(pattern, event.topic) for pattern in agent_cls.subscribes):
             out.append(Route(f"agent:{role}", key, now))
+    for name, target in (outbound or {}).items():
+        if target.tenant in (None, event.tenant) and any(
+                topic_matches(pattern, event.topic) for pattern in target.topics):
+            out.append(Route(f"webhook:{name}", key, now))
     return out
+
+
+def wants(topic: str, catalog: Catalog, outbound: dict[str, WebhookTarget]) -> bool:
+    """Whether anything subscribes to ``topic`` (a task's end is published only then)."""
+    probe = TopicEvent(id="-", topic=topic, data={}, created_at=0.0)
+    return any(r.target.startswith(("agent:", "webhook:")) for r in routes(probe, catalog, 0.0,
+                                                                          outbound)) or any(
+        topic_matches(t.topic, topic) for wf in catalog.workflows.values() for t in wf.triggers)
 
 
 class EventBus:
@@ -91,6 +107,7 @@ class EventBus:
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self.scheduler = Scheduler(settings, store, catalog)
+        self._http: httpx.AsyncClient | None = None  # outbound webhooks, through the address guard
         self.routed = 0
         self.delivered = 0
         if restarted():
@@ -130,7 +147,8 @@ class EventBus:
         """Route what is new, deliver what is due; True if there may be more right away."""
         events = await self.store.unrouted_events(BATCH)
         for event in events:
-            await self.store.route_event(event.seq, routes(event, self.catalog, time.time()))
+            await self.store.route_event(event.seq, routes(event, self.catalog, time.time(),
+                                                           self.settings.webhooks_out))
         self.routed += len(events)
         due = await self.store.take_deliveries(BATCH, self.settings.event_retry_s)
         # One key's deliveries in order (flow control compares them); different keys side by side.
@@ -160,6 +178,8 @@ class EventBus:
             await self._start_task(delivery, name)
         elif kind == "agent":
             await self._to_mailbox(delivery, name)
+        elif kind == "webhook":
+            await self._to_webhook(delivery, name)
         else:
             await self.store.finish_delivery(event.seq, target, f"unknown target {target!r}")
 
@@ -208,6 +228,33 @@ class EventBus:
                            step_key=f"event:{event.id}", tenant=event.tenant, payload=event.data,
                            event=event, attempt=delivery.attempt)
         await mailbox.put_batch([(msg.id, msg.priority, msg)])
+
+
+    async def _to_webhook(self, delivery: Delivery, name: str) -> None:
+        event, target = delivery.event, delivery.target
+        config = self.settings.webhooks_out.get(name)
+        if config is None:
+            await self.store.finish_delivery(event.seq, target, "no such webhook")
+            return
+        if self._http is None:
+            backend = GuardedBackend.from_settings(self.settings.tools)
+            self._http = httpx.AsyncClient(transport=GuardedTransport(backend), trust_env=False)
+        outcome = await webhooks.send(self._http, config, event)
+        if outcome.ok:
+            await self.store.finish_delivery(event.seq, target, f"sent ({outcome.detail})")
+        elif outcome.final or delivery.attempt >= self.settings.event_max_attempts:
+            await self.store.add_dead_letter(DeadLetter(
+                id=uuid.uuid4().hex, tool=target, error=outcome.detail, error_type="WebhookFailed",
+                args={"event_id": event.id, "event_seq": event.seq, "topic": event.topic,
+                      "url": config.url}, attempts=delivery.attempt, tenant=event.tenant,
+                created_at=time.time()))
+            await self.store.finish_delivery(
+                event.seq, target, f"dead after {delivery.attempt} attempt(s): {outcome.detail}")
+        else:
+            await self.store.defer_delivery(
+                event.seq, target,
+                time.time() + webhooks.backoff_s(delivery.attempt, self.settings.webhook_retry_s),
+                count_attempt=True)
 
 
 class EventBusService(Protocol):

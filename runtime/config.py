@@ -178,6 +178,29 @@ class WebhookSource(BaseModel):
     tenant: str = Field("default", description="the tenant its events belong to")
 
 
+class WebhookTarget(BaseModel):
+    """Where matching events are POSTed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(pattern=r"^https?://", description="http(s) URL the events are POSTed to")
+    topics: tuple[str, ...] = Field(min_length=1, description="topic patterns, like task.failed")
+    secret: str = Field(description="Standard Webhooks secret (whsec_...) the requests are signed with")
+    tenant: str | None = Field(None, description="only this tenant's events (default: every tenant's)")
+
+    @model_validator(mode="after")
+    def _patterns(self) -> WebhookTarget:
+        from runtime.errors import InvalidTopic
+        from runtime.triggers import check_pattern
+
+        for pattern in self.topics:
+            try:
+                check_pattern(pattern)
+            except InvalidTopic as e:
+                raise ValueError(str(e)) from None
+        return self
+
+
 class Settings(BaseSettings):
     """The runtime's configuration."""
 
@@ -254,6 +277,12 @@ class Settings(BaseSettings):
     event_retry_s: float = Field(
         60.0, gt=0, description="a delivery not finished in this long goes out again (a redelivery)")
     event_max_attempts: int = Field(5, ge=1, description="deliveries of one event to one subscriber")
+    webhooks_out: dict[str, WebhookTarget] = Field(
+        default_factory=dict, description="RAYSQUAD_WEBHOOKS_OUT: name -> {url, topics, secret, "
+                                          "tenant?}: matching events are POSTed there, signed")
+    webhook_retry_s: float = Field(
+        1.0, gt=0, description="the first wait before an outbound webhook is tried again "
+                               "(doubling each time, at most 300 s)")
     schedule_grace_s: float = Field(
         10.0, gt=0, description="a schedule's tick fired later than this was missed (see catch_up)")
     webhooks: dict[str, WebhookSource] = Field(

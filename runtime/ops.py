@@ -10,6 +10,7 @@ import asyncio
 import random
 from typing import Any
 
+from runtime.bus import poke
 from runtime.config import GateLimits
 from runtime.dispatch import DispatcherHandle
 from runtime.errors import RuntimeNotRunning
@@ -33,6 +34,7 @@ class AsyncOps:
         except ValueError:
             raise RuntimeNotRunning(f"Ray namespace {namespace!r}") from None
         self._executors = tool_executors(namespace)
+        self._namespace = namespace
 
     async def gates(self) -> dict[str, dict[str, Any]]:
         """Every gate's limits and state: holdings, the window's use, waiters, grants per tenant."""
@@ -54,7 +56,15 @@ class AsyncOps:
 
     async def replay(self, letter_id: str) -> DeadLetter:
         """Run a dead letter's call again; it is marked replayed with its result if it succeeds, and
-        a task that failed at that call resumes past it (its earlier steps are kept)."""
+        a task that failed at that call resumes past it (its earlier steps are kept). An outbound
+        webhook's dead letter goes out again through the event bus, from its first attempt."""
+        letter = await self._store.get_dead_letter(letter_id)
+        if letter.tool.startswith("webhook:"):
+            requeued = await self._store.redeliver(int(letter.args["event_seq"]), letter.tool)
+            replayed = await self._store.replayed(letter_id, requeued, {"redelivered": requeued},
+                                                  "" if requeued else "its event is gone", 0)
+            poke(self._namespace)
+            return replayed
         letter = await random.choice(self._executors).replay(letter_id)
         if letter.status == "replayed" and letter.task_id:
             task = await self._store.get_task(letter.task_id)

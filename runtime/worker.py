@@ -12,6 +12,7 @@ itself restarts (its workers die with it), it starts new ones and releases every
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 import ray
 
 from runtime import refs
-from runtime.bus import new_event, publish
+from runtime.bus import new_event, publish, wants
 from runtime.catalog import Catalog, load_catalog
 from runtime.cluster import member_actor_options, named_actor_options
 from runtime.config import Settings
@@ -42,6 +43,7 @@ from runtime.models import (
     Claim,
     Completion,
     Lease,
+    TaskRecord,
     TaskStatus,
     TopicEvent,
 )
@@ -53,6 +55,8 @@ from runtime.workflow import Context, Parked
 
 log = logging.getLogger(__name__)
 
+#: A task's output rides in its ``task.<status>`` event up to this size (fetch the task for more).
+ANNOUNCED_OUTPUT_BYTES = 64 * 1024
 #: The worker pool actor's name; each worker is ``worker:<id>``.
 POOL_NAME = "pool:workers"
 #: How often a pool that autoscales looks at the backlog.
@@ -73,6 +77,7 @@ class WorkflowWorker:
         self.tools = tools
         self._tasks: dict[str, tuple[asyncio.Task[None], Context, Lease]] = {}
         self._replies = Replies()
+        self._announced: dict[str, bool] = {}  # task.<status> -> does anything subscribe
         self._llm_requests: dict[str, set[tuple[str, str]]] = {}
         self._slot_free = asyncio.Event()
         self._stopping = False
@@ -168,14 +173,39 @@ class WorkflowWorker:
         except Exception as e:  # noqa: BLE001 - workflow code failed outside any step
             status, error = TaskStatus.FAILED, f"{type(e).__name__}: {e}"
         try:
-            await self.store.finish(lease, status, output, error)
+            record = await self.store.finish(lease, status, output, error)
             self.completed += 1
+            await self._announce(record)
         except LeaseLost:
             log.info("task %s: lease lost before it could finish", ctx.task_id)
         except RaysquadError:  # the Store stayed unreachable: the lease runs out, it resumes
             log.exception("task %s: could not record its end", ctx.task_id)
         finally:
             self._forget(lease)
+
+    async def _announce(self, task: TaskRecord) -> None:
+        """Publish ``task.<status>`` for a task that ended, if anything subscribes to it (a
+        workflow trigger, an agent role, an outbound webhook). Its id is the task's and the run's,
+        so a finish sent again announces nothing new."""
+        topic = f"task.{task.status.value}"
+        wanted = self._announced.get(topic)
+        if wanted is None:
+            wanted = self._announced[topic] = wants(topic, self.catalog, self.settings.webhooks_out)
+        if not wanted:
+            return
+        data: dict[str, Any] = {"task_id": task.id, "workflow": task.workflow,
+                                "status": task.status.value, "error": task.error,
+                                "runs": task.runs, "finished_at": task.finished_at}
+        if len(json.dumps(task.output, default=str)) <= ANNOUNCED_OUTPUT_BYTES:
+            data["output"] = task.output
+        try:
+            event = new_event(topic, data, key=task.id, event_id=f"task/{task.id}/{task.runs}",
+                              tenant=task.tenant, source=f"task:{task.id}",
+                              max_bytes=self.settings.max_input_bytes)
+            await publish(self.store, self.settings.namespace, [event])
+        except RaysquadError:
+            log.warning("task %s: its end could not be announced on %s", task.id, topic,
+                        exc_info=True)
 
     def _forget(self, lease: Lease) -> None:
         entry = self._tasks.get(lease.task_id)

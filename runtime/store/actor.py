@@ -378,8 +378,12 @@ class StoreActor(SubmitBatching):
                               task_id: str | None = None) -> bool:
         return self._call("finish_delivery", seq, target, time.time(), outcome, task_id)  # type: ignore[no-any-return]
 
-    async def defer_delivery(self, seq: int, target: str, due_at: float) -> None:
-        self._call("defer_delivery", seq, target, due_at)
+    async def defer_delivery(self, seq: int, target: str, due_at: float,
+                             count_attempt: bool = False) -> None:
+        self._call("defer_delivery", seq, target, due_at, count_attempt)
+
+    async def redeliver(self, seq: int, target: str) -> bool:
+        return self._call("redeliver", seq, target, time.time())  # type: ignore[no-any-return]
 
     async def active_key_tasks(self, target: str, key: str) -> list[str]:
         return self._call("active_key_tasks", target, key)  # type: ignore[no-any-return]
@@ -489,7 +493,9 @@ class StoreService(Protocol):
     async def take_deliveries(self, limit: int, retry_s: float) -> list[Delivery]: ...
     async def finish_delivery(self, seq: int, target: str, outcome: str,
                               task_id: str | None = None) -> bool: ...
-    async def defer_delivery(self, seq: int, target: str, due_at: float) -> None: ...
+    async def defer_delivery(self, seq: int, target: str, due_at: float,
+                             count_attempt: bool = False) -> None: ...
+    async def redeliver(self, seq: int, target: str) -> bool: ...
     async def active_key_tasks(self, target: str, key: str) -> list[str]: ...
     async def topic_events(self, topic: str | None = None, tenant: str | None = None, limit: int = 100,
                            before: int | None = None) -> list[TopicEvent]: ...
@@ -621,8 +627,12 @@ class StoreHandle(SubmitBatching, ActorHandle):
                               task_id: str | None = None) -> bool:
         return await self._call("finish_delivery", seq, target, outcome, task_id)  # type: ignore[no-any-return]
 
-    async def defer_delivery(self, seq: int, target: str, due_at: float) -> None:
-        await self._call("defer_delivery", seq, target, due_at)
+    async def defer_delivery(self, seq: int, target: str, due_at: float,
+                             count_attempt: bool = False) -> None:
+        await self._call("defer_delivery", seq, target, due_at, count_attempt)
+
+    async def redeliver(self, seq: int, target: str) -> bool:
+        return await self._call("redeliver", seq, target)  # type: ignore[no-any-return]
 
     async def active_key_tasks(self, target: str, key: str) -> list[str]:
         return await self._call("active_key_tasks", target, key)  # type: ignore[no-any-return]

@@ -229,8 +229,12 @@ class DirectStore(SubmitBatching):
                               task_id: str | None = None) -> bool:
         return await self._run("finish_delivery", seq, target, time.time(), outcome, task_id)  # type: ignore[no-any-return]
 
-    async def defer_delivery(self, seq: int, target: str, due_at: float) -> None:
-        await self._run("defer_delivery", seq, target, due_at)
+    async def defer_delivery(self, seq: int, target: str, due_at: float,
+                             count_attempt: bool = False) -> None:
+        await self._run("defer_delivery", seq, target, due_at, count_attempt)
+
+    async def redeliver(self, seq: int, target: str) -> bool:
+        return await self._run("redeliver", seq, target, time.time())  # type: ignore[no-any-return]
 
     async def active_key_tasks(self, target: str, key: str) -> list[str]:
         return await self._run("active_key_tasks", target, key)  # type: ignore[no-any-return]

@@ -155,13 +155,22 @@ class Outbox(PortableSQL):
                 "WHERE event_seq = ? AND target = ? AND done_at IS NULL"),
                 (now, outcome[:500], task_id, seq, target)).rowcount)
 
-    def defer_delivery(self, seq: int, target: str, due_at: float) -> None:
-        """Put a taken delivery off until ``due_at`` without counting the attempt (flow control)."""
+    def defer_delivery(self, seq: int, target: str, due_at: float,
+                       count_attempt: bool = False) -> None:
+        """Put a taken delivery off until ``due_at``: a retry after a failed attempt
+        (``count_attempt``), or flow control holding it back (the attempt does not count)."""
         with self._tx() as c:
             c.execute(self._q(
-                "UPDATE deliveries SET due_at = ?, attempts = CASE WHEN attempts > 0 THEN attempts - 1 "
-                "ELSE 0 END WHERE event_seq = ? AND target = ? AND done_at IS NULL"),
-                (due_at, seq, target))
+                "UPDATE deliveries SET due_at = ?, attempts = CASE WHEN ? OR attempts = 0 THEN attempts "
+                "ELSE attempts - 1 END WHERE event_seq = ? AND target = ? AND done_at IS NULL"),
+                (due_at, count_attempt, seq, target))
+
+    def redeliver(self, seq: int, target: str, now: float) -> bool:
+        """Make an ended delivery due again from its first attempt (a dead letter replayed)."""
+        with self._tx() as c:
+            return bool(c.execute(self._q(
+                "UPDATE deliveries SET done_at = NULL, outcome = NULL, attempts = 0, due_at = ? "
+                "WHERE event_seq = ? AND target = ?"), (now, seq, target)).rowcount)
 
     def active_key_tasks(self, target: str, key: str) -> list[str]:
         """The tasks the target's deliveries for ``key`` started that have not ended."""

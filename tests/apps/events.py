@@ -144,3 +144,8 @@ class Nothing(BaseModel):
 @workflow(triggers=[on_schedule("0 3 * * *", timezone="Europe/Paris", id="nightly")])
 async def nightly(ctx: Context, inp: Nothing) -> str:
     return "ran"
+
+
+@workflow
+async def always_fails(ctx: Context, inp: Nothing) -> str:
+    raise ValueError("this workflow always fails")
