@@ -33,9 +33,12 @@ TEST_DEFAULTS: dict[str, Any] = {"lease_s": 5.0, "sweep_interval_s": 0.2,
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # The example newsroom app keeps its files where its processes are told (agents/newsroom.py).
+    newsroom = tmp_path_factory.mktemp("newsroom")
     ray.init(address="local", num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=False)
+             logging_level=logging.WARNING, log_to_driver=False,
+             runtime_env={"env_vars": {"RAYSQUAD_NEWSROOM_DIR": str(newsroom)}})
     yield
     ray.shutdown()
     _drop_schemas()
