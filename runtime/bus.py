@@ -105,6 +105,7 @@ class EventBus:
         self.catalog = catalog
         self.mailboxes = mailboxes
         self._wake = asyncio.Event()
+        self._due_hints: list[float] = []
         self._loops: list[asyncio.Task[None]] = []
         self.scheduler = Scheduler(settings, store, catalog)
         self._http: httpx.AsyncClient | None = None  # outbound webhooks, through the address guard
@@ -141,17 +142,37 @@ class EventBus:
                 busy = False
             if not busy:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.event_poll_s)
+                    await asyncio.wait_for(self._wake.wait(), self._idle_wait())
+
+    def _hint(self, due_at: float) -> None:
+        """A delivery comes due at ``due_at``: look then (rather than only after ``event_idle_s``)."""
+        self._due_hints.append(due_at)
+
+    def _idle_wait(self) -> float:
+        """How long to sleep: until the earliest due time this bus knows of, at least
+        ``event_poll_s``, at most ``event_idle_s`` (a publish pokes it awake anyway; what another
+        incarnation of the bus left due is found by then)."""
+        now = time.time()
+        self._due_hints = [t for t in self._due_hints if t > now - self.settings.event_poll_s]
+        wait = self.settings.event_idle_s
+        if self._due_hints:
+            wait = min(wait, min(self._due_hints) - now)
+        return max(self.settings.event_poll_s, wait)
 
     async def tick(self) -> bool:
         """Route what is new, deliver what is due; True if there may be more right away."""
         events = await self.store.unrouted_events(BATCH)
         now = time.time()
+        routed = [(e, routes(e, self.catalog, now, self.settings.webhooks_out)) for e in events]
+        for _, event_routes in routed:
+            for route in event_routes:
+                self._hint(route.due_at)
         await asyncio.gather(*(  # side by side: their Store calls overlap (and batch, on SQLite)
-            self.store.route_event(e.seq, routes(e, self.catalog, now, self.settings.webhooks_out))
-            for e in events))
+            self.store.route_event(e.seq, event_routes) for e, event_routes in routed))
         self.routed += len(events)
         due = await self.store.take_deliveries(BATCH, self.settings.event_retry_s)
+        if due:  # each comes back then unless it is finished first
+            self._hint(time.time() + self.settings.event_retry_s)
         # Deliveries under flow control go one at a time per target and key, in order (each looks
         # at what the one before started); all others go side by side.
         lanes: dict[tuple[str, str], list[Delivery]] = defaultdict(list)
@@ -211,6 +232,7 @@ class EventBus:
                     with contextlib.suppress(InvalidTransition, TaskNotFound):
                         await self.store.request_cancel(task_id)
             elif active:
+                self._hint(time.time() + ONE_PER_KEY_RECHECK_S)
                 await self.store.defer_delivery(event.seq, target,
                                                 time.time() + ONE_PER_KEY_RECHECK_S)
                 return
@@ -219,6 +241,7 @@ class EventBus:
         try:
             record, created = await self.store.submit(request)
         except QueueFull as e:
+            self._hint(time.time() + (e.retry_after_s or 1.0))
             await self.store.defer_delivery(event.seq, target, time.time() + (e.retry_after_s or 1.0))
             return
         except RaysquadError as e:  # refused for what it is (a priority, a size): it will not pass
@@ -260,10 +283,9 @@ class EventBus:
             await self.store.finish_delivery(
                 event.seq, target, f"dead after {delivery.attempt} attempt(s): {outcome.detail}")
         else:
-            await self.store.defer_delivery(
-                event.seq, target,
-                time.time() + webhooks.backoff_s(delivery.attempt, self.settings.webhook_retry_s),
-                count_attempt=True)
+            again = time.time() + webhooks.backoff_s(delivery.attempt, self.settings.webhook_retry_s)
+            self._hint(again)
+            await self.store.defer_delivery(event.seq, target, again, count_attempt=True)
 
 
 class EventBusService(Protocol):

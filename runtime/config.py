@@ -272,8 +272,11 @@ class Settings(BaseSettings):
 
     # Topic events (runtime/bus.py).
     event_poll_s: float = Field(
-        0.5, gt=0, description="the event bus looks for due deliveries at least this often (a "
-                               "publish wakes it at once; debounce timing is this precise)")
+        0.5, gt=0, description="the shortest sleep of the event bus and the scheduler between "
+                               "rounds (debounce and retry timing is this precise)")
+    event_idle_s: float = Field(
+        5.0, gt=0, description="the longest: with nothing due, the bus looks again after this "
+                               "long (a publish wakes it at once)")
     event_retry_s: float = Field(
         60.0, gt=0, description="a delivery not finished in this long goes out again (a redelivery)")
     event_max_attempts: int = Field(5, ge=1, description="deliveries of one event to one subscriber")

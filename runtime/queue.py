@@ -162,6 +162,8 @@ def approx_size(obj: Any, _depth: int = 0) -> int:
         return len(obj)
     if isinstance(obj, ray.ObjectRef) or _depth > 20:
         return 28
+    if isinstance(obj, ray.actor.ActorHandle):  # pickles to its id, whatever its methods
+        return 64
     if isinstance(obj, BaseModel):
         return approx_size(obj.__dict__, _depth + 1)
     if isinstance(obj, dict):

@@ -109,8 +109,7 @@ class Scheduler:
                 await asyncio.wait_for(self._wake.wait(), wait_s)
 
     async def round(self) -> float:
-        """Fire what is due; how long to sleep until the next tick (at most a poll)."""
-        poll = self.settings.event_poll_s
+        """Fire what is due; how long to sleep until the next tick."""
         if not await self.store.take_lease(LEASE_NAME, self.owner, LEASE_S):
             return LEASE_S / 4  # another scheduler holds it; look again before it could run out
         for schedule in await self.store.due_schedules(BATCH):
@@ -120,7 +119,10 @@ class Scheduler:
                 log.warning("schedule %s: tick at %s failed; trying again", schedule.id,
                             schedule.next_at, exc_info=True)
         upcoming = await self.store.next_schedule_at()
-        return poll if upcoming is None else min(poll, max(0.01, upcoming - time.time()))
+        # Until the next tick, and at least every quarter lease (to keep it); a new schedule wakes
+        # the scheduler at once.
+        until = LEASE_S / 4 if upcoming is None else min(LEASE_S / 4, upcoming - time.time())
+        return max(0.01, until)
 
     async def fire(self, s: Schedule, now: float) -> None:
         grace = self.settings.schedule_grace_s

@@ -79,7 +79,7 @@ def test_submit_wait_status_and_tasks_against_a_running_runtime(
     assert listed.returncode == 0 and task_id in listed.stdout
 
     assert_one_line_error(cli("submit", "nope", "--address", address, cwd=cwd), 1,
-                          "unknown workflow 'nope' (loaded: agent_once, announce, approval,")
+                          "unknown workflow 'nope' (loaded: agent_once,")
     assert_one_line_error(cli("submit", "echo", "--input", '{"text": 5}', "--address", address, cwd=cwd),
                           1, "invalid input for workflow 'echo': text: Input should be a valid string")
     assert_one_line_error(cli("status", "0" * 32, "--address", address, cwd=cwd), 1,
