@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import httpx
 import ray
 
-from runtime import webhooks
+from runtime import metrics, webhooks
 from runtime.catalog import Catalog
 from runtime.cluster import named_actor_options
 from runtime.config import Settings, WebhookTarget
@@ -191,9 +191,12 @@ class EventBus:
 
     async def _lane(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
+            kind = delivery.target.partition(":")[0]
             try:
                 await self.deliver(delivery)
+                metrics.inc("raysquad_events_delivered", target=kind, outcome="carried out")
             except Exception:  # noqa: BLE001 - it comes due again after event_retry_s
+                metrics.inc("raysquad_events_delivered", target=kind, outcome="failed")
                 log.warning("delivery of event %s to %s failed; it will be retried",
                             delivery.event.id, delivery.target, exc_info=True)
 
@@ -353,6 +356,9 @@ async def publish(store: StoreService, namespace: str,
                   events: list[TopicEvent]) -> list[tuple[TopicEvent, bool]]:
     """Keep the events in the Store (each once per id), then wake the bus; (event as kept, new?)."""
     kept = await store.publish(events)
+    for event, new in kept:
+        if new:
+            metrics.inc("raysquad_events_published", topic=event.topic)
     if any(new for _, new in kept):
         poke(namespace)
     return kept

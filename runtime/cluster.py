@@ -28,12 +28,16 @@ def connect(settings: Settings) -> bool:
             raise ClusterUnreachable(settings.ray_address) from e
         return False
     # "local": a new cluster of our own, even where `ray start` runs one (or left its address file).
+    extra: dict[str, Any] = {}
+    if settings.ray_metrics_export_port:
+        extra["_metrics_export_port"] = settings.ray_metrics_export_port
     ray.init(
         address="local",
         namespace=settings.namespace,
         num_cpus=settings.ray_num_cpus,
         object_store_memory=settings.ray_object_store_memory,
         include_dashboard=settings.ray_include_dashboard,
+        **extra,
         logging_level=logging.ERROR,
         log_to_driver=settings.ray_log_to_driver,
     )
@@ -90,10 +94,15 @@ def named_actor_options(settings: Settings, name: str, **options: Any) -> dict[s
     """Ray options of a control-plane actor: named in the runtime's namespace, restarted whenever it
     dies, and detached when the runtime must outlive the process that started it."""
     base: dict[str, Any] = {"name": name, "namespace": settings.namespace, "max_restarts": -1,
-                            "num_cpus": 0}
+                            "num_cpus": 0, **metrics_off(settings)}
     if settings.detached:
         base["lifetime"] = "detached"
     return {**base, **options}
+
+
+def metrics_off(settings: Settings) -> dict[str, Any]:
+    """The actor option that turns raysquad's metrics off in its process (when they are off)."""
+    return {} if settings.metrics else {"runtime_env": {"env_vars": {"RAYSQUAD_METRICS": "false"}}}
 
 
 def member_actor_options(settings: Settings, name: str, num_cpus: float,
@@ -104,7 +113,7 @@ def member_actor_options(settings: Settings, name: str, num_cpus: float,
     a node. Members belong to their pool actor, so they outlive the launcher when it is detached."""
     return {"name": name, "namespace": settings.namespace, "max_restarts": 0,
             "num_cpus": num_cpus, "resources": dict(resources), "scheduling_strategy": "SPREAD",
-            **options}
+            **metrics_off(settings), **options}
 
 
 def store_placement(settings: Settings) -> dict[str, Any]:

@@ -213,7 +213,17 @@ class Settings(BaseSettings):
     namespace: str = "raysquad"
     ray_num_cpus: int | None = None
     ray_object_store_memory: int | None = None
-    ray_include_dashboard: bool = False
+    ray_include_dashboard: bool = Field(
+        False, description="start the Ray dashboard with a local cluster (`raysquad up` does unless "
+                           "--no-dashboard)")
+    ray_metrics_export_port: int | None = Field(
+        None, ge=1, le=65535, description="the port of a local cluster's Prometheus endpoint "
+                                          "(`raysquad up --metrics-port`); Ray's and raysquad's metrics")
+    metrics: bool = Field(True, description="record raysquad's metrics (RAYSQUAD_METRICS)")
+    tracing: str | None = Field(
+        None, pattern=r"^(otlp|console|file:.+)$",
+        description="RAYSQUAD_TRACING: export OpenTelemetry spans of tasks and steps: otlp "
+                    "(OTEL_EXPORTER_OTLP_* say where), console, or file:PATH (JSON lines)")
     ray_log_to_driver: bool = False
     detached: bool = Field(
         False, description="the runtime's actors outlive the process that started them (`raysquad "

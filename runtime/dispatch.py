@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import ray
 
+from runtime import metrics
 from runtime.catalog import Catalog, load_catalog
 from runtime.cluster import named_actor_options
 from runtime.config import Settings
@@ -178,6 +179,7 @@ class Dispatcher:
             try:
                 self._enqueue(await self.store.expire_leases())
                 self._enqueue(await self.store.wake_due())
+                metrics.set_gauge("raysquad_queue_depth", len(self.queue.queue), queue="tasks")
                 if time.monotonic() - last_reconcile > RECONCILE_EVERY_S:
                     last_reconcile = time.monotonic()
                     await self._reconcile()

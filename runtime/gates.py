@@ -46,6 +46,7 @@ from typing import Any
 
 import ray
 
+from runtime import metrics
 from runtime.cluster import named_actor_options
 from runtime.config import GateLimits, Settings
 from runtime.errors import ActorUnavailable, GateRequestTooLarge, GateTimeout
@@ -315,13 +316,20 @@ class GateKeeper:
         gate = self.gates.get(key)
         if gate is None:
             return ""
-        waiter = gate.enqueue(tenant, priority, tokens, time.monotonic())
+        arrived = time.monotonic()
+        waiter = gate.enqueue(tenant, priority, tokens, arrived)
         waiter.future = asyncio.get_running_loop().create_future()
         self._wake[key].set()
         if key not in self._pumps or self._pumps[key].done():
             self._pumps[key] = asyncio.create_task(self._pump(key))
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout_s)
+            grant: str = await asyncio.wait_for(asyncio.shield(waiter.future), timeout_s)
+            waited = time.monotonic() - arrived
+            metrics.inc("raysquad_gate_grants", key=key)
+            metrics.observe("raysquad_gate_wait_seconds", waited, key=key)
+            if waited > 0.001:
+                metrics.inc("raysquad_gate_waits", key=key)
+            return grant
         except (TimeoutError, asyncio.CancelledError) as e:
             self._give_up(gate, waiter)
             if isinstance(e, TimeoutError):
@@ -356,6 +364,7 @@ class GateKeeper:
         if gate is None:
             return 0.0
         pause = gate.penalize(time.monotonic(), retry_after_s)
+        metrics.inc("raysquad_gate_refusals", key=key)
         log.warning("gate %s: upstream throttled; closed for %.1fs, limits at %.0f%%", key, pause,
                     100 * gate.factor_at)
         return pause

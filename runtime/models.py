@@ -40,6 +40,8 @@ class SubmitRequest(BaseModel):
     priority: int = Field(0, ge=-1000, le=1000)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     tenant: str = Field("default", min_length=1, max_length=200)
+    trace_parent: str | None = Field(None, max_length=200,
+                                     description="W3C traceparent the task's spans belong under")
 
 
 class TaskRecord(BaseModel):
@@ -67,6 +69,7 @@ class TaskRecord(BaseModel):
     waiting_for: str | None = Field(None, description="the signal a waiting task is parked on")
     wake_at: float | None = Field(None, description="when a waiting task times out")
     crashes: int = Field(0, description="runs that ended without a word (a worker died, a lease ran out)")
+    trace_parent: str | None = Field(None, description="W3C traceparent of its spans' parent")
 
 
 class TaskSummary(BaseModel):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import ray
 from pydantic import BaseModel
 
+from runtime import metrics
 from runtime.cluster import named_actor_options
 from runtime.errors import ActorUnavailable, QueueFull
 from runtime.handles import ActorHandle
@@ -230,7 +231,9 @@ class QueueActor:
 
     async def put_batch(self, items: list[tuple[str, int, Any]]) -> int:
         self._touch()
-        return self._q.put_batch(items)
+        taken = self._q.put_batch(items)
+        metrics.set_gauge("raysquad_queue_depth", len(self._q.queue), queue=self._q.queue.name)
+        return taken
 
     async def get_batch(self, consumer: str, max_items: int, timeout_s: float) -> list[tuple[str, Any]]:
         self._q.restored(self._q.queue.requeue_expired())
@@ -246,6 +249,7 @@ class QueueActor:
             return []
         if items:
             self._touch()
+            metrics.set_gauge("raysquad_queue_depth", len(self._q.queue), queue=self._q.queue.name)
         return items
 
     async def ack(self, item_ids: list[str]) -> None:

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from runtime import metrics
 from runtime.catalog import Catalog
 from runtime.config import Settings
 from runtime.errors import InvalidSchedule, InvalidTransition, QueueFull, RaysquadError, TaskNotFound
@@ -148,6 +149,8 @@ class Scheduler:
                 task_id = record.id
                 self.fired += 1
         await self.store.advance_schedule(s.tenant, s.id, s.next_at, following, tick, task_id)
+        metrics.inc("raysquad_schedule_ticks", outcome="fired" if task_id else
+                    "missed" if tick is None else "not started")
 
     async def _may_start(self, s: Schedule) -> bool:
         if s.overlap == "allow" or s.last_task_id is None:

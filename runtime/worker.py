@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import ray
 
-from runtime import refs
+from runtime import metrics, refs, tracing
 from runtime.bus import new_event, publish, wants
 from runtime.catalog import Catalog, load_catalog
 from runtime.cluster import member_actor_options, named_actor_options
@@ -78,6 +78,7 @@ class WorkflowWorker:
         self._tasks: dict[str, tuple[asyncio.Task[None], Context, Lease]] = {}
         self._replies = Replies()
         self._announced: dict[str, bool] = {}  # task.<status> -> does anything subscribe
+        tracing.configure(settings.tracing)
         self._llm_requests: dict[str, set[tuple[str, str]]] = {}
         self._slot_free = asyncio.Event()
         self._stopping = False
@@ -144,11 +145,23 @@ class WorkflowWorker:
             tool_timeout_s=self.settings.tools.step_timeout_s,
         )
         ctx.cancel_requested = task.cancel_requested
-        runner = asyncio.create_task(self._run_task(ctx, lease, task.input))
+        runner = asyncio.create_task(self._run_task(ctx, lease, task.input, task.trace_parent))
         self._tasks[task.id] = (runner, ctx, lease)
 
-    async def _run_task(self, ctx: Context, lease: Lease, raw_input: dict[str, Any]) -> None:
+    async def _run_task(self, ctx: Context, lease: Lease, raw_input: dict[str, Any],
+                        trace_parent: str | None = None) -> None:
+        with tracing.span(f"task {ctx.workflow}", parent=trace_parent, **{
+                "raysquad.task_id": ctx.task_id, "raysquad.workflow": ctx.workflow,
+                "raysquad.run": lease.token}) as span:
+            status = await self._run_task_in_span(ctx, lease, raw_input)
+            if span is not None and status is not None:
+                span.set_attribute("raysquad.status", status.value)
+
+    async def _run_task_in_span(self, ctx: Context, lease: Lease,
+                                raw_input: dict[str, Any]) -> TaskStatus | None:
+        """Run the task to its end and record it; its status, or None if it stopped short."""
         status, output, error = TaskStatus.SUCCEEDED, None, None
+        started = time.monotonic()
         try:
             wf = self.catalog.workflow(ctx.workflow)
             result = await wf.fn(ctx, wf.validate_input(raw_input))
@@ -158,16 +171,16 @@ class WorkflowWorker:
         except Parked as parked:
             log.info("task %s: waiting for signal %s", ctx.task_id, parked.name)
             self._forget(lease)
-            return
+            return None
         except (LeaseLost, asyncio.CancelledError):
             log.info("task %s: lease lost (run %d), stopping here", ctx.task_id, lease.token)
             self._forget(lease)
-            return
+            return None
         except (ActorUnavailable, ray.exceptions.RayActorError) as e:
             # The control plane, not the workflow, failed: the lease runs out and the task resumes.
             log.warning("task %s: %s; it resumes once its lease runs out", ctx.task_id, e)
             self._forget(lease)
-            return
+            return None
         except RaysquadError as e:
             status, error = TaskStatus.FAILED, str(e)
         except Exception as e:  # noqa: BLE001 - workflow code failed outside any step
@@ -175,6 +188,9 @@ class WorkflowWorker:
         try:
             record = await self.store.finish(lease, status, output, error)
             self.completed += 1
+            metrics.inc("raysquad_tasks_finished", workflow=ctx.workflow, status=status.value)
+            metrics.observe("raysquad_task_seconds", time.monotonic() - started,
+                            workflow=ctx.workflow)
             await self._announce(record)
         except LeaseLost:
             log.info("task %s: lease lost before it could finish", ctx.task_id)
@@ -182,6 +198,7 @@ class WorkflowWorker:
             log.exception("task %s: could not record its end", ctx.task_id)
         finally:
             self._forget(lease)
+        return status
 
     async def _announce(self, task: TaskRecord) -> None:
         """Publish ``task.<status>`` for a task that ended, if anything subscribes to it (a

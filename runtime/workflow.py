@@ -19,6 +19,7 @@ from typing import Any, Protocol, get_type_hints
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from runtime import metrics, tracing
 from runtime.config import RetryPolicy
 from runtime.errors import InvalidInput, LeaseLost, SignalTimeout, StepError, TaskCancelled
 from runtime.models import ChatMessage, ChatRequest, Completion, TopicEvent
@@ -241,13 +242,18 @@ class Context:
             return self._recorded[key]
         self.replaying = False
         self.check_cancelled()
-        try:
-            value = await retry(attempt, retry_policy or self._retry, name=key,
-                                timeout_s=timeout_s or self._step_timeout_s,
-                                on_retry=functools.partial(self._retrying, key),
-                                passthrough=(TaskCancelled, LeaseLost))
-        except GaveUp as e:
-            raise StepError(key, str(e.error), type(e.error).__name__, e.attempts) from e.error
+        started = time.monotonic()
+        kind = step_kind(key)
+        with tracing.span(f"step {key}", **{"raysquad.step": key, "raysquad.kind": kind}):
+            try:
+                value = await retry(attempt, retry_policy or self._retry, name=key,
+                                    timeout_s=timeout_s or self._step_timeout_s,
+                                    on_retry=functools.partial(self._retrying, key),
+                                    passthrough=(TaskCancelled, LeaseLost))
+            except GaveUp as e:
+                raise StepError(key, str(e.error), type(e.error).__name__, e.attempts) from e.error
+        metrics.observe("raysquad_step_seconds", time.monotonic() - started,
+                        workflow=self.workflow, kind=kind)
         value = await self._services.record(self, key, value)
         self._recorded[key] = value
         return value
@@ -297,6 +303,12 @@ class LLM:
         key = ctx._key(f"llm:{request.model}")
         request = request.model_copy(update={"request_id": f"{ctx.task_id}/{key}"})
         return ctx._run(key, lambda: ctx._services.chat(ctx, request), retry, timeout_s)
+
+
+def step_kind(key: str) -> str:
+    """A step key's kind, for metrics and traces: agent, llm, tool, publish, signal, or step."""
+    head = key.split(":", 1)[0] if ":" in key else ""
+    return head if head in ("agent", "llm", "tool", "publish", "signal") else "step"
 
 
 def _deadline(timeout_s: float) -> Callable[[], Awaitable[float]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -45,6 +46,25 @@ UrlOpt = Annotated[str | None, typer.Option("--url", envvar="RAYSQUAD_URL",
                                             help="use the HTTP API at this URL instead of Ray")]
 KeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="RAYSQUAD_API_KEY",
                                             help="bearer key for --url")]
+
+
+def _print_observability(config: Settings) -> None:
+    """Where the Ray dashboard and the metrics are, and how to get in."""
+    try:
+        from ray._private.worker import get_dashboard_url
+
+        dashboard = get_dashboard_url()
+    except Exception:  # noqa: BLE001 - no dashboard, or a Ray that moved it
+        dashboard = ""
+    if dashboard:
+        token = Path.home() / ".ray" / "auth_token"
+        how = (f"; it asks for the token in {token}" if token.exists() else "")
+        out.print(f"Ray dashboard on http://{dashboard}{how} (actors are named by role: store, "
+                  "dispatcher, pool:workers, worker:*, queue:*, pool:*, agent:*, engine:*, "
+                  "tools:*, gates, events).", highlight=False)
+    if config.ray_metrics_export_port:
+        out.print(f"Metrics for Prometheus on http://127.0.0.1:{config.ray_metrics_export_port}"
+                  f"/metrics (raysquad's are ray_raysquad_*).", highlight=False)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -111,13 +131,23 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
        http: Annotated[bool, typer.Option(help="serve the HTTP API")] = True,
        detach: Annotated[bool, typer.Option(
            "--detach", help="start the runtime on a running Ray cluster (`ray start --head`) and "
-                            "return; it runs until `raysquad down`")] = False) -> None:
+                            "return; it runs until `raysquad down`")] = False,
+       dashboard: Annotated[bool | None, typer.Option(
+           "--dashboard/--no-dashboard", help="start the Ray dashboard with a local cluster "
+                                              "(default: on, or RAYSQUAD_RAY_INCLUDE_DASHBOARD)")] = None,
+       metrics_port: Annotated[int | None, typer.Option(
+           "--metrics-port", help="serve Ray's and raysquad's metrics for Prometheus on this port "
+                                  "(a local cluster)")] = None) -> None:
     """Run the runtime and its HTTP API with the given modules' workflows and agents: in the
     foreground (Ctrl-C stops it), or detached on a Ray cluster with --detach."""
     from runtime.app import Runtime
     from serve.http import open_bind_refusal, start_http, stop_http
 
     extra: dict[str, Any] = {"detached": True} if detach else {}
+    if dashboard is not None or "RAYSQUAD_RAY_INCLUDE_DASHBOARD" not in os.environ:
+        extra["ray_include_dashboard"] = True if dashboard is None else dashboard
+    if metrics_port is not None:
+        extra["ray_metrics_export_port"] = metrics_port
     config = settings(address, data_dir, workers=workers, http_host=host, http_port=port, **extra)
     if detach and not config.ray_address:
         # A detached runtime needs a cluster that outlives this process: join the local one.
@@ -139,6 +169,7 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
         auth = (f"{len(config.api_keys)} API key(s)" if config.api_keys else
                 "no API keys configured: loopback only, no authentication")
         out.print(f"HTTP API on {url} ({auth}); docs at {url}/docs.")
+    _print_observability(config)
     if detach:
         import ray
 
@@ -336,6 +367,77 @@ def replay(letter_id: str, address: AddressOpt = None) -> None:
     out.print(f"{letter.id} {letter.status} (attempts {letter.attempts})"
               + (f": {json.dumps(letter.result)[:200]}" if letter.status == "replayed"
                  else f": {letter.error}"), highlight=False)
+
+
+def _top_view(snap: dict[str, Any], namespace: str) -> Any:
+    """The frames of `raysquad top`: one table per part of the runtime."""
+    import time as _time
+
+    from rich.console import Group
+
+    def down(value: Any) -> str:
+        return "down" if value is None else str(value)
+
+    tasks = snap["tasks"] or {}
+    head = Table(title=f"raysquad {namespace} at {_time.strftime('%H:%M:%S')}", show_edge=False)
+    for column in ("queued", "claimed", "workers", "running", "events routed", "delivered",
+                   "schedule ticks", "dead letters"):
+        head.add_column(column, justify="right")
+    events = snap["events"] or {}
+    running = sum((w or {}).get("active", 0) for w in snap["workers"].values())
+    head.add_row(down(tasks.get("depth")), down(tasks.get("in_flight")), str(len(snap["workers"])),
+                 str(running), down(events.get("routed")), down(events.get("delivered")),
+                 down(events.get("fired")), down(snap["dead_letters"]))
+    agents = Table("agent role", "mailbox", "in flight", "oldest wait s", "replicas", show_edge=False)
+    for role in sorted(set(snap["mailboxes"]) | set(snap["pools"])):
+        box, pool = snap["mailboxes"].get(role) or {}, snap["pools"].get(role) or {}
+        agents.add_row(role, down(box.get("depth")), down(box.get("in_flight")),
+                       f"{box.get('oldest_wait_s', 0):.1f}" if box else "down",
+                       down(pool.get("replicas")))
+    engines = Table("model", "replicas", "requests in flight", show_edge=False)
+    for model, loads in sorted(snap["engines"].items()):
+        engines.add_row(model, str(len(loads)), " ".join(down(x) for x in loads))
+    gates = Table("gate", "held", "waiting", "in window", "closed for s", "limits", show_edge=False)
+    for key, g in sorted((snap["gates"] or {}).items()):
+        limits = ", ".join(f"{k} {v}" for k, v in g["limits"].items()
+                           if v is not None and k in ("requests", "tokens", "concurrency",
+                                                      "interval_s"))
+        gates.add_row(key, str(g["held"]), str(g["waiting"]), str(g["in_window"]),
+                      f"{g['blocked_for_s']:.1f}", limits)
+    return Group(head, agents, engines, gates)
+
+
+@app.command()
+def top(address: AddressOpt = None,
+        interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 1.0,
+        once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False
+        ) -> None:
+    """A live view of the runtime: queues, workers, agent pools, engines, gates, events."""
+    import asyncio
+    import time as _time
+
+    from rich.live import Live
+
+    from runtime.client import join
+    from runtime.errors import RuntimeNotRunning
+    from runtime.handles import actor_names
+    from runtime.overview import overview
+
+    config = settings(address)
+    join(config)
+    if not actor_names(config.namespace, "store"):
+        raise RuntimeNotRunning(f"Ray namespace {config.namespace!r}")
+    if once:
+        out.print(_top_view(asyncio.run(overview(config.namespace)), config.namespace))
+        return
+    with Live(console=out, auto_refresh=False, screen=False) as live:
+        try:
+            while True:
+                live.update(_top_view(asyncio.run(overview(config.namespace)), config.namespace),
+                            refresh=True)
+                _time.sleep(interval)
+        except KeyboardInterrupt:
+            pass
 
 
 def _json_arg(text: str, option: str) -> Any:

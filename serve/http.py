@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from sse_starlette.sse import EventSourceResponse
 
+from runtime import tracing
 from runtime.client import AsyncClient
 from runtime.config import GateLimits, Settings
 from runtime.errors import DeadLetterNotFound, TaskNotFound
@@ -319,6 +320,7 @@ GateKey = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-
 class Ingress:
     def __init__(self, settings: Settings) -> None:
         app.state.settings = settings
+        tracing.configure(settings.tracing)
         self.streams = StreamSlots(settings.max_streams_per_tenant, settings.max_streams)
         self.client = AsyncClient.from_named_actors(settings.namespace, settings)
         app.state.client = self.client  # for the routes outside this class (serve/events.py)
@@ -335,11 +337,17 @@ class Ingress:
                          202: {"links": TASK_LINKS},
                          200: {"model": TaskView, "description": "the idempotency key's first task",
                                "links": TASK_LINKS}})
-    async def submit(self, body: SubmitBody, tenant: Tenant) -> Response:
-        """Queue a task and answer at once. The same idempotency key returns the first task (200)."""
-        record, created = await self.client.submit_request(
-            SubmitRequest(workflow=body.workflow, input=body.input, priority=body.priority,
-                          idempotency_key=body.idempotency_key, tenant=tenant))
+    async def submit(self, body: SubmitBody, tenant: Tenant,
+                     traceparent: Annotated[str | None, Header(max_length=200)] = None) -> Response:
+        """Queue a task and answer at once. The same idempotency key returns the first task (200).
+        With tracing on, a ``traceparent`` header makes the task's spans part of the caller's
+        trace."""
+        with tracing.span(f"submit {body.workflow}", parent=traceparent,
+                          **{"raysquad.workflow": body.workflow}):
+            record, created = await self.client.submit_request(
+                SubmitRequest(workflow=body.workflow, input=body.input, priority=body.priority,
+                              idempotency_key=body.idempotency_key, tenant=tenant,
+                              trace_parent=tracing.current_traceparent() or traceparent))
         # The hot path: the body is built once from the Store's record, not validated again as a
         # TaskView on the way out (response_model still documents it).
         return Response(_json(task_fields(record)), 202 if created else 200,

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import ray
 
+from runtime import metrics
 from runtime.cluster import named_actor_options
 from runtime.config import Settings
 from runtime.engines.base import Engine
@@ -73,6 +74,20 @@ def _first_text_reaches(passage: Passage, on_text: Callable[[str], Awaitable[Non
     return reached_then
 
 
+def _timing_first_text(on_text: Callable[[str], Awaitable[None]], started: float,
+                       model: str) -> Callable[[str], Awaitable[None]]:
+    """``on_text`` that also records the time to the first text."""
+    first = [True]
+
+    async def timed(text: str) -> None:
+        if first[0]:
+            first[0] = False
+            metrics.observe("raysquad_llm_ttft_seconds", time.monotonic() - started, model=model)
+        await on_text(text)
+
+    return timed
+
+
 class EngineActor:
     def __init__(self, settings: Settings, model: str, gated: bool = False) -> None:
         self.engine = build_engine(settings, model)
@@ -83,6 +98,9 @@ class EngineActor:
         if hasattr(self.engine, "on_throttled"):  # an upstream engine: its 429s throttle the gate
             self.engine.on_throttled = self._throttled
         self.in_flight = 0
+        self.model = model
+        self.replica = ray.get_runtime_context().get_actor_name() or model \
+            if ray.is_initialized() else model
 
     def _throttled(self, retry_after_s: float | None) -> None:
         self.gates.throttled(self.gate_key, retry_after_s)
@@ -91,8 +109,13 @@ class EngineActor:
         """Run a request through the model's gate; with ``stream_to``, its text goes to the task's
         events as it is generated."""
         self.in_flight += 1
+        metrics.set_gauge("raysquad_llm_in_flight", self.in_flight, model=self.model,
+                          replica=self.replica)
+        started = time.monotonic()
         try:
             on_text, flush = stream_to.writer() if stream_to is not None else (None, None)
+            if on_text is not None:  # streamed: the first text's time is the TTFT
+                on_text = _timing_first_text(on_text, started, self.model)
             async with self.gates.passage(self.gate_key, request.tenant, request.priority,
                                           estimate_tokens(request)) as passage:
                 if getattr(self.engine, "remote", False):  # the upstream has it at its first byte
@@ -101,11 +124,14 @@ class EngineActor:
                     passage.reached()
                 completion = await self.engine.chat(request, on_text)
                 passage.tokens_used = completion.usage.prompt_tokens + completion.usage.completion_tokens
+            metrics.inc("raysquad_llm_tokens", completion.usage.completion_tokens, model=self.model)
             if flush is not None:  # after the gate: the Store write is not the upstream's time
                 await flush()
             return completion
         finally:
             self.in_flight -= 1
+            metrics.set_gauge("raysquad_llm_in_flight", self.in_flight, model=self.model,
+                              replica=self.replica)
 
     async def abort(self, request_id: str) -> bool:
         return await self.engine.abort(request_id)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import ray
 
+from runtime import metrics
 from runtime.cluster import named_actor_options, store_placement
 from runtime.config import Settings
 from runtime.errors import (
@@ -134,7 +135,11 @@ def admit(store: Store, settings: Settings, items: list[tuple[str, SubmitRequest
         verdicts.append(refusal)
     admitted = [item for item, refusal in zip(items, verdicts, strict=True) if refusal is None]
     created = iter(store.create_tasks(admitted, now) if admitted else [])
-    return [next(created) if refusal is None else refusal for refusal in verdicts]
+    results = [next(created) if refusal is None else refusal for refusal in verdicts]
+    for result in results:
+        if isinstance(result, tuple) and result[1]:
+            metrics.inc("raysquad_tasks_submitted", workflow=result[0].workflow)
+    return results
 
 
 def _refusal(settings: Settings, req: SubmitRequest, size: int) -> RaysquadError | None:

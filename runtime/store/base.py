@@ -19,7 +19,7 @@ from runtime.models import (
     TaskSummary,
 )
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 class Store(Protocol):

@@ -159,6 +159,8 @@ _MIGRATIONS: dict[int, str] = {
     7: outbox.migration(seq="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", real="DOUBLE PRECISION"),
     # Cron schedules and the scheduler's lease (store/schedules.py).
     8: schedules.migration(real="DOUBLE PRECISION"),
+    # The W3C traceparent a task's spans belong under (runtime/tracing.py).
+    9: "ALTER TABLE tasks ADD COLUMN trace_parent TEXT",
 }
 
 
@@ -334,10 +336,10 @@ class PostgresStore(outbox.Outbox, schedules.Schedules):
                     return records.task(row), False
             inserted = c.execute(
                 "INSERT INTO tasks (id, workflow, input, input_bytes, status, priority, tenant, "
-                "idempotency_key, created_at, updated_at) "
-                "VALUES (%s, %s, %s, %s, 'queued', %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                "idempotency_key, created_at, updated_at, trace_parent) "
+                "VALUES (%s, %s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (task_id, req.workflow, text, len(text.encode()), req.priority, req.tenant,
-                 req.idempotency_key, now, now),
+                 req.idempotency_key, now, now, req.trace_parent),
             ).rowcount
             if inserted:
                 break
@@ -349,7 +351,7 @@ class PostgresStore(outbox.Outbox, schedules.Schedules):
         return TaskRecord(id=task_id, workflow=req.workflow, input=req.input,
                           status=TaskStatus.QUEUED, priority=req.priority, tenant=req.tenant,
                           idempotency_key=req.idempotency_key, created_at=now,
-                          updated_at=now), True
+                          updated_at=now, trace_parent=req.trace_parent), True
 
     def get_task(self, task_id: str) -> TaskRecord:
         with self._tx() as c:

@@ -17,7 +17,8 @@ class Row(Protocol):
 
 TASK_COLUMNS = (
     "id, workflow, input, status, priority, tenant, idempotency_key, output, error, runs, created_at, "
-    "updated_at, started_at, finished_at, owner, lease_until, cancel_requested, waiting_for, wake_at, crashes"
+    "updated_at, started_at, finished_at, owner, lease_until, cancel_requested, waiting_for, wake_at, "
+    "crashes, trace_parent"
 )
 
 #: A task without its input and output, for lists.
@@ -42,7 +43,7 @@ def task(row: Row) -> TaskRecord:
         updated_at=row["updated_at"], started_at=row["started_at"], finished_at=row["finished_at"],
         owner=row["owner"], lease_until=row["lease_until"],
         cancel_requested=bool(row["cancel_requested"]), waiting_for=row["waiting_for"],
-        wake_at=row["wake_at"], crashes=row["crashes"],
+        wake_at=row["wake_at"], crashes=row["crashes"], trace_parent=row["trace_parent"],
     )
 
 

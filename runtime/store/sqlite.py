@@ -122,6 +122,8 @@ _MIGRATIONS: dict[int, str] = {
     7: outbox.migration(seq="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"),
     # Cron schedules and the scheduler's lease (store/schedules.py).
     8: schedules.migration(real="REAL"),
+    # The W3C traceparent a task's spans belong under (runtime/tracing.py).
+    9: "ALTER TABLE tasks ADD COLUMN trace_parent TEXT",
 }
 
 class SQLiteStore(outbox.Outbox, schedules.Schedules):
@@ -250,16 +252,17 @@ class SQLiteStore(outbox.Outbox, schedules.Schedules):
         text = json.dumps(req.input)
         c.execute(
             "INSERT INTO tasks (id, workflow, input, input_bytes, status, priority, tenant, "
-            "idempotency_key, created_at, updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+            "idempotency_key, created_at, updated_at, trace_parent) "
+            "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
             (task_id, req.workflow, text, len(text.encode()), req.priority, req.tenant,
-             req.idempotency_key, now, now),
+             req.idempotency_key, now, now, req.trace_parent),
         )
         self._event(c, task_id, "submitted", {"priority": req.priority}, now)
         # The row as written, without reading it back (and parsing its input again).
         return TaskRecord(id=task_id, workflow=req.workflow, input=req.input,
                           status=TaskStatus.QUEUED, priority=req.priority, tenant=req.tenant,
                           idempotency_key=req.idempotency_key, created_at=now,
-                          updated_at=now), True
+                          updated_at=now, trace_parent=req.trace_parent), True
 
     def get_task(self, task_id: str) -> TaskRecord:
         return self._get(self._conn, task_id)

@@ -30,7 +30,7 @@ from typing import Any
 import ray
 from pydantic import BaseModel
 
-from runtime import refs
+from runtime import metrics, refs
 from runtime.cluster import named_actor_options
 from runtime.config import RetryPolicy, Settings
 from runtime.errors import ActorUnavailable, ToolFailed, UpstreamError
@@ -136,15 +136,20 @@ class ToolExecutor:
         def retrying(r: Retrying) -> None:
             log.info("task %s tool %s attempt %d failed (%s); retrying in %.2fs", caller.task_id,
                      tool.name, r.attempt, type(r.error).__name__, r.delay_s)
+            metrics.inc("raysquad_tool_retries", tool=tool.name)
 
         try:
-            return await retry(lambda: self._attempt(tool, args, caller, once), policy,
-                               name=f"tool:{tool.name}",
-                               retryable=lambda error: tool.retryable(error, policy),
-                               on_retry=retrying, sleep=self._sleep)
+            result = await retry(lambda: self._attempt(tool, args, caller, once), policy,
+                                 name=f"tool:{tool.name}",
+                                 retryable=lambda error: tool.retryable(error, policy),
+                                 on_retry=retrying, sleep=self._sleep)
+            metrics.inc("raysquad_tool_calls", tool=tool.name, outcome="ok")
+            return result
         except GaveUp as e:
+            metrics.inc("raysquad_tool_calls", tool=tool.name, outcome="failed")
             letter = ""
             if e.retryable and dead_letter:
+                metrics.inc("raysquad_dead_letters", tool=tool.name)
                 letter = await self._dead_letter(tool, args, caller, e.error, e.attempts)
             raise ToolFailed(tool.name, str(e.error), type(e.error).__name__, e.attempts,
                              letter) from None

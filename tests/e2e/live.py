@@ -88,7 +88,8 @@ def raysquad_up(workdir: Path, app: str | list[str] = "tests.apps.basic",
         "RAYSQUAD_API_KEYS": json.dumps(API_KEYS), "RAYSQUAD_LEASE_S": "5",
         "RAYSQUAD_SWEEP_INTERVAL_S": "0.2", "RAYSQUAD_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         "RAYSQUAD_TENANT_PRIORITIES": json.dumps(TENANT_PRIORITIES),
-        "RAYSQUAD_STREAM_MAX_S": str(STREAM_MAX_S), "RAYSQUAD_TOOLS__EXECUTORS": "1", **env,
+        "RAYSQUAD_STREAM_MAX_S": str(STREAM_MAX_S), "RAYSQUAD_TOOLS__EXECUTORS": "1",
+        "RAYSQUAD_RAY_INCLUDE_DASHBOARD": "false", **env,
     }
     log_path = workdir / "up.log"
     with open(log_path, "wb") as log:
@@ -149,10 +150,13 @@ class SharedServer:
         self.workdir = workdir
         self._context: contextlib.AbstractContextManager[str] | None = None
         self.api: Api | None = None
+        self.spans = workdir / "spans.jsonl"
 
     def get(self) -> Api:
         if self.api is None:
-            self._context = raysquad_up(self.workdir, SHARED_APPS, **SHARED_ENV)
+            # Every process of it exports its spans to self.spans (a JSON-lines file).
+            self._context = raysquad_up(self.workdir, SHARED_APPS, **SHARED_ENV,
+                                        RAYSQUAD_TRACING=f"file:{self.spans}")
             url = self._context.__enter__()
             side = self.workdir / "side"
             side.mkdir(exist_ok=True)

@@ -24,6 +24,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from runtime import Runtime, Settings, ToolSettings
+from tests.e2e.live import free_port
 
 DEFAULT_APPS = ["tests.apps.basic"]
 # One tool executor unless a test asks for more: each actor is a process, and starting one costs
@@ -32,12 +33,15 @@ TEST_DEFAULTS: dict[str, Any] = {"lease_s": 5.0, "sweep_interval_s": 0.2,
                                  "tools": ToolSettings(executors=1)}
 
 
+METRICS_PORT = free_port()  # the session cluster's Prometheus endpoint
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     # The example newsroom app keeps its files where its processes are told (agents/newsroom.py).
     newsroom = tmp_path_factory.mktemp("newsroom")
     ray.init(address="local", num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=False,
+             logging_level=logging.WARNING, log_to_driver=False, _metrics_export_port=METRICS_PORT,
              runtime_env={"env_vars": {"RAYSQUAD_NEWSROOM_DIR": str(newsroom)}})
     yield
     ray.shutdown()

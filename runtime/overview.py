@@ -1,0 +1,70 @@
+"""A snapshot of a running runtime for operators: queues, pools, workers, engines, gates, events.
+
+``overview`` asks every part with a short deadline and reports one that does not answer as down,
+so a view built on it (``raysquad top``) keeps refreshing while an actor restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from runtime.agent import AgentPoolHandle
+from runtime.bus import EventBusHandle
+from runtime.dispatch import DispatcherHandle
+from runtime.engines.actor import find_engines
+from runtime.gates import GateKeeperHandle
+from runtime.handles import actor_names
+from runtime.queue import MailboxHandle
+from runtime.store.actor import StoreHandle
+from runtime.worker import POOL_NAME, WorkerHandle, WorkerPoolHandle
+
+DEADLINE_S = 2.0
+T = TypeVar("T")
+
+
+async def _ask(call: Awaitable[T]) -> T | None:
+    try:
+        return await asyncio.wait_for(call, DEADLINE_S)
+    except Exception:  # noqa: BLE001 - down, restarting, or gone since it was listed
+        return None
+
+
+async def overview(namespace: str) -> dict[str, Any]:
+    """Every part of the runtime in ``namespace``, as plain values (None where one is down)."""
+    tasks = _ask(DispatcherHandle.named("dispatcher", namespace).stats(DEADLINE_S))
+    mailboxes = {name[len("queue:agent:"):]: MailboxHandle.named(name, namespace)
+                 for name in actor_names(namespace, "queue:agent:")}
+    pools = {name[len("pool:"):]: AgentPoolHandle.named(name, namespace)
+             for name in actor_names(namespace, "pool:")
+             if name != POOL_NAME and not name.startswith("pool:engine:")}
+    worker_pool = WorkerPoolHandle.named(POOL_NAME, namespace)
+    engines = find_engines(namespace)
+    gates = _ask(GateKeeperHandle.named("gates", namespace).stats(DEADLINE_S))
+    events = _ask(EventBusHandle.named("events", namespace).stats(DEADLINE_S)) \
+        if actor_names(namespace, "events") else _none()
+    dead = _ask(StoreHandle.named("store", namespace).dead_letters("dead", None, None, 1000))
+
+    worker_ids = await _ask(worker_pool.workers(DEADLINE_S)) or []
+    loads = await asyncio.gather(*(_ask(WorkerHandle.named(f"worker:{w}", namespace).load())
+                                   for w in worker_ids))
+    mailbox_stats = await asyncio.gather(*(_ask(m.stats(DEADLINE_S)) for m in mailboxes.values()))
+    pool_stats = await asyncio.gather(*(_ask(p.stats(DEADLINE_S)) for p in pools.values()))
+    engine_loads = {model: await asyncio.gather(*(_ask(h.load(DEADLINE_S)) for h in handles))
+                    for model, handles in engines.items()}
+    dead_letters = await dead
+    return {
+        "tasks": await tasks,
+        "workers": {w: load for w, load in zip(worker_ids, loads, strict=True)},
+        "mailboxes": dict(zip(mailboxes, mailbox_stats, strict=True)),
+        "pools": dict(zip(pools, pool_stats, strict=True)),
+        "engines": engine_loads,
+        "gates": await gates,
+        "events": await events,
+        "dead_letters": None if dead_letters is None else len(dead_letters),
+    }
+
+
+async def _none() -> None:
+    return None
