@@ -103,3 +103,38 @@ def observe(name: str, value: float, **tags: str) -> None:
         _metric(name).observe(value, tags=tags or None)
     except Exception:  # noqa: BLE001
         log.debug("metric %s not recorded", name, exc_info=True)
+
+
+def grafana_dashboard() -> dict[str, Any]:
+    """A Grafana dashboard of every metric above, built from the same names (as Prometheus sees
+    them: prefixed ``ray_``; counters as rates, histograms as p50/p99)."""
+    panels = []
+    for n, (name, (kind, description, tags)) in enumerate(DEFINITIONS.items()):
+        metric = f"ray_{name}"
+        by = f" by ({', '.join(tags)})" if tags else ""
+        if kind == "counter":
+            exprs = [f"sum(rate({metric}_total[1m])){by}"]
+        elif kind == "gauge":
+            exprs = [f"sum({metric}){by}"]
+        else:
+            exprs = [f"histogram_quantile({q}, sum(rate({metric}_bucket[5m])) by (le{', ' if tags else ''}"
+                     f"{', '.join(tags)}))" for q in (0.5, 0.99)]
+        panels.append({
+            "id": n + 1, "type": "timeseries", "title": name.removeprefix("raysquad_"),
+            "description": description, "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            "gridPos": {"h": 8, "w": 12, "x": 12 * (n % 2), "y": 8 * (n // 2)},
+            "targets": [{"expr": e, "refId": chr(65 + i), "legendFormat": "{{" + "}} {{".join(tags)
+                         + "}}" if tags else name} for i, e in enumerate(exprs)],
+        })
+    return {
+        "title": "raysquad", "uid": "raysquad", "schemaVersion": 39, "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"}, "panels": panels,
+        "templating": {"list": [{"name": "datasource", "type": "datasource",
+                                 "query": "prometheus"}]},
+    }
+
+
+if __name__ == "__main__":  # python -m runtime.metrics > deploy/grafana/raysquad.json
+    import json
+
+    print(json.dumps(grafana_dashboard(), indent=2))
