@@ -36,6 +36,7 @@ demo-sim: setup
 	$(BIN)/raysquad run research --input '{"question": "$(QUESTION)"}'
 
 test: setup model
+	@scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest -q
 
 lint: setup

@@ -270,7 +270,8 @@ class WorkflowWorker:
             data, found = refs.dumps(value)
         to_persist = [(r.blob_key, [r.object_ref]) for r in found
                       if r.object_ref is not None and not r.persisted]
-        cancel = await self.store.record_step(self.lease_of(ctx), key, data, to_persist)
+        cancel = await self.store.record_step(self.lease_of(ctx), key, data, to_persist,
+                                              ctx.step_elapsed_s)
         for r in found:
             r.persisted = True
             r.store = r.store or self.store

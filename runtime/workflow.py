@@ -158,6 +158,7 @@ class Context:
         self._counts: dict[str, int] = {}
         # True until the first step that was not recorded: progress events are not repeated on replay.
         self.replaying = bool(recorded)
+        self.step_elapsed_s: float | None = None  # how long the step being recorded ran
         self.llm = LLM(self, default_model)
 
     def _key(self, name: str) -> str:
@@ -252,8 +253,9 @@ class Context:
                                     passthrough=(TaskCancelled, LeaseLost))
             except GaveUp as e:
                 raise StepError(key, str(e.error), type(e.error).__name__, e.attempts) from e.error
-        metrics.observe("raysquad_step_seconds", time.monotonic() - started,
-                        workflow=self.workflow, kind=kind)
+        self.step_elapsed_s = time.monotonic() - started  # the step's event keeps it (timelines)
+        metrics.observe("raysquad_step_seconds", self.step_elapsed_s, workflow=self.workflow,
+                        kind=kind)
         value = await self._services.record(self, key, value)
         self._recorded[key] = value
         return value

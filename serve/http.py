@@ -38,6 +38,7 @@ from runtime.models import (
 from runtime.ops import AsyncOps
 from serve import errors
 from serve import events as events_http
+from serve import status as status_page
 
 app = FastAPI(
     title="raysquad", version="0.1.0",
@@ -311,6 +312,7 @@ def admin_of(request: Request, tenant: Tenant) -> str:
 
 Admin = Annotated[str, Depends(admin_of)]
 events_http.install(app, tenant_of, _responses, _BODY_ERRORS)
+status_page.install(app, admin_of)
 # ASCII only: JSON Schema's \w is [A-Za-z0-9_], Python's matches any letter.
 GateKey = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@/*-]+$")]
 

@@ -300,14 +300,16 @@ class StoreActor(SubmitBatching):
         return self._call("abandon", lease, reason, time.time())  # type: ignore[no-any-return]
 
     async def record_step(self, lease: Lease, key: str, output: bytes,
-                          refs: list[tuple[str, list[ray.ObjectRef]]] | None = None) -> bool:
+                          refs: list[tuple[str, list[ray.ObjectRef]]] | None = None,
+                          elapsed_s: float | None = None) -> bool:
         """Checkpoint a step. ``refs`` are (blob key, [ObjectRef]) of large values to persist once."""
         blobs = {}
         if refs:
             self._store.check_lease(lease)  # a stale runner writes no blob either
         for blob_key, (object_ref,) in refs or ():
             blobs[blob_key] = pickle.dumps(await object_ref, protocol=5)
-        return self._call("record_step", lease, key, output, blobs, time.time())  # type: ignore[no-any-return]
+        return self._call("record_step", lease, key, output, blobs, time.time(),  # type: ignore[no-any-return]
+                          elapsed_s)
 
     async def append_event(self, task_id: str, kind: str, data: dict[str, Any],
                            lease: Lease | None = None) -> int:
@@ -458,7 +460,8 @@ class StoreService(Protocol):
     async def running_owners(self) -> list[str]: ...
     async def abandon(self, lease: Lease, reason: str) -> TaskRecord: ...
     async def record_step(self, lease: Lease, key: str, output: bytes,
-                          refs: list[tuple[str, list[ray.ObjectRef]]] | None = None) -> bool: ...
+                          refs: list[tuple[str, list[ray.ObjectRef]]] | None = None,
+                          elapsed_s: float | None = None) -> bool: ...
     async def append_event(self, task_id: str, kind: str, data: dict[str, Any],
                            lease: Lease | None = None) -> int: ...
     def post_event(self, task_id: str, kind: str, data: dict[str, Any],
@@ -559,8 +562,9 @@ class StoreHandle(SubmitBatching, ActorHandle):
         return await self._call("abandon", lease, reason, idempotent=False)  # type: ignore[no-any-return]
 
     async def record_step(self, lease: Lease, key: str, output: bytes,
-                          refs: list[tuple[str, list[ray.ObjectRef]]] | None = None) -> bool:
-        return await self._call("record_step", lease, key, output, refs)  # type: ignore[no-any-return]
+                          refs: list[tuple[str, list[ray.ObjectRef]]] | None = None,
+                          elapsed_s: float | None = None) -> bool:
+        return await self._call("record_step", lease, key, output, refs, elapsed_s)  # type: ignore[no-any-return]
 
     async def append_event(self, task_id: str, kind: str, data: dict[str, Any],
                            lease: Lease | None = None) -> int:

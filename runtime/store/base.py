@@ -74,9 +74,9 @@ class Store(Protocol):
         """LeaseLost unless ``lease`` is the task's current claim."""
 
     def record_step(self, lease: Lease, key: str, output: bytes, blobs: dict[str, bytes],
-                    now: float) -> bool:
+                    now: float, elapsed_s: float | None = None) -> bool:
         """Checkpoint a step's output (and its blobs) under ``lease``; the first record of a key
-        wins. Returns cancel requested."""
+        wins. ``elapsed_s``: how long the step ran (kept in its event). Returns cancel requested."""
 
     def append_event(self, task_id: str, kind: str, data: dict[str, Any], now: float,
                      lease: Lease | None = None) -> int:

@@ -139,12 +139,14 @@ class DirectStore(SubmitBatching):
         return await self._run("abandon", lease, reason, time.time())  # type: ignore[no-any-return]
 
     async def record_step(self, lease: Lease, key: str, output: bytes,
-                          refs: list[tuple[str, list[ray.ObjectRef]]] | None = None) -> bool:
+                          refs: list[tuple[str, list[ray.ObjectRef]]] | None = None,
+                          elapsed_s: float | None = None) -> bool:
         """Checkpoint a step; large values (``refs``) are fetched here and written in its
         transaction, so a stale runner writes no blob either."""
         blobs = {blob_key: pickle.dumps(await object_ref, protocol=5)
                  for blob_key, (object_ref,) in refs or ()}
-        return await self._run("record_step", lease, key, output, blobs, time.time())  # type: ignore[no-any-return]
+        return await self._run("record_step", lease, key, output, blobs, time.time(),  # type: ignore[no-any-return]
+                               elapsed_s)
 
     async def append_event(self, task_id: str, kind: str, data: dict[str, Any],
                            lease: Lease | None = None) -> int:

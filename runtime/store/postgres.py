@@ -509,7 +509,7 @@ class PostgresStore(outbox.Outbox, schedules.Schedules):
             self._check_lease(c, lease, lock=False)
 
     def record_step(self, lease: Lease, key: str, output: bytes, blobs: dict[str, bytes],
-                    now: float) -> bool:
+                    now: float, elapsed_s: float | None = None) -> bool:
         """Checkpoint a step under ``lease``. The first record of a key wins: a completed step is
         never overwritten, and the same record sent again changes nothing."""
         with self._tx() as c:
@@ -525,7 +525,8 @@ class PostgresStore(outbox.Outbox, schedules.Schedules):
             ).rowcount
             if inserted:
                 self._event(c, lease.task_id, "step", {"key": key, "bytes": len(output),
-                                                       "blobs": sorted(blobs)}, now)
+                                                       "blobs": sorted(blobs),
+                                                       **_elapsed(elapsed_s)}, now)
             return bool(row["cancel_requested"])
 
     def append_event(self, task_id: str, kind: str, data: dict[str, Any], now: float,
@@ -759,3 +760,8 @@ def _one(row: DictRow | None) -> DictRow:
     """The row an aggregate always returns."""
     assert row is not None
     return row
+
+
+def _elapsed(elapsed_s: float | None) -> dict[str, float]:
+    """A step event's run time (seconds), for timelines; none for a step recorded otherwise."""
+    return {} if elapsed_s is None else {"elapsed_s": round(elapsed_s, 6)}

@@ -394,7 +394,7 @@ class SQLiteStore(outbox.Outbox, schedules.Schedules):
         self._check_lease(self._conn, lease)
 
     def record_step(self, lease: Lease, key: str, output: bytes, blobs: dict[str, bytes],
-                    now: float) -> bool:
+                    now: float, elapsed_s: float | None = None) -> bool:
         """Checkpoint a step under ``lease``. The first record of a key wins: a completed step is
         never overwritten, and the same record sent again changes nothing."""
         if blobs:
@@ -409,7 +409,8 @@ class SQLiteStore(outbox.Outbox, schedules.Schedules):
             ).rowcount
             if inserted:
                 self._event(c, lease.task_id, "step", {"key": key, "bytes": len(output),
-                                                       "blobs": sorted(blobs)}, now)
+                                                       "blobs": sorted(blobs),
+                                                       **_elapsed(elapsed_s)}, now)
             return bool(row["cancel_requested"])
 
     def append_event(self, task_id: str, kind: str, data: dict[str, Any], now: float,
@@ -610,3 +611,7 @@ class SQLiteStore(outbox.Outbox, schedules.Schedules):
     def close(self) -> None:
         self._conn.close()
 
+
+def _elapsed(elapsed_s: float | None) -> dict[str, float]:
+    """A step event's run time (seconds), for timelines; none for a step recorded otherwise."""
+    return {} if elapsed_s is None else {"elapsed_s": round(elapsed_s, 6)}
