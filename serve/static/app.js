@@ -74,15 +74,23 @@ function drawTimeline(task, steps) {
   const end = Math.max(task.finished_at || Date.now() / 1000, ...steps.map((s) => s.at));
   const span = Math.max(end - start, 0.001);
   for (const s of steps) {
-    const elapsed = s.data.elapsed_s || 0;
+    const elapsed = s.elapsed_s || 0;
+    const row = document.createElement("div");
+    row.className = "row";
+    const label = text(document.createElement("span"), `${s.key} · ${(elapsed * 1000).toFixed(0)} ms`);
+    label.className = "label";
+    const track = document.createElement("div");
+    track.className = "track";
     const bar = document.createElement("div");
-    bar.className = `bar kind-${kindOf(s.data.key)}`;
-    bar.dataset.key = s.data.key;
+    bar.className = `bar kind-${kindOf(s.key)}`;
+    bar.dataset.key = s.key;
+    bar.title = `${s.key}: ${(elapsed * 1000).toFixed(1)} ms, recorded ${when(s.at)}`;
     const left = Math.max(0, (s.at - elapsed - start) / span) * 100;
-    bar.style.marginLeft = `${Math.min(left, 99)}%`;
+    bar.style.marginLeft = `${Math.min(left, 99.5)}%`;
     bar.style.width = `${Math.max((elapsed / span) * 100, 0.5)}%`;
-    text(bar, `${s.data.key} ${(elapsed * 1000).toFixed(0)} ms`);
-    box.append(bar);
+    track.append(bar);
+    row.append(label, track);
+    box.append(row);
   }
 }
 
@@ -115,17 +123,18 @@ async function showTask(id) {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
-      buffer += decoder.decode(value, { stream: true });
+      buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
       let cut;
       while ((cut = buffer.indexOf("\n\n")) >= 0) {
         const chunk = buffer.slice(0, cut);
         buffer = buffer.slice(cut + 2);
         const data = chunk.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5)).join("\n");
         if (!data) continue;
-        const event = JSON.parse(data);
+        const event = JSON.parse(data); // {seq, kind, at, ...the event's own fields}
+        const { seq, kind, at, ...fields } = event;
         const li = document.createElement("li");
-        li.className = `event-${event.kind}`;
-        text(li, `${event.seq} ${event.kind} ${JSON.stringify(event.data)}`);
+        li.className = `event-${kind}`;
+        text(li, `${seq} ${when(at)} ${kind} ${JSON.stringify(fields)}`);
         list.append(li);
         if (event.kind === "step") steps.push(event);
         await refresh();

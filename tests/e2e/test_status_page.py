@@ -13,6 +13,7 @@ from tests.conftest import wait_for
 from tests.e2e.live import Api
 
 TIMEOUT_MS = 60_000
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 def chromium() -> str:

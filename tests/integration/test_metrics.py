@@ -35,12 +35,13 @@ def value(series: Series, name: str, **labels: str) -> float:
 
 
 def test_metrics_move_with_the_work_that_ran(make_runtime, side_dir) -> None:
-    rt = make_runtime(["tests.apps.basic", "tests.apps.events"], event_poll_s=0.1)
+    rt = make_runtime(["tests.apps.basic", "tests.apps.events"], event_poll_s=0.1,
+                      simulated={"ttft_s": 0.05, "tpot_s": 0.01})
     client = rt.client()
     before = scrape()
 
     tasks = [client.submit("five_steps", {"dir": str(side_dir), "steps": 5}) for _ in range(3)]
-    agent = client.submit("agent_once", {"text": "hi", "dir": str(side_dir)})
+    agent = client.submit("ask_chief", {"word": "hi"})
     chat = client.submit("chatty", {"text": "hello"})
     client.publish("digest.metrics", {"dir": str(side_dir), "url": "m"})
     for task in [*tasks, agent, chat]:
@@ -61,9 +62,9 @@ def test_metrics_move_with_the_work_that_ran(make_runtime, side_dir) -> None:
             "steps": value(after, "ray_raysquad_step_seconds_count", workflow="five_steps",
                            kind="step")
             - value(before, "ray_raysquad_step_seconds_count", workflow="five_steps", kind="step"),
-            "agent steps": value(after, "ray_raysquad_step_seconds_count", workflow="agent_once",
+            "agent steps": value(after, "ray_raysquad_step_seconds_count", workflow="ask_chief",
                                  kind="agent")
-            - value(before, "ray_raysquad_step_seconds_count", workflow="agent_once", kind="agent"),
+            - value(before, "ray_raysquad_step_seconds_count", workflow="ask_chief", kind="agent"),
             "task seconds": value(after, "ray_raysquad_task_seconds_count", workflow="five_steps")
             - value(before, "ray_raysquad_task_seconds_count", workflow="five_steps"),
             "tokens": value(after, "ray_raysquad_llm_tokens_total")
