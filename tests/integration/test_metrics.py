@@ -74,12 +74,15 @@ def test_metrics_move_with_the_work_that_ran(make_runtime, side_dir) -> None:
             - value(before, "ray_raysquad_events_published_total", topic="digest.metrics"),
             "delivered": value(after, "ray_raysquad_events_delivered_total", target="workflow")
             - value(before, "ray_raysquad_events_delivered_total", target="workflow"),
+            "ttft": value(after, "ray_raysquad_llm_ttft_seconds_count")
+            - value(before, "ray_raysquad_llm_ttft_seconds_count"),
+            "in flight": [k for k in after if k[0] == "ray_raysquad_llm_in_flight"],
             "queue": [k for k in after if k[0] == "ray_raysquad_queue_depth"],
         }
         expected = {"submitted": 3, "finished": 3, "steps": 15, "agent steps": 1,
-                    "task seconds": 3, "published": 1, "delivered": 1}
+                    "task seconds": 3, "published": 1, "delivered": 1, "ttft": 1}
         if all(deltas[k] == v for k, v in expected.items()) and deltas["tokens"] > 0 \
-                and deltas["queue"]:
+                and deltas["queue"] and deltas["in flight"]:
             return deltas
         return None
 
