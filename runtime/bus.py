@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 import ray
@@ -321,6 +321,10 @@ class EventBusHandle(ActorHandle):
     async def poke(self) -> None:
         await self._call("poke")
 
+    def notify(self, what: Wake) -> None:
+        """``poke`` or ``schedules_changed`` without waiting for the actor."""
+        self._send(what)
+
     async def schedules_changed(self) -> None:
         await self._call("schedules_changed")
 
@@ -341,13 +345,16 @@ def start_event_bus(settings: Settings, apps: list[str]) -> EventBusHandle:
 _handles: dict[str, EventBusHandle] = {}
 
 
-def poke(namespace: str, what: str = "poke") -> None:
+Wake = Literal["poke", "schedules_changed"]
+
+
+def poke(namespace: str, what: Wake = "poke") -> None:
     """Wake the namespace's event bus (``poke``) or scheduler (``schedules_changed``) without
     waiting; if it cannot be reached, it polls anyway."""
     try:
         handle = _handles.get(namespace) or _handles.setdefault(namespace,
                                                                 EventBusHandle.find(namespace))
-        handle._send(what)
+        handle.notify(what)
     except Exception:  # noqa: BLE001 - no bus (yet): its next poll finds the change
         _handles.pop(namespace, None)
 

@@ -51,6 +51,7 @@ from runtime.models import (
 )
 from runtime.queue import approx_size
 from runtime.store.base import Store
+from runtime.store.feed import Feed
 from runtime.store.outbox import EventReport
 
 if TYPE_CHECKING:
@@ -188,9 +189,7 @@ class StoreActor(SubmitBatching):
         self._waiters: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._settings = settings
         self._capacity = settings.queue_capacity
-        # The dispatcher's feed: (id, priority, created_at) of tasks submitted since it last looked.
-        self._submitted: list[tuple[str, int, float]] = []
-        self._submitted_event = asyncio.Event()
+        self._feed = Feed(self._capacity)  # the dispatcher's: tasks submitted since it last looked
         self._listener: Listener | None = None
         if settings.store == "postgres":
             from runtime.store.listen import Listener
@@ -226,12 +225,8 @@ class StoreActor(SubmitBatching):
             results = admit(self._store, self._settings, items, time.time())
         finally:
             self._wake()
-        fresh = [(r[0].id, r[0].priority, r[0].created_at) for r in results
-                 if isinstance(r, tuple) and r[1]]
-        if fresh:
-            self._submitted.extend(fresh)
-            del self._submitted[:-self._capacity]  # unread that long: the reconcile finds them
-            self._submitted_event.set()
+        self._feed.add([(r[0].id, r[0].priority, r[0].created_at) for r in results
+                        if isinstance(r, tuple) and r[1]])
         return results
 
     async def take_submitted(self, timeout_s: float) -> list[tuple[str, int, float]]:
@@ -240,14 +235,7 @@ class StoreActor(SubmitBatching):
         One reader, the dispatcher. What a restart of this actor drops, the dispatcher's reconcile
         with the Store finds.
         """
-        if not self._submitted:
-            self._submitted_event.clear()
-            try:
-                await asyncio.wait_for(self._submitted_event.wait(), timeout_s)
-            except TimeoutError:
-                return []
-        fresh, self._submitted = self._submitted, []
-        return fresh
+        return await self._feed.take(timeout_s)
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:
         self._call("add_dead_letter", letter)

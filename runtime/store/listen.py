@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from runtime.models import Event
+from runtime.store.feed import Feed
 from runtime.store.postgres import channels
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,7 @@ class Listener:
         self._conninfo = conninfo
         self._events_channel, self._tasks_channel = channels(schema)
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
-        self._submitted: list[tuple[str, int, float]] = []
-        self._submitted_event = asyncio.Event()
-        self._feed_capacity = feed_capacity
+        self._feed = Feed(feed_capacity)
         self._connected = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
 
@@ -86,9 +85,7 @@ class Listener:
                 waiter.set()
         elif channel == self._tasks_channel:
             task_id, priority, created_at = payload.rsplit(" ", 2)
-            self._submitted.append((task_id, int(priority), float(created_at)))
-            del self._submitted[:-self._feed_capacity]  # unread that long: the reconcile finds them
-            self._submitted_event.set()
+            self._feed.add([(task_id, int(priority), float(created_at))])
 
     def _wake_all(self) -> None:
         for waiters in self._waiters.values():
@@ -127,11 +124,4 @@ class Listener:
     async def take_submitted(self, timeout_s: float) -> list[tuple[str, int, float]]:
         """The tasks created (by any process) since the last call, waiting up to ``timeout_s``."""
         await self.ready()
-        if not self._submitted:
-            self._submitted_event.clear()
-            try:
-                await asyncio.wait_for(self._submitted_event.wait(), timeout_s)
-            except TimeoutError:
-                return []
-        fresh, self._submitted = self._submitted, []
-        return fresh
+        return await self._feed.take(timeout_s)

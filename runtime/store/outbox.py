@@ -23,6 +23,7 @@ from runtime.models import Delivery, Route, TopicEvent
 _EVENT = "seq, id, topic, key, data, tenant, source, created_at"
 _EVENT_E = ", ".join(f"e.{c}" for c in _EVENT.split(", "))
 _ACTIVE = "('queued', 'running', 'waiting')"
+_DELIVERY = ("target", "key", "attempts", "due_at", "done_at", "outcome", "task_id")
 
 MIGRATION = """
 CREATE TABLE topic_events (
@@ -203,12 +204,9 @@ class Outbox(PortableSQL):
             if event is None:
                 return None
             rows = c.execute(self._q(
-                "SELECT target, key, attempts, due_at, done_at, outcome, task_id FROM deliveries "
-                "WHERE event_seq = ? ORDER BY target"), (event.seq,)).fetchall()
-        return event, [dict(zip(("target", "key", "attempts", "due_at", "done_at", "outcome",
-                                 "task_id"), (r[k] for k in ("target", "key", "attempts", "due_at",
-                                                              "done_at", "outcome", "task_id")),
-                                strict=True)) for r in rows]
+                f"SELECT {', '.join(_DELIVERY)} FROM deliveries WHERE event_seq = ? ORDER BY target"),
+                (event.seq,)).fetchall()
+        return event, [{k: r[k] for k in _DELIVERY} for r in rows]
 
 
 def migration(seq: str, real: str) -> str:

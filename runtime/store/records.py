@@ -66,3 +66,13 @@ def dead_letter(row: Row) -> DeadLetter:
         status=row["status"], replayed_at=row["replayed_at"],
         result=json.loads(row["result"]) if row["result"] is not None else None,
     )
+
+
+def step_event(key: str, size: int, blobs: list[str], elapsed_s: float | None = None
+               ) -> dict[str, Any]:
+    """A ``step`` event's data: the key, the output's size, its blobs, and how long the step ran
+    (when the runner said; timelines draw it)."""
+    data: dict[str, Any] = {"key": key, "bytes": size, "blobs": blobs}
+    if elapsed_s is not None:
+        data["elapsed_s"] = round(elapsed_s, 6)
+    return data

@@ -408,9 +408,8 @@ class SQLiteStore(outbox.Outbox, schedules.Schedules):
                 (lease.task_id, key, output, now),
             ).rowcount
             if inserted:
-                self._event(c, lease.task_id, "step", {"key": key, "bytes": len(output),
-                                                       "blobs": sorted(blobs),
-                                                       **_elapsed(elapsed_s)}, now)
+                self._event(c, lease.task_id, "step",
+                            records.step_event(key, len(output), sorted(blobs), elapsed_s), now)
             return bool(row["cancel_requested"])
 
     def append_event(self, task_id: str, kind: str, data: dict[str, Any], now: float,
@@ -511,7 +510,7 @@ class SQLiteStore(outbox.Outbox, schedules.Schedules):
                 c.execute(
                     "INSERT INTO steps (task_id, key, output, created_at) VALUES (?, ?, ?, ?)",
                     (task_id, key, data, now))
-                self._event(c, task_id, "step", {"key": key, "bytes": len(data), "blobs": []}, now)
+                self._event(c, task_id, "step", records.step_event(key, len(data), []), now)
                 return outcome
             c.execute(
                 "UPDATE tasks SET status = 'waiting', owner = NULL, lease_until = NULL, waiting_for = ?, "
@@ -610,8 +609,3 @@ class SQLiteStore(outbox.Outbox, schedules.Schedules):
 
     def close(self) -> None:
         self._conn.close()
-
-
-def _elapsed(elapsed_s: float | None) -> dict[str, float]:
-    """A step event's run time (seconds), for timelines; none for a step recorded otherwise."""
-    return {} if elapsed_s is None else {"elapsed_s": round(elapsed_s, 6)}
