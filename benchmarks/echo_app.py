@@ -1,10 +1,12 @@
 """The floor for benchmarks/submit_latency.py: a bare FastAPI echo, on Ray Serve or on plain uvicorn.
 
 It answers POST /v1/tasks with 202 and the JSON body it was sent, and GET /healthz, and does nothing
-else, so whatever it costs is the HTTP path's own cost. On Serve it runs with the Serve settings of
-raysquad's Ingress, read from the same variables with the same defaults (``RAYSQUAD_HTTP_REPLICAS_MAX``,
-1: one replica, more autoscale at 32 ongoing; ``RAYSQUAD_HTTP_ACCESS_LOG``, off; 0.1 CPU, at most 256
-ongoing requests) on its own local Ray cluster; under uvicorn it runs in this one process, no Ray.
+else, so whatever it costs is the HTTP path's own cost. On Serve it runs with the Serve settings
+of raysquad's Ingress, read from the same variables with the same defaults
+(``RAYSQUAD_HTTP_REPLICAS_MAX``, 1: one replica, more autoscale at 32 ongoing;
+``RAYSQUAD_HTTP_ACCESS_LOG``, off; ``RAYSQUAD_HTTP_INGRESS``, direct: the replica serves HTTP itself,
+throughput-optimized; 0.1 CPU, at most 256 ongoing requests) on its own local Ray cluster; under
+uvicorn it runs in this one process, no Ray.
 
     .venv/bin/python benchmarks/echo_app.py serve --port 8011
     .venv/bin/python benchmarks/echo_app.py uvicorn --port 8012
@@ -36,12 +38,17 @@ async def healthz() -> dict[str, str]:
 
 
 def run_serve(port: int, num_cpus: int) -> None:
+    import os
+
     import ray
     from ray import serve
 
     from runtime.config import Settings
+    from serve.http import direct_ingress_env, serve_http_options
 
-    settings = Settings()  # the HTTP settings raysquad's Ingress would run with
+    # The HTTP settings raysquad's Ingress would run with, the direct path (no proxy hop) included.
+    settings = Settings(http_host="127.0.0.1", http_port=port)
+    os.environ.update(direct_ingress_env(settings))
     scaling: dict[str, Any] = (
         {"num_replicas": 1} if settings.http_replicas_max == 1 else
         {"autoscaling_config": {"min_replicas": 1, "max_replicas": settings.http_replicas_max,
@@ -55,7 +62,7 @@ def run_serve(port: int, num_cpus: int) -> None:
         class Echo:
             pass
 
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=logging_config)
+        serve.start(http_options=serve_http_options(settings), logging_config=logging_config)
         serve.run(Echo.options(  # type: ignore[attr-defined]
             ray_actor_options={"num_cpus": 0.1}, logging_config=logging_config, **scaling,
         ).bind(), name="echo", route_prefix="/", blocking=False)

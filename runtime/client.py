@@ -15,7 +15,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -28,6 +29,7 @@ from runtime.config import Settings
 from runtime.dispatch import DispatcherHandle
 from runtime.errors import (
     EventNotFound,
+    RaysquadError,
     RuntimeNotRunning,
     ScheduleNotFound,
     TaskFailed,
@@ -55,6 +57,10 @@ TaskList = list[TaskSummary]
 EventList = list[Event]
 TopicEventList = list[TopicEvent]
 ScheduleList = list[Schedule]
+#: One answer per task of a ``submit_many``: its record, or the error that refused it.
+Outcome = TaskRecord | RaysquadError
+#: The most tasks one Store transaction of ``submit_many`` takes (and one HTTP batch holds).
+MAX_BATCH = 1000
 
 #: How long a readiness check waits for each part of the control plane.
 READY_DEADLINE_S = 2.0
@@ -119,6 +125,37 @@ class AsyncClient:
         idempotency key's first task)."""
         self._catalog.workflow(req.workflow).validate_input(req.input)
         return await self._store.submit(req)
+
+    async def submit_many(self, tasks: Iterable[SubmitRequest | Mapping[str, Any]], *,
+                          tenant: str = "default") -> list[Outcome]:
+        """Queue many tasks at once, ``MAX_BATCH`` to a Store transaction; one answer per task, in
+        order: its record (new, or the idempotency key's first task) or the error that refused it
+        (an unknown workflow, an invalid input, a full queue...), with nothing written for it.
+        A mapping takes ``submit``'s keyword names (``workflow``, ``input``, ``priority``,
+        ``idempotency_key``) and this call's ``tenant``."""
+        reqs = [t if isinstance(t, SubmitRequest) else SubmitRequest(**{"tenant": tenant, **t})
+                for t in tasks]
+        outcomes: list[Outcome] = []
+        for start in range(0, len(reqs), MAX_BATCH):
+            outcomes += [o if isinstance(o, RaysquadError) else o[0]
+                         for o in await self.submit_requests(reqs[start:start + MAX_BATCH])]
+        return outcomes
+
+    async def submit_requests(self, reqs: list[SubmitRequest]
+                              ) -> list[tuple[TaskRecord, bool] | RaysquadError]:
+        """``submit_request`` for many in one Store transaction: per request, ``(record, created)``
+        or the error that refused it (checked here against the catalogue, or by the Store's
+        admission)."""
+        checked: list[RaysquadError | None] = []
+        for req in reqs:
+            try:
+                self._catalog.workflow(req.workflow).validate_input(req.input)
+                checked.append(None)
+            except RaysquadError as e:
+                checked.append(e)
+        valid = [(uuid.uuid4().hex, req) for req, e in zip(reqs, checked, strict=True) if e is None]
+        admitted = iter(await self._store.submit_tasks(valid) if valid else [])
+        return [next(admitted) if e is None else e for e in checked]
 
     async def get(self, task_id: str) -> TaskRecord:
         return await self._store.get_task(task_id)
@@ -297,6 +334,10 @@ class Client:
                idempotency_key: str | None = None, tenant: str = "default") -> TaskRecord:
         return self._run(self.aio.submit(workflow, input, priority=priority,
                                          idempotency_key=idempotency_key, tenant=tenant))
+
+    def submit_many(self, tasks: Iterable[SubmitRequest | Mapping[str, Any]], *,
+                    tenant: str = "default") -> list[Outcome]:
+        return self._run(self.aio.submit_many(tasks, tenant=tenant))
 
     def get(self, task_id: str) -> TaskRecord:
         return self._run(self.aio.get(task_id))

@@ -310,9 +310,15 @@ class Settings(BaseSettings):
     admin_tenants: tuple[str, ...] = Field(
         (), description="tenants that may see and change gates over HTTP (with no API keys: anyone)")
     max_body_bytes: int = Field(1 << 20, ge=1, description="larger request bodies get 413")
+    max_batch_body_bytes: int = Field(16 << 20, ge=1, description=(
+        "larger bodies of a batch route (POST /v1/tasks:batch, up to 1,000 tasks) get 413"))
     http_replicas_max: int = Field(
         1, ge=1, description="Ingress replicas; above 1 they autoscale (more only helps with more cores)")
     http_access_log: bool = Field(False, description="Serve's per-request access log")
+    http_ingress: Literal["direct", "proxy"] = Field("direct", description=(
+        "direct: the Ingress replica serves HTTP on http_port itself, no Serve proxy (Serve's "
+        "throughput-optimized mode; one replica, on a cluster this command starts); proxy: "
+        "Serve's HTTP proxy in front (several replicas, or a cluster started elsewhere)"))
 
     # What one tenant may ask of the system (each decided before anything is committed).
     max_input_bytes: int = Field(1 << 20, ge=1, description="a task's input, as JSON; larger gets 413")

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import ray
 
+from runtime import metrics
 from runtime.errors import ActorUnavailable, RaysquadError
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ class ActorHandle:
         limit = self.deadline_s if deadline_s is None else deadline_s
         started = time.monotonic()
         backoff = _FIRST_BACKOFF_S
+        kind = (self.name or "actor").partition(":")[0]  # worker:<id> counts as worker
         while True:
+            metrics.inc("raysquad_actor_calls", actor=kind, method=method)
             try:
                 return await getattr(self._actor, method).remote(*args)
             except ray.exceptions.RayTaskError as e:
@@ -100,6 +103,8 @@ class ActorHandle:
 
     def _send(self, method: str, *args: Any) -> None:
         """Fire and forget: for notifications whose loss costs nothing (a later call makes up)."""
+        metrics.inc("raysquad_actor_calls", actor=(self.name or "actor").partition(":")[0],
+                    method=method)
         getattr(self._actor, method).remote(*args)
 
     def _find_again(self, error: BaseException) -> None:

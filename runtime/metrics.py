@@ -45,6 +45,10 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "raysquad_events_delivered": ("counter", "deliveries carried out, by target kind and outcome",
                                   ("target", "outcome")),
     "raysquad_schedule_ticks": ("counter", "schedule ticks, fired or not", ("outcome",)),
+    "raysquad_actor_calls": ("counter", "calls through a typed actor handle, by actor kind and method",
+                             ("actor", "method")),
+    "raysquad_store_transactions": ("counter", "transactions the Store committed or rolled back",
+                                    ("backend",)),
 }
 
 _made: dict[str, Any] = {}

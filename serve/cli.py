@@ -21,7 +21,7 @@ from rich.table import Table
 # where a command needs them), so it starts in a fraction of a second.
 from runtime.config import GateLimits, Settings
 from runtime.errors import RaysquadError
-from runtime.models import TaskRecord, TaskStatus
+from runtime.models import SubmitRequest, TaskRecord, TaskStatus
 from serve.http_client import HttpClient
 from serve.progress import follow
 
@@ -141,7 +141,7 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
     """Run the runtime and its HTTP API with the given modules' workflows and agents: in the
     foreground (Ctrl-C stops it), or detached on a Ray cluster with --detach."""
     from runtime.app import Runtime
-    from serve.http import open_bind_refusal, start_http, stop_http
+    from serve.http import direct_ingress_env, open_bind_refusal, start_http, stop_http
 
     extra: dict[str, Any] = {"detached": True} if detach else {}
     if dashboard is not None or "RAYSQUAD_RAY_INCLUDE_DASHBOARD" not in os.environ:
@@ -155,6 +155,9 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
     refusal = open_bind_refusal(config) if http else None
     if refusal:
         fail(refusal)
+    if http and not config.ray_address:
+        # The cluster started here serves HTTP from the Ingress replica itself (no proxy hop).
+        os.environ.update(direct_ingress_env(config))
     rt = Runtime.start(config, apps=apps or DEFAULT_APPS)
     try:
         url = start_http(config) if http else None
@@ -224,6 +227,68 @@ def submit(workflow: str, input: Annotated[str, typer.Option("--input", help="JS
         out.print(record.id)
         return
     print_result(follow(client, record.id, err))
+
+
+SUBMIT_FIELDS = {"workflow", "input", "priority", "idempotency_key"}
+
+
+def read_submits(source: str, workflow: str | None) -> list[dict[str, Any]]:
+    """The tasks in a JSON-lines file (``-``: standard input), each an object with ``submit``'s
+    fields; ``workflow`` fills in lines that name none. A bad line stops everything before
+    anything is submitted."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except OSError as e:
+        fail(f"cannot read {source}: {e.strerror or e}", 2)
+    tasks: list[dict[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            task = json.loads(line)
+        except json.JSONDecodeError as e:
+            fail(f"line {number} is not valid JSON: {e}", 2)
+        if not isinstance(task, dict):
+            fail(f"line {number} must be a JSON object like {{\"workflow\": \"echo\", "
+                 f"\"input\": {{...}}}}", 2)
+        if unknown := sorted(set(task) - SUBMIT_FIELDS):
+            fail(f"line {number} has unknown field(s) {', '.join(unknown)}; a task takes "
+                 f"{', '.join(sorted(SUBMIT_FIELDS))}", 2)
+        task.setdefault("workflow", workflow)
+        if not isinstance(task["workflow"], str) or not task["workflow"]:
+            fail(f"line {number} names no workflow (add \"workflow\", or pass --workflow)", 2)
+        try:
+            SubmitRequest(**task)
+        except ValidationError as e:
+            fail(f"line {number} is not a valid task: {_problems(e)}", 2)
+        tasks.append(task)
+    if not tasks:
+        fail(f"{source} holds no tasks", 2)
+    return tasks
+
+
+@app.command("submit-many")
+def submit_many(source: Annotated[str, typer.Argument(help="JSON-lines file, or - for standard "
+                                                           "input")],
+                workflow: Annotated[str | None, typer.Option(
+                    help="the workflow of lines that name none")] = None,
+                address: AddressOpt = None, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """Submit many tasks, one JSON object per line ({"workflow", "input", "priority",
+    "idempotency_key"}), 1,000 to a Store transaction. Prints each task's id in line order (or
+    "-" where it was refused, with the reason on standard error); exits 1 if any was refused."""
+    tasks = read_submits(source, workflow)
+    outcomes = connect(address, url, api_key).submit_many(tasks)
+    refused = 0
+    for number, outcome in enumerate(outcomes, 1):
+        if isinstance(outcome, TaskRecord):
+            out.print(outcome.id, highlight=False)
+        else:
+            refused += 1
+            out.print("-", highlight=False)
+            err.print(f"task {number}: {outcome}", highlight=False)
+    err.print(f"submitted {len(outcomes) - refused} of {len(outcomes)} task(s)", highlight=False)
+    if refused:
+        raise typer.Exit(1)
 
 
 @app.command()

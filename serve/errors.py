@@ -48,6 +48,15 @@ def status_of(exc: RaysquadError) -> int:
     return next((codes[cls] for cls in type(exc).__mro__ if cls in codes), 500)
 
 
+def answer(exc: RaysquadError) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and the ``error`` object that answer ``exc`` (a request's, or one item's of a
+    batch)."""
+    detail: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, InvalidInput):
+        detail["problems"] = exc.problems
+    return status_of(exc), detail
+
+
 def error_body(status: int, kind: str, message: str, **more: Any) -> JSONResponse:
     return JSONResponse({"error": {"type": kind, "message": message, **more}}, status_code=status)
 
@@ -57,9 +66,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RaysquadError)
     async def ours(request: Request, exc: RaysquadError) -> JSONResponse:
-        status = status_of(exc)
-        response = error_body(status, type(exc).__name__, str(exc),
-                              **({"problems": exc.problems} if isinstance(exc, InvalidInput) else {}))
+        status, detail = answer(exc)
+        response = JSONResponse({"error": detail}, status_code=status)
         after = retry_after_s(exc) if isinstance(exc, Retryable) else None
         if after is not None:
             response.headers["Retry-After"] = str(max(1, round(after)))
@@ -100,7 +108,8 @@ def allowed_methods(request: Request) -> list[str]:
 class BodyGuard:
     """Pure ASGI middleware in front of every POST: the body must be JSON, strictly, and not too big.
 
-    415 for another content type; 413 over ``app.state.settings.max_body_bytes`` (by Content-Length up
+    415 for another content type; 413 over ``app.state.settings.max_body_bytes`` (``max_batch_body_bytes``
+    for a ``:batch`` route) (by Content-Length up
     front, and by counting a streamed body, which is read whole, at most the limit, before the app
     sees it); 400 for what Python's json module accepts but JSON does not (NaN, Infinity); 422 for a
     string that is not valid Unicode (a lone surrogate), which could be stored but never read back.
@@ -115,6 +124,8 @@ class BodyGuard:
             return
         settings = getattr(scope["app"].state, "settings", None)
         limit = settings.max_body_bytes if settings is not None else 1 << 20
+        if settings is not None and scope["path"].endswith(":batch"):
+            limit = settings.max_batch_body_bytes  # a batch holds many tasks' inputs
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         length = headers.get("content-length")
         if length is not None and length.isdecimal() and int(length) > limit:

@@ -8,8 +8,11 @@ the caller's tenant: another tenant's task is a 404.
 
 import asyncio
 import json
+import logging
+import os
 import re
 import secrets
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -18,12 +21,12 @@ from typing import Annotated, Any, Literal
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from ray import serve
 from sse_starlette.sse import EventSourceResponse
 
 from runtime import tracing
-from runtime.client import AsyncClient
+from runtime.client import MAX_BATCH, AsyncClient
 from runtime.config import GateLimits, Settings
 from runtime.errors import DeadLetterNotFound, TaskNotFound
 from runtime.models import (
@@ -80,6 +83,21 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+def _json_int(value: Any) -> Any:
+    """An integer as JSON Schema has it: ``5`` or ``5.0``, never ``true`` or ``"5"`` (which pydantic's
+    lax mode would take)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be an integer")
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_int)]
+
+
 class SubmitBody(BaseModel):
     """A task to run. ``priority``: higher runs first."""
 
@@ -87,10 +105,32 @@ class SubmitBody(BaseModel):
 
     workflow: str = Field(min_length=1, max_length=200)
     input: dict[str, Any] = Field(default_factory=dict)
-    priority: int = Field(0, ge=-1000, le=1000, description=(
+    priority: JsonInt = Field(0, ge=-1000, le=1000, description=(
         "higher runs first; a tenant may use only the range configured for it (default 0 to 10): "
         "outside it, 422"))
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+
+
+class BatchBody(BaseModel):
+    """Up to 1,000 tasks, admitted in one Store transaction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[SubmitBody] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchItem(BaseModel):
+    status: int = Field(description=(
+        "202: queued; 200: the idempotency key's first task; a 4xx: refused, nothing written"))
+    id: str | None = Field(None, description="the task (absent when refused)")
+    created_at: float | None = Field(None, description="when the task was first submitted")
+    error: ErrorDetail | None = Field(None, description="why it was refused")
+
+
+class BatchReply(BaseModel):
+    accepted: int = Field(description="items answered 202 or 200")
+    refused: int = Field(description="items answered with a 4xx")
+    items: list[BatchItem] = Field(description="one per task, in the order sent")
 
 
 class TaskView(BaseModel):
@@ -355,6 +395,35 @@ class Ingress:
         return Response(_json(task_fields(record)), 202 if created else 200,
                         {"Location": f"/v1/tasks/{record.id}"}, media_type="application/json")
 
+    @app.post("/v1/tasks:batch", response_model=BatchReply, operation_id="submitTasks",
+              responses=_responses(429, *_BODY_ERRORS))
+    async def submit_batch(self, body: BatchBody, tenant: Tenant,
+                           traceparent: Annotated[str | None, Header(max_length=200)] = None
+                           ) -> Response:
+        """Queue up to 1,000 tasks in one Store transaction. Each gets its own answer, in order:
+        202 (queued), 200 (its idempotency key's first task) or the 4xx a single submit of it would
+        have got, with nothing written for it. The request as a whole is refused (422) only when
+        it does not match this schema."""
+        with tracing.span("submit batch", parent=traceparent,
+                          **{"raysquad.batch_size": len(body.tasks)}):
+            parent = tracing.current_traceparent() or traceparent
+            outcomes = await self.client.submit_requests([
+                SubmitRequest(workflow=t.workflow, input=t.input, priority=t.priority,
+                              idempotency_key=t.idempotency_key, tenant=tenant,
+                              trace_parent=parent) for t in body.tasks])
+        items: list[dict[str, Any]] = []
+        for outcome in outcomes:
+            if isinstance(outcome, tuple):
+                record, created = outcome
+                items.append({"status": 202 if created else 200, "id": record.id,
+                              "created_at": record.created_at})
+            else:
+                status, detail = errors.answer(outcome)
+                items.append({"status": status, "error": detail})
+        accepted = sum(1 for item in items if item["status"] < 300)
+        return Response(_json({"accepted": accepted, "refused": len(items) - accepted,
+                               "items": items}), 200, media_type="application/json")
+
     @app.get("/v1/tasks", response_model=TaskPage, responses=_responses(), operation_id="listTasks")
     async def list_tasks(self, tenant: Tenant, status: TaskStatus | None = None,
                          workflow: Annotated[str | None, Query(max_length=200)] = None,
@@ -552,6 +621,56 @@ def open_bind_refusal(settings: Settings) -> str | None:
             "(a JSON object of key -> tenant) or use --host 127.0.0.1")
 
 
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def direct_ingress_env(settings: Settings) -> dict[str, str]:
+    """The Ray Serve variables of the direct path, or ``{}`` where the proxy stays.
+
+    With ``http_ingress="direct"`` and one Ingress replica, Serve runs throughput-optimized
+    (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``): no proxy process; the replica serves HTTP itself, with
+    Serve's router and the app's code on its own event loop, request logs buffered and the GC
+    frozen after start-up. Its port range is pinned to ``http_port`` alone, and the replica stops at
+    once and a restarted one takes the port back at once (no 30 s drain or quarantine for a load
+    balancer to deregister it: there is none in front). Several
+    replicas on one node would each need a port of their own, so ``http_replicas_max`` above 1
+    keeps the proxy, as does an ephemeral port (0).
+
+    Serve (2.60) still starts its proxy on the head node in this mode; ``start_http`` gives it a
+    free port of its own, so that ``http_port`` is the replica's.
+
+    Serve reads these in its controller and replicas, which inherit the environment of the Ray
+    cluster: they must be set before this process starts a local cluster; a cluster started
+    elsewhere runs with whatever it was started with.
+    """
+    if settings.http_ingress != "direct" or settings.http_replicas_max > 1 or not settings.http_port:
+        return {}
+    return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+            # Serve's range is half-open: [MIN, MAX).
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(settings.http_port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(settings.http_port + 1),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+            # A restarted replica takes its port back at once (no quarantine for a load balancer).
+            "RAY_SERVE_PORT_QUARANTINE_S": "0"}
+
+
+def direct_ingress_on(settings: Settings) -> bool:
+    """Whether this process's Ray cluster serves HTTP from the Ingress replica (``direct_ingress_env``
+    was set before it started)."""
+    direct = direct_ingress_env(settings)
+    return bool(direct) and all(os.environ.get(k) == v for k, v in direct.items())
+
+
+def serve_http_options(settings: Settings) -> dict[str, Any]:
+    """``serve.start``'s ``http_options``: on the direct path ``http_port`` is the replica's, and
+    Serve's proxy, which it starts anyway, gets a free port of its own."""
+    port = free_port(settings.http_host) if direct_ingress_on(settings) else settings.http_port
+    return {"host": settings.http_host, "port": port}
+
+
 def start_http(settings: Settings) -> str:
     """Run the HTTP app on Serve at ``settings.http_host:http_port``; returns its base URL.
 
@@ -562,8 +681,10 @@ def start_http(settings: Settings) -> str:
     refusal = open_bind_refusal(settings)
     if refusal:
         raise ConfigError(refusal)
+    # Serve's own notices (its proxy's address among them) are not this command's to print.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     # Per-request access logs cost the proxy and the replica a file write each; errors still log.
-    serve.start(http_options={"host": settings.http_host, "port": settings.http_port},
+    serve.start(http_options=serve_http_options(settings),
                 logging_config={"enable_access_log": settings.http_access_log})
     # One Serve application per runtime, named after its namespace (a cluster may run several).
     serve.run(build(settings), name=settings.namespace, route_prefix="/", blocking=False)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import httpx
 
-from runtime.errors import RemoteError, TaskFailed, WaitTimeout
+from runtime.errors import RaysquadError, RemoteError, TaskFailed, WaitTimeout
 from runtime.models import (
     END_EVENT_KINDS,
     Event,
@@ -27,6 +27,7 @@ from runtime.models import (
 )
 
 TaskList = list[TaskSummary]
+BATCH = 1000  # tasks per POST /v1/tasks:batch, the server's most
 SchemaList = list[dict[str, Any]]
 
 
@@ -88,6 +89,21 @@ class HttpClient(_Events):
         body = {"workflow": workflow, "input": input or {}, "priority": priority,
                 "idempotency_key": idempotency_key}
         return _record(self._call("POST", "/v1/tasks", json=body))
+
+    def submit_many(self, tasks: Iterable[Mapping[str, Any]]) -> list[TaskRecord | RaysquadError]:
+        """Queue many tasks, 1,000 to a request (``POST /v1/tasks:batch``, one Store transaction
+        each); one answer per task, in order: its record, or a ``RemoteError`` with the status
+        that refused it. Each task is a mapping with ``submit``'s names (``workflow``, ``input``,
+        ``priority``, ``idempotency_key``)."""
+        bodies = [{k: v for k, v in t.items() if v is not None} for t in tasks]
+        outcomes: list[TaskRecord | RaysquadError] = []
+        for start in range(0, len(bodies), BATCH):
+            chunk = bodies[start:start + BATCH]
+            reply = self._call("POST", "/v1/tasks:batch", json={"tasks": chunk})
+            for body, item in zip(chunk, reply["items"], strict=True):
+                outcome = _batch_outcome(body, item)
+                outcomes.append(self.get(outcome) if isinstance(outcome, str) else outcome)
+        return outcomes
 
     def get(self, task_id: str) -> TaskRecord:
         return _record(self._call("GET", f"/v1/tasks/{_path(task_id)}"))
@@ -179,6 +195,21 @@ def _error(response: httpx.Response) -> RemoteError:
         return RemoteError(response.status_code, detail["type"], detail["message"])
     except (ValueError, KeyError, TypeError):
         return RemoteError(response.status_code, "HTTPError", response.text[:200])
+
+
+def _batch_outcome(body: dict[str, Any], item: dict[str, Any]) -> TaskRecord | RaysquadError | str:
+    """A batch item's answer as ``submit_many`` returns it: a new task's record as it was sent (the
+    reply carries its id and ``created_at``), the error that refused it, or, for an idempotency
+    key's earlier task (200), its id (read with ``get``)."""
+    if item["status"] >= 300:
+        error = item.get("error") or {}
+        return RemoteError(item["status"], error.get("type", "HTTPError"), error.get("message", ""))
+    if item["status"] != 202:
+        return str(item["id"])
+    return TaskRecord(id=item["id"], workflow=body["workflow"], input=body.get("input", {}),
+                      status=TaskStatus.QUEUED, priority=body.get("priority", 0),
+                      idempotency_key=body.get("idempotency_key"), created_at=item["created_at"],
+                      updated_at=item["created_at"])
 
 
 def _record(view: dict[str, Any]) -> TaskRecord:

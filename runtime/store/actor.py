@@ -181,6 +181,47 @@ class SubmitBatching:
         return list(await self.submit_tasks([(uuid.uuid4().hex, r) for r in reqs]))
 
 
+#: A run's write as ``apply`` takes it: ("record_step", (lease, key, output, elapsed_s)) or
+#: ("finish", (lease, status, output, error)); the Store adds the time (and no blobs: a step with
+#: large values is recorded on its own).
+Write = tuple[str, tuple[Any, ...]]
+
+
+def backend_writes(writes: list[Write], now: float) -> list[Write]:
+    """``writes`` with the arguments the backend's methods take."""
+    out: list[Write] = []
+    for method, args in writes:
+        if method == "record_step":
+            lease, key, output, elapsed_s = args
+            out.append((method, (lease, key, output, {}, now, elapsed_s)))
+        elif method == "finish":
+            out.append((method, (*args, now)))
+        else:
+            raise ValueError(f"{method} is not a write apply takes")
+    return out
+
+
+class WriteBatching:
+    """``record_step`` (of a step with no large values) and ``finish``: the ones of one event-loop
+    turn, from every run of this process, leave as one ``apply`` call, one transaction (a group
+    commit, like ``SubmitBatching``'s). Each is safe to repeat, so the call rides out a restart."""
+
+    _write_commits: weakref.WeakKeyDictionary[
+        asyncio.AbstractEventLoop, GroupCommit[Write, Any]] | None = None
+
+    async def apply(self, writes: list[Write]) -> list[Any]:
+        raise NotImplementedError
+
+    async def _write(self, method: str, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._write_commits is None:
+            self._write_commits = weakref.WeakKeyDictionary()
+        commit = self._write_commits.get(loop)
+        if commit is None:
+            commit = self._write_commits[loop] = GroupCommit(self.apply)
+        return await commit((method, args))
+
+
 class StoreActor(SubmitBatching):
     """Async facade over a Store; each call runs to completion on the actor's event loop."""
 
@@ -313,6 +354,10 @@ class StoreActor(SubmitBatching):
     async def finish(self, lease: Lease, status: TaskStatus, output: Any,
                      error: str | None) -> TaskRecord:
         return self._call("finish", lease, status, output, error, time.time())  # type: ignore[no-any-return]
+
+    async def apply(self, writes: list[Write]) -> list[Any]:
+        """Runs' writes in one transaction, each answered alone (see ``WriteBatching``)."""
+        return self._call("apply", backend_writes(writes, time.time()))  # type: ignore[no-any-return]
 
     async def request_cancel(self, task_id: str) -> TaskRecord:
         return self._call("request_cancel", task_id, time.time())  # type: ignore[no-any-return]
@@ -498,7 +543,7 @@ class StoreService(Protocol):
     async def event_deliveries(self, tenant: str, event_id: str) -> EventReport | None: ...
 
 
-class StoreHandle(SubmitBatching, ActorHandle):
+class StoreHandle(SubmitBatching, WriteBatching, ActorHandle):
     """The Store actor, typed. Calls that are safe to repeat ride out a restart of the actor."""
 
     @classmethod
@@ -552,7 +597,12 @@ class StoreHandle(SubmitBatching, ActorHandle):
     async def record_step(self, lease: Lease, key: str, output: bytes,
                           refs: list[tuple[str, list[ray.ObjectRef]]] | None = None,
                           elapsed_s: float | None = None) -> bool:
+        if not refs:
+            return await self._write("record_step", lease, key, output, elapsed_s)  # type: ignore[no-any-return]
         return await self._call("record_step", lease, key, output, refs, elapsed_s)  # type: ignore[no-any-return]
+
+    async def apply(self, writes: list[Write]) -> list[Any]:
+        return await self._call("apply", writes)  # type: ignore[no-any-return]
 
     async def append_event(self, task_id: str, kind: str, data: dict[str, Any],
                            lease: Lease | None = None) -> int:
@@ -566,7 +616,7 @@ class StoreHandle(SubmitBatching, ActorHandle):
 
     async def finish(self, lease: Lease, status: TaskStatus, output: Any,
                      error: str | None) -> TaskRecord:
-        return await self._call("finish", lease, status, output, error)  # type: ignore[no-any-return]
+        return await self._write("finish", lease, status, output, error)  # type: ignore[no-any-return]
 
     async def request_cancel(self, task_id: str) -> TaskRecord:
         return await self._call("request_cancel", task_id)  # type: ignore[no-any-return]

@@ -6,8 +6,11 @@ that every process of a cluster reaches the same file. Times are seconds since t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from runtime.errors import RaysquadError
 from runtime.models import (
     Claim,
     DeadLetter,
@@ -20,6 +23,31 @@ from runtime.models import (
 )
 
 SCHEMA_VERSION = 9
+
+#: The writes of a run that may share a transaction (``apply``); each is safe to send again.
+BATCHED_WRITES = frozenset({"record_step", "finish"})
+
+
+class BatchedWrites:
+    """``apply``: the writes of several runs in one transaction, each in a savepoint of its own, so
+    that one refused (LeaseLost, a task gone) is undone alone and answered with its error while
+    the others commit. The backends' ``_tx`` nests as a savepoint inside an open transaction."""
+
+    _tx: Callable[[], AbstractContextManager[Any]]
+
+    def apply(self, writes: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """Run ``(method, args)`` writes (``BATCHED_WRITES`` only) in one transaction; one result
+        per write, in order: what the method returns, or the RaysquadError it raised."""
+        results: list[Any] = []
+        with self._tx():
+            for method, args in writes:
+                if method not in BATCHED_WRITES:
+                    raise ValueError(f"{method} is not a write apply takes")
+                try:
+                    results.append(getattr(self, method)(*args))
+                except RaysquadError as e:
+                    results.append(e)
+        return results
 
 
 class Store(Protocol):

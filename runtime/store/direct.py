@@ -38,7 +38,14 @@ from runtime.models import (
     TaskSummary,
     TopicEvent,
 )
-from runtime.store.actor import SubmitBatching, admit, check_store_settings
+from runtime.store.actor import (
+    SubmitBatching,
+    Write,
+    WriteBatching,
+    admit,
+    backend_writes,
+    check_store_settings,
+)
 from runtime.store.listen import Listener
 from runtime.store.outbox import EventReport
 from runtime.store.postgres import PostgresStore
@@ -46,7 +53,7 @@ from runtime.store.postgres import PostgresStore
 log = logging.getLogger(__name__)
 
 
-class DirectStore(SubmitBatching):
+class DirectStore(SubmitBatching, WriteBatching):
     """The Store on PostgreSQL for the processes of one runtime; ``shared`` gives one per process."""
 
     _shared: ClassVar[dict[tuple[str, str], DirectStore]] = {}
@@ -143,8 +150,10 @@ class DirectStore(SubmitBatching):
                           elapsed_s: float | None = None) -> bool:
         """Checkpoint a step; large values (``refs``) are fetched here and written in its
         transaction, so a stale runner writes no blob either."""
+        if not refs:
+            return await self._write("record_step", lease, key, output, elapsed_s)  # type: ignore[no-any-return]
         blobs = {blob_key: pickle.dumps(await object_ref, protocol=5)
-                 for blob_key, (object_ref,) in refs or ()}
+                 for blob_key, (object_ref,) in refs}
         return await self._run("record_step", lease, key, output, blobs, time.time(),  # type: ignore[no-any-return]
                                elapsed_s)
 
@@ -165,7 +174,10 @@ class DirectStore(SubmitBatching):
 
     async def finish(self, lease: Lease, status: TaskStatus, output: Any,
                      error: str | None) -> TaskRecord:
-        return await self._run("finish", lease, status, output, error, time.time())  # type: ignore[no-any-return]
+        return await self._write("finish", lease, status, output, error)  # type: ignore[no-any-return]
+
+    async def apply(self, writes: list[Write]) -> list[Any]:
+        return await self._run("apply", backend_writes(writes, time.time()))  # type: ignore[no-any-return]
 
     async def request_cancel(self, task_id: str) -> TaskRecord:
         return await self._run("request_cancel", task_id, time.time())  # type: ignore[no-any-return]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from runtime import refs
+from runtime import metrics, refs
 from runtime.errors import (
     DeadLetterNotFound,
     InvalidTransition,
@@ -49,7 +50,7 @@ from runtime.models import (
     TaskSummary,
 )
 from runtime.store import outbox, records, schedules
-from runtime.store.base import SCHEMA_VERSION
+from runtime.store.base import SCHEMA_VERSION, BatchedWrites
 from runtime.store.blobs import blob_path, read_blob
 
 Conn = psycopg.Connection[DictRow]
@@ -171,7 +172,7 @@ def channels(schema: str) -> tuple[str, str]:
     return prefix + "_events", prefix + "_tasks"
 
 
-class PostgresStore(outbox.Outbox, schedules.Schedules):
+class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
     """The Store on a PostgreSQL database (``url``: a libpq URL or conninfo string; its
     ``search_path`` decides the schema). Thread-safe: each method takes a connection from the pool
     (``pool_size`` at most); other processes may hold their own on the same database."""
@@ -194,6 +195,7 @@ class PostgresStore(outbox.Outbox, schedules.Schedules):
         connect_timeout = float(str(params["connect_timeout"]))
         # Where the Store is, for messages and ``ping``: the connection string without its password.
         self.path = make_conninfo("", **{k: v for k, v in params.items() if k != "password"})
+        self._held = threading.local()  # the connection of the transaction this thread has open
         # A connection found broken when it is taken (the server restarted, the network dropped) is
         # replaced before use: nothing was done on it yet.
         self._pool = ConnectionPool(
@@ -225,10 +227,21 @@ class PostgresStore(outbox.Outbox, schedules.Schedules):
     @contextmanager
     def _tx(self) -> Iterator[Conn]:
         """One transaction on a pooled connection; PostgreSQL's own errors come out as StoreError
-        (ours pass through)."""
+        (ours pass through). Inside one this thread holds open (``apply``), a savepoint on its
+        connection that undoes only its own writes when it fails."""
+        held: Conn | None = getattr(self._held, "conn", None)
+        if held is not None:
+            with held.transaction():
+                yield held
+            return
         try:
             with self._pool.connection() as conn, conn.transaction():
-                yield cast(Conn, conn)  # the pool's connections are made with dict rows
+                metrics.inc("raysquad_store_transactions", backend="postgres")
+                self._held.conn = conn
+                try:
+                    yield cast(Conn, conn)  # the pool's connections are made with dict rows
+                finally:
+                    self._held.conn = None
         except PoolTimeout as e:
             raise StoreError(f"no connection to PostgreSQL at {self.path}: {e}") from None
         except psycopg.Error as e:

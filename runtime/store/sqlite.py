@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from runtime import refs
+from runtime import metrics, refs
 from runtime.errors import (
     DeadLetterNotFound,
     InvalidTransition,
@@ -29,7 +29,7 @@ from runtime.models import (
     TaskSummary,
 )
 from runtime.store import outbox, records, schedules
-from runtime.store.base import SCHEMA_VERSION
+from runtime.store.base import SCHEMA_VERSION, BatchedWrites
 from runtime.store.blobs import read_blob, write_blob
 
 _MIGRATIONS: dict[int, str] = {
@@ -126,7 +126,7 @@ _MIGRATIONS: dict[int, str] = {
     9: "ALTER TABLE tasks ADD COLUMN trace_parent TEXT",
 }
 
-class SQLiteStore(outbox.Outbox, schedules.Schedules):
+class SQLiteStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
     """The Store on one SQLite file. Not thread-safe: one process, one thread (the Store actor)."""
 
     def __init__(self, path: Path, blob_dir: Path, synchronous: str = "FULL",
@@ -141,6 +141,7 @@ class SQLiteStore(outbox.Outbox, schedules.Schedules):
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(f"PRAGMA synchronous={synchronous}")
         self._conn.execute("PRAGMA busy_timeout=5000")
+        self._depth = 0  # open transactions: 1, and savepoints inside it (see _tx)
         self._migrate()
         # Task ids whose event log grew since the last drain; the Store actor wakes their waiters.
         self.touched: set[str] = set()
@@ -149,7 +150,26 @@ class SQLiteStore(outbox.Outbox, schedules.Schedules):
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A transaction; inside one already open (``apply``), a savepoint that undoes only its own
+        writes when it fails."""
+        if self._depth:
+            name = f"w{self._depth}"
+            self._conn.execute(f"SAVEPOINT {name}")
+            self._depth += 1
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute(f"ROLLBACK TO {name}")
+                self._conn.execute(f"RELEASE {name}")
+                raise
+            else:
+                self._conn.execute(f"RELEASE {name}")
+            finally:
+                self._depth -= 1
+            return
         self._conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        metrics.inc("raysquad_store_transactions", backend="sqlite")
         try:
             yield self._conn
         except BaseException:
@@ -157,6 +177,8 @@ class SQLiteStore(outbox.Outbox, schedules.Schedules):
             raise
         else:
             self._conn.execute("COMMIT")
+        finally:
+            self._depth = 0
 
     def _migrate(self) -> None:
         with self._tx() as c:

@@ -754,3 +754,36 @@ def test_newer_schema_version_is_refused(backend: Backend) -> None:
 
     with pytest.raises(StoreError, match="newer"):
         backend.open()
+
+
+# -- batched writes -----------------------------------------------------------------------------------
+
+
+def test_apply_commits_each_write_and_answers_a_refused_one_alone(store: AnyStore) -> None:
+    running(store, "t1")
+    running(store, "t2")
+    running(store, "t3")
+    stale = Lease("t2", "w1", 99)  # not t2's run: its writes are refused, the others' are not
+
+    results = store.apply([
+        ("record_step", (lease(store, "t1", "w1"), "a", b"out-a", {}, T0 + 1, 0.5)),
+        ("record_step", (stale, "a", b"stale", {}, T0 + 1, None)),
+        ("finish", (lease(store, "t3", "w1"), TaskStatus.SUCCEEDED, {"ok": 1}, None, T0 + 2)),
+        ("finish", (stale, TaskStatus.SUCCEEDED, None, None, T0 + 2)),
+        ("record_step", (lease(store, "t1", "w1"), "a", b"again", {}, T0 + 3, None)),
+    ])
+
+    assert results[0] is False and results[4] is False
+    assert isinstance(results[1], LeaseLost) and isinstance(results[3], LeaseLost)
+    assert results[2].status is TaskStatus.SUCCEEDED and results[2].output == {"ok": 1}
+    assert store.get_task("t2").status is TaskStatus.RUNNING
+    assert kinds(store, "t1").count("step") == 1 and kinds(store, "t2").count("step") == 0
+    assert store.get_task("t3").status is TaskStatus.SUCCEEDED
+    store.release_owner("w1", T0 + 4)
+    steps = {c.task.id: c.steps for c in store.claim(["t1", "t2"], "w2", LEASE_S, T0 + 5)}
+    assert steps == {"t1": {"a": b"out-a"}, "t2": {}}  # the first record of a key wins
+
+
+def test_apply_takes_only_the_writes_of_a_run(store: AnyStore) -> None:
+    with pytest.raises(ValueError, match="not a write"):
+        store.apply([("retry", ("t1", T0))])
