@@ -264,6 +264,9 @@ class Settings(BaseSettings):
         default_factory=dict, description="custom Ray resources per worker (to place workers on a "
                                           "group of nodes)")
     queue_capacity: int = Field(10_000, ge=1, description="queued tasks before submits are refused")
+    dispatch_window: int = Field(10_000, ge=1, description=(
+        "queued tasks the dispatcher holds in memory, the highest-ranked; the rest stay in the "
+        "Store and come into the window in rank order as it drains"))
     lease_s: float = Field(30.0, gt=0, description="a claimed task returns to the queue if not renewed")
     max_task_crashes: int = Field(
         3, ge=1, description="runs of a task that may end without a word (its worker died, its lease "

@@ -1,11 +1,16 @@
 """The dispatcher: orders runnable tasks and hands them to workers under leases.
 
-The Store is the truth; the dispatcher's priority queue is an index of the Store's queued tasks.
-Submits do not pass through here: the Store admits them (``submit_tasks``: the queue bound,
-idempotency keys, one transaction for a batch) and the dispatcher follows the Store's feed of new
-tasks (``take_submitted``) to index them. A worker's ``get_tasks`` pops ids in priority order (with
-aging) and claims them in the Store with a lease whose token fences the run. Leases that run out, and
-the leases of a worker that died, make their tasks queued again.
+The Store is the truth; the dispatcher's priority queue is an index of the Store's queued tasks, a
+window on them: at most ``dispatch_window`` of them, the highest-ranked (priority with aging; the
+Store orders its queued tasks by the same key, ``records.rank_order``). Submits do not pass through
+here: the Store admits them (``submit_tasks``: the queue bound, idempotency keys, one transaction
+for a batch) and the dispatcher follows the Store's feed of new tasks (``take_submitted``) to index
+them. Past the window, the lowest-ranked are dropped from it (they stay queued in the Store); once
+it has drained to half, it is refilled with the Store's first ``dispatch_window`` queued tasks in
+rank order, so a million queued tasks cost the dispatcher the memory of ten thousand, and claims
+still come in rank order. A worker's ``get_tasks`` pops ids in that order and claims them in the
+Store with a lease whose token fences the run. Leases that run out, and the leases of a worker that
+died, make their tasks queued again.
 
 Nothing here is kept only in memory. At the runtime's first start the dispatcher makes every task an
 earlier run left running queued again (one runtime owns a Store). When the actor restarts after a
@@ -56,6 +61,10 @@ class Dispatcher:
             PriorityQueue("tasks", settings.queue_capacity, settings.aging_per_s, clock=time.time)
         )
         self._workers = workers
+        self.window = settings.dispatch_window
+        self._beyond = False  # the Store may hold queued tasks outside the window
+        self._refilling: asyncio.Task[None] | None = None
+        self._refill_again = False
         self._lost_owners: set[str] = set()
         self._loop: asyncio.Task[None] | None = None
         self._feed: asyncio.Task[None] | None = None
@@ -66,16 +75,19 @@ class Dispatcher:
         """Index the Store's queued tasks (first making an earlier run's running tasks queued, with
         ``recover``) and start the lease sweeper and the feed."""
         index = (await self.store.recover() if recover
-                 else await self.store.queued_index(self.settings.queue_capacity))
-        self._index(index)
+                 else await self.store.queued_index(self.window))
+        self._index(index, complete=len(index) < self.window)
         if self._loop is None:
             self._loop = asyncio.create_task(self._sweep())
         if self._feed is None:
             self._feed = asyncio.create_task(self._follow_submits())
         return len(index)
 
-    def _index(self, index: list[tuple[str, int, float]]) -> None:
-        """Queue (id, priority, created_at) triples, as the Store's feed and index give them."""
+    def _index(self, index: list[tuple[str, int, float]], complete: bool | None = None) -> None:
+        """Queue (id, priority, created_at) triples, as the Store's feed and index give them;
+        ``complete``, for the Store's first queued tasks: whether they are all it holds."""
+        if complete is not None:
+            self._beyond = not complete
         if index:
             self._put_back([(task_id, (prio, at)) for task_id, prio, at in index])
 
@@ -87,6 +99,30 @@ class Dispatcher:
         """Queue (id, (priority, created_at)) items, keeping their age; the bound does not apply."""
         self.queue.put_batch([(item_id, prio, (prio, at)) for item_id, (prio, at) in items],
                              since={item_id: at for item_id, (_, at) in items}, force=True)
+        if len(self.queue.queue) > self.window + self.window // 10:  # trimmed now and then
+            if self.queue.queue.trim(self.window):
+                self._beyond = True
+
+    def _maybe_refill(self, now: bool = False) -> None:
+        """Refill the window from the Store once it has drained to half, if the Store holds more;
+        ``now``: whatever the window holds (the feed dropped tasks that may outrank it)."""
+        if not self._beyond or not (now or len(self.queue.queue) <= self.window // 2):
+            return
+        if self._refilling is None or self._refilling.done():
+            self._refilling = asyncio.create_task(self._refill())
+        elif now:
+            self._refill_again = True  # the refill in flight may have read the Store too early
+
+    async def _refill(self) -> None:
+        self._refill_again = True
+        while self._refill_again:
+            self._refill_again = False
+            try:
+                index = await self.store.queued_index(self.window)
+            except Exception:  # noqa: BLE001 - the next get or the reconcile tries again
+                log.warning("refilling the dispatch window from the Store failed", exc_info=True)
+                return
+            self._index(index, complete=len(index) < self.window)
 
     async def _follow_submits(self) -> None:
         """Index the tasks the Store admitted, in batches, as they come."""
@@ -98,6 +134,9 @@ class Dispatcher:
                 await asyncio.sleep(self.settings.sweep_interval_s)
                 continue
             self._index(fresh)
+            if len(fresh) >= self.window:  # the feed may have dropped some: the Store has them
+                self._beyond = True
+                self._maybe_refill(now=True)
 
     async def app_modules(self) -> list[str]:
         """The app modules this runtime loaded (a client that validates inputs loads the same)."""
@@ -108,7 +147,9 @@ class Dispatcher:
         deadline = time.monotonic() + timeout_s
         while owner not in self._lost_owners:
             remaining = deadline - time.monotonic()
+            self._maybe_refill()
             items = await self.queue.get_batch(max_tasks, max(remaining, 0))
+            self._maybe_refill()
             if not items:
                 return []
             if owner in self._lost_owners:
@@ -170,7 +211,9 @@ class Dispatcher:
                 for wf in sorted(self.catalog.workflows.values(), key=lambda w: w.name)]
 
     async def stats(self) -> dict[str, Any]:
-        return self.queue.queue.stats()
+        """The window's stats (its ``depth`` is what it holds, at most ``window``); ``beyond``: the
+        Store holds queued tasks outside it."""
+        return {**self.queue.queue.stats(), "window": self.window, "beyond": self._beyond}
 
     async def _sweep(self) -> None:
         last_reconcile = time.monotonic()
@@ -187,7 +230,10 @@ class Dispatcher:
                 log.warning("lease sweep failed; trying again next round", exc_info=True)
 
     async def _reconcile(self) -> None:
-        self._index(await self.store.queued_index(self.settings.queue_capacity))
+        """Index the Store's first ``window`` queued tasks (what the feed dropped, or a restart of
+        the Store lost, comes back this way)."""
+        index = await self.store.queued_index(self.window)
+        self._index(index, complete=len(index) < self.window)
 
 
 class DispatcherActor(Dispatcher):

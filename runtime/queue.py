@@ -36,12 +36,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(order=True)
 class _Entry:
+    """Ordered by key, then by age (the oldest first, as the Store orders its queued tasks), then
+    by arrival."""
+
     key: float
+    enqueued_at: float
     seq: int
     item_id: str = field(compare=False)
     priority: int = field(compare=False)
     item: Any = field(compare=False)
-    enqueued_at: float = field(compare=False)
 
 
 @dataclass
@@ -95,8 +98,8 @@ class PriorityQueue:
         now = self._clock()
         for item_id, priority, item in fresh:
             at = min(now, (since or {}).get(item_id, now))
-            self._push(_Entry(self.aging_per_s * at - priority, next(self._seq), item_id, priority,
-                              item, at))
+            self._push(_Entry(self.aging_per_s * at - priority, at, next(self._seq), item_id,
+                              priority, item))
             self.max_item_bytes = max(self.max_item_bytes, approx_size(item))
         self.total_put += len(fresh)
         return len(fresh)
@@ -117,6 +120,16 @@ class PriorityQueue:
                 self._in_flight[entry.item_id] = _InFlight(consumer, entry, now + visibility_s)
             out.append((entry.item_id, entry.item))
         return out
+
+    def trim(self, keep: int) -> set[str]:
+        """Drop all but the first ``keep`` queued items in the order; the ids dropped (for a queue
+        that is a window on a larger store, which still holds them)."""
+        if len(self._heap) <= keep:
+            return set()
+        self._heap = heapq.nsmallest(keep, self._heap)  # sorted, so a heap as it is
+        dropped = self._ids - {e.item_id for e in self._heap}
+        self._ids -= dropped
+        return dropped
 
     def holds(self, item_id: str) -> bool:
         """Whether the item is queued or in flight."""

@@ -77,12 +77,12 @@ def open_store(settings: Settings) -> Store:
 
         return SQLiteStore(settings.database_path, settings.blob_dir,
                            synchronous=settings.sqlite_synchronous,
-                           max_crashes=settings.max_task_crashes)
+                           max_crashes=settings.max_task_crashes, aging_per_s=settings.aging_per_s)
     if settings.store == "postgres" and settings.postgres_url:
         from runtime.store.postgres import PostgresStore
 
         return PostgresStore(settings.postgres_url, settings.blob_dir,
-                             max_crashes=settings.max_task_crashes)
+                             max_crashes=settings.max_task_crashes, aging_per_s=settings.aging_per_s)
     raise ConfigError(f"unknown store {settings.store!r}")
 
 
@@ -103,8 +103,43 @@ def _input_bytes(req: SubmitRequest) -> int:
         return -1
 
 
+class Tally:
+    """What admission reads of the queue (its length, each tenant's queued input bytes), counted in
+    the Store at most every ``fresh_s`` seconds; in between, what was admitted through this tally
+    is added to the last count. Tasks that left the queue meanwhile are not taken off, so the tally
+    errs high: no bound is passed for it, and a refusal it would cause is checked against a fresh
+    count first. With a million tasks queued a count costs a scan of them; this keeps it off the
+    path of every submit."""
+
+    def __init__(self, fresh_s: float = 2.0) -> None:
+        self.fresh_s = fresh_s
+        self._queued: tuple[float, int] | None = None  # (counted at, count + admitted since)
+        self._bytes: dict[str, tuple[float, int]] = {}
+
+    def queued(self, store: Store, capacity: int, wanted: int) -> int:
+        at = time.monotonic()
+        if (self._queued is None or at - self._queued[0] > self.fresh_s
+                or self._queued[1] + wanted > capacity):
+            self._queued = (at, store.count_tasks(TaskStatus.QUEUED))
+        return self._queued[1]
+
+    def tenant_bytes(self, store: Store, tenant: str, quota: int, wanted: int) -> int:
+        at = time.monotonic()
+        held = self._bytes.get(tenant)
+        if held is None or at - held[0] > self.fresh_s or held[1] + wanted > quota:
+            held = self._bytes[tenant] = (at, store.queued_bytes(tenant))
+        return held[1]
+
+    def admitted(self, tenant: str, size: int) -> None:
+        if self._queued is not None:
+            self._queued = (self._queued[0], self._queued[1] + 1)
+        held = self._bytes.get(tenant)
+        if held is not None:
+            self._bytes[tenant] = (held[0], held[1] + size)
+
+
 def admit(store: Store, settings: Settings, items: list[tuple[str, SubmitRequest]],
-          now: float) -> list[tuple[TaskRecord, bool] | RaysquadError]:
+          now: float, tally: Tally | None = None) -> list[tuple[TaskRecord, bool] | RaysquadError]:
     """``create_tasks`` for the items that pass admission.
 
     Admission, decided before anything is written, per item in order: the tenant's priority range
@@ -112,22 +147,27 @@ def admit(store: Store, settings: Settings, items: list[tuple[str, SubmitRequest
     tenant's queued input bytes (TenantQuotaExceeded). A refused item gets its error as a value
     and nothing is written for it. The bounds are checked before idempotency keys: a submit that
     may be new must find room. (With PostgreSQL reached from several processes at once, the queue
-    and quota bounds are soft by at most the submits that race in one group commit each.)
+    and quota bounds are soft by at most the submits that race in one group commit each.) A
+    ``tally`` saves counting the queue for every call (see ``Tally``); without one, it is counted.
     """
-    capacity = settings.queue_capacity
-    room = max(0, capacity - store.count_tasks(TaskStatus.QUEUED))
+    tally = tally or Tally(fresh_s=-1.0)
+    capacity, quota = settings.queue_capacity, settings.tenant_queued_bytes
+    sizes = [_input_bytes(req) for _, req in items]
+    wanted: dict[str, int] = defaultdict(int)
+    for (_, req), size in zip(items, sizes, strict=True):
+        wanted[req.tenant] += max(size, 0)
+    room = max(0, capacity - tally.queued(store, capacity, len(items)))
     queued: dict[str, int] = {}
     verdicts: list[RaysquadError | None] = []
-    for _, req in items:
-        size = _input_bytes(req)
+    for (_, req), size in zip(items, sizes, strict=True):
         refusal = _refusal(settings, req, size)
         size = max(size, 0)
         if refusal is None and room <= 0:
             refusal = QueueFull("tasks", capacity, retry_after_s=1.0)
         if refusal is None:
             if req.tenant not in queued:
-                queued[req.tenant] = store.queued_bytes(req.tenant)
-            if queued[req.tenant] + size > settings.tenant_queued_bytes:
+                queued[req.tenant] = tally.tenant_bytes(store, req.tenant, quota, wanted[req.tenant])
+            if queued[req.tenant] + size > quota:
                 refusal = TenantQuotaExceeded(req.tenant, queued[req.tenant],
                                               settings.tenant_queued_bytes)
             else:
@@ -137,8 +177,9 @@ def admit(store: Store, settings: Settings, items: list[tuple[str, SubmitRequest
     admitted = [item for item, refusal in zip(items, verdicts, strict=True) if refusal is None]
     created = iter(store.create_tasks(admitted, now) if admitted else [])
     results = [next(created) if refusal is None else refusal for refusal in verdicts]
-    for result in results:
+    for result, size in zip(results, sizes, strict=True):
         if isinstance(result, tuple) and result[1]:
+            tally.admitted(result[0].tenant, max(size, 0))
             metrics.inc("raysquad_tasks_submitted", workflow=result[0].workflow)
     return results
 
@@ -230,7 +271,9 @@ class StoreActor(SubmitBatching):
         self._waiters: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._settings = settings
         self._capacity = settings.queue_capacity
-        self._feed = Feed(self._capacity)  # the dispatcher's: tasks submitted since it last looked
+        # The dispatcher's: tasks submitted since it last looked (what overflows, its refill finds).
+        self._feed = Feed(settings.dispatch_window)
+        self._tally = Tally()
         self._listener: Listener | None = None
         if settings.store == "postgres":
             from runtime.store.listen import Listener
@@ -263,7 +306,7 @@ class StoreActor(SubmitBatching):
                            ) -> list[tuple[TaskRecord, bool] | RaysquadError]:
         """``admit`` the items; the new tasks go to the dispatcher's feed."""
         try:
-            results = admit(self._store, self._settings, items, time.time())
+            results = admit(self._store, self._settings, items, time.time(), self._tally)
         finally:
             self._wake()
         self._feed.add([(r[0].id, r[0].priority, r[0].created_at) for r in results
@@ -308,7 +351,7 @@ class StoreActor(SubmitBatching):
         return self._call("count_tasks", status)  # type: ignore[no-any-return]
 
     async def recover(self) -> list[tuple[str, int, float]]:
-        return self._call("recover", time.time(), self._capacity)  # type: ignore[no-any-return]
+        return self._call("recover", time.time(), self._settings.dispatch_window)  # type: ignore[no-any-return]
 
     async def claim(self, task_ids: list[str], owner: str, lease_s: float) -> list[Claim]:
         return self._call("claim", task_ids, owner, lease_s, time.time())  # type: ignore[no-any-return]

@@ -65,7 +65,8 @@ class DirectStore(SubmitBatching, WriteBatching):
         self._settings = settings
         self._store = PostgresStore(settings.postgres_url, settings.blob_dir,
                                     max_crashes=settings.max_task_crashes,
-                                    pool_size=settings.postgres_pool_size)
+                                    pool_size=settings.postgres_pool_size,
+                                    aging_per_s=settings.aging_per_s)
         self._listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Listener] = (
             weakref.WeakKeyDictionary())
         self._posting: set[asyncio.Task[Any]] = set()
@@ -89,7 +90,7 @@ class DirectStore(SubmitBatching, WriteBatching):
         listener = self._listeners.get(loop)
         if listener is None:
             listener = self._listeners[loop] = Listener(self._store.conninfo, self._store.schema,
-                                                        self._settings.queue_capacity)
+                                                        self._settings.dispatch_window)
         return listener
 
     async def aclose(self) -> None:
@@ -125,7 +126,7 @@ class DirectStore(SubmitBatching, WriteBatching):
         return await self._run("count_tasks", status)  # type: ignore[no-any-return]
 
     async def recover(self) -> list[tuple[str, int, float]]:
-        return await self._run("recover", time.time(), self._settings.queue_capacity)  # type: ignore[no-any-return]
+        return await self._run("recover", time.time(), self._settings.dispatch_window)  # type: ignore[no-any-return]
 
     async def claim(self, task_ids: list[str], owner: str, lease_s: float) -> list[Claim]:
         return await self._run("claim", task_ids, owner, lease_s, time.time())  # type: ignore[no-any-return]

@@ -181,7 +181,8 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
     _lock_taken = " FOR UPDATE OF d SKIP LOCKED"
     _lock_row = " FOR UPDATE"
 
-    def __init__(self, url: str, blob_dir: Path, max_crashes: int = 3, pool_size: int = 1) -> None:
+    def __init__(self, url: str, blob_dir: Path, max_crashes: int = 3, pool_size: int = 1,
+                 aging_per_s: float = 1.0) -> None:
         blob_dir.mkdir(parents=True, exist_ok=True)
         self.blob_dir = blob_dir  # where blobs written before schema 6 are read from
         self.max_crashes = max_crashes
@@ -211,10 +212,14 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
         except PoolTimeout as e:
             self._pool.close()
             raise StoreError(f"cannot connect to PostgreSQL at {self.path}: {e}") from None
+        self.aging_per_s = aging_per_s
         try:
             self._migrate()
             with self._tx() as c:
                 self.schema = str(_one(c.execute("SELECT current_schema() AS s").fetchone())["s"])
+                # Processes opening together make the rank index one at a time.
+                c.execute("SELECT pg_advisory_xact_lock(hashtext('raysquad:' || current_schema()))")
+                c.execute(records.rank_index(aging_per_s))
         except BaseException:
             self._pool.close()
             raise
@@ -405,16 +410,15 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
             return int(_one(row.fetchone())["n"])
 
     def queued_index(self, limit: int) -> list[tuple[str, int, float]]:
-        """(id, priority, created_at) of the oldest ``limit`` queued tasks: what a queue indexes,
-        without their inputs."""
+        """(id, priority, created_at) of the first ``limit`` queued tasks in the dispatcher's order
+        (``records.rank_order``): what its window holds, without their inputs."""
         with self._tx() as c:
             return self._queued_index(c, limit)
 
     def _queued_index(self, c: Conn, limit: int) -> list[tuple[str, int, float]]:
-        # Ties in created_at go by id (SQLite's go by insertion): the order is the same every time.
         return [(r["id"], r["priority"], r["created_at"]) for r in c.execute(
             "SELECT id, priority, created_at FROM tasks WHERE status = 'queued' "
-            "ORDER BY created_at, id LIMIT %s", (limit,))]
+            f"ORDER BY {records.rank_order(self.aging_per_s)} LIMIT %s", (limit,))]
 
     def recover(self, now: float, limit: int = 1_000_000) -> list[tuple[str, int, float]]:
         """Queue again the tasks an earlier run left running; the queued tasks' index."""

@@ -3,6 +3,7 @@ task, summary or dead-letter row serves SQLite (``sqlite3.Row``) and PostgreSQL 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any, Protocol
 
@@ -13,6 +14,21 @@ class Row(Protocol):
     """A result row whose columns are read by name."""
 
     def __getitem__(self, key: str, /) -> Any: ...
+
+
+def rank_order(aging_per_s: float) -> str:
+    """The ORDER BY of queued tasks in the dispatcher's order (runtime/queue.py): the key
+    ``aging_per_s * created_at - priority``, lowest first, then the oldest, then by id. The key is
+    fixed while a task waits (every task ages alike), so an index can hold it."""
+    return f"(created_at * {float(aging_per_s)!r} - priority), created_at, id"
+
+
+def rank_index(aging_per_s: float) -> str:
+    """The partial index of queued tasks in ``rank_order`` (named after the aging it ranks by; made
+    when a Store opens, since the aging is a setting)."""
+    tag = hashlib.sha1(repr(float(aging_per_s)).encode()).hexdigest()[:10]
+    return (f"CREATE INDEX IF NOT EXISTS tasks_rank_{tag} ON tasks ({rank_order(aging_per_s)}) "
+            "WHERE status = 'queued'")
 
 
 TASK_COLUMNS = (

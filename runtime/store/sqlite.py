@@ -130,7 +130,7 @@ class SQLiteStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
     """The Store on one SQLite file. Not thread-safe: one process, one thread (the Store actor)."""
 
     def __init__(self, path: Path, blob_dir: Path, synchronous: str = "FULL",
-                 max_crashes: int = 3) -> None:
+                 max_crashes: int = 3, aging_per_s: float = 1.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         blob_dir.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -143,6 +143,9 @@ class SQLiteStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._depth = 0  # open transactions: 1, and savepoints inside it (see _tx)
         self._migrate()
+        self.aging_per_s = aging_per_s
+        with self._tx() as c:
+            c.execute(records.rank_index(aging_per_s))
         # Task ids whose event log grew since the last drain; the Store actor wakes their waiters.
         self.touched: set[str] = set()
 
@@ -321,11 +324,11 @@ class SQLiteStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
         return int(row.fetchone()[0])
 
     def queued_index(self, limit: int) -> list[tuple[str, int, float]]:
-        """(id, priority, created_at) of the oldest ``limit`` queued tasks: what a queue indexes,
-        without their inputs."""
+        """(id, priority, created_at) of the first ``limit`` queued tasks in the dispatcher's order
+        (``records.rank_order``): what its window holds, without their inputs."""
         return [(r[0], r[1], r[2]) for r in self._conn.execute(
             "SELECT id, priority, created_at FROM tasks WHERE status = 'queued' "
-            "ORDER BY created_at LIMIT ?", (limit,))]
+            f"ORDER BY {records.rank_order(self.aging_per_s)} LIMIT ?", (limit,))]
 
     def recover(self, now: float, limit: int = 1_000_000) -> list[tuple[str, int, float]]:
         """Queue again the tasks an earlier run left running; the queued tasks' index."""

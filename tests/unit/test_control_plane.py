@@ -78,6 +78,39 @@ def test_dispatcher_claims_by_priority_and_fences_each_claim(tmp_path: Path) -> 
     run(body())
 
 
+def test_a_backlog_larger_than_the_window_is_claimed_in_rank_order(tmp_path: Path) -> None:
+    """60 tasks queued before start and 20 submitted while claiming, a window of 10: the
+    dispatcher never holds much more than 10, and every claim takes the Store's best-ranked
+    queued task (priority with aging, the oldest first among equals)."""
+    async def body() -> None:
+        config = settings(tmp_path, dispatch_window=10, aging_per_s=0.0, queue_capacity=1000)
+        store = StoreActor(config)
+        dispatcher = Dispatcher(config, store, APPS)
+        for i in range(60):
+            await submit(store, "echo", {"text": str(i)}, priority=i % 7)
+        await dispatcher.start()
+        assert len(dispatcher.queue.queue) <= 10 and (await dispatcher.stats())["beyond"]
+        claimed: list[TaskRecord] = []
+        while True:
+            best = await store.queued_index(1)
+            claims = await dispatcher.get_tasks("w1", 1, 0.5)
+            if not claims:
+                break
+            assert [c.task.id for c in claims] == [best[0][0]]  # the Store's first in rank order
+            claimed += [c.task for c in claims]
+            if len(claimed) == 30:  # late arrivals: the highest priority goes to the front
+                for i in range(20):
+                    await submit(store, "echo", {"text": f"late{i}"}, priority=9 if i < 3 else 0)
+                await until(lambda: len(dispatcher.queue.queue) >= 10)
+            assert len(dispatcher.queue.queue) <= 11
+        assert len(claimed) == 80 and len({t.id for t in claimed}) == 80
+        assert [t.input["text"] for t in claimed[30:33]] == ["late0", "late1", "late2"]
+        priorities = [t.priority for t in claimed[33:]]
+        assert priorities == sorted(priorities, reverse=True)
+
+    run(body())
+
+
 def test_a_lost_worker_gets_nothing_more_and_its_tasks_go_back(tmp_path: Path) -> None:
     async def body() -> None:
         store = StoreActor(settings(tmp_path))
