@@ -57,13 +57,16 @@ import ray  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from benchmarks import hops  # noqa: E402
 from benchmarks.common import write_result  # noqa: E402
 
 PY = sys.executable
 WORKFLOW = "trivial_steps"  # benchmarks/apps.py: k trivial checkpointed steps; k=1 here
 BODY = {"workflow": WORKFLOW, "input": {"k": 1}}
-TARGET_THROUGHPUT_RATIO = 0.8  # at least this times the floor's requests/s
-TARGET_P99_RATIO = 1.5  # at most this times the floor's p99
+# Against the floor (issue 14): the submit path alone (execution held) at least 0.5x its requests/s
+# with a p99 at most 2x; with execution on the same two cores, at least 0.3x (no p99 target).
+RATIO_TARGETS = {"raysquad-held": (0.5, 2.0), "raysquad": (0.3, None)}
+DEFAULT_TARGET = (0.3, None)  # the variants (gRPC proxy, access log) are held to the executing one
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
 # Which floor each raysquad variant is held to.
@@ -184,13 +187,17 @@ def run_target(target: Target, args: argparse.Namespace, work: Path, console: Co
     """Start the target's server, drive it at every level, stop it; for raysquad, check the Store."""
     work.mkdir(parents=True)
     port = _free_port()
-    server = Server.start(target, port, work)
+    metrics_port = _free_port() if target.kind == "raysquad" else None
+    server = Server.start(target, port, work, metrics_port)
+    calls_before: dict[str, float] = {}
     try:
         start_s = server.wait_healthy(START_TIMEOUT_S)
         console.print(f"  up in {start_s:.1f} s on port {port}")
         url = f"http://127.0.0.1:{port}/v1/tasks"
         if target.hold:
             hold_worker_slot(url)
+        if metrics_port is not None:
+            calls_before = hops.settled(metrics_port)
         levels: dict[str, Any] = {}
         log_files: list[Path] = []
         for conns in args.levels:
@@ -204,6 +211,9 @@ def run_target(target: Target, args: argparse.Namespace, work: Path, console: Co
             console.print(f"  {conns:>3} connections: {level['ok_per_s']:.0f} req/s, "
                           f"p50 {level['p50_ms']:.1f} ms, p99 {level['p99_ms']:.1f} ms, "
                           f"non-202 {level['non_202'] or 0}")
+        if metrics_port is not None:
+            wait_drained(work / "data" / "raysquad.db", hold=target.hold)
+            calls_after = hops.settled(metrics_port)
     finally:
         stopped = server.stop(STOP_TIMEOUT_S)
     run: dict[str, Any] = {"label": target.label, "kind": target.kind, "env": target.env,
@@ -213,7 +223,28 @@ def run_target(target: Target, args: argparse.Namespace, work: Path, console: Co
         run["store"] = verify_store(work / "data" / "raysquad.db", log_files)
         console.print(f"  Store: {run['store']['accepted']} tasks 202'd, "
                       f"{run['store']['lost']} lost, {run['store']['rows']} rows")
+        run["hops"] = hops.per_task(calls_before, calls_after, run["store"]["rows"])
+        console.print(f"  per task: {run['hops']['actor_calls_per_task']:.2f} actor calls "
+                      f"{run['hops']['by_actor']}, {run['hops']['store_transactions_per_task']:.2f} "
+                      "Store transactions")
     return run
+
+
+def wait_drained(db: Path, hold: bool, timeout_s: float = 120.0) -> None:
+    """With execution on, wait until every submitted task has ended (so that its calls count)."""
+    if hold:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            left = conn.execute("SELECT count(*) FROM tasks WHERE status IN ('queued', 'running') "
+                                "AND workflow != 'hold'").fetchone()[0]
+        finally:
+            conn.close()
+        if not left:
+            return
+        time.sleep(0.5)
 
 
 def hold_worker_slot(url: str, timeout_s: float = 60.0) -> None:
@@ -236,28 +267,30 @@ def _free_port() -> int:
 class Server:
     """One target's server process and everything it started, stopped by pid and nothing else."""
 
-    def __init__(self, proc: psutil.Popen, port: int, log: Path) -> None:
+    def __init__(self, proc: psutil.Popen, port: int, log: Path, namespace: str = "") -> None:
         self.proc = proc
         self.port = port
         self.log = log
+        self.namespace = namespace  # a raysquad server's Ray namespace
         self.tree: set[int] = set()
 
     @classmethod
-    def start(cls, target: Target, port: int, work: Path) -> Server:
+    def start(cls, target: Target, port: int, work: Path, metrics_port: int | None = None) -> Server:
         if target.kind == "raysquad":
             cmd = [PY, "-m", "serve.cli", "up", "--app", "benchmarks.apps",
                    *(["--app", "benchmarks.hold_app"] if target.hold else []),
                    "--data-dir", str(work / "data"), "--port", str(port)]
         else:
             cmd = [PY, str(ROOT / "benchmarks" / "echo_app.py"), target.kind, "--port", str(port)]
-        env = {**os.environ, **target.env, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "",
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "",
                "RAYSQUAD_NAMESPACE": f"bench-{uuid.uuid4().hex[:8]}", "RAYSQUAD_RAY_NUM_CPUS": "2",
-               "RAYSQUAD_RAY_OBJECT_STORE_MEMORY": str(200 * 1024**2)}
+               "RAYSQUAD_RAY_OBJECT_STORE_MEMORY": str(200 * 1024**2), **target.env,
+               **({"RAYSQUAD_RAY_METRICS_EXPORT_PORT": str(metrics_port)} if metrics_port else {})}
         log = work / "server.log"
         with log.open("wb") as f:
             proc = psutil.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # Ctrl-C here reaches only this script
-        return cls(proc, port, log)
+        return cls(proc, port, log, env["RAYSQUAD_NAMESPACE"])
 
     def wait_healthy(self, timeout_s: float) -> float:
         """Seconds until GET /healthz answers 200; fails with the server's log if it never does."""
@@ -461,9 +494,11 @@ def _compare(runs: dict[str, Any], levels: list[int]) -> dict[str, Any]:
         for conns in map(str, levels):
             a, b = runs[ours]["levels"][conns], runs[floor]["levels"][conns]
             tput, p99 = a["ok_per_s"] / b["ok_per_s"], a["p99_ms"] / b["p99_ms"]
+            min_tput, max_p99 = RATIO_TARGETS.get(ours, DEFAULT_TARGET)
             rows[conns] = {"throughput_ratio": tput, "p99_ratio": p99, "p50_ratio": a["p50_ms"] / b["p50_ms"],
-                           "throughput_pass": tput >= TARGET_THROUGHPUT_RATIO,
-                           "p99_pass": p99 <= TARGET_P99_RATIO, "lost_pass": lost == 0}
+                           "throughput_target": min_tput, "p99_target": max_p99,
+                           "throughput_pass": tput >= min_tput,
+                           "p99_pass": max_p99 is None or p99 <= max_p99, "lost_pass": lost == 0}
         out[f"{ours} vs {floor}"] = rows
     return out
 
@@ -532,7 +567,7 @@ def _result(args: argparse.Namespace, runs: dict[str, Any], loadavg_before: list
                    "targets": args.targets, "body": BODY, "endpoint": "POST /v1/tasks",
                    "generator": f"{wrk_version[0] if wrk_version else 'wrk'}, 1 thread, Lua logs "
                                 "each response", "wall_s": round(wall_s, 1)},
-        "targets": {"min_throughput_ratio": TARGET_THROUGHPUT_RATIO, "max_p99_ratio": TARGET_P99_RATIO,
+        "targets": {"min_throughput_and_max_p99_ratio": RATIO_TARGETS, "others": DEFAULT_TARGET,
                     "max_lost": 0, "floors": FLOORS},
         "runs": runs,
         "comparison": _compare(runs, args.levels),
@@ -562,17 +597,30 @@ def _print(console: Console, r: dict[str, Any]) -> None:
     def ok(passed: bool) -> str:
         return "[green]pass[/]" if passed else "[red]miss[/]"
 
-    ratios = Table(title=f"against the floor: throughput >= {TARGET_THROUGHPUT_RATIO}x, "
-                         f"p99 <= {TARGET_P99_RATIO}x, zero lost")
+    ratios = Table(title="against the floor (same Serve settings): held >= 0.5x with p99 <= 2x, "
+                         "with execution >= 0.3x; zero lost")
     for col in ("pair", "conns", "throughput", "p99", "p50", "lost"):
         ratios.add_column(col, justify="left" if col == "pair" else "right")
     for pair, rows in r["comparison"].items():
         lost = r["runs"][pair.split(" vs ")[0]]["store"]["lost"]
         for conns, c in rows.items():
             ratios.add_row(pair, conns, f"{c['throughput_ratio']:.2f}x {ok(c['throughput_pass'])}",
-                           f"{c['p99_ratio']:.2f}x {ok(c['p99_pass'])}", f"{c['p50_ratio']:.2f}x",
-                           f"{lost} {ok(c['lost_pass'])}")
+                           f"{c['p99_ratio']:.2f}x "
+                           f"{ok(c['p99_pass']) if c['p99_target'] is not None else ''}",
+                           f"{c['p50_ratio']:.2f}x", f"{lost} {ok(c['lost_pass'])}")
     console.print(ratios)
+
+    per_task = Table(title="actor calls and Store transactions per submitted task (the runtime's "
+                           "counters, over every level)")
+    for col in ("target", "actor calls", "by actor", "Store transactions"):
+        per_task.add_column(col, justify="left" if col in ("target", "by actor") else "right")
+    for run in r["runs"].values():
+        if "hops" in run:
+            h = run["hops"]
+            per_task.add_row(run["label"], f"{h['actor_calls_per_task']:.2f}",
+                             ", ".join(f"{k} {v:.2f}" for k, v in h["by_actor"].items()),
+                             f"{h['store_transactions_per_task']:.2f}")
+    console.print(per_task)
 
     cats = [c for c, _ in CATEGORIES] + ["load generator (wrk)", "rest of the machine"]
     cpu = Table(title="CPU ms per 202'd request, by process group")
