@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import ray
 
@@ -150,7 +153,7 @@ class EngineActor:
 
 @dataclass(frozen=True)
 class TokenSink:
-    """Where generated text goes: ``tokens`` events on a task, batched every ``every_s`` seconds.
+    """Where generated text goes: ``tokens`` events on a task, sent every ``every_s`` seconds.
     With the run's ``lease``, a stale run's text is refused by the Store like its other writes."""
 
     store: Any
@@ -160,28 +163,89 @@ class TokenSink:
     lease: Lease | None = None
 
     def writer(self) -> tuple[Callable[[str], Awaitable[None]], Callable[[], Awaitable[None]]]:
-        pending: list[str] = []
-        state = {"last": time.monotonic(), "n": 0}
-
-        async def flush() -> None:
-            if pending:
-                state["n"] += 1
-                text = "".join(pending)
-                pending.clear()
-                try:
-                    await self.store.append_event(
-                        self.task_id, "tokens", {"step": self.step, "n": state["n"], "text": text},
-                        self.lease)
-                except RaysquadError:  # a stale run (LeaseLost) or a Store restart: text is not a step
-                    pass
-            state["last"] = time.monotonic()
+        """``on_text`` (never waits for the Store) and ``flush`` (sends what is left, at the end)."""
+        streams = TokenStreams.here(self.store, self.every_s)
+        key = streams.open(self)
 
         async def on_text(text: str) -> None:
-            pending.append(text)
-            if time.monotonic() - state["last"] >= self.every_s:
-                await flush()
+            streams.add(key, text)
+
+        async def flush() -> None:
+            await streams.close(key)
 
         return on_text, flush
+
+
+class TokenStreams:
+    """The text of every streamed request of this process (an engine replica serves many at once),
+    sent to the Store every ``every_s`` as one ``append_events`` call: one Store call per engine
+    replica per interval, not one per request. A request's last text goes on its own when it ends,
+    so that its events are in the log before its step is recorded."""
+
+    _here: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                              dict[Any, TokenStreams]]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, store: Any, every_s: float) -> None:
+        self.store = store
+        self.every_s = every_s
+        self._sinks: dict[int, TokenSink] = {}
+        self._pending: dict[int, list[str]] = {}
+        self._sent: dict[int, int] = {}  # pieces sent per request: their ``n``
+        self._keys = itertools.count()
+        self._ticker: asyncio.Task[None] | None = None
+
+    @classmethod
+    def here(cls, store: Any, every_s: float) -> TokenStreams:
+        """This event loop's streams to ``store``."""
+        per_store = cls._here.setdefault(asyncio.get_running_loop(), {})
+        which = (getattr(store, "namespace", None), getattr(store, "name", None)) \
+            if getattr(store, "name", None) else id(store)
+        streams = per_store.get(which)
+        if streams is None:
+            streams = per_store[which] = cls(store, every_s)
+        return streams
+
+    def open(self, sink: TokenSink) -> int:
+        key = next(self._keys)
+        self._sinks[key] = sink
+        self._pending[key] = []
+        self._sent[key] = 0
+        return key
+
+    def add(self, key: int, text: str) -> None:
+        self._pending[key].append(text)
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick())
+
+    async def close(self, key: int) -> None:
+        text = self._pending.pop(key, [])
+        try:
+            if text:
+                await self._send([(key, "".join(text))])
+        finally:
+            self._sinks.pop(key, None)
+            self._sent.pop(key, None)
+
+    async def _tick(self) -> None:
+        while any(self._pending.values()):
+            await asyncio.sleep(self.every_s)
+            ready = [(key, "".join(parts)) for key, parts in self._pending.items() if parts]
+            for key, _ in ready:
+                self._pending[key] = []
+            if ready:
+                await self._send(ready)
+
+    async def _send(self, pieces: list[tuple[int, str]]) -> None:
+        events = []
+        for key, text in pieces:
+            sink = self._sinks[key]
+            self._sent[key] += 1
+            events.append((sink.task_id, "tokens",
+                           {"step": sink.step, "n": self._sent[key], "text": text}, sink.lease))
+        try:
+            await self.store.append_events(events)  # a refused one (a stale run) is just dropped
+        except RaysquadError:  # a Store restart: generated text is not a step; it is not resent
+            pass
 
 
 class EngineService(Protocol):

@@ -222,9 +222,9 @@ class SubmitBatching:
         return list(await self.submit_tasks([(uuid.uuid4().hex, r) for r in reqs]))
 
 
-#: A run's write as ``apply`` takes it: ("record_step", (lease, key, output, elapsed_s)) or
-#: ("finish", (lease, status, output, error)); the Store adds the time (and no blobs: a step with
-#: large values is recorded on its own).
+#: A write as ``apply`` takes it: ("record_step", (lease, key, output, elapsed_s)), ("finish",
+#: (lease, status, output, error)) or ("append_event", (task_id, kind, data, lease)); the Store adds
+#: the time (and no blobs: a step with large values is recorded on its own).
 Write = tuple[str, tuple[Any, ...]]
 
 
@@ -237,6 +237,9 @@ def backend_writes(writes: list[Write], now: float) -> list[Write]:
             out.append((method, (lease, key, output, {}, now, elapsed_s)))
         elif method == "finish":
             out.append((method, (*args, now)))
+        elif method == "append_event":
+            task_id, kind, data, lease = args
+            out.append((method, (task_id, kind, data, now, lease)))
         else:
             raise ValueError(f"{method} is not a write apply takes")
     return out
@@ -252,6 +255,12 @@ class WriteBatching:
 
     async def apply(self, writes: list[Write]) -> list[Any]:
         raise NotImplementedError
+
+    async def append_events(self, events: list[tuple[str, str, dict[str, Any], Lease | None]]
+                            ) -> list[int | RaysquadError]:
+        """Events of several tasks (task id, kind, data, lease) in one transaction; per event its
+        seq, or the error that refused it (a lost lease). Not repeated across a restart."""
+        return await self.apply([("append_event", e) for e in events])
 
     async def _write(self, method: str, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -402,6 +411,10 @@ class StoreActor(SubmitBatching):
         """Runs' writes in one transaction, each answered alone (see ``WriteBatching``)."""
         return self._call("apply", backend_writes(writes, time.time()))  # type: ignore[no-any-return]
 
+    async def append_events(self, events: list[tuple[str, str, dict[str, Any], Lease | None]]
+                            ) -> list[int | RaysquadError]:
+        return await self.apply([("append_event", e) for e in events])
+
     async def request_cancel(self, task_id: str) -> TaskRecord:
         return self._call("request_cancel", task_id, time.time())  # type: ignore[no-any-return]
 
@@ -542,6 +555,8 @@ class StoreService(Protocol):
                            lease: Lease | None = None) -> int: ...
     def post_event(self, task_id: str, kind: str, data: dict[str, Any],
                    lease: Lease | None = None) -> None: ...
+    async def append_events(self, events: list[tuple[str, str, dict[str, Any], Lease | None]]
+                            ) -> list[int | RaysquadError]: ...
     async def finish(self, lease: Lease, status: TaskStatus, output: Any,
                      error: str | None) -> TaskRecord: ...
     async def request_cancel(self, task_id: str) -> TaskRecord: ...
@@ -645,7 +660,10 @@ class StoreHandle(SubmitBatching, WriteBatching, ActorHandle):
         return await self._call("record_step", lease, key, output, refs, elapsed_s)  # type: ignore[no-any-return]
 
     async def apply(self, writes: list[Write]) -> list[Any]:
-        return await self._call("apply", writes)  # type: ignore[no-any-return]
+        # Repeated across a restart only without events (step records and finishes are safe to
+        # send again; an event would be logged twice).
+        repeatable = all(method != "append_event" for method, _ in writes)
+        return await self._call("apply", writes, idempotent=repeatable)  # type: ignore[no-any-return]
 
     async def append_event(self, task_id: str, kind: str, data: dict[str, Any],
                            lease: Lease | None = None) -> int:

@@ -24,8 +24,9 @@ from runtime.models import (
 
 SCHEMA_VERSION = 9
 
-#: The writes of a run that may share a transaction (``apply``); each is safe to send again.
-BATCHED_WRITES = frozenset({"record_step", "finish"})
+#: The writes that may share a transaction (``apply``). A step record and a finish are safe to send
+#: again; an event is not (it would be logged twice), so a batch with one is not repeated.
+BATCHED_WRITES = frozenset({"record_step", "finish", "append_event"})
 
 
 class BatchedWrites:
