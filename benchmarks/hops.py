@@ -3,9 +3,9 @@
 Every call through a typed actor handle counts in ``raysquad_actor_calls{actor,method}`` and every
 Store transaction in ``raysquad_store_transactions{backend}`` (runtime/metrics.py); a server started
 with ``RAYSQUAD_RAY_METRICS_EXPORT_PORT`` serves them for Prometheus (as ``ray_raysquad_*_total``).
-Ray flushes each process's metrics every few seconds, so ``settled`` scrapes until two readings a
-few seconds apart agree. ``per_task`` turns the difference of two readings into calls per task,
-by actor kind (store, dispatcher, worker, pool, ...) and in all.
+Ray exports each process's metrics every 10 s, and an idle runtime keeps counting (sweeps, polls:
+about 11 calls a second), so a run's cost is read once the counters have caught up (``settle``) and
+less the idle background over the same span (``idle_rates``, measured with nothing submitted).
 """
 
 from __future__ import annotations
@@ -17,56 +17,79 @@ from typing import Any
 
 import httpx
 
-_SAMPLE = re.compile(r'^(ray_raysquad_(?:actor_calls|store_transactions)_total)\{([^}]*)\}\s+(\S+)$')
-_LABEL = re.compile(r'(\w+)="([^"]*)"')
+COUNTERS = ("ray_raysquad_actor_calls_total", "ray_raysquad_store_transactions_total",
+            "ray_raysquad_tasks_finished_total")
+_SAMPLE = re.compile(r"^(\w+)\{(.*)\}\s+(\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+Snapshot = dict[tuple[str, str, str], float]  # (metric, actor or backend or status, method) -> value
 
 
-def scrape(port: int) -> dict[str, float]:
-    """``{"calls:<actor>.<method>": n, "tx:<backend>": n}`` summed over every process."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    out: defaultdict[str, float] = defaultdict(float)
+def read_counters(port: int) -> Snapshot:
+    """The runtime's counters from Ray's Prometheus endpoint, summed over processes."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10.0).text
+    out: defaultdict[tuple[str, str, str], float] = defaultdict(float)
     for line in text.splitlines():
         m = _SAMPLE.match(line)
-        if not m:
+        if not m or m.group(1) not in COUNTERS:
             continue
         labels = dict(_LABEL.findall(m.group(2)))
-        if "actor_calls" in m.group(1):
-            out[f"calls:{labels.get('actor', '?')}.{labels.get('method', '?')}"] += float(m.group(3))
-        else:
-            out[f"tx:{labels.get('backend', '?')}"] += float(m.group(3))
+        who = labels.get("actor") or labels.get("backend") or labels.get("status") or ""
+        out[(m.group(1), who, labels.get("method", ""))] += float(m.group(3))
     return dict(out)
 
 
-def settled(port: int, quiet_s: float = 6.0, timeout_s: float = 60.0) -> dict[str, float]:
-    """Scrape until a reading stays the same for ``quiet_s`` (Ray has flushed every process)."""
+def _finished(snap: Snapshot) -> float:
+    return sum(v for (name, _, _), v in snap.items() if name == COUNTERS[2])
+
+
+def _moving(snap: Snapshot) -> float:
+    return sum(v for (name, _, _), v in snap.items() if name != COUNTERS[2])
+
+
+def settle(port: int, finished: int, flush_s: float, timeout_s: float) -> tuple[Snapshot, float]:
+    """The counters once every finished task is counted and every process has flushed since.
+
+    Ray exports each process's metrics every ``metrics_report_interval_ms`` (10 s by default). Once
+    the workers' count of finished tasks is complete, a read ``flush_s`` later holds every process's
+    calls up to the last finish. Returns the counters and when they were read (monotonic).
+    """
     deadline = time.monotonic() + timeout_s
-    last = scrape(port)
-    while time.monotonic() < deadline:
-        time.sleep(quiet_s)
-        now = scrape(port)
-        if now == last:
-            return now
-        last = now
-    return last
+    while _finished(read_counters(port)) < finished:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the metrics never counted {finished} finished tasks")
+        time.sleep(1.0)
+    wait_until(time.monotonic() + flush_s)
+    return read_counters(port), time.monotonic()
 
 
-def per_task(before: dict[str, float], after: dict[str, float], tasks: int) -> dict[str, Any]:
-    """Calls per task by actor kind and by method, and Store transactions per task."""
-    n = max(1, tasks)
-    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
-    by_actor: defaultdict[str, float] = defaultdict(float)
-    by_method: dict[str, float] = {}
-    tx = 0.0
-    for key, value in delta.items():
-        if value <= 0:
-            continue
-        if key.startswith("calls:"):
-            actor, _, _ = key[6:].partition(".")
-            by_actor[actor] += value / n
-            by_method[key[6:]] = round(value / n, 3)
-        else:
-            tx += value / n
-    return {"tasks": tasks, "actor_calls_per_task": round(sum(by_actor.values()), 3),
-            "by_actor": {k: round(v, 3) for k, v in sorted(by_actor.items())},
-            "by_method": dict(sorted(by_method.items(), key=lambda kv: -kv[1])),
-            "store_transactions_per_task": round(tx, 3)}
+def wait_until(moment: float) -> None:
+    while (left := moment - time.monotonic()) > 0:
+        time.sleep(min(left, 1.0))
+
+
+def idle_rates(a: Snapshot, b: Snapshot, seconds: float) -> dict[tuple[str, str, str], float]:
+    """Per counter, what it gains per second with nothing submitted (sweeps, polls, schedules)."""
+    return {key: (b[key] - a.get(key, 0.0)) / seconds for key in b if b[key] > a.get(key, 0.0)}
+
+
+def per_task(before: Snapshot, after: Snapshot, seconds: float, idle: dict[tuple[str, str, str], float],
+             tasks: int) -> dict[str, Any]:
+    """Counter deltas over a run, less the idle background over the same span, per task."""
+    raw = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
+    delta = {key: max(0.0, d - idle.get(key, 0.0) * seconds) for key, d in raw.items()}
+    calls: defaultdict[str, float] = defaultdict(float)
+    methods: dict[str, float] = {}
+    for (name, who, method), d in delta.items():
+        if name == COUNTERS[0] and d > 0:
+            calls[who] += d / tasks
+            methods[f"{who}.{method}"] = round(d / tasks, 3)
+    tx = sum(d for (name, _, _), d in delta.items() if name == COUNTERS[1])
+    return {"actor_calls": sum(calls.values()),
+            "actor_calls_by_kind": {a: round(v, 3) for a, v in sorted(calls.items())},
+            "actor_calls_by_method": dict(sorted(methods.items(), key=lambda kv: -kv[1])),
+            "store_transactions": tx / tasks,
+            "actor_calls_raw": sum(d for (name, _, _), d in raw.items() if name == COUNTERS[0]) / tasks,
+            "store_transactions_raw": sum(d for (name, _, _), d in raw.items() if name == COUNTERS[1])
+            / tasks,
+            "span_s": seconds}

@@ -68,6 +68,8 @@ BODY = {"workflow": WORKFLOW, "input": {"k": 1}}
 RATIO_TARGETS = {"raysquad-held": (0.5, 2.0), "raysquad": (0.3, None)}
 DEFAULT_TARGET = (0.3, None)  # the variants (gRPC proxy, access log) are held to the executing one
 START_TIMEOUT_S = 180.0
+METRICS_FLUSH_S = 12.0  # Ray exports each process's metrics every 10 s
+METRICS_IDLE_S = 20.0  # how long the idle background is measured, before the load
 STOP_TIMEOUT_S = 60.0
 # Which floor each raysquad variant is held to.
 FLOORS = {"raysquad": "serve-echo", "raysquad-held": "serve-echo", "raysquad-grpc": "serve-echo-grpc",
@@ -189,15 +191,18 @@ def run_target(target: Target, args: argparse.Namespace, work: Path, console: Co
     port = _free_port()
     metrics_port = _free_port() if target.kind == "raysquad" else None
     server = Server.start(target, port, work, metrics_port)
-    calls_before: dict[str, float] = {}
+    calls_before: hops.Snapshot = {}
     try:
         start_s = server.wait_healthy(START_TIMEOUT_S)
         console.print(f"  up in {start_s:.1f} s on port {port}")
         url = f"http://127.0.0.1:{port}/v1/tasks"
         if target.hold:
             hold_worker_slot(url)
-        if metrics_port is not None:
-            calls_before = hops.settled(metrics_port)
+        if metrics_port is not None:  # the idle background first (sweeps, polls), to take off
+            first, t_first = hops.settle(metrics_port, 0, METRICS_FLUSH_S, START_TIMEOUT_S)
+            hops.wait_until(t_first + METRICS_IDLE_S)
+            calls_before, t_before = hops.read_counters(metrics_port), time.monotonic()
+            idle = hops.idle_rates(first, calls_before, t_before - t_first)
         levels: dict[str, Any] = {}
         log_files: list[Path] = []
         for conns in args.levels:
@@ -212,8 +217,9 @@ def run_target(target: Target, args: argparse.Namespace, work: Path, console: Co
                           f"p50 {level['p50_ms']:.1f} ms, p99 {level['p99_ms']:.1f} ms, "
                           f"non-202 {level['non_202'] or 0}")
         if metrics_port is not None:
-            wait_drained(work / "data" / "raysquad.db", hold=target.hold)
-            calls_after = hops.settled(metrics_port)
+            finished = wait_drained(work / "data" / "raysquad.db", hold=target.hold)
+            calls_after, t_after = hops.settle(metrics_port, finished, METRICS_FLUSH_S,
+                                               START_TIMEOUT_S)
     finally:
         stopped = server.stop(STOP_TIMEOUT_S)
     run: dict[str, Any] = {"label": target.label, "kind": target.kind, "env": target.env,
@@ -223,27 +229,28 @@ def run_target(target: Target, args: argparse.Namespace, work: Path, console: Co
         run["store"] = verify_store(work / "data" / "raysquad.db", log_files)
         console.print(f"  Store: {run['store']['accepted']} tasks 202'd, "
                       f"{run['store']['lost']} lost, {run['store']['rows']} rows")
-        run["hops"] = hops.per_task(calls_before, calls_after, run["store"]["rows"])
-        console.print(f"  per task: {run['hops']['actor_calls_per_task']:.2f} actor calls "
-                      f"{run['hops']['by_actor']}, {run['hops']['store_transactions_per_task']:.2f} "
-                      "Store transactions")
+        run["hops"] = hops.per_task(calls_before, calls_after, t_after - t_before, idle,
+                                    max(1, run["store"]["rows"]))
+        console.print(f"  per task: {run['hops']['actor_calls']:.2f} actor calls "
+                      f"{run['hops']['actor_calls_by_kind']}, "
+                      f"{run['hops']['store_transactions']:.2f} Store transactions")
     return run
 
 
-def wait_drained(db: Path, hold: bool, timeout_s: float = 120.0) -> None:
-    """With execution on, wait until every submitted task has ended (so that its calls count)."""
-    if hold:
-        return
+def wait_drained(db: Path, hold: bool, timeout_s: float = 120.0) -> int:
+    """With execution on, wait until every submitted task has ended (so that its calls count);
+    how many have finished."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while True:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
         try:
-            left = conn.execute("SELECT count(*) FROM tasks WHERE status IN ('queued', 'running') "
-                                "AND workflow != 'hold'").fetchone()[0]
+            left, done = conn.execute(
+                "SELECT sum(status IN ('queued', 'running')), sum(status = 'succeeded') FROM tasks "
+                "WHERE workflow != 'hold'").fetchone()
         finally:
             conn.close()
-        if not left:
-            return
+        if hold or not left or time.monotonic() > deadline:
+            return int(done or 0)
         time.sleep(0.5)
 
 
@@ -617,9 +624,9 @@ def _print(console: Console, r: dict[str, Any]) -> None:
     for run in r["runs"].values():
         if "hops" in run:
             h = run["hops"]
-            per_task.add_row(run["label"], f"{h['actor_calls_per_task']:.2f}",
-                             ", ".join(f"{k} {v:.2f}" for k, v in h["by_actor"].items()),
-                             f"{h['store_transactions_per_task']:.2f}")
+            per_task.add_row(run["label"], f"{h['actor_calls']:.2f}",
+                             ", ".join(f"{k} {v:.2f}" for k, v in h["actor_calls_by_kind"].items()),
+                             f"{h['store_transactions']:.2f}")
     console.print(per_task)
 
     cats = [c for c, _ in CATEGORIES] + ["load generator (wrk)", "rest of the machine"]

@@ -22,9 +22,13 @@ Three parts, one after the other in one invocation (never two servers at once):
   (``single``). The clock runs from the first submit to the latest ``finished_at`` in the Store,
   which is polled (read-only) until every accepted task has succeeded. A few tasks run first, not
   timed, so that workers are warm. With ``--metrics`` (the default), the server also serves Ray's
-  Prometheus endpoint, and the runtime's counters of actor calls (by actor kind) and Store
-  transactions, read before and after each run once they stop moving (Ray flushes them every few
-  seconds), give calls and transactions per task.
+  Prometheus endpoint (``RAYSQUAD_RAY_METRICS_EXPORT_PORT``), and the runtime's counters of actor
+  calls (``ray_raysquad_actor_calls_total``, by actor kind and method) and Store transactions give
+  calls and transactions per task: each is read ``--metrics-flush-s`` after the workers' count of
+  finished tasks is complete (Ray exports each process's metrics every 10 s), and the idle
+  background (sweeps, polls: measured over ``--metrics-idle-s`` with nothing submitted, before the
+  first run) is taken off each counter's delta over the same span. Only the runs' sizes make these
+  exact enough: at ``--quick`` sizes the idle background is most of a delta.
 - ``bulk``: a server with one worker whose one slot a blocking task (benchmarks/hold_app.py) holds,
   so that nothing submitted runs: the submit path alone. ``--bulk-clients`` threads POST batches of
   ``--bulk-size`` tasks for ``--bulk-duration-s`` (after ``--bulk-warmup-s`` untimed); accepted
@@ -51,14 +55,13 @@ import argparse
 import asyncio
 import os
 import platform
-import re
 import sqlite3
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,7 @@ from rich.table import Table  # noqa: E402
 
 from benchmarks.celery_trivial import run_celery  # noqa: E402
 from benchmarks.common import write_result  # noqa: E402
+from benchmarks.hops import Snapshot, idle_rates, per_task, read_counters, settle, wait_until  # noqa: E402
 from benchmarks.submit_latency import Server, Target, _free_port, hold_worker_slot  # noqa: E402
 
 WORKFLOW = "trivial_steps"  # benchmarks/apps.py: k trivial checkpointed steps
@@ -83,11 +87,6 @@ TARGET_BULK_PER_S = 5000.0
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
 POLL_S = 0.2
-COUNTERS = ("ray_raysquad_actor_calls_total", "ray_raysquad_store_transactions_total",
-            "ray_raysquad_tasks_finished_total")
-_SAMPLE = re.compile(r"^(\w+)\{(.*)\}\s+(\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parse(argv)
@@ -152,9 +151,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bulk-warmup-s", type=float, default=2.0, help="untimed seconds first (bulk part)")
     p.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
                    help="actor calls and Store transactions per task, from Ray's Prometheus endpoint")
-    p.add_argument("--metrics-quiet-s", type=float, default=12.0,
-                   help="counters are read once they have not moved for this long (Ray flushes "
-                        "them every ~10 s)")
+    p.add_argument("--metrics-flush-s", type=float, default=12.0,
+                   help="counters are read this long after the last task is counted (Ray exports "
+                        "each process's metrics every 10 s)")
+    p.add_argument("--metrics-idle-s", type=float, default=30.0,
+                   help="seconds with nothing submitted, for the counters' idle background")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {list(PARTS)}")
     p.add_argument("--timeout-s", type=float, default=600.0, help="give up on one run after this")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "throughput.json"))
@@ -163,6 +164,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         args.n1, args.n5, args.warmup = min(args.n1, 200), min(args.n5, 100), min(args.warmup, 20)
         args.batch = min(args.batch, 100)
         args.bulk_duration_s, args.bulk_warmup_s = min(args.bulk_duration_s, 2.0), 0.5
+        args.metrics_idle_s = min(args.metrics_idle_s, 20.0)
     args.parts = [x.strip() for x in args.parts.split(",") if x.strip()]
     if unknown := set(args.parts) - set(PARTS):
         p.error(f"unknown parts {sorted(unknown)}; known: {list(PARTS)}")
@@ -197,9 +199,7 @@ def run_raysquad(args: argparse.Namespace, n: dict[int, int], work: Path,
     metrics_port = _free_port() if args.metrics else None
     env = _server_env(args, RAYSQUAD_WORKERS=str(args.workers),
                       RAYSQUAD_TASKS_PER_WORKER=str(args.tasks_per_worker))
-    if metrics_port:
-        env["RAYSQUAD_RAY_METRICS_EXPORT_PORT"] = str(metrics_port)
-    server = Server.start(Target("raysquad", "raysquad", "raysquad", env), port, work)
+    server = Server.start(Target("raysquad", "raysquad", "raysquad", env), port, work, metrics_port)
     db = work / "data" / "raysquad.db"
     base = f"http://127.0.0.1:{port}"
     runs: dict[str, Any] = {}
@@ -212,12 +212,23 @@ def run_raysquad(args: argparse.Namespace, n: dict[int, int], work: Path,
         try:
             finished = 0
             if args.warmup:
-                t = time.time()
+                t = time.time()  # both submit paths, so that neither run pays a first call
                 ids, _ = submit_bulk(base, 1, args.warmup, args.batch)
-                store.wait_done(ids, t, args.timeout_s)
-                finished += len(ids)
+                more, _ = asyncio.run(submit_single(base, 1, args.warmup, min(args.conns, args.warmup)))
+                store.wait_done(ids + more, t, args.timeout_s)
+                finished += len(ids) + len(more)
             first_t0 = time.time()
-            snap = settle(metrics_port, None, finished, args.metrics_quiet_s) if metrics_port else None
+            idle: dict[tuple[str, str, str], float] = {}
+            snap: Snapshot | None = None
+            if metrics_port:
+                first, t_first = settle(metrics_port, finished, args.metrics_flush_s, args.timeout_s)
+                wait_until(t_first + args.metrics_idle_s)
+                snap, t_snap = read_counters(metrics_port), time.monotonic()
+                idle = idle_rates(first, snap, t_snap - t_first)
+                idle_info = {f"{who}.{method}" if method else f"{name}:{who}": round(rate, 2)
+                             for (name, who, method), rate in sorted(idle.items())}
+                console.print(f"  idle background: {sum(idle.values()):.1f} counts/s over "
+                              f"{t_snap - t_first:.0f} s")
             for k in KS:
                 for mode in ("bulk", "single"):
                     name = f"k{k}-{mode}"
@@ -225,9 +236,10 @@ def run_raysquad(args: argparse.Namespace, n: dict[int, int], work: Path,
                     accepted[name] = run.pop("_ids")
                     finished += run["tasks"]
                     if metrics_port and snap is not None:
-                        after = settle(metrics_port, snap, finished, args.metrics_quiet_s)
-                        run["per_task"] = per_task(snap, after, run["tasks"])
-                        snap = after
+                        after, t_after = settle(metrics_port, finished, args.metrics_flush_s,
+                                                args.timeout_s)
+                        run["per_task"] = per_task(snap, after, t_after - t_snap, idle, run["tasks"])
+                        snap, t_snap = after, t_after
                     runs[name] = run
                     console.print(f"  k={k} {mode}: {run['tasks']} tasks in {run['elapsed_s']:.2f} s = "
                                   f"{run['tasks_per_s']:.0f}/s (submitting took {run['submit_s']:.2f} s)"
@@ -243,7 +255,8 @@ def run_raysquad(args: argparse.Namespace, n: dict[int, int], work: Path,
         runs[name]["lost"] = missing
     console.print(f"  Store after the stop: lost {sum(lost.values())} of {sum(map(len, accepted.values()))}")
     return {"start_s": start_s, "clean_stop": clean, "port": port, "metrics_port": metrics_port,
-            "workers": args.workers, "tasks_per_worker": args.tasks_per_worker, "runs": runs}
+            "workers": args.workers, "tasks_per_worker": args.tasks_per_worker, "runs": runs,
+            **({"idle_counts_per_s": idle_info} if metrics_port else {})}
 
 
 def e2e_run(base: str, store: Store, k: int, n: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -340,76 +353,6 @@ def verify_succeeded(db: Path, accepted: dict[str, list[str]], since: float) -> 
     finally:
         conn.close()
     return {name: sum(1 for i in ids if status.get(i) != "succeeded") for name, ids in accepted.items()}
-
-
-# -- actor calls and Store transactions per task ----------------------------------------------------
-
-Snapshot = dict[tuple[str, str, str], float]  # (metric, actor or backend or status, method) -> value
-
-
-def read_counters(port: int) -> Snapshot:
-    """The runtime's counters from Ray's Prometheus endpoint, summed over processes."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10.0).text
-    out: defaultdict[tuple[str, str, str], float] = defaultdict(float)
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if not m or m.group(1) not in COUNTERS:
-            continue
-        labels = dict(_LABEL.findall(m.group(2)))
-        who = labels.get("actor") or labels.get("backend") or labels.get("status") or ""
-        out[(m.group(1), who, labels.get("method", ""))] += float(m.group(3))
-    return dict(out)
-
-
-def _finished(snap: Snapshot) -> float:
-    return sum(v for (name, _, _), v in snap.items() if name == COUNTERS[2])
-
-
-def _moving(snap: Snapshot) -> float:
-    return sum(v for (name, _, _), v in snap.items() if name != COUNTERS[2])
-
-
-def settle(port: int, before: Snapshot | None, finished: int, quiet_s: float,
-           timeout_s: float = 90.0) -> Snapshot:
-    """Poll the counters until every finished task is counted and they have (nearly) stopped moving.
-
-    Ray flushes each process's metrics every few seconds, so a run's last calls show up late. "Stopped"
-    allows the idle background (sweeps, feeds: a few calls a second) and 1% of the run's own count.
-    """
-    base = _moving(before) if before else 0.0
-    history: list[tuple[float, float]] = []
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            snap = read_counters(port)
-        except httpx.HTTPError:
-            snap = {}
-        now, total = time.monotonic(), _moving(snap)
-        history.append((now, total))
-        if snap and _finished(snap) >= finished:
-            old = [v for t, v in history if t <= now - quiet_s]
-            if old and total - old[-1] <= max(5.0 * quiet_s, 0.01 * (total - base)):
-                return snap
-        if now > deadline:
-            return snap
-        time.sleep(1.0)
-
-
-def per_task(before: Snapshot, after: Snapshot, tasks: int) -> dict[str, Any]:
-    delta = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
-    calls: defaultdict[str, float] = defaultdict(float)
-    methods: dict[str, float] = {}
-    for (name, who, method), d in delta.items():
-        if name == COUNTERS[0] and d > 0:
-            calls[who] += d / tasks
-            methods[f"{who}.{method}"] = round(d / tasks, 3)
-    tx = sum(d for (name, _, _), d in delta.items() if name == COUNTERS[1])
-    return {"actor_calls": sum(calls.values()), "actor_calls_by_kind": {a: round(v, 3) for a, v in
-                                                                          sorted(calls.items())},
-            "actor_calls_by_method": dict(sorted(methods.items(), key=lambda kv: -kv[1])),
-            "store_transactions": tx / tasks,
-            "note": "counter deltas over the run and the wait for them to settle, idle background "
-                    "included, divided by the run's tasks"}
 
 
 # -- bulk submits, execution held -------------------------------------------------------------------
@@ -544,7 +487,8 @@ def _print(console: Console, r: dict[str, Any]) -> None:
                               f"{run['tasks_per_s']:.0f}", f"{run['steps_per_s']:.0f}",
                               f"{run['submit_s']:.2f}", str(run["lost"]), ratio)
         table.add_section()
-    console.print(table)
+    if ours or theirs:
+        console.print(table)
 
     costs = [(name, run["per_task"]) for name, run in ours.items() if "per_task" in run]
     if costs:
