@@ -188,7 +188,10 @@ def check_claims(server: Server, work: Path, db: Path, args: argparse.Namespace,
     expected = [row[0] for row in _read(db, (
         f"SELECT id FROM tasks WHERE status = 'queued' ORDER BY "
         f"{records.rank_order(AGING_PER_S)} LIMIT ?"), (args.claims,))]
+    from runtime.cluster import use_local_token_if_any
+
     address = (work / "data" / "ray_address").read_text().strip()
+    use_local_token_if_any()  # the runtime's cluster asks for ~/.ray/auth_token when it has one
     ray.init(address=address, namespace=server.namespace, log_to_driver=False,
              logging_level=logging.ERROR)
     try:

@@ -108,10 +108,11 @@ class Tally:
     the Store at most every ``fresh_s`` seconds; in between, what was admitted through this tally
     is added to the last count. Tasks that left the queue meanwhile are not taken off, so the tally
     errs high: no bound is passed for it, and a refusal it would cause is checked against a fresh
-    count first. With a million tasks queued a count costs a scan of them; this keeps it off the
-    path of every submit."""
+    count first (so a stale tally costs a count only near a bound). With a million tasks queued a
+    count is a scan of them, 50 to 100 ms that would stall every submit behind it; this keeps it
+    off their path."""
 
-    def __init__(self, fresh_s: float = 2.0) -> None:
+    def __init__(self, fresh_s: float = 60.0) -> None:
         self.fresh_s = fresh_s
         self._queued: tuple[float, int] | None = None  # (counted at, count + admitted since)
         self._bytes: dict[str, tuple[float, int]] = {}
