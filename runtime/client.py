@@ -15,7 +15,6 @@ import contextlib
 import logging
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -45,6 +44,7 @@ from runtime.models import (
     TaskStatus,
     TaskSummary,
     TopicEvent,
+    new_task_id,
     parse_cursor,
 )
 from runtime.schedules import new_schedule, next_tick
@@ -153,7 +153,7 @@ class AsyncClient:
                 checked.append(None)
             except RaysquadError as e:
                 checked.append(e)
-        valid = [(uuid.uuid4().hex, req) for req, e in zip(reqs, checked, strict=True) if e is None]
+        valid = [(new_task_id(), req) for req, e in zip(reqs, checked, strict=True) if e is None]
         admitted = iter(await self._store.submit_tasks(valid) if valid else [])
         return [next(admitted) if e is None else e for e in checked]
 

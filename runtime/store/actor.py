@@ -14,7 +14,6 @@ import contextlib
 import json
 import pickle
 import time
-import uuid
 import weakref
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,6 +47,7 @@ from runtime.models import (
     TaskStatus,
     TaskSummary,
     TopicEvent,
+    new_task_id,
 )
 from runtime.queue import approx_size
 from runtime.store.base import Store
@@ -220,7 +220,7 @@ class SubmitBatching:
 
     async def _submit_batch(self, reqs: list[SubmitRequest]
                             ) -> list[tuple[TaskRecord, bool] | BaseException]:
-        return list(await self.submit_tasks([(uuid.uuid4().hex, r) for r in reqs]))
+        return list(await self.submit_tasks([(new_task_id(), r) for r in reqs]))
 
 
 #: A write as ``apply`` takes it: ("record_step", (lease, key, output, elapsed_s)), ("finish",
