@@ -23,12 +23,15 @@ def rank_order(aging_per_s: float) -> str:
     return f"(created_at * {float(aging_per_s)!r} - priority), created_at, id"
 
 
+def rank_index_name(aging_per_s: float) -> str:
+    return "tasks_rank_" + hashlib.sha1(repr(float(aging_per_s)).encode()).hexdigest()[:10]
+
+
 def rank_index(aging_per_s: float) -> str:
     """The partial index of queued tasks in ``rank_order`` (named after the aging it ranks by; made
     when a Store opens, since the aging is a setting)."""
-    tag = hashlib.sha1(repr(float(aging_per_s)).encode()).hexdigest()[:10]
-    return (f"CREATE INDEX IF NOT EXISTS tasks_rank_{tag} ON tasks ({rank_order(aging_per_s)}) "
-            "WHERE status = 'queued'")
+    return (f"CREATE INDEX IF NOT EXISTS {rank_index_name(aging_per_s)} ON tasks "
+            f"({rank_order(aging_per_s)}) WHERE status = 'queued'")
 
 
 TASK_COLUMNS = (

@@ -127,6 +127,15 @@ _MIGRATIONS: dict[int, str] = {
     9: "ALTER TABLE tasks ADD COLUMN trace_parent TEXT",
 }
 
+def queued_index_sql(aging_per_s: float) -> str:
+    """The first queued tasks in rank order. INDEXED BY: SQLite's planner would take tasks_status
+    and sort every queued task (a quarter of a second at a million) rather than read the first
+    ones off the rank index."""
+    return (f"SELECT id, priority, created_at FROM tasks INDEXED BY "
+            f"{records.rank_index_name(aging_per_s)} WHERE status = 'queued' "
+            f"ORDER BY {records.rank_order(aging_per_s)} LIMIT ?")
+
+
 class SQLiteStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
     """The Store on one SQLite file. Not thread-safe: one process, one thread (the Store actor)."""
 
@@ -338,9 +347,8 @@ class SQLiteStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
     def queued_index(self, limit: int) -> list[tuple[str, int, float]]:
         """(id, priority, created_at) of the first ``limit`` queued tasks in the dispatcher's order
         (``records.rank_order``): what its window holds, without their inputs."""
-        return [(r[0], r[1], r[2]) for r in self._conn.execute(
-            "SELECT id, priority, created_at FROM tasks WHERE status = 'queued' "
-            f"ORDER BY {records.rank_order(self.aging_per_s)} LIMIT ?", (limit,))]
+        return [(r[0], r[1], r[2]) for r in self._conn.execute(queued_index_sql(self.aging_per_s),
+                                                                (limit,))]
 
     def recover(self, now: float, limit: int = 1_000_000) -> list[tuple[str, int, float]]:
         """Queue again the tasks an earlier run left running; the queued tasks' index."""
