@@ -21,8 +21,9 @@ so that nothing submitted runs) is driven over HTTP:
    back in it. Ties (one bulk request's tasks share their priority and created_at) come in either
    order.
 
-Targets (the script exits 0 whatever the figures; the JSON records each verdict): total PSS at
-most 1 GiB at a million queued; each submit rate at the full queue at least 80% of the empty
+The runtime runs without the Ray dashboard and with one tool executor (what it needs here). Targets
+(the script exits 0 whatever the figures; the JSON records each verdict): total PSS at most 1 GiB at
+a million queued; each submit rate at the full queue at least 80% of the empty
 queue's; every claim in rank order. The data (SQLite, about 1 GB at a million tasks) lives in a
 temporary folder, deleted at the end unless ``--keep``.
 
@@ -73,6 +74,8 @@ TARGET_PSS_BYTES = 1 << 30
 TARGET_RATE_RATIO = 0.8
 TARGET = Target("raysquad-backlog", "raysquad, execution held, room for the backlog", "raysquad",
                 {**HELD, "RAYSQUAD_QUEUE_CAPACITY": "2000000",
+                 # The runtime at its leanest for this: no Ray dashboard, one tool executor.
+                 "RAYSQUAD_RAY_INCLUDE_DASHBOARD": "false", "RAYSQUAD_TOOLS__EXECUTORS": "1",
                  "RAYSQUAD_AGING_PER_S": str(AGING_PER_S),
                  "RAYSQUAD_MAX_BATCH_BODY_BYTES": str(64 << 20),
                  "RAYSQUAD_TENANT_QUEUED_BYTES": str(1 << 40)}, hold=True)
