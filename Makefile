@@ -50,7 +50,9 @@ bench: setup model
 	@# submit_latency.py drives the servers with wrk.
 	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
 	$(BIN)/python benchmarks/step_overhead.py
-	$(BIN)/python benchmarks/submit_latency.py
+	$(BIN)/python benchmarks/submit_latency.py --targets serve-echo,raysquad-held,raysquad
+	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/backlog.py
 	$(BIN)/python benchmarks/rate_limited.py
 
 clean:

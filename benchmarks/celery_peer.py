@@ -182,9 +182,9 @@ def run_celery(m: int, k: int, limit: int, interval_s: float, concurrency: int, 
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="raysquad-celery-") as log_dir:
         try:
-            procs = [_start_worker(cfg, i, n, pool, prefetch_multiplier, Path(log_dir))
+            procs = [start_worker(cfg, i, n, pool, prefetch_multiplier, Path(log_dir))
                      for i, n in enumerate(slots)]
-            _wait_ready(db, cfg, procs, Path(log_dir))
+            wait_ready(db, cfg, procs, Path(log_dir))
             t0 = time.time()
             results = [chain(app.signature(TASK_NAME, args=(w, s), immutable=True) for s in range(k))
                        .apply_async() for w in range(m)]
@@ -201,26 +201,30 @@ def run_celery(m: int, k: int, limit: int, interval_s: float, concurrency: int, 
                     pool=pool, prefetch_multiplier=prefetch_multiplier)
 
 
-def _start_worker(cfg: PeerConfig, index: int, slots: int, pool: str, prefetch_multiplier: int,
-                  log_dir: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
-    env[CONFIG_ENV] = json.dumps(asdict(cfg))
-    cmd = [sys.executable, "-m", "celery", "-A", "benchmarks.celery_peer:worker_app", "worker",
+def start_worker(cfg: Any, index: int, slots: int, pool: str, prefetch_multiplier: int,
+                 log_dir: Path, app: str = "benchmarks.celery_peer:worker_app", name: str = "peer",
+                 config_env: str = CONFIG_ENV, env: dict[str, str] | None = None
+                 ) -> subprocess.Popen[bytes]:
+    """One ``celery worker`` process for ``app`` (its config, a dataclass, passed as JSON in
+    ``config_env``) on the run's queue, logging to ``log_dir``."""
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p), **(env or {}))
+    full_env[config_env] = json.dumps(asdict(cfg))
+    cmd = [sys.executable, "-m", "celery", "-A", app, "worker",
            "--pool", pool, "--concurrency", str(slots), "--queues", cfg.queue,
            "--prefetch-multiplier", str(prefetch_multiplier),
-           "--hostname", f"peer{index}-{cfg.prefix.split(':')[2][:8]}@%h", "--loglevel", "WARNING",
+           "--hostname", f"{name}{index}-{cfg.prefix.split(':')[2][:8]}@%h", "--loglevel", "WARNING",
            "--without-gossip", "--without-mingle", "--without-heartbeat"]
     with open(log_dir / f"worker{index}.log", "wb") as log:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+        return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT)
 
 
-def _wait_ready(db: redis.Redis, cfg: PeerConfig, procs: list[subprocess.Popen[bytes]],
-                log_dir: Path) -> None:
+def wait_ready(db: redis.Redis, cfg: Any, procs: list[subprocess.Popen[bytes]],
+               log_dir: Path) -> None:
     """Poll until every worker has said it consumes (its worker_ready signal); fail fast if one died."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while db.llen(cfg.ready_key) < len(procs):
+    while int(db.llen(cfg.ready_key)) < len(procs):  # type: ignore[arg-type]
         dead = [i for i, p in enumerate(procs) if p.poll() is not None]
         if dead or time.monotonic() > deadline:
             tail = (log_dir / f"worker{dead[0] if dead else 0}.log").read_text(errors="replace")[-2000:]

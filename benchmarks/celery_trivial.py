@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,14 @@ import redis  # noqa: E402
 from celery import Celery, chain  # noqa: E402
 from celery.signals import worker_ready  # noqa: E402
 
-from benchmarks.celery_peer import REDIS_URL, _delete_keys, _redis, _stop_workers  # noqa: E402
+from benchmarks.celery_peer import (  # noqa: E402
+    REDIS_URL,
+    _delete_keys,
+    _redis,
+    _stop_workers,
+    start_worker,
+    wait_ready,
+)
 
 CONFIG_ENV = "RAYSQUAD_CELERY_TRIVIAL"  # the run's TrivialConfig as JSON, for the worker processes
 TASK_NAME = "trivial.step"
@@ -130,9 +137,12 @@ def run_celery(ks: list[int], n: dict[int, int], *, workers: int = 2, concurrenc
     runs: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="raysquad-celery-") as log_dir:
         try:
-            procs = [_start_worker(cfg, i, concurrency, pool, prefetch_multiplier, ignore_result,
-                                   Path(log_dir)) for i in range(workers)]
-            _wait_ready(db, cfg, procs, Path(log_dir))
+            procs = [start_worker(cfg, i, concurrency, pool, prefetch_multiplier, Path(log_dir),
+                                  app="benchmarks.celery_trivial:worker_app", name="trivial",
+                                  config_env=CONFIG_ENV,
+                                  env={f"{CONFIG_ENV}_IGNORE_RESULT": "1" if ignore_result else "0"})
+                     for i in range(workers)]
+            wait_ready(db, cfg, procs, Path(log_dir))
             for k in ks:
                 if warmup:  # fork-time imports, connections: not what is measured
                     _one_run(app, db, cfg, k, warmup, submitters, timeout_s)
@@ -183,29 +193,3 @@ def _one_run(app: Celery, db: redis.Redis, cfg: TrivialConfig, k: int, n: int, s
             "submit_s": submit_s}
 
 
-def _start_worker(cfg: TrivialConfig, index: int, slots: int, pool: str, prefetch_multiplier: int,
-                  ignore_result: bool, log_dir: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
-    env[CONFIG_ENV] = json.dumps(asdict(cfg))
-    env[f"{CONFIG_ENV}_IGNORE_RESULT"] = "1" if ignore_result else "0"
-    cmd = [sys.executable, "-m", "celery", "-A", "benchmarks.celery_trivial:worker_app", "worker",
-           "--pool", pool, "--concurrency", str(slots), "--queues", cfg.queue,
-           "--prefetch-multiplier", str(prefetch_multiplier),
-           "--hostname", f"trivial{index}-{cfg.prefix.split(':')[2][:8]}@%h", "--loglevel", "WARNING",
-           "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    with open(log_dir / f"worker{index}.log", "wb") as log:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT)
-
-
-def _wait_ready(db: redis.Redis, cfg: TrivialConfig, procs: list[subprocess.Popen[bytes]],
-                log_dir: Path) -> None:
-    """Poll until every worker has said it consumes (its worker_ready signal); fail fast if one died."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while int(db.llen(cfg.ready_key)) < len(procs):  # type: ignore[arg-type]
-        dead = [i for i, p in enumerate(procs) if p.poll() is not None]
-        if dead or time.monotonic() > deadline:
-            tail = (log_dir / f"worker{dead[0] if dead else 0}.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"Celery workers not ready (exited: {dead}); log:\n{tail}")
-        time.sleep(POLL_S)

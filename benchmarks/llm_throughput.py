@@ -53,9 +53,13 @@ APPS = ["benchmarks.llm_apps"]
 MODEL = "smollm2"
 MODEL_DIR = ROOT / ".raysquad" / "models" / "smollm2-135m-instruct"
 OBJECT_STORE_BYTES = 200 * 1024**2
-TARGET_LEVEL = 16
-TARGET_RATIO = 0.9
-POLL_S = 0.05
+TARGET_LEVELS = (16, 32)  # issue 14: at least 0.95x of direct vLLM at 16 and at 32 concurrent
+TARGET_RATIO = 0.95
+# How often the raysquad side looks for finished tasks (to keep c in flight): each look is a Store
+# call and a new event loop in this process, CPU that vLLM, which uses both cores, then lacks; the
+# baseline's side awaits its requests in-process and costs nothing. 0.2 s delays a refill by 0.1 s
+# on average, about 1% of a request of several seconds.
+POLL_S = 0.2
 # Open-ended requests, so that nearly every answer runs to max_tokens on both sides.
 TOPICS = ["a lighthouse keeper", "a robot learning to paint", "the history of bread", "a city under the sea",
           "a journey across a desert", "how rivers shape valleys", "a clockmaker's apprentice",
@@ -335,14 +339,15 @@ def _result(args: argparse.Namespace, config: VLLMEngineConfig, direct: dict[str
                        "raysquad_tokens_per_s": r["tokens_per_s"],
                        "ratio": r["tokens_per_s"] / d["tokens_per_s"], "identical_texts": same,
                        "direct": d, "raysquad": r})
-    at_target = next((lv for lv in levels if lv["concurrency"] == TARGET_LEVEL), None)
+    at_target = [lv for lv in levels if lv["concurrency"] in TARGET_LEVELS]
     return {
         "benchmark": "llm_throughput",
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "levels": levels,
-        "targets": {"level": TARGET_LEVEL, "min_ratio": TARGET_RATIO,
-                    "ratio": at_target["ratio"] if at_target else None,
-                    "pass": bool(at_target and at_target["ratio"] >= TARGET_RATIO)},
+        "targets": {"levels": list(TARGET_LEVELS), "min_ratio": TARGET_RATIO,
+                    "ratios": {lv["concurrency"]: lv["ratio"] for lv in at_target},
+                    "pass": bool(at_target) and all(lv["ratio"] >= TARGET_RATIO
+                                                    for lv in at_target)},
         "engine_start_s": {"direct": direct["engine_start_s"], "raysquad": ours["engine_start_s"]},
         "settings": {"args": {k: v for k, v in vars(args).items() if k != "loadavg_before"},
                      "vllm": config.model_dump(mode="json"), "direct_output_kind": direct["output_kind"],
@@ -369,8 +374,8 @@ def _print(console: Console, r: dict[str, Any]) -> None:
         table.add_column(name, justify="right")
     for lv in r["levels"]:
         ratio = f"{lv['ratio']:.2f}x"
-        if lv["concurrency"] == t["level"]:
-            mark = "[green]pass[/]" if t["pass"] else "[red]miss[/]"
+        if lv["concurrency"] in t["levels"]:
+            mark = "[green]pass[/]" if lv["ratio"] >= t["min_ratio"] else "[red]miss[/]"
             ratio += f" (>= {t['min_ratio']}x {mark})"
         table.add_row(str(lv["concurrency"]), str(lv["direct"]["requests"]),
                       f"{lv['direct_tokens_per_s']:.1f}", f"{lv['raysquad_tokens_per_s']:.1f}", ratio,
@@ -379,10 +384,10 @@ def _print(console: Console, r: dict[str, Any]) -> None:
                                  for side in ("direct", "raysquad")))
     console.print(table)
     for lv in r["levels"]:
-        if lv["concurrency"] == t["level"]:
+        if lv["concurrency"] in t["levels"]:
             for side in ("direct", "raysquad"):
                 top = ", ".join(f"{k} {v:.1f}" for k, v in list(lv[side]["cpu_s"].items())[:6])
-                console.print(f"CPU s at {t['level']} concurrent, {side} "
+                console.print(f"CPU s at {lv['concurrency']} concurrent, {side} "
                               f"({lv[side]['wall_s']:.1f} s wall): {top}")
 
 

@@ -5,11 +5,12 @@ load generator (wrk, one thread, in its own process) drives each at the same lev
 a measured run per level. The targets:
 
 - ``raysquad``: ``python -m serve.cli up --app benchmarks.apps`` on a fresh local Ray cluster.
-  POST /v1/tasks goes proxy -> Ingress replica -> Store (SQLite) and back; the dispatcher learns of
-  the task from the Store, and a worker runs it (one trivial step) on the same cores meanwhile.
+  POST /v1/tasks goes to the Ingress replica (Serve's direct ingress: no proxy process on the way)
+  -> Store (SQLite) and back; the dispatcher learns of the task from the Store, and a worker runs
+  it (one trivial step) on the same cores meanwhile.
 - ``serve-echo``: the floor, a bare FastAPI echo deployment with the Ingress's Serve settings (one
-  replica, access log off) on its own fresh Ray cluster (benchmarks/echo_app.py): proxy -> replica
-  and back, nothing else.
+  replica, access log off, direct ingress) on its own fresh Ray cluster (benchmarks/echo_app.py):
+  replica and back, nothing else.
 - ``uvicorn-echo``: the same FastAPI echo under plain uvicorn, no Ray: what the Serve hop costs.
 - ``serve-echo-grpc`` and ``raysquad-grpc``: the same two with ``RAY_SERVE_PROXY_USE_GRPC=1`` (the
   proxy reaches replicas over gRPC instead of Ray actor calls), to see what that lifts.
@@ -21,7 +22,10 @@ a measured run per level. The targets:
 wrk's Lua script logs every response's status and, for a 202, the task id; after raysquad stops, every
 202'd id is looked up in its SQLite Store (lost = 202'd but missing). During each measured run the
 CPU time of every process in the server's tree (psutil), of wrk (rusage) and of the whole machine is
-sampled, so each level says where the CPU went, per request.
+sampled, so each level says where the CPU went, per request; and the runtime's own counters
+(benchmarks/hops.py) say how many actor calls and Store transactions each task cost. Targets
+(issue 14), against the floor in the same run: the submit path alone (``raysquad-held``) at least
+0.5x its requests/s with a p99 at most 2x; with execution, at least 0.3x; zero lost.
 
     .venv/bin/python benchmarks/submit_latency.py [--levels 1,8,32] [--duration-s 8] [--warmup-s 2]
 """
@@ -529,38 +533,27 @@ def _analysis(runs: dict[str, Any], levels: list[int]) -> dict[str, Any]:
     return out
 
 
-# Written from the runs of 2026-11-23 22:40-23:35 (see docs/design.md, "Submits go straight to the
-# Store"); the per-target lines above them are recomputed on every run. The machine was shared: other
-# work took up to half of it, so read CPU per request, which moves less than requests/s.
+# Written from the run of 2026-12-06 12:57 (issue 14; see docs/design.md, "Serve without its proxy
+# hop" and "Fewer hops per task"); the per-target lines above them are recomputed on every run.
 FINDING = (
-    "Both sides are CPU-bound on 2 cores, and an actor call costs each side about 1 ms of CPU. The "
-    "floor (Serve echo, access log off, one replica) costs 8.5-10 ms of CPU per request at 32 "
-    "connections: ProxyActor 4.3-5.1, replica 3.5-4.5 (of which about an eighth is the replica's own "
-    "actor call back to the proxy to watch for a disconnect), Ray's processes under 1; the same "
-    "FastAPI echo under uvicorn costs about 0.15 ms. raysquad, since submits go straight to the Store "
-    "(one group-committed call from the Ingress; the dispatcher follows the Store's feed): 16-19 ms "
-    "per submit at 32 connections, down from 22-23 ms through the dispatcher. With execution held "
-    "(raysquad-held: the submit path alone) it is 11.7-11.9 ms: proxy 4.8, Ingress 4.5, Store 0.9, "
-    "dispatcher under 0.3, i.e. 0.73-0.86 of the floor's CPU. The rest of a raysquad submit is the "
-    "task running on the same 2 cores: claim, record_step and finish are Store calls (about 3.3 ms in "
-    "the Store, 2.2 in the worker, 0.7 in the dispatcher for a one-step task). At 1 and 8 connections "
-    "nothing batches: each submit costs an Ingress->Store call and a feed reply, and the task's four "
-    "Store calls, so CPU per request (20 ms held, 30 ms with execution, floor 12-15) sets both "
-    "throughput and latency: the machine is saturated even at one connection."
+    "With Serve's direct ingress on both sides (the replica serves HTTP itself, no proxy process), "
+    "the floor is a FastAPI echo at 0.26-0.32 ms of CPU per request: 3,028 / 3,716 / 3,859 req/s at "
+    "1 / 8 / 32 connections. raysquad's submit is a durable commit (a SQLite FULL commit is 0.33 ms "
+    "here, an fsync 0.43 ms) behind one actor hop to the single-writer Store (about 1 ms of CPU on "
+    "each side): with execution held, 260 / 871 / 1,658 req/s, 0.41 actor calls and 0.21 Store "
+    "transactions per submit (the group commit shares them under load); with each task run on the "
+    "same cores, 129 / 387 / 966 req/s, 1.12 calls and 0.75 transactions per task. At 1 connection "
+    "nothing batches, so the serial path (Ingress, Store call, commit) is about 10x the echo's; at "
+    "32 the group commit brings the held path to 0.43x of the floor."
 )
 LIFTS = [
-    "For the floor: more cores than Python processes on the path (the ProxyActor alone takes about "
-    "0.9 of a core at 200-300 req/s, so one proxy caps a node there); RAY_SERVE_PROXY_USE_GRPC=1 "
-    "(about 25% less CPU per request for the echo, measured earlier); or no Serve proxy on the hot "
-    "path (uvicorn workers calling the Store actor: 0.15 ms plus one actor call).",
-    "For raysquad's submit path: fewer actor calls per task. What is left on it is the Ingress->Store "
-    "call (batched under load) and the dispatcher's feed (batched; at low load it is one call per "
-    "submit, and waiting a few ms between looks would share it, at that much more queue time; not "
-    "measured).",
-    "For the task that each submit starts: one Store call for the last step and the finish (they are "
-    "two now), and claims that ride on the feed when a worker is already waiting (a claim is a "
-    "dispatcher->Store call per batch). On a machine where workers run on other nodes, none of this "
-    "shares the proxy's cores.",
+    "A submit path without the actor hop: the HTTP app writing to the Store itself, as it does "
+    "with PostgreSQL reached directly (RAYSQUAD_STORE=postgres), leaves the commit as the only "
+    "cost beyond the echo's.",
+    "For a client that has many tasks: POST /v1/tasks:batch puts a thousand in one request and one "
+    "transaction (benchmarks/throughput.py: 9,500 tasks/s accepted, every one durable).",
+    "For the task each submit starts: its step records and finish already share transactions with "
+    "the other runs of its worker (Store.apply); more tasks per worker share more.",
 ]
 
 
