@@ -28,6 +28,8 @@ model: $(MODEL)/config.json
 
 $(MODEL)/config.json: $(STAMP)
 	$(BIN)/python -m runtime.engines.smollm2 $(MODEL)
+	@# The files keep the package's times; mark the model made now, so it is not made again.
+	@touch $@
 
 demo: setup model
 	$(LLM_ENV) $(BIN)/raysquad run research --input '{"question": "$(QUESTION)"}'

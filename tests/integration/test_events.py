@@ -49,9 +49,11 @@ def test_one_event_delivered_twice_starts_each_workflow_once(make_runtime, side_
     assert client.wait(task_id, timeout_s=60).status is TaskStatus.SUCCEEDED
     wait_for(lambda: lines(side_dir, "indexer") >= 2, timeout_s=60,
              what="the indexer to get both events")
-    report = client.event_report("evt-1")[1]
-    assert {d["target"]: d["outcome"] for d in report} == {"workflow:index_doc": "started",
-                                                           "agent:indexer": "handled"}
+    # The handler's side effect comes before its reply, and the delivery is marked handled once
+    # the reply is in: wait for the report to say so.
+    wanted = {"workflow:index_doc": "started", "agent:indexer": "handled"}
+    wait_for(lambda: {d["target"]: d["outcome"] for d in client.event_report("evt-1")[1]} == wanted,
+             timeout_s=30, what="the event's report to show both deliveries done")
     assert lines(side_dir, "index_doc.a.html") == 1
     assert not (side_dir / "index_doc.b.html").exists()  # where={"lang": "en"} left it out
     tasks = client.list(workflow="index_doc")
