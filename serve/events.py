@@ -7,6 +7,7 @@ scheme's own; the delivery's id as the event id, so a replayed delivery publishe
 # FastAPI must see their parameter types (the tenant dependency among them) as objects.
 import json
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -79,7 +80,8 @@ ScheduleId = Annotated[str, Path(min_length=1, max_length=200)]
 
 def _event_reply(event: TopicEvent, new: bool) -> JSONResponse:
     return JSONResponse(event.model_dump(mode="json"), 202 if new else 200,
-                        {"Location": f"/v1/events/{event.topic}/{event.id}"})
+                        {"Location": f"/v1/events/{quote(event.topic, safe='')}/"
+                                     f"{quote(event.id, safe='')}"})
 
 
 def install(app: FastAPI, tenant: Any, responses: Any, body_errors: tuple[int, ...]) -> None:
@@ -173,7 +175,7 @@ def install(app: FastAPI, tenant: Any, responses: Any, body_errors: tuple[int, .
             body.id, body.workflow, body.cron, timezone=body.timezone, input=body.input,
             catch_up=body.catch_up, overlap=body.overlap, tenant=tenant, paused=body.paused)
         return JSONResponse(kept.model_dump(mode="json"), 200 if existed else 201,
-                            {"Location": f"/v1/schedules/{kept.id}"})
+                            {"Location": f"/v1/schedules/{quote(kept.id, safe='')}"})
 
     @app.get("/v1/schedules", response_model=list[Schedule], responses=responses(),
              operation_id="listSchedules")
