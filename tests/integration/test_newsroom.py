@@ -28,8 +28,12 @@ def test_documents_wake_the_cataloguer_and_the_digest_reports_them(make_runtime)
         client.publish("docs.new", doc, id=f"cms-{doc['id']}")
     client.publish("docs.new", docs[0], id=f"cms-{docs[0]['id']}")  # the CMS retried: one event
 
-    wait_for(lambda: all(client.event_report(f"cms-{d['id']}")[1][0]["outcome"] == "handled"
-                         for d in docs), timeout_s=90, what="the cataloguer to index every doc")
+    def handled(event_id: str) -> bool:  # no delivery yet while the bus has not routed it
+        deliveries = client.event_report(event_id)[1]
+        return bool(deliveries) and deliveries[0]["outcome"] == "handled"
+
+    wait_for(lambda: all(handled(f"cms-{d['id']}") for d in docs), timeout_s=90,
+             what="the cataloguer to index every doc")
     task = client.submit("newsroom_digest", {"since": start})
     record = client.wait(task.id, timeout_s=60)
 
