@@ -76,7 +76,7 @@ class Dispatcher:
         ``recover``) and start the lease sweeper and the feed."""
         index = (await self.store.recover() if recover
                  else await self.store.queued_index(self.window))
-        self._index(index, complete=len(index) < self.window)
+        self._index_window(index)
         if self._loop is None:
             self._loop = asyncio.create_task(self._sweep())
         if self._feed is None:
@@ -90,6 +90,10 @@ class Dispatcher:
             self._beyond = not complete
         if index:
             self._put_back([(task_id, (prio, at)) for task_id, prio, at in index])
+
+    def _index_window(self, index: list[tuple[str, int, float]]) -> None:
+        """Index the Store's first ``window`` queued tasks; fewer than that are all it holds."""
+        self._index(index, complete=len(index) < self.window)
 
     def _enqueue(self, records: list[TaskRecord]) -> None:
         if records:
@@ -118,11 +122,10 @@ class Dispatcher:
         while self._refill_again:
             self._refill_again = False
             try:
-                index = await self.store.queued_index(self.window)
+                await self._reconcile()
             except Exception:  # noqa: BLE001 - the next get or the reconcile tries again
                 log.warning("refilling the dispatch window from the Store failed", exc_info=True)
                 return
-            self._index(index, complete=len(index) < self.window)
 
     async def _follow_submits(self) -> None:
         """Index the tasks the Store admitted, in batches, as they come."""
@@ -232,8 +235,7 @@ class Dispatcher:
     async def _reconcile(self) -> None:
         """Index the Store's first ``window`` queued tasks (what the feed dropped, or a restart of
         the Store lost, comes back this way)."""
-        index = await self.store.queued_index(self.window)
-        self._index(index, complete=len(index) < self.window)
+        self._index_window(await self.store.queued_index(self.window))
 
 
 class DispatcherActor(Dispatcher):
