@@ -6,10 +6,12 @@ needs them; nothing reads the environment behind the caller's back.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -104,6 +106,11 @@ class OpenAIEngineConfig(BaseModel):
     send_priority: bool = Field(False, description="send the task's priority (vLLM servers)")
 
 
+MAX_GATE_REQUESTS = 10**9
+MAX_GATE_TOKENS = 10**12
+MAX_GATE_CONCURRENCY = 10**6
+
+
 class GateLimits(BaseModel):
     """The limits of one gate (a resource key such as ``openai:gpt-4o`` or ``http:api.example.com``).
 
@@ -114,12 +121,20 @@ class GateLimits(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    requests: int | None = Field(None, ge=1, description="requests per interval")
-    tokens: int | None = Field(None, ge=1, description="tokens (prompt + completion) per interval")
-    interval_s: float = Field(1.0, ge=0.001, le=86_400.0)
-    concurrency: int | None = Field(None, ge=1, description="requests in flight at once")
+    # Strict: ``true`` is not 1, nor ``"5"`` 5 (a float field takes an integer); past the bounds
+    # below, a limit is a typo, refused (422 over HTTP) rather than kept.
+    requests: int | None = Field(None, ge=1, le=MAX_GATE_REQUESTS, strict=True, description=(
+        f"requests per interval, 1 to {MAX_GATE_REQUESTS:,}"))
+    tokens: int | None = Field(None, ge=1, le=MAX_GATE_TOKENS, strict=True, description=(
+        f"tokens (prompt + completion) per interval, 1 to {MAX_GATE_TOKENS:,}"))
+    interval_s: float = Field(1.0, ge=0.001, le=86_400.0, strict=True, allow_inf_nan=False,
+                              description="the window, in seconds: 0.001 to 86,400 (a day)")
+    concurrency: int | None = Field(None, ge=1, le=MAX_GATE_CONCURRENCY, strict=True, description=(
+        f"requests in flight at once, 1 to {MAX_GATE_CONCURRENCY:,}"))
     max_hold_s: float = Field(
-        300.0, gt=0, description="a grant not released by then is taken back (its holder died)")
+        300.0, gt=0, le=86_400.0, strict=True, allow_inf_nan=False,
+        description="a grant not released by then is taken back (its holder died): above 0, at "
+                    "most 86,400 s (a day)")
 
 
 class ToolSettings(BaseModel):
@@ -167,26 +182,51 @@ class ToolSettings(BaseModel):
         return tuple(ranges)
 
 
+MIN_WEBHOOK_KEY_BYTES = 24
+
+
+def _webhook_secret(secret: str) -> str:
+    """A Standard Webhooks secret: ``whsec_`` and the base64 of at least 24 bytes. A shorter key
+    could be brute-forced offline from one observed delivery; one that does not decode would fail
+    every delivery instead of being refused here."""
+    text = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)  # padding optional
+    except (binascii.Error, ValueError):
+        key = b""
+    if not secret.startswith("whsec_") or len(key) < MIN_WEBHOOK_KEY_BYTES:
+        raise ValueError(
+            f"a webhook secret must be 'whsec_' followed by the base64 of at least "
+            f"{MIN_WEBHOOK_KEY_BYTES} random bytes (such as 'whsec_' + base64 of os.urandom(32)); "
+            f"this one {'decodes to ' + str(len(key)) + ' bytes' if key else 'is not that'}")
+    return secret
+
+
+WebhookSecret = Annotated[str, AfterValidator(_webhook_secret)]
+
+
 class WebhookSource(BaseModel):
     """An outside system that POSTs to ``/v1/webhooks/<source>``: the topic its deliveries are
     published on, and its Standard Webhooks secrets (``whsec_...``; more than one while rotating)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     topic: str
-    secrets: tuple[str, ...] = Field(min_length=1)
+    secrets: tuple[WebhookSecret, ...] = Field(min_length=1)
     tenant: str = Field("default", description="the tenant its events belong to")
 
 
 class WebhookTarget(BaseModel):
     """Where matching events are POSTed."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     url: str = Field(pattern=r"^https?://", description="http(s) URL the events are POSTed to")
     topics: tuple[str, ...] = Field(min_length=1, description="topic patterns, like task.failed")
-    secret: str = Field(description="Standard Webhooks secret (whsec_...) the requests are signed with")
-    tenant: str | None = Field(None, description="only this tenant's events (default: every tenant's)")
+    secret: WebhookSecret = Field(description="Standard Webhooks secret (whsec_ and the base64 of "
+                                              "at least 24 bytes) the requests are signed with")
+    tenant: str = Field(min_length=1, description="whose events: a tenant's, or '*' for every "
+                                                  "tenant's (said explicitly, never by default)")
 
     @model_validator(mode="after")
     def _patterns(self) -> WebhookTarget:
@@ -204,8 +244,10 @@ class WebhookTarget(BaseModel):
 class Settings(BaseSettings):
     """The runtime's configuration."""
 
+    # A refused value is not echoed in the error (it may be a secret: a key, a password in a URL).
     model_config = SettingsConfigDict(
-        env_prefix="RAYSQUAD_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix="RAYSQUAD_", env_nested_delimiter="__", extra="forbid", frozen=True,
+        hide_input_in_errors=True,
     )
 
     # Where Ray runs. None starts a local cluster; "auto" or "ray://..." joins one.
@@ -293,6 +335,14 @@ class Settings(BaseSettings):
     event_retry_s: float = Field(
         60.0, gt=0, description="a delivery not finished in this long goes out again (a redelivery)")
     event_max_attempts: int = Field(5, ge=1, description="deliveries of one event to one subscriber")
+    event_retention_s: float = Field(
+        7 * 86400.0, gt=0, description="events older than this whose deliveries have all ended "
+                                       "are forgotten, with their deliveries (an id may then be "
+                                       "published again as a new event)")
+    tenant_events: int = Field(
+        1_000_000, ge=1, description="events one tenant may keep; past it publishes get 429")
+    tenant_event_bytes: int = Field(
+        1 << 30, ge=1, description="bytes of event data one tenant may keep; past it publishes get 429")
     webhooks_out: dict[str, WebhookTarget] = Field(
         default_factory=dict, description="RAYSQUAD_WEBHOOKS_OUT: name -> {url, topics, secret, "
                                           "tenant?}: matching events are POSTed there, signed")
@@ -301,6 +351,13 @@ class Settings(BaseSettings):
                                "(doubling each time, at most 300 s)")
     schedule_grace_s: float = Field(
         10.0, gt=0, description="a schedule's tick fired later than this was missed (see catch_up)")
+    max_schedules_per_tenant: int = Field(
+        1000, ge=1, description="schedules one tenant may keep; past it a new one gets 422 (the "
+                                "app's own, declared on its workflows, are kept whatever it is)")
+    schedule_min_interval_s: float = Field(
+        60.0, ge=0, description="a tenant's schedule may tick at most this often (a cron with "
+                                "seconds below it gets 422); admin_tenants, and every tenant with "
+                                "no api_keys, have no floor")
     webhooks: dict[str, WebhookSource] = Field(
         default_factory=dict, description="RAYSQUAD_WEBHOOKS: source name -> {topic, secrets}")
 
@@ -327,6 +384,16 @@ class Settings(BaseSettings):
     max_input_bytes: int = Field(1 << 20, ge=1, description="a task's input, as JSON; larger gets 413")
     tenant_queued_bytes: int = Field(
         1 << 30, ge=1, description="input bytes of one tenant's queued tasks; past it submits get 429")
+    tenant_queued_tasks: int | None = Field(
+        None, ge=1, description="queued tasks of one tenant; past it submits get 429, so that one "
+                                "tenant cannot fill queue_capacity for all (default: a quarter of "
+                                "queue_capacity)")
+    task_pending_signals: int = Field(
+        100, ge=1, description="signals a task holds that it has not waited for yet; past it "
+                               "a signal gets 429")
+    task_signal_bytes: int = Field(
+        4 << 20, ge=1, description="bytes of payload of a task's signals not waited for yet; past "
+                                   "it a signal gets 429")
     priorities: tuple[int, int] = Field(
         (0, 10), description="the priorities a tenant may use (lowest, highest), unless "
                              "tenant_priorities says otherwise")
@@ -376,11 +443,32 @@ class Settings(BaseSettings):
                 raise ValueError(f"{who}: the lowest priority {low} is above the highest {high}")
         return self
 
+    @field_validator("api_keys")
+    @classmethod
+    def _no_empty_key(cls, keys: dict[str, str]) -> dict[str, str]:
+        if any(not key.strip() for key in keys):
+            raise ValueError("api_keys: an empty key would let in anyone who sends "
+                             "'Authorization: Bearer ' with nothing after it; remove it")
+        return keys
+
     @model_validator(mode="after")
     def _workers_ordered(self) -> Settings:
         if self.workers_max is not None and self.workers_max < self.workers:
             raise ValueError(f"workers_max ({self.workers_max}) is below workers ({self.workers})")
         return self
+
+    @property
+    def tenant_task_cap(self) -> int:
+        """How many queued tasks one tenant may hold (``tenant_queued_tasks``, or a quarter of
+        ``queue_capacity``)."""
+        return self.tenant_queued_tasks or max(1, self.queue_capacity // 4)
+
+    def schedule_interval_floor_s(self, tenant: str) -> float | None:
+        """How often ``tenant``'s schedules may tick at most; None: no floor (an admin tenant, or
+        no API keys, where every caller is one)."""
+        if not self.api_keys or tenant in self.admin_tenants:
+            return None
+        return self.schedule_min_interval_s
 
     def priority_range(self, tenant: str) -> tuple[int, int]:
         """The priorities ``tenant`` may use."""

@@ -7,7 +7,7 @@ so a view built on it (``raysquad top``) keeps refreshing while an actor restart
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from runtime.agent import AgentPoolHandle
@@ -24,34 +24,40 @@ DEADLINE_S = 2.0
 T = TypeVar("T")
 
 
-async def _ask(call: Awaitable[T]) -> T | None:
+async def _ask(call: Callable[[], Awaitable[T]]) -> T | None:
+    """``call()``'s answer, or None: the actor's lookup by name is inside, since an actor listed a
+    moment ago may be gone by now (a worker that stopped), which is "down", not an error."""
     try:
-        return await asyncio.wait_for(call, DEADLINE_S)
+        return await asyncio.wait_for(call(), DEADLINE_S)
     except Exception:  # noqa: BLE001 - down, restarting, or gone since it was listed
         return None
 
 
 async def overview(namespace: str) -> dict[str, Any]:
     """Every part of the runtime in ``namespace``, as plain values (None where one is down)."""
-    tasks = _ask(DispatcherHandle.named("dispatcher", namespace).stats(DEADLINE_S))
-    mailboxes = {name[len("queue:agent:"):]: MailboxHandle.named(name, namespace)
-                 for name in actor_names(namespace, "queue:agent:")}
-    pools = {name[len("pool:"):]: AgentPoolHandle.named(name, namespace)
-             for name in actor_names(namespace, "pool:")
-             if name != POOL_NAME and not name.startswith("pool:engine:")}
-    worker_pool = WorkerPoolHandle.named(POOL_NAME, namespace)
+    tasks = _ask(lambda: DispatcherHandle.named("dispatcher", namespace).stats(DEADLINE_S))
+    mailboxes = [name[len("queue:agent:"):] for name in actor_names(namespace, "queue:agent:")]
+    pools = [name[len("pool:"):] for name in actor_names(namespace, "pool:")
+             if name != POOL_NAME and not name.startswith("pool:engine:")]
     engines = find_engines(namespace)
-    gates = _ask(GateKeeperHandle.named("gates", namespace).stats(DEADLINE_S))
-    events = _ask(EventBusHandle.named("events", namespace).stats(DEADLINE_S)) \
+    gates = _ask(lambda: GateKeeperHandle.named("gates", namespace).stats(DEADLINE_S))
+    events = _ask(lambda: EventBusHandle.named("events", namespace).stats(DEADLINE_S)) \
         if actor_names(namespace, "events") else _none()
-    dead = _ask(StoreHandle.named("store", namespace).dead_letters("dead", None, None, 1000))
+    dead = _ask(lambda: StoreHandle.named("store", namespace).dead_letters("dead", None, None,
+                                                                         1000))
 
-    worker_ids = await _ask(worker_pool.workers(DEADLINE_S)) or []
-    loads = await asyncio.gather(*(_ask(WorkerHandle.named(f"worker:{w}", namespace).load())
-                                   for w in worker_ids))
-    mailbox_stats = await asyncio.gather(*(_ask(m.stats(DEADLINE_S)) for m in mailboxes.values()))
-    pool_stats = await asyncio.gather(*(_ask(p.stats(DEADLINE_S)) for p in pools.values()))
-    engine_loads = {model: await asyncio.gather(*(_ask(h.load(DEADLINE_S)) for h in handles))
+    worker_ids = await _ask(lambda: WorkerPoolHandle.named(POOL_NAME, namespace).workers(
+        DEADLINE_S)) or []
+    loads = await asyncio.gather(*(
+        _ask(lambda w=w: WorkerHandle.named(f"worker:{w}", namespace).load()) for w in worker_ids))
+    mailbox_stats = await asyncio.gather(*(
+        _ask(lambda m=m: MailboxHandle.named(f"queue:agent:{m}", namespace).stats(DEADLINE_S))
+        for m in mailboxes))
+    pool_stats = await asyncio.gather(*(
+        _ask(lambda p=p: AgentPoolHandle.named(f"pool:{p}", namespace).stats(DEADLINE_S))
+        for p in pools))
+    engine_loads = {model: await asyncio.gather(*(_ask(lambda h=h: h.load(DEADLINE_S))
+                                                  for h in handles))
                     for model, handles in engines.items()}
     dead_letters = await dead
     return {

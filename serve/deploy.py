@@ -30,14 +30,41 @@ class DeployArgs(BaseModel):
                                      description="Settings fields, over the RAYSQUAD_* variables")
 
 
+def serve_http_host() -> str | None:
+    """The host Serve's proxies (and direct-ingress replicas) listen on: the deployed config's
+    ``http_options.host``, as Serve's controller holds it (Ray 2.60 has no public getter; the
+    controller's client keeps it as ``http_config``). None where no controller runs."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    return None if client is None else client.http_config.host
+
+
+def deploy_refusal(settings: Settings, serve_host: str | None) -> str | None:
+    """Why this deploy may not serve: without API keys, neither Serve's host nor ``http_host`` may
+    be other than loopback (Serve binds its own ``http_options.host``, whatever ``http_host``
+    says)."""
+    from serve.http import open_bind_refusal
+
+    hosts = [settings.http_host, *([serve_host] if serve_host else [])]
+    return next((r for h in hosts if (r := open_bind_refusal(settings, h))), None)
+
+
 def app(args: dict[str, Any]) -> Any:
-    """Serve's application builder: the runtime (started if absent) and its Ingress."""
+    """Serve's application builder: the runtime (started if absent) and its Ingress. Without API
+    keys on a host other than loopback it refuses, before anything starts, with a one-line reason
+    (Serve shows a ``RayServeException``'s message as the application's status, no traceback)."""
+    from ray.serve.exceptions import RayServeException
+
     from runtime.app import Runtime
     from runtime.handles import actor_names
     from serve.http import build
 
     parsed = DeployArgs.model_validate(args)
     settings = Settings(**{**parsed.settings, "detached": True})
+    refusal = deploy_refusal(settings, serve_http_host())
+    if refusal:
+        raise RayServeException(refusal)
     if not actor_names(settings.namespace, "store"):
         Runtime.start(settings, apps=parsed.apps)
     return build(settings)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,6 +21,7 @@ from runtime.errors import (
     InvalidCursor,
     InvalidEventData,
     InvalidInput,
+    InvalidName,
     InvalidSchedule,
     InvalidTopic,
     NotFound,
@@ -31,6 +34,7 @@ from runtime.errors import (
     WebhookRejected,
 )
 from runtime.retry import retry_after_s
+from serve.auth import key_tenant
 
 # An error gets the status of the most specific class listed here that it is (its MRO decides, not
 # the order): the bases give the general answer, a subclass listed here its own. Others get 500.
@@ -39,6 +43,7 @@ _STATUS: list[tuple[type[RaysquadError], int]] = [
     (InvalidInput, 422), (ToolArgsInvalid, 422), (QueueFull, 429),
     (PriorityNotAllowed, 422), (InputTooLarge, 413), (InvalidCursor, 422),
     (InvalidTopic, 422), (InvalidEventData, 422), (WebhookRejected, 401), (InvalidSchedule, 422),
+    (InvalidName, 422),
 ]
 
 
@@ -105,14 +110,30 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+BATCH_ROUTE = ("POST", "/v1/tasks:batch")
+
+
+def body_limit(settings: Any, method: str, path: str, authorization: str | None) -> int:
+    """The most bytes a request's body may have: ``max_body_bytes``, and ``max_batch_body_bytes``
+    for the batch route alone, once its caller's API key is known (a caller without a key never
+    gets the larger limit, whatever the path)."""
+    if settings is None:
+        return 1 << 20
+    if (method, path) == BATCH_ROUTE and (
+            not settings.api_keys or key_tenant(settings.api_keys, authorization) is not None):
+        return int(settings.max_batch_body_bytes)  # a batch holds many tasks' inputs
+    return int(settings.max_body_bytes)
+
+
 class BodyGuard:
     """Pure ASGI middleware in front of every POST: the body must be JSON, strictly, and not too big.
 
-    415 for another content type; 413 over ``app.state.settings.max_body_bytes`` (``max_batch_body_bytes``
-    for a ``:batch`` route) (by Content-Length up
-    front, and by counting a streamed body, which is read whole, at most the limit, before the app
-    sees it); 400 for what Python's json module accepts but JSON does not (NaN, Infinity); 422 for a
-    string that is not valid Unicode (a lone surrogate), which could be stored but never read back.
+    415 for another content type; 413 over ``body_limit`` (by Content-Length up front, before a
+    byte is read, and by counting a streamed body while it is read: at most the limit is ever
+    held); 400 for what Python's json module accepts but JSON does not (NaN, Infinity); 422 for a
+    string that is not valid Unicode (a lone surrogate), which could be stored but never read back,
+    and for nesting past ``max_json_depth``. The checks walk the parsed body once, in O(size) time
+    and O(depth) memory.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -123,10 +144,8 @@ class BodyGuard:
             await self.app(scope, receive, send)
             return
         settings = getattr(scope["app"].state, "settings", None)
-        limit = settings.max_body_bytes if settings is not None else 1 << 20
-        if settings is not None and scope["path"].endswith(":batch"):
-            limit = settings.max_batch_body_bytes  # a batch holds many tasks' inputs
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        limit = body_limit(settings, scope["method"], scope["path"], headers.get("authorization"))
         length = headers.get("content-length")
         if length is not None and length.isdecimal() and int(length) > limit:
             await _reply(send, 413, "PayloadTooLarge",
@@ -187,47 +206,122 @@ def _parse_float(text: str) -> float:
 def strict_json_problem(body: bytes, max_depth: int = 64) -> tuple[int, str, str] | None:
     """What makes a body that json.loads accepts unacceptable as JSON, if anything: NaN and
     Infinity (not JSON), numbers no double holds, nesting deeper than ``max_depth``, lone surrogates
-    (valid JSON escapes that no UTF-8 store can hold)."""
+    (valid JSON escapes that no UTF-8 store can hold).
+
+    The body is parsed once. Only its containers are then visited in Python (``_deeper_than``);
+    the full walk over every value (``_walk``, which names the path of a problem) runs only when
+    the parse met an out-of-range number, the text may hold a lone surrogate, or the nesting is
+    too deep: a wide array of plain values costs one pass in C."""
+    out_of_range = False
 
     def reject(constant: str) -> Any:
         raise ValueError(f"{constant} is not a JSON value")
 
+    def parse_float(text: str) -> float:
+        nonlocal out_of_range
+        value = _parse_float(text)
+        out_of_range = out_of_range or isinstance(value, _OutOfRange)
+        return value
+
     try:
-        value = json.loads(body, parse_constant=reject, parse_float=_parse_float)
+        value = json.loads(body, parse_constant=reject, parse_float=parse_float)
     except RecursionError:
         return 422, "ValidationError", f"body: nested too deeply (the limit is {max_depth} levels)"
     except ValueError as e:
         if "is not a JSON value" in str(e):
             return 400, "MalformedJSON", f"the request body is not valid JSON: {e}"
         return None  # ordinary syntax errors get FastAPI's own 400 with its position
-    return _walk(value, max_depth)
+    if out_of_range or _may_hold_lone_surrogate(body) or _deeper_than(value, max_depth):
+        return _walk(value, max_depth)
+    return None
+
+
+# A \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one, or one of those not preceded by
+# the first kind: json.loads keeps either as a lone surrogate. (It may also match an escaped
+# backslash before "uD800": that only costs the full walk, which decides.)
+_LONE_SURROGATE_ESCAPE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _may_hold_lone_surrogate(body: bytes) -> bool:
+    """Whether json.loads may have made a lone surrogate of ``body``: from an escape, or from raw
+    bytes that are not UTF-8 (it decodes with ``surrogatepass``, and detects UTF-16 and -32)."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return _LONE_SURROGATE_ESCAPE.search(body) is not None
+
+
+_CONTAINER_TYPES = frozenset({dict, list})
+
+
+def _deeper_than(value: Any, max_depth: int) -> bool:
+    """Whether arrays and objects nest deeper than ``max_depth``. Only containers are visited: a
+    container's children are typed in C (``isdisjoint(map(type, ...))``), and one holding no
+    container is not looped over in Python at all. O(size) time, O(depth) memory."""
+    stack: list[Iterator[Any]] = [iter((value,))]
+    while stack:
+        for item in stack[-1]:
+            if type(item) not in _CONTAINER_TYPES:
+                continue
+            if len(stack) > max_depth:
+                return True
+            children = item.values() if type(item) is dict else item
+            if not _CONTAINER_TYPES.isdisjoint(map(type, children)):
+                stack.append(iter(children))
+                break
+        else:
+            stack.pop()
+    return False
 
 
 def _walk(value: Any, max_depth: int) -> tuple[int, str, str] | None:
-    """Depth-first over the parsed body, without recursion (the depth is what is being checked)."""
-    stack: list[tuple[Any, list[str]]] = [(value, ["body"])]
-    while stack:
-        item, path = stack.pop()
-        if isinstance(item, _OutOfRange):
-            return (422, "ValidationError",
-                    f"{'.'.join(path)}: number {item.text[:40]} is out of range (beyond a double)")
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
+    """Depth-first over the parsed body, without recursion (the depth is what is being checked):
+    a stack of one iterator per open container and the key being visited at each level, so the
+    memory is the depth's, and a path is built only to name the value in an error."""
+    keys: list[Any] = []
+    stack: list[Iterator[tuple[Any, Any]]] = []
+    item: Any = value
+    while True:
+        if isinstance(item, _CONTAINERS):
+            if len(stack) >= max_depth:
                 return (422, "ValidationError",
-                        f"{'.'.join(path)}: string is not valid Unicode (lone surrogate)")
-            continue
-        if not isinstance(item, dict | list):
-            continue
-        if len(path) > max_depth:
-            return (422, "ValidationError",
-                    f"{'.'.join(path[:4])}...: nested deeper than {max_depth} levels")
-        pairs = item.items() if isinstance(item, dict) else enumerate(item)
-        for key, child in pairs:
-            if isinstance(key, str):
-                stack.append((key, path))
-            stack.append((child, [*path, str(key)]))
+                        f"{_where(keys[:3])}...: nested deeper than {max_depth} levels")
+            stack.append(iter(item.items()) if isinstance(item, dict) else enumerate(item))
+            keys.append(None)
+        elif isinstance(item, _CHECKED) and (problem := _scalar_problem(item)) is not None:
+            return 422, "ValidationError", f"{_where(keys)}: {problem}"
+        while stack:
+            entry = next(stack[-1], None)
+            if entry is not None:
+                keys[-1], item = entry
+                if isinstance(keys[-1], str) and _scalar_problem(keys[-1]) is not None:
+                    return (422, "ValidationError",
+                            f"{_where(keys)}: key is not valid Unicode (lone surrogate)")
+                break
+            stack.pop()
+            keys.pop()
+        else:
+            return None
+
+
+_CONTAINERS = (dict, list)
+_CHECKED = (str, _OutOfRange)
+
+
+def _where(keys: list[Any]) -> str:
+    return ".".join(["body", *map(str, keys)])
+
+
+def _scalar_problem(item: Any) -> str | None:
+    if isinstance(item, _OutOfRange):
+        return f"number {item.text[:40]} is out of range (beyond a double)"
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError:
+        return "string is not valid Unicode (lone surrogate)"
     return None
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from runtime.config import AgentPoolConfig, RetryPolicy, Settings
+from runtime.config import AgentPoolConfig, GateLimits, RetryPolicy, Settings
 
 
 @pytest.fixture(autouse=True)
@@ -107,3 +109,58 @@ def test_store_backend_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings(store="sqlite").postgres_url == "postgresql://rs@db:5432/raysquad"
     with pytest.raises(ValidationError):
         Settings(store="mysql")  # type: ignore[arg-type]
+
+
+# -- secrets and keys that would open a door (audit L1, L14) and gate limits that mean nothing ----
+
+GOOD_SECRET = "whsec_" + base64.b64encode(b"a-webhook-secret-of-32-bytes!!!!").decode()
+
+
+@pytest.mark.parametrize("secret", ["abcd", "hunter2", "whsec_", "whsec_x", "whsec_!!!!",
+                                    "whsec_" + base64.b64encode(b"23 bytes is too short!!").decode()])
+def test_a_weak_or_broken_webhook_secret_is_refused_at_load(secret: str) -> None:
+    for config in ({"webhooks": {"cms": {"topic": "docs.new", "secrets": [GOOD_SECRET, secret]}}},
+                   {"webhooks_out": {"ops": {"url": "https://example.com/hook",
+                                             "topics": ["task.failed"], "secret": secret}}}):
+        with pytest.raises(ValidationError) as caught:
+            Settings(**config)  # type: ignore[arg-type]
+        message = str(caught.value)
+        assert "'whsec_' followed by the base64 of at least 24 random bytes" in message
+        assert "input_value" not in message  # the secret is not echoed
+
+
+def test_a_strong_webhook_secret_loads_padded_or_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    unpadded = "whsec_" + base64.b64encode(b"twenty-five bytes secret!").decode().rstrip("=")
+    monkeypatch.setenv("RAYSQUAD_WEBHOOKS", json.dumps(
+        {"cms": {"topic": "docs.new", "secrets": [GOOD_SECRET, unpadded]}}))
+
+    assert Settings().webhooks["cms"].secrets == (GOOD_SECRET, unpadded)
+
+
+@pytest.mark.parametrize("keys", ['{"": "tenant-a"}', '{"  ": "tenant-a", "k": "tenant-b"}'])
+def test_an_empty_api_key_is_refused(monkeypatch: pytest.MonkeyPatch, keys: str) -> None:
+    monkeypatch.setenv("RAYSQUAD_API_KEYS", keys)
+
+    with pytest.raises(ValidationError, match="an empty key"):
+        Settings()
+
+
+@pytest.mark.parametrize("limits", [
+    {"requests": True}, {"concurrency": False}, {"tokens": "5"}, {"requests": 5.5},
+    {"max_hold_s": 2.8e16}, {"max_hold_s": True}, {"interval_s": 1e300}, {"interval_s": "1"},
+    {"requests": 10**9 + 1}, {"tokens": 10**12 + 1}, {"concurrency": 10**6 + 1},
+])
+def test_gate_limits_refuse_booleans_strings_and_values_past_their_bounds(
+        limits: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        GateLimits.model_validate_json(json.dumps(limits))
+    with pytest.raises(ValidationError):
+        GateLimits(**limits)  # type: ignore[arg-type]
+
+
+def test_gate_limits_take_integers_for_seconds_and_the_bounds_themselves() -> None:
+    limits = GateLimits.model_validate_json(
+        '{"requests": 1000000000, "tokens": 1000000000000, "concurrency": 1000000, '
+        '"interval_s": 86400, "max_hold_s": 86400}')
+
+    assert (limits.interval_s, limits.max_hold_s, limits.requests) == (86_400.0, 86_400.0, 10**9)
