@@ -78,7 +78,7 @@ class AsyncClient:
         self._dispatcher = dispatcher
         self._catalog = catalog
         self._namespace = namespace
-        self._parts: dict[str, ActorHandle] | None = None
+        self._parts: dict[str, ActorHandle] = {}
 
     @classmethod
     def connect(cls, settings: Settings | None = None) -> AsyncClient:
@@ -231,8 +231,10 @@ class AsyncClient:
         poke(self._namespace, "schedules_changed")
         return kept
 
-    async def schedules(self, tenant: str | None = None) -> ScheduleList:
-        return await self._store.list_schedules(tenant)
+    async def schedules(self, tenant: str | None = None, limit: int | None = None,
+                        cursor: str | None = None) -> ScheduleList:
+        """Schedules by id; ``limit`` of them, after the id ``cursor`` (the last of a page)."""
+        return await self._store.list_schedules(tenant, limit, cursor)
 
     async def schedule(self, schedule_id: str, tenant: str = "default") -> Schedule:
         found = await self._store.get_schedule(tenant, schedule_id)
@@ -249,8 +251,11 @@ class AsyncClient:
 
     async def _set_paused(self, schedule_id: str, tenant: str, paused: bool) -> Schedule:
         current = await self.schedule(schedule_id, tenant)
-        updated = await self._store.pause_schedule(
-            tenant, schedule_id, paused, next_tick(current.cron, current.timezone, time.time()))
+        # A pause keeps the tick it stopped at (a cron that no longer ticks can still be paused);
+        # a resume starts from the next tick to come (InvalidSchedule if there is none).
+        next_at = (current.next_at if paused
+                   else next_tick(current.cron, current.timezone, time.time()))
+        updated = await self._store.pause_schedule(tenant, schedule_id, paused, next_at)
         if updated is None:
             raise ScheduleNotFound(schedule_id)
         poke(self._namespace, "schedules_changed")
@@ -307,10 +312,16 @@ class AsyncClient:
 
     async def readiness(self) -> dict[str, str]:
         """Each part of the control plane, by actor name: "ok", or why it is not."""
-        if self._parts is None:
-            self._parts = control_plane(self._namespace)
+        # Listed anew each time: engine replicas come and go with their autoscaler.
+        names = await asyncio.to_thread(_control_plane_names, self._namespace)
+        for gone in set(self._parts) - set(names):
+            del self._parts[gone]
+        for name in names:
+            if name not in self._parts:
+                with contextlib.suppress(ValueError):  # gone between the list and the lookup
+                    self._parts[name] = ActorHandle.named(name, self._namespace)
         names = sorted(self._parts)
-        results = await asyncio.gather(*(_alive(self._parts[n]) for n in names))
+        results = await asyncio.gather(*(self._parts[n].health(READY_DEADLINE_S) for n in names))
         return dict(zip(names, results, strict=True))
 
 
@@ -406,8 +417,9 @@ class Client:
             schedule_id, workflow, cron, timezone=timezone, input=input, catch_up=catch_up,
             overlap=overlap, tenant=tenant, paused=paused))
 
-    def schedules(self, tenant: str | None = None) -> ScheduleList:
-        return self._run(self.aio.schedules(tenant))
+    def schedules(self, tenant: str | None = None, limit: int | None = None,
+                  cursor: str | None = None) -> ScheduleList:
+        return self._run(self.aio.schedules(tenant, limit, cursor))
 
     def schedule(self, schedule_id: str, tenant: str = "default") -> Schedule:
         return self._run(self.aio.schedule(schedule_id, tenant))
@@ -428,14 +440,9 @@ class Client:
         self._loop.call_soon_threadsafe(self._loop.stop)
 
 
-def control_plane(namespace: str) -> dict[str, ActorHandle]:
-    """The runtime's control-plane actors on this cluster, by name."""
-    return {n: ActorHandle.named(n, namespace)
-            for prefix in _CONTROL_PLANE for n in actor_names(namespace, prefix)}
-
-
-async def _alive(handle: ActorHandle) -> str:
-    return "ok" if await handle.alive(READY_DEADLINE_S) else "down (restarting or unreachable)"
+def _control_plane_names(namespace: str) -> list[str]:
+    """The names of the runtime's control-plane actors on this cluster."""
+    return [n for prefix in _CONTROL_PLANE for n in actor_names(namespace, prefix)]
 
 
 def join(settings: Settings) -> None:

@@ -5,14 +5,44 @@ from __future__ import annotations
 import base64
 import enum
 import math
+import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from runtime.errors import InvalidCursor
+from runtime.errors import InvalidCursor, InvalidName
+
+#: What an id, key or name may not hold: the C0 control characters (tab and newline too) and DEL.
+#: PostgreSQL refuses NUL in text (SQLite keeps it, so the backends would differ), and the rest
+#: break headers, logs and terminals that show the name.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def no_control_characters(value: str) -> str:
+    """``value`` unchanged; ValueError (a 422 at a pydantic boundary) if it holds a control
+    character."""
+    found = CONTROL_CHARACTERS.search(value)
+    if found is not None:
+        raise ValueError(f"holds the control character U+{ord(found.group()):04X} at "
+                         f"{found.start()}; ids, keys and names may not hold U+0000 to U+001F "
+                         "or U+007F")
+    return value
+
+
+def check_name(value: str, what: str) -> str:
+    """``no_control_characters`` for code outside a pydantic model: InvalidName (a 422)."""
+    try:
+        return no_control_characters(value)
+    except ValueError as e:
+        raise InvalidName(what, str(e)) from None
+
+
+#: A str for ids, keys and names (idempotency keys, event ids and keys, signal names, schedule ids,
+#: workflow names, tenants): refused at the model (422) if it holds a control character.
+Name = Annotated[str, AfterValidator(no_control_characters)]
 
 
 def new_task_id() -> str:
@@ -45,11 +75,11 @@ class SubmitRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    workflow: str = Field(min_length=1, max_length=200)
+    workflow: Name = Field(min_length=1, max_length=200)
     input: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(0, ge=-1000, le=1000)
-    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
-    tenant: str = Field("default", min_length=1, max_length=200)
+    idempotency_key: Name | None = Field(None, min_length=1, max_length=200)
+    tenant: Name = Field("default", min_length=1, max_length=200)
     trace_parent: str | None = Field(None, max_length=200,
                                      description="W3C traceparent the task's spans belong under")
 
@@ -184,6 +214,9 @@ class Schedule(BaseModel):
     last_task_id: str | None = None
     created_at: float
     updated_at: float
+    paused_reason: str | None = Field(
+        None, description="why the scheduler paused it (a cron with no tick to come, a tick it "
+                          "could not start); cleared by a resume or a new definition")
 
 
 class Delivery(BaseModel):
@@ -283,8 +316,9 @@ class DeadLetter(BaseModel):
     step_key: str | None = None
     tenant: str = "default"
     created_at: float
-    status: Literal["dead", "replayed"] = "dead"
-    replayed_at: float | None = None
+    status: Literal["dead", "replaying", "replayed"] = "dead"
+    replayed_at: float | None = Field(None, description="when it was replayed (while replaying: "
+                                                        "when its replay began)")
     result: Any = None
 
 

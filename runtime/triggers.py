@@ -13,10 +13,11 @@ import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from runtime.errors import InvalidSchedule, InvalidTopic
 
@@ -105,16 +106,68 @@ def on_event(topic: str, where: Where = None, *, debounce_s: float | None = None
     return OnEvent(topic, where, debounce_s, one_per_key, cancel_running)
 
 
+#: A cron's fields: minute hour day month weekday, and optionally seconds last. croniter also takes
+#: a year (a 7th field); a schedule refuses it, as a year-bound cron runs out of ticks.
+MAX_CRON_FIELDS = 6
+
+
 def check_cron(cron: str, timezone: str) -> None:
     """InvalidSchedule unless ``cron`` is a cron expression (five fields, or six with seconds
-    last) and ``timezone`` an IANA time zone."""
+    last) that has ticks to come, and ``timezone`` an IANA time zone."""
+    fields = cron.split()
     if not croniter.is_valid(cron):
         raise InvalidSchedule(f"{cron!r} is not a cron expression (minute hour day month weekday, "
                               "and optionally seconds last, like '*/5 * * * *')")
+    if len(fields) > MAX_CRON_FIELDS:
+        raise InvalidSchedule(f"{cron!r} has a year field (a 7th): a schedule takes five fields, "
+                              "or six with seconds last")
+    if any(token.upper().startswith("R") for f in fields for token in f.split(",")):
+        # croniter's random 'R' draws anew each time it reads the cron: the ticks would move.
+        raise InvalidSchedule(f"{cron!r} has a random field ('R'); name the time instead")
     try:
-        ZoneInfo(timezone)
+        zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise InvalidSchedule(f"{timezone!r} is not a time zone (like 'UTC' or 'Europe/Paris')") from None
+    try:  # without a year, a cron that ticks at all ticks forever: one tick to come is enough
+        croniter(cron, datetime.now(zone)).get_next(float)
+    except CroniterError:
+        raise InvalidSchedule(f"{cron!r} never ticks (like February 31st)") from None
+
+
+def fixed_time(cron: str) -> bool:
+    """Whether ``cron`` names fixed times of day: neither its minute nor its hour field is a
+    wildcard (``*``, ``*/15``). Such a schedule runs once on a day a clock change repeats an hour
+    (as in Vixie cron); a wildcard one runs at each real instant."""
+    fields = _ALIASES.get(cron.strip().lower(), cron).split()
+    return not (fields[0].startswith("*") or fields[1].startswith("*"))
+
+
+_ALIASES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
+            "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+            "@hourly": "0 * * * *"}
+
+
+def min_interval_s(cron: str) -> float:
+    """The shortest time between two ticks of ``cron`` (a valid one), from its seconds, minutes
+    and hours of the day (a bound from below: days may spread the ticks further)."""
+    fields, _ = croniter.expand(_ALIASES.get(cron.strip().lower(), cron))
+
+    def values(field: list[Any], top: int) -> list[int]:
+        return list(range(top)) if field == ["*"] else sorted({int(v) for v in field})
+
+    seconds = values(fields[5], 60) if len(fields) > 5 else [0]
+    times = sorted(h * 3600 + m * 60 + s for h in values(fields[1], 24)
+                   for m in values(fields[0], 60) for s in seconds)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    return float(min([*gaps, times[0] + 86_400 - times[-1]]))
+
+
+def check_interval(cron: str, floor_s: float | None) -> None:
+    """InvalidSchedule if ``cron`` may tick more often than every ``floor_s`` seconds."""
+    if floor_s is not None and (every := min_interval_s(cron)) < floor_s:
+        raise InvalidSchedule(
+            f"{cron!r} ticks as often as every {every:g} s; this tenant's schedules may tick at "
+            f"most every {floor_s:g} s (schedule_min_interval_s; admin_tenants have no floor)")
 
 
 @dataclass(frozen=True)

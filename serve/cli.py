@@ -142,6 +142,7 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
     foreground (Ctrl-C stops it), or detached on a Ray cluster with --detach."""
     from runtime.app import Runtime
     from serve.http import direct_ingress_env, open_bind_refusal, start_http, stop_http
+    from serve.ports import PORT_WAIT_S, bindable, holder, wait_until_bindable
 
     extra: dict[str, Any] = {"detached": True} if detach else {}
     if dashboard is not None or "RAYSQUAD_RAY_INCLUDE_DASHBOARD" not in os.environ:
@@ -158,6 +159,12 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
     if http and not config.ray_address:
         # The cluster started here serves HTTP from the Ingress replica itself (no proxy hop).
         os.environ.update(direct_ingress_env(config))
+    if http and config.http_port and not bindable(config.http_host, config.http_port):
+        # What a hard crash left listening may still be dying: wait for it, briefly.
+        err.print(f"port {config.http_port} is held by {holder(config.http_port)}; waiting for it "
+                  f"(up to {PORT_WAIT_S:.0f}s)", highlight=False)
+        if blocked := wait_until_bindable(config.http_host, config.http_port):
+            fail(blocked)
     rt = Runtime.start(config, apps=apps or DEFAULT_APPS)
     try:
         url = start_http(config) if http else None
@@ -548,8 +555,9 @@ def schedules(address: AddressOpt = None, url: UrlOpt = None, api_key: KeyOpt = 
     """List the cron schedules."""
     table = Table("id", "workflow", "cron", "timezone", "next tick", "paused", "last task")
     for s in connect(address, url, api_key).schedules():
-        table.add_row(s.id, s.workflow, s.cron, s.timezone, _when(s.next_at), "yes" if s.paused
-                      else "", s.last_task_id or "")
+        paused = (f"yes: {s.paused_reason}" if s.paused_reason else "yes") if s.paused else ""
+        table.add_row(s.id, s.workflow, s.cron, s.timezone, _when(s.next_at), paused,
+                      s.last_task_id or "")
     out.print(table)
 
 
@@ -560,7 +568,9 @@ app.add_typer(schedule_app, name="schedule")
 
 def _show_schedule(s: Any) -> None:
     out.print(f"{s.id}: {s.workflow} at '{s.cron}' ({s.timezone}), next {_when(s.next_at)}"
-              + (", paused" if s.paused else "") + f", catch-up {s.catch_up}, overlap {s.overlap}",
+              + (", paused" if s.paused else "")
+              + (f" ({s.paused_reason})" if s.paused_reason else "")
+              + f", catch-up {s.catch_up}, overlap {s.overlap}",
               highlight=False)
 
 

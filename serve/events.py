@@ -17,13 +17,21 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from runtime.bus import new_event
 from runtime.client import AsyncClient
 from runtime.config import Settings
-from runtime.errors import ScheduleNotFound, WebhookRejected, WebhookSourceNotFound
-from runtime.models import Schedule, TopicEvent
+from runtime.errors import (
+    EventNotFound,
+    InvalidCursor,
+    ScheduleNotFound,
+    WebhookRejected,
+    WebhookSourceNotFound,
+)
+from runtime.models import Name, Schedule, TopicEvent
+from serve import errors
 
 TOPIC_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
 Topic = Annotated[str, Path(min_length=1, max_length=200, pattern=TOPIC_PATTERN,
                             description="dot-separated words, like docs.new")]
 EventId = Annotated[str, Path(min_length=1, max_length=200)]
+MAX_SEQ = 2**63 - 1  # the largest integer either store keeps
 Source = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
@@ -33,8 +41,8 @@ class PublishBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(None, min_length=1, max_length=200)
-    key: str | None = Field(None, min_length=1, max_length=200)
+    id: Name | None = Field(None, min_length=1, max_length=200)
+    key: Name | None = Field(None, min_length=1, max_length=200)
     data: Any = None
 
 
@@ -65,8 +73,8 @@ class ScheduleBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, max_length=200)
-    workflow: str = Field(min_length=1, max_length=200)
+    id: Name = Field(min_length=1, max_length=200)
+    workflow: Name = Field(min_length=1, max_length=200)
     cron: str = Field(min_length=1, max_length=200)
     timezone: str = Field("UTC", min_length=1, max_length=100)
     input: dict[str, Any] = Field(default_factory=dict)
@@ -117,18 +125,23 @@ def install(app: FastAPI, tenant: Any, responses: Any, body_errors: tuple[int, .
                                                               pattern=r"^[0-9]+$")] = None
                           ) -> EventPage:
         """The tenant's published events, newest first, a page at a time."""
+        if cursor is not None and int(cursor) > MAX_SEQ:
+            raise InvalidCursor(cursor)  # no event has it (a store's integers end at 2**63 - 1)
         events = await client(request).topic_events(topic, tenant, limit + 1,
                                                     int(cursor) if cursor else None)
         page = events[:limit]
         return EventPage(items=page,
                          next_cursor=str(page[-1].seq) if len(events) > limit else None)
 
-    @app.get("/v1/events/{topic}/{event_id}", response_model=EventReportView,
+    @app.get("/v1/events/{topic}/{event_id:path}", response_model=EventReportView,
              responses=responses(404), operation_id="getEvent")
     async def get_event(topic: Topic, event_id: EventId, tenant: Tenant,
                         request: Request) -> EventReportView:
-        """An event and what became of it: one delivery per subscriber, with the task it started."""
+        """An event and what became of it: one delivery per subscriber, with the task it started.
+        The id may hold ``/`` (the runtime's own ids do); another topic's event is a 404."""
         event, deliveries = await client(request).event_report(event_id, tenant)
+        if event.topic != topic:
+            raise EventNotFound(event_id)
         return EventReportView(event=event, deliveries=[DeliveryView(**d) for d in deliveries])
 
     @app.post("/v1/webhooks/{source}", status_code=202, response_model=TopicEvent,
@@ -146,16 +159,21 @@ def install(app: FastAPI, tenant: Any, responses: Any, body_errors: tuple[int, .
         body = await request.body()
         headers = dict(request.headers)
         why = "no secret matched"
-        for secret in config.secrets:
+        for secret in config.secrets:  # each a valid key (runtime/config.py checks them)
             try:
-                Webhook(secret).verify(body, headers)
+                Webhook(secret).verify(body, headers, json_parse=False)
                 break
             except WebhookVerificationError as e:
                 why = str(e)
         else:
             raise WebhookRejected(source, why.lower())
-        event = new_event(config.topic, json.loads(body), key=None,
-                          event_id=request.headers["webhook-id"], tenant=config.tenant,
+        try:
+            data = json.loads(body)
+        except ValueError as e:  # signed by the source, and still not JSON: its mistake
+            return errors.error_body(400, "MalformedJSON",
+                                     f"the webhook's body is not valid JSON: {e}")
+        event = new_event(config.topic, data, key=None,
+                          event_id=f"webhook:{source}:{request.headers['webhook-id']}", tenant=config.tenant,
                           source=f"webhook:{source}", max_bytes=settings(request).max_input_bytes)
         return _event_reply(*await client(request).publish_event(event))
 
@@ -179,8 +197,13 @@ def install(app: FastAPI, tenant: Any, responses: Any, body_errors: tuple[int, .
 
     @app.get("/v1/schedules", response_model=list[Schedule], responses=responses(),
              operation_id="listSchedules")
-    async def list_schedules(tenant: Tenant, request: Request) -> list[Schedule]:
-        return await client(request).schedules(tenant)
+    async def list_schedules(tenant: Tenant, request: Request,
+                             limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                             cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+                             ) -> list[Schedule]:
+        """The tenant's schedules by id, ``limit`` at a time; the next page: ``cursor`` = the
+        last id of this one (a page shorter than ``limit`` is the last)."""
+        return await client(request).schedules(tenant, limit, cursor)
 
     @app.get("/v1/schedules/{schedule_id}", response_model=Schedule, responses=responses(404),
              operation_id="getSchedule")

@@ -55,7 +55,14 @@ class _Events:
         return Schedule(**self._call("POST", "/v1/schedules", json=body))
 
     def schedules(self) -> list[Schedule]:
-        return [Schedule(**s) for s in self._call("GET", "/v1/schedules")]
+        """All of them, page by page."""
+        out: list[Schedule] = []
+        while True:
+            params = {"limit": 1000, **({"cursor": out[-1].id} if out else {})}
+            page = [Schedule(**s) for s in self._call("GET", "/v1/schedules", params=params)]
+            out += page
+            if len(page) < 1000:
+                return out
 
     def schedule(self, schedule_id: str) -> Schedule:
         return Schedule(**self._call("GET", f"/v1/schedules/{_path(schedule_id)}"))
@@ -76,6 +83,9 @@ class HttpClient(_Events):
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        if method != "GET" and kwargs.get("json") is None:
+            # A server without API keys takes a state-changing request only as JSON, bodiless too.
+            kwargs["headers"] = {"Content-Type": "application/json", **kwargs.get("headers", {})}
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as e:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import pickle
 import time
 import weakref
@@ -30,10 +31,11 @@ from runtime.errors import (
     PriorityNotAllowed,
     QueueFull,
     RaysquadError,
+    StoreError,
     TenantQuotaExceeded,
 )
 from runtime.group_commit import GroupCommit
-from runtime.handles import ActorHandle
+from runtime.handles import ActorHandle, restarted
 from runtime.models import (
     Claim,
     DeadLetter,
@@ -50,15 +52,19 @@ from runtime.models import (
     new_task_id,
 )
 from runtime.queue import approx_size
-from runtime.store.base import Store
+from runtime.store.base import Queued, Store
 from runtime.store.feed import Feed
 from runtime.store.outbox import EventReport
+from runtime.store.owner import StoreLock
+from runtime.triggers import check_interval
 
 if TYPE_CHECKING:
     from runtime.store.listen import Listener
 
 #: The Store actor's name in the runtime's namespace.
 ACTOR_NAME = "store"
+
+log = logging.getLogger(__name__)
 
 
 def check_store_settings(settings: Settings) -> None:
@@ -86,6 +92,20 @@ def open_store(settings: Settings) -> Store:
     raise ConfigError(f"unknown store {settings.store!r}")
 
 
+def open_until_open(settings: Settings, max_backoff_s: float = 10.0) -> Store:
+    """``open_store``, tried again with backoff until it succeeds (a restarted Store actor)."""
+    backoff, tries = 0.5, 0
+    while True:
+        try:
+            return open_store(settings)
+        except StoreError as e:
+            tries += 1
+            log.warning("opening the Store failed (try %d), trying again in %.1fs: %s", tries,
+                        backoff, e)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff_s)
+
+
 #: A group-committed batch of submits stops at about this many bytes of input: one Store call (and
 #: its reply) stays a few MiB, however many large submits arrive at once.
 SUBMIT_BATCH_BYTES = 4 << 20
@@ -104,18 +124,18 @@ def _input_bytes(req: SubmitRequest) -> int:
 
 
 class Tally:
-    """What admission reads of the queue (its length, each tenant's queued input bytes), counted in
-    the Store at most every ``fresh_s`` seconds; in between, what was admitted through this tally
-    is added to the last count. Tasks that left the queue meanwhile are not taken off, so the tally
-    errs high: no bound is passed for it, and a refusal it would cause is checked against a fresh
-    count first (so a stale tally costs a count only near a bound). With a million tasks queued a
-    count is a scan of them, 50 to 100 ms that would stall every submit behind it; this keeps it
-    off their path."""
+    """What admission reads of the queue (its length, each tenant's queued tasks and input bytes),
+    counted in the Store at most every ``fresh_s`` seconds; in between, what was admitted through
+    this tally is added to the last count. Tasks that left the queue meanwhile are not taken off,
+    so the tally errs high: no bound is passed for it, and a refusal it would cause is checked
+    against a fresh count first (so a stale tally costs a count only near a bound). With a million
+    tasks queued a count is a scan of them, 50 to 100 ms that would stall every submit behind it;
+    this keeps it off their path."""
 
     def __init__(self, fresh_s: float = 60.0) -> None:
         self.fresh_s = fresh_s
         self._queued: tuple[float, int] | None = None  # (counted at, count + admitted since)
-        self._bytes: dict[str, tuple[float, int]] = {}
+        self._load: dict[str, tuple[float, int, int]] = {}  # tenant -> (counted at, tasks, bytes)
 
     def queued(self, store: Store, capacity: int, wanted: int) -> int:
         at = time.monotonic()
@@ -124,19 +144,23 @@ class Tally:
             self._queued = (at, store.count_tasks(TaskStatus.QUEUED))
         return self._queued[1]
 
-    def tenant_bytes(self, store: Store, tenant: str, quota: int, wanted: int) -> int:
+    def tenant_load(self, store: Store, tenant: str, caps: tuple[int, int],
+                    wanted: tuple[int, int]) -> tuple[int, int]:
+        """``tenant``'s queued (tasks, bytes), counted afresh when stale or when ``wanted`` more
+        would pass either of ``caps``."""
         at = time.monotonic()
-        held = self._bytes.get(tenant)
-        if held is None or at - held[0] > self.fresh_s or held[1] + wanted > quota:
-            held = self._bytes[tenant] = (at, store.queued_bytes(tenant))
-        return held[1]
+        held = self._load.get(tenant)
+        if (held is None or at - held[0] > self.fresh_s or held[1] + wanted[0] > caps[0]
+                or held[2] + wanted[1] > caps[1]):
+            held = self._load[tenant] = (at, *store.queued_load(tenant))
+        return held[1], held[2]
 
     def admitted(self, tenant: str, size: int) -> None:
         if self._queued is not None:
             self._queued = (self._queued[0], self._queued[1] + 1)
-        held = self._bytes.get(tenant)
+        held = self._load.get(tenant)
         if held is not None:
-            self._bytes[tenant] = (held[0], held[1] + size)
+            self._load[tenant] = (held[0], held[1] + 1, held[2] + size)
 
 
 def admit(store: Store, settings: Settings, items: list[tuple[str, SubmitRequest]],
@@ -145,20 +169,25 @@ def admit(store: Store, settings: Settings, items: list[tuple[str, SubmitRequest
 
     Admission, decided before anything is written, per item in order: the tenant's priority range
     (PriorityNotAllowed), the input's size (InputTooLarge), the queue bound (QueueFull) and the
-    tenant's queued input bytes (TenantQuotaExceeded). A refused item gets its error as a value
-    and nothing is written for it. The bounds are checked before idempotency keys: a submit that
-    may be new must find room. (With PostgreSQL reached from several processes at once, the queue
-    and quota bounds are soft by at most the submits that race in one group commit each.) A
-    ``tally`` saves counting the queue for every call (see ``Tally``); without one, it is counted.
+    tenant's share of the queue, in tasks (``tenant_queued_tasks``) and in input bytes
+    (``tenant_queued_bytes``) (TenantQuotaExceeded, naming the limit). A refused item gets its
+    error as a value and nothing is written for it; a batch is admitted item by item, so the
+    items of a batch past a tenant's share are refused and those before it are not. The bounds
+    are checked before idempotency keys: a submit that may be new must find room. (With
+    PostgreSQL reached from several processes at once, the queue and quota bounds are soft by at
+    most the submits that race in one group commit each.) A ``tally`` saves counting the queue
+    for every call (see ``Tally``); without one, it is counted.
     """
     tally = tally or Tally(fresh_s=-1.0)
-    capacity, quota = settings.queue_capacity, settings.tenant_queued_bytes
+    capacity = settings.queue_capacity
+    caps = (settings.tenant_task_cap, settings.tenant_queued_bytes)
     sizes = [_input_bytes(req) for _, req in items]
-    wanted: dict[str, int] = defaultdict(int)
+    wanted: dict[str, tuple[int, int]] = defaultdict(lambda: (0, 0))
     for (_, req), size in zip(items, sizes, strict=True):
-        wanted[req.tenant] += max(size, 0)
+        tasks, size_sum = wanted[req.tenant]
+        wanted[req.tenant] = (tasks + 1, size_sum + max(size, 0))
     room = max(0, capacity - tally.queued(store, capacity, len(items)))
-    queued: dict[str, int] = {}
+    queued: dict[str, tuple[int, int]] = {}
     verdicts: list[RaysquadError | None] = []
     for (_, req), size in zip(items, sizes, strict=True):
         refusal = _refusal(settings, req, size)
@@ -167,12 +196,15 @@ def admit(store: Store, settings: Settings, items: list[tuple[str, SubmitRequest
             refusal = QueueFull("tasks", capacity, retry_after_s=1.0)
         if refusal is None:
             if req.tenant not in queued:
-                queued[req.tenant] = tally.tenant_bytes(store, req.tenant, quota, wanted[req.tenant])
-            if queued[req.tenant] + size > quota:
-                refusal = TenantQuotaExceeded(req.tenant, queued[req.tenant],
-                                              settings.tenant_queued_bytes)
+                queued[req.tenant] = tally.tenant_load(store, req.tenant, caps, wanted[req.tenant])
+            tasks, size_sum = queued[req.tenant]
+            if tasks + 1 > caps[0]:
+                refusal = TenantQuotaExceeded(req.tenant, tasks, caps[0],
+                                              limit_name="tenant_queued_tasks")
+            elif size_sum + size > caps[1]:
+                refusal = TenantQuotaExceeded(req.tenant, size_sum, caps[1])
             else:
-                queued[req.tenant] += size
+                queued[req.tenant] = (tasks + 1, size_sum + size)
                 room -= 1
         verdicts.append(refusal)
     admitted = [item for item, refusal in zip(items, verdicts, strict=True) if refusal is None]
@@ -194,6 +226,22 @@ def _refusal(settings: Settings, req: SubmitRequest, size: int) -> RaysquadError
     if size > settings.max_input_bytes:
         return InputTooLarge(size, settings.max_input_bytes)
     return None
+
+
+def admit_schedule(store: Any, settings: Settings, schedule: Schedule,
+                   limited: bool) -> tuple[Schedule, bool]:
+    """``put_schedule`` for a schedule within its tenant's bounds, decided before it is written:
+    what each tick's task would be refused for (its input's size, the tenant's priorities), how
+    often it ticks (``schedule_min_interval_s``) and how many the tenant keeps
+    (``max_schedules_per_tenant``). ``limited=False``: the app's own, declared on its workflows."""
+    if not limited:
+        return store.put_schedule(schedule)  # type: ignore[no-any-return]
+    probe = SubmitRequest(workflow=schedule.workflow, input=schedule.input, tenant=schedule.tenant)
+    refusal = _refusal(settings, probe, _input_bytes(probe))
+    if refusal is not None:
+        raise refusal
+    check_interval(schedule.cron, settings.schedule_interval_floor_s(schedule.tenant))
+    return store.put_schedule(schedule, settings.max_schedules_per_tenant)  # type: ignore[no-any-return]
 
 
 class SubmitBatching:
@@ -277,7 +325,11 @@ class StoreActor(SubmitBatching):
     """Async facade over a Store; each call runs to completion on the actor's event loop."""
 
     def __init__(self, settings: Settings) -> None:
-        self._store: Any = open_store(settings)  # a backend's own extras: touched, path
+        # A backend's own extras: touched, path. Restarted by Ray while the database is out, the
+        # actor keeps trying (callers see it restarting: 503) rather than dying for good.
+        # One runtime owns a SQLite file (store/owner.py): held until this process ends.
+        self._owner = StoreLock(settings.database_path) if settings.store == "sqlite" else None
+        self._store: Any = (open_until_open(settings) if restarted() else open_store(settings))
         self._waiters: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._settings = settings
         self._capacity = settings.queue_capacity
@@ -319,11 +371,11 @@ class StoreActor(SubmitBatching):
             results = admit(self._store, self._settings, items, time.time(), self._tally)
         finally:
             self._wake()
-        self._feed.add([(r[0].id, r[0].priority, r[0].created_at) for r in results
+        self._feed.add([(r[0].id, r[0].priority, r[0].created_at, r[0].tenant) for r in results
                         if isinstance(r, tuple) and r[1]])
         return results
 
-    async def take_submitted(self, timeout_s: float) -> list[tuple[str, int, float]]:
+    async def take_submitted(self, timeout_s: float) -> list[Queued]:
         """The tasks ``submit_tasks`` created since the last call, waiting up to ``timeout_s`` for one.
 
         One reader, the dispatcher. What a restart of this actor drops, the dispatcher's reconcile
@@ -341,6 +393,9 @@ class StoreActor(SubmitBatching):
     async def get_dead_letter(self, letter_id: str) -> DeadLetter:
         return self._call("get_dead_letter", letter_id)  # type: ignore[no-any-return]
 
+    async def take_dead_letter(self, letter_id: str) -> tuple[DeadLetter, bool]:
+        return self._call("take_dead_letter", letter_id, time.time())  # type: ignore[no-any-return]
+
     async def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
                        step_output: bytes | None = None) -> DeadLetter:
         return self._call("replayed", letter_id, ok, result, error, attempts, time.time(),  # type: ignore[no-any-return]
@@ -354,13 +409,13 @@ class StoreActor(SubmitBatching):
                          before: tuple[float, str] | None = None) -> list[TaskSummary]:
         return self._call("list_tasks", status, workflow, tenant, limit, before)  # type: ignore[no-any-return]
 
-    async def queued_index(self, limit: int) -> list[tuple[str, int, float]]:
+    async def queued_index(self, limit: int) -> list[Queued]:
         return self._call("queued_index", limit)  # type: ignore[no-any-return]
 
     async def count_tasks(self, status: TaskStatus) -> int:
         return self._call("count_tasks", status)  # type: ignore[no-any-return]
 
-    async def recover(self) -> list[tuple[str, int, float]]:
+    async def recover(self) -> list[Queued]:
         return self._call("recover", time.time(), self._settings.dispatch_window)  # type: ignore[no-any-return]
 
     async def claim(self, task_ids: list[str], owner: str, lease_s: float) -> list[Claim]:
@@ -423,7 +478,8 @@ class StoreActor(SubmitBatching):
         return self._call("retry", task_id, time.time())  # type: ignore[no-any-return]
 
     async def send_signal(self, task_id: str, name: str, payload: Any) -> TaskRecord:
-        return self._call("send_signal", task_id, name, payload, time.time())  # type: ignore[no-any-return]
+        limits = (self._settings.task_pending_signals, self._settings.task_signal_bytes)
+        return self._call("send_signal", task_id, name, payload, time.time(), limits)  # type: ignore[no-any-return]
 
     async def await_signal(self, lease: Lease, name: str, key: str,
                            wake_at: float | None) -> tuple[str, Any]:
@@ -460,7 +516,8 @@ class StoreActor(SubmitBatching):
     # -- topic events (store/outbox.py) --------------------------------------------------------------
 
     async def publish(self, events: list[TopicEvent]) -> list[tuple[TopicEvent, bool]]:
-        return self._call("publish", events)  # type: ignore[no-any-return]
+        quota = (self._settings.tenant_events, self._settings.tenant_event_bytes)
+        return self._call("publish", events, quota)  # type: ignore[no-any-return]
 
     async def unrouted_events(self, limit: int) -> list[TopicEvent]:
         return self._call("unrouted_events", limit)  # type: ignore[no-any-return]
@@ -482,8 +539,11 @@ class StoreActor(SubmitBatching):
     async def redeliver(self, seq: int, target: str) -> bool:
         return self._call("redeliver", seq, target, time.time())  # type: ignore[no-any-return]
 
-    async def active_key_tasks(self, target: str, key: str) -> list[str]:
-        return self._call("active_key_tasks", target, key)  # type: ignore[no-any-return]
+    async def active_key_tasks(self, target: str, tenant: str, key: str) -> list[str]:
+        return self._call("active_key_tasks", target, tenant, key)  # type: ignore[no-any-return]
+
+    async def prune_events(self, before: float, limit: int) -> int:
+        return self._call("prune_events", before, limit)  # type: ignore[no-any-return]
 
     async def topic_events(self, topic: str | None = None, tenant: str | None = None, limit: int = 100,
                            before: int | None = None) -> list[TopicEvent]:
@@ -494,14 +554,15 @@ class StoreActor(SubmitBatching):
 
     # -- schedules (store/schedules.py) ---------------------------------------------------------------
 
-    async def put_schedule(self, schedule: Schedule) -> tuple[Schedule, bool]:
-        return self._call("put_schedule", schedule)  # type: ignore[no-any-return]
+    async def put_schedule(self, schedule: Schedule, limited: bool = True) -> tuple[Schedule, bool]:
+        return admit_schedule(self._store, self._settings, schedule, limited)
 
     async def get_schedule(self, tenant: str, schedule_id: str) -> Schedule | None:
         return self._call("get_schedule", tenant, schedule_id)  # type: ignore[no-any-return]
 
-    async def list_schedules(self, tenant: str | None = None) -> list[Schedule]:
-        return self._call("list_schedules", tenant)  # type: ignore[no-any-return]
+    async def list_schedules(self, tenant: str | None = None, limit: int | None = None,
+                             after: str | None = None) -> list[Schedule]:
+        return self._call("list_schedules", tenant, limit, after)  # type: ignore[no-any-return]
 
     async def delete_schedule(self, tenant: str, schedule_id: str) -> bool:
         return self._call("delete_schedule", tenant, schedule_id)  # type: ignore[no-any-return]
@@ -521,6 +582,16 @@ class StoreActor(SubmitBatching):
         return self._call("advance_schedule", tenant, schedule_id, expected_next_at, next_at, tick,  # type: ignore[no-any-return]
                           task_id, time.time())
 
+    async def defer_schedule(self, tenant: str, schedule_id: str, expected_next_at: float,
+                             due_at: float) -> bool:
+        return self._call("defer_schedule", tenant, schedule_id, expected_next_at, due_at,  # type: ignore[no-any-return]
+                          time.time())
+
+    async def halt_schedule(self, tenant: str, schedule_id: str, expected_next_at: float,
+                            reason: str) -> bool:
+        return self._call("halt_schedule", tenant, schedule_id, expected_next_at, reason,  # type: ignore[no-any-return]
+                          time.time())
+
     async def take_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         return self._call("take_lease", name, owner, ttl_s, time.time())  # type: ignore[no-any-return]
 
@@ -535,14 +606,14 @@ class StoreService(Protocol):
     async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]: ...
     async def submit_tasks(self, items: list[tuple[str, SubmitRequest]]
                            ) -> list[tuple[TaskRecord, bool] | RaysquadError]: ...
-    async def take_submitted(self, timeout_s: float) -> list[tuple[str, int, float]]: ...
+    async def take_submitted(self, timeout_s: float) -> list[Queued]: ...
     async def get_task(self, task_id: str) -> TaskRecord: ...
     async def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
                          tenant: str | None = None, limit: int = 100,
                          before: tuple[float, str] | None = None) -> list[TaskSummary]: ...
-    async def queued_index(self, limit: int) -> list[tuple[str, int, float]]: ...
+    async def queued_index(self, limit: int) -> list[Queued]: ...
     async def count_tasks(self, status: TaskStatus) -> int: ...
-    async def recover(self) -> list[tuple[str, int, float]]: ...
+    async def recover(self) -> list[Queued]: ...
     async def claim(self, task_ids: list[str], owner: str, lease_s: float) -> list[Claim]: ...
     async def renew(self, owner: str, leases: dict[str, int], lease_s: float) -> dict[str, bool]: ...
     async def expire_leases(self) -> list[TaskRecord]: ...
@@ -573,12 +644,14 @@ class StoreService(Protocol):
     async def dead_letters(self, status: str | None = None, tool: str | None = None,
                            tenant: str | None = None, limit: int = 100) -> list[DeadLetter]: ...
     async def get_dead_letter(self, letter_id: str) -> DeadLetter: ...
+    async def take_dead_letter(self, letter_id: str) -> tuple[DeadLetter, bool]: ...
     async def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
                        step_output: bytes | None = None) -> DeadLetter: ...
     async def ping(self) -> str: ...
-    async def put_schedule(self, schedule: Schedule) -> tuple[Schedule, bool]: ...
+    async def put_schedule(self, schedule: Schedule, limited: bool = True) -> tuple[Schedule, bool]: ...
     async def get_schedule(self, tenant: str, schedule_id: str) -> Schedule | None: ...
-    async def list_schedules(self, tenant: str | None = None) -> list[Schedule]: ...
+    async def list_schedules(self, tenant: str | None = None, limit: int | None = None,
+                             after: str | None = None) -> list[Schedule]: ...
     async def delete_schedule(self, tenant: str, schedule_id: str) -> bool: ...
     async def pause_schedule(self, tenant: str, schedule_id: str, paused: bool,
                              next_at: float) -> Schedule | None: ...
@@ -586,6 +659,10 @@ class StoreService(Protocol):
     async def next_schedule_at(self) -> float | None: ...
     async def advance_schedule(self, tenant: str, schedule_id: str, expected_next_at: float,
                                next_at: float, tick: float | None, task_id: str | None) -> bool: ...
+    async def defer_schedule(self, tenant: str, schedule_id: str, expected_next_at: float,
+                             due_at: float) -> bool: ...
+    async def halt_schedule(self, tenant: str, schedule_id: str, expected_next_at: float,
+                            reason: str) -> bool: ...
     async def take_lease(self, name: str, owner: str, ttl_s: float) -> bool: ...
     async def publish(self, events: list[TopicEvent]) -> list[tuple[TopicEvent, bool]]: ...
     async def unrouted_events(self, limit: int) -> list[TopicEvent]: ...
@@ -596,7 +673,8 @@ class StoreService(Protocol):
     async def defer_delivery(self, seq: int, target: str, due_at: float,
                              count_attempt: bool = False) -> None: ...
     async def redeliver(self, seq: int, target: str) -> bool: ...
-    async def active_key_tasks(self, target: str, key: str) -> list[str]: ...
+    async def active_key_tasks(self, target: str, tenant: str, key: str) -> list[str]: ...
+    async def prune_events(self, before: float, limit: int) -> int: ...
     async def topic_events(self, topic: str | None = None, tenant: str | None = None, limit: int = 100,
                            before: int | None = None) -> list[TopicEvent]: ...
     async def event_deliveries(self, tenant: str, event_id: str) -> EventReport | None: ...
@@ -614,7 +692,7 @@ class StoreHandle(SubmitBatching, WriteBatching, ActorHandle):
         # Repeatable: each item carries the id it gets, and a repeat finds it created.
         return await self._call("submit_tasks", items)  # type: ignore[no-any-return]
 
-    async def take_submitted(self, timeout_s: float) -> list[tuple[str, int, float]]:
+    async def take_submitted(self, timeout_s: float) -> list[Queued]:
         return await self._call("take_submitted", timeout_s)  # type: ignore[no-any-return]
 
     async def get_task(self, task_id: str) -> TaskRecord:
@@ -625,13 +703,13 @@ class StoreHandle(SubmitBatching, WriteBatching, ActorHandle):
                          before: tuple[float, str] | None = None) -> list[TaskSummary]:
         return await self._call("list_tasks", status, workflow, tenant, limit, before)  # type: ignore[no-any-return]
 
-    async def queued_index(self, limit: int) -> list[tuple[str, int, float]]:
+    async def queued_index(self, limit: int) -> list[Queued]:
         return await self._call("queued_index", limit)  # type: ignore[no-any-return]
 
     async def count_tasks(self, status: TaskStatus) -> int:
         return await self._call("count_tasks", status)  # type: ignore[no-any-return]
 
-    async def recover(self) -> list[tuple[str, int, float]]:
+    async def recover(self) -> list[Queued]:
         return await self._call("recover")  # type: ignore[no-any-return]
 
     async def claim(self, task_ids: list[str], owner: str, lease_s: float) -> list[Claim]:
@@ -713,6 +791,10 @@ class StoreHandle(SubmitBatching, WriteBatching, ActorHandle):
     async def get_dead_letter(self, letter_id: str) -> DeadLetter:
         return await self._call("get_dead_letter", letter_id)  # type: ignore[no-any-return]
 
+    async def take_dead_letter(self, letter_id: str) -> tuple[DeadLetter, bool]:
+        # Not repeated: a take whose reply was lost holds the letter for REPLAY_HOLD_S.
+        return await self._call("take_dead_letter", letter_id, idempotent=False)  # type: ignore[no-any-return]
+
     async def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
                        step_output: bytes | None = None) -> DeadLetter:
         return await self._call("replayed", letter_id, ok, result, error, attempts, step_output,  # type: ignore[no-any-return]
@@ -743,8 +825,11 @@ class StoreHandle(SubmitBatching, WriteBatching, ActorHandle):
     async def redeliver(self, seq: int, target: str) -> bool:
         return await self._call("redeliver", seq, target)  # type: ignore[no-any-return]
 
-    async def active_key_tasks(self, target: str, key: str) -> list[str]:
-        return await self._call("active_key_tasks", target, key)  # type: ignore[no-any-return]
+    async def active_key_tasks(self, target: str, tenant: str, key: str) -> list[str]:
+        return await self._call("active_key_tasks", target, tenant, key)  # type: ignore[no-any-return]
+
+    async def prune_events(self, before: float, limit: int) -> int:
+        return await self._call("prune_events", before, limit)  # type: ignore[no-any-return]
 
     async def topic_events(self, topic: str | None = None, tenant: str | None = None, limit: int = 100,
                            before: int | None = None) -> list[TopicEvent]:
@@ -755,14 +840,15 @@ class StoreHandle(SubmitBatching, WriteBatching, ActorHandle):
 
     # -- schedules (store/schedules.py) ---------------------------------------------------------------
 
-    async def put_schedule(self, schedule: Schedule) -> tuple[Schedule, bool]:
-        return await self._call("put_schedule", schedule)  # type: ignore[no-any-return]
+    async def put_schedule(self, schedule: Schedule, limited: bool = True) -> tuple[Schedule, bool]:
+        return await self._call("put_schedule", schedule, limited)  # type: ignore[no-any-return]
 
     async def get_schedule(self, tenant: str, schedule_id: str) -> Schedule | None:
         return await self._call("get_schedule", tenant, schedule_id)  # type: ignore[no-any-return]
 
-    async def list_schedules(self, tenant: str | None = None) -> list[Schedule]:
-        return await self._call("list_schedules", tenant)  # type: ignore[no-any-return]
+    async def list_schedules(self, tenant: str | None = None, limit: int | None = None,
+                             after: str | None = None) -> list[Schedule]:
+        return await self._call("list_schedules", tenant, limit, after)  # type: ignore[no-any-return]
 
     async def delete_schedule(self, tenant: str, schedule_id: str) -> bool:
         return await self._call("delete_schedule", tenant, schedule_id)  # type: ignore[no-any-return]
@@ -781,6 +867,14 @@ class StoreHandle(SubmitBatching, WriteBatching, ActorHandle):
                                next_at: float, tick: float | None, task_id: str | None) -> bool:
         return await self._call("advance_schedule", tenant, schedule_id, expected_next_at, next_at,  # type: ignore[no-any-return]
                                 tick, task_id)
+
+    async def defer_schedule(self, tenant: str, schedule_id: str, expected_next_at: float,
+                             due_at: float) -> bool:
+        return await self._call("defer_schedule", tenant, schedule_id, expected_next_at, due_at)  # type: ignore[no-any-return]
+
+    async def halt_schedule(self, tenant: str, schedule_id: str, expected_next_at: float,
+                            reason: str) -> bool:
+        return await self._call("halt_schedule", tenant, schedule_id, expected_next_at, reason)  # type: ignore[no-any-return]
 
     async def take_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         return await self._call("take_lease", name, owner, ttl_s)  # type: ignore[no-any-return]

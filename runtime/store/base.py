@@ -10,7 +10,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from runtime.errors import RaysquadError
+from runtime.errors import RaysquadError, SignalQuotaExceeded, StoreError
 from runtime.models import (
     Claim,
     DeadLetter,
@@ -22,7 +22,23 @@ from runtime.models import (
     TaskSummary,
 )
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 12
+
+#: A queued task as the dispatcher indexes it, without its input: (id, priority, created_at, tenant).
+Queued = tuple[str, int, float, str]
+
+#: A dead letter taken for a replay (``take_dead_letter``) is held that long; then another replay
+#: may take it (the one that held it died).
+REPLAY_HOLD_S = 900.0
+
+
+def check_signal_room(task_id: str, pending: int, size: int, adding: int,
+                      limits: tuple[int, int]) -> None:
+    """SignalQuotaExceeded unless a signal of ``adding`` bytes fits beside the ``pending`` ones
+    (``size`` bytes) a task holds, under ``limits`` (signals, bytes)."""
+    if pending + 1 > limits[0] or size + adding > limits[1]:
+        raise SignalQuotaExceeded(task_id, pending, size, limits[0], limits[1])
+
 
 #: The writes that may share a transaction (``apply``). A step record and a finish are safe to send
 #: again; an event is not (it would be logged twice), so a batch with one is not repeated.
@@ -32,9 +48,39 @@ BATCHED_WRITES = frozenset({"record_step", "finish", "append_event"})
 class BatchedWrites:
     """``apply``: the writes of several runs in one transaction, each in a savepoint of its own, so
     that one refused (LeaseLost, a task gone) is undone alone and answered with its error while
-    the others commit. The backends' ``_tx`` nests as a savepoint inside an open transaction."""
+    the others commit. The backends' ``_tx`` nests as a savepoint inside an open transaction (and
+    there gives what the database refused as a StoreError). ``create_tasks`` likewise."""
 
     _tx: Callable[[], AbstractContextManager[Any]]
+    _create: Callable[[Any, str, SubmitRequest, float], tuple[TaskRecord, bool]]
+
+    def create_task(self, task_id: str, req: SubmitRequest, now: float) -> tuple[TaskRecord, bool]:
+        result = self.create_tasks([(task_id, req)], now)[0]
+        if isinstance(result, RaysquadError):
+            raise result
+        return result
+
+    def create_tasks(self, items: list[tuple[str, SubmitRequest]],
+                     now: float) -> list[tuple[TaskRecord, bool] | RaysquadError]:
+        """Insert many queued tasks in one transaction (the group commit of concurrent submits,
+        or a batch). Should the database refuse one (a value it cannot hold), the transaction is
+        done again with each item in a savepoint of its own: that item gets its error, alone,
+        and its neighbours, other callers' submits among them, are created."""
+        try:
+            with self._tx() as c:
+                return [self._create(c, task_id, req, now) for task_id, req in items]
+        except StoreError:
+            if len(items) < 2:
+                raise
+        out: list[tuple[TaskRecord, bool] | RaysquadError] = []
+        with self._tx() as c:
+            for task_id, req in items:
+                try:
+                    with self._tx():
+                        out.append(self._create(c, task_id, req, now))
+                except RaysquadError as e:
+                    out.append(e)
+        return out
 
     def apply(self, writes: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
         """Run ``(method, args)`` writes (``BATCHED_WRITES`` only) in one transaction; one result
@@ -56,8 +102,9 @@ class Store(Protocol):
         """Insert a queued task; with an idempotency key already used, return that task and False."""
 
     def create_tasks(self, items: list[tuple[str, SubmitRequest]],
-                     now: float) -> list[tuple[TaskRecord, bool]]:
-        """``create_task`` for many, in one transaction."""
+                     now: float) -> list[tuple[TaskRecord, bool] | RaysquadError]:
+        """``create_task`` for many, in one transaction; an item the database refuses gets its
+        error (StoreError) alone, the others are created."""
 
     def get_task(self, task_id: str) -> TaskRecord:
         """The task, or TaskNotFound."""
@@ -70,13 +117,13 @@ class Store(Protocol):
     def count_tasks(self, status: TaskStatus) -> int:
         """How many tasks have this status."""
 
-    def queued_bytes(self, tenant: str) -> int:
-        """The input bytes of ``tenant``'s queued tasks."""
+    def queued_load(self, tenant: str) -> tuple[int, int]:
+        """``tenant``'s queued tasks and their input bytes (what its quotas count)."""
 
-    def queued_index(self, limit: int) -> list[tuple[str, int, float]]:
-        """(id, priority, created_at) of the oldest ``limit`` queued tasks, without their inputs."""
+    def queued_index(self, limit: int) -> list[Queued]:
+        """The first ``limit`` queued tasks in rank order, without their inputs."""
 
-    def recover(self, now: float, limit: int = 1_000_000) -> list[tuple[str, int, float]]:
+    def recover(self, now: float, limit: int = 1_000_000) -> list[Queued]:
         """At start-up: make every task left running by an earlier run queued; the queued index."""
 
     def claim(self, task_ids: list[str], owner: str, lease_s: float, now: float) -> list[Claim]:
@@ -121,8 +168,11 @@ class Store(Protocol):
     def retry(self, task_id: str, now: float) -> TaskRecord:
         """Queue a failed or cancelled task again; its recorded steps are kept (resume from checkpoint)."""
 
-    def send_signal(self, task_id: str, name: str, payload: Any, now: float) -> TaskRecord:
-        """Store a signal for the task; a task waiting for it becomes queued (returned record says)."""
+    def send_signal(self, task_id: str, name: str, payload: Any, now: float,
+                    limits: tuple[int, int] | None = None) -> TaskRecord:
+        """Store a signal for the task; a task waiting for it becomes queued (returned record says).
+        ``limits``: the (signals, payload bytes) not yet taken a task may hold (SignalQuotaExceeded);
+        a name with a control character is refused (InvalidName)."""
 
     def await_signal(self, lease: Lease, name: str, key: str, wake_at: float | None,
                      now: float) -> tuple[str, Any]:
@@ -152,7 +202,12 @@ class Store(Protocol):
     def get_dead_letter(self, letter_id: str) -> DeadLetter:
         """One dead letter, or DeadLetterNotFound."""
 
+    def take_dead_letter(self, letter_id: str, now: float) -> tuple[DeadLetter, bool]:
+        """Mark the letter ``replaying`` if it is ``dead`` (or held past ``REPLAY_HOLD_S``), in one
+        conditional write: of concurrent replays one takes it, and only that one runs it."""
+
     def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
                  now: float, step_output: bytes | None = None) -> DeadLetter:
-        """Record a replay: ``ok`` marks the letter replayed with its result, else its new error.
+        """Record a replay: ``ok`` marks the letter replayed with its result, else its new error
+        (and ``dead`` again, for a later replay to take).
         With ``step_output``, a task that failed at this call gets it as its step and is queued."""

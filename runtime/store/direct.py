@@ -43,9 +43,11 @@ from runtime.store.actor import (
     Write,
     WriteBatching,
     admit,
+    admit_schedule,
     backend_writes,
     check_store_settings,
 )
+from runtime.store.base import Queued
 from runtime.store.listen import Listener
 from runtime.store.outbox import EventReport
 from runtime.store.postgres import PostgresStore
@@ -63,10 +65,8 @@ class DirectStore(SubmitBatching, WriteBatching):
         check_store_settings(settings)
         assert settings.postgres_url is not None
         self._settings = settings
-        self._store = PostgresStore(settings.postgres_url, settings.blob_dir,
-                                    max_crashes=settings.max_task_crashes,
-                                    pool_size=settings.postgres_pool_size,
-                                    aging_per_s=settings.aging_per_s)
+        self._opened: PostgresStore | None = None
+        self._opening = threading.Lock()
         self._listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Listener] = (
             weakref.WeakKeyDictionary())
         self._posting: set[asyncio.Task[Any]] = set()
@@ -81,16 +81,39 @@ class DirectStore(SubmitBatching, WriteBatching):
                 store = cls._shared[key] = cls(settings)
             return store
 
+    @property
+    def _store(self) -> PostgresStore:
+        """The connection pool, opened at first use rather than in the constructor: a process that
+        starts (or Ray restarts) while the database is out must come up all the same, its calls
+        failing with StoreError, and being tried again, until the database is back."""
+        store = self._opened
+        if store is None:
+            with self._opening:
+                if self._opened is None:
+                    settings = self._settings
+                    assert settings.postgres_url is not None
+                    self._opened = PostgresStore(settings.postgres_url, settings.blob_dir,
+                                                 max_crashes=settings.max_task_crashes,
+                                                 pool_size=settings.postgres_pool_size,
+                                                 aging_per_s=settings.aging_per_s)
+                store = self._opened
+        return store
+
+    async def _open(self) -> PostgresStore:
+        """``_store`` from async code: opening connects, so not on the event loop."""
+        return self._opened or await asyncio.to_thread(lambda: self._store)
+
     def __reduce__(self) -> tuple[Any, tuple[Settings]]:
         """Sent to another process (a worker's constructor argument), it opens that process's own."""
         return DirectStore.shared, (self._settings,)
 
-    def _listener(self) -> Listener:
+    async def _listener(self) -> Listener:
         loop = asyncio.get_running_loop()
         listener = self._listeners.get(loop)
         if listener is None:
-            listener = self._listeners[loop] = Listener(self._store.conninfo, self._store.schema,
-                                                        self._settings.dispatch_window)
+            store = await self._open()
+            listener = self._listeners.setdefault(
+                loop, Listener(store.conninfo, store.schema, self._settings.dispatch_window))
         return listener
 
     async def aclose(self) -> None:
@@ -108,8 +131,8 @@ class DirectStore(SubmitBatching, WriteBatching):
                            ) -> list[tuple[TaskRecord, bool] | RaysquadError]:
         return await asyncio.to_thread(admit, self._store, self._settings, items, time.time())
 
-    async def take_submitted(self, timeout_s: float) -> list[tuple[str, int, float]]:
-        return await self._listener().take_submitted(timeout_s)
+    async def take_submitted(self, timeout_s: float) -> list[Queued]:
+        return await (await self._listener()).take_submitted(timeout_s)
 
     async def get_task(self, task_id: str) -> TaskRecord:
         return await self._run("get_task", task_id)  # type: ignore[no-any-return]
@@ -119,23 +142,24 @@ class DirectStore(SubmitBatching, WriteBatching):
                          before: tuple[float, str] | None = None) -> list[TaskSummary]:
         return await self._run("list_tasks", status, workflow, tenant, limit, before)  # type: ignore[no-any-return]
 
-    async def queued_index(self, limit: int) -> list[tuple[str, int, float]]:
+    async def queued_index(self, limit: int) -> list[Queued]:
         return await self._run("queued_index", limit)  # type: ignore[no-any-return]
 
     async def count_tasks(self, status: TaskStatus) -> int:
         return await self._run("count_tasks", status)  # type: ignore[no-any-return]
 
-    async def recover(self) -> list[tuple[str, int, float]]:
+    async def recover(self) -> list[Queued]:
         return await self._run("recover", time.time(), self._settings.dispatch_window)  # type: ignore[no-any-return]
 
     async def claim(self, task_ids: list[str], owner: str, lease_s: float) -> list[Claim]:
-        return await self._run("claim", task_ids, owner, lease_s, time.time())  # type: ignore[no-any-return]
+        # Lease times by the database's clock (now=None): processes on other nodes renew them.
+        return await self._run("claim", task_ids, owner, lease_s, None)  # type: ignore[no-any-return]
 
     async def renew(self, owner: str, leases: dict[str, int], lease_s: float) -> dict[str, bool]:
-        return await self._run("renew", owner, leases, lease_s, time.time())  # type: ignore[no-any-return]
+        return await self._run("renew", owner, leases, lease_s, None)  # type: ignore[no-any-return]
 
     async def expire_leases(self) -> list[TaskRecord]:
-        return await self._run("expire_leases", time.time())  # type: ignore[no-any-return]
+        return await self._run("expire_leases", None)  # type: ignore[no-any-return]
 
     async def release_owner(self, owner: str, crashed: bool = True) -> list[TaskRecord]:
         return await self._run("release_owner", owner, time.time(), crashed)  # type: ignore[no-any-return]
@@ -187,7 +211,8 @@ class DirectStore(SubmitBatching, WriteBatching):
         return await self._run("retry", task_id, time.time())  # type: ignore[no-any-return]
 
     async def send_signal(self, task_id: str, name: str, payload: Any) -> TaskRecord:
-        return await self._run("send_signal", task_id, name, payload, time.time())  # type: ignore[no-any-return]
+        limits = (self._settings.task_pending_signals, self._settings.task_signal_bytes)
+        return await self._run("send_signal", task_id, name, payload, time.time(), limits)  # type: ignore[no-any-return]
 
     async def await_signal(self, lease: Lease, name: str, key: str,
                            wake_at: float | None) -> tuple[str, Any]:
@@ -203,7 +228,7 @@ class DirectStore(SubmitBatching, WriteBatching):
                           limit: int = 1000) -> list[Event]:
         """Events after ``after``; if there are none yet, wait up to ``timeout_s`` for the NOTIFY
         of one, written by any process."""
-        return await self._listener().wait_events(
+        return await (await self._listener()).wait_events(
             task_id, lambda: self.events(task_id, after, limit), timeout_s)
 
     async def read_blob(self, key: str) -> bytes:
@@ -221,6 +246,9 @@ class DirectStore(SubmitBatching, WriteBatching):
     async def get_dead_letter(self, letter_id: str) -> DeadLetter:
         return await self._run("get_dead_letter", letter_id)  # type: ignore[no-any-return]
 
+    async def take_dead_letter(self, letter_id: str) -> tuple[DeadLetter, bool]:
+        return await self._run("take_dead_letter", letter_id, time.time())  # type: ignore[no-any-return]
+
     async def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
                        step_output: bytes | None = None) -> DeadLetter:
         return await self._run("replayed", letter_id, ok, result, error, attempts, time.time(),  # type: ignore[no-any-return]
@@ -229,7 +257,8 @@ class DirectStore(SubmitBatching, WriteBatching):
     # -- topic events (store/outbox.py) --------------------------------------------------------------
 
     async def publish(self, events: list[TopicEvent]) -> list[tuple[TopicEvent, bool]]:
-        return await self._run("publish", events)  # type: ignore[no-any-return]
+        quota = (self._settings.tenant_events, self._settings.tenant_event_bytes)
+        return await self._run("publish", events, quota)  # type: ignore[no-any-return]
 
     async def unrouted_events(self, limit: int) -> list[TopicEvent]:
         return await self._run("unrouted_events", limit)  # type: ignore[no-any-return]
@@ -251,8 +280,11 @@ class DirectStore(SubmitBatching, WriteBatching):
     async def redeliver(self, seq: int, target: str) -> bool:
         return await self._run("redeliver", seq, target, time.time())  # type: ignore[no-any-return]
 
-    async def active_key_tasks(self, target: str, key: str) -> list[str]:
-        return await self._run("active_key_tasks", target, key)  # type: ignore[no-any-return]
+    async def active_key_tasks(self, target: str, tenant: str, key: str) -> list[str]:
+        return await self._run("active_key_tasks", target, tenant, key)  # type: ignore[no-any-return]
+
+    async def prune_events(self, before: float, limit: int) -> int:
+        return await self._run("prune_events", before, limit)  # type: ignore[no-any-return]
 
     async def topic_events(self, topic: str | None = None, tenant: str | None = None, limit: int = 100,
                            before: int | None = None) -> list[TopicEvent]:
@@ -263,14 +295,15 @@ class DirectStore(SubmitBatching, WriteBatching):
 
     # -- schedules (store/schedules.py) ---------------------------------------------------------------
 
-    async def put_schedule(self, schedule: Schedule) -> tuple[Schedule, bool]:
-        return await self._run("put_schedule", schedule)  # type: ignore[no-any-return]
+    async def put_schedule(self, schedule: Schedule, limited: bool = True) -> tuple[Schedule, bool]:
+        return await asyncio.to_thread(admit_schedule, self._store, self._settings, schedule, limited)
 
     async def get_schedule(self, tenant: str, schedule_id: str) -> Schedule | None:
         return await self._run("get_schedule", tenant, schedule_id)  # type: ignore[no-any-return]
 
-    async def list_schedules(self, tenant: str | None = None) -> list[Schedule]:
-        return await self._run("list_schedules", tenant)  # type: ignore[no-any-return]
+    async def list_schedules(self, tenant: str | None = None, limit: int | None = None,
+                             after: str | None = None) -> list[Schedule]:
+        return await self._run("list_schedules", tenant, limit, after)  # type: ignore[no-any-return]
 
     async def delete_schedule(self, tenant: str, schedule_id: str) -> bool:
         return await self._run("delete_schedule", tenant, schedule_id)  # type: ignore[no-any-return]
@@ -289,6 +322,16 @@ class DirectStore(SubmitBatching, WriteBatching):
                                next_at: float, tick: float | None, task_id: str | None) -> bool:
         return await self._run("advance_schedule", tenant, schedule_id, expected_next_at, next_at,  # type: ignore[no-any-return]
                                tick, task_id, time.time())
+
+    async def defer_schedule(self, tenant: str, schedule_id: str, expected_next_at: float,
+                             due_at: float) -> bool:
+        return await self._run("defer_schedule", tenant, schedule_id, expected_next_at, due_at,  # type: ignore[no-any-return]
+                               time.time())
+
+    async def halt_schedule(self, tenant: str, schedule_id: str, expected_next_at: float,
+                            reason: str) -> bool:
+        return await self._run("halt_schedule", tenant, schedule_id, expected_next_at, reason,  # type: ignore[no-any-return]
+                               time.time())
 
     async def take_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         return await self._run("take_lease", name, owner, ttl_s, time.time())  # type: ignore[no-any-return]

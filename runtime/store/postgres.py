@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,12 +50,32 @@ from runtime.models import (
     TaskRecord,
     TaskStatus,
     TaskSummary,
+    check_name,
 )
 from runtime.store import outbox, records, schedules
-from runtime.store.base import SCHEMA_VERSION, BatchedWrites
+from runtime.store.base import (
+    REPLAY_HOLD_S,
+    SCHEMA_VERSION,
+    BatchedWrites,
+    Queued,
+    check_signal_room,
+)
 from runtime.store.blobs import blob_path, read_blob
 
 Conn = psycopg.Connection[DictRow]
+
+log = logging.getLogger(__name__)
+
+
+def _failed(where: str, error: BaseException, doing: str = "") -> StoreError:
+    """A PostgreSQL or pool error as a StoreError whose message names only its class: the driver's
+    own text names the host, port, user and database (and may quote the URL). That detail goes to
+    this process's log and to ``StoreError.detail``, never to the message an API caller gets."""
+    down = isinstance(error, (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError))
+    what = ("the store is unavailable" if down else "the store failed") + (f": {doing}" if doing else "")
+    detail = f"PostgreSQL at {where}: {type(error).__name__}: {str(error).strip()}"
+    log.warning("%s: %s", what, detail)
+    return StoreError(f"{what} ({type(error).__name__})", detail)
 
 # The schema by the version it brings the database to. PostgreSQL support began at version 5, so its
 # first migration creates that schema whole; later versions append their changes here. JSON is kept
@@ -162,7 +184,32 @@ _MIGRATIONS: dict[int, str] = {
     8: schedules.migration(real="DOUBLE PRECISION"),
     # The W3C traceparent a task's spans belong under (runtime/tracing.py).
     9: "ALTER TABLE tasks ADD COLUMN trace_parent TEXT",
+    # Event flow control per tenant, a tenant's events through an index, event quotas and
+    # retention (store/outbox.py).
+    10: outbox.MIGRATION_10,
+    # The run that finished a task (a stale finish after a give-up is fenced, not taken for a
+    # retransmission); what ended before it was finished by its last run. New tasks are NOTIFYed
+    # with their tenant (the dispatcher shares the queue between tenants).
+    11: """
+    ALTER TABLE tasks ADD COLUMN finished_run INTEGER;
+    UPDATE tasks SET finished_run = runs WHERE status IN ('succeeded', 'failed', 'cancelled');
+    CREATE OR REPLACE FUNCTION raysquad_notify_task() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('raysquad_' || md5(TG_TABLE_SCHEMA) || '_tasks',
+                          NEW.id || ' ' || NEW.priority || ' ' || NEW.created_at || ' ' || NEW.tenant);
+        RETURN NULL;
+    END $$;
+    """,
+    # Why the scheduler paused a schedule, and when it looks at one next (store/schedules.py).
+    12: schedules.MIGRATION_12.format(real="DOUBLE PRECISION"),
 }
+
+#: Seconds since the epoch by the database's clock, read as the statement runs. ``claim``,
+#: ``renew`` and ``expire_leases`` called with ``now=None`` (as store/direct.py calls them) take
+#: lease times from it, so the clocks of the processes that claim, renew and expire leases
+#: (several nodes) are never compared.
+DB_NOW = "extract(epoch FROM clock_timestamp())::double precision"
+LEASE_NOW = f"coalesce(%s::double precision, {DB_NOW})"
 
 
 def channels(schema: str) -> tuple[str, str]:
@@ -189,13 +236,15 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
         try:
             params = conninfo_to_dict(url)
         except psycopg.ProgrammingError as e:
-            raise StoreError(f"bad PostgreSQL URL: {e}") from None
+            raise StoreError("bad PostgreSQL URL (RAYSQUAD_POSTGRES_URL): it does not parse",
+                             str(e)) from None
         params.setdefault("connect_timeout", 10)
         params.setdefault("application_name", "raysquad")
         self.conninfo = make_conninfo("", **params)
         connect_timeout = float(str(params["connect_timeout"]))
-        # Where the Store is, for messages and ``ping``: the connection string without its password.
-        self.path = make_conninfo("", **{k: v for k, v in params.items() if k != "password"})
+        # Where the Store is, for the log and ``ping``: the connection string without its passwords.
+        self.path = make_conninfo("", **{k: v for k, v in params.items()
+                                         if k not in ("password", "sslpassword")})
         self._held = threading.local()  # the connection of the transaction this thread has open
         # A connection found broken when it is taken (the server restarted, the network dropped) is
         # replaced before use: nothing was done on it yet.
@@ -206,12 +255,12 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
         try:  # one plain connection first: an unreachable server says why at once
             psycopg.connect(self.conninfo).close()
         except psycopg.Error as e:
-            raise StoreError(f"cannot connect to PostgreSQL at {self.path}: {e}") from None
+            raise _failed(self.path, e, "cannot connect") from None
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
         except PoolTimeout as e:
             self._pool.close()
-            raise StoreError(f"cannot connect to PostgreSQL at {self.path}: {e}") from None
+            raise _failed(self.path, e, "cannot connect") from None
         self.aging_per_s = aging_per_s
         try:
             self._migrate()
@@ -236,8 +285,11 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
         connection that undoes only its own writes when it fails."""
         held: Conn | None = getattr(self._held, "conn", None)
         if held is not None:
-            with held.transaction():
-                yield held
+            try:
+                with held.transaction():
+                    yield held
+            except psycopg.Error as e:  # the savepoint is undone: the write's failure, alone
+                raise _failed(self.path, e) from None
             return
         try:
             with self._pool.connection() as conn, conn.transaction():
@@ -248,9 +300,9 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
                 finally:
                     self._held.conn = None
         except PoolTimeout as e:
-            raise StoreError(f"no connection to PostgreSQL at {self.path}: {e}") from None
+            raise _failed(self.path, e) from None
         except psycopg.Error as e:
-            raise StoreError(f"PostgreSQL at {self.path}: {type(e).__name__}: {e}") from None
+            raise _failed(self.path, e) from None
 
     def _migrate(self) -> None:
         if max(_MIGRATIONS) != SCHEMA_VERSION:
@@ -264,9 +316,8 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
             version = int(row["value"]) if row else 0
             if version > SCHEMA_VERSION:
                 raise StoreError(
-                    f"{self.path} has schema version {version}, newer than this raysquad's "
-                    f"{SCHEMA_VERSION}; upgrade raysquad"
-                )
+                    f"the database has schema version {version}, newer than this raysquad's "
+                    f"{SCHEMA_VERSION}; upgrade raysquad", self.path)
             for v, sql in sorted(_MIGRATIONS.items()):
                 if v > version:
                     c.execute(sql)  # several statements: fine without parameters
@@ -328,15 +379,6 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
         self._event(c, task_id, TaskStatus.FAILED.value, {"error": error}, now)
 
     # -- tasks ------------------------------------------------------------------------------------
-
-    def create_task(self, task_id: str, req: SubmitRequest, now: float) -> tuple[TaskRecord, bool]:
-        return self.create_tasks([(task_id, req)], now)[0]
-
-    def create_tasks(self, items: list[tuple[str, SubmitRequest]],
-                     now: float) -> list[tuple[TaskRecord, bool]]:
-        """Insert many queued tasks in one transaction (group commit for concurrent submits)."""
-        with self._tx() as c:
-            return [self._create(c, task_id, req, now) for task_id, req in items]
 
     def _create(self, c: Conn, task_id: str, req: SubmitRequest, now: float) -> tuple[TaskRecord, bool]:
         text = json.dumps(req.input)
@@ -402,25 +444,26 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
             row = c.execute("SELECT count(*) AS n FROM tasks WHERE status = %s", (status.value,))
             return int(_one(row.fetchone())["n"])
 
-    def queued_bytes(self, tenant: str) -> int:
-        """The input bytes of ``tenant``'s queued tasks."""
+    def queued_load(self, tenant: str) -> tuple[int, int]:
+        """``tenant``'s queued tasks and their input bytes (off the tasks_tenant_status index)."""
         with self._tx() as c:
-            row = c.execute("SELECT coalesce(sum(input_bytes), 0) AS n FROM tasks "
-                            "WHERE tenant = %s AND status = 'queued'", (tenant,))
-            return int(_one(row.fetchone())["n"])
+            row = _one(c.execute("SELECT count(*) AS n, coalesce(sum(input_bytes), 0) AS b "
+                                 "FROM tasks WHERE tenant = %s AND status = 'queued'",
+                                 (tenant,)).fetchone())
+            return int(row["n"]), int(row["b"])
 
-    def queued_index(self, limit: int) -> list[tuple[str, int, float]]:
-        """(id, priority, created_at) of the first ``limit`` queued tasks in the dispatcher's order
+    def queued_index(self, limit: int) -> list[Queued]:
+        """(id, priority, created_at, tenant) of the first ``limit`` queued tasks in the dispatcher's order
         (``records.rank_order``): what its window holds, without their inputs."""
         with self._tx() as c:
             return self._queued_index(c, limit)
 
-    def _queued_index(self, c: Conn, limit: int) -> list[tuple[str, int, float]]:
-        return [(r["id"], r["priority"], r["created_at"]) for r in c.execute(
-            "SELECT id, priority, created_at FROM tasks WHERE status = 'queued' "
+    def _queued_index(self, c: Conn, limit: int) -> list[Queued]:
+        return [(r["id"], r["priority"], r["created_at"], r["tenant"]) for r in c.execute(
+            "SELECT id, priority, created_at, tenant FROM tasks WHERE status = 'queued' "
             f"ORDER BY {records.rank_order(self.aging_per_s)} LIMIT %s", (limit,))]
 
-    def recover(self, now: float, limit: int = 1_000_000) -> list[tuple[str, int, float]]:
+    def recover(self, now: float, limit: int = 1_000_000) -> list[Queued]:
         """Queue again the tasks an earlier run left running; the queued tasks' index."""
         with self._tx() as c:
             rows = c.execute("SELECT id, owner FROM tasks WHERE status = 'running' "
@@ -428,13 +471,15 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
             self._requeue(c, rows, "runtime restarted", now)
             return self._queued_index(c, limit)
 
-    def claim(self, task_ids: list[str], owner: str, lease_s: float, now: float) -> list[Claim]:
+    def claim(self, task_ids: list[str], owner: str, lease_s: float,
+              now: float | None) -> list[Claim]:
         """Lease each still-queued task to ``owner``. A task another transaction holds right now is
         skipped, not waited for: it is being claimed, cancelled or signalled elsewhere (and if it is
         still queued after that, the dispatcher's reconcile finds it again)."""
         claims: list[Claim] = []
         if not task_ids:
             return claims
+        at = time.time() if now is None else now  # for started_at and the events, not the lease
         with self._tx() as c:
             free = {r["id"] for r in c.execute(
                 "SELECT id FROM tasks WHERE id = ANY(%s) AND status = 'queued' "
@@ -443,14 +488,14 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
                 if task_id not in free:
                     continue
                 row = c.execute(
-                    "UPDATE tasks SET status = 'running', owner = %s, lease_until = %s, runs = runs + 1, "
-                    "started_at = coalesce(started_at, %s), updated_at = %s "
+                    f"UPDATE tasks SET status = 'running', owner = %s, lease_until = {LEASE_NOW} + %s, "
+                    "runs = runs + 1, started_at = coalesce(started_at, %s), updated_at = %s "
                     "WHERE id = %s AND status = 'queued' RETURNING runs",
-                    (owner, now + lease_s, now, now, task_id),
+                    (owner, now, lease_s, at, at, task_id),
                 ).fetchone()
                 if row is None:  # named twice in task_ids
                     continue
-                self._event(c, task_id, "started", {"owner": owner, "run": row["runs"]}, now)
+                self._event(c, task_id, "started", {"owner": owner, "run": row["runs"]}, at)
                 steps = {
                     r["key"]: bytes(r["output"])
                     for r in c.execute("SELECT key, output FROM steps WHERE task_id = %s", (task_id,))
@@ -459,29 +504,30 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
         return claims
 
     def renew(self, owner: str, leases: dict[str, int], lease_s: float,
-              now: float) -> dict[str, bool]:
+              now: float | None) -> dict[str, bool]:
         """Extend ``owner``'s leases (task id -> token); returns task id -> cancel requested, for the
         leases still held."""
         held = {}
         with self._tx() as c:
             for task_id, token in sorted(leases.items()):
                 row = c.execute(
-                    "UPDATE tasks SET lease_until = %s WHERE id = %s AND owner = %s AND runs = %s "
-                    "AND status = 'running' RETURNING cancel_requested",
-                    (now + lease_s, task_id, owner, token),
+                    f"UPDATE tasks SET lease_until = {LEASE_NOW} + %s WHERE id = %s AND owner = %s "
+                    "AND runs = %s AND status = 'running' RETURNING cancel_requested",
+                    (now, lease_s, task_id, owner, token),
                 ).fetchone()
                 if row is not None:
                     held[task_id] = bool(row["cancel_requested"])
         return held
 
-    def expire_leases(self, now: float) -> list[TaskRecord]:
+    def expire_leases(self, now: float | None) -> list[TaskRecord]:
         with self._tx() as c:
             # FOR UPDATE re-reads a row another transaction changed: a lease renewed meanwhile is kept.
             rows = c.execute(
-                "SELECT id, owner FROM tasks WHERE status = 'running' AND lease_until < %s "
+                f"SELECT id, owner FROM tasks WHERE status = 'running' AND lease_until < {LEASE_NOW} "
                 "ORDER BY id FOR UPDATE", (now,)
             ).fetchall()
-            return self._requeue(c, rows, "lease expired", now, crashed=True)
+            return self._requeue(c, rows, "lease expired", time.time() if now is None else now,
+                                 crashed=True)
 
     def release_owner(self, owner: str, now: float, crashed: bool = True) -> list[TaskRecord]:
         """Queue again every task leased to ``owner``, which is gone. ``crashed``: its death counts
@@ -559,12 +605,15 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
             raise ValueError(f"finish needs an end status, not {status.value}")
         with self._tx() as c:
             task = self._get(c, lease.task_id, lock=True)
-            if task.status.ended and task.runs == lease.token and task.owner is None:
+            done = _one(c.execute("SELECT finished_run FROM tasks WHERE id = %s",
+                                  (lease.task_id,)).fetchone())["finished_run"]
+            if task.status.ended and done == lease.token:
                 return task  # this very finish, sent again after its reply was lost
-            self._check_lease(c, lease)
+            self._check_lease(c, lease)  # any other finish is fenced: a give-up, a newer claim
             c.execute(
                 "UPDATE tasks SET status = %s, output = %s, error = %s, owner = NULL, "
-                "lease_until = NULL, finished_at = %s, updated_at = %s WHERE id = %s",
+                "lease_until = NULL, finished_at = %s, updated_at = %s, finished_run = runs "
+                "WHERE id = %s",
                 (status.value, json.dumps(output) if output is not None else None, _text(error), now,
                  now, lease.task_id),
             )
@@ -603,18 +652,28 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
     def _queue_again(self, c: Conn, task_id: str, why: dict[str, Any], now: float) -> None:
         """A failed or cancelled task (its row locked) runs again from its checkpoints."""
         c.execute("UPDATE tasks SET status = 'queued', error = NULL, cancel_requested = false, "
-                  "finished_at = NULL, updated_at = %s WHERE id = %s", (now, task_id))
+                  "finished_at = NULL, finished_run = NULL, updated_at = %s WHERE id = %s",
+                  (now, task_id))
         self._event(c, task_id, "retried", why, now)
 
     # -- signals ------------------------------------------------------------------------------------
 
-    def send_signal(self, task_id: str, name: str, payload: Any, now: float) -> TaskRecord:
+    def send_signal(self, task_id: str, name: str, payload: Any, now: float,
+                    limits: tuple[int, int] | None = None) -> TaskRecord:
+        check_name(name, "signal name")
+        text = json.dumps(payload)
         with self._tx() as c:
-            task = self._get(c, task_id, lock=True)
+            task = self._get(c, task_id, lock=True)  # the lock orders concurrent signals' counts
             if task.status.ended:
                 raise InvalidTransition(task_id, task.status.value, f"signal {name!r} to")
+            if limits is not None:
+                held = _one(c.execute(
+                    "SELECT count(*) AS n, coalesce(sum(octet_length(payload)), 0) AS b "
+                    "FROM signals WHERE task_id = %s AND consumed_by IS NULL", (task_id,)).fetchone())
+                check_signal_room(task_id, int(held["n"]), int(held["b"]), len(text.encode()),
+                                  limits)
             c.execute("INSERT INTO signals (task_id, name, payload, at) VALUES (%s, %s, %s, %s)",
-                      (task_id, name, json.dumps(payload), now))
+                      (task_id, name, text, now))
             self._event(c, task_id, "signal", {"name": name}, now)
             if task.status is TaskStatus.WAITING and task.waiting_for == name:
                 c.execute(
@@ -725,10 +784,22 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
                           (now, json.dumps(result), attempts, letter_id))
                 if step_output is not None:
                     self._resume_with(c, letter_id, step_output, now)
-            else:
-                c.execute("UPDATE dead_letters SET error = %s, attempts = attempts + %s WHERE id = %s",
-                          (_text(error), attempts, letter_id))
+            else:  # dead again, for a later replay to take
+                c.execute("UPDATE dead_letters SET status = 'dead', replayed_at = NULL, error = %s, "
+                          "attempts = attempts + %s WHERE id = %s", (_text(error), attempts, letter_id))
             return self._get_dead_letter(c, letter_id)
+
+    def take_dead_letter(self, letter_id: str, now: float) -> tuple[DeadLetter, bool]:
+        """Mark a dead letter ``replaying`` before its replay runs; (the letter, taken). Not taken:
+        it is replayed already, or another replay holds it (one taken over ``REPLAY_HOLD_S`` ago
+        is taken again: its replayer died). The conditional UPDATE waits on a concurrent one's row
+        lock and then sees its status: of two, one takes it."""
+        with self._tx() as c:
+            taken = c.execute(
+                "UPDATE dead_letters SET status = 'replaying', replayed_at = %s WHERE id = %s AND "
+                "(status = 'dead' OR (status = 'replaying' AND replayed_at < %s))",
+                (now, letter_id, now - REPLAY_HOLD_S)).rowcount
+            return self._get_dead_letter(c, letter_id), bool(taken)
 
     def _resume_with(self, c: Conn, letter_id: str, output: bytes, now: float) -> None:
         """A replayed call's task failed at that call: record the result as the step, queue the task

@@ -28,9 +28,16 @@ from runtime.models import (
     TaskRecord,
     TaskStatus,
     TaskSummary,
+    check_name,
 )
 from runtime.store import outbox, records, schedules
-from runtime.store.base import SCHEMA_VERSION, BatchedWrites
+from runtime.store.base import (
+    REPLAY_HOLD_S,
+    SCHEMA_VERSION,
+    BatchedWrites,
+    Queued,
+    check_signal_room,
+)
 from runtime.store.blobs import read_blob, write_blob
 
 _MIGRATIONS: dict[int, str] = {
@@ -125,13 +132,24 @@ _MIGRATIONS: dict[int, str] = {
     8: schedules.migration(real="REAL"),
     # The W3C traceparent a task's spans belong under (runtime/tracing.py).
     9: "ALTER TABLE tasks ADD COLUMN trace_parent TEXT",
+    # Event flow control per tenant, a tenant's events through an index, event quotas and
+    # retention (store/outbox.py).
+    10: outbox.MIGRATION_10,
+    # The run that finished a task (a stale finish after a give-up is fenced, not taken for a
+    # retransmission); what ended before it was finished by its last run.
+    11: """
+    ALTER TABLE tasks ADD COLUMN finished_run INTEGER;
+    UPDATE tasks SET finished_run = runs WHERE status IN ('succeeded', 'failed', 'cancelled')
+    """,
+    # Why the scheduler paused a schedule, and when it looks at one next (store/schedules.py).
+    12: schedules.MIGRATION_12.format(real="REAL"),
 }
 
 def queued_index_sql(aging_per_s: float) -> str:
     """The first queued tasks in rank order. INDEXED BY: SQLite's planner would take tasks_status
     and sort every queued task (a quarter of a second at a million) rather than read the first
     ones off the rank index."""
-    return (f"SELECT id, priority, created_at FROM tasks INDEXED BY "
+    return (f"SELECT id, priority, created_at, tenant FROM tasks INDEXED BY "
             f"{records.rank_index_name(aging_per_s)} WHERE status = 'queued' "
             f"ORDER BY {records.rank_order(aging_per_s)} LIMIT ?")
 
@@ -182,9 +200,11 @@ class SQLiteStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
             self._depth += 1
             try:
                 yield self._conn
-            except BaseException:
+            except BaseException as e:
                 self._conn.execute(f"ROLLBACK TO {name}")
                 self._conn.execute(f"RELEASE {name}")
+                if isinstance(e, sqlite3.Error):  # the write's own failure, answered alone
+                    raise StoreError(f"the store failed ({type(e).__name__})", str(e)) from None
                 raise
             else:
                 self._conn.execute(f"RELEASE {name}")
@@ -274,15 +294,6 @@ class SQLiteStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
 
     # -- tasks ------------------------------------------------------------------------------------
 
-    def create_task(self, task_id: str, req: SubmitRequest, now: float) -> tuple[TaskRecord, bool]:
-        return self.create_tasks([(task_id, req)], now)[0]
-
-    def create_tasks(self, items: list[tuple[str, SubmitRequest]],
-                     now: float) -> list[tuple[TaskRecord, bool]]:
-        """Insert many queued tasks in one transaction (group commit for concurrent submits)."""
-        with self._tx() as c:
-            return [self._create(c, task_id, req, now) for task_id, req in items]
-
     def _create(self, c: sqlite3.Connection, task_id: str, req: SubmitRequest,
                 now: float) -> tuple[TaskRecord, bool]:
         row = c.execute(f"SELECT {records.TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -338,19 +349,19 @@ class SQLiteStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
         row = self._conn.execute("SELECT count(*) FROM tasks WHERE status = ?", (status.value,))
         return int(row.fetchone()[0])
 
-    def queued_bytes(self, tenant: str) -> int:
-        """The input bytes of ``tenant``'s queued tasks."""
-        row = self._conn.execute("SELECT coalesce(sum(input_bytes), 0) FROM tasks "
-                                 "WHERE tenant = ? AND status = 'queued'", (tenant,))
-        return int(row.fetchone()[0])
+    def queued_load(self, tenant: str) -> tuple[int, int]:
+        """``tenant``'s queued tasks and their input bytes (off the tasks_tenant_status index)."""
+        row = self._conn.execute("SELECT count(*), coalesce(sum(input_bytes), 0) FROM tasks "
+                                 "WHERE tenant = ? AND status = 'queued'", (tenant,)).fetchone()
+        return int(row[0]), int(row[1])
 
-    def queued_index(self, limit: int) -> list[tuple[str, int, float]]:
-        """(id, priority, created_at) of the first ``limit`` queued tasks in the dispatcher's order
-        (``records.rank_order``): what its window holds, without their inputs."""
-        return [(r[0], r[1], r[2]) for r in self._conn.execute(queued_index_sql(self.aging_per_s),
-                                                                (limit,))]
+    def queued_index(self, limit: int) -> list[Queued]:
+        """(id, priority, created_at, tenant) of the first ``limit`` queued tasks in the
+        dispatcher's order (``records.rank_order``): what its window holds, without their inputs."""
+        return [(r[0], r[1], r[2], r[3]) for r in self._conn.execute(
+            queued_index_sql(self.aging_per_s), (limit,))]
 
-    def recover(self, now: float, limit: int = 1_000_000) -> list[tuple[str, int, float]]:
+    def recover(self, now: float, limit: int = 1_000_000) -> list[Queued]:
         """Queue again the tasks an earlier run left running; the queued tasks' index."""
         with self._tx() as c:
             rows = c.execute("SELECT id, owner FROM tasks WHERE status = 'running'").fetchall()
@@ -471,12 +482,14 @@ class SQLiteStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
             raise ValueError(f"finish needs an end status, not {status.value}")
         with self._tx() as c:
             task = self._get(c, lease.task_id)
-            if task.status.ended and task.runs == lease.token and task.owner is None:
+            done = c.execute("SELECT finished_run FROM tasks WHERE id = ?",
+                             (lease.task_id,)).fetchone()[0]
+            if task.status.ended and done == lease.token:
                 return task  # this very finish, sent again after its reply was lost
-            self._check_lease(c, lease)
+            self._check_lease(c, lease)  # any other finish is fenced: a give-up, a newer claim
             c.execute(
                 "UPDATE tasks SET status = ?, output = ?, error = ?, owner = NULL, lease_until = NULL, "
-                "finished_at = ?, updated_at = ? WHERE id = ?",
+                "finished_at = ?, updated_at = ?, finished_run = runs WHERE id = ?",
                 (status.value, json.dumps(output) if output is not None else None, error, now, now,
                  lease.task_id),
             )
@@ -515,18 +528,27 @@ class SQLiteStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
     def _queue_again(self, c: sqlite3.Connection, task_id: str, why: dict[str, Any], now: float) -> None:
         """A failed or cancelled task runs again from its checkpoints (event ``retried``)."""
         c.execute("UPDATE tasks SET status = 'queued', error = NULL, cancel_requested = 0, "
-                  "finished_at = NULL, updated_at = ? WHERE id = ?", (now, task_id))
+                  "finished_at = NULL, finished_run = NULL, updated_at = ? WHERE id = ?",
+                  (now, task_id))
         self._event(c, task_id, "retried", why, now)
 
     # -- signals ------------------------------------------------------------------------------------
 
-    def send_signal(self, task_id: str, name: str, payload: Any, now: float) -> TaskRecord:
+    def send_signal(self, task_id: str, name: str, payload: Any, now: float,
+                    limits: tuple[int, int] | None = None) -> TaskRecord:
+        check_name(name, "signal name")
+        text = json.dumps(payload)
         with self._tx() as c:
             task = self._get(c, task_id)
             if task.status.ended:
                 raise InvalidTransition(task_id, task.status.value, f"signal {name!r} to")
+            if limits is not None:
+                held = c.execute("SELECT count(*), coalesce(sum(length(CAST(payload AS BLOB))), 0) "
+                                 "FROM signals WHERE task_id = ? AND consumed_by IS NULL",
+                                 (task_id,)).fetchone()
+                check_signal_room(task_id, int(held[0]), int(held[1]), len(text.encode()), limits)
             c.execute("INSERT INTO signals (task_id, name, payload, at) VALUES (?, ?, ?, ?)",
-                      (task_id, name, json.dumps(payload), now))
+                      (task_id, name, text, now))
             self._event(c, task_id, "signal", {"name": name}, now)
             if task.status is TaskStatus.WAITING and task.waiting_for == name:
                 c.execute(
@@ -627,10 +649,21 @@ class SQLiteStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
                           (now, json.dumps(result), attempts, letter_id))
                 if step_output is not None:
                     self._resume_with(c, letter_id, step_output, now)
-            else:
-                c.execute("UPDATE dead_letters SET error = ?, attempts = attempts + ? WHERE id = ?",
-                          (error, attempts, letter_id))
+            else:  # dead again, for a later replay to take
+                c.execute("UPDATE dead_letters SET status = 'dead', replayed_at = NULL, error = ?, "
+                          "attempts = attempts + ? WHERE id = ?", (error, attempts, letter_id))
         return self.get_dead_letter(letter_id)
+
+    def take_dead_letter(self, letter_id: str, now: float) -> tuple[DeadLetter, bool]:
+        """Mark a dead letter ``replaying`` before its replay runs; (the letter, taken). Not taken:
+        it is replayed already, or another replay holds it (one taken over ``REPLAY_HOLD_S`` ago
+        is taken again: its replayer died)."""
+        with self._tx() as c:
+            taken = c.execute(
+                "UPDATE dead_letters SET status = 'replaying', replayed_at = ? WHERE id = ? AND "
+                "(status = 'dead' OR (status = 'replaying' AND replayed_at < ?))",
+                (now, letter_id, now - REPLAY_HOLD_S)).rowcount
+        return self.get_dead_letter(letter_id), bool(taken)
 
     def _resume_with(self, c: sqlite3.Connection, letter_id: str, output: bytes, now: float) -> None:
         """A replayed call's task failed at that call: record the result as the step, queue the task
