@@ -7,6 +7,8 @@ round-trips each class.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 
 class RaysquadError(Exception):
     """Base class for all raysquad errors."""
@@ -43,7 +45,18 @@ class ConfigError(RaysquadError):
 
 
 class StoreError(RaysquadError):
-    """Raised when the Store cannot read or write durable state."""
+    """Raised when the Store cannot read or write durable state. Its message is what any caller may
+    see (the HTTP API answers it in a 500 body), so it never names where the database is or who
+    connects to it; ``detail`` (what the database said, its address) is for the log only and is left
+    out of ``str()``."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message, detail)
+        self.message = message
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class TaskNotFound(NotFound):
@@ -452,12 +465,25 @@ class AddressRefused(Refused):
         return f"refused to connect to {self.host}: {self.reason}{allow}"
 
 
+def public_url(url: str) -> str:
+    """``url`` as an error message or a dead letter may show it: scheme, host, port and path, without
+    what often carries a credential (a ``user:password@``, the query string, the fragment)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an invalid URL)"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 class ResponseTooLarge(Refused):
-    """Raised when a fetched body exceeds the size cap: as it arrives, and again as it decodes."""
+    """Raised when a fetched body exceeds the size cap: as it arrives, and again as it decodes. It
+    names the URL without its userinfo and query (``public_url``)."""
 
     retryable = False
 
     def __init__(self, url: str, limit: int) -> None:
+        url = public_url(url)
         super().__init__(url, limit)
         self.url = url
         self.limit = limit
@@ -468,9 +494,11 @@ class ResponseTooLarge(Refused):
 
 class UpstreamError(Retryable):
     """Raised when an upstream service answers 429 or 5xx (busy or failing): worth another try, after
-    its Retry-After where it sent one (retry loops cap that at their policy's max_backoff_s)."""
+    its Retry-After where it sent one (retry loops cap that at their policy's max_backoff_s). It names
+    the URL without its userinfo and query (``public_url``)."""
 
     def __init__(self, url: str, status: int, retry_after_s: float | None = None) -> None:
+        url = public_url(url)
         super().__init__(url, status, retry_after_s)
         self.url = url
         self.status = status

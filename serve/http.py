@@ -28,7 +28,7 @@ from sse_starlette.sse import EventSourceResponse
 from runtime import tracing
 from runtime.client import MAX_BATCH, AsyncClient
 from runtime.config import GateLimits, Settings
-from runtime.errors import DeadLetterNotFound, TaskNotFound
+from runtime.errors import DeadLetterNotFound, TaskNotFound, public_url
 from runtime.models import (
     END_EVENT_KINDS,
     DeadLetter,
@@ -229,7 +229,9 @@ REDACTED = "[redacted]"
 
 def redacted(letter: DeadLetter) -> DeadLetter:
     """A dead letter as a tenant sees it: the values of headers and of arguments named like
-    secrets (at any depth) replaced, since a workflow may have added credentials to a call."""
+    secrets (at any depth) replaced, since a workflow may have added credentials to a call, and
+    URLs without their userinfo and query (``public_url``). The Store keeps the call whole, for
+    replay."""
 
     def scrub(value: Any, secret: bool) -> Any:
         if isinstance(value, dict):
@@ -237,7 +239,11 @@ def redacted(letter: DeadLetter) -> DeadLetter:
                     for k, v in value.items()}
         if isinstance(value, list):
             return [scrub(v, secret) for v in value]
-        return REDACTED if secret else value
+        if secret:
+            return REDACTED
+        if isinstance(value, str) and value[:8].lower().startswith(("http://", "https://")):
+            return public_url(value)
+        return value
 
     args = {k: scrub(v, k == "headers" or bool(_SECRET_NAME.search(k)))
             for k, v in letter.args.items()}

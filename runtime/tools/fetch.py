@@ -22,7 +22,10 @@ trailing dot; an IP literal in its canonical form), so spellings of one host sha
 Redirects are followed here rather than by httpx: one on the same host is followed; one to another
 host passes that host's gate first where the caller gives ``fetch`` a way to (``gate``). Without one
 it is not followed: the result is the redirect itself, with its ``location``, for the caller to fetch
-with a call of its own, which passes that host's gate.
+with a call of its own, which passes that host's gate. The caller's headers go to the URL's own origin
+(scheme, host and port) only: a hop to another origin carries just ``CARRIED_HEADERS`` of them, since
+any other (an ``X-Api-Key``, a ``Private-Token``) may be a credential for the first origin. A redirect
+from https to http is refused (``AddressRefused``): the request would travel in clear text.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ DEFAULT_PORTS = (range(80, 81), range(443, 444))
 #: The content-codings decoded, and so the only ones asked for.
 CODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}
 ACCEPT_ENCODING = "gzip, deflate"
+#: The caller's headers that a redirect to another origin still carries: none of them is a credential.
+CARRIED_HEADERS = frozenset({"accept", "accept-language", "user-agent"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 # -- where it may connect ---------------------------------------------------------------------------
@@ -220,6 +226,16 @@ def gate_key(url: str | httpx.URL) -> str:
     return f"http:{host_of(url)}"
 
 
+def origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
+    """Scheme, normalised host and port: what a browser calls the origin."""
+    return url.scheme, host_of(url), url.port or _DEFAULT_PORTS.get(url.scheme)
+
+
+def carried(headers: dict[str, str] | None) -> dict[str, str]:
+    """The caller's headers that may go to another origin."""
+    return {k: v for k, v in (headers or {}).items() if k.lower() in CARRIED_HEADERS}
+
+
 # -- how much it reads -------------------------------------------------------------------------------
 
 
@@ -303,6 +319,7 @@ async def fetch(url: str, settings: ToolSettings, headers: dict[str, str] | None
                                  headers={"Accept-Encoding": ACCEPT_ENCODING}) as client:
         request = client.build_request("GET", url, headers=headers)
         origin = host = host_of(request.url)
+        home = origin_of(request.url)  # where the caller's headers may go
         hops = 0
         hop_gate = AsyncExitStack()  # the gate of the host a redirect led to, while there
         try:
@@ -319,6 +336,9 @@ async def fetch(url: str, settings: ToolSettings, headers: dict[str, str] | None
                         return await _result(response, cap, str(redirect.url))  # not followed
                     if hops == settings.http_max_redirects:
                         raise httpx.TooManyRedirects(f"more than {hops} redirects", request=request)
+                    if request.url.scheme == "https" and redirect.url.scheme == "http":
+                        raise AddressRefused(target, "a redirect from https to http is not followed "
+                                                     "(the request would travel in clear text)", "")
                 finally:
                     await response.aclose()
                 if target != host:
@@ -328,7 +348,9 @@ async def fetch(url: str, settings: ToolSettings, headers: dict[str, str] | None
                         assert gate is not None
                         await hop_gate.enter_async_context(gate(f"http:{target}"))
                     host = target
-                request, hops = redirect, hops + 1
+                hop_headers = headers if origin_of(redirect.url) == home else carried(headers)
+                request = client.build_request("GET", redirect.url, headers=hop_headers)
+                hops += 1
         finally:
             await hop_gate.aclose()
 

@@ -23,6 +23,7 @@ from runtime.store.actor import open_store
 from runtime.store.base import SCHEMA_VERSION
 from runtime.store.postgres import PostgresStore, channels
 from runtime.store.sqlite import SQLiteStore, queued_index_sql
+from serve.errors import answer
 from tests.conftest import wait_for
 from tests.unit.stores import (
     LEASE_S,
@@ -312,12 +313,24 @@ def test_postgres_new_events_and_tasks_are_notified(postgres_backend: PostgresBa
     assert [(i, int(p), float(at)) for i, p, at in tasks] == [("t1", 3, T0)]
 
 
-def test_postgres_an_unreachable_server_is_a_store_error_without_the_password(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="cannot connect to PostgreSQL") as info:
-        PostgresStore("postgresql://raysquad:s3cret@127.0.0.1:1/raysquad", tmp_path)
-    assert "s3cret" not in str(info.value)
-    with pytest.raises(StoreError, match="bad PostgreSQL URL"):
-        PostgresStore("postgresql://127.0.0.1:5432/x?nonsense=1", tmp_path)
+def test_postgres_an_unreachable_server_is_a_store_error_without_the_conninfo(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = "postgresql://rsq_user:s3cret@127.0.0.1:1/rsq_db?sslpassword=k3y&application_name=rsq_app"
+    refused = r"^the store is unavailable: cannot connect \(OperationalError\)$"
+    with pytest.raises(StoreError, match=refused) as info:
+        PostgresStore(url, tmp_path)
+    # What an API caller would get (a 500 body) names no host, port, user, database or password.
+    status, body = answer(info.value)
+    shown = f"{status} {body} {info.value!s}"
+    assert status == 500 and body["type"] == "StoreError"
+    for part in ("127.0.0.1", "rsq_user", "s3cret", "rsq_db", "k3y", "rsq_app", "port"):
+        assert part not in shown, part
+    # The operator finds where and why in the log (the passwords left out there too).
+    assert "127.0.0.1" in info.value.detail and "rsq_db" in caplog.text
+    assert "s3cret" not in caplog.text and "k3y" not in caplog.text
+    with pytest.raises(StoreError, match="bad PostgreSQL URL") as bad:
+        PostgresStore("postgresql://127.0.0.1:5432/x?nonsense=s3cret", tmp_path)
+    assert "s3cret" not in str(bad.value)
 
 
 def test_postgres_errors_come_out_as_store_errors(postgres_backend: PostgresBackend) -> None:
@@ -326,10 +339,11 @@ def test_postgres_errors_come_out_as_store_errors(postgres_backend: PostgresBack
                         created_at=T0)
     store.add_dead_letter(letter)
 
-    with pytest.raises(StoreError, match="UniqueViolation"):
+    with pytest.raises(StoreError, match=r"^the store failed \(UniqueViolation\)$"):
         store.add_dead_letter(letter)
-    with pytest.raises(StoreError, match="NUL"):  # SQLite would keep it; see _text for messages
+    with pytest.raises(StoreError, match=r"\(DataError\)$") as info:  # SQLite would keep it
         store.create_task("t\x00", SubmitRequest(workflow="wf"), T0)
+    assert "NUL" in info.value.detail  # the driver's text: the log's, not the message's
     assert store.get_dead_letter("d1") == letter  # and the connection goes on
 
 
