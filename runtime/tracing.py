@@ -5,16 +5,20 @@ HTTP; ``OTEL_EXPORTER_OTLP_ENDPOINT`` and the other standard variables say where
 or ``file:/path/spans.jsonl`` (one JSON object per finished span, appended; what the tests read).
 Unset, no span is made and nothing is imported.
 
-A submit over HTTP starts a ``submit <workflow>`` span, a child of the caller's ``traceparent``
-header when there is one; its context is kept with the task (``TaskRecord.trace_parent``), so the
-task's ``task <workflow>`` span in the worker, and the spans of its steps under it, are in the
-caller's trace. Every run of a task (a retry, a resume after a crash) is a span of its own.
+A submit over HTTP starts a ``submit <workflow>`` span, the root of a new trace: the caller is not
+trusted to choose the trace (it could join another tenant's, or switch sampling off for its tasks),
+so its ``traceparent`` header, once it parses as W3C Trace Context, is recorded as a *link* of the
+submit span, and a malformed one is ignored. The submit span's context is kept with the task
+(``TaskRecord.trace_parent``), so the task's ``task <workflow>`` span in the worker, and the spans of
+its steps under it, are in that trace. Every run of a task (a retry, a resume after a crash) is a
+span of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -57,19 +61,48 @@ def enabled() -> bool:
     return _tracer is not None
 
 
+# W3C Trace Context: version-traceid-parentid-flags, lowercase hex; version ff is invalid, and a
+# later version may append fields after a dash.
+_TRACEPARENT = re.compile(r"(?!ff)([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+def valid_traceparent(value: str | None) -> str | None:
+    """``value`` as a W3C ``traceparent`` of version 00 (a later version cut to 00's fields), or
+    None if it is not one (wrong shape, an all-zero trace or span id)."""
+    match = _TRACEPARENT.fullmatch(value.strip()) if value else None
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if (version == "00" and rest) or set(trace_id) == {"0"} or set(span_id) == {"0"}:
+        return None
+    return f"00-{trace_id}-{span_id}-{flags}"
+
+
 @contextlib.contextmanager
-def span(name: str, parent: str | None = None, **attributes: Any) -> Iterator[Any]:
-    """A span named ``name`` (nothing when tracing is off); ``parent`` a W3C ``traceparent``
-    value, else the current span is the parent."""
+def span(name: str, parent: str | None = None, link: str | None = None,
+         **attributes: Any) -> Iterator[Any]:
+    """A span named ``name`` (nothing when tracing is off). ``parent``: a W3C ``traceparent`` of
+    ours (a task's kept context), else the current span is the parent. ``link``: an untrusted
+    caller's ``traceparent``: the span starts a new trace and links to it, if it is valid."""
     if _tracer is None:
         yield None
         return
-    context = None
-    if parent:
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Link, get_current_span
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+    context = None
+    links = []
+    if parent:
         context = TraceContextTextMapPropagator().extract({"traceparent": parent})
-    with _tracer.start_as_current_span(name, context=context,
+    if link is not None:
+        context = Context()  # a root: nothing of the caller's is its parent
+        caller = valid_traceparent(link)
+        if caller:
+            linked = get_current_span(TraceContextTextMapPropagator().extract(
+                {"traceparent": caller})).get_span_context()
+            links.append(Link(linked, {"raysquad.link": "caller"}))
+    with _tracer.start_as_current_span(name, context=context, links=links,
                                        attributes={k: v for k, v in attributes.items()
                                                    if v is not None}) as current:
         yield current
@@ -97,6 +130,8 @@ def file_exporter(path: str) -> Any:
                 "name": s.name, "trace_id": f"{s.context.trace_id:032x}",
                 "span_id": f"{s.context.span_id:016x}",
                 "parent_id": f"{s.parent.span_id:016x}" if s.parent else None,
+                "links": [{"trace_id": f"{k.context.trace_id:032x}",
+                           "span_id": f"{k.context.span_id:016x}"} for k in s.links],
                 "start": s.start_time, "end": s.end_time, "attributes": dict(s.attributes or {}),
             }) + "\n" for s in spans]
             with open(path, "a") as f:

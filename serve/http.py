@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import socket
 import time
 from collections import Counter
@@ -32,6 +31,7 @@ from runtime.errors import DeadLetterNotFound, TaskNotFound, public_url
 from runtime.models import (
     END_EVENT_KINDS,
     DeadLetter,
+    Name,
     SubmitRequest,
     TaskRecord,
     TaskStatus,
@@ -39,16 +39,20 @@ from runtime.models import (
     page_cursor,
 )
 from runtime.ops import AsyncOps
-from serve import errors
+from serve import auth, errors
 from serve import events as events_http
 from serve import status as status_page
 
 app = FastAPI(
     title="raysquad", version="0.1.0",
     description="Durable multi-agent workflows on Ray: submit tasks, follow their events, signal them.",
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, on the origin where the
+    # status page keeps its API key. /openapi.json stays (any OpenAPI viewer reads it).
+    docs_url=None, redoc_url=None,
 )
 errors.install(app)
 app.add_middleware(errors.BodyGuard)
+app.add_middleware(auth.NoKeyGuard)  # the outermost: before any body is read
 
 
 def _openapi() -> dict[str, Any]:
@@ -103,12 +107,12 @@ class SubmitBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    workflow: str = Field(min_length=1, max_length=200)
+    workflow: Name = Field(min_length=1, max_length=200)
     input: dict[str, Any] = Field(default_factory=dict)
     priority: JsonInt = Field(0, ge=-1000, le=1000, description=(
         "higher runs first; a tenant may use only the range configured for it (default 0 to 10): "
         "outside it, 422"))
-    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    idempotency_key: Name | None = Field(None, min_length=1, max_length=200)
 
 
 class BatchBody(BaseModel):
@@ -334,10 +338,9 @@ async def tenant_of(request: Request,
     keys: dict[str, str] = request.app.state.settings.api_keys
     if not keys:
         return "default"
-    scheme, _, key = (authorization or "").partition(" ")
-    for known, tenant in keys.items():
-        if scheme.lower() == "bearer" and secrets.compare_digest(key.encode(), known.encode()):
-            return tenant
+    tenant = auth.key_tenant(keys, authorization)
+    if tenant is not None:
+        return tenant
     raise HTTPException(401, "missing or unknown API key: send Authorization: Bearer <key>"
                         if authorization else "missing API key: send Authorization: Bearer <key>",
                         headers={"WWW-Authenticate": "Bearer"})
@@ -388,14 +391,14 @@ class Ingress:
     async def submit(self, body: SubmitBody, tenant: Tenant,
                      traceparent: Annotated[str | None, Header(max_length=200)] = None) -> Response:
         """Queue a task and answer at once. The same idempotency key returns the first task (200).
-        With tracing on, a ``traceparent`` header makes the task's spans part of the caller's
-        trace."""
-        with tracing.span(f"submit {body.workflow}", parent=traceparent,
+        With tracing on, the task's spans make a new trace, linked to the caller's
+        ``traceparent`` if it sends a valid one."""
+        with tracing.span(f"submit {body.workflow}", link=traceparent or "",
                           **{"raysquad.workflow": body.workflow}):
             record, created = await self.client.submit_request(
                 SubmitRequest(workflow=body.workflow, input=body.input, priority=body.priority,
                               idempotency_key=body.idempotency_key, tenant=tenant,
-                              trace_parent=tracing.current_traceparent() or traceparent))
+                              trace_parent=tracing.current_traceparent()))
         # The hot path: the body is built once from the Store's record, not validated again as a
         # TaskView on the way out (response_model still documents it).
         return Response(_json(task_fields(record)), 202 if created else 200,
@@ -410,9 +413,9 @@ class Ingress:
         202 (queued), 200 (its idempotency key's first task) or the 4xx a single submit of it would
         have got, with nothing written for it. The request as a whole is refused (422) only when
         it does not match this schema."""
-        with tracing.span("submit batch", parent=traceparent,
+        with tracing.span("submit batch", link=traceparent or "",
                           **{"raysquad.batch_size": len(body.tasks)}):
-            parent = tracing.current_traceparent() or traceparent
+            parent = tracing.current_traceparent()
             outcomes = await self.client.submit_requests([
                 SubmitRequest(workflow=t.workflow, input=t.input, priority=t.priority,
                               idempotency_key=t.idempotency_key, tenant=tenant,
@@ -524,7 +527,7 @@ class Ingress:
 
     @app.post("/v1/tasks/{task_id}/signals/{name}", status_code=202, response_model=TaskView,
               operation_id="signalTask", responses=_responses(404, 409, *_BODY_ERRORS))
-    async def signal(self, task_id: str, name: Annotated[str, Field(min_length=1, max_length=200)],
+    async def signal(self, task_id: str, name: Annotated[Name, Field(min_length=1, max_length=200)],
                      tenant: Tenant, payload: Annotated[Any, Body()] = None) -> TaskView:
         """Send a signal with a JSON payload; a task waiting for it resumes."""
         await self._task(task_id, tenant)
@@ -619,11 +622,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def open_bind_refusal(settings: Settings) -> str | None:
-    """Why the API may not listen where configured: without API keys, only loopback is allowed."""
-    if settings.api_keys or is_loopback(settings.http_host):
+def open_bind_refusal(settings: Settings, host: str | None = None) -> str | None:
+    """Why the API may not listen on ``host`` (default ``settings.http_host``): without API keys,
+    only loopback is allowed."""
+    host = settings.http_host if host is None else host
+    if settings.api_keys or is_loopback(host):
         return None
-    return (f"refusing to serve on {settings.http_host} without API keys: set RAYSQUAD_API_KEYS "
+    return (f"refusing to serve on {host} without API keys: set RAYSQUAD_API_KEYS "
             "(a JSON object of key -> tenant) or use --host 127.0.0.1")
 
 
@@ -693,8 +698,39 @@ def start_http(settings: Settings) -> str:
     serve.start(http_options=serve_http_options(settings),
                 logging_config={"enable_access_log": settings.http_access_log})
     # One Serve application per runtime, named after its namespace (a cluster may run several).
-    serve.run(build(settings), name=settings.namespace, route_prefix="/", blocking=False)
+    try:
+        serve.run(build(settings), name=settings.namespace, route_prefix="/", blocking=False)
+    except RuntimeError:
+        if not direct_ingress_on(settings):
+            raise
+        _serve_again(settings)
     return f"http://{settings.http_host}:{settings.http_port}"
+
+
+def _serve_again(settings: Settings) -> None:
+    """Deploy once more after the direct-ingress replica failed to bind its port.
+
+    Serve (2.60) blocks a port for good once a replica fails to bind it, and the direct path's range
+    is that one port, so every later replica fails with NoAvailablePortError. Something held the port
+    as the replica started (a process of a crashed runtime still dying): wait for the port, start
+    Serve afresh (a new controller, nothing blocked) and deploy again; if the port stays taken, say
+    so in one line.
+    """
+    from runtime.errors import ConfigError
+    from serve.ports import wait_until_bindable
+
+    logging.getLogger(__name__).warning("the HTTP replica could not bind port %d; waiting for it and deploying again",
+                settings.http_port)
+    serve.shutdown()
+    if blocked := wait_until_bindable(settings.http_host, settings.http_port):
+        raise ConfigError(blocked) from None
+    serve.start(http_options=serve_http_options(settings),
+                logging_config={"enable_access_log": settings.http_access_log})
+    try:
+        serve.run(build(settings), name=settings.namespace, route_prefix="/", blocking=False)
+    except RuntimeError as e:
+        raise ConfigError(f"the HTTP API could not start on {settings.http_host}:"
+                          f"{settings.http_port}: {e}") from None
 
 
 def stop_http(namespace: str | None = None) -> bool:

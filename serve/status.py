@@ -13,6 +13,16 @@ from fastapi.responses import FileResponse
 
 STATIC = Path(__file__).parent / "static"
 FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+# The page holds an API key (localStorage) and has Cancel and Retry buttons: only its own scripts
+# run on it, and no other site may frame it (clickjacking).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' data:; connect-src 'self'; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def install(app: FastAPI, admin: Any) -> None:
@@ -20,13 +30,14 @@ def install(app: FastAPI, admin: Any) -> None:
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+        return FileResponse(STATIC / "index.html", media_type="text/html",
+                            headers=SECURITY_HEADERS)
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> FileResponse:
         if name not in FILES:
             raise HTTPException(404, f"no static file {name[:100]!r}")
-        return FileResponse(STATIC / name, media_type=FILES[name])
+        return FileResponse(STATIC / name, media_type=FILES[name], headers=SECURITY_HEADERS)
 
     @app.get("/v1/overview", operation_id="getOverview")
     async def get_overview(request: Request, _admin: Admin) -> dict[str, Any]:

@@ -9,7 +9,10 @@ const headers = () => (key() ? { Authorization: `Bearer ${key()}` } : {});
 let stream = null; // the AbortController of the open event stream
 
 async function api(path, options = {}) {
-  const response = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
+  // A state-changing request says it is JSON even without a body: a server without API keys takes
+  // no other, since a page of another site cannot send that content type without asking first.
+  const json = options.method && options.method !== "GET" ? { "Content-Type": "application/json" } : {};
+  const response = await fetch(path, { ...options, headers: { ...headers(), ...json, ...(options.headers || {}) } });
   if (response.status === 401) { $("#key-form").hidden = false; throw new Error("API key needed"); }
   return response;
 }

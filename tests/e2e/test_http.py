@@ -6,12 +6,16 @@ mistake is a 4xx with a message that names the problem, never a 500.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import psutil
@@ -376,7 +380,7 @@ def test_workflows_list_their_input_and_output_schemas(a: httpx.Client) -> None:
     assert all(isinstance(w["description"], str) for w in workflows.values())
 
 
-def test_openapi_and_docs_answer(api: Api) -> None:
+def test_openapi_and_health_answer(api: Api) -> None:
     anonymous = api.client()
     spec = anonymous.get("/openapi.json")
     assert spec.status_code == 200
@@ -385,9 +389,6 @@ def test_openapi_and_docs_answer(api: Api) -> None:
             "/v1/tasks/{task_id}/events", "/v1/tasks/{task_id}/cancel", "/v1/tasks/{task_id}/retry",
             "/v1/tasks/{task_id}/signals/{name}", "/v1/workflows"} <= set(paths)
     assert "202" in paths["/v1/tasks"]["post"]["responses"]
-    docs = anonymous.get("/docs")
-    assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
-    assert "/openapi.json" in docs.text
     assert anonymous.get("/healthz").json() == {"status": "ok"}
     ready = anonymous.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
@@ -689,3 +690,103 @@ def test_the_openapi_document_says_what_the_server_enforces(api: Api) -> None:
     (key,) = [p for p in doc["paths"]["/v1/gates/{key}"]["put"]["parameters"] if p["name"] == "key"]
     assert key["schema"]["pattern"] == r"^[A-Za-z0-9_.:@/*-]+$"  # \w would differ from JSON Schema's
 
+
+
+# -- the front door under a hostile body (audit H1), and what the status page sends (L8) ---------
+
+def wide_and_deep_body() -> bytes:
+    """2 MB: an array of a million zeros nested 62 deep."""
+    return ('{"a":' * 62 + "[" + ",".join(["0"] * 1_000_000) + "]" + "}" * 62).encode()
+
+
+def post_raw(url: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, float]:
+    """POST over a plain socket: the body goes out from a thread while the answer is read, as a
+    server may answer (and close) before reading it all. Returns the status and the seconds from
+    the end of the headers to the answer's status line."""
+    parsed = urlparse(url)
+    head = "".join(f"{k}: {v}\r\n" for k, v in {
+        "Host": parsed.netloc, "Content-Length": str(len(body)), "Connection": "close",
+        **headers}.items())
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\n{head}\r\n".encode())
+        sent = time.monotonic()
+
+        def send_body() -> None:
+            with contextlib.suppress(OSError):  # the server may close once it has answered
+                sock.sendall(body)
+
+        sender = threading.Thread(target=send_body, daemon=True)
+        sender.start()
+        reply = b""
+        while b"\r\n" not in reply:
+            chunk = sock.recv(4096)
+            assert chunk, f"the server closed without answering POST {path}"
+            reply += chunk
+        took = time.monotonic() - sent
+    return int(reply.split(b" ", 2)[1]), took
+
+
+def test_a_wide_deep_body_without_a_key_is_refused_at_once_while_healthz_answers(api: Api) -> None:
+    body = wide_and_deep_body()
+    assert len(body) > 2_000_000
+    stop = threading.Event()
+    polls: list[tuple[int, float]] = []
+
+    def poll_healthz() -> None:
+        with httpx.Client(base_url=api.url, timeout=10) as other:  # a connection of its own
+            while not stop.is_set():
+                started = time.monotonic()
+                status = other.get("/healthz").status_code
+                polls.append((status, time.monotonic() - started))
+
+    poller = threading.Thread(target=poll_healthz, daemon=True)
+    poller.start()
+    try:
+        wait_for(lambda: polls, timeout_s=30, what="the first /healthz")
+        answers = {path: post_raw(api.url, path, body, {"Content-Type": "application/json"})
+                   for path in ("/nothing:batch", "/v1/tasks:batch", "/v1/tasks")}
+        after = len(polls)
+        wait_for(lambda: len(polls) > after, timeout_s=30, what="a /healthz after the bodies")
+    finally:
+        stop.set()
+        poller.join(timeout=30)
+
+    # Generous bounds (a correctness check on a loaded machine; benchmarks/body_guard.py times it).
+    for path, (status, took) in answers.items():
+        assert 400 <= status < 500, (path, status)
+        assert took < 5.0, (path, took)
+    assert polls and all(status == 200 for status, _ in polls), polls
+    assert max(took for _, took in polls) < 1.0, polls
+
+
+def test_the_status_page_forbids_framing_and_foreign_scripts_and_there_is_no_cdn_docs_page(
+        api: Api) -> None:
+    anonymous = api.client()
+    for path in ("/", "/static/app.js", "/static/style.css"):
+        r = anonymous.get(path)
+        assert r.status_code == 200, path
+        csp = r.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp, (path, csp)
+        assert r.headers["x-frame-options"] == "DENY", path
+    assert anonymous.get("/docs").status_code == 404
+    assert anonymous.get("/redoc").status_code == 404
+    assert anonymous.get("/openapi.json").status_code == 200
+
+
+def test_an_empty_bearer_key_is_401(api: Api) -> None:
+    # "Bearer " arrives as "Bearer" (a header value's trailing space is not part of it).
+    for authorization in ("Bearer", "bearer"):
+        r = api.client().get("/v1/tasks", headers={"Authorization": authorization})
+        assert_client_error(r, 401)
+
+
+def test_gate_limits_refuse_booleans_and_values_past_their_bounds(a: httpx.Client) -> None:
+    key = f"test:{uuid.uuid4().hex[:8]}"
+    for limits in ({"requests": True, "max_hold_s": 2.8e16}, {"requests": True},
+                   {"concurrency": 10**7}, {"max_hold_s": 2.8e16}, {"interval_s": "1"}):
+        r = a.put(f"/v1/gates/{key}", json=limits)
+        assert_client_error(r, 422, "body.")
+    assert key not in a.get("/v1/gates").json()
+    r = a.put(f"/v1/gates/{key}", json={"requests": 5, "max_hold_s": 60})
+    assert r.status_code == 200 and r.json()["limits"]["requests"] == 5, r.text
+    assert a.delete(f"/v1/gates/{key}").status_code == 204

@@ -46,7 +46,7 @@ def test_a_signed_webhook_publishes_its_event_and_starts_its_workflow(api: Api) 
     assert r.status_code == 202, r.text
     event = r.json()
     assert (event["id"], event["topic"], event["source"], event["tenant"]) == (
-        headers["webhook-id"], "docs.new", "webhook:docs", "tenant-a")
+        f"webhook:docs:{headers['webhook-id']}", "docs.new", "webhook:docs", "tenant-a")
     assert event["data"] == json.loads(body)
     report_url = r.headers["Location"]
     task_id = wait_for(lambda: next((d["task_id"] for d in
@@ -60,6 +60,11 @@ def test_a_signed_webhook_publishes_its_event_and_starts_its_workflow(api: Api) 
     again = hooks.post("/v1/webhooks/docs", content=body, headers=headers)
     assert again.status_code == 200 and again.json()["seq"] == event["seq"]
     assert len(events_of(tenant_a, "docs.new")) == before
+
+    # The tenant's own publish with the delivery's id is an event of its own, not this one.
+    mine = tenant_a.post("/v1/events/notes.added", json={"id": headers["webhook-id"],
+                                                       "data": {"other": 1}})
+    assert mine.status_code == 202 and mine.json()["seq"] != event["seq"]
 
 
 def test_a_rotated_secret_is_still_accepted(api: Api) -> None:
@@ -190,3 +195,128 @@ def test_cli_publishes_lists_and_schedules(api: Api, tmp_path: Path) -> None:
     assert_one_line_error(cli("publish", "t", "--data", "{nope", *url, cwd=tmp_path), 2,
                           "--data is not valid JSON")
     assert_one_line_error(cli("schedule", "show", sid, *url, cwd=tmp_path), 1, "no schedule")
+
+
+# -- flow control is per tenant (audit H2): tenants a and b publish on the same key ---------------
+
+
+def _flow_dir(api: Api) -> Path:
+    side = api.dir / f"flow-{uuid.uuid4().hex[:8]}"
+    side.mkdir()
+    return side
+
+
+def _publish(client: httpx.Client, topic: str, key: str, **data: Any) -> str:
+    r = client.post(f"/v1/events/{topic}", json={"key": key, "data": data})
+    assert r.status_code == 202, r.text
+    return r.headers["Location"]
+
+
+def _delivery(client: httpx.Client, report_url: str, target: str) -> dict[str, Any] | None:
+    return next((d for d in client.get(report_url).json()["deliveries"] if d["target"] == target),
+                None)
+
+
+def _task_of(client: httpx.Client, report_url: str, target: str) -> str:
+    return wait_for(lambda: (_delivery(client, report_url, target) or {}).get("task_id"),
+                    timeout_s=60, what=f"the event to start {target}")  # type: ignore[no-any-return]
+
+
+def _status(client: httpx.Client, task_id: str) -> str:
+    return client.get(f"/v1/tasks/{task_id}").json()["status"]  # type: ignore[no-any-return]
+
+
+def _phases(side: Path, name: str) -> list[tuple[int, str]]:
+    path = side / name
+    return [(n["n"], n["phase"]) for n in map(json.loads, path.read_text().splitlines())
+            ] if path.exists() else []
+
+
+def test_cancel_running_never_cancels_another_tenants_task(a: httpx.Client, b: httpx.Client,
+                                                           api: Api) -> None:
+    side, key = _flow_dir(api), f"AAPL-{uuid.uuid4().hex[:6]}"
+    at_a = _publish(a, "prices.changed", key, dir=str(side), url="a", n=1, gate="ga")
+    task_a = _task_of(a, at_a, "workflow:latest_only")
+    wait_for(lambda: (1, "start") in _phases(side, "latest_only"), 60, what="a's run at its gate")
+
+    at_b = _publish(b, "prices.changed", key, dir=str(side), url="b", n=2)
+    task_b = _task_of(b, at_b, "workflow:latest_only")
+    wait_for(lambda: _status(b, task_b) == "succeeded", 60, what="b's run to end")
+
+    assert _status(a, task_a) in ("running", "waiting")
+    (side / "ga").touch()
+    wait_for(lambda: _status(a, task_a) == "succeeded", 60,
+             what="a's run to end, not cancelled by b's event")
+    assert (1, "end") in _phases(side, "latest_only")
+
+
+def test_debounce_never_supersedes_another_tenants_event(a: httpx.Client, b: httpx.Client,
+                                                         api: Api) -> None:
+    side, key = _flow_dir(api), f"page-{uuid.uuid4().hex[:6]}"
+    at_a = _publish(a, "edits.made", key, dir=str(side), url="a", n=1)
+    at_b = _publish(b, "edits.made", key, dir=str(side), url="b", n=2)
+
+    for client, url in ((a, at_a), (b, at_b)):
+        task = _task_of(client, url, "workflow:debounced")
+        wait_for(lambda c=client, t=task: _status(c, t) == "succeeded", 60,
+                 what="each tenant's debounced run")
+        assert (_delivery(client, url, "workflow:debounced") or {})["outcome"] == "started"
+    runs = sorted(n["n"] for n in map(json.loads, (side / "debounced").read_text().splitlines()))
+    assert runs == [1, 2]
+
+
+def test_one_per_key_never_holds_another_tenants_event(a: httpx.Client, b: httpx.Client,
+                                                       api: Api) -> None:
+    side, key = _flow_dir(api), f"job-{uuid.uuid4().hex[:6]}"
+    at_a = _publish(a, "jobs.queued", key, dir=str(side), url="a", n=1, gate="ga")
+    task_a = _task_of(a, at_a, "workflow:one_at_a_time")
+    wait_for(lambda: (1, "start") in _phases(side, "one_at_a_time"), 60, what="a's job at its gate")
+
+    at_b = _publish(b, "jobs.queued", key, dir=str(side), url="b", n=2)
+    task_b = _task_of(b, at_b, "workflow:one_at_a_time")  # not held behind a's job
+    wait_for(lambda: _status(b, task_b) == "succeeded", 60,
+             what="b's job to run while a's holds its key")
+    assert _status(a, task_a) in ("running", "waiting")
+    (side / "ga").touch()
+    wait_for(lambda: _status(a, task_a) == "succeeded", 60, what="a's job to end")
+    assert b.get(f"/v1/tasks/{task_b}").json()["priority"] == -5  # b's lowest allowed (L14)
+
+
+def test_the_runtimes_own_topics_are_refused(a: httpx.Client) -> None:
+    for topic in ("task.failed", "task.succeeded", "sys.anything"):
+        r = a.post(f"/v1/events/{topic}", json={"data": {"task_id": "x"}})
+        assert r.status_code == 422, r.text
+        assert "the runtime's own" in r.json()["error"]["message"]
+
+
+# -- an event's report: its topic and an id with slashes (audit L10); cursors; webhook bodies ----
+
+def test_an_events_report_matches_its_topic_and_takes_an_id_with_slashes(api: Api) -> None:
+    tenant_a = api.client("key-a")
+    event_id = f"task/{uuid.uuid4().hex}/1"  # shaped like the runtime's own ids
+    r = tenant_a.post("/v1/events/notes.sliced", json={"id": event_id, "data": {"n": 1}})
+    assert r.status_code == 202, r.text
+
+    by_location = tenant_a.get(r.headers["Location"])  # the id quoted: %2F
+    by_path = tenant_a.get(f"/v1/events/notes.sliced/{event_id}")  # the id as it is
+    other_topic = tenant_a.get(f"/v1/events/notes.other/{event_id}")
+
+    assert by_location.status_code == 200, by_location.text
+    assert by_path.status_code == 200 and by_path.json()["event"]["id"] == event_id
+    assert other_topic.status_code == 404 and event_id in other_topic.json()["error"]["message"]
+
+
+def test_a_cursor_past_any_event_is_422_not_500(api: Api) -> None:
+    r = api.client("key-a").get("/v1/events", params={"cursor": "9999999999999999999"})
+
+    assert r.status_code == 422 and r.json()["error"]["type"] == "InvalidCursor", r.text
+
+
+def test_a_validly_signed_body_that_is_not_json_is_400_and_publishes_nothing(api: Api) -> None:
+    hooks, tenant_a = api.client(), api.client("key-a")
+    before = len(events_of(tenant_a, "docs.new"))
+    for body in (b"", b"{not json", b"[1, 2"):
+        r = hooks.post("/v1/webhooks/docs", content=body, headers=signed(body, WEBHOOK_SECRETS[1]))
+        assert r.status_code == 400, (body, r.status_code, r.text)
+        assert r.json()["error"]["type"] == "MalformedJSON"
+    assert len(events_of(tenant_a, "docs.new")) == before
