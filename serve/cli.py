@@ -178,7 +178,7 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
     if url:
         auth = (f"{len(config.api_keys)} API key(s)" if config.api_keys else
                 "no API keys configured: loopback only, no authentication")
-        out.print(f"HTTP API on {url} ({auth}); docs at {url}/docs.")
+        out.print(f"HTTP API on {url} ({auth}); API document at {url}/openapi.json.")
     _print_observability(config)
     if detach:
         import ray
