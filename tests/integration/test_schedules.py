@@ -1,6 +1,6 @@
 """Cron schedules on a real runtime: each tick fires once across a kill of the scheduler and a full
 restart, the catch-up policies for missed ticks, the overlap policies, pause and resume, refusals,
-and schedules declared on workflows."""
+schedules declared on workflows, and a schedule that cannot run paused without stopping the others."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 
 from runtime import Runtime, TaskStatus
 from runtime.errors import InvalidInput, InvalidSchedule, ScheduleNotFound, WorkflowNotFound
-from runtime.schedules import new_schedule
+from runtime.models import Schedule
+from runtime.schedules import new_schedule, prev_tick
 from tests.conftest import wait_for
 from tests.faults import Kind, came_back, kill, pick
 
@@ -138,3 +139,38 @@ def test_pause_resume_delete_and_refusals(make_runtime, side_dir: Path) -> None:
     with pytest.raises(InvalidInput):
         client.create_schedule("bad", "tick", "* * * * *", input={"wrong": 1})
     assert [s.id for s in client.schedules()] == ["nightly"]
+
+
+def test_a_schedule_that_cannot_run_is_paused_with_its_reason_and_the_others_fire(
+        make_runtime, side_dir: Path) -> None:
+    """Schedules kept before their cron or tenant was checked (put straight into the Store): one
+    whose last tick has passed (a year field) and one whose task cannot be asked for (a tenant no
+    request may carry, a ValueError that is not ours). Each used to make every round fail."""
+    rt = make_runtime(APPS, **FAST)
+    client = rt.client()
+    now = time.time()
+    a_minute_ago = prev_tick("* * * * *", "UTC", now)
+    year_2020 = 1_577_836_800.0
+    for bad in (Schedule(id="yearly", workflow="tick", cron="0 0 1 1 * 0 2020", next_at=year_2020,
+                         input={"dir": str(side_dir)}, created_at=year_2020, updated_at=year_2020),
+                Schedule(id="odd", tenant="bad\x01tenant", workflow="tick", cron="* * * * *",
+                         next_at=a_minute_ago, catch_up="once", input={"dir": str(side_dir)},
+                         created_at=now, updated_at=now)):
+        asyncio.run(rt.store.put_schedule(bad, limited=False))
+    client.create_schedule("every2", "tick", EVERY_2S, input={"dir": str(side_dir)},
+                           overlap="allow")
+
+    wait_for(lambda: len(ticks_of(rt, "every2")) >= 2, timeout_s=30, what="the others to fire")
+    yearly = wait_for(lambda: (s := client.schedule("yearly")).paused and s, timeout_s=30,
+                      what="the yearly schedule to be paused")
+    assert "InvalidSchedule" in (yearly.paused_reason or "")
+    assert "no tick after" in (yearly.paused_reason or "")
+    odd = client.schedule("odd", tenant="bad\x01tenant")
+    assert odd.paused and "ValidationError" in (odd.paused_reason or ""), odd
+    assert "yearly" in [s.id for s in client.schedules() if s.paused_reason]
+
+    # Its owner may pause it (a 200) and delete it; a resume says why it cannot (a 422).
+    assert client.pause_schedule("yearly").paused
+    with pytest.raises(InvalidSchedule, match="no tick after"):
+        client.resume_schedule("yearly")
+    client.delete_schedule("yearly")
