@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
@@ -37,7 +38,11 @@ def _nothing() -> None:
 class ToolContext:
     """What a tool may ask about its call: the tools' settings and who called. A tool that talks to
     an upstream calls ``reached()`` once the upstream surely has the request (its first response
-    byte): the gate's request window then counts from there rather than from the call's end."""
+    byte): the gate's request window then counts from there rather than from the call's end.
+
+    ``over`` is set once the call is over for its caller (its result is in, or the attempt timed out
+    or was cancelled). A sync tool runs in a thread that cancelling the await does not stop: a tool
+    that may run long checks ``over`` (or waits on it) and stops its work, as ``sql_query`` does."""
 
     settings: ToolSettings
     tool: str
@@ -47,6 +52,7 @@ class ToolContext:
     #: Enters the gate of another resource key for as long as the context is held (for a call that
     #: moves to another upstream, such as a redirect to another host); None where there are no gates.
     gate: Callable[[str], AbstractAsyncContextManager[object]] | None = None
+    over: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
 
 class _Args(BaseModel):
@@ -90,7 +96,10 @@ class Tool:
         kwargs = {name: getattr(args, name) for name in type(args).model_fields}
         if self.context_param:
             kwargs[self.context_param] = ctx
-        return await _invoke(self.fn, kwargs)
+        try:
+            return await _invoke(self.fn, kwargs)
+        finally:
+            ctx.over.set()
 
     async def call_batch(self, batch: list[BaseModel], ctx: ToolContext) -> list[Any]:
         """One upstream call for many requests; returns one result (or exception) per request."""
@@ -98,7 +107,10 @@ class Tool:
         kwargs: dict[str, Any] = {param: batch}
         if self.context_param:
             kwargs[self.context_param] = ctx
-        results = await _invoke(self.fn, kwargs)
+        try:
+            results = await _invoke(self.fn, kwargs)
+        finally:
+            ctx.over.set()
         if not isinstance(results, list) or len(results) != len(batch):
             raise TypeError(f"batching tool {self.name!r} must return a list of {len(batch)} results")
         return results

@@ -9,12 +9,20 @@ and the result says ``truncated``.
 
 SQLite opens the file read-only, and an authorizer allows reads and the functions in ``FUNCTIONS``
 only (no ATTACH, no PRAGMA, no randomblob/zeroblob, no load_extension); a progress handler stops the
-query at ``sql_timeout_s``, and no string or blob in it may grow past ``sql_max_bytes``.
+query at ``sql_timeout_s`` from its start (one deadline for preparing and every row), or as soon as
+the call is over for its caller (``ToolContext.over``), and no string or blob in it may grow past
+``sql_max_bytes``.
 
 PostgreSQL runs the query through a server-side cursor (``DECLARE ... CURSOR FOR``: one SELECT,
-VALUES, TABLE or WITH query), in a READ ONLY transaction that is rolled back, with the session's
-``statement_timeout`` set to ``sql_timeout_s`` on connect; rows are fetched a few at a time, so a
-large result is not loaded to be cut.
+VALUES, TABLE or WITH query), in a READ ONLY transaction that is never committed; rows are fetched a
+few at a time, so a large result is not loaded to be cut. The time limit is one deadline for the whole
+query, all its FETCHes together, kept by this process (``_Watchdog``): at ``sql_timeout_s`` from the
+start, or once the call is over for its caller (an attempt that timed out), it cancels the running
+statement, and if the server has not stopped it shortly after, cuts the connection. That holds
+whatever the query does to its session: ``statement_timeout`` (set on connect too) only guards the
+server when this process is gone, and a query can turn it off with ``set_config``; for that case the
+server also checks every second that the client is still there (``client_connection_check_interval``)
+and ends the query when it is not.
 
 The database role a deployment should give sql_query (in the URL) is the last line of defence and
 the one that does not depend on this code: a role of its own that can log in and read chosen tables
@@ -26,15 +34,20 @@ raysquad_reader SET default_transaction_read_only = on; ALTER ROLE raysquad_read
 statement_timeout = '10s'; ALTER ROLE raysquad_reader SET idle_in_transaction_session_timeout =
 '30s';``. It should own nothing, hold no other grants (``REVOKE ALL ON SCHEMA public FROM PUBLIC``
 where the public schema is not meant to be read, and ``REVOKE EXECUTE ON FUNCTION`` for functions it
-should not call, such as ``pg_sleep`` or ``dblink``), and be neither superuser nor a member of
-``pg_read_server_files``, ``pg_execute_server_program`` or ``pg_read_all_data``. For SQLite, give
+should not call, such as ``pg_sleep`` or ``dblink``; ``REVOKE EXECUTE ON FUNCTION
+pg_catalog.set_config(text, text, boolean) FROM PUBLIC`` keeps a query from changing its own
+settings, if nothing else that logs in as a role without its own grant needs it), and be neither
+superuser nor a member of ``pg_read_server_files``, ``pg_execute_server_program`` or
+``pg_read_all_data``. For SQLite, give
 sql_query a copy of the data it may read, or a file holding only that, not the application's own
 database file.
 """
 
 from __future__ import annotations
 
+import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -67,6 +80,8 @@ FUNCTIONS = frozenset("""
 """.split())
 
 _BATCH = 64  # rows fetched at a time
+_WATCH_S = 0.05  # how often the watchdog looks whether the call is over for its caller
+_CANCEL_S = 2.0  # how long a cancel request may take, and how long the server has to act on it
 
 
 class QueryResult(BaseModel):
@@ -75,14 +90,18 @@ class QueryResult(BaseModel):
     truncated: bool
 
 
-def query(sql: str, settings: ToolSettings, params: Params = None,
-          max_rows: int | None = None) -> QueryResult:
+def query(sql: str, settings: ToolSettings, params: Params = None, max_rows: int | None = None,
+          over: threading.Event | None = None) -> QueryResult:
+    """Runs one query within ``settings.sql_timeout_s``; it also stops once ``over`` is set (the
+    call is over for its caller)."""
     if not settings.sql_url:
         raise QueryRefused("no database is configured (RAYSQUAD_TOOLS__SQL_URL)")
     limit = min(max_rows or settings.sql_max_rows, settings.sql_max_rows)
+    over = over or threading.Event()
     if settings.sql_url.startswith(("postgresql://", "postgres://")):
-        return _postgres(settings.sql_url, sql, params, limit, settings)
-    return _sqlite(Path(settings.sql_url.removeprefix("sqlite:///")), sql, params, limit, settings)
+        return _postgres(settings.sql_url, sql, params, limit, settings, over)
+    return _sqlite(Path(settings.sql_url.removeprefix("sqlite:///")), sql, params, limit, settings,
+                   over)
 
 
 def _size(value: Any) -> int:
@@ -116,8 +135,9 @@ class _SqliteGuard:
     """The authorizer (reads and FUNCTIONS only) and the progress handler (the deadline) of one query;
     remembers what it refused, for the message."""
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, over: threading.Event) -> None:
         self.deadline = time.monotonic() + timeout_s
+        self.over = over
         self.refused: str | None = None
 
     def authorize(self, action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
@@ -131,14 +151,15 @@ class _SqliteGuard:
         return sqlite3.SQLITE_DENY
 
     def progress(self) -> int:
-        return int(time.monotonic() > self.deadline)
+        return int(time.monotonic() > self.deadline or self.over.is_set())
 
 
-def _sqlite(path: Path, sql: str, params: Params, limit: int, settings: ToolSettings) -> QueryResult:
+def _sqlite(path: Path, sql: str, params: Params, limit: int, settings: ToolSettings,
+            over: threading.Event) -> QueryResult:
     if not path.exists():
         raise QueryRefused(f"no SQLite database at {path}")
     timeout_s, max_bytes = settings.sql_timeout_s, settings.sql_max_bytes
-    guard = _SqliteGuard(timeout_s)
+    guard = _SqliteGuard(timeout_s, over)
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         conn.set_authorizer(guard.authorize)
@@ -177,38 +198,117 @@ def _sqlite_reason(error: sqlite3.DatabaseError, guard: _SqliteGuard, timeout_s:
 # -- PostgreSQL ----------------------------------------------------------------------------------------
 
 
-def _postgres(url: str, sql: str, params: Params, limit: int, settings: ToolSettings) -> QueryResult:
+class _Watchdog:
+    """Keeps one deadline for a whole PostgreSQL query, from another thread: when it passes, or when
+    ``over`` is set, it asks the server to cancel the running statement, and if the query's thread
+    has not finished ``_CANCEL_S`` later (the server did not answer, or the query went on), it shuts
+    the connection's socket, which ends whatever the driver waits for there. ``close`` (from the
+    query's thread, before the connection closes) makes sure it never touches the connection after."""
+
+    def __init__(self, conn: Any, deadline: float, over: threading.Event) -> None:
+        self.conn, self.deadline, self.over = conn, deadline, over
+        self.fired = False
+        self._done = threading.Event()
+        self._lock = threading.Lock()  # held while the watchdog touches the connection
+        self._thread = threading.Thread(target=self._watch, name="sql_query deadline", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(_WATCH_S, max(0.0, self.deadline - time.monotonic()))):
+            if self.over.is_set() or time.monotonic() >= self.deadline:
+                break
+        else:
+            return
+        with self._lock:
+            if self._done.is_set():
+                return
+            self.fired = True
+            try:
+                self.conn.cancel_safe(timeout=_CANCEL_S)
+            except Exception:  # noqa: BLE001 - no answer to the cancel: the socket goes next
+                pass
+        if self._done.wait(_CANCEL_S):
+            return
+        with self._lock:
+            if not self._done.is_set():
+                _shut(self.conn)
+
+    def check(self, timeout_s: float) -> None:
+        """Between statements, where a cancel request finds nothing to cancel."""
+        if self.fired or time.monotonic() >= self.deadline:
+            self.fired = True
+            raise QueryRefused(f"query ran over {timeout_s}s")
+
+    def close(self) -> None:
+        with self._lock:
+            self._done.set()
+        self._thread.join()
+
+
+def _shut(conn: Any) -> None:
+    """Shuts the connection's socket both ways (through a copy of its descriptor: the driver still
+    owns and closes its own), which fails whatever the driver is waiting for on it."""
+    import psycopg
+
+    try:
+        with socket.socket(fileno=socket.dup(conn.pgconn.socket)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, psycopg.Error):
+        pass
+
+
+def _postgres(url: str, sql: str, params: Params, limit: int, settings: ToolSettings,
+              over: threading.Event) -> QueryResult:
     import psycopg
     from psycopg import errors as pg_errors
     from psycopg.conninfo import conninfo_to_dict
 
     timeout_s = settings.sql_timeout_s
-    # Set for the session, so the server stops every statement of ours, whatever the query says.
+    ran_over = f"query ran over {timeout_s}s"
+    deadline = time.monotonic() + timeout_s
+    # statement_timeout guards the server should this process go away mid-query (the watchdog is
+    # what keeps the deadline; the query may change statement_timeout).
     options = " ".join(filter(None, [
         str(conninfo_to_dict(url).get("options") or ""),
         f"-c statement_timeout={max(1, int(timeout_s * 1000))}", "-c default_transaction_read_only=on"]))
-    with psycopg.connect(url, connect_timeout=max(2, int(timeout_s)), options=options) as conn:
+    try:
+        conn = psycopg.connect(url, connect_timeout=max(2, int(timeout_s)), options=options)
+    except psycopg.Error as e:
+        raise QueryRefused(f"cannot connect to the database ({type(e).__name__})") from None
+    watchdog = _Watchdog(conn, deadline, over)
+    try:
         conn.read_only = True
-        try:
-            _parse_one(conn, sql, params)
-            # A server-side cursor: DECLARE goes by the extended protocol too (one statement, or the
-            # server refuses it), and FETCH brings a few rows at a time.
-            with conn.cursor(name="sql_query") as cur:
-                try:
-                    cur.execute(sql, params)  # type: ignore[arg-type]
-                except pg_errors.SyntaxError:  # it parsed on its own: it is not a query
-                    raise QueryRefused("only reads are allowed: one query that returns rows "
-                                       "(SELECT, VALUES, TABLE or WITH ... SELECT)") from None
-                columns = [d.name for d in cur.description or ()]
-                rows, truncated = _take(cur.fetchmany, limit, settings.sql_max_bytes)
-        except pg_errors.ReadOnlySqlTransaction as e:
-            raise QueryRefused(f"only reads are allowed ({e})") from None
-        except pg_errors.QueryCanceled:
-            raise QueryRefused(f"query ran over {timeout_s}s") from None
-        except psycopg.Error as e:
-            raise QueryRefused(str(e).strip()) from None
-        finally:
-            conn.rollback()
+        if conn.info.server_version >= 140000:  # the server ends the query if we are gone
+            conn.execute("SET client_connection_check_interval = 1000")
+        _parse_one(conn, sql, params)
+        # A server-side cursor: DECLARE goes by the extended protocol too (one statement, or the
+        # server refuses it), and FETCH brings a few rows at a time.
+        with conn.cursor(name="sql_query") as cur:
+            try:
+                cur.execute(sql, params)  # type: ignore[arg-type]
+            except pg_errors.SyntaxError:  # it parsed on its own: it is not a query
+                raise QueryRefused("only reads are allowed: one query that returns rows "
+                                   "(SELECT, VALUES, TABLE or WITH ... SELECT)") from None
+            columns = [d.name for d in cur.description or ()]
+
+            def fetch(n: int) -> list[Any]:
+                watchdog.check(timeout_s)
+                return cur.fetchmany(n)
+
+            rows, truncated = _take(fetch, limit, settings.sql_max_bytes)
+    except QueryRefused:
+        if watchdog.fired:  # whatever the cancel made of the statement it stopped
+            raise QueryRefused(ran_over) from None
+        raise
+    except pg_errors.ReadOnlySqlTransaction as e:
+        raise QueryRefused(f"only reads are allowed ({e})") from None
+    except psycopg.Error as e:
+        if watchdog.fired or isinstance(e, pg_errors.QueryCanceled):
+            raise QueryRefused(ran_over) from None
+        raise QueryRefused(str(e).strip()) from None
+    finally:
+        watchdog.close()
+        conn.close()  # the transaction ends with the connection, never committed
     return QueryResult(columns=columns, rows=rows, truncated=truncated)
 
 
@@ -233,4 +333,4 @@ def sql_query(sql: str, ctx: ToolContext, params: Params = None,
     """Run one read-only SQL query (exactly one statement) on the configured database; returns its
     columns and rows (at most ``max_rows``, and a byte cap; ``truncated`` says when rows were cut).
     Use placeholders and ``params`` for values."""
-    return query(sql, ctx.settings, params, max_rows)
+    return query(sql, ctx.settings, params, max_rows, ctx.over)

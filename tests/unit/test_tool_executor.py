@@ -117,3 +117,43 @@ def test_an_item_that_keeps_failing_becomes_a_dead_letter_and_replays(
     replayed = asyncio.run(ex.replay(letter.id))
     assert replayed.status == "replayed" and replayed.result == "B"
     assert calls[-1] == ["b"]  # a batch of one
+
+
+# -- an attempt that times out stops its work, not only its await (audit M8) -------------------------
+
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def test_a_timed_out_sql_query_frees_its_thread_and_connection() -> None:
+    import threading
+    import time
+    import uuid
+
+    import psycopg
+
+    from runtime.config import ToolSettings
+    from runtime.tools.sql import sql_query
+    from tests.conftest import wait_for
+
+    name = f"probe_{uuid.uuid4().hex[:10]}"
+
+    def running() -> int:
+        with psycopg.connect(PG) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                               "AND application_name = %s", [name]).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    # The query's own limit (60 s) is far off: only the attempt's timeout (1 s) can stop it.
+    tools = ToolSettings(sql_url=f"{PG}?application_name={name}", sql_timeout_s=60, timeout_s=1)
+    ex = ToolExecutor(Settings(tools=tools), Registry({"sql_query": sql_query}), MemoryStore(),
+                      GateClient(None))
+    threads = threading.active_count()
+    start = time.monotonic()
+    with pytest.raises(ToolFailed, match="sql_query"):
+        asyncio.run(ex.call("sql_query", {"sql": "SELECT pg_sleep(30)"},
+                            Caller(task_id="t")))
+    assert time.monotonic() - start < 3
+    wait_for(lambda: running() == 0, 5, what="the server to stop the abandoned query")
+    wait_for(lambda: threading.active_count() <= threads, 5, what="the query's thread to end")
+    assert asyncio.run(ex.call("sql_query", {"sql": "SELECT 1 AS n"}, Caller(task_id="t"))).rows == [[1]]

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import pickle
 import sqlite3
+import threading
 import time
 import tracemalloc
 import uuid
@@ -32,8 +33,10 @@ from pydantic import ValidationError
 
 from runtime.config import ToolSettings
 from runtime.errors import AddressRefused, QueryRefused, ResponseTooLarge
+from runtime.tools import sql as sql_module
 from runtime.tools.fetch import GuardedBackend, fetch, http_fetch, refusal
 from runtime.tools.sql import query
+from tests.conftest import wait_for
 
 PUBLIC = {"a.example": "93.184.215.14", "b.example": "93.184.215.15", "example.com": "93.184.215.16"}
 
@@ -456,6 +459,29 @@ def test_sqlite_a_runaway_recursive_query_stops_at_the_time_limit(sqlite_db: Pat
     assert time.monotonic() - start < 2.5
 
 
+#: Each row costs a count to 1,000 (a FETCH of 64 rows takes about 0.2 s): one FETCH is under the
+#: time limit, all of them are not.
+SLOW_ROWS = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
+             "SELECT i, (WITH RECURSIVE m(j) AS (SELECT 1 UNION ALL SELECT j + 1 FROM m "
+             "WHERE j < 1000 + i) SELECT count(*) FROM m) FROM n")
+
+
+def test_sqlite_one_deadline_for_the_whole_query_not_each_fetch(sqlite_db: Path) -> None:
+    start = time.monotonic()
+    with pytest.raises(QueryRefused, match=r"query ran over 0.5s"):
+        query(SLOW_ROWS, sqlite_settings(sqlite_db, sql_timeout_s=0.5, sql_max_rows=100_000))
+    assert time.monotonic() - start < 1.5
+
+
+def test_sqlite_a_query_stops_once_its_call_is_over(sqlite_db: Path) -> None:
+    over = threading.Event()
+    threading.Timer(0.3, over.set).start()
+    start = time.monotonic()
+    with pytest.raises(QueryRefused):
+        query(SLOW_ROWS, sqlite_settings(sqlite_db, sql_timeout_s=30, sql_max_rows=100_000), over=over)
+    assert time.monotonic() - start < 1.5
+
+
 @pytest.mark.parametrize("sql", [
     "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r LIMIT 300000) "
     "SELECT group_concat(n) FROM r",
@@ -537,6 +563,62 @@ def test_postgres_the_server_enforces_the_timeout(sql: str) -> None:
     with pytest.raises(QueryRefused, match="ran over 0.5s"):
         query(sql, ToolSettings(sql_url=PG, sql_timeout_s=0.5))
     assert time.monotonic() - start < 2.5
+
+
+#: The audit's M8 query: row 1 turns statement_timeout off for the session, rows 2-64 fill the first
+#: FETCH, and row 65 (in the second FETCH) would count to 1e12.
+TIMEOUT_OFF = ("SELECT CASE WHEN g=1 THEN set_config('statement_timeout','0',false) WHEN g<=64 THEN 'x' "
+               "ELSE (SELECT count(*)::text FROM generate_series(1,1e12)) END FROM generate_series(1,100) g")
+
+
+def pg_named() -> str:
+    """PG with an application_name of its own, to find the query's server process by."""
+    return f"{PG}?application_name=probe_{uuid.uuid4().hex[:10]}"
+
+
+def pg_running(url: str) -> list[str]:
+    """What the server processes of ``url``'s application_name are running (a cursor's FETCH
+    shows as ``FETCH FORWARD ...``, not as the query)."""
+    name = url.rpartition("application_name=")[2]
+    with psycopg.connect(PG) as conn:
+        rows = conn.execute("SELECT query FROM pg_stat_activity WHERE state = 'active' "
+                            "AND application_name = %s", [name]).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_postgres_one_deadline_for_the_whole_query_whatever_it_sets() -> None:
+    url = pg_named()
+    threads = threading.active_count()
+    start = time.monotonic()
+    with pytest.raises(QueryRefused, match=r"query ran over 1.0s"):
+        query(TIMEOUT_OFF, ToolSettings(sql_url=url, sql_timeout_s=1.0))
+    assert time.monotonic() - start < 3.0
+    # The server stopped it (cancelled, not only left behind), and this process holds nothing for it.
+    wait_for(lambda: not pg_running(url), 5, what="the server to end the cancelled query")
+    assert threading.active_count() == threads
+    assert query("SELECT 1", ToolSettings(sql_url=url)).rows == [[1]]
+
+
+def test_postgres_a_query_stops_once_its_call_is_over() -> None:
+    url, over = pg_named(), threading.Event()
+    threading.Timer(0.5, over.set).start()
+    start = time.monotonic()
+    with pytest.raises(QueryRefused):
+        query("SELECT pg_sleep(20)", ToolSettings(sql_url=url, sql_timeout_s=30), over=over)
+    assert time.monotonic() - start < 2.5
+    wait_for(lambda: not pg_running(url), 5, what="the server to end the query")
+
+
+def test_postgres_a_cancel_that_goes_unanswered_cuts_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if the server never acted on the cancel request: the watchdog then shuts the socket, and
+    # the server, checking its client every second, ends the query it was left with.
+    monkeypatch.setattr(psycopg.Connection, "cancel_safe", lambda self, timeout=0: None)
+    url = pg_named()
+    start = time.monotonic()
+    with pytest.raises(QueryRefused, match=r"query ran over 0.5s"):
+        query(TIMEOUT_OFF, ToolSettings(sql_url=url, sql_timeout_s=0.5))
+    assert 0.5 + sql_module._CANCEL_S <= time.monotonic() - start < 0.5 + sql_module._CANCEL_S + 1.5
+    wait_for(lambda: not pg_running(url), 5, what="the server to notice its client gone")
 
 
 @pytest.mark.parametrize("suffix", [";", "; -- done\n", " /* all */ ;  "])
