@@ -11,6 +11,10 @@ were missed (nothing ran the scheduler then); ``catch_up`` says what they become
 runs, the schedule moves to the next tick to come) or ``once`` (one run, for the latest of them).
 Before firing, ``overlap`` looks at the task the schedule started last: while it is active,
 ``skip`` lets this tick go, ``allow`` starts another, ``cancel`` cancels it and starts anew.
+
+One schedule's failure is its own (``Scheduler.round``): a passing one leaves its tick due and puts
+it off, a refusal of the task lets the tick go, anything else pauses the schedule with the reason.
+See docs/design.md, "Schedules", for the clock-change rule and a tenant's bounds.
 """
 
 from __future__ import annotations

@@ -46,6 +46,12 @@ def schedule(schedule_id: str, next_at: float, tenant: str = "default", cron: st
 # -- the Store ------------------------------------------------------------------------------------
 
 
+def got(store: AnyStore, schedule_id: str, tenant: str = "default") -> Schedule:
+    found = store.get_schedule(tenant, schedule_id)
+    assert found is not None
+    return found
+
+
 def test_a_tenant_keeps_at_most_its_share_of_schedules(store: AnyStore) -> None:
     store.put_schedule(schedule("a", T0, tenant="t"), 2)
     store.put_schedule(schedule("b", T0, tenant="t"), 2)
@@ -75,7 +81,7 @@ def test_a_tick_put_off_stays_due_and_comes_back_at_its_time(store: AnyStore) ->
     assert not store.defer_schedule("default", "late", T0 - 60, T0 + 30, T0)  # not its tick
     # Put off: the one behind it comes first, and the scheduler's next look is its time.
     assert [s.id for s in store.due_schedules(T0 + 20, 10)] == ["next"]
-    assert store.get_schedule("default", "late").next_at == T0  # the tick itself has not moved
+    assert got(store, "late").next_at == T0  # the tick itself has not moved
     assert [s.id for s in store.due_schedules(T0 + 30, 10)] == ["next", "late"]
     store.advance_schedule("default", "next", T0 + 10, T0 + 70, T0 + 10, None, T0 + 10)
     assert store.next_schedule_at() == T0 + 30
@@ -88,11 +94,11 @@ def test_a_schedule_paused_by_the_scheduler_keeps_the_reason_until_its_owner_act
     store.put_schedule(schedule("s", T0))
     assert not store.halt_schedule("default", "s", T0 - 60, "stale", T0)  # not its tick: no-op
     assert store.halt_schedule("default", "s", T0, "InvalidSchedule: no tick after", T0)
-    halted = store.get_schedule("default", "s")
+    halted = got(store, "s")
     assert halted.paused and halted.paused_reason == "InvalidSchedule: no tick after"
     assert store.due_schedules(T0 + 3600, 10) == [] and store.next_schedule_at() is None
     resumed = store.pause_schedule("default", "s", False, T0 + 60, T0)
-    assert not resumed.paused and resumed.paused_reason is None
+    assert resumed is not None and not resumed.paused and resumed.paused_reason is None
     assert store.halt_schedule("default", "s", T0 + 60, "again", T0)
     redefined, _ = store.put_schedule(schedule("s", T0 + 120, cron="0 * * * *"))
     assert not redefined.paused and redefined.paused_reason is None
