@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from runtime.agent import AgentPoolHandle
@@ -33,6 +34,12 @@ async def _ask(call: Callable[[], Awaitable[T]]) -> T | None:
         return None
 
 
+def _named_call(handle: Any, name: str, namespace: str, method: str,
+                *args: Any) -> Callable[[], Awaitable[Any]]:
+    """``handle.named(name, namespace).<method>(*args)``, looked up only when called."""
+    return lambda: getattr(handle.named(name, namespace), method)(*args)
+
+
 async def overview(namespace: str) -> dict[str, Any]:
     """Every part of the runtime in ``namespace``, as plain values (None where one is down)."""
     tasks = _ask(lambda: DispatcherHandle.named("dispatcher", namespace).stats(DEADLINE_S))
@@ -48,15 +55,15 @@ async def overview(namespace: str) -> dict[str, Any]:
 
     worker_ids = await _ask(lambda: WorkerPoolHandle.named(POOL_NAME, namespace).workers(
         DEADLINE_S)) or []
-    loads = await asyncio.gather(*(
-        _ask(lambda w=w: WorkerHandle.named(f"worker:{w}", namespace).load()) for w in worker_ids))
+    loads = await asyncio.gather(*(_ask(_named_call(WorkerHandle, f"worker:{w}", namespace, "load"))
+                                   for w in worker_ids))
     mailbox_stats = await asyncio.gather(*(
-        _ask(lambda m=m: MailboxHandle.named(f"queue:agent:{m}", namespace).stats(DEADLINE_S))
+        _ask(_named_call(MailboxHandle, f"queue:agent:{m}", namespace, "stats", DEADLINE_S))
         for m in mailboxes))
     pool_stats = await asyncio.gather(*(
-        _ask(lambda p=p: AgentPoolHandle.named(f"pool:{p}", namespace).stats(DEADLINE_S))
+        _ask(_named_call(AgentPoolHandle, f"pool:{p}", namespace, "stats", DEADLINE_S))
         for p in pools))
-    engine_loads = {model: await asyncio.gather(*(_ask(lambda h=h: h.load(DEADLINE_S))
+    engine_loads = {model: await asyncio.gather(*(_ask(partial(h.load, DEADLINE_S))
                                                   for h in handles))
                     for model, handles in engines.items()}
     dead_letters = await dead

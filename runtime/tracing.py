@@ -79,11 +79,26 @@ def valid_traceparent(value: str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def span(name: str, parent: str | None = None, link: str | None = None,
-         **attributes: Any) -> Iterator[Any]:
-    """A span named ``name`` (nothing when tracing is off). ``parent``: a W3C ``traceparent`` of
-    ours (a task's kept context), else the current span is the parent. ``link``: an untrusted
-    caller's ``traceparent``: the span starts a new trace and links to it, if it is valid."""
+def span(name: str, parent: str | None = None, **attributes: Any) -> Iterator[Any]:
+    """A span named ``name`` (nothing when tracing is off); ``parent`` a W3C ``traceparent``
+    value of ours (a task's kept context), else the current span is the parent."""
+    if _tracer is None:
+        yield None
+        return
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    context = TraceContextTextMapPropagator().extract({"traceparent": parent}) if parent else None
+    with _tracer.start_as_current_span(name, context=context,
+                                       attributes={k: v for k, v in attributes.items()
+                                                   if v is not None}) as current:
+        yield current
+
+
+@contextlib.contextmanager
+def root_span(name: str, caller: str | None, **attributes: Any) -> Iterator[Any]:
+    """A span named ``name`` that starts a new trace (nothing when tracing is off), for a request
+    from an untrusted caller: its ``traceparent`` (``caller``), if valid, is a link, not the
+    parent."""
     if _tracer is None:
         yield None
         return
@@ -91,18 +106,12 @@ def span(name: str, parent: str | None = None, link: str | None = None,
     from opentelemetry.trace import Link, get_current_span
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    context = None
     links = []
-    if parent:
-        context = TraceContextTextMapPropagator().extract({"traceparent": parent})
-    if link is not None:
-        context = Context()  # a root: nothing of the caller's is its parent
-        caller = valid_traceparent(link)
-        if caller:
-            linked = get_current_span(TraceContextTextMapPropagator().extract(
-                {"traceparent": caller})).get_span_context()
-            links.append(Link(linked, {"raysquad.link": "caller"}))
-    with _tracer.start_as_current_span(name, context=context, links=links,
+    if valid := valid_traceparent(caller):
+        linked = get_current_span(TraceContextTextMapPropagator().extract(
+            {"traceparent": valid})).get_span_context()
+        links.append(Link(linked, {"raysquad.link": "caller"}))
+    with _tracer.start_as_current_span(name, context=Context(), links=links,
                                        attributes={k: v for k, v in attributes.items()
                                                    if v is not None}) as current:
         yield current

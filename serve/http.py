@@ -234,8 +234,8 @@ REDACTED = "[redacted]"
 def redacted(letter: DeadLetter) -> DeadLetter:
     """A dead letter as a tenant sees it: the values of headers and of arguments named like
     secrets (at any depth) replaced, since a workflow may have added credentials to a call, and
-    URLs without their userinfo and query (``public_url``). The Store keeps the call whole, for
-    replay."""
+    URLs without their userinfo and query (``public_url``), in its arguments and in a replay's
+    result. The Store keeps the call whole, for replay."""
 
     def scrub(value: Any, secret: bool) -> Any:
         if isinstance(value, dict):
@@ -251,7 +251,7 @@ def redacted(letter: DeadLetter) -> DeadLetter:
 
     args = {k: scrub(v, k == "headers" or bool(_SECRET_NAME.search(k)))
             for k, v in letter.args.items()}
-    return letter.model_copy(update={"args": args})
+    return letter.model_copy(update={"args": args, "result": scrub(letter.result, False)})
 
 
 def _json(value: Any) -> bytes:
@@ -393,8 +393,8 @@ class Ingress:
         """Queue a task and answer at once. The same idempotency key returns the first task (200).
         With tracing on, the task's spans make a new trace, linked to the caller's
         ``traceparent`` if it sends a valid one."""
-        with tracing.span(f"submit {body.workflow}", link=traceparent or "",
-                          **{"raysquad.workflow": body.workflow}):
+        with tracing.root_span(f"submit {body.workflow}", traceparent,
+                               **{"raysquad.workflow": body.workflow}):
             record, created = await self.client.submit_request(
                 SubmitRequest(workflow=body.workflow, input=body.input, priority=body.priority,
                               idempotency_key=body.idempotency_key, tenant=tenant,
@@ -413,8 +413,8 @@ class Ingress:
         202 (queued), 200 (its idempotency key's first task) or the 4xx a single submit of it would
         have got, with nothing written for it. The request as a whole is refused (422) only when
         it does not match this schema."""
-        with tracing.span("submit batch", link=traceparent or "",
-                          **{"raysquad.batch_size": len(body.tasks)}):
+        with tracing.root_span("submit batch", traceparent,
+                               **{"raysquad.batch_size": len(body.tasks)}):
             parent = tracing.current_traceparent()
             outcomes = await self.client.submit_requests([
                 SubmitRequest(workflow=t.workflow, input=t.input, priority=t.priority,
