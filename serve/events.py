@@ -199,7 +199,7 @@ def install(app: FastAPI, tenant: Any, responses: Any, body_errors: tuple[int, .
              operation_id="listSchedules")
     async def list_schedules(tenant: Tenant, request: Request,
                              limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                             cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+                             cursor: Annotated[Name | None, Query(min_length=1, max_length=200)] = None,
                              ) -> list[Schedule]:
         """The tenant's schedules by id, ``limit`` at a time; the next page: ``cursor`` = the
         last id of this one (a page shorter than ``limit`` is the last)."""

@@ -168,7 +168,32 @@ def test_schedules_over_http(api: Api) -> None:
                            ({"catch_up": "always"}, 422)]:
         r = tenant_a.post("/v1/schedules", json={**body, **change})
         assert r.status_code == status, (change, r.text)
+    # A cron with a year field runs out of ticks; one that never ticks has none: both refused.
+    for cron, says in [("0 0 1 1 * 0 2027", "year field"), ("0 0 1 1 * 0 2020", "year field"),
+                       ("0 0 31 2 *", "never ticks")]:
+        r = tenant_a.post("/v1/schedules", json={**body, "cron": cron})
+        assert r.status_code == 422 and says in r.json()["error"]["message"], (cron, r.text)
+    # Only admin tenants tick by the second; tenant-b is not one.
+    r = tenant_b.post("/v1/schedules", json=body)
+    assert r.status_code == 422 and "at most every 60 s" in r.json()["error"]["message"], r.text
     assert sid not in [s["id"] for s in tenant_a.get("/v1/schedules").json()]
+    assert sid not in [s["id"] for s in tenant_b.get("/v1/schedules").json()]
+
+
+def test_schedules_are_listed_a_page_at_a_time(api: Api) -> None:
+    tenant_b = api.client("key-b")
+    prefix = f"pg-{uuid.uuid4().hex[:6]}"
+    for n in range(3):
+        body = {"id": f"{prefix}-{n}", "workflow": "tick", "cron": "0 9 * * 1",
+                "input": {"dir": str(api.dir)}}
+        assert tenant_b.post("/v1/schedules", json=body).status_code == 201
+    first = tenant_b.get("/v1/schedules", params={"limit": 2, "cursor": prefix}).json()
+    rest = tenant_b.get("/v1/schedules", params={"limit": 2, "cursor": first[-1]["id"]}).json()
+    assert [s["id"] for s in first + rest][:3] == [f"{prefix}-{n}" for n in range(3)]
+    assert len(first) == 2
+    assert tenant_b.get("/v1/schedules", params={"limit": 0}).status_code == 422
+    for n in range(3):
+        assert tenant_b.delete(f"/v1/schedules/{prefix}-{n}").status_code == 204
 
 
 def test_cli_publishes_lists_and_schedules(api: Api, tmp_path: Path) -> None:
