@@ -195,3 +195,6 @@ def test_a_dead_letter_shows_no_userinfo_or_query_but_replays_the_whole_url() ->
     assert shown.args["url"] == up.url("/flaky") and shown.args["headers"] == {"X-Api-Key": "[redacted]"}
     for text in (shown.error, str(info.value), shown.model_dump_json()):
         assert not any(s in text for s in SECRET_URL_PARTS), text
+    # A replay's result (a FetchResult names the URL it fetched) is shown the same way.
+    replayed = letter.model_copy(update={"result": {"url": url, "status": 200, "text": "hello"}})
+    assert redacted(replayed).result == {"url": up.url("/flaky"), "status": 200, "text": "hello"}
