@@ -296,7 +296,8 @@ class DirectStore(SubmitBatching, WriteBatching):
     # -- schedules (store/schedules.py) ---------------------------------------------------------------
 
     async def put_schedule(self, schedule: Schedule, limited: bool = True) -> tuple[Schedule, bool]:
-        return await asyncio.to_thread(admit_schedule, self._store, self._settings, schedule, limited)
+        return await asyncio.to_thread(  # the Store opens (connects) in the thread too
+            lambda: admit_schedule(self._store, self._settings, schedule, limited))
 
     async def get_schedule(self, tenant: str, schedule_id: str) -> Schedule | None:
         return await self._run("get_schedule", tenant, schedule_id)  # type: ignore[no-any-return]
