@@ -10,10 +10,21 @@ later), then takes the deliveries that are due and carries them out:
 - to a workflow, it submits one task with the event's data as input and the idempotency key
   ``event:<event id>:<workflow>``, so a redelivered event starts nothing new; flow control per key
   (``one_per_key``, ``cancel_running``) is decided here, against the tasks earlier deliveries for
-  the key started;
+  the key started. A key is the event's tenant's: two tenants' events with one key never meet,
+  and a tenant's keyless events all share one key of that tenant (debounced together, one at a
+  time). The task gets the tenant's lowest allowed priority. A refusal for what the task is
+  (Refused, NotFound) ends the delivery; anything passing (the Store restarting, a database
+  error, a full queue) leaves it due, its attempt not counted;
 - to an agent role, it puts a message in the role's mailbox; the replica that handles it finishes
   the delivery. A replica that dies, or a handler that raises, leaves it to come due again after
-  ``event_retry_s``, as a redelivery (``msg.redelivered``), up to ``event_max_attempts``.
+  ``event_retry_s``, as a redelivery (``msg.redelivered``), up to ``event_max_attempts``. While
+  its message still waits in the mailbox or a handler runs it, the delivery is only put off (no
+  copy, no attempt counted); so is a full mailbox;
+- to an outbound webhook, it sends it in a task of its own (runtime/webhooks.py), so a slow
+  receiver holds neither routing nor any other delivery.
+
+Events past ``event_retention_s`` whose deliveries have all ended are forgotten, a batch at a time
+between rounds; each tenant may keep ``tenant_events`` events (``tenant_event_bytes`` of data).
 """
 
 from __future__ import annotations
@@ -38,14 +49,26 @@ from runtime.errors import (
     InputTooLarge,
     InvalidEventData,
     InvalidInput,
+    InvalidTopic,
     InvalidTransition,
+    NotFound,
     QueueFull,
     RaysquadError,
+    Refused,
     TaskNotFound,
 )
 from runtime.handles import ActorHandle, restarted
-from runtime.models import AgentMessage, DeadLetter, Delivery, Route, SubmitRequest, TopicEvent
+from runtime.models import (
+    AgentMessage,
+    DeadLetter,
+    Delivery,
+    Route,
+    SubmitRequest,
+    TopicEvent,
+    check_name,
+)
 from runtime.queue import MailboxService
+from runtime.recovery import OK, Rebuild, loops_health
 from runtime.schedules import Scheduler
 from runtime.store.actor import StoreService
 from runtime.tools.fetch import GuardedBackend, GuardedTransport
@@ -56,6 +79,12 @@ log = logging.getLogger(__name__)
 ACTOR_NAME = "events"
 BATCH = 100
 ONE_PER_KEY_RECHECK_S = 0.5  # an event held by one_per_key looks again this often
+TRANSIENT_RETRY_S = 5.0  # a delivery that met a passing error (the Store restarting) goes again
+PRUNE_EVERY_S = 60.0  # how often the bus forgets events past their retention
+PRUNE_BATCH = 500  # events forgotten in one transaction
+MAX_SENDING = 256  # outbound webhooks in flight at once; more wait for their turn
+#: Topics only the runtime publishes on (a task's end is ``task.<status>``).
+RESERVED_TOPICS = ("task", "sys")
 
 
 def routes(event: TopicEvent, catalog: Catalog, now: float,
@@ -81,7 +110,7 @@ def routes(event: TopicEvent, catalog: Catalog, now: float,
         if any(topic_matches(pattern, event.topic) for pattern in agent_cls.subscribes):
             out.append(Route(f"agent:{role}", key, now))
     for name, target in (outbound or {}).items():
-        if target.tenant in (None, event.tenant) and any(
+        if target.tenant in ("*", event.tenant) and any(
                 topic_matches(pattern, event.topic) for pattern in target.topics):
             out.append(Route(f"webhook:{name}", key, now))
     return out
@@ -109,10 +138,14 @@ class EventBus:
         self._loops: list[asyncio.Task[None]] = []
         self.scheduler = Scheduler(settings, store, catalog)
         self._http: httpx.AsyncClient | None = None  # outbound webhooks, through the address guard
+        self._sending: dict[tuple[int, str], asyncio.Task[None]] = {}  # webhooks in flight
+        self._pruned_at = 0.0
         self.routed = 0
         self.delivered = 0
-        if restarted():
-            asyncio.get_running_loop().create_task(self.start())
+        self._rebuild: Rebuild | None = None
+        if restarted():  # tried until the Store answers (a database outage outlasts a restart)
+            self._rebuild = Rebuild("restarting the event bus", self.start)
+            self._rebuild.start()
 
     async def start(self) -> None:
         """Declare the app's schedules, then route and deliver events and fire schedules."""
@@ -120,6 +153,14 @@ class EventBus:
             await self.scheduler.declare()
             loop = asyncio.get_running_loop()
             self._loops = [loop.create_task(self._run()), loop.create_task(self.scheduler.run())]
+
+    async def health(self) -> str:
+        """``ok`` while it routes, delivers and fires schedules; else what it waits for."""
+        if self._rebuild is not None and (rebuilding := self._rebuild.health()) != OK:
+            return rebuilding
+        loops = dict(zip(("event router", "scheduler"), self._loops, strict=False))
+        return loops_health({"event router": loops.get("event router"),
+                             "scheduler": loops.get("scheduler")})
 
     async def poke(self) -> None:
         """Something was published: look now rather than at the next poll."""
@@ -137,12 +178,23 @@ class EventBus:
             self._wake.clear()
             try:
                 busy = await self.tick()
+                busy = await self._prune() or busy
             except Exception:  # noqa: BLE001 - the Store may be restarting: try again next round
                 log.warning("event bus round failed; trying again", exc_info=True)
                 busy = False
             if not busy:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._idle_wait())
+
+    async def _prune(self) -> bool:
+        """Forget a batch of events past their retention (at most every ``PRUNE_EVERY_S``, unless
+        the last batch was full); True if there may be more."""
+        now = time.time()
+        if now - self._pruned_at < PRUNE_EVERY_S:
+            return False
+        pruned = await self.store.prune_events(now - self.settings.event_retention_s, PRUNE_BATCH)
+        self._pruned_at = 0.0 if pruned == PRUNE_BATCH else now
+        return pruned == PRUNE_BATCH
 
     def _hint(self, due_at: float) -> None:
         """A delivery comes due at ``due_at``: look then (rather than only after ``event_idle_s``)."""
@@ -175,11 +227,12 @@ class EventBus:
             self._hint(time.time() + self.settings.event_retry_s)
         # Deliveries under flow control go one at a time per target and key, in order (each looks
         # at what the one before started); all others go side by side.
-        lanes: dict[tuple[str, str], list[Delivery]] = defaultdict(list)
+        lanes: dict[tuple[str, ...], list[Delivery]] = defaultdict(list)
         for n, delivery in enumerate(due):
-            ordered = self._flow_controlled(delivery)
-            lanes[(delivery.target, delivery.event.key or "") if ordered else ("", str(n))].append(
-                delivery)
+            event = delivery.event
+            lane = (delivery.target, event.tenant, event.key or "") if self._flow_controlled(
+                delivery) else (str(n),)
+            lanes[lane].append(delivery)
         await asyncio.gather(*(self._lane(lane) for lane in lanes.values()))
         self.delivered += len(due)
         return len(events) == BATCH or len(due) == BATCH
@@ -202,6 +255,8 @@ class EventBus:
 
     async def deliver(self, delivery: Delivery) -> None:
         event, target = delivery.event, delivery.target
+        if await self._still_live(delivery):
+            return
         if delivery.attempt > self.settings.event_max_attempts:
             await self.store.finish_delivery(event.seq, target,
                                              f"gave up after {delivery.attempt - 1} attempts")
@@ -229,7 +284,7 @@ class EventBus:
             await self.store.finish_delivery(event.seq, target, f"rejected: {e}")
             return
         if trigger.one_per_key or trigger.cancel_running:
-            active = await self.store.active_key_tasks(target, event.key or "")
+            active = await self.store.active_key_tasks(target, event.tenant, event.key or "")
             if trigger.cancel_running:
                 for task_id in active:
                     with contextlib.suppress(InvalidTransition, TaskNotFound):
@@ -240,18 +295,47 @@ class EventBus:
                                                 time.time() + ONE_PER_KEY_RECHECK_S)
                 return
         request = SubmitRequest(workflow=name, input=event.data, tenant=event.tenant,
+                                priority=self.settings.priority_range(event.tenant)[0],
                                 idempotency_key=f"event:{event.id}:{name}")
         try:
             record, created = await self.store.submit(request)
-        except QueueFull as e:
-            self._hint(time.time() + (e.retry_after_s or 1.0))
-            await self.store.defer_delivery(event.seq, target, time.time() + (e.retry_after_s or 1.0))
-            return
-        except RaysquadError as e:  # refused for what it is (a priority, a size): it will not pass
+        except (Refused, NotFound) as e:  # refused for what it is (a size, a policy): final
             await self.store.finish_delivery(event.seq, target, f"refused: {e}")
+            return
+        except RaysquadError as e:  # passing (a full queue, the Store or database restarting)
+            wait = min(getattr(e, "retry_after_s", None) or TRANSIENT_RETRY_S,
+                       self.settings.event_retry_s)
+            log.warning("event %s to %s: %s; trying again in %.1f s", event.id, target, e, wait)
+            await self._put_off(delivery, wait)
             return
         await self.store.finish_delivery(event.seq, target,
                                          "started" if created else "started before", record.id)
+
+    async def _put_off(self, delivery: Delivery, wait_s: float) -> None:
+        """Let a taken delivery come due again in ``wait_s``, its attempt not counted."""
+        again = time.time() + wait_s
+        self._hint(again)
+        await self.store.defer_delivery(delivery.event.seq, delivery.target, again)
+
+    @staticmethod
+    def _message_id(delivery: Delivery) -> str:
+        """An agent delivery's mailbox message: one id for all its attempts, so that the mailbox
+        says whether a copy still waits or runs."""
+        return f"event:{delivery.event.seq}:{delivery.target}"
+
+    async def _still_live(self, delivery: Delivery) -> bool:
+        """Whether an earlier attempt is still under way (an agent's message waits in its
+        mailbox or a handler runs it; a webhook is being sent): if so the delivery is put off,
+        neither copied nor counted, and True."""
+        kind, _, name = delivery.target.partition(":")
+        live = False
+        if kind == "agent" and delivery.attempt > 1 and (mailbox := self.mailboxes.get(name)):
+            live = await mailbox.holds(self._message_id(delivery))
+        elif kind == "webhook":
+            live = (delivery.event.seq, delivery.target) in self._sending
+        if live:
+            await self._put_off(delivery, self.settings.event_retry_s)
+        return live
 
     async def _to_mailbox(self, delivery: Delivery, role: str) -> None:
         event = delivery.event
@@ -259,18 +343,38 @@ class EventBus:
         if mailbox is None:
             await self.store.finish_delivery(event.seq, delivery.target, "no such agent role")
             return
-        msg = AgentMessage(id=f"event:{event.seq}:{role}:{delivery.attempt}", role=role, task_id="",
+        msg = AgentMessage(id=self._message_id(delivery), role=role, task_id="",
                            step_key=f"event:{event.id}", tenant=event.tenant, payload=event.data,
                            event=event, attempt=delivery.attempt)
-        await mailbox.put_batch([(msg.id, msg.priority, msg)])
-
+        try:
+            await mailbox.put_batch([(msg.id, msg.priority, msg)])
+        except QueueFull as e:  # back pressure, not a failed attempt
+            await self._put_off(delivery, e.retry_after_s or 1.0)
 
     async def _to_webhook(self, delivery: Delivery, name: str) -> None:
+        """Send in a task of its own: the round goes on at once, whatever the receiver does."""
         event, target = delivery.event, delivery.target
         config = self.settings.webhooks_out.get(name)
         if config is None:
             await self.store.finish_delivery(event.seq, target, "no such webhook")
             return
+        if len(self._sending) >= MAX_SENDING:
+            await self._put_off(delivery, 1.0)
+            return
+        sending = asyncio.get_running_loop().create_task(self._send_webhook(delivery, name, config))
+        self._sending[(event.seq, target)] = sending
+        sending.add_done_callback(lambda _: self._sending.pop((event.seq, target), None))
+
+    async def _send_webhook(self, delivery: Delivery, name: str, config: WebhookTarget) -> None:
+        try:
+            await self._send_webhook_once(delivery, name, config)
+        except Exception:  # noqa: BLE001 - it comes due again after event_retry_s
+            log.warning("webhook %s of event %s failed; it will be retried", name,
+                        delivery.event.id, exc_info=True)
+
+    async def _send_webhook_once(self, delivery: Delivery, name: str,
+                                 config: WebhookTarget) -> None:
+        event, target = delivery.event, delivery.target
         if self._http is None:
             backend = GuardedBackend.from_settings(self.settings.tools)
             self._http = httpx.AsyncClient(transport=GuardedTransport(backend), trust_env=False)
@@ -281,7 +385,7 @@ class EventBus:
             await self.store.add_dead_letter(DeadLetter(
                 id=uuid.uuid4().hex, tool=target, error=outcome.detail, error_type="WebhookFailed",
                 args={"event_id": event.id, "event_seq": event.seq, "topic": event.topic,
-                      "url": config.url}, attempts=delivery.attempt, tenant=event.tenant,
+                      "webhook": name}, attempts=delivery.attempt, tenant=event.tenant,
                 created_at=time.time()))
             await self.store.finish_delivery(
                 event.seq, target, f"dead after {delivery.attempt} attempt(s): {outcome.detail}")
@@ -372,10 +476,14 @@ async def publish(store: StoreService, namespace: str,
 
 
 def new_event(topic: str, data: Any, *, key: str | None, event_id: str | None, tenant: str,
-              source: str, max_bytes: int) -> TopicEvent:
-    """A TopicEvent to publish, checked before anything is kept: its topic (InvalidTopic), its
-    data as JSON (InvalidEventData) and its size (InputTooLarge); an id made when none is given."""
+              source: str, max_bytes: int, runtime: bool = False) -> TopicEvent:
+    """A TopicEvent to publish, checked before anything is kept: its topic (InvalidTopic; the
+    ``RESERVED_TOPICS`` only when the ``runtime`` itself publishes), its data as JSON
+    (InvalidEventData) and its size (InputTooLarge); an id made when none is given."""
     check_topic(topic)
+    if not runtime and topic.split(".", 1)[0] in RESERVED_TOPICS:
+        raise InvalidTopic(topic, "topics under " + " and ".join(
+            f"'{t}.'" for t in RESERVED_TOPICS) + " are the runtime's own; publish on another")
     try:
         size = len(json.dumps(data, allow_nan=False).encode())
     except (TypeError, ValueError) as e:
@@ -384,6 +492,10 @@ def new_event(topic: str, data: Any, *, key: str | None, event_id: str | None, t
         raise InputTooLarge(size, max_bytes, "the event's data")
     if event_id is not None and not 0 < len(event_id) <= 200:
         raise InvalidEventData(topic, "an event id is 1 to 200 characters")
+    if event_id is not None:
+        check_name(event_id, "event id")
+    if key is not None:
+        check_name(key, "event key")
     return TopicEvent(id=event_id or uuid.uuid4().hex, topic=topic, key=key, data=data,
                       tenant=tenant, source=source, created_at=time.time())
 

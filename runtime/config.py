@@ -343,6 +343,10 @@ class Settings(BaseSettings):
         1_000_000, ge=1, description="events one tenant may keep; past it publishes get 429")
     tenant_event_bytes: int = Field(
         1 << 30, ge=1, description="bytes of event data one tenant may keep; past it publishes get 429")
+    mailbox_capacity_bytes: int = Field(
+        256 << 20, ge=1, description="bytes one agent mailbox holds, queued and in flight (an "
+                                     "event's data rides inline); past it a put is refused and "
+                                     "the sender tries again later")
     webhooks_out: dict[str, WebhookTarget] = Field(
         default_factory=dict, description="RAYSQUAD_WEBHOOKS_OUT: name -> {url, topics, secret, "
                                           "tenant?}: matching events are POSTed there, signed")

@@ -2,7 +2,10 @@
 
 The Store is the truth; the dispatcher's priority queue is an index of the Store's queued tasks, a
 window on them: at most ``dispatch_window`` of them, the highest-ranked (priority with aging; the
-Store orders its queued tasks by the same key, ``records.rank_order``). Submits do not pass through
+Store orders its queued tasks by the same key, ``records.rank_order``). Tenants share it: the
+first task in rank order picks the priority served next, and the tenants with a task first at
+that priority take turns (runtime/queue.py's ``_FairHeap``), so one tenant's backlog never holds
+another tenant's tasks behind all of it. Submits do not pass through
 here: the Store admits them (``submit_tasks``: the queue bound, idempotency keys, one transaction
 for a batch) and the dispatcher follows the Store's feed of new tasks (``take_submitted``) to index
 them. Past the window, the lowest-ranked are dropped from it (they stay queued in the Store); once
@@ -34,7 +37,9 @@ from runtime.config import Settings
 from runtime.handles import ActorHandle, restarted
 from runtime.models import Claim, TaskRecord, TaskStatus
 from runtime.queue import AsyncQueue, PriorityQueue
+from runtime.recovery import OK, Rebuild, loops_health
 from runtime.store.actor import StoreService
+from runtime.store.base import Queued
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,11 @@ log = logging.getLogger(__name__)
 ACTOR_NAME = "dispatcher"
 RECONCILE_EVERY_S = 5.0
 FEED_WAIT_S = 10.0  # how long one look at the Store's feed of new tasks waits
+
+
+def _tenant(item: tuple[int, float, str]) -> str:
+    """The group of a task in the index: its tenant (the queue shares priorities between them)."""
+    return item[2]
 
 
 class WorkerNotifier(Protocol):
@@ -58,7 +68,8 @@ class Dispatcher:
         self._apps = list(apps)
         self.catalog: Catalog = load_catalog(apps)
         self.queue = AsyncQueue(
-            PriorityQueue("tasks", settings.queue_capacity, settings.aging_per_s, clock=time.time)
+            PriorityQueue("tasks", settings.queue_capacity, settings.aging_per_s, clock=time.time,
+                          group_of=_tenant)
         )
         self._workers = workers
         self.window = settings.dispatch_window
@@ -68,8 +79,12 @@ class Dispatcher:
         self._lost_owners: set[str] = set()
         self._loop: asyncio.Task[None] | None = None
         self._feed: asyncio.Task[None] | None = None
+        self._rebuild: Rebuild | None = None
         if restarted():  # a crash restarted us: rebuild from the Store, take no running task away
-            asyncio.get_running_loop().create_task(self.start(recover=False))
+            # Until the Store answers (a database outage outlasts a restart), tried again and again.
+            self._rebuild = Rebuild("rebuilding the dispatch index",
+                                    lambda: self.start(recover=False))
+            self._rebuild.start()
 
     async def start(self, recover: bool = True) -> int:
         """Index the Store's queued tasks (first making an earlier run's running tasks queued, with
@@ -83,26 +98,27 @@ class Dispatcher:
             self._feed = asyncio.create_task(self._follow_submits())
         return len(index)
 
-    def _index(self, index: list[tuple[str, int, float]], complete: bool | None = None) -> None:
-        """Queue (id, priority, created_at) triples, as the Store's feed and index give them;
+    def _index(self, index: list[Queued], complete: bool | None = None) -> None:
+        """Queue (id, priority, created_at, tenant), as the Store's feed and index give them;
         ``complete``, for the Store's first queued tasks: whether they are all it holds."""
         if complete is not None:
             self._beyond = not complete
         if index:
-            self._put_back([(task_id, (prio, at)) for task_id, prio, at in index])
+            self._put_back([(task_id, (prio, at, tenant)) for task_id, prio, at, tenant in index])
 
-    def _index_window(self, index: list[tuple[str, int, float]]) -> None:
+    def _index_window(self, index: list[Queued]) -> None:
         """Index the Store's first ``window`` queued tasks; fewer than that are all it holds."""
         self._index(index, complete=len(index) < self.window)
 
     def _enqueue(self, records: list[TaskRecord]) -> None:
         if records:
-            self._put_back([(r.id, (r.priority, r.created_at)) for r in records])
+            self._put_back([(r.id, (r.priority, r.created_at, r.tenant)) for r in records])
 
     def _put_back(self, items: list[tuple[str, Any]]) -> None:
-        """Queue (id, (priority, created_at)) items, keeping their age; the bound does not apply."""
-        self.queue.put_batch([(item_id, prio, (prio, at)) for item_id, (prio, at) in items],
-                             since={item_id: at for item_id, (_, at) in items}, force=True)
+        """Queue (id, (priority, created_at, tenant)) items, keeping their age; the bound does not
+        apply."""
+        self.queue.put_batch([(item_id, item[0], item) for item_id, item in items],
+                             since={item_id: item[1] for item_id, item in items}, force=True)
         if len(self.queue.queue) > self.window + self.window // 10:  # trimmed now and then
             if self.queue.queue.trim(self.window):
                 self._beyond = True
@@ -140,6 +156,12 @@ class Dispatcher:
             if len(fresh) >= self.window:  # the feed may have dropped some: the Store has them
                 self._beyond = True
                 self._maybe_refill(now=True)
+
+    async def health(self) -> str:
+        """``ok`` while it indexes and sweeps; else what it waits for (``/readyz`` shows it)."""
+        if self._rebuild is not None and (rebuilding := self._rebuild.health()) != OK:
+            return rebuilding
+        return loops_health({"lease sweeper": self._loop, "submit feed": self._feed})
 
     async def app_modules(self) -> list[str]:
         """The app modules this runtime loaded (a client that validates inputs loads the same)."""

@@ -112,19 +112,72 @@ class QueueFull(Retryable):
 
 
 class TenantQuotaExceeded(QueueFull):
-    """Raised when a tenant's queued tasks already hold its share of input bytes (a 429)."""
+    """Raised when a tenant's queued tasks already hold its share of the queue (a 429): of input
+    bytes (``tenant_queued_bytes``) or of tasks (``tenant_queued_tasks``), as ``limit_name`` says."""
 
-    def __init__(self, tenant: str, queued_bytes: int, limit: int, retry_after_s: float = 1.0) -> None:
-        RaysquadError.__init__(self, tenant, queued_bytes, limit, retry_after_s)
+    def __init__(self, tenant: str, queued: int, limit: int, retry_after_s: float = 1.0,
+                 limit_name: str = "tenant_queued_bytes") -> None:
+        RaysquadError.__init__(self, tenant, queued, limit, retry_after_s, limit_name)
         self.tenant = tenant
-        self.queued_bytes = queued_bytes
+        self.queued = queued
+        self.limit_name = limit_name
         self.queue = f"tenant {tenant}"
         self.capacity = limit
         self.retry_after_s = retry_after_s
 
+    @property
+    def queued_bytes(self) -> int:
+        return self.queued if self.limit_name == "tenant_queued_bytes" else 0
+
     def __str__(self) -> str:
-        return (f"tenant {self.tenant!r} has {self.queued_bytes} bytes of input queued, and the "
-                f"limit is {self.capacity}; try again in {self.retry_after_s:.1f}s")
+        what = "bytes of input" if self.limit_name == "tenant_queued_bytes" else "tasks"
+        return (f"tenant {self.tenant!r} has {self.queued} {what} queued, and the limit "
+                f"({self.limit_name}) is {self.capacity}; try again in {self.retry_after_s:.1f}s")
+
+
+class SignalQuotaExceeded(QueueFull):
+    """Raised when a task already holds as many signals not yet taken (or bytes of their
+    payloads) as it may (a 429): a signal is kept until the task waits for it."""
+
+    def __init__(self, task_id: str, pending: int, size: int, max_signals: int, max_bytes: int,
+                 retry_after_s: float = 10.0) -> None:
+        RaysquadError.__init__(self, task_id, pending, size, max_signals, max_bytes, retry_after_s)
+        self.task_id = task_id
+        self.pending = pending
+        self.size = size
+        self.max_signals = max_signals
+        self.max_bytes = max_bytes
+        self.queue = f"signals of task {task_id}"
+        self.capacity = max_signals
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        return (f"task {self.task_id!r} holds {self.pending} signals not yet taken "
+                f"({self.size} bytes of payload), and may hold {self.max_signals} "
+                f"(task_pending_signals) and {self.max_bytes} bytes (task_signal_bytes); a signal "
+                f"is taken when the task waits for it, try again later")
+
+
+class EventQuotaExceeded(QueueFull):
+    """Raised when a tenant already keeps as many events (or bytes of event data) as it may (a
+    429): old events are forgotten after the retention period (event_retention_s)."""
+
+    def __init__(self, tenant: str, events: int, size: int, max_events: int, max_bytes: int,
+                 retry_after_s: float = 60.0) -> None:
+        RaysquadError.__init__(self, tenant, events, size, max_events, max_bytes, retry_after_s)
+        self.tenant = tenant
+        self.events = events
+        self.size = size
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.queue = f"events of tenant {tenant}"
+        self.capacity = max_events
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        return (f"tenant {self.tenant!r} keeps {self.events} events ({self.size} bytes of data), "
+                f"and may keep {self.max_events} ({self.max_bytes} bytes); old events are "
+                f"forgotten after the retention period, try again later")
 
 
 class InputTooLarge(Refused):
@@ -153,6 +206,19 @@ class PriorityNotAllowed(Refused):
     def __str__(self) -> str:
         return (f"priority {self.priority} is not allowed: tenant {self.tenant!r} may use "
                 f"{self.low} to {self.high}")
+
+
+class InvalidName(Refused):
+    """Raised for an id, key or name that holds a control character (a 422): PostgreSQL refuses
+    NUL in text, and the rest break headers and logs."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(what, reason)
+        self.what = what
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.reason}"
 
 
 class InvalidCursor(Refused):
@@ -309,6 +375,30 @@ class RuntimeAlreadyRunning(Conflict):
     def __str__(self) -> str:
         return (f"a raysquad runtime is already running in Ray namespace {self.namespace!r}; "
                 "`raysquad down` stops it (or set RAYSQUAD_NAMESPACE to run another beside it)")
+
+
+class StoreInUse(Conflict):
+    """Raised when another runtime holds the Store (its SQLite file) that a runtime was to open."""
+
+    def __init__(self, path: str, holder: str = "") -> None:
+        super().__init__(path, holder)
+        self.path, self.holder = path, holder
+
+    def __str__(self) -> str:
+        by = f" ({self.holder})" if self.holder else ""
+        return (f"the Store {self.path} is in use by another raysquad runtime{by}; stop it "
+                "(`raysquad down`) or use another --data-dir")
+
+
+class ClusterStartFailed(Retryable):
+    """Raised when a local Ray cluster could not be started (its raylet or GCS did not come up)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+    def __str__(self) -> str:
+        return f"could not start a local Ray cluster: {self.why}"
 
 
 class ClusterUnreachable(Retryable):

@@ -58,14 +58,23 @@ class AsyncOps:
         """Run a dead letter's call again; it is marked replayed with its result if it succeeds, and
         a task that failed at that call resumes past it (its earlier steps are kept). An outbound
         webhook's dead letter goes out again through the event bus, from its first attempt."""
-        letter = await self._store.get_dead_letter(letter_id)
+        # Taken first, in one conditional write: of concurrent replays of a letter one runs it,
+        # the others answer it as it is (replaying, or replayed).
+        letter, taken = await self._store.take_dead_letter(letter_id)
+        if not taken:
+            return letter
         if letter.tool.startswith("webhook:"):
             requeued = await self._store.redeliver(int(letter.args["event_seq"]), letter.tool)
             replayed = await self._store.replayed(letter_id, requeued, {"redelivered": requeued},
                                                   "" if requeued else "its event is gone", 0)
             poke(self._namespace)
             return replayed
-        letter = await random.choice(self._executors).replay(letter_id)
+        try:
+            letter = await random.choice(self._executors).replay(letter_id)
+        except Exception as e:
+            # The call could not run at all (its tool is gone, its executor died): dead again.
+            await self._store.replayed(letter_id, False, None, f"replay failed: {e}", 0)
+            raise
         if letter.status == "replayed" and letter.task_id:
             task = await self._store.get_task(letter.task_id)
             if task.status == TaskStatus.QUEUED:  # the dispatcher's reconcile would find it too

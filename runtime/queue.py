@@ -5,6 +5,10 @@ every item ages at the same rate, the order between two items never changes whil
 heap key ``aging_per_s * enqueued_at - priority`` is fixed at insert time. A task of priority ``p``
 therefore waits behind a later arrival of priority ``q`` only if it arrived less than
 ``(q - p) / aging_per_s`` seconds earlier: that is the starvation bound.
+
+A queue made with ``group_of`` (the dispatcher's, by tenant) shares each priority between groups:
+the entry first in that order picks the priority served next, and the groups whose first entry has
+that priority take turns, the one served longest ago first, each in its own order (``_FairHeap``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import itertools
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,6 +49,122 @@ class _Entry:
     item_id: str = field(compare=False)
     priority: int = field(compare=False)
     item: Any = field(compare=False)
+    size: int = field(compare=False, default=0)
+    group: str = field(compare=False, default="")
+
+
+class _Heap:
+    """Entries in key order: one heap."""
+
+    def __init__(self) -> None:
+        self._heap: list[_Entry] = []
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def __iter__(self) -> Iterator[_Entry]:
+        return iter(self._heap)
+
+    def push(self, entry: _Entry) -> None:
+        heapq.heappush(self._heap, entry)
+
+    def pop(self) -> _Entry:
+        return heapq.heappop(self._heap)
+
+    def first(self, keep: int) -> list[_Entry]:
+        """Keep only the first ``keep`` entries in pop order; those."""
+        self._heap = heapq.nsmallest(keep, self._heap)  # sorted, so a heap as it is
+        return self._heap
+
+
+class _FairHeap:
+    """Entries in groups (tenants), each group a heap in key order. ``pop``: the entry first in
+    key order over all groups names the priority served next; of the groups whose first entry has
+    that priority, the one served longest ago (or never) gives its first entry. Aging still decides
+    between priorities; within one, groups take turns, so a tenant's tasks never all wait behind
+    every earlier task of another. A pop costs a few heap operations (O(log n)): the heaps of
+    first entries are kept lazily (a stale one is skipped when it surfaces; they are rebuilt
+    when stale ones pile up)."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, list[_Entry]] = {}
+        self._heads: list[tuple[float, float, int, str]] = []  # (key, at, seq, group) of a first entry
+        # priority -> (turn, key, at, seq, group) of the first entries of that priority
+        self._levels: dict[int, list[tuple[int, float, float, int, str]]] = {}
+        self._served: dict[str, int] = {}  # group -> the turn it was last served at
+        self._turns = 0
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[_Entry]:
+        return itertools.chain.from_iterable(self._groups.values())
+
+    def push(self, entry: _Entry) -> None:
+        heap = self._groups.setdefault(entry.group, [])
+        heapq.heappush(heap, entry)
+        self._size += 1
+        if heap[0] is entry:
+            self._announce(entry.group)
+
+    def _announce(self, group: str) -> None:
+        """Index the group's first entry: its place in key order, and its turn at its priority."""
+        head = self._groups[group][0]
+        heapq.heappush(self._heads, (head.key, head.enqueued_at, head.seq, group))
+        heapq.heappush(self._levels.setdefault(head.priority, []),
+                       (self._served.get(group, 0), head.key, head.enqueued_at, head.seq, group))
+        if len(self._heads) > 4 * len(self._groups) + 64:
+            self._reindex()
+
+    def _reindex(self) -> None:
+        self._heads, self._levels = [], {}
+        for group, heap in self._groups.items():
+            head = heap[0]
+            self._heads.append((head.key, head.enqueued_at, head.seq, group))
+            self._levels.setdefault(head.priority, []).append(
+                (self._served.get(group, 0), head.key, head.enqueued_at, head.seq, group))
+        heapq.heapify(self._heads)
+        for level in self._levels.values():
+            heapq.heapify(level)
+
+    def _is_head(self, group: str, seq: int) -> bool:
+        heap = self._groups.get(group)
+        return heap is not None and heap[0].seq == seq
+
+    def pop(self) -> _Entry:
+        if not self._size:
+            raise IndexError("pop from an empty queue")
+        while not self._is_head(self._heads[0][3], self._heads[0][2]):
+            heapq.heappop(self._heads)
+        level = self._levels[self._groups[self._heads[0][3]][0].priority]
+        while True:
+            turn, _, _, seq, group = heapq.heappop(level)
+            if self._is_head(group, seq) and turn == self._served.get(group, 0):
+                break
+        heap = self._groups[group]
+        entry = heapq.heappop(heap)
+        self._size -= 1
+        self._turns += 1
+        self._served[group] = self._turns
+        if heap:
+            self._announce(group)
+        else:
+            del self._groups[group]
+            if len(self._served) > 2 * len(self._groups) + 1024:  # forget groups long gone
+                self._served = {g: t for g, t in self._served.items() if g in self._groups}
+        return entry
+
+    def first(self, keep: int) -> list[_Entry]:
+        """Keep only the first ``keep`` entries in pop order; those. The turns stay as they were."""
+        served, turns = dict(self._served), self._turns
+        kept = [self.pop() for _ in range(min(keep, self._size))]
+        self._groups, self._size = {}, len(kept)
+        self._served, self._turns = served, turns
+        for entry in kept:
+            heapq.heappush(self._groups.setdefault(entry.group, []), entry)
+        self._reindex()
+        return kept
 
 
 @dataclass
@@ -59,15 +179,23 @@ class PriorityQueue:
 
     Items taken with a ``consumer`` are in flight until acked; ``requeue_consumer`` (the consumer
     died) or an expired visibility deadline puts them back, so no item is lost with its consumer.
+    ``capacity`` bounds the items queued; ``capacity_bytes`` (if given) the bytes held, queued
+    and in flight (each item's ``approx_size``).
     """
 
     def __init__(self, name: str, capacity: int, aging_per_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 capacity_bytes: int | None = None,
+                 group_of: Callable[[Any], str] | None = None) -> None:
+        """``group_of``: an item's group (its tenant); the groups share each priority in turns."""
         self.name = name
         self.capacity = capacity
+        self.capacity_bytes = capacity_bytes
+        self.bytes = 0  # held: queued and in flight
         self.aging_per_s = aging_per_s
         self._clock = clock
-        self._heap: list[_Entry] = []
+        self._group_of = group_of
+        self._heap: _Heap | _FairHeap = _Heap() if group_of is None else _FairHeap()
         self._ids: set[str] = set()
         self._in_flight: dict[str, _InFlight] = {}
         self._seq = itertools.count()
@@ -95,17 +223,23 @@ class PriorityQueue:
                 fresh.append(t)
         if not force and len(self._heap) + len(fresh) > self.capacity:
             raise QueueFull(self.name, self.capacity)
+        sizes = [approx_size(item) for _, _, item in fresh]
+        if (not force and self.capacity_bytes is not None and fresh
+                and self.bytes + sum(sizes) > self.capacity_bytes):
+            raise QueueFull(f"{self.name} (bytes)", self.capacity_bytes)
         now = self._clock()
-        for item_id, priority, item in fresh:
+        for (item_id, priority, item), size in zip(fresh, sizes, strict=True):
             at = min(now, (since or {}).get(item_id, now))
+            group = self._group_of(item) if self._group_of is not None else ""
             self._push(_Entry(self.aging_per_s * at - priority, at, next(self._seq), item_id,
-                              priority, item))
-            self.max_item_bytes = max(self.max_item_bytes, approx_size(item))
+                              priority, item, size, group))
+            self.bytes += size
+            self.max_item_bytes = max(self.max_item_bytes, size)
         self.total_put += len(fresh)
         return len(fresh)
 
     def _push(self, entry: _Entry) -> None:
-        heapq.heappush(self._heap, entry)
+        self._heap.push(entry)
         self._ids.add(entry.item_id)
 
     def get_batch(self, max_items: int, consumer: str | None = None,
@@ -113,11 +247,13 @@ class PriorityQueue:
         """Take up to ``max_items`` in priority order; with a consumer they stay in flight until acked."""
         out: list[tuple[str, Any]] = []
         now = self._clock()
-        while self._heap and len(out) < max_items:
-            entry = heapq.heappop(self._heap)
+        while len(self._heap) and len(out) < max_items:
+            entry = self._heap.pop()
             self._ids.discard(entry.item_id)
             if consumer is not None:
                 self._in_flight[entry.item_id] = _InFlight(consumer, entry, now + visibility_s)
+            else:
+                self.bytes -= entry.size
             out.append((entry.item_id, entry.item))
         return out
 
@@ -126,8 +262,10 @@ class PriorityQueue:
         that is a window on a larger store, which still holds them)."""
         if len(self._heap) <= keep:
             return set()
-        self._heap = heapq.nsmallest(keep, self._heap)  # sorted, so a heap as it is
-        dropped = self._ids - {e.item_id for e in self._heap}
+        held = sum(e.size for e in self._heap)
+        kept = self._heap.first(keep)
+        self.bytes -= held - sum(e.size for e in kept)
+        dropped = self._ids - {e.item_id for e in kept}
         self._ids -= dropped
         return dropped
 
@@ -137,7 +275,9 @@ class PriorityQueue:
 
     def ack(self, item_ids: list[str]) -> None:
         for item_id in item_ids:
-            self._in_flight.pop(item_id, None)
+            done = self._in_flight.pop(item_id, None)
+            if done is not None:
+                self.bytes -= done.entry.size
 
     def consumers(self) -> set[str]:
         """The consumers that hold items in flight."""
@@ -164,6 +304,7 @@ class PriorityQueue:
             "depth": len(self._heap),
             "in_flight": len(self._in_flight),
             "capacity": self.capacity,
+            "bytes": self.bytes,
             "total_put": self.total_put,
             "max_item_bytes": self.max_item_bytes,
             "oldest_wait_s": self._clock() - oldest if oldest is not None else 0.0,
@@ -231,8 +372,9 @@ class QueueActor:
     """A named mailbox: batched put/get, blocking get with timeout, a bound, acks and redelivery."""
 
     def __init__(self, name: str, capacity: int, aging_per_s: float,
-                 visibility_s: float = 300.0) -> None:
-        self._q = AsyncQueue(PriorityQueue(name, capacity, aging_per_s))
+                 visibility_s: float = 300.0, capacity_bytes: int | None = None) -> None:
+        self._q = AsyncQueue(PriorityQueue(name, capacity, aging_per_s,
+                                           capacity_bytes=capacity_bytes))
         self._visibility_s = visibility_s
         self._waiting_consumers = 0
         # Consumers declared dead: a get they left pending must not take items for a ghost.
@@ -347,11 +489,12 @@ class MailboxHandle(ActorHandle):
         return await self._call("watch", seen, timeout_s)  # type: ignore[no-any-return]
 
 
-def start_queue(name: str, settings: Settings, capacity: int) -> MailboxHandle:
+def start_queue(name: str, settings: Settings, capacity: int,
+                capacity_bytes: int | None = None) -> MailboxHandle:
     actor = (
         ray.remote(QueueActor)
         .options(**named_actor_options(settings, f"queue:{name}", max_concurrency=1000))
-        .remote(name, capacity, settings.aging_per_s)
+        .remote(name, capacity, settings.aging_per_s, capacity_bytes=capacity_bytes)
     )
     return MailboxHandle(actor, f"queue:{name}", settings.namespace)
 

@@ -1,4 +1,4 @@
-"""The feed of new tasks: (id, priority, created_at) of tasks created since its one reader, the
+"""The feed of new tasks: (id, priority, created_at, tenant) of tasks created since its one reader, the
 dispatcher, last looked. The Store actor fills it from its own submits, a PostgreSQL ``Listener``
 from NOTIFY. It is bounded: what it drops (unread that long, or lost with a restart), the
 dispatcher's periodic reconcile with the Store finds."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-Entry = tuple[str, int, float]
+from runtime.store.base import Queued as Entry
 
 
 class Feed:

@@ -5,7 +5,10 @@ priority, created_at) on channels named after the schema (``postgres.channels``)
 per process and event loop holds one LISTEN connection and fans the notifications out: to readers
 of a task's events (``wait_events``) and to the dispatcher's feed of new tasks (``take_submitted``).
 If the connection drops, it reconnects and wakes every reader, which reads again; the dispatcher's
-periodic reconcile finds the new tasks a gap dropped.
+periodic reconcile finds the new tasks a gap dropped. A connection that stops answering without
+dropping (a half-open TCP connection, a frozen server) is found by TCP keepalives and by a query
+every ``PROBE_S`` of silence, and replaced; PostgreSQL ends a listener that stops reading the same
+way, before its notification queue fills.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from contextlib import contextmanager
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from runtime.models import Event
+from runtime.store.base import Queued
 from runtime.store.feed import Feed
 from runtime.store.postgres import channels
 
@@ -28,6 +33,13 @@ log = logging.getLogger(__name__)
 
 #: How long a first reader waits for the LISTEN connection before it reads anyway.
 CONNECT_WAIT_S = 5.0
+#: After this long without a notification, the connection is probed with a query (which must
+#: answer within PROBE_TIMEOUT_S, or the connection is replaced).
+PROBE_S = 30.0
+PROBE_TIMEOUT_S = 10.0
+#: libpq TCP keepalives for the LISTEN connection: a peer silent for about 10 + 3 x 5 s is dead.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+              "keepalives_count": 3}
 
 
 class Listener:
@@ -63,17 +75,21 @@ class Listener:
         delay = 0.1
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self._conninfo,
-                                                                 autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                        make_conninfo(self._conninfo, **KEEPALIVES), autocommit=True) as conn:
                     for channel in (self._events_channel, self._tasks_channel):
                         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     self._connected.set()
                     delay = 0.1
                     self._wake_all()  # what was written while nobody listened is read again
-                    async for note in conn.notifies():
-                        self._dispatch(note.channel, note.payload)
-            except psycopg.Error as e:
-                log.warning("LISTEN connection lost (%s); reconnecting in %.1f s", e, delay)
+                    while True:
+                        async for note in conn.notifies(timeout=PROBE_S):
+                            self._dispatch(note.channel, note.payload)
+                        # Silence: the server must still answer, or the connection is replaced.
+                        await asyncio.wait_for(conn.execute("SELECT 1"), PROBE_TIMEOUT_S)
+            except (psycopg.Error, TimeoutError) as e:
+                log.warning("LISTEN connection lost (%s); reconnecting in %.1f s",
+                            type(e).__name__ if isinstance(e, TimeoutError) else e, delay)
             self._connected.clear()
             self._wake_all()
             await asyncio.sleep(delay)
@@ -84,8 +100,9 @@ class Listener:
             for waiter in self._waiters.get(payload, ()):
                 waiter.set()
         elif channel == self._tasks_channel:
-            task_id, priority, created_at = payload.rsplit(" ", 2)
-            self._feed.add([(task_id, int(priority), float(created_at))])
+            # "<id> <priority> <created_at> <tenant>" (a tenant may hold spaces; ids do not)
+            task_id, priority, created_at, *tenant = payload.split(" ", 3)
+            self._feed.add([(task_id, int(priority), float(created_at), "".join(tenant))])
 
     def _wake_all(self) -> None:
         for waiters in self._waiters.values():
@@ -121,7 +138,7 @@ class Listener:
                 return []
         return await read()
 
-    async def take_submitted(self, timeout_s: float) -> list[tuple[str, int, float]]:
+    async def take_submitted(self, timeout_s: float) -> list[Queued]:
         """The tasks created (by any process) since the last call, waiting up to ``timeout_s``."""
         await self.ready()
         return await self._feed.take(timeout_s)

@@ -52,9 +52,10 @@ async def until(condition: Callable[[], Any], timeout_s: float = 10.0) -> Any:
 
 
 async def submit(store: StoreActor, workflow: str, input: dict[str, Any],
-                 priority: int = 0) -> TaskRecord:
+                 priority: int = 0, tenant: str = "default") -> TaskRecord:
     (result,) = await store.submit_tasks(
-        [(uuid.uuid4().hex, SubmitRequest(workflow=workflow, input=input, priority=priority))])
+        [(uuid.uuid4().hex, SubmitRequest(workflow=workflow, input=input, priority=priority,
+                                          tenant=tenant))])
     assert not isinstance(result, BaseException)
     return result[0]
 
@@ -74,6 +75,36 @@ def test_dispatcher_claims_by_priority_and_fences_each_claim(tmp_path: Path) -> 
         assert claims[0].lease.owner == "w1" and claims[0].lease.token == 1
         (second,) = await dispatcher.get_tasks("w1", 1, 1.0)
         assert second.task.id == low.id
+
+    run(body())
+
+
+def test_tenants_take_turns_at_a_priority_whatever_came_first(tmp_path: Path) -> None:
+    """Tenant a queues 30 tasks, then b 3 and c 1 at the same priority: b's and c's are claimed
+    among the first, not behind all of a's; each tenant's own in its rank order; and a higher
+    priority still goes first. The window is smaller than the backlog (the trim keeps turns too)."""
+    async def body() -> None:
+        config = settings(tmp_path, dispatch_window=12, aging_per_s=0.0, queue_capacity=1000,
+                          tenant_queued_tasks=100)
+        store = StoreActor(config)
+        dispatcher = Dispatcher(config, store, APPS)
+        await dispatcher.start()
+        for i in range(30):
+            await submit(store, "echo", {"text": f"a{i}"}, tenant="a")
+        for i in range(3):
+            await submit(store, "echo", {"text": f"b{i}"}, tenant="b")
+        await submit(store, "echo", {"text": "c0"}, tenant="c")
+        await submit(store, "echo", {"text": "a-urgent"}, priority=5, tenant="a")
+        await until(lambda: len(dispatcher.queue.queue) >= 12)
+        claimed: list[str] = []
+        while claims := await dispatcher.get_tasks("w1", 1, 0.5):
+            claimed += [c.task.input["text"] for c in claims]
+        assert claimed[0] == "a-urgent"
+        # Then turns at priority 0, the tenant served longest ago (or never) first.
+        assert claimed[1:8] == ["b0", "c0", "a0", "b1", "a1", "b2", "a2"]
+        assert [t for t in claimed if t.startswith("a") and t != "a-urgent"] == [
+            f"a{i}" for i in range(30)]
+        assert len(claimed) == 35
 
     run(body())
 

@@ -58,6 +58,61 @@ def test_fifo_within_a_priority(clock: FakeClock) -> None:
     assert ids(q.get_batch(10)) == [f"t{i}" for i in range(7)]
 
 
+def tenant_queue(clock: FakeClock, aging_per_s: float = 0.0) -> PriorityQueue:
+    return PriorityQueue("test", 1000, aging_per_s, clock=clock, group_of=lambda item: item)
+
+
+def test_groups_take_turns_within_a_priority(clock: FakeClock) -> None:
+    q = tenant_queue(clock, aging_per_s=1.0)
+    q.put_batch([(f"a{i}", 0, "a") for i in range(5)])
+    clock.advance(10)  # b and c come much later, at the same priority
+    q.put_batch([("b0", 0, "b"), ("b1", 0, "b"), ("c0", 0, "c")])
+    q.put_batch([("a-hi", 50, "a")])  # a higher priority than any aging: first
+
+    # Then turns at priority 0, the tenant served longest ago (or never) first; each in its order.
+    assert ids(q.get_batch(100)) == ["a-hi", "b0", "c0", "a0", "b1", "a1", "a2", "a3", "a4"]
+
+
+def test_aging_still_decides_between_priorities_with_groups(clock: FakeClock) -> None:
+    q = tenant_queue(clock, aging_per_s=1.0)
+    q.put_batch([("a-old", 0, "a")])
+    clock.advance(10)
+    q.put_batch([("b-p5", 5, "b"), ("c-p0", 0, "c")])  # b's 5 is below a's 10 s of aging
+
+    # a-old (priority 0, aged past 5) first; then b's priority 5, then c's 0.
+    assert ids(q.get_batch(10)) == ["a-old", "b-p5", "c-p0"]
+
+
+def test_a_group_served_last_waits_its_turn_even_when_it_comes_back(clock: FakeClock) -> None:
+    q = tenant_queue(clock)
+    q.put_batch([(f"a{i}", 0, "a") for i in range(3)] + [(f"b{i}", 0, "b") for i in range(3)])
+    assert ids(q.get_batch(2)) == ["a0", "b0"]
+    q.put_batch([("c0", 0, "c")])  # never served: its turn comes first
+    assert ids(q.get_batch(3)) == ["c0", "a1", "b1"]
+
+
+def test_trim_keeps_the_first_in_turns(clock: FakeClock) -> None:
+    q = tenant_queue(clock)
+    q.put_batch([(f"a{i}", 0, "a") for i in range(10)])
+    q.put_batch([("b0", 0, "b"), ("b1", 0, "b")])
+
+    assert q.trim(4) == {f"a{i}" for i in range(2, 10)}
+    assert ids(q.get_batch(10)) == ["a0", "b0", "a1", "b1"]
+
+
+def test_groups_keep_their_own_rank_order_over_many(clock: FakeClock) -> None:
+    q = tenant_queue(clock, aging_per_s=1.0)
+    for i in range(300):
+        clock.advance(0.01)
+        q.put_batch([(f"{'abc'[i % 3]}{i}", i % 4, "abc"[i % 3])])
+    out = ids(q.get_batch(1000))
+    assert len(out) == 300 and len(q) == 0
+    for group in "abc":
+        mine = [i for i in out if i[0] == group]
+        keys = [0.01 * (int(i[1:]) + 1) * 1.0 - int(i[1:]) % 4 for i in mine]
+        assert keys == sorted(keys)
+
+
 def test_get_batch_takes_at_most_max_items(clock: FakeClock) -> None:
     q = make_queue(clock)
     q.put_batch([(f"t{i}", 0, i) for i in range(5)])
@@ -231,7 +286,7 @@ def test_requeue_expired_restores_only_past_deadline(clock: FakeClock) -> None:
 def test_stats(clock: FakeClock) -> None:
     q = make_queue(clock, capacity=10)
     assert q.stats() == {"name": "test", "depth": 0, "in_flight": 0, "capacity": 10, "total_put": 0,
-                         "max_item_bytes": 0, "oldest_wait_s": 0.0}
+                         "bytes": 0, "max_item_bytes": 0, "oldest_wait_s": 0.0}
 
     q.put_batch([("a", 0, b"x" * 100)])
     clock.advance(3)
@@ -244,7 +299,23 @@ def test_stats(clock: FakeClock) -> None:
     assert stats["in_flight"] == 1
     assert stats["total_put"] == 3
     assert stats["max_item_bytes"] == 100
+    assert stats["bytes"] == 103  # queued and in flight
     assert stats["oldest_wait_s"] == pytest.approx(2.0)
+
+
+def test_a_queue_bounded_in_bytes_refuses_what_would_pass_them(clock: FakeClock) -> None:
+    q = PriorityQueue("box", 100, 0.0, clock=clock, capacity_bytes=1000)
+    q.put_batch([("a", 0, b"x" * 600)])
+    with pytest.raises(QueueFull, match="box"):
+        q.put_batch([("b", 0, b"y" * 500)])  # few items, too many bytes
+    q.put_batch([("a", 0, b"x" * 600)])  # held already: nothing new
+    q.get_batch(1, consumer="w1")
+    with pytest.raises(QueueFull):
+        q.put_batch([("b", 0, b"y" * 500)])  # in flight still holds its bytes
+    q.ack(["a"])
+    q.put_batch([("b", 0, b"y" * 500)])
+    assert q.stats()["bytes"] == 500
+    assert q.get_batch(1) and q.stats()["bytes"] == 0  # taken without a consumer: gone
 
 
 class Inner(BaseModel):

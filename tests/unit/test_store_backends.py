@@ -79,7 +79,7 @@ def test_sqlite_queued_tasks_in_rank_order_are_read_off_the_rank_index(
     text = " ".join(str(tuple(row)) for row in plan)
     assert records.rank_index_name(store.aging_per_s) in text and "TEMP B-TREE" not in text, text
     index = store.queued_index(20)
-    keys = [store.aging_per_s * at - priority for _, priority, at in index]
+    keys = [store.aging_per_s * at - priority for _, priority, at, _ in index]
     assert keys == sorted(keys) and len(index) == 20
 
 
@@ -303,14 +303,14 @@ def test_postgres_new_events_and_tasks_are_notified(postgres_backend: PostgresBa
     with psycopg.connect(postgres_backend.url, autocommit=True) as listener:
         for channel in (events_channel, tasks_channel):
             listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-        submit(store, "t1", priority=3)
+        submit(store, "t1", priority=3, tenant="a b")
         store.append_event("t1", "progress", {}, T0 + 1)
         notes = [(n.channel, n.payload) for n in listener.notifies(timeout=5, stop_after=3)]
 
     events = [payload for channel, payload in notes if channel == events_channel]
-    tasks = [payload.split(" ") for channel, payload in notes if channel == tasks_channel]
+    tasks = [payload.split(" ", 3) for channel, payload in notes if channel == tasks_channel]
     assert events == ["t1", "t1"]  # submitted, progress: one transaction each
-    assert [(i, int(p), float(at)) for i, p, at in tasks] == [("t1", 3, T0)]
+    assert [(i, int(p), float(at), t) for i, p, at, t in tasks] == [("t1", 3, T0, "a b")]
 
 
 def test_postgres_an_unreachable_server_is_a_store_error_without_the_conninfo(

@@ -6,18 +6,27 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
+from runtime.config import Settings
 from runtime.errors import (
     DeadLetterNotFound,
+    InvalidName,
     InvalidTransition,
     LeaseLost,
+    SignalQuotaExceeded,
     StoreError,
     TaskNotFound,
+    TenantQuotaExceeded,
 )
 from runtime.models import DeadLetter, Lease, SubmitRequest, TaskStatus
-from runtime.store.base import SCHEMA_VERSION
+from runtime.store import postgres as postgres_store
+from runtime.store import sqlite as sqlite_store
+from runtime.store.actor import admit
+from runtime.store.base import REPLAY_HOLD_S, SCHEMA_VERSION
+from runtime.store.postgres import PostgresStore
 from tests.unit.stores import (
     LEASE_S,
     T0,
@@ -82,6 +91,23 @@ def test_the_same_submit_again_is_the_same_task(store: AnyStore) -> None:
 
     assert created and again == first  # its first reply was lost: the task as stored
     assert kinds(store, "t1") == ["submitted"]
+
+
+def test_an_item_the_database_refuses_fails_alone_in_its_batch(store: AnyStore) -> None:
+    """A value the database cannot hold (PostgreSQL: NUL in text) fails only its own item: the
+    group commit's other submits are created. (Names are checked before; this is the backstop.)"""
+    items = [("t1", SubmitRequest(workflow="wf")),
+             ("t2", SubmitRequest.model_construct(workflow="wf", input={}, priority=0,
+                                                   idempotency_key="bad\x00", tenant="default",
+                                                   trace_parent=None)),
+             ("t3", SubmitRequest(workflow="wf"))]
+    results = store.create_tasks(items, T0)
+    assert isinstance(results[0], tuple) and isinstance(results[2], tuple)
+    if isinstance(store, PostgresStore):
+        assert isinstance(results[1], StoreError)
+        assert [t.id for t in store.list_tasks()] == ["t3", "t1"]
+    else:  # SQLite keeps NUL
+        assert isinstance(results[1], tuple)
 
 
 def test_create_tasks_in_one_batch(store: AnyStore) -> None:
@@ -262,6 +288,32 @@ def test_a_stale_run_cannot_write_after_the_task_is_claimed_again(store: AnyStor
     store.finish(claim.lease, TaskStatus.SUCCEEDED, 1, None, T0 + LEASE_S + 5)
     # the same finish again (its reply lost) is answered, not refused
     assert store.finish(claim.lease, TaskStatus.SUCCEEDED, 1, None, T0 + LEASE_S + 6).output == 1
+
+
+def test_a_stale_finish_after_a_give_up_is_fenced_and_a_repeat_finish_is_not(
+        backend: Backend) -> None:
+    """The lease runs out, the task is given up (poison), then the slow first run finishes: its
+    finish is refused (LeaseLost), not taken for a retransmission, and the task stays failed (it
+    ran out of its tries; a retry runs it again from its checkpoints). The same finish sent twice
+    by the run that holds the lease is answered both times."""
+    store = backend.open(max_crashes=1)
+    running(store, "t1")
+    slow = lease(store, "t1", "w1")
+    assert store.expire_leases(T0 + LEASE_S + 1) == []  # given up at once (max_crashes=1)
+    assert store.get_task("t1").status is TaskStatus.FAILED
+    with pytest.raises(LeaseLost):
+        store.finish(slow, TaskStatus.SUCCEEDED, {"late": True}, None, T0 + LEASE_S + 2)
+    failed = store.get_task("t1")
+    assert failed.status is TaskStatus.FAILED and failed.output is None
+    assert "given up" in (failed.error or "")
+
+    store.retry("t1", T0 + LEASE_S + 3)
+    (claim,) = store.claim(["t1"], "w2", LEASE_S, T0 + LEASE_S + 4)
+    done = store.finish(claim.lease, TaskStatus.SUCCEEDED, 1, None, T0 + LEASE_S + 5)
+    again = store.finish(claim.lease, TaskStatus.SUCCEEDED, 1, None, T0 + LEASE_S + 6)
+    assert again == done and kinds(store, "t1").count("succeeded") == 1
+    with pytest.raises(LeaseLost):  # the first run, later still: fenced
+        store.finish(slow, TaskStatus.SUCCEEDED, None, None, T0 + LEASE_S + 7)
 
 
 def test_a_task_that_keeps_killing_its_worker_fails_as_poison(backend: Backend) -> None:
@@ -462,6 +514,31 @@ def test_signals_sent_before_the_wait_are_taken_oldest_first(store: AnyStore) ->
     assert set(again.steps) == {"s1", "s2"}
 
 
+def test_signals_a_task_has_not_taken_are_bounded_in_number_and_bytes(store: AnyStore) -> None:
+    submit(store, "t1")
+    submit(store, "t2")
+    limits = (3, 100)
+    for i in range(3):  # kept although nobody waits for them, up to the bound
+        store.send_signal("t1", "s", {"i": i}, T0 + i, limits)
+    with pytest.raises(SignalQuotaExceeded, match="holds 3 signals not yet taken") as info:
+        store.send_signal("t1", "other", None, T0 + 5, limits)
+    assert info.value.retry_after_s > 0 and kinds(store, "t1").count("signal") == 3
+    with pytest.raises(SignalQuotaExceeded, match="task_signal_bytes"):
+        store.send_signal("t2", "s", "x" * 200, T0 + 5, limits)
+    # A signal taken frees its room.
+    (claim,) = store.claim(["t1"], "w1", LEASE_S, T0 + 6)
+    store.await_signal(claim.lease, "s", "k1", None, T0 + 7)
+    store.send_signal("t1", "other", None, T0 + 8, limits)
+
+
+@pytest.mark.parametrize("name", ["a\x00", "new\nline", "tab\t", "del\x7f"])
+def test_a_signal_name_with_a_control_character_is_refused(store: AnyStore, name: str) -> None:
+    submit(store, "t1")
+    with pytest.raises(InvalidName, match="signal name"):
+        store.send_signal("t1", name, None, T0 + 1)
+    assert kinds(store, "t1") == ["submitted"]
+
+
 def test_a_wait_without_a_signal_parks_the_task_until_it_comes(store: AnyStore) -> None:
     running(store, "t1")
     held = lease(store, "t1", "w1")
@@ -607,15 +684,36 @@ def test_pages_do_not_skip_tasks_created_in_the_same_instant(store: AnyStore) ->
     assert sorted(seen) == [f"t{i}" for i in range(5)] and len(seen) == 5
 
 
-def test_queued_bytes_and_index_read_no_inputs(store: AnyStore) -> None:
+def test_queued_load_and_index_read_no_inputs(store: AnyStore) -> None:
     submit(store, "a", tenant="x", input={"text": "x" * 1000})
     submit(store, "b", tenant="x", input={"text": "y" * 10})
     submit(store, "c", tenant="y", input={})
     running(store, "d")
-    assert store.queued_bytes("x") == len(json.dumps({"text": "x" * 1000})) + len(
-        json.dumps({"text": "y" * 10}))
-    assert store.queued_bytes("nobody") == 0
-    assert [(i, p) for i, p, _ in store.queued_index(10)] == [("a", 0), ("b", 0), ("c", 0)]
+    assert store.queued_load("x") == (2, len(json.dumps({"text": "x" * 1000})) + len(
+        json.dumps({"text": "y" * 10})))
+    assert store.queued_load("nobody") == (0, 0)
+    assert [(i, p, t) for i, p, _, t in store.queued_index(10)] == [
+        ("a", 0, "x"), ("b", 0, "x"), ("c", 0, "y")]
+
+
+def test_a_tenant_past_its_queued_task_cap_is_refused_and_others_are_not(
+        store: AnyStore, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, queue_capacity=100, tenant_queued_tasks=3)
+    batch = [(f"a{i}", SubmitRequest(workflow="wf", tenant="a")) for i in range(5)]
+    results = admit(store, settings, batch, T0)
+    # A batch is admitted item by item, like the byte quota: the first three fit, the rest not.
+    assert [isinstance(r, tuple) for r in results] == [True] * 3 + [False] * 2
+    refused = results[3]
+    assert isinstance(refused, TenantQuotaExceeded) and refused.limit_name == "tenant_queued_tasks"
+    assert "'a' has 3 tasks queued, and the limit (tenant_queued_tasks) is 3" in str(refused)
+    assert refused.retry_after_s > 0
+    assert store.queued_load("a")[0] == 3
+    # Another tenant still gets in; and once a's tasks leave the queue, a does again.
+    assert isinstance(admit(store, settings, [("b0", SubmitRequest(workflow="wf", tenant="b"))],
+                            T0)[0], tuple)
+    store.claim(["a0"], "w1", LEASE_S, T0)
+    again = admit(store, settings, [("a9", SubmitRequest(workflow="wf", tenant="a"))], T0)
+    assert isinstance(again[0], tuple)
 
 
 def test_count_tasks(store: AnyStore) -> None:
@@ -716,7 +814,7 @@ def test_recover_requeues_running_tasks(store: AnyStore) -> None:
 
     queued = store.recover(T0 + 10)
 
-    assert [task_id for task_id, _, _ in queued] == ["q1", "r1"]  # oldest first, ids only
+    assert [task_id for task_id, _, _, _ in queued] == ["q1", "r1"]  # oldest first, ids only
     assert store.get_task("r1").status is TaskStatus.QUEUED
     assert store.get_task("r1").owner is None
     assert store.events("r1")[-1].data == {"reason": "runtime restarted", "owner": "w1"}
@@ -727,6 +825,26 @@ def test_recover_requeues_running_tasks(store: AnyStore) -> None:
 def test_schema_version_is_stored(backend: Backend, store: AnyStore) -> None:
     rows = backend.query("SELECT value FROM meta WHERE key = 'schema_version'")
     assert rows == [(str(SCHEMA_VERSION),)]
+
+
+def test_of_concurrent_replays_of_a_letter_one_takes_it(store: AnyStore) -> None:
+    store.add_dead_letter(letter("d1", T0))
+    taken, ok = store.take_dead_letter("d1", T0 + 1)
+    assert ok and taken.status == "replaying"
+    again, second = store.take_dead_letter("d1", T0 + 2)
+    assert not second and again.status == "replaying"  # the second replay runs nothing
+    # A replay that failed leaves it dead, for a later one to take; one that succeeded, done.
+    assert store.replayed("d1", False, None, "still down", 1, T0 + 3).status == "dead"
+    assert store.take_dead_letter("d1", T0 + 4)[1]
+    store.replayed("d1", True, 1, "", 1, T0 + 5)
+    assert not store.take_dead_letter("d1", T0 + 6)[1]
+    # A replayer that died holds its letter only so long.
+    store.add_dead_letter(letter("d2", T0))
+    assert store.take_dead_letter("d2", T0 + 1)[1]
+    assert not store.take_dead_letter("d2", T0 + REPLAY_HOLD_S)[1]
+    assert store.take_dead_letter("d2", T0 + REPLAY_HOLD_S + 2)[1]
+    with pytest.raises(DeadLetterNotFound):
+        store.take_dead_letter("nope", T0)
 
 
 def test_reopening_keeps_everything(backend: Backend) -> None:
@@ -754,6 +872,31 @@ def test_newer_schema_version_is_refused(backend: Backend) -> None:
 
     with pytest.raises(StoreError, match="newer"):
         backend.open()
+
+
+def test_a_database_of_an_earlier_version_is_brought_up_to_date(
+        backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database made by version 10 (before finished_run) is migrated when opened: a task it
+    finished answers its own finish sent again, and new tasks run as before."""
+    module = sqlite_store if backend.name == "sqlite" else postgres_store
+    with monkeypatch.context() as old:
+        old.setattr(module, "SCHEMA_VERSION", 10)
+        old.setattr(module, "_MIGRATIONS", {v: m for v, m in module._MIGRATIONS.items() if v <= 10})
+        first = backend.open()
+        running(first, "t1")
+        held = lease(first, "t1", "w1")
+        first.close()
+    # What that version's finish wrote (this version's code would write finished_run too).
+    backend.query("UPDATE tasks SET status = 'succeeded', output = '1', owner = NULL, "
+                  "lease_until = NULL WHERE id = 't1'")
+    assert backend.query("SELECT value FROM meta WHERE key = 'schema_version'") == [("10",)]
+
+    second = backend.open()
+    assert backend.query("SELECT value FROM meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)]
+    assert second.finish(held, TaskStatus.SUCCEEDED, 1, None, T0 + 2).output == 1
+    running(second, "t2")
+    second.finish(lease(second, "t2", "w1"), TaskStatus.SUCCEEDED, 2, None, T0 + 3)
 
 
 # -- batched writes -----------------------------------------------------------------------------------

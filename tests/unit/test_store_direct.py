@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from psycopg.conninfo import make_conninfo
 from runtime.config import Settings
 from runtime.errors import LeaseLost, QueueFull
 from runtime.models import Lease, SubmitRequest, TaskStatus
+from runtime.store import direct
 from runtime.store.direct import DirectStore
 from tests.unit.stores import PostgresBackend
 
@@ -32,17 +34,17 @@ def test_a_submit_in_one_process_feeds_the_dispatcher_in_another(
     s = settings(postgres_backend, tmp_path)
     ingress, dispatcher = DirectStore(s), DirectStore(s)
 
-    async def run() -> tuple[list[tuple[str, int, float]], float]:
+    async def run() -> tuple[list[tuple[str, int, float, str]], float]:
         assert await dispatcher.take_submitted(0.01) == []  # listening from here on
-        record, created = await ingress.submit(SubmitRequest(workflow="wf", priority=2))
+        record, created = await ingress.submit(SubmitRequest(workflow="wf", priority=2, tenant="t b"))
         assert created
         started = time.monotonic()
         fed = await dispatcher.take_submitted(WAIT_S)
-        return [(i, p, round(at, 3)) for i, p, at in fed], time.monotonic() - started
+        return [(i, p, round(at, 3), t) for i, p, at, t in fed], time.monotonic() - started
 
     fed, waited = asyncio.run(run())
     (task,) = [t for t in postgres_backend.query("SELECT id, priority, created_at FROM tasks")]
-    assert fed == [(task[0], 2, round(task[2], 3))]
+    assert fed == [(task[0], 2, round(task[2], 3), "t b")]
     assert waited < WAIT_S / 2
 
 
@@ -110,7 +112,8 @@ def test_the_listener_comes_back_after_its_connection_is_killed(
 
 def test_admission_and_fencing_hold_through_the_direct_path(postgres_backend: PostgresBackend,
                                                             tmp_path: Path) -> None:
-    store = DirectStore(settings(postgres_backend, tmp_path, queue_capacity=2))
+    store = DirectStore(settings(postgres_backend, tmp_path, queue_capacity=2,
+                                 tenant_queued_tasks=2))
 
     async def run() -> None:
         first, _ = await store.submit(SubmitRequest(workflow="wf"))
@@ -125,6 +128,37 @@ def test_admission_and_fencing_hold_through_the_direct_path(postgres_backend: Po
         assert await store.record_step(lease, "a", b"x") is False
         done = await store.finish(lease, TaskStatus.SUCCEEDED, {"ok": True}, None)
         assert done.status is TaskStatus.SUCCEEDED
+
+    asyncio.run(run())
+
+
+def test_leases_go_by_the_database_clock_whatever_the_processes_clocks(
+        postgres_backend: PostgresBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker node's clock an hour behind claims and renews; a dispatcher's an hour ahead
+    expires leases: the lease is the database's lease_s all the same, and is not expired."""
+    s = settings(postgres_backend, tmp_path)
+    worker, dispatcher = DirectStore(s), DirectStore(s)
+    real = time.time
+
+    def skewed(by_s: float) -> types.SimpleNamespace:
+        return types.SimpleNamespace(time=lambda: real() + by_s, monotonic=time.monotonic)
+
+    def db_now() -> float:
+        return float(postgres_backend.query("SELECT extract(epoch FROM clock_timestamp())")[0][0])
+
+    async def run() -> None:
+        record, _ = await worker.submit(SubmitRequest(workflow="wf"))
+        monkeypatch.setattr(direct, "time", skewed(-3600))
+        (claim,) = await worker.claim([record.id], "w1", 30.0)
+        assert abs((claim.task.lease_until or 0) - (db_now() + 30.0)) < 5
+        assert await worker.renew("w1", {record.id: claim.task.runs}, 30.0) == {record.id: False}
+        monkeypatch.setattr(direct, "time", skewed(+3600))
+        assert await dispatcher.expire_leases() == []
+        assert (await dispatcher.get_task(record.id)).status is TaskStatus.RUNNING
+        # A lease that did run out, by the database's clock, is expired.
+        postgres_backend.query(f"UPDATE tasks SET lease_until = {db_now() - 1} "
+                               f"WHERE id = '{record.id}'")
+        assert [t.id for t in await dispatcher.expire_leases()] == [record.id]
 
     asyncio.run(run())
 

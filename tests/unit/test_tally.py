@@ -29,7 +29,7 @@ def items(n: int, size: int = 10) -> list[tuple[str, SubmitRequest]]:
 
 def test_the_queue_is_counted_once_then_only_near_the_bound(tmp_path: Path) -> None:
     store = CountingStore(tmp_path / "s.db", tmp_path / "blobs")
-    settings = Settings(data_dir=tmp_path, queue_capacity=100)
+    settings = Settings(data_dir=tmp_path, queue_capacity=100, tenant_queued_tasks=100)
     tally = Tally(fresh_s=3600)
 
     for _ in range(8):  # 80 admitted: counted once, then the tally adds what it admitted
