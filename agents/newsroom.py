@@ -7,10 +7,11 @@ every few minutes, written against ``runtime``'s public API.
   "text": ...}'``).
 - The ``cataloguer`` role subscribes to ``docs.new``. It has no replica while idle (scale to zero):
   the first document starts one. It extracts the document's keywords and files an entry in the
-  newsroom's index, at most once per document id (a redelivery files nothing new).
+  newsroom's index, at most once per document id of a tenant (a redelivery files nothing new).
 - The ``newsroom_digest`` workflow runs on a schedule (every 5 minutes, declared on it) and
   writes a digest of the documents indexed since the last digest: the most frequent keywords and
-  the titles.
+  the titles. Each tenant has its own index and digests: the declared schedule digests the
+  ``default`` tenant's documents, and a tenant that submits ``newsroom_digest`` gets its own.
 
 The index and the digests are JSON-lines files under ``RAYSQUAD_DATA_DIR/newsroom`` (one machine;
 on a cluster, point it at storage every node shares).
@@ -53,14 +54,15 @@ def newsroom_dir() -> Path:
     return root
 
 
-def index_entries() -> list[dict[str, object]]:
-    """The index, one entry per document id (the first filed wins)."""
+def index_entries(tenant: str) -> list[dict[str, object]]:
+    """``tenant``'s index, one entry per document id (the first filed wins)."""
     path = newsroom_dir() / "index.jsonl"
     entries: dict[str, dict[str, object]] = {}
     if path.exists():
         for line in path.read_text().splitlines():
             entry = json.loads(line)
-            entries.setdefault(str(entry["id"]), entry)
+            if entry.get("tenant", "default") == tenant:
+                entries.setdefault(str(entry["id"]), entry)
     return sorted(entries.values(), key=lambda e: float(str(e["indexed_at"])))
 
 
@@ -74,9 +76,9 @@ class Cataloguer(Agent):
 
     async def handle(self, msg: AgentMessage, ctx: AgentContext) -> None:
         doc = Doc.model_validate(msg.payload)
-        if msg.redelivered and any(e["id"] == doc.id for e in index_entries()):
+        if msg.redelivered and any(e["id"] == doc.id for e in index_entries(msg.tenant)):
             return  # filed by an earlier delivery of this event
-        entry = {"id": doc.id, "title": doc.title,
+        entry = {"id": doc.id, "tenant": msg.tenant, "title": doc.title,
                  "keywords": keywords(f"{doc.title}. {doc.text}", limit=6),
                  "indexed_at": time.time(), "event": msg.event.id if msg.event else None}
         with open(newsroom_dir() / "index.jsonl", "a") as f:
@@ -96,21 +98,23 @@ class Digest(BaseModel):
     since: float
 
 
-def _last_digest_at() -> float:
+def _last_digest_at(tenant: str) -> float:
     path = newsroom_dir() / "digests.jsonl"
     if not path.exists():
         return 0.0
-    lines = path.read_text().splitlines()
-    return float(json.loads(lines[-1])["until"]) if lines else 0.0
+    ends = [float(d["until"]) for d in map(json.loads, path.read_text().splitlines())
+            if d.get("tenant", "default") == tenant]
+    return ends[-1] if ends else 0.0
 
 
 @workflow(triggers=[on_schedule("*/5 * * * *", id="newsroom-digest", catch_up="once")])
 async def newsroom_digest(ctx: Context, inp: DigestIn) -> Digest:
-    """The documents indexed since the last digest: their titles and most frequent keywords."""
+    """The documents of this task's tenant indexed since its last digest: their titles and most
+    frequent keywords."""
 
     def gather() -> dict[str, object]:
-        since = _last_digest_at() if inp.since is None else inp.since
-        fresh = [e for e in index_entries() if float(str(e["indexed_at"])) > since]
+        since = _last_digest_at(ctx.tenant) if inp.since is None else inp.since
+        fresh = [e for e in index_entries(ctx.tenant) if float(str(e["indexed_at"])) > since]
         return {"since": since, "until": time.time(), "entries": fresh[-inp.max_docs:]}
 
     window = await ctx.step("gather", gather)  # checkpointed: a resumed run digests the same docs
@@ -121,7 +125,8 @@ async def newsroom_digest(ctx: Context, inp: DigestIn) -> Digest:
 
     def file() -> None:
         with open(newsroom_dir() / "digests.jsonl", "a") as f:
-            f.write(json.dumps({"until": window["until"], **digest.model_dump()}) + "\n")
+            f.write(json.dumps({"until": window["until"], "tenant": ctx.tenant,
+                                **digest.model_dump()}) + "\n")
 
     await ctx.step("file", file)
     return digest

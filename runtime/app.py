@@ -38,7 +38,7 @@ from runtime.worker import WorkerPoolHandle, start_worker_pool
 
 log = logging.getLogger(__name__)
 
-MAILBOX_CAPACITY = 100_000
+MAILBOX_CAPACITY = 100_000  # messages; in bytes: settings.mailbox_capacity_bytes
 
 
 @dataclass
@@ -94,7 +94,8 @@ class Runtime:
         engine_pools = start_engine_pools(settings, list(engines))
         tool_executors = start_tool_executors(settings, apps)
         mailboxes = {
-            role: start_queue(f"agent:{role}", settings, MAILBOX_CAPACITY)
+            role: start_queue(f"agent:{role}", settings, MAILBOX_CAPACITY,
+                              settings.mailbox_capacity_bytes)
             for role in catalog.agents
         }
         pools = {role: start_agent_pool(role, settings, apps) for role in catalog.agents}

@@ -218,7 +218,7 @@ class WorkflowWorker:
         try:
             event = new_event(topic, data, key=task.id, event_id=f"task/{task.id}/{task.runs}",
                               tenant=task.tenant, source=f"task:{task.id}",
-                              max_bytes=self.settings.max_input_bytes)
+                              max_bytes=self.settings.max_input_bytes, runtime=True)
             await publish(self.store, self.settings.namespace, [event])
         except RaysquadError:
             log.warning("task %s: its end could not be announced on %s", task.id, topic,

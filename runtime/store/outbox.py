@@ -18,6 +18,7 @@ import json
 from contextlib import AbstractContextManager
 from typing import Any
 
+from runtime.errors import EventQuotaExceeded
 from runtime.models import Delivery, Route, TopicEvent
 
 _EVENT = "seq, id, topic, key, data, tenant, source, created_at"
@@ -55,6 +56,27 @@ CREATE INDEX deliveries_due ON deliveries(due_at) WHERE done_at IS NULL;
 CREATE INDEX deliveries_key ON deliveries(target, key, task_id);
 """
 
+# Version 10: flow control per tenant (a delivery's key is its event's tenant's); a tenant's events
+# listed through an index, a page at a time; what each tenant keeps, for its quota; the age of
+# events, for retention.
+MIGRATION_10 = """
+ALTER TABLE deliveries ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+UPDATE deliveries SET tenant = COALESCE(
+    (SELECT e.tenant FROM topic_events e WHERE e.seq = deliveries.event_seq), '');
+DROP INDEX deliveries_key;
+CREATE INDEX deliveries_key ON deliveries(target, tenant, key, task_id);
+CREATE INDEX topic_events_tenant ON topic_events(tenant, seq);
+CREATE INDEX topic_events_tenant_topic ON topic_events(tenant, topic, seq);
+CREATE INDEX topic_events_created ON topic_events(created_at);
+CREATE TABLE event_usage (
+    tenant TEXT PRIMARY KEY,
+    events BIGINT NOT NULL,
+    bytes BIGINT NOT NULL
+);
+INSERT INTO event_usage (tenant, events, bytes)
+    SELECT tenant, COUNT(*), SUM(length(data)) FROM topic_events GROUP BY tenant;
+"""
+
 
 #: An event and what became of it: one entry per subscriber it was routed to.
 EventReport = tuple[TopicEvent, list[dict[str, Any]]]
@@ -89,25 +111,41 @@ class Outbox(PortableSQL):
                         (tenant, event_id)).fetchone()
         return _event(row) if row is not None else None
 
-    def publish(self, events: list[TopicEvent]) -> list[tuple[TopicEvent, bool]]:
-        """Keep each event unless its tenant already has one with its id; (event as kept, new?)."""
+    def publish(self, events: list[TopicEvent],
+                quota: tuple[int, int] | None = None) -> list[tuple[TopicEvent, bool]]:
+        """Keep each event unless its tenant already has one with its id; (event as kept, new?).
+        ``quota``: the (events, bytes of data) a tenant may keep; a new event past it refuses the
+        whole call (EventQuotaExceeded, nothing kept)."""
         out: list[tuple[TopicEvent, bool]] = []
         with self._tx() as c:
             for e in events:
                 kept = self._one_event(c, e.tenant, e.id)
                 if kept is None:
+                    data = json.dumps(e.data)  # ASCII: its length is its size in bytes
                     row = c.execute(self._q(
                         "INSERT INTO topic_events (id, topic, key, data, tenant, source, created_at) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING seq"),
-                        (e.id, e.topic, e.key, json.dumps(e.data), e.tenant, e.source,
-                         e.created_at)).fetchone()
+                        (e.id, e.topic, e.key, data, e.tenant, e.source, e.created_at)).fetchone()
                     if row is not None:
+                        self._count_usage(c, e.tenant, len(data), quota)
                         out.append((e.model_copy(update={"seq": row["seq"]}), True))
                         continue
                     kept = self._one_event(c, e.tenant, e.id)  # another process kept it just now
                     assert kept is not None
                 out.append((kept, False))
         return out
+
+    def _count_usage(self, c: Any, tenant: str, size: int, quota: tuple[int, int] | None) -> None:
+        """Count a new event of ``size`` bytes against its tenant (the row is locked until the
+        transaction ends, so concurrent publishes of one tenant cannot both pass the quota)."""
+        usage = c.execute(self._q(
+            "INSERT INTO event_usage (tenant, events, bytes) VALUES (?, 1, ?) "
+            "ON CONFLICT (tenant) DO UPDATE SET events = event_usage.events + 1, "
+            "bytes = event_usage.bytes + excluded.bytes RETURNING events, bytes"),
+            (tenant, size)).fetchone()
+        if quota is not None and (usage["events"] > quota[0] or usage["bytes"] > quota[1]):
+            raise EventQuotaExceeded(tenant, int(usage["events"]) - 1,
+                                     int(usage["bytes"]) - size, quota[0], quota[1])
 
     def unrouted_events(self, limit: int) -> list[TopicEvent]:
         with self._tx() as c:
@@ -117,20 +155,25 @@ class Outbox(PortableSQL):
 
     def route_event(self, seq: int, routes: list[Route], now: float) -> None:
         """Write the event's deliveries and mark it routed; a second call changes nothing. A route
-        that ``supersede``s ends its target's pending deliveries for the same key first."""
+        that ``supersede``s ends its target's pending deliveries for the same key first. A key is
+        its event's tenant's: the delivery row carries the tenant, read here from the event
+        itself, so no route can reach another tenant's deliveries."""
         with self._tx() as c:
             marked = c.execute(self._q("UPDATE topic_events SET routed_at = ? "
-                                       "WHERE seq = ? AND routed_at IS NULL"), (now, seq)).rowcount
-            if not marked:
+                                       "WHERE seq = ? AND routed_at IS NULL RETURNING tenant"),
+                               (now, seq)).fetchone()
+            if marked is None:
                 return
+            tenant = marked["tenant"]
             for r in routes:
                 if r.supersede:
                     c.execute(self._q(
                         "UPDATE deliveries SET done_at = ?, outcome = 'superseded' WHERE target = ? "
-                        "AND key = ? AND done_at IS NULL AND task_id IS NULL"), (now, r.target, r.key))
-                c.execute(self._q("INSERT INTO deliveries (event_seq, target, key, due_at) "
-                                  "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"),
-                          (seq, r.target, r.key, r.due_at))
+                        "AND tenant = ? AND key = ? AND done_at IS NULL AND task_id IS NULL"),
+                        (now, r.target, tenant, r.key))
+                c.execute(self._q("INSERT INTO deliveries (event_seq, target, tenant, key, due_at) "
+                                  "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"),
+                          (seq, r.target, tenant, r.key, r.due_at))
 
     def take_deliveries(self, now: float, limit: int, retry_s: float) -> list[Delivery]:
         """The deliveries due now, oldest first, each with its attempt counted and its next due time
@@ -173,29 +216,50 @@ class Outbox(PortableSQL):
                 "UPDATE deliveries SET done_at = NULL, outcome = NULL, attempts = 0, due_at = ? "
                 "WHERE event_seq = ? AND target = ?"), (now, seq, target)).rowcount)
 
-    def active_key_tasks(self, target: str, key: str) -> list[str]:
-        """The tasks the target's deliveries for ``key`` started that have not ended."""
+    def active_key_tasks(self, target: str, tenant: str, key: str) -> list[str]:
+        """The tasks the target's deliveries for ``tenant``'s ``key`` started that have not ended."""
         with self._tx() as c:
             rows = c.execute(self._q(
                 "SELECT d.task_id FROM deliveries d JOIN tasks t ON t.id = d.task_id "
-                f"WHERE d.target = ? AND d.key = ? AND t.status IN {_ACTIVE} ORDER BY d.event_seq"),
-                (target, key)).fetchall()
+                "WHERE d.target = ? AND d.tenant = ? AND d.key = ? "
+                f"AND t.status IN {_ACTIVE} ORDER BY d.event_seq"), (target, tenant, key)).fetchall()
         return [r["task_id"] for r in rows]
 
     def topic_events(self, topic: str | None = None, tenant: str | None = None, limit: int = 100,
                      before: int | None = None) -> list[TopicEvent]:
-        """Events newest first; ``before``: the seq the previous page ended at."""
-        where, args = [], []
-        for clause, value in (("topic = ?", topic), ("tenant = ?", tenant), ("seq < ?", before)):
-            if value is not None:
-                where.append(clause)
-                args.append(value)
-        sql = f"SELECT {_EVENT} FROM topic_events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        """Events newest first; ``before``: the seq the previous page ended at. The page's seqs
+        come off an index (a tenant's: ``(tenant, seq)``, ``(tenant, topic, seq)``), then the
+        data of those alone, never the data of every event a sort would read."""
+        sql, args = page_sql(topic, tenant, before)
         with self._tx() as c:
-            rows = c.execute(self._q(sql + " ORDER BY seq DESC LIMIT ?"), (*args, limit)).fetchall()
-        return [_event(r) for r in rows]
+            seqs = [r["seq"] for r in c.execute(self._q(sql), (*args, limit)).fetchall()]
+            if not seqs:
+                return []
+            rows = c.execute(self._q(
+                f"SELECT {_EVENT} FROM topic_events WHERE seq IN ({', '.join('?' * len(seqs))})"),
+                seqs).fetchall()
+        return sorted((_event(r) for r in rows), key=lambda e: -e.seq)
+
+    def prune_events(self, before: float, limit: int) -> int:
+        """Forget up to ``limit`` events published before ``before`` whose deliveries have all
+        ended, with their deliveries (retention); each tenant's usage goes down by them. How many."""
+        with self._tx() as c:
+            rows = c.execute(self._q(
+                "SELECT e.seq, e.tenant, length(e.data) AS bytes FROM topic_events e "
+                "WHERE e.created_at < ? AND e.routed_at IS NOT NULL AND NOT EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.done_at IS NULL) "
+                "ORDER BY e.created_at LIMIT ?"), (before, limit)).fetchall()
+            freed: dict[str, list[int]] = {}
+            for r in rows:
+                c.execute(self._q("DELETE FROM deliveries WHERE event_seq = ?"), (r["seq"],))
+                c.execute(self._q("DELETE FROM topic_events WHERE seq = ?"), (r["seq"],))
+                tally = freed.setdefault(r["tenant"], [0, 0])
+                tally[0] += 1
+                tally[1] += int(r["bytes"])
+            for tenant, (events, size) in freed.items():
+                c.execute(self._q("UPDATE event_usage SET events = events - ?, bytes = bytes - ? "
+                                  "WHERE tenant = ?"), (events, size, tenant))
+        return len(rows)
 
     def event_deliveries(self, tenant: str, event_id: str) -> EventReport | None:
         """The event ``event_id`` of ``tenant`` and its deliveries, or None."""
@@ -207,6 +271,19 @@ class Outbox(PortableSQL):
                 f"SELECT {', '.join(_DELIVERY)} FROM deliveries WHERE event_seq = ? ORDER BY target"),
                 (event.seq,)).fetchall()
         return event, [{k: r[k] for k in _DELIVERY} for r in rows]
+
+
+def page_sql(topic: str | None, tenant: str | None, before: int | None) -> tuple[str, list[Any]]:
+    """The seqs of a page of events, newest first (its LIMIT the last placeholder)."""
+    where, args = [], []
+    for clause, value in (("tenant = ?", tenant), ("topic = ?", topic), ("seq < ?", before)):
+        if value is not None:
+            where.append(clause)
+            args.append(value)
+    sql = "SELECT seq FROM topic_events"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql + " ORDER BY seq DESC LIMIT ?", args
 
 
 def migration(seq: str, real: str) -> str:

@@ -89,6 +89,8 @@ class Indexer(Agent):
         data = msg.event.data
         note(data["dir"], "indexer", event=msg.event.id, topic=msg.event.topic,
              attempt=msg.attempt, redelivered=ctx.redelivered)
+        if data.get("gate"):  # slow work: held until the test opens the gate
+            await wait_gate(data["dir"], data["gate"])
         if "fail-first" in data["url"] and not msg.redelivered:
             raise RuntimeError("first delivery fails on purpose")
         if "publish" in data["url"]:
