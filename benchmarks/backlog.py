@@ -74,6 +74,7 @@ TARGET_PSS_BYTES = 1 << 30
 TARGET_RATE_RATIO = 0.8
 TARGET = Target("raysquad-backlog", "raysquad, execution held, room for the backlog", "raysquad",
                 {**HELD, "RAYSQUAD_QUEUE_CAPACITY": "2000000",
+                 "RAYSQUAD_TENANT_QUEUED_TASKS": "2000000",  # one tenant holds the backlog
                  # The runtime at its leanest for this: no Ray dashboard, one tool executor.
                  "RAYSQUAD_RAY_INCLUDE_DASHBOARD": "false", "RAYSQUAD_TOOLS__EXECUTORS": "1",
                  "RAYSQUAD_AGING_PER_S": str(AGING_PER_S),

@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=tmp / "state", namespace=f"backlog-{uuid.uuid4().hex[:8]}",
             workers=1, tasks_per_worker=1, lease_s=args.lease_s, sweep_interval_s=0.5,
             queue_capacity=max(10_000, args.tasks + 10),
+            tenant_queued_tasks=max(10_000, args.tasks + 10),  # one tenant holds the backlog
             tenant_queued_bytes=max(4 * 1024**3, 2 * args.tasks * input_bytes),
             max_input_bytes=max(1 << 20, input_bytes + 4096),
             ray_num_cpus=args.num_cpus, ray_object_store_memory=OBJECT_STORE_BYTES,

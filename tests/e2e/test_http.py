@@ -484,6 +484,26 @@ def test_schema_violations_are_422_with_field_paths(api: Api, a: httpx.Client) -
     assert_client_error(a.post("/v1/tasks/x/signals/" + "n" * 201, json={}), 422, "path.name")
 
 
+def test_control_characters_in_keys_and_names_are_422_and_commit_nothing(
+        a: httpx.Client) -> None:
+    """NUL (PostgreSQL cannot keep it in text; SQLite would) and the other control characters,
+    in an idempotency key, a workflow name, a signal name: 422 naming the field, on either store."""
+    before = len(list_all(a, 500))
+    for key in ("a\u0000", "line\nbreak", "del\u007f"):
+        r = a.post("/v1/tasks", json={"workflow": "echo", "idempotency_key": key})
+        assert_client_error(r, 422, "body.idempotency_key", "control character")
+    r = a.post("/v1/tasks", json={"workflow": "echo\u0000"})
+    assert_client_error(r, 422, "body.workflow", "control character")
+    # In a batch it is the batch's schema, like a key too long: the whole batch is 422.
+    r = a.post("/v1/tasks:batch", json={"tasks": [{"workflow": "echo"},
+                                                  {"workflow": "echo", "idempotency_key": "k\u0000"}]})
+    assert_client_error(r, 422, "idempotency_key", "control character")
+    assert len(list_all(a, 500)) == before
+    task_id = submit(a, "echo", {"text": "signalled"})["id"]
+    assert_client_error(a.post(f"/v1/tasks/{task_id}/signals/ok%00", json={}), 422,
+                        "path.name", "control character")
+
+
 def test_unknown_workflow_and_unknown_task_are_404(a: httpx.Client) -> None:
     assert_client_error(a.post("/v1/tasks", json={"workflow": "nope"}), 404,
                         "unknown workflow 'nope'", "echo", "five_steps")

@@ -66,7 +66,7 @@ def test_aging_bounds_the_wait_of_a_low_priority_task(make_runtime, side_dir: Pa
 
 
 def test_full_queue_refuses_and_keeps_what_it_accepted(make_runtime, side_dir: Path) -> None:
-    rt = make_runtime(workers=1, tasks_per_worker=1, queue_capacity=3)
+    rt = make_runtime(workers=1, tasks_per_worker=1, queue_capacity=3, tenant_queued_tasks=3)
     client = rt.client()
     blocker = _block_worker(client, side_dir)
     accepted = [client.submit("echo", {"text": str(i)}) for i in range(3)]
