@@ -199,3 +199,79 @@ def test_a_bad_event_is_refused_before_anything_is_kept(make_runtime) -> None:
     with pytest.raises(InputTooLarge):
         client.publish("docs.new", {"x": "y" * 2000})
     assert client.topic_events() == []
+
+
+def _delivery(rt: Runtime, event_id: str, target: str) -> dict[str, Any]:
+    _, deliveries = rt.client().event_report(event_id)
+    return next((d for d in deliveries if d["target"] == target), {})
+
+
+def _looked_at_again(rt: Runtime, event_id: str, target: str, since: float, times: int) -> bool:
+    """The bus has taken the delivery up again ``times`` times since ``since`` (each look pushes
+    its due time ``event_retry_s`` out)."""
+    due = _delivery(rt, event_id, target).get("due_at") or 0.0
+    return bool(due > since + times * FAST["event_retry_s"])
+
+
+def test_an_agent_delivery_is_not_copied_while_its_message_waits_or_runs(make_runtime,
+                                                                         side_dir: Path) -> None:
+    """A handler slower than event_retry_s, and a second event its full mailbox cannot take: the
+    bus puts both off, neither copied nor counted, and neither gives up (2 attempts allowed)."""
+    rt = make_runtime(APPS, **FAST, event_max_attempts=2, mailbox_capacity_bytes=12_000)
+    client = rt.client()
+    pad = "p" * 3000  # two of these messages do not fit the mailbox's bytes
+    client.publish("docs.slow", {"dir": str(side_dir), "url": "slow", "gate": "g1", "pad": pad},
+                   id="slow")
+    wait_for(lambda: notes(side_dir, "indexer"), timeout_s=90, what="the slow handler to start")
+    client.publish("docs.held", {"dir": str(side_dir), "url": "held", "pad": pad}, id="held")
+    since = time.time()
+
+    wait_for(lambda: _looked_at_again(rt, "slow", "agent:indexer", since, 3)
+             and _looked_at_again(rt, "held", "agent:indexer", since, 3),
+             timeout_s=60, what="the bus to look at both deliveries again, three times")
+    assert [n["event"] for n in notes(side_dir, "indexer")] == ["slow"]  # no copy
+    assert _delivery(rt, "slow", "agent:indexer")["outcome"] is None  # not given up
+    assert _delivery(rt, "held", "agent:indexer")["outcome"] is None
+
+    (side_dir / "g1").touch()
+    for event_id in ("slow", "held"):
+        wait_for(lambda e=event_id: _delivery(rt, e, "agent:indexer")["outcome"] == "handled",
+                 timeout_s=60, what=f"{event_id} to be handled")
+    handled = notes(side_dir, "indexer")
+    assert sorted(n["event"] for n in handled) == ["held", "slow"]
+    assert [n["attempt"] for n in handled] == [1, 1]
+
+
+def test_a_database_error_leaves_a_delivery_due_never_refused(make_runtime, side_dir: Path) -> None:
+    """PostgreSQL refuses every new task for a while (a real error of the database, as in an
+    outage): the event's delivery is tried again, not finished as refused, and starts its task
+    once the database takes writes again."""
+    import psycopg
+
+    rt = make_runtime(APPS, store="postgres", **FAST)
+    db = database(rt)
+    assert isinstance(db, str)
+
+    def execute(sql: str) -> None:
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(sql)  # type: ignore[arg-type]
+
+    execute("CREATE TABLE outage (since DOUBLE PRECISION); CREATE SEQUENCE outage_hits; "
+            "CREATE FUNCTION refuse_tasks() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF EXISTS (SELECT 1 FROM outage) THEN PERFORM nextval('outage_hits'); "
+            "RAISE EXCEPTION 'injected outage'; END IF; RETURN NEW; END $$; "
+            "CREATE TRIGGER tasks_outage BEFORE INSERT ON tasks FOR EACH ROW "
+            "EXECUTE FUNCTION refuse_tasks(); INSERT INTO outage VALUES (0)")
+    client = rt.client()
+    client.publish("digest.outage", {"dir": str(side_dir), "url": "o"}, id="evt-outage")
+
+    hits = "SELECT last_value, is_called FROM outage_hits"
+    wait_for(lambda: query(db, hits)[0] >= (2, True), timeout_s=60,
+             what="the bus to try the submit twice")
+    assert _delivery(rt, "evt-outage", "workflow:digest")["outcome"] is None
+
+    execute("DELETE FROM outage")
+    task_id = wait_for(lambda: started(rt, "evt-outage", "workflow:digest"), timeout_s=60,
+                       what="the task, once the database is back")
+    assert client.wait(task_id, timeout_s=60).status is TaskStatus.SUCCEEDED
+    assert _delivery(rt, "evt-outage", "workflow:digest")["outcome"] == "started"
