@@ -46,8 +46,13 @@ def deploy_refusal(settings: Settings, serve_host: str | None) -> str | None:
     says)."""
     from serve.http import open_bind_refusal
 
-    hosts = [settings.http_host, *([serve_host] if serve_host else [])]
-    return next((r for h in hosts if (r := open_bind_refusal(settings, h))), None)
+    for host, where in ((serve_host, "Serve's http_options.host"),
+                        (settings.http_host, "RAYSQUAD_HTTP_HOST")):
+        if host and open_bind_refusal(settings, host):
+            return (f"refusing to serve on {host} ({where}) without API keys: set "
+                    "RAYSQUAD_API_KEYS (a JSON object of key -> tenant) in the nodes' environment "
+                    "or the config's env_vars, or serve on 127.0.0.1")
+    return None
 
 
 def app(args: dict[str, Any]) -> Any:

@@ -137,7 +137,8 @@ def test_the_deploy_builder_refuses_a_public_serve_host_without_keys_before_star
         deploy.app({"settings": {"http_host": "127.0.0.1"}})
 
     reason = str(caught.value)
-    assert "\n" not in reason and "refusing to serve on 0.0.0.0 without API keys" in reason
+    assert "\n" not in reason
+    assert "refusing to serve on 0.0.0.0 (Serve's http_options.host) without API keys" in reason
     # With a key, or with Serve on loopback, the same check lets it through.
     keyed = Settings(api_keys={"k" * 32: "default"})
     assert deploy.deploy_refusal(keyed, "0.0.0.0") is None
