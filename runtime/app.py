@@ -10,6 +10,7 @@ runtime.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Iterable
@@ -33,6 +34,7 @@ from runtime.handles import actor_names
 from runtime.ops import Ops
 from runtime.queue import MailboxHandle, start_queue
 from runtime.store.actor import StoreHandle, check_store_settings, start_store, store_for
+from runtime.store.owner import StoreLock
 from runtime.tools.executor import ToolExecutorHandle, start_tool_executors
 from runtime.worker import WorkerPoolHandle, start_worker_pool
 
@@ -68,6 +70,8 @@ class Runtime:
         apps = list(apps or ["agents"])
         catalog = load_catalog(apps)  # fail here, in the caller, on a bad module
         check_store_settings(settings)  # and on a Store that cannot be opened
+        if settings.store == "sqlite":  # and on a Store another runtime holds (after a moment's wait)
+            StoreLock(settings.database_path).release()
         started_ray = cluster.connect(settings)
         if actor_names(settings.namespace, "store"):
             raise RuntimeAlreadyRunning(settings.namespace)
@@ -133,6 +137,7 @@ class Runtime:
         if self._client is not None:
             self._client.close()
         stop_runtime(self.settings.namespace)
+        forget_address(self.settings)
         if shutdown_ray if shutdown_ray is not None else self.started_ray:
             ray.shutdown()
 
@@ -141,6 +146,14 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def forget_address(settings: Settings) -> None:
+    """Remove the Ray address this runtime recorded in its data dir, unless another has since."""
+    path = settings.data_dir / "ray_address"
+    with contextlib.suppress(OSError):
+        if path.read_text().strip() == ray.get_runtime_context().gcs_address:
+            path.unlink()
 
 
 async def _all(calls: Iterable[Awaitable[Any]]) -> list[Any]:

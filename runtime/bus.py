@@ -68,7 +68,7 @@ from runtime.models import (
     check_name,
 )
 from runtime.queue import MailboxService
-from runtime.recovery import OK, Rebuild, loops_health
+from runtime.recovery import OK, Rebuild, Rounds, loops_health
 from runtime.schedules import Scheduler
 from runtime.store.actor import StoreService
 from runtime.tools.fetch import GuardedBackend, GuardedTransport
@@ -142,6 +142,7 @@ class EventBus:
         self._pruned_at = 0.0
         self.routed = 0
         self.delivered = 0
+        self._rounds = Rounds("routing and delivering events")
         self._rebuild: Rebuild | None = None
         if restarted():  # tried until the Store answers (a database outage outlasts a restart)
             self._rebuild = Rebuild("restarting the event bus", self.start)
@@ -159,8 +160,9 @@ class EventBus:
         if self._rebuild is not None and (rebuilding := self._rebuild.health()) != OK:
             return rebuilding
         loops = dict(zip(("event router", "scheduler"), self._loops, strict=False))
-        return loops_health({"event router": loops.get("event router"),
-                             "scheduler": loops.get("scheduler")})
+        stopped = loops_health({"event router": loops.get("event router"),
+                                "scheduler": loops.get("scheduler")})
+        return stopped if stopped != OK else self._rounds.health()
 
     async def poke(self) -> None:
         """Something was published: look now rather than at the next poll."""
@@ -179,8 +181,10 @@ class EventBus:
             try:
                 busy = await self.tick()
                 busy = await self._prune() or busy
-            except Exception:  # noqa: BLE001 - the Store may be restarting: try again next round
+                self._rounds.succeeded()
+            except Exception as e:  # noqa: BLE001 - the Store may be restarting: try again next round
                 log.warning("event bus round failed; trying again", exc_info=True)
+                self._rounds.failed(e)
                 busy = False
             if not busy:
                 with contextlib.suppress(TimeoutError):

@@ -9,7 +9,7 @@ from typing import Any
 import ray
 
 from runtime.config import Settings
-from runtime.errors import ClusterUnreachable
+from runtime.errors import ClusterStartFailed, ClusterUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +31,26 @@ def connect(settings: Settings) -> bool:
     extra: dict[str, Any] = {}
     if settings.ray_metrics_export_port:
         extra["_metrics_export_port"] = settings.ray_metrics_export_port
-    ray.init(
-        address="local",
-        namespace=settings.namespace,
-        num_cpus=settings.ray_num_cpus,
-        object_store_memory=settings.ray_object_store_memory,
-        include_dashboard=settings.ray_include_dashboard,
-        **extra,
-        logging_level=logging.ERROR,
-        log_to_driver=settings.ray_log_to_driver,
-    )
+    for attempt in (1, 2):
+        try:
+            ray.init(
+                address="local",
+                namespace=settings.namespace,
+                num_cpus=settings.ray_num_cpus,
+                object_store_memory=settings.ray_object_store_memory,
+                include_dashboard=settings.ray_include_dashboard,
+                **extra,
+                logging_level=logging.ERROR,
+                log_to_driver=settings.ray_log_to_driver,
+            )
+            break
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception when its node fails
+            ray.shutdown()
+            if attempt == 2:
+                raise ClusterStartFailed(str(e)) from None
+            # A raylet that did not register in time (a loaded machine, or the processes of a
+            # crashed cluster still letting go of their ports): one more try.
+            log.warning("starting a local Ray cluster failed (%s); trying once more", e)
     if not settings.ray_log_to_driver:
         quiet_driver()
     return True

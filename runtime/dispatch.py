@@ -37,7 +37,7 @@ from runtime.config import Settings
 from runtime.handles import ActorHandle, restarted
 from runtime.models import Claim, TaskRecord, TaskStatus
 from runtime.queue import AsyncQueue, PriorityQueue
-from runtime.recovery import OK, Rebuild, loops_health
+from runtime.recovery import OK, Rebuild, Rounds, loops_health
 from runtime.store.actor import StoreService
 from runtime.store.base import Queued
 
@@ -79,6 +79,7 @@ class Dispatcher:
         self._lost_owners: set[str] = set()
         self._loop: asyncio.Task[None] | None = None
         self._feed: asyncio.Task[None] | None = None
+        self._sweeps = Rounds("sweeping leases")
         self._rebuild: Rebuild | None = None
         if restarted():  # a crash restarted us: rebuild from the Store, take no running task away
             # Until the Store answers (a database outage outlasts a restart), tried again and again.
@@ -161,7 +162,8 @@ class Dispatcher:
         """``ok`` while it indexes and sweeps; else what it waits for (``/readyz`` shows it)."""
         if self._rebuild is not None and (rebuilding := self._rebuild.health()) != OK:
             return rebuilding
-        return loops_health({"lease sweeper": self._loop, "submit feed": self._feed})
+        stopped = loops_health({"lease sweeper": self._loop, "submit feed": self._feed})
+        return stopped if stopped != OK else self._sweeps.health()
 
     async def app_modules(self) -> list[str]:
         """The app modules this runtime loaded (a client that validates inputs loads the same)."""
@@ -251,8 +253,10 @@ class Dispatcher:
                 if time.monotonic() - last_reconcile > RECONCILE_EVERY_S:
                     last_reconcile = time.monotonic()
                     await self._reconcile()
-            except Exception:  # noqa: BLE001 - the sweeper must outlive a failed round
+                self._sweeps.succeeded()
+            except Exception as e:  # noqa: BLE001 - the sweeper must outlive a failed round
                 log.warning("lease sweep failed; trying again next round", exc_info=True)
+                self._sweeps.failed(e)
 
     async def _reconcile(self) -> None:
         """Index the Store's first ``window`` queued tasks (what the feed dropped, or a restart of

@@ -94,6 +94,17 @@ class ActorHandle:
         except (TimeoutError, ActorUnavailable):
             return False
 
+    async def health(self, deadline_s: float) -> str:
+        """``ok``, or why the actor cannot do its work: down or restarting, or, for an actor with a
+        ``health`` method of its own, what that says (a restarted actor still rebuilding, say)."""
+        if not hasattr(self._actor, "health"):
+            return "ok" if await self.alive(deadline_s) else "down (restarting or unreachable)"
+        try:
+            return str(await asyncio.wait_for(self._call("health", deadline_s=deadline_s),
+                                              deadline_s))
+        except (TimeoutError, ActorUnavailable):
+            return "down (restarting or unreachable)"
+
     async def kill(self) -> None:
         """End the actor's process now, for good (no restart)."""
         try:
