@@ -605,9 +605,9 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
             raise ValueError(f"finish needs an end status, not {status.value}")
         with self._tx() as c:
             task = self._get(c, lease.task_id, lock=True)
-            done = _one(c.execute("SELECT finished_run FROM tasks WHERE id = %s",
-                                  (lease.task_id,)).fetchone())["finished_run"]
-            if task.status.ended and done == lease.token:
+            if task.status.ended and _one(c.execute(  # the run that finished it: read only then
+                    "SELECT finished_run FROM tasks WHERE id = %s",
+                    (lease.task_id,)).fetchone())["finished_run"] == lease.token:
                 return task  # this very finish, sent again after its reply was lost
             self._check_lease(c, lease)  # any other finish is fenced: a give-up, a newer claim
             c.execute(

@@ -482,9 +482,9 @@ class SQLiteStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
             raise ValueError(f"finish needs an end status, not {status.value}")
         with self._tx() as c:
             task = self._get(c, lease.task_id)
-            done = c.execute("SELECT finished_run FROM tasks WHERE id = ?",
-                             (lease.task_id,)).fetchone()[0]
-            if task.status.ended and done == lease.token:
+            if task.status.ended and c.execute(  # the run that finished it: read only then
+                    "SELECT finished_run FROM tasks WHERE id = ?",
+                    (lease.task_id,)).fetchone()[0] == lease.token:
                 return task  # this very finish, sent again after its reply was lost
             self._check_lease(c, lease)  # any other finish is fenced: a give-up, a newer claim
             c.execute(
