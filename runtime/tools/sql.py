@@ -45,6 +45,7 @@ database file.
 
 from __future__ import annotations
 
+import logging
 import socket
 import sqlite3
 import threading
@@ -58,6 +59,8 @@ from pydantic import BaseModel
 from runtime.config import RetryPolicy, ToolSettings
 from runtime.errors import QueryRefused
 from runtime.tools.registry import ToolContext, tool
+
+log = logging.getLogger(__name__)
 
 Params = list[Any] | dict[str, Any] | None
 
@@ -273,7 +276,8 @@ def _postgres(url: str, sql: str, params: Params, limit: int, settings: ToolSett
         f"-c statement_timeout={max(1, int(timeout_s * 1000))}", "-c default_transaction_read_only=on"]))
     try:
         conn = psycopg.connect(url, connect_timeout=max(2, int(timeout_s)), options=options)
-    except psycopg.Error as e:
+    except psycopg.Error as e:  # its text names the host, port, user and database: for the log only
+        log.warning("sql_query could not connect: %s", str(e).strip())
         raise QueryRefused(f"cannot connect to the database ({type(e).__name__})") from None
     watchdog = _Watchdog(conn, deadline, over)
     try:

@@ -643,3 +643,11 @@ def test_postgres_percent_signs_need_no_escaping_without_params(pg_table: str) -
 def test_sql_max_bytes_is_validated() -> None:
     with pytest.raises(ValidationError, match="sql_max_bytes\n  Input should be greater than or equal to 1"):
         ToolSettings(sql_max_bytes=0)
+
+
+def test_postgres_a_refused_connection_names_no_conninfo(caplog: pytest.LogCaptureFixture) -> None:
+    url = "postgresql://rsq_reader:s3cret@127.0.0.1:1/rsq_reports"
+    with pytest.raises(QueryRefused) as info:
+        query("SELECT 1", ToolSettings(sql_url=url))
+    assert str(info.value) == "query refused: cannot connect to the database (OperationalError)"
+    assert "127.0.0.1" in caplog.text and "s3cret" not in caplog.text  # the operator's log says where
