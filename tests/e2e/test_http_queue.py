@@ -1,4 +1,5 @@
-"""A full queue and a tenant's queued-bytes bound over HTTP, on a small `raysquad up` of its own.
+"""A full queue and a tenant's queued-bytes and queued-tasks bounds over HTTP, on a small
+`raysquad up` of its own.
 
 It runs after the HTTP suites that share a server (the file sorts after them), so that server is
 already stopped: two runtimes at once on two cores slow each other down.
@@ -24,8 +25,9 @@ def test_a_full_queue_is_429_with_retry_after_and_accepted_tasks_all_finish(
         tmp_path: Path) -> None:
     side = tmp_path / "side"
     side.mkdir()
-    with raysquad_up(tmp_path / "small", RAYSQUAD_QUEUE_CAPACITY="2", RAYSQUAD_WORKERS="1",
-                     RAYSQUAD_TASKS_PER_WORKER="1", RAYSQUAD_TENANT_QUEUED_BYTES="50000") as url:
+    with raysquad_up(tmp_path / "small", RAYSQUAD_QUEUE_CAPACITY="4", RAYSQUAD_WORKERS="1",
+                     RAYSQUAD_TASKS_PER_WORKER="1", RAYSQUAD_TENANT_QUEUED_BYTES="50000",
+                     RAYSQUAD_TENANT_QUEUED_TASKS="2") as url:
         small = Api(url, side)
         c, other = small.client("key-a"), small.client("key-b")
         try:
@@ -41,19 +43,19 @@ def test_a_full_queue_is_429_with_retry_after_and_accepted_tasks_all_finish(
             assert int(over.headers["retry-after"]) >= 1
             assert {t["id"] for t in list_all(c, 500)} == before  # nothing committed
             accepted.append(submit(other, "echo", big)["id"])
-            refused = None
-            for i in range(10):
-                r = c.post("/v1/tasks", json={"workflow": "echo", "input": {"text": f"q{i}"}})
-                if r.status_code == 429:
-                    refused = r
-                    break
-                assert r.status_code == 202, r.text
-                accepted.append(r.json()["id"])
-            assert refused is not None, "the queue never filled"
-            assert len(accepted) == 1 + 2  # the running task and a queue of two
-            assert_client_error(refused, 429, "full", "2 items")
+            # Each tenant's queued tasks are bounded too: a fills its two, and b is still let in
+            # (one tenant cannot fill the queue for all).
+            accepted.append(submit(c, "echo", {"text": "a2"})["id"])
+            mine = c.post("/v1/tasks", json={"workflow": "echo", "input": {"text": "a3"}})
+            assert_client_error(mine, 429, "tenant-a", "2 tasks", "tenant_queued_tasks")
+            assert int(mine.headers["retry-after"]) >= 1
+            accepted.append(submit(other, "echo", {"text": "b2"})["id"])
+            # Now the queue itself is full (four), for every tenant.
+            refused = other.post("/v1/tasks", json={"workflow": "echo", "input": {"text": "b3"}})
+            assert len(accepted) == 1 + 4  # the running task and a queue of four
+            assert_client_error(refused, 429, "full", "4 items")
             assert int(refused.headers["retry-after"]) >= 1
-            owners = [c, c, other]
+            owners = [c, c, other, c, other]
             assert all(get_task(o, t)["status"] == "queued" for o, t in zip(owners, accepted, strict=True)
                        if t != blocker)
 
