@@ -70,12 +70,15 @@ def test_a_dead_letter_is_listed_for_its_tenant_and_replayed(ops_api: tuple[Api,
     a, b = api.client("key-a"), api.client("key-b")
     up.down = True
     secret = "Bearer s3cret-upstream-token"
+    # A query string may carry credentials too (audit M9; userinfo: tests/unit/test_tool_secrets.py).
+    url = up.url("/flaky?token=q-s3cret")
     r = a.post("/v1/tasks", json={"workflow": "fetch_once", "input": {
-        "url": up.url("/flaky"), "headers": {"Authorization": secret, "X-Trace": "t-1"}}})
+        "url": url, "headers": {"Authorization": secret, "X-Trace": "t-1"}}})
     assert r.status_code == 202, r.text
     task_id = r.json()["id"]
     out = _wait_done(a, task_id)["output"]
     assert out["ok"] is False and out["dead_letter"]
+    assert up.url("/flaky") in out["error"] and "s3cret" not in out["error"]
 
     listed = a.get("/v1/dead-letters", params={"status": "dead"})
     letters = [d for d in listed.json() if d["task_id"] == task_id]  # the server is shared
@@ -83,6 +86,7 @@ def test_a_dead_letter_is_listed_for_its_tenant_and_replayed(ops_api: tuple[Api,
     # The call's header values never reach the tenant (a workflow may have added credentials).
     assert "s3cret" not in listed.text and "t-1" not in listed.text
     assert letters[0]["args"]["headers"] == {"Authorization": "[redacted]", "X-Trace": "[redacted]"}
+    assert letters[0]["args"]["url"] == up.url("/flaky")
     assert letters[0]["tool"] == "http_fetch" and letters[0]["attempts"] == 4
     assert b.get("/v1/dead-letters").json() == []  # another tenant's letters do not exist for b
     assert_client_error(b.post(f"/v1/dead-letters/{out['dead_letter']}/replay"), 404)
@@ -93,6 +97,7 @@ def test_a_dead_letter_is_listed_for_its_tenant_and_replayed(ops_api: tuple[Api,
     assert replayed.status_code == 200, replayed.text
     assert "s3cret" not in replayed.text
     assert up.of("/flaky")[-1].headers["authorization"] == secret  # the replay itself sent them
+    assert up.of("/flaky")[-1].query == {"token": "q-s3cret"}  # to the whole URL
     assert replayed.json()["status"] == "replayed" and replayed.json()["result"]["status"] == 200
     replayed_ids = [d["id"] for d in a.get("/v1/dead-letters", params={"status": "replayed"}).json()]
     assert out["dead_letter"] in replayed_ids
