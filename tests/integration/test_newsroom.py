@@ -27,13 +27,18 @@ def test_documents_wake_the_cataloguer_and_the_digest_reports_them(make_runtime)
     for doc in docs:
         client.publish("docs.new", doc, id=f"cms-{doc['id']}")
     client.publish("docs.new", docs[0], id=f"cms-{docs[0]['id']}")  # the CMS retried: one event
+    # Another tenant files a document with the same id: its own index, its own digest.
+    theirs = {**docs[0], "title": "Another tenant's secret"}
+    client.publish("docs.new", theirs, id=f"cms-{docs[0]['id']}", tenant="other")
 
-    def handled(event_id: str) -> bool:  # no delivery yet while the bus has not routed it
-        deliveries = client.event_report(event_id)[1]
+    def handled(event_id: str, tenant: str = "default") -> bool:  # none while not routed yet
+        deliveries = client.event_report(event_id, tenant)[1]
         return bool(deliveries) and deliveries[0]["outcome"] == "handled"
 
     wait_for(lambda: all(handled(f"cms-{d['id']}") for d in docs), timeout_s=90,
              what="the cataloguer to index every doc")
+    wait_for(lambda: handled(f"cms-{docs[0]['id']}", "other"), timeout_s=90,
+             what="the other tenant's doc to be indexed")
     task = client.submit("newsroom_digest", {"since": start})
     record = client.wait(task.id, timeout_s=60)
 
@@ -42,3 +47,6 @@ def test_documents_wake_the_cataloguer_and_the_digest_reports_them(make_runtime)
     assert digest["documents"] == 3
     assert sorted(digest["titles"]) == sorted(d["title"] for d in docs)
     assert {"lease", "fencing"} & set(digest["top_keywords"])
+    other = client.wait(client.submit("newsroom_digest", {"since": start}, tenant="other").id,
+                        timeout_s=60)
+    assert other.output["titles"] == ["Another tenant's secret"]
