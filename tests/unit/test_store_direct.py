@@ -5,20 +5,24 @@ LISTEN connection. No Ray."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
+import socket
 import time
 import types
 import uuid
 from pathlib import Path
 
 import pytest
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from runtime.config import Settings
 from runtime.errors import LeaseLost, QueueFull
 from runtime.models import Lease, SubmitRequest, TaskStatus
-from runtime.store import direct
+from runtime.store import direct, listen
 from runtime.store.direct import DirectStore
+from runtime.store.listen import Listener
+from tests.tcp_proxy import TcpProxy
 from tests.unit.stores import PostgresBackend
 
 WAIT_S = 30.0  # far longer than a NOTIFY takes: a wake that came by timeout would fail the test
@@ -108,6 +112,57 @@ def test_the_listener_comes_back_after_its_connection_is_killed(
         return kinds
 
     assert asyncio.run(run()) == ["progress", "again"]
+
+
+class FreezingProxy(TcpProxy):
+    """A TcpProxy that can go silent on the connections it holds (a half-open connection: nothing
+    is refused or reset, nothing comes back), while new connections are forwarded."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.silent: set[socket.socket] = set()
+        super().__init__(target)
+
+    def freeze(self) -> None:
+        self.silent |= self._conns
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if source not in self.silent and sink not in self.silent:
+                    sink.sendall(data)
+
+
+def test_a_listener_on_a_silent_connection_replaces_it(
+        postgres_backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LISTEN connection goes silent (no reset, no answer): after a probe finds it so, the
+    listener connects again and hears new tasks; without the probe it would wait forever."""
+    monkeypatch.setattr(listen, "PROBE_S", 0.5)
+    monkeypatch.setattr(listen, "PROBE_TIMEOUT_S", 0.5)
+    params = conninfo_to_dict(postgres_backend.url)
+    store = postgres_backend.open()
+    proxy = FreezingProxy((str(params.get("host", "127.0.0.1")), int(str(params.get("port", 5432)))))
+    listener = Listener(make_conninfo(postgres_backend.url, host="127.0.0.1", port=proxy.port),
+                        store.schema)
+
+    async def run() -> list[str]:
+        assert await listener.take_submitted(0.01) == []  # listening from here on
+        proxy.freeze()
+        store.create_task("lost", SubmitRequest(workflow="wf"), time.time())  # its NOTIFY too
+        heard: list[str] = []
+        deadline = time.monotonic() + WAIT_S
+        n = 0
+        while "late" not in "".join(heard) and time.monotonic() < deadline:
+            n += 1
+            store.create_task(f"late{n}", SubmitRequest(workflow="wf"), time.time())
+            heard += [task_id for task_id, *_ in await listener.take_submitted(1.0)]
+        await listener.close()
+        return heard
+
+    try:
+        heard = asyncio.run(run())
+    finally:
+        proxy.close()
+    assert any(t.startswith("late") for t in heard), heard
 
 
 def test_admission_and_fencing_hold_through_the_direct_path(postgres_backend: PostgresBackend,
