@@ -1,0 +1,101 @@
+"""The pieces a crashed runtime comes back with: a rebuild tried until it works, the health it
+reports meanwhile, one runtime per SQLite Store, and the API port's wait."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import StoreInUse
+from runtime.recovery import OK, Rebuild, Rounds, loops_health
+from runtime.store.owner import StoreLock
+from serve.ports import bindable, wait_until_bindable
+
+
+def test_a_rebuild_is_tried_until_it_succeeds_and_says_what_it_waits_for() -> None:
+    async def scenario() -> list[str]:
+        tries = 0
+
+        async def attempt() -> None:
+            nonlocal tries
+            tries += 1
+            if tries < 3:
+                raise ConnectionError("postgres://user:secret@db/x unreachable")
+
+        rebuild = Rebuild("rebuilding", attempt, first_backoff_s=0.01, max_backoff_s=0.02)
+        seen = [rebuild.health()]
+        rebuild.start()
+        while tries < 2:
+            await asyncio.sleep(0.001)
+        seen.append(rebuild.health())
+        while not rebuild.done:
+            await asyncio.sleep(0.005)
+        seen.append(rebuild.health())
+        return seen
+
+    before, failing, after = asyncio.run(scenario())
+    assert before.startswith("rebuilding: in progress")
+    assert "failing" in failing and "ConnectionError" in failing
+    assert "secret" not in failing  # only the class: /readyz is public
+    assert after == OK
+
+
+def test_rounds_and_loops_report_failure_until_a_round_succeeds() -> None:
+    rounds = Rounds("sweeping")
+    assert rounds.health() == OK
+    rounds.failed(TimeoutError())
+    assert "sweeping: failing" in rounds.health() and "TimeoutError" in rounds.health()
+    rounds.succeeded()
+    assert rounds.health() == OK
+
+    async def loops() -> tuple[str, str]:
+        async def boom() -> None:
+            raise RuntimeError("x")
+
+        crashed = asyncio.get_running_loop().create_task(boom())
+        running = asyncio.get_running_loop().create_task(asyncio.sleep(10))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        result = (loops_health({"a": running, "b": crashed}), loops_health({"a": running}))
+        running.cancel()
+        return result
+
+    stopped, ok = asyncio.run(loops())
+    assert stopped == "b: stopped (RuntimeError)" and ok == OK
+
+
+def test_one_runtime_holds_a_sqlite_store_until_its_process_ends(tmp_path: Path) -> None:
+    database = tmp_path / "raysquad.db"
+    # Another process holds it (a running runtime's Store actor).
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from runtime.store.owner import StoreLock; StoreLock(Path(sys.argv[1])); "
+         "print('held', flush=True); time.sleep(60)", str(database)],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreInUse) as refused:
+            StoreLock(database, wait_s=0.3)
+        assert f"pid {holder.pid}" in str(refused.value)
+    finally:
+        holder.kill()  # a crash: the kernel lets go of the lock
+        holder.wait()
+    StoreLock(database, wait_s=5).release()  # free at once, no stale lock left behind
+
+
+def test_the_port_wait_sees_a_listener_and_its_going() -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    assert not bindable("127.0.0.1", port)
+    why = wait_until_bindable("127.0.0.1", port, timeout_s=0.3)
+    assert why is not None and f"port {port}" in why and f"pid {os.getpid()}" in why
+    server.close()
+    assert wait_until_bindable("127.0.0.1", port, timeout_s=5) is None
