@@ -719,8 +719,9 @@ def _serve_again(settings: Settings) -> None:
     from runtime.errors import ConfigError
     from serve.ports import wait_until_bindable
 
-    logging.getLogger(__name__).warning("the HTTP replica could not bind port %d; waiting for it and deploying again",
-                settings.http_port)
+    logging.getLogger(__name__).warning(
+        "the HTTP replica could not bind port %d; waiting for it and deploying again",
+        settings.http_port)
     serve.shutdown()
     if blocked := wait_until_bindable(settings.http_host, settings.http_port):
         raise ConfigError(blocked) from None
