@@ -666,7 +666,8 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
             task = self._get(c, task_id, lock=True)  # the lock orders concurrent signals' counts
             if task.status.ended:
                 raise InvalidTransition(task_id, task.status.value, f"signal {name!r} to")
-            if limits is not None:
+            awaited = task.status is TaskStatus.WAITING and task.waiting_for == name
+            if limits is not None and not awaited:  # one waited for is taken at once: it passes
                 held = _one(c.execute(
                     "SELECT count(*) AS n, coalesce(sum(octet_length(payload)), 0) AS b "
                     "FROM signals WHERE task_id = %s AND consumed_by IS NULL", (task_id,)).fetchone())

@@ -542,7 +542,8 @@ class SQLiteStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
             task = self._get(c, task_id)
             if task.status.ended:
                 raise InvalidTransition(task_id, task.status.value, f"signal {name!r} to")
-            if limits is not None:
+            awaited = task.status is TaskStatus.WAITING and task.waiting_for == name
+            if limits is not None and not awaited:  # one waited for is taken at once: it passes
                 held = c.execute("SELECT count(*), coalesce(sum(length(CAST(payload AS BLOB))), 0) "
                                  "FROM signals WHERE task_id = ? AND consumed_by IS NULL",
                                  (task_id,)).fetchone()

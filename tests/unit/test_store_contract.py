@@ -529,6 +529,11 @@ def test_signals_a_task_has_not_taken_are_bounded_in_number_and_bytes(store: Any
     (claim,) = store.claim(["t1"], "w1", LEASE_S, T0 + 6)
     store.await_signal(claim.lease, "s", "k1", None, T0 + 7)
     store.send_signal("t1", "other", None, T0 + 8, limits)
+    # The signal the task waits for passes even when junk fills its room: it is taken at once.
+    store.await_signal(claim.lease, "approve", "k2", None, T0 + 9)  # parks: waiting for approve
+    with pytest.raises(SignalQuotaExceeded):
+        store.send_signal("t1", "junk", None, T0 + 10, limits)
+    assert store.send_signal("t1", "approve", 1, T0 + 11, limits).status is TaskStatus.QUEUED
 
 
 @pytest.mark.parametrize("name", ["a\x00", "new\nline", "tab\t", "del\x7f"])
