@@ -117,11 +117,12 @@ def routes(event: TopicEvent, catalog: Catalog, now: float,
 
 
 def wants(topic: str, catalog: Catalog, outbound: dict[str, WebhookTarget]) -> bool:
-    """Whether anything subscribes to ``topic`` (a task's end is published only then)."""
-    probe = TopicEvent(id="-", topic=topic, data={}, created_at=0.0)
-    return any(r.target.startswith(("agent:", "webhook:")) for r in routes(probe, catalog, 0.0,
-                                                                          outbound)) or any(
-        topic_matches(t.topic, topic) for wf in catalog.workflows.values() for t in wf.triggers)
+    """Whether anything subscribes to ``topic``, for some tenant (a task's end is published only
+    then; routing decides whose webhook targets get it)."""
+    patterns = [*(t.topic for wf in catalog.workflows.values() for t in wf.triggers),
+                *(p for agent_cls in catalog.agents.values() for p in agent_cls.subscribes),
+                *(p for target in outbound.values() for p in target.topics)]
+    return any(topic_matches(pattern, topic) for pattern in patterns)
 
 
 class EventBus:

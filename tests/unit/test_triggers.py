@@ -6,8 +6,9 @@ import pytest
 from pydantic import BaseModel
 
 from runtime import Agent, Context, on_event, workflow
-from runtime.bus import new_event, routes
+from runtime.bus import new_event, routes, wants
 from runtime.catalog import Catalog
+from runtime.config import WebhookTarget
 from runtime.errors import InputTooLarge, InvalidEventData, InvalidTopic
 from runtime.models import Route, TopicEvent
 from runtime.triggers import check_topic, topic_matches, where_matches
@@ -100,6 +101,22 @@ def test_routes_go_to_each_subscriber_once() -> None:
                                        "workflow:broken_filter", "agent:watcher"]
 
 
+def test_a_webhook_target_gets_its_own_tenants_events_or_every_tenants_if_it_says_so() -> None:
+    secret = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo="
+    outbound = {"a": WebhookTarget(url="https://a.example/", topics=("task.failed",), secret=secret,
+                                   tenant="tenant-a"),
+                "all": WebhookTarget(url="https://all.example/", topics=("task.*",), secret=secret,
+                                     tenant="*")}
+    failed_b = TopicEvent(id="e", topic="task.failed", data={}, tenant="tenant-b", created_at=0.0)
+    failed_a = failed_b.model_copy(update={"tenant": "tenant-a"})
+    assert [r.target for r in routes(failed_b, catalog(), 0.0, outbound)] == ["webhook:all"]
+    assert [r.target for r in routes(failed_a, catalog(), 0.0, outbound)] == ["webhook:a",
+                                                                              "webhook:all"]
+    # A task's end is announced when any tenant's target wants it, not only the default tenant's.
+    assert wants("task.failed", catalog(), {"a": outbound["a"]})
+    assert not wants("task.succeeded", catalog(), {"a": outbound["a"]})
+
+
 def test_a_new_event_is_checked_before_it_is_kept() -> None:
     ok = new_event("docs.new", {"a": 1}, key=None, event_id=None, tenant="t", source="client",
                    max_bytes=100)
@@ -113,6 +130,13 @@ def test_a_new_event_is_checked_before_it_is_kept() -> None:
         new_event("d", "x" * 200, key=None, event_id=None, tenant="t", source="c", max_bytes=100)
     with pytest.raises(InvalidEventData, match="id"):
         new_event("d", {}, key=None, event_id="x" * 201, tenant="t", source="c", max_bytes=100)
+    for reserved in ("task.failed", "task", "sys.x"):  # the runtime's own topics
+        with pytest.raises(InvalidTopic, match="runtime's own"):
+            new_event(reserved, {}, key=None, event_id=None, tenant="t", source="c", max_bytes=100)
+    assert new_event("task.failed", {}, key=None, event_id=None, tenant="t", source="task:x",
+                     max_bytes=100, runtime=True).topic == "task.failed"
+    assert new_event("tasks.new", {}, key=None, event_id=None, tenant="t", source="c",
+                     max_bytes=100).topic == "tasks.new"
 
 
 def test_a_workflow_trigger_must_be_on_event() -> None:
