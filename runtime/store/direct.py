@@ -101,7 +101,9 @@ class DirectStore(SubmitBatching, WriteBatching):
 
     async def _open(self) -> PostgresStore:
         """``_store`` from async code: opening connects, so not on the event loop."""
-        return self._opened or await asyncio.to_thread(lambda: self._store)
+        if self._opened is not None:
+            return self._opened
+        return await asyncio.to_thread(lambda: self._store)
 
     def __reduce__(self) -> tuple[Any, tuple[Settings]]:
         """Sent to another process (a worker's constructor argument), it opens that process's own."""
