@@ -271,6 +271,21 @@ def test_a_signal_resumes_a_waiting_task(api: Api, a: httpx.Client) -> None:
     assert_client_error(a.post(f"/v1/tasks/{task_id}/signals/approve", json=True), 409, "succeeded")
 
 
+def test_signals_a_task_does_not_take_are_bounded_but_not_the_one_it_waits_for(
+        api: Api, a: httpx.Client) -> None:
+    task_id = submit(a, "approval", {"dir": str(api.dir)})["id"]
+    wait_status(a, task_id, "waiting")
+    for i in range(100):  # kept, though the task does not wait for them (the default bound)
+        r = a.post(f"/v1/tasks/{task_id}/signals/other", json={"i": i})
+        assert r.status_code == 202, r.text
+    over = a.post(f"/v1/tasks/{task_id}/signals/other", json={"i": 100})
+    assert_client_error(over, 429, "100 signals not yet taken", "task_pending_signals")
+    assert int(over.headers["retry-after"]) >= 1
+    r = a.post(f"/v1/tasks/{task_id}/signals/approve", json={"by": "bob", "note": "ok"})
+    assert r.status_code == 202, r.text
+    wait_status(a, task_id, "succeeded")
+
+
 def test_cancel_a_running_task_stops_it_at_the_next_step(api: Api, a: httpx.Client) -> None:
     task_id = submit(a, "five_steps", {"dir": str(api.dir), "gate_at": 2})["id"]
     at_gate(api, task_id)
