@@ -195,7 +195,7 @@ class EventBus:
         """Forget a batch of events past their retention (at most every ``PRUNE_EVERY_S``, unless
         the last batch was full); True if there may be more."""
         now = time.time()
-        if now - self._pruned_at < PRUNE_EVERY_S:
+        if now - self._pruned_at < min(PRUNE_EVERY_S, self.settings.event_retention_s / 2):
             return False
         pruned = await self.store.prune_events(now - self.settings.event_retention_s, PRUNE_BATCH)
         self._pruned_at = 0.0 if pruned == PRUNE_BATCH else now

@@ -275,3 +275,19 @@ def test_a_database_error_leaves_a_delivery_due_never_refused(make_runtime, side
                        what="the task, once the database is back")
     assert client.wait(task_id, timeout_s=60).status is TaskStatus.SUCCEEDED
     assert _delivery(rt, "evt-outage", "workflow:digest")["outcome"] == "started"
+
+
+def test_events_past_their_retention_are_forgotten_once_delivered(make_runtime,
+                                                                  side_dir: Path) -> None:
+    rt = make_runtime(APPS, **FAST, event_retention_s=2.0)
+    client = rt.client()
+    client.publish("notes.nobody", {"n": 1}, id="unheard")
+    client.publish("docs.slow", {"dir": str(side_dir), "url": "slow", "gate": "g1"}, id="held")
+
+    def kept() -> set[str]:
+        return {e.id for e in client.topic_events(tenant="default", limit=100)}
+
+    wait_for(lambda: "unheard" not in kept(), timeout_s=60, what="the old event to be forgotten")
+    assert "held" in kept()  # its delivery has not ended: kept past its retention
+    (side_dir / "g1").touch()
+    wait_for(lambda: "held" not in kept(), timeout_s=60, what="the delivered event to be forgotten")
