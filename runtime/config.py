@@ -391,7 +391,7 @@ class Settings(BaseSettings):
     tenant_queued_tasks: int | None = Field(
         None, ge=1, description="queued tasks of one tenant; past it submits get 429, so that one "
                                 "tenant cannot fill queue_capacity for all (default: a quarter of "
-                                "queue_capacity)")
+                                "queue_capacity with several tenants, all of it with one)")
     task_pending_signals: int = Field(
         100, ge=1, description="signals a task holds that it has not waited for yet; past it "
                                "a signal gets 429")
@@ -463,9 +463,14 @@ class Settings(BaseSettings):
 
     @property
     def tenant_task_cap(self) -> int:
-        """How many queued tasks one tenant may hold (``tenant_queued_tasks``, or a quarter of
-        ``queue_capacity``)."""
-        return self.tenant_queued_tasks or max(1, self.queue_capacity // 4)
+        """How many queued tasks one tenant may hold: ``tenant_queued_tasks``; by default a quarter
+        of ``queue_capacity`` where API keys name several tenants, and all of it where there is
+        only one (no keys, or keys of one tenant: no other tenant to leave room for)."""
+        if self.tenant_queued_tasks:
+            return self.tenant_queued_tasks
+        if len(set(self.api_keys.values())) < 2:
+            return self.queue_capacity
+        return max(1, self.queue_capacity // 4)
 
     def schedule_interval_floor_s(self, tenant: str) -> float | None:
         """How often ``tenant``'s schedules may tick at most; None: no floor (an admin tenant, or

@@ -164,3 +164,12 @@ def test_gate_limits_take_integers_for_seconds_and_the_bounds_themselves() -> No
         '"interval_s": 86400, "max_hold_s": 86400}')
 
     assert (limits.interval_s, limits.max_hold_s, limits.requests) == (86_400.0, 86_400.0, 10**9)
+
+
+def test_the_per_tenant_task_cap_leaves_room_for_others_only_where_there_are_others() -> None:
+    alone = Settings(queue_capacity=1000)
+    one = Settings(queue_capacity=1000, api_keys={"k1": "a", "k2": "a"})
+    several = Settings(queue_capacity=1000, api_keys={"k1": "a", "k2": "b"})
+    assert alone.tenant_task_cap == one.tenant_task_cap == 1000
+    assert several.tenant_task_cap == 250
+    assert Settings(queue_capacity=1000, tenant_queued_tasks=7).tenant_task_cap == 7
