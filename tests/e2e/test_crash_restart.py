@@ -29,6 +29,7 @@ from tests.e2e.live import free_port
 
 BIN = Path(sys.executable).parent
 TASKS = 6
+LOGS: dict[int, Path] = {}  # each `raysquad up` started here: its output
 
 
 @pytest.fixture
@@ -75,11 +76,24 @@ def _up(folder: Path, port: int, ray_tmp: Path) -> subprocess.Popen[str]:
            "RAY_USAGE_STATS_ENABLED": "0", "RAYSQUAD_WORKERS": "2"}
     for name in ("RAYSQUAD_DATA_DIR", "RAYSQUAD_RAY_ADDRESS", "RAYSQUAD_STORE"):
         env.pop(name, None)
-    log = open(folder / f"up-{uuid.uuid4().hex[:6]}.log", "w")  # noqa: SIM115 - the child writes it
-    return subprocess.Popen(
-        [str(BIN / "raysquad"), "up", "--app", "tests.apps.basic", "--port", str(port),
-         "--no-dashboard"], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+    path = folder / f"up-{uuid.uuid4().hex[:6]}.log"
+    with open(path, "w") as log:  # the child has its own copy of the descriptor
+        proc = subprocess.Popen(
+            [str(BIN / "raysquad"), "up", "--app", "tests.apps.basic", "--port", str(port),
+             "--no-dashboard"], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True)
+    LOGS[proc.pid] = path
+    return proc
+
+
+HOLD = ("import socket, sys, time; s = socket.socket(); "
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+        "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); print('listening', flush=True); "
+        "time.sleep(600)")
+
+
+def _log_of(proc: subprocess.Popen[str]) -> str:
+    return LOGS[proc.pid].read_text()
 
 
 def _ready(url: str) -> bool:
@@ -136,7 +150,18 @@ def test_up_after_a_hard_crash_comes_back_on_the_same_port(tmp_path: Path, ray_t
         # folder and on the same port, start again.
         _, alive = psutil.wait_procs(doomed, timeout=60)
         assert not alive, f"processes survived SIGKILL: {alive}"
+        # A process of the old runtime that is slow to die still holds the port as `up` starts
+        # (as the Serve replica did where this was first seen): `up` must wait for it, not fail.
+        holder = subprocess.Popen([sys.executable, "-c", HOLD, str(port)], stdout=subprocess.PIPE,
+                                  text=True)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "listening"
         second = _up(folder, port, ray_tmp)
+        try:
+            wait_for(lambda: "waiting for it" in _log_of(second), timeout_s=120, interval_s=0.2,
+                     what="up to see the port held and wait")
+        finally:
+            holder.kill()
+            holder.wait()
         wait_for(lambda: _ready(url), timeout_s=240, interval_s=0.5,
                  what="the runtime started again after the crash")
         final = wait_for(lambda: (s := _statuses(url, ids)) and all(
