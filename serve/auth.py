@@ -46,10 +46,15 @@ def loopback_host(host: str | None) -> bool:
         name, colon, port = name.partition(":")
         if colon and not port.isdecimal():
             return False
-    if name == "localhost":
+    return is_loopback(name)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address (no port, no brackets) is this machine's loopback."""
+    if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(name).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 

@@ -611,22 +611,11 @@ def build(settings: Settings) -> Any:
     ).bind(settings)
 
 
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def open_bind_refusal(settings: Settings, host: str | None = None) -> str | None:
     """Why the API may not listen on ``host`` (default ``settings.http_host``): without API keys,
     only loopback is allowed."""
     host = settings.http_host if host is None else host
-    if settings.api_keys or is_loopback(host):
+    if settings.api_keys or auth.is_loopback(host):
         return None
     return (f"refusing to serve on {host} without API keys: set RAYSQUAD_API_KEYS "
             "(a JSON object of key -> tenant) or use --host 127.0.0.1")
