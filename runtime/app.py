@@ -34,7 +34,7 @@ from runtime.handles import actor_names
 from runtime.ops import Ops
 from runtime.queue import MailboxHandle, start_queue
 from runtime.store.actor import StoreHandle, check_store_settings, start_store, store_for
-from runtime.store.owner import StoreLock
+from runtime.store.owner import own_store
 from runtime.tools.executor import ToolExecutorHandle, start_tool_executors
 from runtime.worker import WorkerPoolHandle, start_worker_pool
 
@@ -70,8 +70,9 @@ class Runtime:
         apps = list(apps or ["agents"])
         catalog = load_catalog(apps)  # fail here, in the caller, on a bad module
         check_store_settings(settings)  # and on a Store that cannot be opened
-        if settings.store == "sqlite":  # and on a Store another runtime holds (after a moment's wait)
-            StoreLock(settings.database_path).release()
+        owner = own_store(settings)  # and on a Store another runtime holds (after a moment's wait)
+        if owner is not None:
+            owner.release()
         started_ray = cluster.connect(settings)
         if actor_names(settings.namespace, "store"):
             raise RuntimeAlreadyRunning(settings.namespace)

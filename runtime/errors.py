@@ -378,7 +378,8 @@ class RuntimeAlreadyRunning(Conflict):
 
 
 class StoreInUse(Conflict):
-    """Raised when another runtime holds the Store (its SQLite file) that a runtime was to open."""
+    """Raised when another runtime holds the Store (a SQLite file, a PostgreSQL schema) that a
+    runtime was to open; ``path`` says which."""
 
     def __init__(self, path: str, holder: str = "") -> None:
         super().__init__(path, holder)
@@ -386,8 +387,8 @@ class StoreInUse(Conflict):
 
     def __str__(self) -> str:
         by = f" ({self.holder})" if self.holder else ""
-        return (f"the Store {self.path} is in use by another raysquad runtime{by}; stop it "
-                "(`raysquad down`) or use another --data-dir")
+        return (f"{self.path} is in use by another raysquad runtime{by}; stop that one first "
+                "(`raysquad down`), or give this one a Store of its own")
 
 
 class ClusterStartFailed(Retryable):

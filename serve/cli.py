@@ -159,8 +159,10 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
     if http and not config.ray_address:
         # The cluster started here serves HTTP from the Ingress replica itself (no proxy hop).
         os.environ.update(direct_ingress_env(config))
-    if http and config.http_port and not bindable(config.http_host, config.http_port):
-        # What a hard crash left listening may still be dying: wait for it, briefly.
+    if http and not config.ray_address and config.http_port \
+            and not bindable(config.http_host, config.http_port):
+        # What a hard crash left listening may still be dying: wait for it, briefly. (On a running
+        # cluster, the port is Serve's proxy's, shared by every namespace's app: no wait there.)
         err.print(f"port {config.http_port} is held by {holder(config.http_port)}; waiting for it "
                   f"(up to {PORT_WAIT_S:.0f}s)", highlight=False)
         if blocked := wait_until_bindable(config.http_host, config.http_port):

@@ -55,7 +55,7 @@ from runtime.queue import approx_size
 from runtime.store.base import Queued, Store
 from runtime.store.feed import Feed
 from runtime.store.outbox import EventReport
-from runtime.store.owner import StoreLock
+from runtime.store.owner import PostgresLock, StoreLock, own_store
 from runtime.triggers import check_interval
 
 if TYPE_CHECKING:
@@ -92,12 +92,14 @@ def open_store(settings: Settings) -> Store:
     raise ConfigError(f"unknown store {settings.store!r}")
 
 
-def open_until_open(settings: Settings, max_backoff_s: float = 10.0) -> Store:
-    """``open_store``, tried again with backoff until it succeeds (a restarted Store actor)."""
+def open_until_open(settings: Settings, max_backoff_s: float = 10.0
+                    ) -> tuple[StoreLock | PostgresLock | None, Store]:
+    """``own_store`` and ``open_store``, tried again with backoff until the database answers (a
+    restarted Store actor)."""
     backoff, tries = 0.5, 0
     while True:
         try:
-            return open_store(settings)
+            return own_store(settings, restarted=True), open_store(settings)
         except StoreError as e:
             tries += 1
             log.warning("opening the Store failed (try %d), trying again in %.1fs: %s", tries,
@@ -325,11 +327,16 @@ class StoreActor(SubmitBatching):
     """Async facade over a Store; each call runs to completion on the actor's event loop."""
 
     def __init__(self, settings: Settings) -> None:
-        # A backend's own extras: touched, path. Restarted by Ray while the database is out, the
-        # actor keeps trying (callers see it restarting: 503) rather than dying for good.
-        # One runtime owns a SQLite file (store/owner.py): held until this process ends.
-        self._owner = StoreLock(settings.database_path) if settings.store == "sqlite" else None
-        self._store: Any = (open_until_open(settings) if restarted() else open_store(settings))
+        # One runtime owns a Store (store/owner.py): held until this process ends. Restarted by Ray
+        # while the database is out, the actor keeps trying (callers see it restarting: 503)
+        # rather than dying for good.
+        self._owner: StoreLock | PostgresLock | None
+        self._store: Any  # a backend's own extras: touched, path
+        if restarted():
+            self._owner, self._store = open_until_open(settings)
+        else:
+            self._owner = own_store(settings)
+            self._store = open_store(settings)
         self._waiters: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._settings = settings
         self._capacity = settings.queue_capacity

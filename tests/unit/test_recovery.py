@@ -99,3 +99,34 @@ def test_the_port_wait_sees_a_listener_and_its_going() -> None:
     assert why is not None and f"port {port}" in why and f"pid {os.getpid()}" in why
     server.close()
     assert wait_until_bindable("127.0.0.1", port, timeout_s=5) is None
+
+
+def test_one_runtime_holds_a_postgres_store_schema(tmp_path: Path) -> None:
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    from runtime.config import Settings
+    from runtime.store.owner import PostgresLock, own_store
+
+    base = os.environ.get("RAYSQUAD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    schema = f"rs_owner_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    url = make_conninfo(base, options=f"-c search_path={schema}")
+    settings = Settings(data_dir=tmp_path, store="postgres", postgres_url=url)
+    try:
+        first = own_store(settings)
+        assert isinstance(first, PostgresLock)
+        with pytest.raises(StoreInUse) as refused:
+            PostgresLock(url, wait_s=0.3)
+        assert schema in str(refused.value)
+        # A restarted Store goes on without it (its own previous process may still hold it).
+        assert own_store(settings, restarted=True, wait_s=0.3) is None
+        first.release()
+        PostgresLock(url, wait_s=5).release()  # the session ended: free at once
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
