@@ -50,8 +50,11 @@ def test_top_shows_a_known_load_in_a_tmux_pane(api: Api, shared_server: SharedSe
                  what="the tasks to reach their gate")
         subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "60",
                         command], check=True, env=env)
-        row = wait_for(lambda: (r := head_row(capture(session))) and r[3] == str(HELD) and r,
-                       timeout_s=90, what=f"top to show {HELD} running tasks")
+        try:
+            row = wait_for(lambda: (r := head_row(capture(session))) and r[3] == str(HELD) and r,
+                           timeout_s=90, what=f"top to show {HELD} running tasks")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the pane shows:\n{capture(session)}") from None
         screen = capture(session)
         (tmp_path / "top.txt").write_text(screen)
         assert row[0] == "0"  # nothing queued: the three are running, held at their gate
