@@ -43,6 +43,13 @@ log = logging.getLogger(__name__)
 MAILBOX_CAPACITY = 100_000  # messages; in bytes: settings.mailbox_capacity_bytes
 
 
+def _check_store_owner(settings: Settings) -> None:
+    """Raise StoreInUse if another runtime holds the Store (store/owner.py); hold nothing."""
+    owner = own_store(settings)
+    if owner is not None:
+        owner.release()
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -70,12 +77,17 @@ class Runtime:
         apps = list(apps or ["agents"])
         catalog = load_catalog(apps)  # fail here, in the caller, on a bad module
         check_store_settings(settings)  # and on a Store that cannot be opened
-        owner = own_store(settings)  # and on a Store another runtime holds (after a moment's wait)
-        if owner is not None:
-            owner.release()
+        # And on a Store another runtime holds (after a moment's wait for a dying one): before a
+        # local cluster starts; on a running cluster, after the plainer "already running" check.
+        if not settings.ray_address:
+            _check_store_owner(settings)
         started_ray = cluster.connect(settings)
         if actor_names(settings.namespace, "store"):
+            if started_ray:
+                ray.shutdown()
             raise RuntimeAlreadyRunning(settings.namespace)
+        if settings.ray_address:
+            _check_store_owner(settings)
         try:
             rt = cls._start_actors(settings, apps, catalog, models, started_ray)
         except BaseException:

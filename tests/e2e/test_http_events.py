@@ -257,22 +257,37 @@ def _phases(side: Path, name: str) -> list[tuple[int, str]]:
             ] if path.exists() else []
 
 
-def test_cancel_running_never_cancels_another_tenants_task(a: httpx.Client, b: httpx.Client,
-                                                           api: Api) -> None:
-    side, key = _flow_dir(api), f"AAPL-{uuid.uuid4().hex[:6]}"
-    at_a = _publish(a, "prices.changed", key, dir=str(side), url="a", n=1, gate="ga")
-    task_a = _task_of(a, at_a, "workflow:latest_only")
-    wait_for(lambda: (1, "start") in _phases(side, "latest_only"), 60, what="a's run at its gate")
+def _a_held_while_b_runs(a: httpx.Client, b: httpx.Client, api: Api, topic: str,
+                         workflow: str) -> tuple[Path, str, str]:
+    """Tenant a's run of ``workflow`` held at its gate while tenant b publishes the same key: b's
+    run must end meanwhile, and a's after its gate opens. Returns the side dir and both tasks."""
+    side, key = _flow_dir(api), f"k-{uuid.uuid4().hex[:6]}"
+    at_a = _publish(a, topic, key, dir=str(side), url="a", n=1, gate="ga")
+    task_a = _task_of(a, at_a, f"workflow:{workflow}")
+    wait_for(lambda: (1, "start") in _phases(side, workflow), 60, what="a's run at its gate")
 
-    at_b = _publish(b, "prices.changed", key, dir=str(side), url="b", n=2)
-    task_b = _task_of(b, at_b, "workflow:latest_only")
-    wait_for(lambda: _status(b, task_b) == "succeeded", 60, what="b's run to end")
+    at_b = _publish(b, topic, key, dir=str(side), url="b", n=2)
+    task_b = _task_of(b, at_b, f"workflow:{workflow}")
+    wait_for(lambda: _status(b, task_b) == "succeeded", 60,
+             what="b's run to end while a's holds the key")
 
     assert _status(a, task_a) in ("running", "waiting")
     (side / "ga").touch()
     wait_for(lambda: _status(a, task_a) == "succeeded", 60,
-             what="a's run to end, not cancelled by b's event")
-    assert (1, "end") in _phases(side, "latest_only")
+             what="a's run to end, not cancelled or held by b's event")
+    assert (1, "end") in _phases(side, workflow)
+    return side, task_a, task_b
+
+
+def test_cancel_running_never_cancels_another_tenants_task(a: httpx.Client, b: httpx.Client,
+                                                           api: Api) -> None:
+    _a_held_while_b_runs(a, b, api, "prices.changed", "latest_only")
+
+
+def test_one_per_key_never_holds_another_tenants_event(a: httpx.Client, b: httpx.Client,
+                                                       api: Api) -> None:
+    _, _, task_b = _a_held_while_b_runs(a, b, api, "jobs.queued", "one_at_a_time")
+    assert b.get(f"/v1/tasks/{task_b}").json()["priority"] == -5  # b's lowest allowed (L14)
 
 
 def test_debounce_never_supersedes_another_tenants_event(a: httpx.Client, b: httpx.Client,
@@ -288,23 +303,6 @@ def test_debounce_never_supersedes_another_tenants_event(a: httpx.Client, b: htt
         assert (_delivery(client, url, "workflow:debounced") or {})["outcome"] == "started"
     runs = sorted(n["n"] for n in map(json.loads, (side / "debounced").read_text().splitlines()))
     assert runs == [1, 2]
-
-
-def test_one_per_key_never_holds_another_tenants_event(a: httpx.Client, b: httpx.Client,
-                                                       api: Api) -> None:
-    side, key = _flow_dir(api), f"job-{uuid.uuid4().hex[:6]}"
-    at_a = _publish(a, "jobs.queued", key, dir=str(side), url="a", n=1, gate="ga")
-    task_a = _task_of(a, at_a, "workflow:one_at_a_time")
-    wait_for(lambda: (1, "start") in _phases(side, "one_at_a_time"), 60, what="a's job at its gate")
-
-    at_b = _publish(b, "jobs.queued", key, dir=str(side), url="b", n=2)
-    task_b = _task_of(b, at_b, "workflow:one_at_a_time")  # not held behind a's job
-    wait_for(lambda: _status(b, task_b) == "succeeded", 60,
-             what="b's job to run while a's holds its key")
-    assert _status(a, task_a) in ("running", "waiting")
-    (side / "ga").touch()
-    wait_for(lambda: _status(a, task_a) == "succeeded", 60, what="a's job to end")
-    assert b.get(f"/v1/tasks/{task_b}").json()["priority"] == -5  # b's lowest allowed (L14)
 
 
 def test_the_runtimes_own_topics_are_refused(a: httpx.Client) -> None:
