@@ -44,6 +44,7 @@ test: setup model
 lint: setup
 	$(BIN)/ruff check runtime agents serve benchmarks tests examples
 	$(BIN)/mypy runtime agents serve examples
+	$(BIN)/lint-imports
 
 bench: setup model
 	@# Celery (the peer comparison) is an extra installed here, not by setup; not with [cpu] again,

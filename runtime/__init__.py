@@ -14,7 +14,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _HOME = {
-    "runtime.agent": ("Agent", "AgentContext"),
+    "runtime.agent": ("AgentContext",),
+    "runtime.authoring": ("Agent",),
     "runtime.app": ("Runtime",),
     "runtime.client": ("AsyncClient", "Client"),
     "runtime.config": ("AgentPoolConfig", "GateLimits", "RetryPolicy", "Settings", "ToolSettings"),
@@ -56,8 +57,9 @@ from runtime.triggers import on_event, on_schedule  # noqa: E402
 from runtime.workflow import Context, Workflow, workflow  # noqa: E402
 
 if TYPE_CHECKING:
-    from runtime.agent import Agent, AgentContext
+    from runtime.agent import AgentContext
     from runtime.app import Runtime
+    from runtime.authoring import Agent
     from runtime.client import AsyncClient, Client
     from runtime.config import AgentPoolConfig, GateLimits, RetryPolicy, Settings, ToolSettings
     from runtime.errors import (

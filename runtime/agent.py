@@ -1,4 +1,5 @@
-"""Agents: the ``Agent`` base class, the replica actor that runs one, and the pool of a role.
+"""Agents: the context a handler sees, the replica actor that runs one, and the pool of a role
+(``Agent``, what users subclass, is in ``runtime.authoring``).
 
 A role is a pool of replica actors consuming one mailbox (a QueueActor). A replica takes messages in
 batches, handles up to ``concurrency`` at once, sends each result to the workflow worker that asked,
@@ -16,12 +17,13 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import ray
 
+from runtime.authoring import Agent
 from runtime.bus import new_event, publish
-from runtime.cluster import member_actor_options, named_actor_options
+from runtime.cluster import member_actor_options
 from runtime.config import AgentPoolConfig, Settings
 from runtime.engines.actor import Router, TokenSink
 from runtime.errors import ActorUnavailable, AgentError, AgentNotFound
@@ -35,32 +37,6 @@ from runtime.workflow import as_messages
 
 log = logging.getLogger(__name__)
 WATCH_S = 1.0  # an agent pool looks at its mailbox at least this often
-
-
-class Agent:
-    """Subclass with ``role = "..."`` and ``async def handle(self, msg, ctx)``; one instance per replica."""
-
-    role: ClassVar[str] = ""
-    #: Topic patterns (``docs.*``) whose events come to this role's mailbox, one message per
-    #: delivery; ``msg.event`` is the event and ``msg.redelivered`` says it may have come before.
-    subscribes: ClassVar[list[str]] = []
-    min_replicas: ClassVar[int | None] = None
-    max_replicas: ClassVar[int | None] = None
-    concurrency: ClassVar[int | None] = None
-
-    async def setup(self) -> None:
-        """Called once per replica before its first message (load a model, open a client)."""
-
-    async def handle(self, msg: AgentMessage, ctx: AgentContext) -> Any:
-        raise NotImplementedError
-
-    @classmethod
-    def pool_config(cls, override: AgentPoolConfig | None = None) -> AgentPoolConfig:
-        if override is not None:
-            return override
-        declared = {k: getattr(cls, k) for k in ("min_replicas", "max_replicas", "concurrency")
-                    if getattr(cls, k) is not None}
-        return AgentPoolConfig(**declared)
 
 
 class AgentContext:
@@ -400,19 +376,6 @@ class AgentPool:
                 "replica_ids": sorted(self.members.live), **self.config.model_dump()}
 
 
-class AgentPoolActor(AgentPool):
-    """An AgentPool built from small values (its role, the settings, the app modules); it finds its
-    mailbox, the Store, the engines and the tool executors by name (``runtime.peers``)."""
-
-    def __init__(self, role: str, settings: Settings, apps: list[str]) -> None:
-        from runtime.peers import find_peers
-
-        peers = find_peers(settings, apps)
-        agent_cls = peers.catalog.agents[role]
-        super().__init__(role, agent_cls, agent_cls.pool_config(settings.agents.get(role)), settings,
-                         peers.mailboxes[role], peers.store, peers.router, peers.tools)
-
-
 class AgentPoolHandle(ActorHandle):
     """An agent pool actor, typed."""
 
@@ -423,12 +386,3 @@ class AgentPoolHandle(ActorHandle):
         return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
 
 
-def start_agent_pool(role: str, settings: Settings, apps: list[str]) -> AgentPoolHandle:
-    """Start the pool of ``role`` (its mailbox, the Store, engines and tool executors must be up)."""
-    name = f"pool:{role}"
-    actor = (
-        ray.remote(AgentPoolActor)
-        .options(**named_actor_options(settings, name, max_concurrency=1000))
-        .remote(role, settings, apps)
-    )
-    return AgentPoolHandle(actor, name, settings.namespace)

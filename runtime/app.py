@@ -20,12 +20,19 @@ from typing import Any
 import ray
 
 from runtime import cluster
-from runtime.agent import AgentPoolHandle, start_agent_pool
-from runtime.bus import EventBusHandle, start_event_bus
+from runtime.agent import AgentPoolHandle
+from runtime.bus import EventBusHandle
 from runtime.catalog import Catalog, load_catalog
 from runtime.client import AsyncClient, Client, address_file
 from runtime.config import Settings
-from runtime.dispatch import DispatcherHandle, start_dispatcher
+from runtime.control.actors import (
+    start_agent_pool,
+    start_dispatcher,
+    start_event_bus,
+    start_tool_executors,
+    start_worker_pool,
+)
+from runtime.dispatch import DispatcherHandle
 from runtime.engines.actor import EngineHandle, start_engines
 from runtime.engines.pool import EnginePoolHandle, start_engine_pools
 from runtime.errors import RuntimeAlreadyRunning
@@ -33,10 +40,12 @@ from runtime.gates import GateKeeperHandle, start_gatekeeper
 from runtime.handles import actor_names
 from runtime.ops import Ops
 from runtime.queue import MailboxHandle, start_queue
-from runtime.store.actor import StoreHandle, check_store_settings, start_store, store_for
+from runtime.store.actor import StoreHandle, start_store
+from runtime.store.connect import store_for
 from runtime.store.owner import own_store
-from runtime.tools.executor import ToolExecutorHandle, start_tool_executors
-from runtime.worker import WorkerPoolHandle, start_worker_pool
+from runtime.store.service import check_store_settings
+from runtime.tools.executor import ToolExecutorHandle
+from runtime.worker import WorkerPoolHandle
 
 log = logging.getLogger(__name__)
 

@@ -39,11 +39,9 @@ from collections import defaultdict
 from typing import Any, Literal, Protocol
 
 import httpx
-import ray
 
 from runtime import metrics, webhooks
 from runtime.catalog import Catalog
-from runtime.cluster import named_actor_options
 from runtime.config import Settings, WebhookTarget
 from runtime.errors import (
     InputTooLarge,
@@ -70,7 +68,7 @@ from runtime.models import (
 from runtime.queue import MailboxService
 from runtime.recovery import OK, Rebuild, Rounds, loops_health
 from runtime.schedules import Scheduler
-from runtime.store.actor import StoreService
+from runtime.store.service import StoreService
 from runtime.tools.fetch import GuardedBackend, GuardedTransport
 from runtime.triggers import check_topic, topic_matches
 
@@ -407,16 +405,6 @@ class EventBusService(Protocol):
     async def stats(self) -> dict[str, int]: ...
 
 
-class EventBusActor(EventBus):
-    """An EventBus built from small values; it finds the Store and the mailboxes by name."""
-
-    def __init__(self, settings: Settings, apps: list[str]) -> None:
-        from runtime.peers import find_peers
-
-        peers = find_peers(settings, apps)
-        super().__init__(settings, peers.store, peers.catalog, dict(peers.mailboxes))
-
-
 class EventBusHandle(ActorHandle):
     """The event bus actor, typed."""
 
@@ -439,16 +427,6 @@ class EventBusHandle(ActorHandle):
 
     async def stats(self, deadline_s: float | None = None) -> dict[str, int]:
         return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
-
-
-def start_event_bus(settings: Settings, apps: list[str]) -> EventBusHandle:
-    """Start the event bus (the Store and the agent mailboxes must be up)."""
-    actor = (
-        ray.remote(EventBusActor)
-        .options(**named_actor_options(settings, ACTOR_NAME, max_concurrency=1000))
-        .remote(settings, apps)
-    )
-    return EventBusHandle(actor, ACTOR_NAME, settings.namespace)
 
 
 _handles: dict[str, EventBusHandle] = {}

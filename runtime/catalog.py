@@ -5,15 +5,13 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from runtime.authoring import Agent
 from runtime.errors import AgentNotFound, ConfigError, InvalidTopic, WorkflowNotFound
 from runtime.tools import Registry, Tool, builtin_tools
 from runtime.triggers import check_pattern
 from runtime.workflow import Workflow
-
-if TYPE_CHECKING:
-    from runtime.agent import Agent
 
 
 @dataclass
@@ -46,8 +44,6 @@ class Catalog:
 def load_catalog(modules: list[str]) -> Catalog:
     """Import each module and collect its ``@workflow`` functions, ``Agent`` subclasses and ``@tool``s
     (next to the built-in tools)."""
-    from runtime.agent import Agent
-
     catalog = Catalog()
     for name in modules:
         try:

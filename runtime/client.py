@@ -48,8 +48,10 @@ from runtime.models import (
     parse_cursor,
 )
 from runtime.schedules import new_schedule, next_tick
-from runtime.store.actor import StoreHandle, StoreService, store_for
+from runtime.store.actor import StoreHandle
+from runtime.store.connect import store_for
 from runtime.store.outbox import EventReport
+from runtime.store.service import StoreService
 
 T = TypeVar("T")
 SchemaList = list[dict[str, Any]]

@@ -32,14 +32,13 @@ import ray
 
 from runtime import metrics
 from runtime.catalog import Catalog, load_catalog
-from runtime.cluster import named_actor_options
 from runtime.config import Settings
 from runtime.handles import ActorHandle, restarted
 from runtime.models import Claim, TaskRecord, TaskStatus
 from runtime.queue import AsyncQueue, PriorityQueue
 from runtime.recovery import OK, Rebuild, Rounds, loops_health
-from runtime.store.actor import StoreService
 from runtime.store.base import Queued
+from runtime.store.service import StoreService
 
 log = logging.getLogger(__name__)
 
@@ -264,17 +263,6 @@ class Dispatcher:
         self._index_window(await self.store.queued_index(self.window))
 
 
-class DispatcherActor(Dispatcher):
-    """A Dispatcher built from small values; it finds the Store by name, and reaches workers by name."""
-
-    def __init__(self, settings: Settings, apps: list[str]) -> None:
-        from runtime.store.actor import store_for
-        from runtime.worker import WorkerDirectory
-
-        super().__init__(settings, store_for(settings), apps,
-                         WorkerDirectory(settings.namespace))
-
-
 class DispatcherService(Protocol):
     """What workers, the worker pool and clients call on the dispatcher."""
 
@@ -330,11 +318,3 @@ class DispatcherHandle(ActorHandle):
         return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
 
 
-def start_dispatcher(settings: Settings, apps: list[str]) -> DispatcherHandle:
-    """Start the dispatcher (the Store must be up)."""
-    actor = (
-        ray.remote(DispatcherActor)
-        .options(**named_actor_options(settings, ACTOR_NAME, max_concurrency=1000))
-        .remote(settings, apps)
-    )
-    return DispatcherHandle(actor, ACTOR_NAME, settings.namespace)

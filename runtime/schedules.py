@@ -47,7 +47,7 @@ from runtime.errors import (
 )
 from runtime.models import Schedule, SubmitRequest
 from runtime.retry import retry_after_s
-from runtime.store.actor import StoreService
+from runtime.store.service import StoreService
 from runtime.triggers import check_cron, fixed_time
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import ray
 from runtime import metrics, refs, tracing
 from runtime.bus import new_event, publish, wants
 from runtime.catalog import Catalog, load_catalog
-from runtime.cluster import member_actor_options, named_actor_options
+from runtime.cluster import member_actor_options
 from runtime.config import Settings
 from runtime.dispatch import DispatcherService
 from runtime.engines.actor import Router, TokenSink
@@ -49,7 +49,7 @@ from runtime.models import (
 )
 from runtime.pool import Member, Members, probe, retire
 from runtime.queue import MailboxService, Replies
-from runtime.store.actor import StoreService
+from runtime.store.service import StoreService
 from runtime.tools.executor import Caller, ToolRouter
 from runtime.workflow import Context, Parked
 
@@ -478,18 +478,6 @@ class WorkerPool:
             await member.handle.stop()
 
 
-class WorkerPoolActor(WorkerPool):
-    """A WorkerPool built from small values (the settings, the app modules); it finds the Store, the
-    dispatcher, the mailboxes, the engines and the tool executors by name (``runtime.peers``)."""
-
-    def __init__(self, settings: Settings, apps: list[str]) -> None:
-        from runtime.peers import find_peers
-
-        peers = find_peers(settings, apps)
-        super().__init__(settings, apps, peers.store, peers.dispatcher(settings.namespace),
-                         dict(peers.mailboxes), peers.router, peers.tools)
-
-
 class WorkerPoolHandle(ActorHandle):
     """The worker pool actor, typed."""
 
@@ -502,27 +490,4 @@ class WorkerPoolHandle(ActorHandle):
     async def stop(self) -> None:
         await self._call("stop")
 
-
-class WorkerDirectory:
-    """Reaches a worker by its id (the dispatcher pushes cancels through it)."""
-
-    def __init__(self, namespace: str) -> None:
-        self.namespace = namespace
-
-    async def cancel(self, owner: str, task_id: str) -> None:
-        try:
-            worker = WorkerHandle(ray.get_actor(f"worker:{owner}", namespace=self.namespace))
-            await worker.cancel(task_id)
-        except (ValueError, ActorUnavailable):
-            pass  # the worker is gone; its lease runs out and the replay sees the cancel
-
-
-def start_worker_pool(settings: Settings, apps: list[str]) -> WorkerPoolHandle:
-    """Start the workflow workers' pool (every other actor of the runtime must be up)."""
-    actor = (
-        ray.remote(WorkerPoolActor)
-        .options(**named_actor_options(settings, POOL_NAME, max_concurrency=1000))
-        .remote(settings, apps)
-    )
-    return WorkerPoolHandle(actor, POOL_NAME, settings.namespace)
 

@@ -38,7 +38,11 @@ from runtime.models import (
     TaskSummary,
     TopicEvent,
 )
-from runtime.store.actor import (
+from runtime.store.base import Queued
+from runtime.store.listen import Listener
+from runtime.store.outbox import EventReport
+from runtime.store.postgres import PostgresStore
+from runtime.store.service import (
     SubmitBatching,
     Write,
     WriteBatching,
@@ -47,10 +51,6 @@ from runtime.store.actor import (
     backend_writes,
     check_store_settings,
 )
-from runtime.store.base import Queued
-from runtime.store.listen import Listener
-from runtime.store.outbox import EventReport
-from runtime.store.postgres import PostgresStore
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import ray
 from pydantic import BaseModel
 
 from runtime import metrics, refs
-from runtime.cluster import named_actor_options
 from runtime.config import RetryPolicy, Settings
 from runtime.errors import ActorUnavailable, ToolFailed, UpstreamError
 from runtime.gates import GateClient, Passage
@@ -332,29 +330,3 @@ class ToolExecutorHandle(ActorHandle):
         return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
 
 
-class ToolExecutorActor(ToolExecutor):
-    """A ToolExecutor built from names: its tools from the app modules, the Store and the gate keeper
-    looked up in the runtime's namespace. Its constructor arguments are small values, which Ray keeps
-    with the actor, so a restart can always build it again."""
-
-    def __init__(self, settings: Settings, apps: list[str]) -> None:
-        from runtime.catalog import load_catalog
-        from runtime.gates import GateKeeperHandle
-        from runtime.store.actor import store_for
-
-        super().__init__(settings, load_catalog(apps).registry(), store_for(settings),
-                         GateClient(GateKeeperHandle.find(settings.namespace)))
-
-
-def start_tool_executors(settings: Settings, apps: list[str]) -> list[ToolExecutorHandle]:
-    cfg = settings.tools
-    handles = []
-    for i in range(cfg.executors):
-        name = f"tools:{i}"
-        actor = (ray.remote(ToolExecutorActor)
-                 .options(**named_actor_options(settings, name, num_cpus=cfg.executor_num_cpus,
-                                                max_concurrency=10_000,
-                                                scheduling_strategy="SPREAD"))
-                 .remote(settings, apps))
-        handles.append(ToolExecutorHandle(actor, name, settings.namespace))
-    return handles

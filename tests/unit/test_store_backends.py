@@ -19,9 +19,9 @@ from runtime.config import Settings
 from runtime.errors import ConfigError, LeaseLost, StoreError
 from runtime.models import DeadLetter, Lease, SubmitRequest, TaskStatus
 from runtime.store import records
-from runtime.store.actor import open_store
 from runtime.store.base import SCHEMA_VERSION
 from runtime.store.postgres import PostgresStore, channels
+from runtime.store.service import open_store
 from runtime.store.sqlite import SQLiteStore, queued_index_sql
 from serve.errors import answer
 from tests.conftest import wait_for

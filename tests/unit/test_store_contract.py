@@ -24,9 +24,9 @@ from runtime.errors import (
 from runtime.models import DeadLetter, Lease, SubmitRequest, TaskStatus
 from runtime.store import postgres as postgres_store
 from runtime.store import sqlite as sqlite_store
-from runtime.store.actor import admit
 from runtime.store.base import REPLAY_HOLD_S, SCHEMA_VERSION
 from runtime.store.postgres import PostgresStore
+from runtime.store.service import admit
 from tests.unit.stores import (
     LEASE_S,
     T0,

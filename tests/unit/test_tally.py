@@ -8,7 +8,7 @@ from pathlib import Path
 from runtime.config import Settings
 from runtime.errors import QueueFull, TenantQuotaExceeded
 from runtime.models import SubmitRequest, TaskStatus
-from runtime.store.actor import Tally, admit
+from runtime.store.service import Tally, admit
 from runtime.store.sqlite import SQLiteStore
 
 

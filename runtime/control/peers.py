@@ -16,7 +16,8 @@ from runtime.dispatch import DispatcherHandle
 from runtime.engines.actor import Router, find_engines
 from runtime.handles import actor_names
 from runtime.queue import MailboxHandle
-from runtime.store.actor import StoreService, store_for
+from runtime.store.connect import store_for
+from runtime.store.service import StoreService
 from runtime.tools.executor import ToolExecutorHandle, ToolRouter
 
 

@@ -1,0 +1,132 @@
+"""The actor forms of the control plane's logic classes, and their creation (Ray Serve's rule: the
+logic lives in its module, unaware of Ray; its actor form and ``start_*`` live here).
+
+Each actor form is built from small values (the settings, the app modules, a role), which Ray keeps
+with the actor's spec, so a restart can always build it again; it finds its peers by name
+(``control.peers``).
+"""
+
+from __future__ import annotations
+
+import ray
+
+from runtime import bus, dispatch, worker
+from runtime.agent import AgentPool, AgentPoolHandle
+from runtime.bus import EventBus, EventBusHandle
+from runtime.catalog import load_catalog
+from runtime.cluster import named_actor_options
+from runtime.config import Settings
+from runtime.control.peers import find_peers
+from runtime.dispatch import Dispatcher, DispatcherHandle
+from runtime.errors import ActorUnavailable
+from runtime.gates import GateClient, GateKeeperHandle
+from runtime.store.connect import store_for
+from runtime.tools.executor import ToolExecutor, ToolExecutorHandle
+from runtime.worker import WorkerHandle, WorkerPool, WorkerPoolHandle
+
+
+class DispatcherActor(Dispatcher):
+    """A Dispatcher that finds the Store by name and reaches workers by name."""
+
+    def __init__(self, settings: Settings, apps: list[str]) -> None:
+        super().__init__(settings, store_for(settings), apps, WorkerDirectory(settings.namespace))
+
+
+class WorkerDirectory:
+    """Reaches a worker by its id (the dispatcher pushes cancels through it)."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    async def cancel(self, owner: str, task_id: str) -> None:
+        try:
+            handle = WorkerHandle(ray.get_actor(f"worker:{owner}", namespace=self.namespace))
+            await handle.cancel(task_id)
+        except (ValueError, ActorUnavailable):
+            pass  # the worker is gone; its lease runs out and the replay sees the cancel
+
+
+class WorkerPoolActor(WorkerPool):
+    """A WorkerPool that finds the Store, the dispatcher, the mailboxes, the engines and the tool
+    executors by name."""
+
+    def __init__(self, settings: Settings, apps: list[str]) -> None:
+        peers = find_peers(settings, apps)
+        super().__init__(settings, apps, peers.store, peers.dispatcher(settings.namespace),
+                         dict(peers.mailboxes), peers.router, peers.tools)
+
+
+class AgentPoolActor(AgentPool):
+    """The AgentPool of one role; it finds its mailbox, the Store, the engines and the tool
+    executors by name."""
+
+    def __init__(self, role: str, settings: Settings, apps: list[str]) -> None:
+        peers = find_peers(settings, apps)
+        agent_cls = peers.catalog.agents[role]
+        super().__init__(role, agent_cls, agent_cls.pool_config(settings.agents.get(role)), settings,
+                         peers.mailboxes[role], peers.store, peers.router, peers.tools)
+
+
+class EventBusActor(EventBus):
+    """The EventBus (and scheduler); it finds the Store and the mailboxes by name."""
+
+    def __init__(self, settings: Settings, apps: list[str]) -> None:
+        peers = find_peers(settings, apps)
+        super().__init__(settings, peers.store, peers.catalog, dict(peers.mailboxes))
+
+
+class ToolExecutorActor(ToolExecutor):
+    """A ToolExecutor with its tools from the app modules, and the Store and the gate keeper looked
+    up in the runtime's namespace."""
+
+    def __init__(self, settings: Settings, apps: list[str]) -> None:
+        super().__init__(settings, load_catalog(apps).registry(), store_for(settings),
+                         GateClient(GateKeeperHandle.find(settings.namespace)))
+
+
+def start_dispatcher(settings: Settings, apps: list[str]) -> DispatcherHandle:
+    """Start the dispatcher (the Store must be up)."""
+    actor = (ray.remote(DispatcherActor)
+             .options(**named_actor_options(settings, dispatch.ACTOR_NAME, max_concurrency=1000))
+             .remote(settings, apps))
+    return DispatcherHandle(actor, dispatch.ACTOR_NAME, settings.namespace)
+
+
+def start_worker_pool(settings: Settings, apps: list[str]) -> WorkerPoolHandle:
+    """Start the workflow workers' pool (every other actor of the runtime must be up)."""
+    actor = (ray.remote(WorkerPoolActor)
+             .options(**named_actor_options(settings, worker.POOL_NAME, max_concurrency=1000))
+             .remote(settings, apps))
+    return WorkerPoolHandle(actor, worker.POOL_NAME, settings.namespace)
+
+
+def start_agent_pool(role: str, settings: Settings, apps: list[str]) -> AgentPoolHandle:
+    """Start the pool of ``role`` (its mailbox, the Store, engines and tool executors must be up)."""
+    name = f"pool:{role}"
+    actor = (ray.remote(AgentPoolActor)
+             .options(**named_actor_options(settings, name, max_concurrency=1000))
+             .remote(role, settings, apps))
+    return AgentPoolHandle(actor, name, settings.namespace)
+
+
+def start_event_bus(settings: Settings, apps: list[str]) -> EventBusHandle:
+    """Start the event bus (the Store and the agent mailboxes must be up)."""
+    actor = (ray.remote(EventBusActor)
+             .options(**named_actor_options(settings, bus.ACTOR_NAME, max_concurrency=1000))
+             .remote(settings, apps))
+    return EventBusHandle(actor, bus.ACTOR_NAME, settings.namespace)
+
+
+def start_tool_executors(settings: Settings, apps: list[str]) -> list[ToolExecutorHandle]:
+    """Start the tool executors, spread over the cluster's nodes."""
+    cfg = settings.tools
+    handles = []
+    for i in range(cfg.executors):
+        name = f"tools:{i}"
+        actor = (ray.remote(ToolExecutorActor)
+                 .options(**named_actor_options(settings, name, num_cpus=cfg.executor_num_cpus,
+                                                max_concurrency=10_000,
+                                                scheduling_strategy="SPREAD"))
+                 .remote(settings, apps))
+        handles.append(ToolExecutorHandle(actor, name, settings.namespace))
+    return handles
