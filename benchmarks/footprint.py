@@ -54,6 +54,7 @@ class Proc:
     group: str  # "ray", "serve" or "raysquad"
     name: str
     pss_mib: float
+    idle_cpu_s: float  # CPU-seconds over the idle period
 
 
 def free_port() -> int:
@@ -155,7 +156,8 @@ def measure(app: str | None, dashboard: bool, settle_s: float, idle_s: float) ->
             except psutil.Error:
                 continue
             name = "raysquad up (launcher)" if proc.pid == launcher.pid else title(proc)
-            rows.append(Proc(proc.pid, group_of(name, launcher.pid, proc.pid), name, pss))
+            rows.append(Proc(proc.pid, group_of(name, launcher.pid, proc.pid), name, pss,
+                             after.get(proc.pid, 0.0) - before.get(proc.pid, 0.0)))
     finally:
         stop(launcher, procs)
         log.close()
@@ -166,7 +168,9 @@ def measure(app: str | None, dashboard: bool, settle_s: float, idle_s: float) ->
     return {"app": app or "(default)", "dashboard": dashboard, "ready_s": round(ready_s, 2),
             "settle_s": settle_s, "idle_s": idle_s, "idle_cpu_s": round(idle_cpu, 2),
             "processes": len(rows), "pss_mib": round(sum(r.pss_mib for r in rows), 1),
-            "groups": groups, "each": [asdict(r) | {"pss_mib": round(r.pss_mib, 1)} for r in rows]}
+            "groups": groups,
+            "each": [asdict(r) | {"pss_mib": round(r.pss_mib, 1),
+                                  "idle_cpu_s": round(r.idle_cpu_s, 2)} for r in rows]}
 
 
 def stop(launcher: subprocess.Popen[bytes], procs: list[psutil.Process]) -> None:
@@ -186,11 +190,12 @@ def stop(launcher: subprocess.Popen[bytes], procs: list[psutil.Process]) -> None
 
 
 def show(console: Console, result: dict[str, Any]) -> None:
-    each = Table(title="processes at idle (PSS)")
-    for col in ("group", "pid", "process", "PSS MiB"):
-        each.add_column(col, justify="right" if col in ("pid", "PSS MiB") else "left")
+    each = Table(title="processes at idle (PSS, and CPU over the idle period)")
+    for col in ("group", "pid", "process", "PSS MiB", "idle CPU s"):
+        each.add_column(col, justify="left" if col in ("group", "process") else "right")
     for r in result["each"]:
-        each.add_row(r["group"], str(r["pid"]), r["name"], f"{r['pss_mib']:.1f}")
+        each.add_row(r["group"], str(r["pid"]), r["name"], f"{r['pss_mib']:.1f}",
+                     f"{r['idle_cpu_s']:.2f}")
     console.print(each)
     summary = Table(title=f"--app {result['app']}, dashboard "
                           f"{'on' if result['dashboard'] else 'off'}")

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import ray
 
+from runtime import names
 from runtime.authoring import Agent
 from runtime.bus import new_event, publish
 from runtime.cluster import member_actor_options
@@ -171,7 +172,7 @@ class AgentReplica:
         mailbox = self._mailboxes.get(role)
         if mailbox is None:
             try:
-                mailbox = MailboxHandle.named(f"queue:agent:{role}", self.settings.namespace)
+                mailbox = MailboxHandle.named(names.agent_mailbox(role), self.settings.namespace)
             except ValueError:
                 raise AgentNotFound(role, tuple(sorted(self._mailboxes))) from None
             self._mailboxes[role] = mailbox
@@ -320,7 +321,7 @@ class AgentPool:
         self.members.add(Member(replica_id, replica), replica.run(self.config.concurrency))
 
     def _spawn_actor(self, replica_id: str) -> ReplicaHandle:
-        name = f"agent:{replica_id}"
+        name = names.agent_replica(replica_id)
         actor = (
             ray.remote(AgentReplica)
             .options(**member_actor_options(self.settings, name, self.config.num_cpus,

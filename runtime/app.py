@@ -19,7 +19,7 @@ from typing import Any
 
 import ray
 
-from runtime import cluster
+from runtime import cluster, names
 from runtime.agent import AgentPoolHandle
 from runtime.bus import EventBusHandle
 from runtime.catalog import Catalog, load_catalog
@@ -91,7 +91,7 @@ class Runtime:
         if not settings.ray_address:
             _check_store_owner(settings)
         started_ray = cluster.connect(settings)
-        if actor_names(settings.namespace, "store"):
+        if actor_names(settings.namespace, names.STORE):
             if started_ray:
                 ray.shutdown()
             raise RuntimeAlreadyRunning(settings.namespace)
@@ -120,7 +120,7 @@ class Runtime:
         engine_pools = start_engine_pools(settings, list(engines))
         tool_executors = start_tool_executors(settings, apps)
         mailboxes = {
-            role: start_queue(f"agent:{role}", settings, MAILBOX_CAPACITY,
+            role: start_queue(names.agent_mailbox(role), settings, MAILBOX_CAPACITY,
                               settings.mailbox_capacity_bytes)
             for role in catalog.agents
         }
@@ -190,23 +190,18 @@ def absolute_paths(settings: Settings) -> Settings:
         "sqlite_path": settings.sqlite_path.resolve() if settings.sqlite_path else None})
 
 
-#: The runtime's actors by name prefix, in the order they are stopped: what feeds work first.
-RUNTIME_ACTORS = ("events", "pool:workers", "worker:", "dispatcher", "pool:", "agent:", "queue:",
-                  "engine:", "tools:", "gates", "store")
-
-
 def stop_runtime(namespace: str, timeout_s: float = 15.0) -> list[str]:
     """Kill every actor of the runtime in ``namespace`` (detached or not) and wait until their names
     are free, so a runtime started next can take them; returns the names killed. Tasks in flight
     resume at the next start. The caller must be connected to the runtime's Ray cluster."""
-    names = [n for n in dict.fromkeys(n for prefix in RUNTIME_ACTORS
-                                      for n in actor_names(namespace, prefix))]
-    for name in names:
+    killed = list(dict.fromkeys(n for prefix in names.STOP_ORDER
+                                for n in actor_names(namespace, prefix)))
+    for name in killed:
         try:
             ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
         except Exception:  # noqa: BLE001 - already gone is fine
             pass
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(n in names for n in actor_names(namespace)):
+    while time.monotonic() < deadline and any(n in killed for n in actor_names(namespace)):
         time.sleep(0.05)
-    return names
+    return killed

@@ -40,7 +40,7 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
-from runtime import metrics, webhooks
+from runtime import metrics, names, webhooks
 from runtime.catalog import Catalog
 from runtime.config import Settings, WebhookTarget
 from runtime.errors import (
@@ -74,7 +74,7 @@ from runtime.triggers import check_topic, topic_matches
 
 log = logging.getLogger(__name__)
 
-ACTOR_NAME = "events"
+ACTOR_NAME = names.EVENTS
 BATCH = 100
 ONE_PER_KEY_RECHECK_S = 0.5  # an event held by one_per_key looks again this often
 TRANSIENT_RETRY_S = 5.0  # a delivery that met a passing error (the Store restarting) goes again

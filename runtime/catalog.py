@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from dataclasses import dataclass, field
@@ -42,6 +43,13 @@ class Catalog:
 
 
 def load_catalog(modules: list[str]) -> Catalog:
+    """The catalogue of the app modules ``modules``: made once per process for each list (the pools,
+    the dispatcher, the client in one process share it; nothing changes a catalogue once made)."""
+    return _load(tuple(modules))
+
+
+@functools.cache
+def _load(modules: tuple[str, ...]) -> Catalog:
     """Import each module and collect its ``@workflow`` functions, ``Agent`` subclasses and ``@tool``s
     (next to the built-in tools)."""
     catalog = Catalog()

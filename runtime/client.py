@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 
 import ray
 
+from runtime import names
 from runtime.bus import new_event, poke, publish
 from runtime.catalog import Catalog, load_catalog
 from runtime.cluster import use_local_token_if_any
@@ -66,8 +67,6 @@ MAX_BATCH = 1000
 
 #: How long a readiness check waits for each part of the control plane.
 READY_DEADLINE_S = 2.0
-# The actors whose absence stops work, by name prefix (workers and agent replicas are pool-managed).
-_CONTROL_PLANE = ("store", "dispatcher", "pool:", "queue:", "gates", "engine:", "tools:", "events")
 
 
 class AsyncClient:
@@ -444,7 +443,7 @@ class Client:
 
 def _control_plane_names(namespace: str) -> list[str]:
     """The names of the runtime's control-plane actors on this cluster."""
-    return [n for prefix in _CONTROL_PLANE for n in actor_names(namespace, prefix)]
+    return [n for prefix in names.CONTROL_PLANE for n in actor_names(namespace, prefix)]
 
 
 def join(settings: Settings) -> None:

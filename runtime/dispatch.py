@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import ray
 
-from runtime import metrics
+from runtime import metrics, names
 from runtime.catalog import Catalog, load_catalog
 from runtime.config import Settings
 from runtime.handles import ActorHandle, restarted
@@ -43,7 +43,7 @@ from runtime.store.service import StoreService
 log = logging.getLogger(__name__)
 
 #: The dispatcher actor's name in the runtime's namespace.
-ACTOR_NAME = "dispatcher"
+ACTOR_NAME = names.DISPATCHER
 RECONCILE_EVERY_S = 5.0
 FEED_WAIT_S = 10.0  # how long one look at the Store's feed of new tasks waits
 

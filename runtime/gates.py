@@ -46,7 +46,7 @@ from typing import Any
 
 import ray
 
-from runtime import metrics
+from runtime import metrics, names
 from runtime.cluster import named_actor_options
 from runtime.config import GateLimits, Settings
 from runtime.errors import ActorUnavailable, GateRequestTooLarge, GateTimeout
@@ -54,7 +54,7 @@ from runtime.handles import ActorHandle
 
 log = logging.getLogger(__name__)
 
-ACTOR_NAME = "gates"
+ACTOR_NAME = names.GATES
 KEYS_TTL_S = 1.0  # how long a client trusts its list of gated keys
 RECHECK_S = 1.0  # a waiting gate re-evaluates at least this often (aging moves levels)
 MIN_FACTOR = 0.1  # a throttled gate never drops below this fraction of its limits

@@ -10,6 +10,7 @@ import asyncio
 import random
 from typing import Any
 
+from runtime import names
 from runtime.bus import poke
 from runtime.config import GateLimits
 from runtime.dispatch import DispatcherHandle
@@ -22,7 +23,7 @@ from runtime.tools.executor import ToolExecutorHandle
 
 
 def tool_executors(namespace: str) -> list[ToolExecutorHandle]:
-    return [ToolExecutorHandle.named(n, namespace) for n in actor_names(namespace, "tools:")]
+    return [ToolExecutorHandle.named(n, namespace) for n in actor_names(namespace, names.TOOLS_PREFIX)]
 
 
 class AsyncOps:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
+from runtime import names
 from runtime.agent import AgentPoolHandle
 from runtime.bus import EventBusHandle
 from runtime.dispatch import DispatcherHandle
@@ -42,26 +43,27 @@ def _named_call(handle: Any, name: str, namespace: str, method: str,
 
 async def overview(namespace: str) -> dict[str, Any]:
     """Every part of the runtime in ``namespace``, as plain values (None where one is down)."""
-    tasks = _ask(lambda: DispatcherHandle.named("dispatcher", namespace).stats(DEADLINE_S))
-    mailboxes = [name[len("queue:agent:"):] for name in actor_names(namespace, "queue:agent:")]
-    pools = [name[len("pool:"):] for name in actor_names(namespace, "pool:")
-             if name != POOL_NAME and not name.startswith("pool:engine:")]
+    tasks = _ask(lambda: DispatcherHandle.named(names.DISPATCHER, namespace).stats(DEADLINE_S))
+    mailboxes = [name[len(names.AGENT_MAILBOX_PREFIX):]
+                 for name in actor_names(namespace, names.AGENT_MAILBOX_PREFIX)]
+    pools = [name[len(names.POOL_PREFIX):] for name in actor_names(namespace, names.POOL_PREFIX)
+             if name != names.WORKER_POOL and not name.startswith(names.ENGINE_POOL_PREFIX)]
     engines = find_engines(namespace)
-    gates = _ask(lambda: GateKeeperHandle.named("gates", namespace).stats(DEADLINE_S))
-    events = _ask(lambda: EventBusHandle.named("events", namespace).stats(DEADLINE_S)) \
-        if actor_names(namespace, "events") else _none()
-    dead = _ask(lambda: StoreHandle.named("store", namespace).dead_letters("dead", None, None,
+    gates = _ask(lambda: GateKeeperHandle.named(names.GATES, namespace).stats(DEADLINE_S))
+    events = _ask(lambda: EventBusHandle.named(names.EVENTS, namespace).stats(DEADLINE_S)) \
+        if actor_names(namespace, names.EVENTS) else _none()
+    dead = _ask(lambda: StoreHandle.named(names.STORE, namespace).dead_letters("dead", None, None,
                                                                          1000))
 
     worker_ids = await _ask(lambda: WorkerPoolHandle.named(POOL_NAME, namespace).workers(
         DEADLINE_S)) or []
-    loads = await asyncio.gather(*(_ask(_named_call(WorkerHandle, f"worker:{w}", namespace, "load"))
+    loads = await asyncio.gather(*(_ask(_named_call(WorkerHandle, names.worker(w), namespace, "load"))
                                    for w in worker_ids))
     mailbox_stats = await asyncio.gather(*(
-        _ask(_named_call(MailboxHandle, f"queue:agent:{m}", namespace, "stats", DEADLINE_S))
+        _ask(_named_call(MailboxHandle, names.agent_mailbox(m), namespace, "stats", DEADLINE_S))
         for m in mailboxes))
     pool_stats = await asyncio.gather(*(
-        _ask(_named_call(AgentPoolHandle, f"pool:{p}", namespace, "stats", DEADLINE_S))
+        _ask(_named_call(AgentPoolHandle, names.agent_pool(p), namespace, "stats", DEADLINE_S))
         for p in pools))
     engine_loads = {model: await asyncio.gather(*(_ask(partial(h.load, DEADLINE_S))
                                                   for h in handles))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import ray
 from pydantic import BaseModel
 
-from runtime import metrics
+from runtime import metrics, names
 from runtime.cluster import named_actor_options
 from runtime.errors import ActorUnavailable, QueueFull
 from runtime.handles import ActorHandle
@@ -491,12 +491,14 @@ class MailboxHandle(ActorHandle):
 
 def start_queue(name: str, settings: Settings, capacity: int,
                 capacity_bytes: int | None = None) -> MailboxHandle:
+    """Start the mailbox actor named ``name`` (``names.agent_mailbox(role)``)."""
     actor = (
         ray.remote(QueueActor)
-        .options(**named_actor_options(settings, f"queue:{name}", max_concurrency=1000))
-        .remote(name, capacity, settings.aging_per_s, capacity_bytes=capacity_bytes)
+        .options(**named_actor_options(settings, name, max_concurrency=1000))
+        .remote(name.removeprefix(names.MAILBOX_PREFIX), capacity, settings.aging_per_s,
+                capacity_bytes=capacity_bytes)
     )
-    return MailboxHandle(actor, f"queue:{name}", settings.namespace)
+    return MailboxHandle(actor, name, settings.namespace)
 
 
 #: How long an agent call waits for its reply before checking that its mailbox still holds the message.

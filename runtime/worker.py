@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import ray
 
-from runtime import metrics, refs, tracing
+from runtime import metrics, names, refs, tracing
 from runtime.bus import new_event, publish, wants
 from runtime.catalog import Catalog, load_catalog
 from runtime.cluster import member_actor_options
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 #: A task's output rides in its ``task.<status>`` event up to this size (fetch the task for more).
 ANNOUNCED_OUTPUT_BYTES = 64 * 1024
 #: The worker pool actor's name; each worker is ``worker:<id>``.
-POOL_NAME = "pool:workers"
+POOL_NAME = names.WORKER_POOL
 #: How often a pool that autoscales looks at the backlog.
 SCALE_EVERY_S = 1.0
 
@@ -449,13 +449,13 @@ class WorkerPool:
     def _spawn_actor(self, worker_id: str) -> WorkerHandle:
         actor = (
             ray.remote(WorkflowWorker)
-            .options(**member_actor_options(self.settings, f"worker:{worker_id}",
+            .options(**member_actor_options(self.settings, names.worker(worker_id),
                                             self.settings.worker_num_cpus,
                                             self.settings.worker_resources, max_concurrency=10_000))
             .remote(worker_id, self.settings, self.apps, self.store, self.dispatcher,
                     self.mailboxes, self.router, self.tools)
         )
-        return WorkerHandle(actor, f"worker:{worker_id}", self.settings.namespace)
+        return WorkerHandle(actor, names.worker(worker_id), self.settings.namespace)
 
     async def _on_exit(self, member: Member, error: BaseException | None) -> None:
         if not self._stopping and not member.stopping:

@@ -19,6 +19,7 @@ from rich.table import Table
 
 # Light imports only: a command over --url never imports Ray (Client, Runtime and Ops are imported
 # where a command needs them), so it starts in a fraction of a second.
+from runtime import names
 from runtime.config import GateLimits, Settings
 from runtime.errors import RaysquadError
 from runtime.models import SubmitRequest, TaskRecord, TaskStatus
@@ -499,7 +500,7 @@ def top(address: AddressOpt = None,
 
     config = settings(address)
     join(config)
-    if not actor_names(config.namespace, "store"):
+    if not actor_names(config.namespace, names.STORE):
         raise RuntimeNotRunning(f"Ray namespace {config.namespace!r}")
     if once:
         out.print(_top_view(asyncio.run(overview(config.namespace)), config.namespace))

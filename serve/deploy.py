@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from runtime import names
 from runtime.config import Settings
 
 
@@ -70,6 +71,6 @@ def app(args: dict[str, Any]) -> Any:
     refusal = deploy_refusal(settings, serve_http_host())
     if refusal:
         raise RayServeException(refusal)
-    if not actor_names(settings.namespace, "store"):
+    if not actor_names(settings.namespace, names.STORE):
         Runtime.start(settings, apps=parsed.apps)
     return build(settings)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ray
 
-from runtime import bus, dispatch, worker
+from runtime import bus, dispatch, names, worker
 from runtime.agent import AgentPool, AgentPoolHandle
 from runtime.bus import EventBus, EventBusHandle
 from runtime.catalog import load_catalog
@@ -40,7 +40,7 @@ class WorkerDirectory:
 
     async def cancel(self, owner: str, task_id: str) -> None:
         try:
-            handle = WorkerHandle(ray.get_actor(f"worker:{owner}", namespace=self.namespace))
+            handle = WorkerHandle(ray.get_actor(names.worker(owner), namespace=self.namespace))
             await handle.cancel(task_id)
         except (ValueError, ActorUnavailable):
             pass  # the worker is gone; its lease runs out and the replay sees the cancel
@@ -102,7 +102,7 @@ def start_worker_pool(settings: Settings, apps: list[str]) -> WorkerPoolHandle:
 
 def start_agent_pool(role: str, settings: Settings, apps: list[str]) -> AgentPoolHandle:
     """Start the pool of ``role`` (its mailbox, the Store, engines and tool executors must be up)."""
-    name = f"pool:{role}"
+    name = names.agent_pool(role)
     actor = (ray.remote(AgentPoolActor)
              .options(**named_actor_options(settings, name, max_concurrency=1000))
              .remote(role, settings, apps))
@@ -122,7 +122,7 @@ def start_tool_executors(settings: Settings, apps: list[str]) -> list[ToolExecut
     cfg = settings.tools
     handles = []
     for i in range(cfg.executors):
-        name = f"tools:{i}"
+        name = names.tool_executor(i)
         actor = (ray.remote(ToolExecutorActor)
                  .options(**named_actor_options(settings, name, num_cpus=cfg.executor_num_cpus,
                                                 max_concurrency=10_000,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runtime import names
 from runtime.catalog import Catalog, load_catalog
 from runtime.config import Settings
 from runtime.dispatch import DispatcherHandle
@@ -42,8 +43,8 @@ def find_peers(settings: Settings, apps: list[str]) -> Peers:
     # Engines that autoscale are looked up again as they come and go.
     router = Router(find_engines(namespace),
                     discover=(lambda: find_engines(namespace)) if high > low else None)
-    executors = [ToolExecutorHandle.named(n, namespace) for n in actor_names(namespace, "tools:")]
-    mailboxes = {role: MailboxHandle.named(f"queue:agent:{role}", namespace)
+    executors = [ToolExecutorHandle.named(n, namespace) for n in actor_names(namespace, names.TOOLS_PREFIX)]
+    mailboxes = {role: MailboxHandle.named(names.agent_mailbox(role), namespace)
                  for role in catalog.agents}
     return Peers(catalog, store_for(settings), mailboxes, router,
                  ToolRouter(catalog.registry(), executors))

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Protocol
 
 import ray
 
-from runtime import metrics
+from runtime import metrics, names
 from runtime.cluster import named_actor_options
 from runtime.config import Settings
 from runtime.engines.base import Engine
@@ -336,7 +336,7 @@ class Router:
 
 def start_engine(settings: Settings, model: str, index: int, gated: bool = True) -> EngineHandle:
     """Create the engine actor ``engine:<model>:<index>`` (restartable, named)."""
-    name = f"engine:{model}:{index}"
+    name = names.engine(model, index)
     actor = (ray.remote(EngineActor)
              .options(**named_actor_options(settings, name, max_concurrency=1000,
                                             **engine_actor_options(settings)))
@@ -354,8 +354,8 @@ def start_engines(settings: Settings, models: list[str],
 def find_engines(namespace: str) -> dict[str, list[EngineHandle]]:
     """The engine actors registered in ``namespace``, by model, in index order."""
     found: dict[str, list[tuple[int, EngineHandle]]] = {}
-    for name in actor_names(namespace, "engine:"):
-        model, _, index = name[len("engine:"):].rpartition(":")  # engine:<model>:<i>
+    for name in actor_names(namespace, names.ENGINE_PREFIX):
+        model, _, index = name[len(names.ENGINE_PREFIX):].rpartition(":")  # engine:<model>:<i>
         try:
             found.setdefault(model, []).append((int(index), EngineHandle.named(name, namespace)))
         except ValueError:  # gone since it was listed

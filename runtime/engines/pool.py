@@ -23,6 +23,7 @@ from typing import Protocol
 
 import ray
 
+from runtime import names
 from runtime.cluster import named_actor_options
 from runtime.config import Settings
 from runtime.engines.actor import EngineHandle, find_engines, start_engine
@@ -151,7 +152,7 @@ def start_engine_pools(settings: Settings, models: list[str]) -> dict[str, Engin
         return {}
     pools = {}
     for model in models:
-        name = f"pool:engine:{model}"
+        name = names.engine_pool(model)
         actor = (ray.remote(EnginePoolActor)
                  .options(**named_actor_options(settings, name, max_concurrency=100))
                  .remote(settings, model))

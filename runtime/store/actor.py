@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
+from runtime import names
 from runtime.cluster import named_actor_options, store_placement
 from runtime.config import Settings
 from runtime.errors import (
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from runtime.store.listen import Listener
 
 #: The Store actor's name in the runtime's namespace.
-ACTOR_NAME = "store"
+ACTOR_NAME = names.STORE
 
 log = logging.getLogger(__name__)
 

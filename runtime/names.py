@@ -1,0 +1,62 @@
+"""Every actor name of a runtime, in one place.
+
+A runtime's actors live in its Ray namespace under these names; one runtime per namespace. Plain
+constants are whole names; the functions make the names of actors there are several of (a worker, an
+agent role's pool, mailbox and replicas, an engine, a tool executor); the ``*_PREFIX`` constants
+find those by prefix (``handles.actor_names``).
+"""
+
+from __future__ import annotations
+
+STORE = "store"
+DISPATCHER = "dispatcher"
+EVENTS = "events"  # the event bus and the scheduler
+GATES = "gates"  # the gate keeper
+WORKER_POOL = "pool:workers"
+
+WORKER_PREFIX = "worker:"
+POOL_PREFIX = "pool:"  # agent pools, the worker pool, engine pools
+AGENT_REPLICA_PREFIX = "agent:"
+MAILBOX_PREFIX = "queue:"
+AGENT_MAILBOX_PREFIX = "queue:agent:"
+ENGINE_PREFIX = "engine:"
+ENGINE_POOL_PREFIX = "pool:engine:"
+TOOLS_PREFIX = "tools:"
+
+
+def worker(worker_id: str) -> str:
+    return f"{WORKER_PREFIX}{worker_id}"
+
+
+def agent_pool(role: str) -> str:
+    return f"{POOL_PREFIX}{role}"
+
+
+def agent_replica(replica_id: str) -> str:
+    return f"{AGENT_REPLICA_PREFIX}{replica_id}"
+
+
+def agent_mailbox(role: str) -> str:
+    return f"{AGENT_MAILBOX_PREFIX}{role}"
+
+
+def engine(model: str, index: int) -> str:
+    return f"{ENGINE_PREFIX}{model}:{index}"
+
+
+def engine_pool(model: str) -> str:
+    return f"{ENGINE_POOL_PREFIX}{model}"
+
+
+def tool_executor(index: int) -> str:
+    return f"{TOOLS_PREFIX}{index}"
+
+
+#: The actors whose absence stops work (readiness), by name or prefix; workers and agent replicas
+#: are their pools' to replace.
+CONTROL_PLANE = (STORE, DISPATCHER, POOL_PREFIX, MAILBOX_PREFIX, GATES, ENGINE_PREFIX, TOOLS_PREFIX,
+                 EVENTS)
+#: Every actor of a runtime, by name or prefix, in the order they are stopped: what feeds work
+#: first, the Store last.
+STOP_ORDER = (EVENTS, WORKER_POOL, WORKER_PREFIX, DISPATCHER, POOL_PREFIX, AGENT_REPLICA_PREFIX,
+              MAILBOX_PREFIX, ENGINE_PREFIX, TOOLS_PREFIX, GATES, STORE)
