@@ -44,7 +44,7 @@ def run_serve(port: int, num_cpus: int) -> None:
     from ray import serve
 
     from runtime.config import Settings
-    from serve.http import direct_ingress_env, serve_http_options
+    from serve.launch import direct_ingress_env, serve_http_options
 
     # The HTTP settings raysquad's Ingress would run with, the direct path (no proxy hop) included.
     settings = Settings(http_host="127.0.0.1", http_port=port)

@@ -9,12 +9,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.markdown import Markdown
 from rich.table import Table
 
 # Light imports only: a command over --url never imports Ray (Client, Runtime and Ops are imported
@@ -23,19 +21,26 @@ from runtime import names
 from runtime.config import GateLimits, Settings
 from runtime.errors import RaysquadError
 from runtime.models import SubmitRequest, TaskRecord, TaskStatus
-from serve.http_client import HttpClient
+from serve.console import (
+    connect,
+    err,
+    fail,
+    out,
+    parse_input,
+    print_observability,
+    print_result,
+    problems,
+    settings,
+    show,
+)
 from serve.progress import follow
 
 if TYPE_CHECKING:
-    from runtime.client import Client
+    from runtime.app import Runtime
     from runtime.ops import Ops
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="raysquad: durable multi-agent workflows on Ray.")
-# Piped or captured, rich would wrap tables at 80 columns and split ids; keep lines whole there.
-out = Console() if sys.stdout.isatty() else Console(width=250)
-err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=250)
-
 DEFAULT_APPS = ["agents"]
 
 AppOpt = Annotated[list[str] | None, typer.Option("--app", help="module with workflows and agents "
@@ -47,81 +52,6 @@ UrlOpt = Annotated[str | None, typer.Option("--url", envvar="RAYSQUAD_URL",
                                             help="use the HTTP API at this URL instead of Ray")]
 KeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="RAYSQUAD_API_KEY",
                                             help="bearer key for --url")]
-
-
-def _print_observability(config: Settings) -> None:
-    """Where the Ray dashboard and the metrics are, and how to get in."""
-    try:
-        from ray._private.worker import get_dashboard_url
-
-        dashboard = get_dashboard_url()
-    except Exception:  # noqa: BLE001 - no dashboard, or a Ray that moved it
-        dashboard = ""
-    if dashboard:
-        token = Path.home() / ".ray" / "auth_token"
-        how = (f"; it asks for the token in {token}" if token.exists() else "")
-        out.print(f"Ray dashboard on http://{dashboard}{how} (actors are named by role: store, "
-                  "dispatcher, pool:workers, worker:*, queue:*, pool:*, agent:*, engine:*, "
-                  "tools:*, gates, events).", highlight=False)
-    if config.ray_metrics_export_port:
-        out.print(f"Metrics for Prometheus on http://127.0.0.1:{config.ray_metrics_export_port}"
-                  f"/metrics (raysquad's are ray_raysquad_*).", highlight=False)
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def settings(address: str | None = None, data_dir: Path | None = None, **more: Any) -> Settings:
-    overrides = {k: v for k, v in {"ray_address": address, "data_dir": data_dir, **more}.items()
-                 if v is not None}
-    try:
-        return Settings(**overrides)
-    except ValidationError as e:
-        fail(f"bad configuration: {_problems(e)}")
-
-
-def _problems(e: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in x['loc'])}: {x['msg']}" for x in e.errors())
-
-
-def connect(address: str | None, url: str | None, api_key: str | None) -> Client | HttpClient:
-    """A client over HTTP when --url is given, else over Ray."""
-    if url:
-        return HttpClient(url, api_key)
-    from runtime.client import Client
-
-    return Client.connect(settings(address))
-
-
-def parse_input(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        fail(f"--input is not valid JSON: {e}", 2)
-    if not isinstance(value, dict):
-        fail("--input must be a JSON object, like '{\"question\": \"...\"}'", 2)
-    return value
-
-
-def show(record: TaskRecord) -> None:
-    table = Table(show_header=False, box=None)
-    for field in ("id", "workflow", "status", "priority", "runs", "error"):
-        value = getattr(record, field)
-        if value is not None:
-            table.add_row(field, str(value.value if isinstance(value, TaskStatus) else value))
-    out.print(table)
-
-
-def print_result(record: TaskRecord) -> None:
-    if record.status is not TaskStatus.SUCCEEDED:
-        fail(f"task {record.id} {record.status.value}: {record.error or ''}")
-    output = record.output
-    if isinstance(output, dict) and isinstance(output.get("report"), str):
-        out.print(Markdown(output["report"]))
-    else:
-        out.print_json(data=output)
 
 
 @app.command()
@@ -142,8 +72,7 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
     """Run the runtime and its HTTP API with the given modules' workflows and agents: in the
     foreground (Ctrl-C stops it), or detached on a Ray cluster with --detach."""
     from runtime.app import Runtime
-    from serve.http import direct_ingress_env, open_bind_refusal, start_http, stop_http
-    from serve.ports import PORT_WAIT_S, bindable, holder, wait_until_bindable
+    from serve.launch import direct_ingress_env, open_bind_refusal, start_http
 
     extra: dict[str, Any] = {"detached": True} if detach else {}
     if dashboard is not None or "RAYSQUAD_RAY_INCLUDE_DASHBOARD" not in os.environ:
@@ -160,21 +89,42 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
     if http and not config.ray_address:
         # The cluster started here serves HTTP from the Ingress replica itself (no proxy hop).
         os.environ.update(direct_ingress_env(config))
-    if http and not config.ray_address and config.http_port \
-            and not bindable(config.http_host, config.http_port):
+    if http and not config.ray_address:
         # What a hard crash left listening may still be dying: wait for it, briefly. (On a running
         # cluster, the port is Serve's proxy's, shared by every namespace's app: no wait there.)
-        err.print(f"port {config.http_port} is held by {holder(config.http_port)}; waiting for it "
-                  f"(up to {PORT_WAIT_S:.0f}s)", highlight=False)
-        if blocked := wait_until_bindable(config.http_host, config.http_port):
-            fail(blocked)
+        _wait_for_port(config)
     rt = Runtime.start(config, apps=apps or DEFAULT_APPS)
     try:
         url = start_http(config) if http else None
     except BaseException:
         rt.stop()  # nothing half-started stays behind, detached or not
         raise
-    store = (rt.settings.database_path if rt.settings.store == "sqlite"
+    _print_up(rt, url, detach)
+    if detach:
+        import ray
+
+        out.print(f"Ray namespace {config.namespace!r} on the cluster at "
+                  f"{ray.get_runtime_context().gcs_address}; `raysquad down` stops it.")
+        return
+    _serve_until_stopped(rt, url)
+
+
+def _wait_for_port(config: Settings) -> None:
+    """Wait (up to ``PORT_WAIT_S``) for the API port to come free; one line if it does not."""
+    from serve.ports import PORT_WAIT_S, bindable, holder, wait_until_bindable
+
+    if not config.http_port or bindable(config.http_host, config.http_port):
+        return
+    err.print(f"port {config.http_port} is held by {holder(config.http_port)}; waiting for it "
+              f"(up to {PORT_WAIT_S:.0f}s)", highlight=False)
+    if blocked := wait_until_bindable(config.http_host, config.http_port):
+        fail(blocked)
+
+
+def _print_up(rt: Runtime, url: str | None, detach: bool) -> None:
+    """What is up: the workflows and agents, the Store, the API and where to watch it."""
+    config = rt.settings
+    store = (config.database_path if config.store == "sqlite"
              else "on PostgreSQL (RAYSQUAD_POSTGRES_URL)")
     out.print(f"raysquad is up{' (detached)' if detach else ''}: workflows "
               f"{sorted(rt.catalog.workflows)}, agents {sorted(rt.catalog.agents)}; Store {store}.")
@@ -182,13 +132,13 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
         auth = (f"{len(config.api_keys)} API key(s)" if config.api_keys else
                 "no API keys configured: loopback only, no authentication")
         out.print(f"HTTP API on {url} ({auth}); API document at {url}/openapi.json.")
-    _print_observability(config)
-    if detach:
-        import ray
+    print_observability(config)
 
-        out.print(f"Ray namespace {config.namespace!r} on the cluster at "
-                  f"{ray.get_runtime_context().gcs_address}; `raysquad down` stops it.")
-        return
+
+def _serve_until_stopped(rt: Runtime, url: str | None) -> None:
+    """Run in the foreground until Ctrl-C or SIGTERM, then stop the HTTP app and the runtime."""
+    from serve.launch import stop_http
+
     try:
         out.print("Ctrl-C stops it.")
         stop = threading.Event()
@@ -198,7 +148,7 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
         except KeyboardInterrupt:
             pass
         if url:
-            stop_http(config.namespace)
+            stop_http(rt.settings.namespace)
     finally:
         rt.stop()
 
@@ -209,7 +159,7 @@ def down(address: AddressOpt = None) -> None:
     every actor, detached or not. Tasks not finished resume at the next `raysquad up`."""
     from runtime.app import stop_runtime
     from runtime.client import join
-    from serve.http import stop_http
+    from serve.launch import stop_http
 
     config = settings(address)
     join(config)
@@ -270,7 +220,7 @@ def read_submits(source: str, workflow: str | None) -> list[dict[str, Any]]:
         try:
             SubmitRequest(**task)
         except ValidationError as e:
-            fail(f"line {number} is not a valid task: {_problems(e)}", 2)
+            fail(f"line {number} is not a valid task: {problems(e)}", 2)
         tasks.append(task)
     if not tasks:
         fail(f"{source} holds no tasks", 2)
@@ -444,44 +394,6 @@ def replay(letter_id: str, address: AddressOpt = None) -> None:
                  else f": {letter.error}"), highlight=False)
 
 
-def _top_view(snap: dict[str, Any], namespace: str) -> Any:
-    """The frames of `raysquad top`: one table per part of the runtime."""
-    import time as _time
-
-    from rich.console import Group
-
-    def down(value: Any) -> str:
-        return "down" if value is None else str(value)
-
-    tasks = snap["tasks"] or {}
-    head = Table(title=f"raysquad {namespace} at {_time.strftime('%H:%M:%S')}", show_edge=False)
-    for column in ("queued", "claimed", "workers", "running", "events routed", "delivered",
-                   "schedule ticks", "dead letters"):
-        head.add_column(column, justify="right")
-    events = snap["events"] or {}
-    running = sum((w or {}).get("active", 0) for w in snap["workers"].values())
-    head.add_row(down(tasks.get("depth")), down(tasks.get("in_flight")), str(len(snap["workers"])),
-                 str(running), down(events.get("routed")), down(events.get("delivered")),
-                 down(events.get("fired")), down(snap["dead_letters"]))
-    agents = Table("agent role", "mailbox", "in flight", "oldest wait s", "replicas", show_edge=False)
-    for role in sorted(set(snap["mailboxes"]) | set(snap["pools"])):
-        box, pool = snap["mailboxes"].get(role) or {}, snap["pools"].get(role) or {}
-        agents.add_row(role, down(box.get("depth")), down(box.get("in_flight")),
-                       f"{box.get('oldest_wait_s', 0):.1f}" if box else "down",
-                       down(pool.get("replicas")))
-    engines = Table("model", "replicas", "requests in flight", show_edge=False)
-    for model, loads in sorted(snap["engines"].items()):
-        engines.add_row(model, str(len(loads)), " ".join(down(x) for x in loads))
-    gates = Table("gate", "held", "waiting", "in window", "closed for s", "limits", show_edge=False)
-    for key, g in sorted((snap["gates"] or {}).items()):
-        limits = ", ".join(f"{k} {v}" for k, v in g["limits"].items()
-                           if v is not None and k in ("requests", "tokens", "concurrency",
-                                                      "interval_s"))
-        gates.add_row(key, str(g["held"]), str(g["waiting"]), str(g["in_window"]),
-                      f"{g['blocked_for_s']:.1f}", limits)
-    return Group(head, agents, engines, gates)
-
-
 @app.command()
 def top(address: AddressOpt = None,
         interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 1.0,
@@ -497,18 +409,19 @@ def top(address: AddressOpt = None,
     from runtime.errors import RuntimeNotRunning
     from runtime.handles import actor_names
     from runtime.overview import overview
+    from serve.top import top_view
 
     config = settings(address)
     join(config)
     if not actor_names(config.namespace, names.STORE):
         raise RuntimeNotRunning(f"Ray namespace {config.namespace!r}")
     if once:
-        out.print(_top_view(asyncio.run(overview(config.namespace)), config.namespace))
+        out.print(top_view(asyncio.run(overview(config.namespace)), config.namespace))
         return
     with Live(console=out, auto_refresh=False, screen=False) as live:
         try:
             while True:
-                live.update(_top_view(asyncio.run(overview(config.namespace)), config.namespace),
+                live.update(top_view(asyncio.run(overview(config.namespace)), config.namespace),
                             refresh=True)
                 _time.sleep(interval)
         except KeyboardInterrupt:
@@ -630,7 +543,7 @@ def main() -> None:
         err.print(f"[red]error:[/red] {e}", highlight=False)
         sys.exit(1)
     except ValidationError as e:
-        err.print(f"[red]error:[/red] {_problems(e)}", highlight=False)
+        err.print(f"[red]error:[/red] {problems(e)}", highlight=False)
         sys.exit(2)
 
 

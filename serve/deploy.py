@@ -45,7 +45,7 @@ def deploy_refusal(settings: Settings, serve_host: str | None) -> str | None:
     """Why this deploy may not serve: without API keys, neither Serve's host nor ``http_host`` may
     be other than loopback (Serve binds its own ``http_options.host``, whatever ``http_host``
     says)."""
-    from serve.http import open_bind_refusal
+    from serve.launch import open_bind_refusal
 
     for host, where in ((serve_host, "Serve's http_options.host"),
                         (settings.http_host, "RAYSQUAD_HTTP_HOST")):
@@ -64,7 +64,7 @@ def app(args: dict[str, Any]) -> Any:
 
     from runtime.app import Runtime
     from runtime.handles import actor_names
-    from serve.http import build
+    from serve.launch import build
 
     parsed = DeployArgs.model_validate(args)
     settings = Settings(**{**parsed.settings, "detached": True})

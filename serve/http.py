@@ -8,16 +8,13 @@ the caller's tenant: another tenant's task is a 404.
 
 import asyncio
 import json
-import logging
-import os
 import re
-import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
+from fastapi import Body, FastAPI, Header, HTTPException, Path, Query, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -42,6 +39,7 @@ from runtime.ops import AsyncOps
 from serve import auth, errors
 from serve import events as events_http
 from serve import status as status_page
+from serve.deps import BODY_ERRORS, Admin, ErrorDetail, Tenant, admin_of, responses
 
 app = FastAPI(
     title="raysquad", version="0.1.0",
@@ -75,16 +73,6 @@ def _openapi() -> dict[str, Any]:
 app.openapi = _openapi  # type: ignore[method-assign]
 
 MAX_SEQ = 10**18
-
-
-class ErrorDetail(BaseModel):
-    type: str
-    message: str
-    problems: list[Any] | None = None
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
 
 
 def _json_int(value: Any) -> Any:
@@ -320,47 +308,7 @@ TASK_LINKS = {
 }
 
 
-def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorBody} for code in (401, 422, *codes)}
-
-
-# Every POST may also meet the body guard: malformed or non-JSON, wrong content type, too large.
-_BODY_ERRORS = (400, 413, 415)
-
-
-async def tenant_of(request: Request,
-                    authorization: Annotated[str | None, Header()] = None) -> str:
-    """The caller's tenant from ``Authorization: Bearer KEY``; open (tenant "default") with no keys.
-
-    ``async`` although it awaits nothing: FastAPI runs a sync dependency in a worker thread, a thread
-    hop on every request for a few comparisons.
-    """
-    keys: dict[str, str] = request.app.state.settings.api_keys
-    if not keys:
-        return "default"
-    tenant = auth.key_tenant(keys, authorization)
-    if tenant is not None:
-        return tenant
-    raise HTTPException(401, "missing or unknown API key: send Authorization: Bearer <key>"
-                        if authorization else "missing API key: send Authorization: Bearer <key>",
-                        headers={"WWW-Authenticate": "Bearer"})
-
-
-Tenant = Annotated[str, Depends(tenant_of)]
-
-
-def admin_of(request: Request, tenant: Tenant) -> str:
-    """Gates are the cluster's, not a tenant's: with API keys, only ``admin_tenants`` see and change
-    them."""
-    settings: Settings = request.app.state.settings
-    if settings.api_keys and tenant not in settings.admin_tenants:
-        raise HTTPException(403, f"tenant {tenant!r} may not see or change gates "
-                                 "(RAYSQUAD_ADMIN_TENANTS lists those that may)")
-    return tenant
-
-
-Admin = Annotated[str, Depends(admin_of)]
-events_http.install(app, tenant_of, _responses, _BODY_ERRORS)
+app.include_router(events_http.router)
 status_page.install(app, admin_of)
 # ASCII only: JSON Schema's \w is [A-Za-z0-9_], Python's matches any letter.
 GateKey = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@/*-]+$")]
@@ -384,7 +332,7 @@ class Ingress:
         return record
 
     @app.post("/v1/tasks", status_code=202, response_model=TaskView, operation_id="submitTask",
-              responses={**_responses(404, 429, *_BODY_ERRORS),
+              responses={**responses(404, 429, *BODY_ERRORS),
                          202: {"links": TASK_LINKS},
                          200: {"model": TaskView, "description": "the idempotency key's first task",
                                "links": TASK_LINKS}})
@@ -405,7 +353,7 @@ class Ingress:
                         {"Location": f"/v1/tasks/{record.id}"}, media_type="application/json")
 
     @app.post("/v1/tasks:batch", response_model=BatchReply, operation_id="submitTasks",
-              responses=_responses(429, *_BODY_ERRORS))
+              responses=responses(429, *BODY_ERRORS))
     async def submit_batch(self, body: BatchBody, tenant: Tenant,
                            traceparent: Annotated[str | None, Header(max_length=200)] = None
                            ) -> Response:
@@ -433,7 +381,7 @@ class Ingress:
         return Response(_json({"accepted": accepted, "refused": len(items) - accepted,
                                "items": items}), 200, media_type="application/json")
 
-    @app.get("/v1/tasks", response_model=TaskPage, responses=_responses(), operation_id="listTasks")
+    @app.get("/v1/tasks", response_model=TaskPage, responses=responses(), operation_id="listTasks")
     async def list_tasks(self, tenant: Tenant, status: TaskStatus | None = None,
                          workflow: Annotated[str | None, Query(max_length=200)] = None,
                          limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -447,13 +395,13 @@ class Ingress:
         return TaskPage(items=[TaskSummaryView.of(r) for r in page],
                         next_cursor=page_cursor(page[-1]) if len(records) > limit else None)
 
-    @app.get("/v1/tasks/{task_id}", response_model=TaskView, responses=_responses(404),
+    @app.get("/v1/tasks/{task_id}", response_model=TaskView, responses=responses(404),
              operation_id="getTask")
     async def get_task(self, task_id: str, tenant: Tenant) -> TaskView:
         return TaskView.of(await self._task(task_id, tenant))
 
     @app.get("/v1/tasks/{task_id}/result", response_model=ResultView, operation_id="getResult",
-             responses={**_responses(404), 202: {"model": ResultView, "description": "not ended yet"},
+             responses={**responses(404), 202: {"model": ResultView, "description": "not ended yet"},
                         409: {"model": ResultView, "description": "failed or cancelled"}})
     async def result(self, task_id: str, tenant: Tenant, response: Response) -> ResultView:
         """200 with the output once succeeded, 202 while not ended, 409 with the error otherwise."""
@@ -467,7 +415,7 @@ class Ingress:
         return ResultView(id=r.id, status=r.status, error=r.error or r.status.value)
 
     @app.get("/v1/tasks/{task_id}/events", operation_id="streamEvents", responses={
-        **_responses(404, 400), 200: {"content": {"text/event-stream": {}},
+        **responses(404, 400), 200: {"content": {"text/event-stream": {}},
                                  "description": "Server-Sent Events; ends when the task ends"}})
     async def events(self, task_id: str, tenant: Tenant,
                      last_event_id: Annotated[str | None, Header()] = None,
@@ -512,51 +460,51 @@ class Ingress:
         yield {"comment": "stream length reached; reconnect with Last-Event-ID", "retry": 1000}
 
     @app.post("/v1/tasks/{task_id}/cancel", response_model=TaskView, operation_id="cancelTask",
-              responses=_responses(404, 409, *_BODY_ERRORS))
+              responses=responses(404, 409, *BODY_ERRORS))
     async def cancel(self, task_id: str, tenant: Tenant) -> TaskView:
         """Cancel now if queued or waiting; at the next step boundary if running."""
         await self._task(task_id, tenant)
         return TaskView.of(await self.client.cancel(task_id))
 
     @app.post("/v1/tasks/{task_id}/retry", response_model=TaskView, operation_id="retryTask",
-              responses=_responses(404, 409, *_BODY_ERRORS))
+              responses=responses(404, 409, *BODY_ERRORS))
     async def retry(self, task_id: str, tenant: Tenant) -> TaskView:
         """Run a failed or cancelled task again from its last checkpoint."""
         await self._task(task_id, tenant)
         return TaskView.of(await self.client.retry(task_id))
 
     @app.post("/v1/tasks/{task_id}/signals/{name}", status_code=202, response_model=TaskView,
-              operation_id="signalTask", responses=_responses(404, 409, *_BODY_ERRORS))
+              operation_id="signalTask", responses=responses(404, 409, *BODY_ERRORS))
     async def signal(self, task_id: str, name: Annotated[Name, Field(min_length=1, max_length=200)],
                      tenant: Tenant, payload: Annotated[Any, Body()] = None) -> TaskView:
         """Send a signal with a JSON payload; a task waiting for it resumes."""
         await self._task(task_id, tenant)
         return TaskView.of(await self.client.signal(task_id, name, payload))
 
-    @app.get("/v1/workflows", response_model=list[WorkflowView], responses=_responses())
+    @app.get("/v1/workflows", response_model=list[WorkflowView], responses=responses())
     async def workflows(self, tenant: Tenant) -> list[WorkflowView]:
         return [WorkflowView(**w) for w in await self.client.workflows()]
 
     # -- tools, gates, dead letters ------------------------------------------------------------
 
-    @app.get("/v1/tools", responses=_responses())
+    @app.get("/v1/tools", responses=responses())
     async def tools(self, tenant: Tenant) -> list[dict[str, Any]]:
         """The tools workflows and agents can call: name, description, argument schema, batching."""
         return await self.ops.tools()
 
-    @app.get("/v1/gates", responses=_responses(403))
+    @app.get("/v1/gates", responses=responses(403))
     async def gates(self, admin: Admin) -> dict[str, dict[str, Any]]:
         """Every gate: its limits and state (holdings, the window's use, waiters, grants by tenant)."""
         return await self.ops.gates()
 
-    @app.put("/v1/gates/{key}", responses=_responses(403, *_BODY_ERRORS))
+    @app.put("/v1/gates/{key}", responses=responses(403, *BODY_ERRORS))
     async def set_gate(self, key: GateKey, limits: GateLimits, admin: Admin) -> dict[str, Any]:
         """Set a gate's limits now (until the runtime stops; configuration is where lasting limits
         belong). A new key makes a new gate."""
         await self.ops.set_gate(key, limits)
         return (await self.ops.gates())[key]
 
-    @app.delete("/v1/gates/{key}", status_code=204, responses=_responses(403, 404))
+    @app.delete("/v1/gates/{key}", status_code=204, responses=responses(403, 404))
     async def delete_gate(self, key: GateKey, admin: Admin) -> Response:
         """Remove a gate: its waiters pass at once and later calls pass without asking."""
         if key not in await self.ops.gates():
@@ -564,7 +512,7 @@ class Ingress:
         await self.ops.set_gate(key, None)
         return Response(status_code=204)
 
-    @app.get("/v1/dead-letters", response_model=list[DeadLetter], responses=_responses())
+    @app.get("/v1/dead-letters", response_model=list[DeadLetter], responses=responses())
     async def dead_letters(self, tenant: Tenant, status: Literal["dead", "replayed"] | None = None,
                            tool: str | None = None,
                            limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[DeadLetter]:
@@ -574,7 +522,7 @@ class Ingress:
                                                                             limit)]
 
     @app.post("/v1/dead-letters/{letter_id}/replay", response_model=DeadLetter,
-              responses=_responses(404))
+              responses=responses(404))
     async def replay(self, letter_id: str, tenant: Tenant) -> DeadLetter:
         """Run a dead letter's call again; on success it is marked replayed with its result."""
         letter = await self.ops.dead_letter(letter_id)
@@ -595,148 +543,3 @@ class Ingress:
         body = {"status": "down" if down else "ready", "down": down, "parts": parts}
         headers = {"Retry-After": "2"} if down else {}
         return JSONResponse(body, status_code=503 if down else 200, headers=headers)
-
-
-def build(settings: Settings) -> Any:
-    """The Serve application, sized for a small machine: fractional CPUs, 1..N replicas."""
-    scaling: dict[str, Any] = (
-        {"num_replicas": 1} if settings.http_replicas_max == 1 else
-        {"autoscaling_config": {"min_replicas": 1, "max_replicas": settings.http_replicas_max,
-                                "target_ongoing_requests": 32}})
-    return Ingress.options(  # type: ignore[attr-defined]
-        ray_actor_options={"num_cpus": 0.1},
-        # Room for every stream and as many other requests again, at least.
-        max_ongoing_requests=max(256, 2 * settings.max_streams),
-        logging_config={"enable_access_log": settings.http_access_log}, **scaling,
-    ).bind(settings)
-
-
-def open_bind_refusal(settings: Settings, host: str | None = None) -> str | None:
-    """Why the API may not listen on ``host`` (default ``settings.http_host``): without API keys,
-    only loopback is allowed."""
-    host = settings.http_host if host is None else host
-    if settings.api_keys or auth.is_loopback(host):
-        return None
-    return (f"refusing to serve on {host} without API keys: set RAYSQUAD_API_KEYS "
-            "(a JSON object of key -> tenant) or use --host 127.0.0.1")
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def direct_ingress_env(settings: Settings) -> dict[str, str]:
-    """The Ray Serve variables of the direct path, or ``{}`` where the proxy stays.
-
-    With ``http_ingress="direct"`` and one Ingress replica, Serve runs throughput-optimized
-    (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``): no proxy process; the replica serves HTTP itself, with
-    Serve's router and the app's code on its own event loop, request logs buffered and the GC
-    frozen after start-up. Its port range is pinned to ``http_port`` alone, and the replica stops at
-    once and a restarted one takes the port back at once (no 30 s drain or quarantine for a load
-    balancer to deregister it: there is none in front). Several
-    replicas on one node would each need a port of their own, so ``http_replicas_max`` above 1
-    keeps the proxy, as does an ephemeral port (0).
-
-    Serve (2.60) still starts its proxy on the head node in this mode; ``start_http`` gives it a
-    free port of its own, so that ``http_port`` is the replica's.
-
-    Serve reads these in its controller and replicas, which inherit the environment of the Ray
-    cluster: they must be set before this process starts a local cluster; a cluster started
-    elsewhere runs with whatever it was started with.
-    """
-    if settings.http_ingress != "direct" or settings.http_replicas_max > 1 or not settings.http_port:
-        return {}
-    return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-            # Serve's range is half-open: [MIN, MAX).
-            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(settings.http_port),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(settings.http_port + 1),
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
-            # A restarted replica takes its port back at once (no quarantine for a load balancer).
-            "RAY_SERVE_PORT_QUARANTINE_S": "0"}
-
-
-def direct_ingress_on(settings: Settings) -> bool:
-    """Whether this process's Ray cluster serves HTTP from the Ingress replica (``direct_ingress_env``
-    was set before it started)."""
-    direct = direct_ingress_env(settings)
-    return bool(direct) and all(os.environ.get(k) == v for k, v in direct.items())
-
-
-def serve_http_options(settings: Settings) -> dict[str, Any]:
-    """``serve.start``'s ``http_options``: on the direct path ``http_port`` is the replica's, and
-    Serve's proxy, which it starts anyway, gets a free port of its own."""
-    port = free_port(settings.http_host) if direct_ingress_on(settings) else settings.http_port
-    return {"host": settings.http_host, "port": port}
-
-
-def start_http(settings: Settings) -> str:
-    """Run the HTTP app on Serve at ``settings.http_host:http_port``; returns its base URL.
-
-    Without API keys the API has no authentication, so it may only listen on loopback.
-    """
-    from runtime.errors import ConfigError
-
-    refusal = open_bind_refusal(settings)
-    if refusal:
-        raise ConfigError(refusal)
-    # Serve's own notices (its proxy's address among them) are not this command's to print.
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    # Per-request access logs cost the proxy and the replica a file write each; errors still log.
-    serve.start(http_options=serve_http_options(settings),
-                logging_config={"enable_access_log": settings.http_access_log})
-    # One Serve application per runtime, named after its namespace (a cluster may run several).
-    try:
-        serve.run(build(settings), name=settings.namespace, route_prefix="/", blocking=False)
-    except RuntimeError:
-        if not direct_ingress_on(settings):
-            raise
-        _serve_again(settings)
-    return f"http://{settings.http_host}:{settings.http_port}"
-
-
-def _serve_again(settings: Settings) -> None:
-    """Deploy once more after the direct-ingress replica failed to bind its port.
-
-    Serve (2.60) blocks a port for good once a replica fails to bind it, and the direct path's range
-    is that one port, so every later replica fails with NoAvailablePortError. Something held the port
-    as the replica started (a process of a crashed runtime still dying): wait for the port, start
-    Serve afresh (a new controller, nothing blocked) and deploy again; if the port stays taken, say
-    so in one line.
-    """
-    from runtime.errors import ConfigError
-    from serve.ports import wait_until_bindable
-
-    logging.getLogger(__name__).warning(
-        "the HTTP replica could not bind port %d; waiting for it and deploying again",
-        settings.http_port)
-    serve.shutdown()
-    if blocked := wait_until_bindable(settings.http_host, settings.http_port):
-        raise ConfigError(blocked) from None
-    serve.start(http_options=serve_http_options(settings),
-                logging_config={"enable_access_log": settings.http_access_log})
-    try:
-        serve.run(build(settings), name=settings.namespace, route_prefix="/", blocking=False)
-    except RuntimeError as e:
-        raise ConfigError(f"the HTTP API could not start on {settings.http_host}:"
-                          f"{settings.http_port}: {e}") from None
-
-
-def stop_http(namespace: str | None = None) -> bool:
-    """Remove the runtime's Serve application (all of Serve when ``namespace`` is None); Serve
-    itself (its controller and the proxy's port) stops once no application is left. True if there
-    was an application to remove."""
-    if namespace is None:
-        serve.shutdown()
-        return True
-    try:
-        apps = serve.status().applications
-    except Exception:  # noqa: BLE001 - Serve is not running on this cluster
-        return False
-    found = namespace in apps
-    if found:
-        serve.delete(namespace)
-    if found and not set(apps) - {namespace}:
-        serve.shutdown()
-    return found

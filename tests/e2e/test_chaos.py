@@ -87,7 +87,7 @@ def chaos(tmp_path: Path) -> Iterator[Chaos]:
     )
     rt = Runtime.start(settings, apps=["tests.apps.chaos"])
     try:
-        from serve.http import start_http, stop_http
+        from serve.launch import start_http, stop_http
 
         url = start_http(settings)
         try:

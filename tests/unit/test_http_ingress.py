@@ -1,4 +1,4 @@
-"""The Ingress without Ray: which Serve path `raysquad up` takes (serve.http.direct_ingress_env),
+"""The Ingress without Ray: which Serve path `raysquad up` takes (serve.launch.direct_ingress_env),
 the body guard's cost and limits, API keys and the no-key mode's Host check, the Serve deploy
 builder's refusal, and the overview's lookups."""
 
@@ -12,7 +12,7 @@ import pytest
 from runtime.config import Settings
 from serve.auth import key_tenant, loopback_host
 from serve.errors import _deeper_than, body_limit, strict_json_problem
-from serve.http import direct_ingress_env
+from serve.launch import direct_ingress_env
 from tests.conftest import ROOT
 
 
