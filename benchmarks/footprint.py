@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.common import write_result  # noqa: E402
+from tests.e2e.live import free_port  # noqa: E402
 
 MIB = 1024 * 1024
 SERVE_MARKS = ("ServeController", "ProxyActor", "ServeReplica", "SERVE_")
@@ -55,12 +55,6 @@ class Proc:
     name: str
     pss_mib: float
     idle_cpu_s: float  # CPU-seconds over the idle period
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def title(proc: psutil.Process) -> str:
