@@ -84,11 +84,16 @@ def open_store(settings: Settings) -> Store:
 def open_until_open(settings: Settings, max_backoff_s: float = 10.0
                     ) -> tuple[StoreLock | PostgresLock | None, Store]:
     """``own_store`` and ``open_store``, tried again with backoff until the database answers (a
-    restarted Store actor)."""
+    restarted Store actor). The ownership, once taken, is kept across the tries (taking it again
+    would wait on this process's own lock)."""
     backoff, tries = 0.5, 0
+    owner: StoreLock | PostgresLock | None = None
+    owned = False
     while True:
         try:
-            return own_store(settings, restarted=True), open_store(settings)
+            if not owned:
+                owner, owned = own_store(settings, restarted=True), True
+            return owner, open_store(settings)
         except StoreError as e:
             tries += 1
             log.warning("opening the Store failed (try %d), trying again in %.1fs: %s", tries,

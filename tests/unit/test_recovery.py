@@ -130,3 +130,30 @@ def test_one_runtime_holds_a_postgres_store_schema(tmp_path: Path) -> None:
     finally:
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+def test_a_restarted_store_keeps_its_ownership_across_tries_to_open(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock is taken once: a second take would wait out ``OWNER_WAIT_S`` on this process's own
+    lock, then go on without it."""
+    from runtime.config import Settings
+    from runtime.errors import StoreError
+    from runtime.store import service
+
+    settings = Settings(data_dir=tmp_path)
+    real_open, fails = service.open_store, [StoreError("the store is unavailable (a test)")] * 2
+
+    def open_store(s: Settings) -> object:
+        if fails:
+            raise fails.pop()
+        return real_open(s)
+
+    monkeypatch.setattr(service, "open_store", open_store)
+    owner, _ = service.open_until_open(settings)  # after 0.5 + 1 s of backoff
+    try:
+        assert isinstance(owner, StoreLock) and not fails
+        with pytest.raises(StoreInUse):  # held: by this process, through the owner returned
+            StoreLock(settings.database_path, wait_s=0.2)
+    finally:
+        assert owner is not None
+        owner.release()
