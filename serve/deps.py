@@ -39,7 +39,7 @@ async def tenant_of(request: Request,
     ``async`` although it awaits nothing: FastAPI runs a sync dependency in a worker thread, a thread
     hop on every request for a few comparisons.
     """
-    keys: dict[str, str] = request.app.state.settings.api_keys
+    keys = settings_of(request).api_keys
     if not keys:
         return "default"
     tenant = key_tenant(keys, authorization)
@@ -56,7 +56,7 @@ Tenant = Annotated[str, Depends(tenant_of)]
 def admin_of(request: Request, tenant: Tenant) -> str:
     """Gates are the cluster's, not a tenant's: with API keys, only ``admin_tenants`` see and change
     them."""
-    settings: Settings = request.app.state.settings
+    settings = settings_of(request)
     if settings.api_keys and tenant not in settings.admin_tenants:
         raise HTTPException(403, f"tenant {tenant!r} may not see or change gates "
                                  "(RAYSQUAD_ADMIN_TENANTS lists those that may)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ray
 
-from runtime import bus, dispatch, names, worker
+from runtime import names
 from runtime.agent import AgentPool, AgentPoolHandle
 from runtime.bus import EventBus, EventBusHandle
 from runtime.catalog import load_catalog
@@ -87,17 +87,17 @@ class ToolExecutorActor(ToolExecutor):
 def start_dispatcher(settings: Settings, apps: list[str]) -> DispatcherHandle:
     """Start the dispatcher (the Store must be up)."""
     actor = (ray.remote(DispatcherActor)
-             .options(**named_actor_options(settings, dispatch.ACTOR_NAME, max_concurrency=1000))
+             .options(**named_actor_options(settings, names.DISPATCHER, max_concurrency=1000))
              .remote(settings, apps))
-    return DispatcherHandle(actor, dispatch.ACTOR_NAME, settings.namespace)
+    return DispatcherHandle(actor, names.DISPATCHER, settings.namespace)
 
 
 def start_worker_pool(settings: Settings, apps: list[str]) -> WorkerPoolHandle:
     """Start the workflow workers' pool (every other actor of the runtime must be up)."""
     actor = (ray.remote(WorkerPoolActor)
-             .options(**named_actor_options(settings, worker.POOL_NAME, max_concurrency=1000))
+             .options(**named_actor_options(settings, names.WORKER_POOL, max_concurrency=1000))
              .remote(settings, apps))
-    return WorkerPoolHandle(actor, worker.POOL_NAME, settings.namespace)
+    return WorkerPoolHandle(actor, names.WORKER_POOL, settings.namespace)
 
 
 def start_agent_pool(role: str, settings: Settings, apps: list[str]) -> AgentPoolHandle:
@@ -112,9 +112,9 @@ def start_agent_pool(role: str, settings: Settings, apps: list[str]) -> AgentPoo
 def start_event_bus(settings: Settings, apps: list[str]) -> EventBusHandle:
     """Start the event bus (the Store and the agent mailboxes must be up)."""
     actor = (ray.remote(EventBusActor)
-             .options(**named_actor_options(settings, bus.ACTOR_NAME, max_concurrency=1000))
+             .options(**named_actor_options(settings, names.EVENTS, max_concurrency=1000))
              .remote(settings, apps))
-    return EventBusHandle(actor, bus.ACTOR_NAME, settings.namespace)
+    return EventBusHandle(actor, names.EVENTS, settings.namespace)
 
 
 def start_tool_executors(settings: Settings, apps: list[str]) -> list[ToolExecutorHandle]:

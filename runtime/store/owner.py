@@ -70,8 +70,8 @@ class PostgresLock:
         import psycopg
         from psycopg.conninfo import make_conninfo
 
-        from runtime.errors import StoreError
         from runtime.store.listen import KEEPALIVES
+        from runtime.store.postgres import store_failure, without_passwords
 
         try:
             # Keepalives both ways: the server ends the session of a peer that vanished (its node
@@ -82,7 +82,7 @@ class PostgresLock:
             self._conn.execute("SET tcp_keepalives_interval = 5")
             self._conn.execute("SET tcp_keepalives_count = 3")
         except psycopg.Error as e:
-            raise StoreError(f"the store is unavailable ({type(e).__name__})") from None
+            raise store_failure(without_passwords(conninfo), e, "cannot connect") from None
         schema = str(self._conn.execute("SELECT current_schema()").fetchone()[0])  # type: ignore[index]
         deadline = time.monotonic() + wait_s
         while not self._conn.execute(

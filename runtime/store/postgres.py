@@ -67,7 +67,7 @@ Conn = psycopg.Connection[DictRow]
 log = logging.getLogger(__name__)
 
 
-def _failed(where: str, error: BaseException, doing: str = "") -> StoreError:
+def store_failure(where: str, error: BaseException, doing: str = "") -> StoreError:
     """A PostgreSQL or pool error as a StoreError whose message names only its class: the driver's
     own text names the host, port, user and database (and may quote the URL). That detail goes to
     this process's log and to ``StoreError.detail``, never to the message an API caller gets."""
@@ -76,6 +76,12 @@ def _failed(where: str, error: BaseException, doing: str = "") -> StoreError:
     detail = f"PostgreSQL at {where}: {type(error).__name__}: {str(error).strip()}"
     log.warning("%s: %s", what, detail)
     return StoreError(f"{what} ({type(error).__name__})", detail)
+
+def without_passwords(conninfo: str) -> str:
+    """The connection string without its passwords: what the log may say of where the database is."""
+    return make_conninfo("", **{k: v for k, v in conninfo_to_dict(conninfo).items()
+                                if k not in ("password", "sslpassword")})
+
 
 # The schema by the version it brings the database to. PostgreSQL support began at version 5, so its
 # first migration creates that schema whole; later versions append their changes here. JSON is kept
@@ -242,9 +248,7 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
         params.setdefault("application_name", "raysquad")
         self.conninfo = make_conninfo("", **params)
         connect_timeout = float(str(params["connect_timeout"]))
-        # Where the Store is, for the log and ``ping``: the connection string without its passwords.
-        self.path = make_conninfo("", **{k: v for k, v in params.items()
-                                         if k not in ("password", "sslpassword")})
+        self.path = without_passwords(self.conninfo)  # where the Store is, for the log and ``ping``
         self._held = threading.local()  # the connection of the transaction this thread has open
         # A connection found broken when it is taken (the server restarted, the network dropped) is
         # replaced before use: nothing was done on it yet.
@@ -255,12 +259,12 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
         try:  # one plain connection first: an unreachable server says why at once
             psycopg.connect(self.conninfo).close()
         except psycopg.Error as e:
-            raise _failed(self.path, e, "cannot connect") from None
+            raise store_failure(self.path, e, "cannot connect") from None
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
         except PoolTimeout as e:
             self._pool.close()
-            raise _failed(self.path, e, "cannot connect") from None
+            raise store_failure(self.path, e, "cannot connect") from None
         self.aging_per_s = aging_per_s
         try:
             self._migrate()
@@ -289,7 +293,7 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
                 with held.transaction():
                     yield held
             except psycopg.Error as e:  # the savepoint is undone: the write's failure, alone
-                raise _failed(self.path, e) from None
+                raise store_failure(self.path, e) from None
             return
         try:
             with self._pool.connection() as conn, conn.transaction():
@@ -300,9 +304,9 @@ class PostgresStore(BatchedWrites, outbox.Outbox, schedules.Schedules):
                 finally:
                     self._held.conn = None
         except PoolTimeout as e:
-            raise _failed(self.path, e) from None
+            raise store_failure(self.path, e) from None
         except psycopg.Error as e:
-            raise _failed(self.path, e) from None
+            raise store_failure(self.path, e) from None
 
     def _migrate(self) -> None:
         if max(_MIGRATIONS) != SCHEMA_VERSION:
