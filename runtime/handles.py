@@ -22,7 +22,8 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 import ray
 
@@ -31,6 +32,8 @@ from runtime.errors import ActorUnavailable, RaysquadError
 
 log = logging.getLogger(__name__)
 H = TypeVar("H", bound="ActorHandle")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: How long a repeatable call keeps trying while its actor restarts (a restart takes 1 to 5 s here).
 DEFAULT_DEADLINE_S = 60.0
@@ -65,7 +68,7 @@ class ActorHandle:
         return self._actor
 
     async def _call(self, method: str, *args: Any, idempotent: bool = True,
-                    deadline_s: float | None = None) -> Any:
+                    deadline_s: float | None = None, **kwargs: Any) -> Any:
         limit = self.deadline_s if deadline_s is None else deadline_s
         started = time.monotonic()
         backoff = _FIRST_BACKOFF_S
@@ -73,7 +76,7 @@ class ActorHandle:
         while True:
             metrics.inc("raysquad_actor_calls", actor=kind, method=method)
             try:
-                return await getattr(self._actor, method).remote(*args)
+                return await getattr(self._actor, method).remote(*args, **kwargs)
             except ray.exceptions.RayTaskError as e:
                 raise ours(e) from None
             except ray.exceptions.RayActorError as e:
@@ -85,6 +88,25 @@ class ActorHandle:
                 await asyncio.sleep(backoff * (1 + random.random()) / 2 + backoff / 2)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
                 self._find_again(e)
+
+    @overload
+    def via(self, method: Callable[Concatenate[Any, P], Awaitable[R]], *, idempotent: bool = True,
+            deadline_s: float | None = None) -> Callable[P, Awaitable[R]]: ...
+
+    @overload
+    def via(self, method: Callable[Concatenate[Any, P], R], *, idempotent: bool = True,
+            deadline_s: float | None = None) -> Callable[P, Awaitable[R]]: ...
+
+    def via(self, method: Callable[Concatenate[Any, P], Any], *, idempotent: bool = True,
+            deadline_s: float | None = None) -> Callable[P, Awaitable[Any]]:
+        """``method`` of the actor's class, called on the actor: typed by the method's own signature
+        (``await handle.via(Dispatcher.get_tasks)(owner, 10, 1.0)``), with ``_call``'s retries."""
+        name = method.__name__
+
+        async def call(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return await self._call(name, *args, idempotent=idempotent, deadline_s=deadline_s,
+                                    **kwargs)
+        return call
 
     async def alive(self, deadline_s: float) -> bool:
         """True if the actor answers within ``deadline_s`` (False while it is down or restarting)."""
