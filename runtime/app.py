@@ -25,21 +25,16 @@ from runtime.bus import EventBusHandle
 from runtime.catalog import Catalog, load_catalog
 from runtime.client import AsyncClient, Client, address_file
 from runtime.config import Settings
-from runtime.control.actors import (
-    start_agent_pool,
-    start_dispatcher,
-    start_event_bus,
-    start_tool_executors,
-    start_worker_pool,
-)
+from runtime.control.actors import start_tool_executors
+from runtime.control.host import ControlHandle, start_control
 from runtime.dispatch import DispatcherHandle
 from runtime.engines.actor import EngineHandle, start_engines
-from runtime.engines.pool import EnginePoolHandle, start_engine_pools
+from runtime.engines.pool import EnginePoolHandle, autoscaled
 from runtime.errors import RuntimeAlreadyRunning
-from runtime.gates import GateKeeperHandle, start_gatekeeper
-from runtime.handles import actor_names
+from runtime.gates import GateKeeperHandle
+from runtime.handles import actor_names, forget_hosted_names, process_names
 from runtime.ops import Ops
-from runtime.queue import MailboxHandle, start_queue
+from runtime.queue import MailboxHandle
 from runtime.store.actor import StoreHandle, start_store
 from runtime.store.connect import store_for
 from runtime.store.owner import own_store
@@ -48,9 +43,6 @@ from runtime.tools.executor import ToolExecutorHandle
 from runtime.worker import WorkerPoolHandle
 
 log = logging.getLogger(__name__)
-
-MAILBOX_CAPACITY = 100_000  # messages; in bytes: settings.mailbox_capacity_bytes
-
 
 def _check_store_owner(settings: Settings) -> None:
     """Raise StoreInUse if another runtime holds the Store (store/owner.py); hold nothing."""
@@ -71,6 +63,7 @@ class Runtime:
     pools: dict[str, AgentPoolHandle]
     engines: dict[str, list[EngineHandle]]
     gatekeeper: GateKeeperHandle
+    control: ControlHandle
     tool_executors: list[ToolExecutorHandle] = field(default_factory=list)
     engine_pools: dict[str, EnginePoolHandle] = field(default_factory=dict)
     events: EventBusHandle | None = None
@@ -113,29 +106,27 @@ class Runtime:
                       models: list[str] | None, started_ray: bool) -> Runtime:
         store = start_store(settings)
         asyncio.run(store.ping())
-        gatekeeper = start_gatekeeper(settings)
-        engines = start_engines(settings, models or [settings.default_model])
+        models = models or [settings.default_model]
+        control = start_control(settings, apps, models)  # its gate keeper serves at once
+        engines = start_engines(settings, models)
         asyncio.run(_all(h.ready() for hs in engines.values() for h in hs))
-        # Only where engines autoscale. (Kept: an owned actor without a handle is collected.)
-        engine_pools = start_engine_pools(settings, list(engines))
         tool_executors = start_tool_executors(settings, apps)
-        mailboxes = {
-            role: start_queue(names.agent_mailbox(role), settings, MAILBOX_CAPACITY,
-                              settings.mailbox_capacity_bytes)
-            for role in catalog.agents
-        }
-        pools = {role: start_agent_pool(role, settings, apps) for role in catalog.agents}
-        asyncio.run(_all(pool.start() for pool in pools.values()))
-        dispatcher = start_dispatcher(settings, apps)
-        recovered = asyncio.run(dispatcher.start())
-        workers = start_worker_pool(settings, apps)
-        asyncio.run(workers.start())
-        events = start_event_bus(settings, apps)  # the bus and the scheduler
-        asyncio.run(events.start())
+        # Engine pools, mailboxes, agent pools, the dispatcher (recovering), workers, the event bus.
+        recovered = asyncio.run(control.start())
+        gatekeeper = control.service(GateKeeperHandle, names.GATES)
+        engine_pools = {model: control.service(EnginePoolHandle, names.engine_pool(model))
+                        for model in engines} if autoscaled(settings) else {}
+        mailboxes = {role: control.service(MailboxHandle, names.agent_mailbox(role))
+                     for role in catalog.agents}
+        pools = {role: control.service(AgentPoolHandle, names.agent_pool(role))
+                 for role in catalog.agents}
+        dispatcher = control.service(DispatcherHandle, names.DISPATCHER)
+        workers = control.service(WorkerPoolHandle, names.WORKER_POOL)
+        events = control.service(EventBusHandle, names.EVENTS)
         log.info("raysquad runtime up: %d workflow(s), %d agent role(s), %d task(s) recovered",
                  len(catalog.workflows), len(catalog.agents), recovered)
         return cls(settings, apps, catalog, store, dispatcher, workers, mailboxes, pools, engines,
-                   gatekeeper, tool_executors, engine_pools, events, started_ray)
+                   gatekeeper, control, tool_executors, engine_pools, events, started_ray)
 
     def client(self) -> Client:
         """A client on this runtime (one per runtime: it runs its calls on one loop thread)."""
@@ -195,13 +186,14 @@ def stop_runtime(namespace: str, timeout_s: float = 15.0) -> list[str]:
     are free, so a runtime started next can take them; returns the names killed. Tasks in flight
     resume at the next start. The caller must be connected to the runtime's Ray cluster."""
     killed = list(dict.fromkeys(n for prefix in names.STOP_ORDER
-                                for n in actor_names(namespace, prefix)))
+                                for n in process_names(namespace, prefix)))
+    forget_hosted_names(namespace)
     for name in killed:
         try:
             ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
         except Exception:  # noqa: BLE001 - already gone is fine
             pass
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(n in killed for n in actor_names(namespace)):
+    while time.monotonic() < deadline and any(n in killed for n in process_names(namespace)):
         time.sleep(0.05)
     return killed

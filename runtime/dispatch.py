@@ -290,7 +290,7 @@ class DispatcherHandle(ActorHandle):
 
     def app_modules_now(self) -> list[str]:
         """``app_modules`` for code outside an event loop (a client starting up)."""
-        return ray.get(self._actor.app_modules.remote())  # type: ignore[no-any-return]
+        return ray.get(self._remote("app_modules"))  # type: ignore[no-any-return]
 
     async def get_tasks(self, owner: str, max_tasks: int, timeout_s: float) -> list[Claim]:
         # Repeatable: a claim made by a call whose reply was lost runs out its lease.

@@ -44,10 +44,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import ray
-
 from runtime import metrics, names
-from runtime.cluster import named_actor_options
 from runtime.config import GateLimits, Settings
 from runtime.errors import ActorUnavailable, GateRequestTooLarge, GateTimeout
 from runtime.handles import ActorHandle
@@ -426,15 +423,6 @@ class GateKeeperHandle(ActorHandle):
 
     async def stats(self, deadline_s: float | None = None) -> dict[str, dict[str, Any]]:
         return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
-
-
-def start_gatekeeper(settings: Settings) -> GateKeeperHandle:
-    actor = (
-        ray.remote(GateKeeper)
-        .options(**named_actor_options(settings, ACTOR_NAME, max_concurrency=100_000))
-        .remote(settings)
-    )
-    return GateKeeperHandle(actor, ACTOR_NAME, settings.namespace)
 
 
 class Passage:

@@ -14,6 +14,9 @@ What every handle gets from ``ActorHandle``:
 - **Found again by name.** A named actor that was replaced (killed and created anew under its name)
   is looked up again, so a long-lived handle follows it.
 - **Our errors, not Ray's wrapper.** An error of ours raised in the actor reaches the caller as itself.
+- **Hosted or not, the same.** A service that lives inside the control host (``names.host_of``) is
+  named like an actor; its handle holds the host's Ray handle and sends each call through the host's
+  ``call(service, method, ...)``.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 import ray
+from ray.experimental import internal_kv
 
-from runtime import metrics
+from runtime import metrics, names
 from runtime.errors import ActorUnavailable, RaysquadError
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,7 @@ H = TypeVar("H", bound="ActorHandle")
 P = ParamSpec("P")
 R = TypeVar("R")
 
+KV_NAMESPACE = "raysquad"
 #: How long a repeatable call keeps trying while its actor restarts (a restart takes 1 to 5 s here).
 DEFAULT_DEADLINE_S = 60.0
 _FIRST_BACKOFF_S = 0.05
@@ -50,6 +55,7 @@ class ActorHandle:
         self.name = name
         self.namespace = namespace
         self.deadline_s = deadline_s
+        self._host = names.host_of(name) if name else None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name or self._actor!r})"
@@ -59,8 +65,9 @@ class ActorHandle:
 
     @classmethod
     def named(cls: type[H], name: str, namespace: str) -> H:
-        """A handle on the actor registered under ``name``; ValueError if none is."""
-        return cls(ray.get_actor(name, namespace=namespace), name, namespace)
+        """A handle on the actor (or hosted service) registered under ``name``; ValueError if its
+        process is not."""
+        return cls(ray.get_actor(names.host_of(name) or name, namespace=namespace), name, namespace)
 
     @property
     def actor(self) -> Any:
@@ -76,7 +83,7 @@ class ActorHandle:
         while True:
             metrics.inc("raysquad_actor_calls", actor=kind, method=method)
             try:
-                return await getattr(self._actor, method).remote(*args, **kwargs)
+                return await self._remote(method, *args, **kwargs)
             except ray.exceptions.RayTaskError as e:
                 raise ours(e) from None
             except ray.exceptions.RayActorError as e:
@@ -108,6 +115,12 @@ class ActorHandle:
                                     **kwargs)
         return call
 
+    def _remote(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Send one call (to the host's ``call`` for a hosted service); its ObjectRef."""
+        if self._host is not None:
+            return self._actor.call.remote(self.name, method, *args, **kwargs)
+        return getattr(self._actor, method).remote(*args, **kwargs)
+
     async def alive(self, deadline_s: float) -> bool:
         """True if the actor answers within ``deadline_s`` (False while it is down or restarting)."""
         try:
@@ -119,7 +132,7 @@ class ActorHandle:
     async def health(self, deadline_s: float) -> str:
         """``ok``, or why the actor cannot do its work: down or restarting, or, for an actor with a
         ``health`` method of its own, what that says (a restarted actor still rebuilding, say)."""
-        if not hasattr(self._actor, "health"):
+        if self._host is None and not hasattr(self._actor, "health"):
             return "ok" if await self.alive(deadline_s) else "down (restarting or unreachable)"
         try:
             return str(await asyncio.wait_for(self._call("health", deadline_s=deadline_s),
@@ -128,7 +141,9 @@ class ActorHandle:
             return "down (restarting or unreachable)"
 
     async def kill(self) -> None:
-        """End the actor's process now, for good (no restart)."""
+        """End the actor's process now, for good (no restart); not for a hosted service."""
+        if self._host is not None:
+            raise TypeError(f"{self.name} lives in the {self._host} host: stop the runtime instead")
         try:
             ray.kill(self._actor, no_restart=True)
         except Exception:  # noqa: BLE001 - already gone is what we wanted
@@ -138,14 +153,14 @@ class ActorHandle:
         """Fire and forget: for notifications whose loss costs nothing (a later call makes up)."""
         metrics.inc("raysquad_actor_calls", actor=(self.name or "actor").partition(":")[0],
                     method=method)
-        getattr(self._actor, method).remote(*args)
+        self._remote(method, *args)
 
     def _find_again(self, error: BaseException) -> None:
         """After a permanent death, take the actor now registered under our name, if any."""
         if self.name is None or not isinstance(error, ray.exceptions.ActorDiedError):
             return
         try:
-            self._actor = ray.get_actor(self.name, namespace=self.namespace)
+            self._actor = ray.get_actor(self._host or self.name, namespace=self.namespace)
         except ValueError:
             pass
 
@@ -156,9 +171,38 @@ def ours(e: ray.exceptions.RayTaskError) -> BaseException:
 
 
 def actor_names(namespace: str, prefix: str = "") -> list[str]:
-    """The names of the actors registered in ``namespace`` that start with ``prefix``, sorted."""
+    """The names of the actors registered in ``namespace``, and of the services its control host
+    holds (``hosted_names``), that start with ``prefix``, sorted."""
+    found = process_names(namespace)
+    if names.CONTROL in found:
+        found += hosted_names(namespace)
+    return sorted(n for n in found if n.startswith(prefix))
+
+
+def process_names(namespace: str, prefix: str = "") -> list[str]:
+    """The names of the Ray actors (each a process) registered in ``namespace`` that start with
+    ``prefix``, sorted: hosted services are not among them."""
     return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                   if a["namespace"] == namespace and a["name"].startswith(prefix))
+
+
+def _hosted_key(namespace: str) -> str:
+    return f"hosted:{namespace}"
+
+
+def hosted_names(namespace: str) -> list[str]:
+    """The services the control host of ``namespace`` holds, as it last wrote them down (in Ray's
+    key-value store, where every process can read them without asking the host)."""
+    raw = internal_kv._internal_kv_get(_hosted_key(namespace), namespace=KV_NAMESPACE)
+    return raw.decode().split("\n") if raw else []
+
+
+def write_hosted_names(namespace: str, hosted: list[str]) -> None:
+    internal_kv._internal_kv_put(_hosted_key(namespace), "\n".join(hosted), namespace=KV_NAMESPACE)
+
+
+def forget_hosted_names(namespace: str) -> None:
+    internal_kv._internal_kv_del(_hosted_key(namespace), namespace=KV_NAMESPACE)
 
 
 def restarted() -> bool:

@@ -9,6 +9,7 @@ find those by prefix (``handles.actor_names``).
 from __future__ import annotations
 
 STORE = "store"
+CONTROL = "control"  # the process that hosts the control plane's services (control/host.py)
 DISPATCHER = "dispatcher"
 EVENTS = "events"  # the event bus and the scheduler
 GATES = "gates"  # the gate keeper
@@ -52,11 +53,19 @@ def tool_executor(index: int) -> str:
     return f"{TOOLS_PREFIX}{index}"
 
 
+def host_of(name: str) -> str | None:
+    """The actor that hosts the service ``name`` (``CONTROL``), or None where ``name`` is an actor's
+    own: the dispatcher, the event bus, the gate keeper, every pool manager and every mailbox live in
+    one process, the control host; the Store, workers, agent replicas, engines and tool executors
+    (the processes that run user code, models or the database) each have their own."""
+    hosted = name in (DISPATCHER, EVENTS, GATES) or name.startswith((POOL_PREFIX, MAILBOX_PREFIX))
+    return CONTROL if hosted else None
+
+
 #: The actors whose absence stops work (readiness), by name or prefix; workers and agent replicas
 #: are their pools' to replace.
 CONTROL_PLANE = (STORE, DISPATCHER, POOL_PREFIX, MAILBOX_PREFIX, GATES, ENGINE_PREFIX, TOOLS_PREFIX,
                  EVENTS)
-#: Every actor of a runtime, by name or prefix, in the order they are stopped: what feeds work
-#: first, the Store last.
-STOP_ORDER = (EVENTS, WORKER_POOL, WORKER_PREFIX, DISPATCHER, POOL_PREFIX, AGENT_REPLICA_PREFIX,
-              MAILBOX_PREFIX, ENGINE_PREFIX, TOOLS_PREFIX, GATES, STORE)
+#: Every process of a runtime, by actor name or prefix, in the order they are stopped: what feeds
+#: work first (the control host: events, pools, dispatcher), the Store last.
+STOP_ORDER = (CONTROL, WORKER_PREFIX, AGENT_REPLICA_PREFIX, ENGINE_PREFIX, TOOLS_PREFIX, STORE)

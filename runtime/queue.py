@@ -22,18 +22,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import ray
 from pydantic import BaseModel
 
-from runtime import metrics, names
-from runtime.cluster import named_actor_options
+from runtime import metrics
 from runtime.errors import ActorUnavailable, QueueFull
 from runtime.handles import ActorHandle
-
-if TYPE_CHECKING:
-    from runtime.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -487,18 +483,6 @@ class MailboxHandle(ActorHandle):
 
     async def watch(self, seen: tuple[int, int] | None, timeout_s: float) -> dict[str, Any]:
         return await self._call("watch", seen, timeout_s)  # type: ignore[no-any-return]
-
-
-def start_queue(name: str, settings: Settings, capacity: int,
-                capacity_bytes: int | None = None) -> MailboxHandle:
-    """Start the mailbox actor named ``name`` (``names.agent_mailbox(role)``)."""
-    actor = (
-        ray.remote(QueueActor)
-        .options(**named_actor_options(settings, name, max_concurrency=1000))
-        .remote(name.removeprefix(names.MAILBOX_PREFIX), capacity, settings.aging_per_s,
-                capacity_bytes=capacity_bytes)
-    )
-    return MailboxHandle(actor, name, settings.namespace)
 
 
 #: How long an agent call waits for its reply before checking that its mailbox still holds the message.

@@ -23,6 +23,7 @@ from typing import Any
 import ray
 from ray._private import state
 
+from runtime import names
 from runtime.handles import actor_names
 from tests.apps.chaos import AGENT_LOG, PLAIN_KEYS, STEPS_LOG, TOOL_LOG
 
@@ -78,7 +79,8 @@ def alive_of_kind(kind: Kind, namespace: str) -> dict[str, dict[str, Any]]:
         if not kind.matches(name):
             continue
         try:
-            handle = ray.get_actor(name, namespace=namespace)
+            # A hosted service (the dispatcher, a pool, a mailbox, ...) dies with its host's process.
+            handle = ray.get_actor(names.host_of(name) or name, namespace=namespace)
         except ValueError:
             continue  # gone since it was listed
         info = actor_info(handle._actor_id.hex())

@@ -1,5 +1,6 @@
-"""The actor forms of the control plane's logic classes, and their creation (Ray Serve's rule: the
-logic lives in its module, unaware of Ray; its actor form and ``start_*`` live here).
+"""The actor forms of the control plane's logic classes (Ray Serve's rule: the logic lives in its
+module, unaware of Ray; its actor form lives here): the services the control host builds
+(``control/host.py``), and the tool executors, actors of their own.
 
 Each actor form is built from small values (the settings, the app modules, a role), which Ray keeps
 with the actor's spec, so a restart can always build it again; it finds its peers by name
@@ -11,18 +12,18 @@ from __future__ import annotations
 import ray
 
 from runtime import names
-from runtime.agent import AgentPool, AgentPoolHandle
-from runtime.bus import EventBus, EventBusHandle
+from runtime.agent import AgentPool
+from runtime.bus import EventBus
 from runtime.catalog import load_catalog
 from runtime.cluster import named_actor_options
 from runtime.config import Settings
 from runtime.control.peers import find_peers
-from runtime.dispatch import Dispatcher, DispatcherHandle
+from runtime.dispatch import Dispatcher
 from runtime.errors import ActorUnavailable
 from runtime.gates import GateClient, GateKeeperHandle
 from runtime.store.connect import store_for
 from runtime.tools.executor import ToolExecutor, ToolExecutorHandle
-from runtime.worker import WorkerHandle, WorkerPool, WorkerPoolHandle
+from runtime.worker import WorkerHandle, WorkerPool
 
 
 class DispatcherActor(Dispatcher):
@@ -82,39 +83,6 @@ class ToolExecutorActor(ToolExecutor):
     def __init__(self, settings: Settings, apps: list[str]) -> None:
         super().__init__(settings, load_catalog(apps).registry(), store_for(settings),
                          GateClient(GateKeeperHandle.find(settings.namespace)))
-
-
-def start_dispatcher(settings: Settings, apps: list[str]) -> DispatcherHandle:
-    """Start the dispatcher (the Store must be up)."""
-    actor = (ray.remote(DispatcherActor)
-             .options(**named_actor_options(settings, names.DISPATCHER, max_concurrency=1000))
-             .remote(settings, apps))
-    return DispatcherHandle(actor, names.DISPATCHER, settings.namespace)
-
-
-def start_worker_pool(settings: Settings, apps: list[str]) -> WorkerPoolHandle:
-    """Start the workflow workers' pool (every other actor of the runtime must be up)."""
-    actor = (ray.remote(WorkerPoolActor)
-             .options(**named_actor_options(settings, names.WORKER_POOL, max_concurrency=1000))
-             .remote(settings, apps))
-    return WorkerPoolHandle(actor, names.WORKER_POOL, settings.namespace)
-
-
-def start_agent_pool(role: str, settings: Settings, apps: list[str]) -> AgentPoolHandle:
-    """Start the pool of ``role`` (its mailbox, the Store, engines and tool executors must be up)."""
-    name = names.agent_pool(role)
-    actor = (ray.remote(AgentPoolActor)
-             .options(**named_actor_options(settings, name, max_concurrency=1000))
-             .remote(role, settings, apps))
-    return AgentPoolHandle(actor, name, settings.namespace)
-
-
-def start_event_bus(settings: Settings, apps: list[str]) -> EventBusHandle:
-    """Start the event bus (the Store and the agent mailboxes must be up)."""
-    actor = (ray.remote(EventBusActor)
-             .options(**named_actor_options(settings, names.EVENTS, max_concurrency=1000))
-             .remote(settings, apps))
-    return EventBusHandle(actor, names.EVENTS, settings.namespace)
 
 
 def start_tool_executors(settings: Settings, apps: list[str]) -> list[ToolExecutorHandle]:

@@ -21,10 +21,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-import ray
-
-from runtime import names
-from runtime.cluster import named_actor_options
 from runtime.config import Settings
 from runtime.engines.actor import EngineHandle, find_engines, start_engine
 from runtime.handles import ActorHandle
@@ -145,16 +141,8 @@ class EnginePoolHandle(ActorHandle):
         return await self._call("replicas")  # type: ignore[no-any-return]
 
 
-def start_engine_pools(settings: Settings, models: list[str]) -> dict[str, EnginePoolHandle]:
-    """One pool per model when engines autoscale (``engine_replicas_max`` above the minimum)."""
+def autoscaled(settings: Settings) -> bool:
+    """True where engines autoscale (``engine_replicas_max`` above the minimum): then each model has
+    a pool (hosted by the control host)."""
     low, high = settings.engine_replicas
-    if high <= low:
-        return {}
-    pools = {}
-    for model in models:
-        name = names.engine_pool(model)
-        actor = (ray.remote(EnginePoolActor)
-                 .options(**named_actor_options(settings, name, max_concurrency=100))
-                 .remote(settings, model))
-        pools[model] = EnginePoolHandle(actor, name, settings.namespace)
-    return pools
+    return high > low
