@@ -36,9 +36,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from typing import Any, Literal, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from runtime import metrics, names, webhooks
 from runtime.catalog import Catalog
@@ -69,8 +67,10 @@ from runtime.queue import MailboxService
 from runtime.recovery import OK, Rebuild, Rounds, loops_health
 from runtime.schedules import Scheduler
 from runtime.store.service import StoreService
-from runtime.tools.fetch import GuardedBackend, GuardedTransport
 from runtime.triggers import check_topic, topic_matches
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -379,6 +379,12 @@ class EventBus:
                                  config: WebhookTarget) -> None:
         event, target = delivery.event, delivery.target
         if self._http is None:
+            # Imported at the first webhook: httpx costs every process that imports this module
+            # 10 MiB (its command line brings rich, click and pygments), and workers import it.
+            import httpx
+
+            from runtime.tools.fetch import GuardedBackend, GuardedTransport
+
             backend = GuardedBackend.from_settings(self.settings.tools)
             self._http = httpx.AsyncClient(transport=GuardedTransport(backend), trust_env=False)
         outcome = await webhooks.send(self._http, config, event)

@@ -142,7 +142,9 @@ class ToolSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    executors: int = Field(2, ge=1, description="tool executor actors")
+    executors: int = Field(
+        1, ge=1, description="tool executor actors, spread over the nodes: one runs thousands of "
+                             "calls at once (async, sync tools in threads); raise it on a cluster")
     executor_num_cpus: float = Field(0.05, ge=0)
     timeout_s: float = Field(30.0, gt=0, description="default per-attempt timeout of a tool call")
     step_timeout_s: float = Field(

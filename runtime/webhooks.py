@@ -26,13 +26,14 @@ import logging
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import httpx
-from standardwebhooks.webhooks import Webhook
+from typing import TYPE_CHECKING
 
 from runtime.config import WebhookTarget
 from runtime.errors import AddressRefused
 from runtime.models import TopicEvent
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,11 @@ def message_id(event: TopicEvent) -> str:
 async def send(client: httpx.AsyncClient, target: WebhookTarget, event: TopicEvent,
                timeout_s: float = SEND_TIMEOUT_S) -> Outcome:
     """POST ``event`` to ``target``, signed; what came of it, within ``timeout_s`` in all."""
+    # Imported here: httpx brings its command line (rich, click, pygments), 10 MiB in every
+    # process that imports this module, and only the event bus sends.
+    import httpx
+    from standardwebhooks.webhooks import Webhook
+
     body = body_of(event)
     msg_id = message_id(event)
     now = datetime.now(UTC)
