@@ -31,8 +31,9 @@ from runtime.errors import ActorUnavailable, AgentError, AgentNotFound
 from runtime.handles import ActorHandle, restarted
 from runtime.models import AgentMessage, ChatMessage, ChatRequest, Completion, TopicEvent
 from runtime.pool import Member, Members, probe, retire
-from runtime.queue import MailboxHandle, MailboxService, Replies, approx_size
+from runtime.queue import MailboxHandle, MailboxService, Replies
 from runtime.refs import Ref
+from runtime.sizes import approx_size
 from runtime.tools.executor import Caller, ToolRouter
 from runtime.workflow import as_messages
 

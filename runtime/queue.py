@@ -18,18 +18,15 @@ import contextlib
 import heapq
 import itertools
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import ray
-from pydantic import BaseModel
-
 from runtime import metrics
 from runtime.errors import ActorUnavailable, QueueFull
 from runtime.handles import ActorHandle
+from runtime.sizes import approx_size
 
 log = logging.getLogger(__name__)
 
@@ -305,25 +302,6 @@ class PriorityQueue:
             "max_item_bytes": self.max_item_bytes,
             "oldest_wait_s": self._clock() - oldest if oldest is not None else 0.0,
         }
-
-
-def approx_size(obj: Any, _depth: int = 0) -> int:
-    """Bytes an item holds in the queue's memory; an ObjectRef (or a Ref) counts as its id only."""
-    if isinstance(obj, (bytes, bytearray, str)):
-        return len(obj)
-    if isinstance(obj, ray.ObjectRef) or _depth > 20:
-        return 28
-    if isinstance(obj, ray.actor.ActorHandle):  # pickles to its id, whatever its methods
-        return 64
-    if isinstance(obj, BaseModel):
-        return approx_size(obj.__dict__, _depth + 1)
-    if isinstance(obj, dict):
-        return sum(approx_size(k, _depth + 1) + approx_size(v, _depth + 1) for k, v in obj.items())
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return sum(approx_size(v, _depth + 1) for v in obj)
-    if hasattr(obj, "__dict__"):
-        return approx_size(vars(obj), _depth + 1)
-    return sys.getsizeof(obj)
 
 
 class AsyncQueue:

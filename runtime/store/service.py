@@ -44,7 +44,7 @@ from runtime.models import (
     TopicEvent,
     new_task_id,
 )
-from runtime.queue import approx_size
+from runtime.sizes import approx_size
 from runtime.store.base import Queued, Store
 from runtime.store.outbox import EventReport
 from runtime.store.owner import PostgresLock, StoreLock, own_store

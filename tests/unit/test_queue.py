@@ -11,7 +11,8 @@ import ray
 from pydantic import BaseModel
 
 from runtime.errors import QueueFull
-from runtime.queue import AsyncQueue, PriorityQueue, approx_size
+from runtime.queue import AsyncQueue, PriorityQueue
+from runtime.sizes import approx_size
 
 
 class FakeClock:
