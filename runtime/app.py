@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,8 +74,11 @@ class Runtime:
 
     @classmethod
     def start(cls, settings: Settings | None = None, apps: list[str] | None = None,
-              models: list[str] | None = None) -> Runtime:
-        """Start every actor of the runtime and recover the Store's unfinished tasks."""
+              models: list[str] | None = None,
+              alongside: Callable[[], object] | None = None) -> Runtime:
+        """Start every actor of the runtime and recover the Store's unfinished tasks. ``alongside``
+        (what else the caller starts on the cluster, such as Serve) runs in a thread meanwhile,
+        once Ray is connected; an error of its own is raised here, after the runtime stopped."""
         settings = absolute_paths(settings or Settings())
         apps = list(apps or ["agents"])
         catalog = load_catalog(apps)  # fail here, in the caller, on a bad module
@@ -90,9 +94,12 @@ class Runtime:
             raise RuntimeAlreadyRunning(settings.namespace)
         if settings.ray_address:
             _check_store_owner(settings)
+        beside = _Beside(alongside)
         try:
             rt = cls._start_actors(settings, apps, catalog, models, started_ray)
+            beside.result()
         except BaseException:
+            beside.wait()
             # Nothing half-started stays behind (a detached actor would outlive us).
             stop_runtime(settings.namespace)
             if started_ray:
@@ -159,6 +166,33 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _Beside:
+    """A call run in a thread of its own while the runtime starts; its error is kept for later."""
+
+    def __init__(self, call: Callable[[], object] | None) -> None:
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if call is not None:
+            self._thread = threading.Thread(target=self._run, args=(call,), name="alongside",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread by result()
+            self._error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def result(self) -> None:
+        self.wait()
+        if self._error is not None:
+            raise self._error
 
 
 def forget_address(settings: Settings) -> None:

@@ -72,7 +72,7 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
     """Run the runtime and its HTTP API with the given modules' workflows and agents: in the
     foreground (Ctrl-C stops it), or detached on a Ray cluster with --detach."""
     from runtime.app import Runtime
-    from serve.launch import direct_ingress_env, open_bind_refusal, start_http
+    from serve.launch import direct_ingress_env, open_bind_refusal, run_app, start_serve
 
     extra: dict[str, Any] = {"detached": True} if detach else {}
     if dashboard is not None or "RAYSQUAD_RAY_INCLUDE_DASHBOARD" not in os.environ:
@@ -93,9 +93,11 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
         # What a hard crash left listening may still be dying: wait for it, briefly. (On a running
         # cluster, the port is Serve's proxy's, shared by every namespace's app: no wait there.)
         _wait_for_port(config)
-    rt = Runtime.start(config, apps=apps or DEFAULT_APPS)
+    # Serve's controller and proxy start while the runtime's actors do: neither needs the other.
+    rt = Runtime.start(config, apps=apps or DEFAULT_APPS,
+                       alongside=(lambda: start_serve(config)) if http else None)
     try:
-        url = start_http(config) if http else None
+        url = run_app(config) if http else None
     except BaseException:
         rt.stop()  # nothing half-started stays behind, detached or not
         raise

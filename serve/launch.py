@@ -95,6 +95,14 @@ def start_http(settings: Settings) -> str:
 
     Without API keys the API has no authentication, so it may only listen on loopback.
     """
+    start_serve(settings)
+    return run_app(settings)
+
+
+def start_serve(settings: Settings) -> None:
+    """Start Serve (its controller, and its proxy where one is used) for the HTTP app, refusing an
+    open bind without keys; it needs no runtime, so ``raysquad up`` starts it while the runtime's
+    actors start."""
     from runtime.errors import ConfigError
 
     refusal = open_bind_refusal(settings)
@@ -105,6 +113,10 @@ def start_http(settings: Settings) -> str:
     # Per-request access logs cost the proxy and the replica a file write each; errors still log.
     serve.start(http_options=serve_http_options(settings),
                 logging_config={"enable_access_log": settings.http_access_log})
+
+
+def run_app(settings: Settings) -> str:
+    """Deploy the HTTP app on the started Serve (the runtime must be up); returns its base URL."""
     # One Serve application per runtime, named after its namespace (a cluster may run several).
     try:
         serve.run(build(settings), name=settings.namespace, route_prefix="/", blocking=False)
