@@ -104,7 +104,7 @@ class Run:
         self._peers = details.peers
         task = self.task
         self.context = Context(task.id, task.workflow, task.priority, task.tenant,
-                               details.recorded, self, details.defaults)
+                               dict(details.recorded), self, details.defaults)
         self.context.cancel_requested = task.cancel_requested
         self._llm_requests: set[tuple[str, str]] = set()  # (model, request id)
         self._live = True  # until it ends or its lease is gone: no write of it leaves after
