@@ -2,10 +2,12 @@
 (``Agent``, what users subclass, is in ``runtime.authoring``).
 
 A role is a pool of replica actors consuming one mailbox (a QueueActor). A replica takes messages in
-batches, handles up to ``concurrency`` at once, sends each result to the workflow worker that asked,
-then acknowledges it. A message taken by a replica that dies goes back to the mailbox, so a new replica
-handles it again. Pools grow with the mailbox's backlog up to ``max_replicas``, shrink after
-``idle_s`` without work, down to ``min_replicas`` (zero allowed), and wake when work arrives.
+batches, handles up to ``concurrency`` at once (a ``Handling`` each: the handler's ``AgentContext``
+goes through it, as a workflow's ``Context`` goes through its run), sends each result to the
+workflow worker that asked, then acknowledges it. A message taken by a replica that dies goes back
+to the mailbox, so a new replica handles it again. Pools grow with the mailbox's backlog up to
+``max_replicas``, shrink after ``idle_s`` without work, down to ``min_replicas`` (zero allowed), and
+wake when work arrives.
 """
 
 from __future__ import annotations
@@ -34,11 +36,34 @@ from runtime.pool import Member, Members, probe, retire
 from runtime.queue import MailboxHandle, MailboxService, Replies
 from runtime.refs import Ref
 from runtime.sizes import approx_size
+from runtime.store.service import StoreService
 from runtime.tools.executor import Caller, ToolRouter
 from runtime.workflow import as_messages
 
 log = logging.getLogger(__name__)
 WATCH_S = 1.0  # an agent pool looks at its mailbox at least this often
+
+
+class AgentServices(Protocol):
+    """What an AgentContext needs from the replica handling its message (``Handling``, one per
+    message, which knows the message; a test can supply its own)."""
+
+    async def chat(self, request: ChatRequest) -> Completion:
+        """Run one chat completion, its text streamed to the task's events."""
+
+    async def call_tool(self, name: str, args: dict[str, Any]) -> Any:
+        """Run a tool call (with its gate, timeout and retries) and return its result."""
+
+    async def call_agent(self, role: str, step_key: str, payload: Any,
+                         timeout_s: float | None) -> Any:
+        """Send ``payload`` to the role's mailbox as ``step_key`` and wait for the reply, at most
+        ``timeout_s`` (else the settings' agent timeout)."""
+
+    async def publish(self, topic: str, data: Any, key: str | None, event_id: str) -> TopicEvent:
+        """Publish an event (kept once per ``event_id``) and return it as kept."""
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        """Append an event to the task's log, without waiting (not fenced)."""
 
 
 class AgentContext:
@@ -51,8 +76,7 @@ class AgentContext:
     handler that runs again the same way publishes nothing new; a delegation (``agent(role).run``)
     is part of this handler's work, not a step of its own, and runs again with it."""
 
-    def __init__(self, msg: AgentMessage, router: Router, store: Any, default_model: str,
-                 tools: ToolRouter | None = None, replica: AgentReplica | None = None) -> None:
+    def __init__(self, msg: AgentMessage, services: AgentServices, default_model: str) -> None:
         self.task_id = msg.task_id
         self.step_key = msg.step_key
         self.priority = msg.priority
@@ -60,11 +84,8 @@ class AgentContext:
         self.event = msg.event
         self.redelivered = msg.redelivered
         self._msg = msg
-        self._router = router
-        self._tools = tools
-        self._store = store
+        self._services = services
         self._default_model = default_model
-        self._replica = replica
         self._calls = 0
         self._published = 0
         self._delegated = 0
@@ -79,14 +100,9 @@ class AgentContext:
                       id: str | None = None) -> TopicEvent:  # noqa: A002 - the API's name
         """Publish an event (tenant: this message's). Without an ``id``, a run of this handler
         again publishes the same ids in the same order, which the Store keeps once."""
-        if self._replica is None:
-            raise RuntimeError("this agent context cannot publish")
         self._published += 1
-        event = new_event(topic, data, key=key, event_id=id or f"{self._origin()}/publish/{self._published}",
-                          tenant=self.tenant, source=f"agent:{self._msg.role}",
-                          max_bytes=self._replica.settings.max_input_bytes)
-        ((kept, _),) = await publish(self._store, self._replica.settings.namespace, [event])
-        return kept
+        return await self._services.publish(
+            topic, data, key, id or f"{self._origin()}/publish/{self._published}")
 
     def agent(self, role: str) -> Delegate:
         """Another role, for ``await ctx.agent("reviewer").run(payload)``: the message goes through
@@ -103,14 +119,11 @@ class AgentContext:
             temperature=temperature, priority=self.priority, tenant=self.tenant,
             request_id=f"{self.task_id}/{self.step_key}/{self._calls}",
         )
-        return await self._router.chat(request, TokenSink(self._store, self.task_id, self.step_key))
+        return await self._services.chat(request)
 
     async def tool(self, name: str, /, **args: Any) -> Any:
         """Call a tool (with its gate, timeout and retries); part of the agent's step, like chat."""
-        if self._tools is None:
-            raise RuntimeError("this agent context has no tool executors")
-        return await self._tools.call(name, args, Caller(self.task_id, self.step_key, self.tenant,
-                                                         self.priority))
+        return await self._services.call_tool(name, args)
 
     def emit(self, **data: Any) -> None:
         """A progress event on the task (not fenced: a handler may run again for the same step).
@@ -118,7 +131,7 @@ class AgentContext:
         if not self.task_id:
             log.info("agent %s (event %s): %s", self._msg.role, self.step_key, data)
             return
-        self._store.post_event(self.task_id, "agent", {"step": self.step_key, **data})
+        self._services.emit("agent", {"step": self.step_key, **data})
 
 
 class Delegate:
@@ -129,22 +142,93 @@ class Delegate:
         self.role = role
 
     async def run(self, payload: Any = None, *, timeout_s: float | None = None) -> Any:
-        ctx, replica = self._ctx, self._ctx._replica
-        if replica is None:
-            raise RuntimeError("this agent context cannot delegate")
+        ctx = self._ctx
         ctx._delegated += 1
-        msg = AgentMessage(id=uuid.uuid4().hex, role=self.role, task_id=ctx.task_id,
-                           step_key=f"{ctx.step_key}/agent:{self.role}#{ctx._delegated}",
-                           priority=ctx.priority, tenant=ctx.tenant, payload=payload,
-                           reply_to=replica.reply_to())
-        mailbox = replica.mailbox_of(self.role)
-        return await asyncio.wait_for(replica.replies.ask(mailbox, msg),
+        step_key = f"{ctx.step_key}/agent:{self.role}#{ctx._delegated}"
+        return await ctx._services.call_agent(self.role, step_key, payload, timeout_s)
+
+
+class Handling:
+    """One message handled by a replica: runs the role's handler on it with an AgentContext whose
+    services it is, then sends the result back (for an event: finishes its delivery)."""
+
+    def __init__(self, msg: AgentMessage, replica: AgentReplica) -> None:
+        self.msg = msg
+        self._replica = replica
+        self.context = AgentContext(msg, self, replica.settings.default_model)
+
+    async def run(self) -> None:
+        msg, replica = self.msg, self._replica
+        if msg.event is not None:
+            await self._run_for_event()
+            return
+        try:
+            value = await replica.agent.handle(msg, self.context)
+            size = approx_size(value)
+            if size > replica.settings.inline_limit_bytes and not isinstance(value, Ref):
+                value = Ref.put(value, f"{msg.task_id}/{msg.step_key}", size, replica.store)
+            ok = True
+        except Exception as e:  # noqa: BLE001 - the handler's failure is the step's to retry
+            log.info("task %s step %s: agent %s raised %s", msg.task_id, msg.step_key,
+                     replica.role, type(e).__name__)
+            value, ok = AgentError(replica.role, str(e), type(e).__name__), False
+        try:
+            await msg.reply_to.deliver(msg.id, ok, value)
+        except Exception:  # noqa: BLE001 - the worker is gone; the task re-sends when it resumes
+            log.info("task %s step %s: worker gone, reply dropped", msg.task_id, msg.step_key)
+
+    async def _run_for_event(self) -> None:
+        """An event this role subscribes to: handled, the delivery is finished; a handler that
+        raises leaves it to come again (the bus redelivers it after ``event_retry_s``)."""
+        msg, replica = self.msg, self._replica
+        event = msg.event
+        assert event is not None
+        try:
+            await replica.agent.handle(msg, self.context)
+            await replica.store.finish_delivery(event.seq, f"agent:{replica.role}", "handled")
+        except Exception as e:  # noqa: BLE001 - the delivery comes due again
+            log.warning("agent %s: handling event %s raised %s; it will be delivered again",
+                        replica.role, event.id, type(e).__name__)
+
+    # -- the AgentContext's services ----------------------------------------------------------------
+
+    async def chat(self, request: ChatRequest) -> Completion:
+        msg, replica = self.msg, self._replica
+        return await replica.router.chat(request, TokenSink(replica.store, msg.task_id,
+                                                            msg.step_key))
+
+    async def call_tool(self, name: str, args: dict[str, Any]) -> Any:
+        msg, tools = self.msg, self._replica.tools
+        if tools is None:
+            raise RuntimeError("this agent context has no tool executors")
+        return await tools.call(name, args, Caller(msg.task_id, msg.step_key, msg.tenant,
+                                                   msg.priority))
+
+    async def call_agent(self, role: str, step_key: str, payload: Any,
+                         timeout_s: float | None) -> Any:
+        msg, replica = self.msg, self._replica
+        delegation = AgentMessage(id=uuid.uuid4().hex, role=role, task_id=msg.task_id,
+                                  step_key=step_key, priority=msg.priority, tenant=msg.tenant,
+                                  payload=payload, reply_to=replica.reply_to())
+        mailbox = replica.mailbox_of(role)
+        return await asyncio.wait_for(replica.replies.ask(mailbox, delegation),
                                       timeout_s or replica.settings.agent_timeout_s)
+
+    async def publish(self, topic: str, data: Any, key: str | None, event_id: str) -> TopicEvent:
+        settings = self._replica.settings
+        event = new_event(topic, data, key=key, event_id=event_id, tenant=self.msg.tenant,
+                          source=f"agent:{self.msg.role}", max_bytes=settings.max_input_bytes)
+        ((kept, _),) = await publish(self._replica.store, settings.namespace, [event])
+        return kept
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        self._replica.store.post_event(self.msg.task_id, kind, data)
 
 
 class AgentReplica:
     def __init__(self, replica_id: str, role: str, agent_cls: type[Agent], settings: Settings,
-                 mailbox: Any, store: Any, router: Router, tools: ToolRouter | None = None) -> None:
+                 mailbox: MailboxService, store: StoreService, router: Router,
+                 tools: ToolRouter | None = None) -> None:
         self.id = replica_id
         self.role = role
         self.agent = agent_cls()
@@ -158,7 +242,7 @@ class AgentReplica:
         self.last_active = time.monotonic()
         self.handled = 0
         self.replies = Replies()  # this replica's delegations to other roles
-        self._mailboxes: dict[str, Any] = {role: mailbox}
+        self._mailboxes: dict[str, MailboxService] = {role: mailbox}
         self._reply_to: Any = None
 
     def reply_to(self) -> Any:
@@ -169,7 +253,7 @@ class AgentReplica:
                 if actor is not None else self
         return self._reply_to
 
-    def mailbox_of(self, role: str) -> Any:
+    def mailbox_of(self, role: str) -> MailboxService:
         mailbox = self._mailboxes.get(role)
         if mailbox is None:
             try:
@@ -204,46 +288,10 @@ class AgentReplica:
 
     async def _handle(self, item_id: str, msg: AgentMessage) -> None:
         self.last_active = time.monotonic()
-        ctx = AgentContext(msg, self.router, self.store, self.settings.default_model, self.tools,
-                           self)
-        if msg.event is not None:
-            await self._handle_event(item_id, msg, ctx)
-            return
-        try:
-            value = await self.agent.handle(msg, ctx)
-            size = approx_size(value)
-            if size > self.settings.inline_limit_bytes and not isinstance(value, Ref):
-                value = Ref.put(value, f"{msg.task_id}/{msg.step_key}", size, self.store)
-            ok = True
-        except Exception as e:  # noqa: BLE001 - the handler's failure is the step's to retry
-            log.info("task %s step %s: agent %s raised %s", msg.task_id, msg.step_key, self.role,
-                     type(e).__name__)
-            value, ok = AgentError(self.role, str(e), type(e).__name__), False
-        try:
-            await msg.reply_to.deliver(msg.id, ok, value)
-        except Exception:  # noqa: BLE001 - the worker is gone; the task re-sends when it resumes
-            log.info("task %s step %s: worker gone, reply dropped", msg.task_id, msg.step_key)
+        await Handling(msg, self).run()
         self.handled += 1
         self.last_active = time.monotonic()
-        try:
-            await self.mailbox.ack([item_id])
-        except ActorUnavailable:
-            pass  # a mailbox that restarted holds the message no more
-
-    async def _handle_event(self, item_id: str, msg: AgentMessage, ctx: AgentContext) -> None:
-        """An event this role subscribes to: handled, the delivery is finished; a handler that
-        raises leaves it to come again (the bus redelivers it after ``event_retry_s``)."""
-        event = msg.event
-        assert event is not None
-        try:
-            await self.agent.handle(msg, ctx)
-            await self.store.finish_delivery(event.seq, f"agent:{self.role}", "handled")
-        except Exception as e:  # noqa: BLE001 - the delivery comes due again
-            log.warning("agent %s: handling event %s raised %s; it will be delivered again",
-                        self.role, event.id, type(e).__name__)
-        self.handled += 1
-        self.last_active = time.monotonic()
-        with contextlib.suppress(ActorUnavailable):
+        with contextlib.suppress(ActorUnavailable):  # a mailbox that restarted holds it no more
             await self.mailbox.ack([item_id])
 
     async def idle_s(self) -> float:

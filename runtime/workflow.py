@@ -96,30 +96,42 @@ def workflow(fn: Callable[..., Awaitable[Any]] | None = None, *, name: str | Non
     return wrap(fn) if fn is not None else wrap
 
 
-class Services(Protocol):
-    """What a Context needs from the worker that runs it (a test can supply its own)."""
+@dataclass(frozen=True)
+class StepDefaults:
+    """What a run's steps use where a step says nothing else: the workflow's retry policy (else the
+    settings'), the default model, and timeouts by kind of step (``Settings.agent_timeout_s``,
+    ``ToolSettings.step_timeout_s``; ``step_timeout_s`` applies where those are not set)."""
 
-    async def record(self, ctx: Context, key: str, value: Any) -> Any:
+    retry: RetryPolicy
+    model: str
+    step_timeout_s: float | None = None
+    agent_timeout_s: float | None = None
+    tool_timeout_s: float | None = None
+
+
+class Services(Protocol):
+    """What a Context needs from the run that owns it (``runtime.run.Run``, which knows its task
+    and lease; a test can supply its own)."""
+
+    async def record(self, key: str, value: Any) -> Any:
         """Checkpoint ``value`` under ``key``; return what the workflow should see (maybe a Ref)."""
 
-    async def call_agent(self, ctx: Context, role: str, key: str, payload: Any) -> Any:
+    async def call_agent(self, role: str, key: str, payload: Any) -> Any:
         """Send ``payload`` to the role's mailbox and wait for the reply."""
 
-    async def chat(self, ctx: Context, request: ChatRequest) -> Completion:
+    async def chat(self, request: ChatRequest) -> Completion:
         """Run one chat completion."""
 
-    def emit(self, ctx: Context, kind: str, data: dict[str, Any]) -> None:
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
         """Append an event to the task's log, without waiting."""
 
-    async def call_tool(self, ctx: Context, name: str, key: str, args: dict[str, Any]) -> Any:
+    async def call_tool(self, name: str, key: str, args: dict[str, Any]) -> Any:
         """Run a tool call (the executor retries it) and return its result."""
 
-    async def await_signal(self, ctx: Context, name: str, key: str,
-                           wake_at: float | None) -> tuple[str, Any]:
+    async def await_signal(self, name: str, key: str, wake_at: float | None) -> tuple[str, Any]:
         """Take a signal (recorded as step ``key``), time out, or park the task ("parked")."""
 
-    async def publish(self, ctx: Context, topic: str, data: Any, key: str | None,
-                      event_id: str) -> TopicEvent:
+    async def publish(self, topic: str, data: Any, key: str | None, event_id: str) -> TopicEvent:
         """Publish an event (kept once per ``event_id``) and return it as kept."""
 
 
@@ -139,27 +151,20 @@ class Context:
     """What a workflow function sees: steps, agents, the LLM, progress events."""
 
     def __init__(self, task_id: str, workflow: str, priority: int, tenant: str,
-                 recorded: dict[str, Any], services: Services, retry: RetryPolicy,
-                 step_timeout_s: float | None, default_model: str, *,
-                 agent_timeout_s: float | None = None, tool_timeout_s: float | None = None) -> None:
+                 recorded: dict[str, Any], services: Services, defaults: StepDefaults) -> None:
         self.task_id = task_id
         self.workflow = workflow
         self.priority = priority
         self.tenant = tenant
-        self.cancel_requested = False
+        self.cancel_requested = False  # set by the run that owns this context
         self._recorded = recorded
         self._services = services
-        self._retry = retry
-        self._step_timeout_s = step_timeout_s
-        # Defaults by kind of step (Settings.agent_timeout_s, ToolSettings.step_timeout_s); an
-        # explicit timeout_s wins, and step_timeout_s applies where these are not set.
-        self._agent_timeout_s = agent_timeout_s
-        self._tool_timeout_s = tool_timeout_s
+        self._defaults = defaults
         self._counts: dict[str, int] = {}
         # True until the first step that was not recorded: progress events are not repeated on replay.
         self.replaying = bool(recorded)
         self.step_elapsed_s: float | None = None  # how long the step being recorded ran
-        self.llm = LLM(self, default_model)
+        self.llm = LLM(self, defaults.model)
 
     def _key(self, name: str) -> str:
         n = self._counts.get(name, 0) + 1
@@ -186,8 +191,8 @@ class Context:
         attempt and backoff) is bounded by the tools' ``step_timeout_s``.
         """
         key = self._key(f"tool:{name}")
-        return self._run(key, lambda: self._services.call_tool(self, name, key, args), ONE_ATTEMPT,
-                         self._tool_timeout_s)
+        return self._run(key, lambda: self._services.call_tool(name, key, args), ONE_ATTEMPT,
+                         self._defaults.tool_timeout_s)
 
     def publish(self, topic: str, data: Any = None, *, key: str | None = None) -> Awaitable[TopicEvent]:
         """Publish an event on ``topic`` as a checkpointed step: ``await ctx.publish("docs.new",
@@ -196,7 +201,7 @@ class Context:
         check_topic(topic)
         step = self._key(f"publish:{topic}")
         event_id = f"{self.task_id}/{step}"
-        return self._run(step, lambda: self._services.publish(self, topic, data, key, event_id),
+        return self._run(step, lambda: self._services.publish(topic, data, key, event_id),
                          None, None)
 
     def agent(self, role: str) -> AgentRef:
@@ -217,7 +222,7 @@ class Context:
                 wake_at = await self._run(deadline_key, _deadline(timeout_s), None, None)
             self.replaying = False
             self.check_cancelled()
-            kind, payload = await self._services.await_signal(self, name, key, wake_at)
+            kind, payload = await self._services.await_signal(name, key, wake_at)
             if kind == "parked":
                 raise Parked(self.task_id, name)
             self._recorded[key] = (kind, payload)
@@ -231,7 +236,7 @@ class Context:
         if self.replaying:
             return
         body = {k: v for k, v in (("progress", progress), ("message", message)) if v is not None}
-        self._services.emit(self, "progress", {**body, **data})
+        self._services.emit("progress", {**body, **data})
 
     def check_cancelled(self) -> None:
         if self.cancel_requested:
@@ -247,8 +252,8 @@ class Context:
         kind = step_kind(key)
         with tracing.span(f"step {key}", **{"raysquad.step": key, "raysquad.kind": kind}):
             try:
-                value = await retry(attempt, retry_policy or self._retry, name=key,
-                                    timeout_s=timeout_s or self._step_timeout_s,
+                value = await retry(attempt, retry_policy or self._defaults.retry, name=key,
+                                    timeout_s=timeout_s or self._defaults.step_timeout_s,
                                     on_retry=functools.partial(self._retrying, key),
                                     passthrough=(TaskCancelled, LeaseLost))
             except GaveUp as e:
@@ -256,7 +261,7 @@ class Context:
         self.step_elapsed_s = time.monotonic() - started  # the step's event keeps it (timelines)
         metrics.observe("raysquad_step_seconds", self.step_elapsed_s, workflow=self.workflow,
                         kind=kind)
-        value = await self._services.record(self, key, value)
+        value = await self._services.record(key, value)
         self._recorded[key] = value
         return value
 
@@ -264,7 +269,7 @@ class Context:
         name = type(retrying.error).__name__
         log.info("task %s step %s attempt %d failed (%s); retrying in %.2fs",
                  self.task_id, key, retrying.attempt, name, retrying.delay_s)
-        self._services.emit(self, "step_retry", {
+        self._services.emit("step_retry", {
             "key": key, "attempt": retrying.attempt, "error": str(retrying.error), "error_type": name,
             "delay_s": round(retrying.delay_s, 3)})
 
@@ -283,8 +288,8 @@ class AgentRef:
         is retried under the step's policy."""
         ctx = self._ctx
         key = ctx._key(f"agent:{self.role}")
-        return ctx._run(key, lambda: ctx._services.call_agent(ctx, self.role, key, payload),
-                        retry, timeout_s or ctx._agent_timeout_s)
+        return ctx._run(key, lambda: ctx._services.call_agent(self.role, key, payload),
+                        retry, timeout_s or ctx._defaults.agent_timeout_s)
 
 
 class LLM:
@@ -304,7 +309,7 @@ class LLM:
         )
         key = ctx._key(f"llm:{request.model}")
         request = request.model_copy(update={"request_id": f"{ctx.task_id}/{key}"})
-        return ctx._run(key, lambda: ctx._services.chat(ctx, request), retry, timeout_s)
+        return ctx._run(key, lambda: ctx._services.chat(request), retry, timeout_s)
 
 
 def step_kind(key: str) -> str:

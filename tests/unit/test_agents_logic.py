@@ -26,9 +26,10 @@ from runtime import InvalidInput, RetryPolicy
 from runtime.catalog import load_catalog
 from runtime.engines.simulated import prompt_text, simulated_text
 from runtime.models import AgentMessage, ChatRequest, Completion, Usage
-from runtime.workflow import Context, as_messages
+from runtime.workflow import Context, StepDefaults, as_messages
 
 QUESTION = "How do durable workflows survive worker failures?"
+TASK_ID = "task-1"
 ROLES = {"planner", "researcher", "scraper", "analyst", "reviewer"}
 
 
@@ -226,21 +227,21 @@ class LocalServices:
         self.calls: list[str] = []
         self.events: list[dict[str, Any]] = []
 
-    async def record(self, ctx: Context, key: str, value: Any) -> Any:
+    async def record(self, key: str, value: Any) -> Any:
         return value
 
-    async def call_agent(self, ctx: Context, role: str, key: str, payload: Any) -> Any:
+    async def call_agent(self, role: str, key: str, payload: Any) -> Any:
         assert self.live, f"replay ran agent step {key}"
         self.calls.append(key)
-        msg = AgentMessage(id=key, role=role, task_id=ctx.task_id, step_key=key, payload=payload)
-        agent_ctx = LocalAgentContext(ctx.task_id, key)
+        msg = AgentMessage(id=key, role=role, task_id=TASK_ID, step_key=key, payload=payload)
+        agent_ctx = LocalAgentContext(TASK_ID, key)
         return await self.catalog.agent(role)().handle(msg, agent_ctx)  # type: ignore[arg-type]
 
-    async def chat(self, ctx: Context, request: ChatRequest) -> Completion:
+    async def chat(self, request: ChatRequest) -> Completion:
         assert self.live, "replay ran an LLM step"
         return complete(request)
 
-    def emit(self, ctx: Context, kind: str, data: dict[str, Any]) -> None:
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
         self.events.append(data)
 
 
@@ -248,8 +249,8 @@ def run_research(data: dict[str, Any], services: LocalServices,
                  recorded: dict[str, Any]) -> ResearchReport:
     """Run the workflow once; steps already in ``recorded`` replay, new ones are added to it."""
     wf = services.catalog.workflow("research")
-    ctx = Context("task-1", "research", 0, "default", recorded, services, RetryPolicy(max_attempts=1),
-                  None, "sim-small")
+    ctx = Context(TASK_ID, "research", 0, "default", recorded, services,
+                  StepDefaults(RetryPolicy(max_attempts=1), "sim-small"))
 
     async def main() -> ResearchReport:
         return await wf.fn(ctx, wf.validate_input(data))

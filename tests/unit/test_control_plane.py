@@ -28,6 +28,7 @@ from runtime.store.actor import StoreActor
 from runtime.tools.executor import ToolRouter
 from runtime.tools.registry import Registry
 from runtime.worker import WorkerPool, WorkflowWorker
+from runtime.workflow import StepDefaults
 
 APPS = ["tests.apps.basic"]
 
@@ -254,7 +255,7 @@ def test_a_stale_run_stops_and_a_worker_never_runs_two_runs_of_one_task(tmp_path
         (second,) = await store.claim([task.id], "w1", 5.0)
         assert second.lease.token == first.lease.token + 1
         await w._start(second)
-        assert len(w._tasks) == 1 and w._tasks[task.id][2] == second.lease
+        assert len(w._runs) == 1 and w._runs[task.id].lease == second.lease
 
         (side / f"{task.id}.open").write_text("")
         await until(lambda: w.completed)
@@ -274,12 +275,69 @@ def test_a_claim_whose_steps_do_not_decode_is_abandoned_not_fatal(tmp_path: Path
         broken = claim.model_copy(update={"steps": {"echo": pickle.dumps(1)[:-3]}})
         w = worker(tmp_path, store, OneShotDispatcher([]))
         await w._start(broken)
-        assert w._tasks == {}
+        assert w._runs == {}
         assert (await store.get_task(task.id)).status is TaskStatus.QUEUED
         (claim2,) = await store.claim([task.id], "w2", 5.0)
         await w._start(claim2.model_copy(update={"steps": broken.steps}))
         failed = await store.get_task(task.id)
         assert failed.status is TaskStatus.FAILED and "cannot be read" in (failed.error or "")
+
+    run(body())
+
+
+def test_a_cancel_reaches_the_run_which_ends_at_its_next_step(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = StoreActor(settings(tmp_path))
+        side = tmp_path / "side"
+        side.mkdir()
+        task = await submit(store, "five_steps", {"dir": str(side), "steps": 3, "gate_at": 1})
+        (claim,) = await store.claim([task.id], "w1", 5.0)
+        w = worker(tmp_path, store, OneShotDispatcher([]))
+        assert not await w.cancel(task.id)  # not running here yet
+        await w._start(claim)
+        await until(lambda: (side / f"{task.id}.at_gate").exists())
+        assert await w.cancel(task.id)
+        (side / f"{task.id}.open").write_text("")
+        await until(lambda: w.completed)
+        assert (await store.get_task(task.id)).status is TaskStatus.CANCELLED
+        assert not (side / f"{task.id}.step2").exists() and w._runs == {}
+
+    run(body())
+
+
+def test_a_run_whose_lease_is_gone_stops_and_writes_nothing_more(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = StoreActor(settings(tmp_path))
+        side = tmp_path / "side"
+        side.mkdir()
+        task = await submit(store, "five_steps", {"dir": str(side), "steps": 2, "gate_at": 1})
+        (claim,) = await store.claim([task.id], "w1", 5.0)
+        w = worker(tmp_path, store, OneShotDispatcher([]))
+        await w._start(claim)
+        await until(lambda: (side / f"{task.id}.at_gate").exists())
+        await store.release_owner("w1")  # the lease runs out while the worker stalls
+        await w.renew_once()
+        await until(lambda: not w._runs)
+        (side / f"{task.id}.open").write_text("")
+        record = await store.get_task(task.id)
+        assert w.completed == 0 and record.status is TaskStatus.QUEUED
+        assert not (side / f"{task.id}.step2").exists()
+
+    run(body())
+
+
+def test_a_run_takes_its_step_defaults_from_the_settings_and_its_workflow(tmp_path: Path) -> None:
+    async def body() -> None:
+        config = settings(tmp_path, agent_timeout_s=5, step_timeout_s=9,
+                          tools={"step_timeout_s": 7}, default_model="m")
+        store = StoreActor(config)
+        task = await submit(store, "echo", {"text": "x"})
+        (claim,) = await store.claim([task.id], "w1", 5.0)
+        w = WorkflowWorker("w1", config, APPS, store, OneShotDispatcher([]), {}, Router({}),
+                           ToolRouter(Registry(), []))
+        details = w._details(claim.task, claim.lease, {})
+        assert details.defaults == StepDefaults(config.retry, "m", 9, 5, 7)
+        assert details.lease == claim.lease and details.peers.store is store
 
     run(body())
 

@@ -51,7 +51,7 @@ from runtime.models import ChatMessage, ChatRequest, Completion
 from runtime.retry import GaveUp, Retrying, delay_s, is_retryable, retry
 from runtime.tools import Registry, tool
 from runtime.tools.executor import Caller, ToolExecutor
-from runtime.workflow import Context
+from runtime.workflow import Context, StepDefaults
 from serve.errors import install, status_of
 
 HUGE = 1e9  # an upstream's Retry-After that would hold a worker slot for 31 years
@@ -349,24 +349,24 @@ class HangingServices:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.calls: list[str] = []
 
-    async def record(self, ctx: Context, key: str, value: Any) -> Any:
+    async def record(self, key: str, value: Any) -> Any:
         return value
 
-    async def call_agent(self, ctx: Context, role: str, key: str, payload: Any) -> Any:
+    async def call_agent(self, role: str, key: str, payload: Any) -> Any:
         self.calls.append(key)
         await asyncio.Event().wait()
 
-    async def call_tool(self, ctx: Context, name: str, key: str, args: dict[str, Any]) -> Any:
+    async def call_tool(self, name: str, key: str, args: dict[str, Any]) -> Any:
         self.calls.append(key)
         await asyncio.Event().wait()
 
-    def emit(self, ctx: Context, kind: str, data: dict[str, Any]) -> None:
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
         self.events.append((kind, data))
 
 
 def make_ctx(services: HangingServices, **timeouts: float) -> Context:
-    return Context("task-1", "wf", 0, "acme", {}, services, FAST, None, "sim-small",  # type: ignore[arg-type]
-                   **timeouts)
+    return Context("task-1", "wf", 0, "acme", {}, services,  # type: ignore[arg-type]
+                   StepDefaults(FAST, "sim-small", **timeouts))
 
 
 def run(step: Callable[[], Awaitable[Any]]) -> Any:

@@ -21,7 +21,7 @@ from runtime.errors import (
     WorkflowNotFound,
 )
 from runtime.models import ChatRequest, Completion, Usage
-from runtime.workflow import Context, Workflow, workflow
+from runtime.workflow import Context, StepDefaults, Workflow, workflow
 
 FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.002, jitter=0.0)
 
@@ -50,26 +50,26 @@ class FakeServices:
         self.agent_calls: list[tuple[str, str, Any]] = []
         self.chats: list[ChatRequest] = []
 
-    async def record(self, ctx: Context, key: str, value: Any) -> Any:
+    async def record(self, key: str, value: Any) -> Any:
         self.recorded[key] = value
         return value
 
-    async def call_agent(self, ctx: Context, role: str, key: str, payload: Any) -> Any:
+    async def call_agent(self, role: str, key: str, payload: Any) -> Any:
         self.agent_calls.append((role, key, payload))
         return {"role": role, "echo": payload}
 
-    async def chat(self, ctx: Context, request: ChatRequest) -> Completion:
+    async def chat(self, request: ChatRequest) -> Completion:
         self.chats.append(request)
         return Completion(model=request.model, text="hi", usage=Usage(prompt_tokens=1, completion_tokens=1))
 
-    def emit(self, ctx: Context, kind: str, data: dict[str, Any]) -> None:
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
         self.events.append((kind, data))
 
 
 def make_ctx(services: FakeServices, recorded: dict[str, Any] | None = None,
              retry: RetryPolicy = FAST, step_timeout_s: float | None = None) -> Context:
-    return Context("task-1", "wf", 3, "acme", dict(recorded or {}), services, retry, step_timeout_s,
-                   "sim-small")
+    return Context("task-1", "wf", 3, "acme", dict(recorded or {}), services,
+                   StepDefaults(retry, "sim-small", step_timeout_s))
 
 
 def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
