@@ -449,11 +449,15 @@ if not set(OPERATIONS) < MEMBERS or MEMBERS - set(OPERATIONS) != {"submit", "app
                     f"{sorted(MEMBERS ^ set(OPERATIONS))}")
 
 _SIGNATURES = {name: inspect.signature(getattr(StoreService, name)) for name in OPERATIONS}
+_PARAMETERS = {name: tuple(signature.parameters)[1:] for name, signature in _SIGNATURES.items()}
 
 
 def arguments(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """A call of operation ``name`` as its arguments by name, defaults filled in (TypeError for a
     call its signature refuses)."""
+    parameters = _PARAMETERS[name]
+    if not kwargs and len(args) == len(parameters):  # every argument given, in order
+        return dict(zip(parameters, args, strict=True))
     bound = _SIGNATURES[name].bind(None, *args, **kwargs)
     bound.apply_defaults()
     call = dict(bound.arguments)
