@@ -5,6 +5,9 @@ It is pinned to the node that starts it (the head in a cluster) and restarts on 
 its state is on disk. ``wait_events`` long-polls a task's event log, which feeds progress bars and SSE.
 ``StoreHandle`` is the only code that calls it; every call but a few is safe to repeat (writes are
 fenced by their lease and keyed, so a repeat changes nothing), and so survives the actor's restart.
+Which, and how each is carried, is its line in store/service.py's ``OPERATIONS``: both classes make
+their methods from it, and define only what is more than a call (admission, the dispatcher's feed,
+a step's large values, waiting for events).
 """
 
 from __future__ import annotations

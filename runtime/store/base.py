@@ -1,7 +1,9 @@
 """The Store protocol: the durable truth about tasks, steps, events and blobs.
 
-Implementations are synchronous and single-process; ``store/actor.py`` puts one behind a Ray actor so
-that every process of a cluster reaches the same file. Times are seconds since the epoch (floats).
+Implementations are synchronous: ``store/actor.py`` puts one behind a Ray actor so that every process
+of a cluster reaches the same file or database, and ``store/direct.py`` runs PostgreSQL's in threads
+of each process; both carry ``StoreService``'s calls to these methods as ``store/service.py``'s
+``OPERATIONS`` says. Times are seconds since the epoch (floats).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""What every way of reaching the Store shares: the ``StoreService`` protocol its callers see,
-opening a backend, admission (quotas, sizes, priorities: decided before anything is committed), and
-the group commits that batch submits and writes. The actor (``store/actor.py``) and the direct
-transport (``store/direct.py``) are both built on it; ``store/connect.py`` picks one for a process.
+"""What every way of reaching the Store shares: the ``StoreService`` protocol its callers see and
+``OPERATIONS``, the table of how each of its operations is carried; ``StoreTransport``, the base
+that makes a transport's methods from that table, with the group commits that batch submits and
+writes; opening a backend; admission (quotas, sizes, priorities: decided before anything is
+committed). The actor (``store/actor.py``: ``StoreActor`` and ``StoreHandle``) and the direct
+transport (``store/direct.py``) are built on it; ``store/connect.py`` picks one for a process.
 """
 
 from __future__ import annotations
