@@ -478,6 +478,8 @@ async def fetch_blobs(refs: list[tuple[str, list[ray.ObjectRef]]]) -> dict[str, 
     return {blob_key: pickle.dumps(await object_ref, protocol=5) for blob_key, (object_ref,) in refs}
 
 
+# The type checker takes a transport for a StoreService (the methods made from OPERATIONS are
+# invisible to it); at run time the protocol is no base, so a method not made is missing, not a stub.
 if TYPE_CHECKING:
     _Service = StoreService
 else:
