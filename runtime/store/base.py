@@ -1,7 +1,9 @@
 """The Store protocol: the durable truth about tasks, steps, events and blobs.
 
-Implementations are synchronous and single-process; ``store/actor.py`` puts one behind a Ray actor so
-that every process of a cluster reaches the same file. Times are seconds since the epoch (floats).
+Implementations are synchronous: ``store/actor.py`` puts one behind a Ray actor so that every process
+of a cluster reaches the same file or database, and ``store/direct.py`` runs PostgreSQL's in threads
+of each process; both carry ``StoreService``'s calls to these methods as ``store/service.py``'s
+``OPERATIONS`` says. Times are seconds since the epoch (floats).
 """
 
 from __future__ import annotations
@@ -82,16 +84,17 @@ class BatchedWrites:
                     out.append(e)
         return out
 
-    def apply(self, writes: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
-        """Run ``(method, args)`` writes (``BATCHED_WRITES`` only) in one transaction; one result
-        per write, in order: what the method returns, or the RaysquadError it raised."""
+    def apply(self, writes: list[tuple[str, dict[str, Any]]], now: float) -> list[Any]:
+        """Run writes (``BATCHED_WRITES`` only: (method, its arguments by name but ``now``)) in one
+        transaction at ``now``; one result per write, in order: what the method returns, or the
+        RaysquadError it raised."""
         results: list[Any] = []
         with self._tx():
             for method, args in writes:
                 if method not in BATCHED_WRITES:
                     raise ValueError(f"{method} is not a write apply takes")
                 try:
-                    results.append(getattr(self, method)(*args))
+                    results.append(getattr(self, method)(**args, now=now))
                 except RaysquadError as e:
                     results.append(e)
         return results
@@ -188,6 +191,9 @@ class Store(Protocol):
 
     def read_blob(self, key: str) -> bytes:
         """A blob written with a step."""
+
+    def ping(self) -> str:
+        """Where the Store is, for the log; StoreError unless it answers."""
 
     def close(self) -> None:
         """Release the connection."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import pickle
 import threading
 import time
 import weakref
@@ -24,39 +23,29 @@ import ray
 
 from runtime.config import Settings
 from runtime.errors import RaysquadError
-from runtime.models import (
-    Claim,
-    DeadLetter,
-    Delivery,
-    Event,
-    Lease,
-    Route,
-    Schedule,
-    SubmitRequest,
-    TaskRecord,
-    TaskStatus,
-    TaskSummary,
-    TopicEvent,
-)
+from runtime.models import Event, Lease, Schedule, SubmitRequest, TaskRecord
 from runtime.store.base import Queued
 from runtime.store.listen import Listener
-from runtime.store.outbox import EventReport
 from runtime.store.postgres import PostgresStore
 from runtime.store.service import (
-    SubmitBatching,
-    Write,
-    WriteBatching,
+    Op,
+    Stamp,
+    StoreTransport,
     admit,
     admit_schedule,
-    backend_writes,
+    arguments,
     check_store_settings,
+    fetch_blobs,
+    step_write,
 )
 
 log = logging.getLogger(__name__)
 
 
-class DirectStore(SubmitBatching, WriteBatching):
-    """The Store on PostgreSQL for the processes of one runtime; ``shared`` gives one per process."""
+class DirectStore(StoreTransport, backend=True):
+    """The Store on PostgreSQL for the processes of one runtime; ``shared`` gives one per process.
+    Its operations (store/service.py's ``OPERATIONS``) run the backend's methods in a thread, lease
+    times by the database's clock; step records and finishes leave in group commits."""
 
     _shared: ClassVar[dict[tuple[str, str], DirectStore]] = {}
     _shared_lock: ClassVar[threading.Lock] = threading.Lock()
@@ -124,53 +113,24 @@ class DirectStore(SubmitBatching, WriteBatching):
         if listener is not None:
             await listener.close()
 
-    async def _run(self, method: str, *args: Any) -> Any:
-        return await asyncio.to_thread(getattr(self._store, method), *args)
+    def _now(self, stamp: Stamp) -> float | None:
+        # Lease times by the database's clock (now=None): processes on other nodes renew them.
+        return None if stamp is Stamp.LEASE else time.time()
 
-    # -- tasks --------------------------------------------------------------------------------------
+    async def _carry(self, name: str, op: Op, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if op.batched:
+            return await self._write((name, arguments(name, args, kwargs)))
+        call = self._backend_call(name, op, args, kwargs)
+        # In a thread, the pool's opening too: the GIL is released while libpq waits.
+        return await asyncio.to_thread(lambda: getattr(self._store, name)(**call))
 
     async def submit_tasks(self, items: list[tuple[str, SubmitRequest]]
                            ) -> list[tuple[TaskRecord, bool] | RaysquadError]:
-        return await asyncio.to_thread(admit, self._store, self._settings, items, time.time())
+        now = time.time()
+        return await asyncio.to_thread(lambda: admit(self._store, self._settings, items, now))
 
     async def take_submitted(self, timeout_s: float) -> list[Queued]:
         return await (await self._listener()).take_submitted(timeout_s)
-
-    async def get_task(self, task_id: str) -> TaskRecord:
-        return await self._run("get_task", task_id)  # type: ignore[no-any-return]
-
-    async def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
-                         tenant: str | None = None, limit: int = 100,
-                         before: tuple[float, str] | None = None) -> list[TaskSummary]:
-        return await self._run("list_tasks", status, workflow, tenant, limit, before)  # type: ignore[no-any-return]
-
-    async def queued_index(self, limit: int) -> list[Queued]:
-        return await self._run("queued_index", limit)  # type: ignore[no-any-return]
-
-    async def count_tasks(self, status: TaskStatus) -> int:
-        return await self._run("count_tasks", status)  # type: ignore[no-any-return]
-
-    async def recover(self) -> list[Queued]:
-        return await self._run("recover", time.time(), self._settings.dispatch_window)  # type: ignore[no-any-return]
-
-    async def claim(self, task_ids: list[str], owner: str, lease_s: float) -> list[Claim]:
-        # Lease times by the database's clock (now=None): processes on other nodes renew them.
-        return await self._run("claim", task_ids, owner, lease_s, None)  # type: ignore[no-any-return]
-
-    async def renew(self, owner: str, leases: dict[str, int], lease_s: float) -> dict[str, bool]:
-        return await self._run("renew", owner, leases, lease_s, None)  # type: ignore[no-any-return]
-
-    async def expire_leases(self) -> list[TaskRecord]:
-        return await self._run("expire_leases", None)  # type: ignore[no-any-return]
-
-    async def release_owner(self, owner: str, crashed: bool = True) -> list[TaskRecord]:
-        return await self._run("release_owner", owner, time.time(), crashed)  # type: ignore[no-any-return]
-
-    async def running_owners(self) -> list[str]:
-        return await self._run("running_owners")  # type: ignore[no-any-return]
-
-    async def abandon(self, lease: Lease, reason: str) -> TaskRecord:
-        return await self._run("abandon", lease, reason, time.time())  # type: ignore[no-any-return]
 
     async def record_step(self, lease: Lease, key: str, output: bytes,
                           refs: list[tuple[str, list[ray.ObjectRef]]] | None = None,
@@ -178,15 +138,12 @@ class DirectStore(SubmitBatching, WriteBatching):
         """Checkpoint a step; large values (``refs``) are fetched here and written in its
         transaction, so a stale runner writes no blob either."""
         if not refs:
-            return await self._write("record_step", lease, key, output, elapsed_s)  # type: ignore[no-any-return]
-        blobs = {blob_key: pickle.dumps(await object_ref, protocol=5)
-                 for blob_key, (object_ref,) in refs}
-        return await self._run("record_step", lease, key, output, blobs, time.time(),  # type: ignore[no-any-return]
-                               elapsed_s)
-
-    async def append_event(self, task_id: str, kind: str, data: dict[str, Any],
-                           lease: Lease | None = None) -> int:
-        return await self._run("append_event", task_id, kind, data, time.time(), lease)  # type: ignore[no-any-return]
+            done: bool = await self._write(step_write(lease, key, output, elapsed_s))
+            return done
+        blobs = await fetch_blobs(refs)
+        store = await self._open()
+        return await asyncio.to_thread(store.record_step, lease, key, output, blobs, time.time(),
+                                       elapsed_s)
 
     def post_event(self, task_id: str, kind: str, data: dict[str, Any],
                    lease: Lease | None = None) -> None:
@@ -199,33 +156,6 @@ class DirectStore(SubmitBatching, WriteBatching):
         self._posting.add(task)
         task.add_done_callback(self._posting.discard)
 
-    async def finish(self, lease: Lease, status: TaskStatus, output: Any,
-                     error: str | None) -> TaskRecord:
-        return await self._write("finish", lease, status, output, error)  # type: ignore[no-any-return]
-
-    async def apply(self, writes: list[Write]) -> list[Any]:
-        return await self._run("apply", backend_writes(writes, time.time()))  # type: ignore[no-any-return]
-
-    async def request_cancel(self, task_id: str) -> TaskRecord:
-        return await self._run("request_cancel", task_id, time.time())  # type: ignore[no-any-return]
-
-    async def retry(self, task_id: str) -> TaskRecord:
-        return await self._run("retry", task_id, time.time())  # type: ignore[no-any-return]
-
-    async def send_signal(self, task_id: str, name: str, payload: Any) -> TaskRecord:
-        limits = (self._settings.task_pending_signals, self._settings.task_signal_bytes)
-        return await self._run("send_signal", task_id, name, payload, time.time(), limits)  # type: ignore[no-any-return]
-
-    async def await_signal(self, lease: Lease, name: str, key: str,
-                           wake_at: float | None) -> tuple[str, Any]:
-        return await self._run("await_signal", lease, name, key, wake_at, time.time())  # type: ignore[no-any-return]
-
-    async def wake_due(self) -> list[TaskRecord]:
-        return await self._run("wake_due", time.time())  # type: ignore[no-any-return]
-
-    async def events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
-        return await self._run("events", task_id, after, limit)  # type: ignore[no-any-return]
-
     async def wait_events(self, task_id: str, after: int = 0, timeout_s: float = 10.0,
                           limit: int = 1000) -> list[Event]:
         """Events after ``after``; if there are none yet, wait up to ``timeout_s`` for the NOTIFY
@@ -233,112 +163,6 @@ class DirectStore(SubmitBatching, WriteBatching):
         return await (await self._listener()).wait_events(
             task_id, lambda: self.events(task_id, after, limit), timeout_s)
 
-    async def read_blob(self, key: str) -> bytes:
-        return await self._run("read_blob", key)  # type: ignore[no-any-return]
-
-    # -- dead letters -------------------------------------------------------------------------------
-
-    async def add_dead_letter(self, letter: DeadLetter) -> None:
-        await self._run("add_dead_letter", letter)
-
-    async def dead_letters(self, status: str | None = None, tool: str | None = None,
-                           tenant: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        return await self._run("dead_letters", status, tool, tenant, limit)  # type: ignore[no-any-return]
-
-    async def get_dead_letter(self, letter_id: str) -> DeadLetter:
-        return await self._run("get_dead_letter", letter_id)  # type: ignore[no-any-return]
-
-    async def take_dead_letter(self, letter_id: str) -> tuple[DeadLetter, bool]:
-        return await self._run("take_dead_letter", letter_id, time.time())  # type: ignore[no-any-return]
-
-    async def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
-                       step_output: bytes | None = None) -> DeadLetter:
-        return await self._run("replayed", letter_id, ok, result, error, attempts, time.time(),  # type: ignore[no-any-return]
-                               step_output)
-
-    # -- topic events (store/outbox.py) --------------------------------------------------------------
-
-    async def publish(self, events: list[TopicEvent]) -> list[tuple[TopicEvent, bool]]:
-        quota = (self._settings.tenant_events, self._settings.tenant_event_bytes)
-        return await self._run("publish", events, quota)  # type: ignore[no-any-return]
-
-    async def unrouted_events(self, limit: int) -> list[TopicEvent]:
-        return await self._run("unrouted_events", limit)  # type: ignore[no-any-return]
-
-    async def route_event(self, seq: int, routes: list[Route]) -> None:
-        await self._run("route_event", seq, routes, time.time())
-
-    async def take_deliveries(self, limit: int, retry_s: float) -> list[Delivery]:
-        return await self._run("take_deliveries", time.time(), limit, retry_s)  # type: ignore[no-any-return]
-
-    async def finish_delivery(self, seq: int, target: str, outcome: str,
-                              task_id: str | None = None) -> bool:
-        return await self._run("finish_delivery", seq, target, time.time(), outcome, task_id)  # type: ignore[no-any-return]
-
-    async def defer_delivery(self, seq: int, target: str, due_at: float,
-                             count_attempt: bool = False) -> None:
-        await self._run("defer_delivery", seq, target, due_at, count_attempt)
-
-    async def redeliver(self, seq: int, target: str) -> bool:
-        return await self._run("redeliver", seq, target, time.time())  # type: ignore[no-any-return]
-
-    async def active_key_tasks(self, target: str, tenant: str, key: str) -> list[str]:
-        return await self._run("active_key_tasks", target, tenant, key)  # type: ignore[no-any-return]
-
-    async def prune_events(self, before: float, limit: int) -> int:
-        return await self._run("prune_events", before, limit)  # type: ignore[no-any-return]
-
-    async def topic_events(self, topic: str | None = None, tenant: str | None = None, limit: int = 100,
-                           before: int | None = None) -> list[TopicEvent]:
-        return await self._run("topic_events", topic, tenant, limit, before)  # type: ignore[no-any-return]
-
-    async def event_deliveries(self, tenant: str, event_id: str) -> EventReport | None:
-        return await self._run("event_deliveries", tenant, event_id)  # type: ignore[no-any-return]
-
-    # -- schedules (store/schedules.py) ---------------------------------------------------------------
-
     async def put_schedule(self, schedule: Schedule, limited: bool = True) -> tuple[Schedule, bool]:
         return await asyncio.to_thread(  # the Store opens (connects) in the thread too
             lambda: admit_schedule(self._store, self._settings, schedule, limited))
-
-    async def get_schedule(self, tenant: str, schedule_id: str) -> Schedule | None:
-        return await self._run("get_schedule", tenant, schedule_id)  # type: ignore[no-any-return]
-
-    async def list_schedules(self, tenant: str | None = None, limit: int | None = None,
-                             after: str | None = None) -> list[Schedule]:
-        return await self._run("list_schedules", tenant, limit, after)  # type: ignore[no-any-return]
-
-    async def delete_schedule(self, tenant: str, schedule_id: str) -> bool:
-        return await self._run("delete_schedule", tenant, schedule_id)  # type: ignore[no-any-return]
-
-    async def pause_schedule(self, tenant: str, schedule_id: str, paused: bool,
-                             next_at: float) -> Schedule | None:
-        return await self._run("pause_schedule", tenant, schedule_id, paused, next_at, time.time())  # type: ignore[no-any-return]
-
-    async def due_schedules(self, limit: int) -> list[Schedule]:
-        return await self._run("due_schedules", time.time(), limit)  # type: ignore[no-any-return]
-
-    async def next_schedule_at(self) -> float | None:
-        return await self._run("next_schedule_at")  # type: ignore[no-any-return]
-
-    async def advance_schedule(self, tenant: str, schedule_id: str, expected_next_at: float,
-                               next_at: float, tick: float | None, task_id: str | None) -> bool:
-        return await self._run("advance_schedule", tenant, schedule_id, expected_next_at, next_at,  # type: ignore[no-any-return]
-                               tick, task_id, time.time())
-
-    async def defer_schedule(self, tenant: str, schedule_id: str, expected_next_at: float,
-                             due_at: float) -> bool:
-        return await self._run("defer_schedule", tenant, schedule_id, expected_next_at, due_at,  # type: ignore[no-any-return]
-                               time.time())
-
-    async def halt_schedule(self, tenant: str, schedule_id: str, expected_next_at: float,
-                            reason: str) -> bool:
-        return await self._run("halt_schedule", tenant, schedule_id, expected_next_at, reason,  # type: ignore[no-any-return]
-                               time.time())
-
-    async def take_lease(self, name: str, owner: str, ttl_s: float) -> bool:
-        return await self._run("take_lease", name, owner, ttl_s, time.time())  # type: ignore[no-any-return]
-
-    async def ping(self, deadline_s: float | None = None) -> str:
-        await asyncio.wait_for(self._run("ping"), deadline_s)
-        return self._store.path

@@ -93,6 +93,7 @@ class PortableSQL:
     its placeholder style; ``_q`` turns the ``?`` placeholders into it."""
 
     _placeholder = "?"
+    _lock_row = ""  # PostgreSQL: FOR UPDATE, on a row read before it is written
 
     def _tx(self) -> AbstractContextManager[Any]:
         raise NotImplementedError

@@ -83,11 +83,11 @@ class PostgresLock:
             self._conn.execute("SET tcp_keepalives_count = 3")
         except psycopg.Error as e:
             raise store_failure(without_passwords(conninfo), e, "cannot connect") from None
-        schema = str(self._conn.execute("SELECT current_schema()").fetchone()[0])  # type: ignore[index]
+        schema = str(_first(self._conn.execute("SELECT current_schema()").fetchone()))
         deadline = time.monotonic() + wait_s
-        while not self._conn.execute(
+        while not _first(self._conn.execute(
                 "SELECT pg_try_advisory_lock(hashtext('raysquad-owner:' || current_schema()))"
-        ).fetchone()[0]:  # type: ignore[index]
+        ).fetchone()):
             if time.monotonic() > deadline:
                 self.release()
                 raise StoreInUse(f"the Store in PostgreSQL schema {schema!r}") from None
@@ -118,3 +118,9 @@ def own_store(settings: Settings, *, restarted: bool = False,
         log.warning("the restarted Store goes on without its ownership lock (still held by its "
                     "previous process, which is gone)")
         return None
+
+
+def _first(row: tuple[object, ...] | None) -> object:
+    """The one column of the row a SELECT without FROM always returns."""
+    assert row is not None
+    return row[0]

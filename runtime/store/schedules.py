@@ -113,8 +113,6 @@ class Schedules(PortableSQL):
                         + (self._lock_row if lock else ""), (tenant, schedule_id)).fetchone()
         return _schedule(row) if row is not None else None
 
-    _lock_row = ""  # PostgreSQL: FOR UPDATE
-
     def get_schedule(self, tenant: str, schedule_id: str) -> Schedule | None:
         with self._tx() as c:
             return self._get_schedule(c, tenant, schedule_id)

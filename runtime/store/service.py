@@ -1,17 +1,25 @@
-"""What every way of reaching the Store shares: the ``StoreService`` protocol its callers see,
-opening a backend, admission (quotas, sizes, priorities: decided before anything is committed), and
-the group commits that batch submits and writes. The actor (``store/actor.py``) and the direct
-transport (``store/direct.py``) are both built on it; ``store/connect.py`` picks one for a process.
+"""What every way of reaching the Store shares: the ``StoreService`` protocol its callers see and
+``OPERATIONS``, the table of how each of its operations is carried; ``StoreTransport``, the base
+that makes a transport's methods from that table, with the group commits that batch submits and
+writes; opening a backend; admission (quotas, sizes, priorities: decided before anything is
+committed). The actor (``store/actor.py``: ``StoreActor`` and ``StoreHandle``) and the direct
+transport (``store/direct.py``) are built on it; ``store/connect.py`` picks one for a process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import logging
+import pickle
 import time
 import weakref
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
 import ray
@@ -48,10 +56,8 @@ from runtime.sizes import approx_size
 from runtime.store.base import Queued, Store
 from runtime.store.outbox import EventReport
 from runtime.store.owner import PostgresLock, StoreLock, own_store
+from runtime.store.schedules import Schedules
 from runtime.triggers import check_interval
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -224,102 +230,27 @@ def _refusal(settings: Settings, req: SubmitRequest, size: int) -> RaysquadError
     return None
 
 
-def admit_schedule(store: Any, settings: Settings, schedule: Schedule,
+def admit_schedule(store: Schedules, settings: Settings, schedule: Schedule,
                    limited: bool) -> tuple[Schedule, bool]:
     """``put_schedule`` for a schedule within its tenant's bounds, decided before it is written:
     what each tick's task would be refused for (its input's size, the tenant's priorities), how
     often it ticks (``schedule_min_interval_s``) and how many the tenant keeps
     (``max_schedules_per_tenant``). ``limited=False``: the app's own, declared on its workflows."""
     if not limited:
-        return store.put_schedule(schedule)  # type: ignore[no-any-return]
+        return store.put_schedule(schedule)
     probe = SubmitRequest(workflow=schedule.workflow, input=schedule.input, tenant=schedule.tenant)
     refusal = _refusal(settings, probe, _input_bytes(probe))
     if refusal is not None:
         raise refusal
     check_interval(schedule.cron, settings.schedule_interval_floor_s(schedule.tenant))
-    return store.put_schedule(schedule, settings.max_schedules_per_tenant)  # type: ignore[no-any-return]
-
-
-class SubmitBatching:
-    """``submit``: the submits of one event-loop turn leave as one ``submit_tasks`` call, one
-    transaction (a group commit), whichever way the Store is reached."""
-
-    _commits: weakref.WeakKeyDictionary[
-        asyncio.AbstractEventLoop, GroupCommit[SubmitRequest, tuple[TaskRecord, bool]]] | None = None
-
-    async def submit_tasks(self, items: list[tuple[str, SubmitRequest]]
-                           ) -> list[tuple[TaskRecord, bool] | RaysquadError]:
-        raise NotImplementedError
-
-    async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
-        """Admit one task (batched with the other submits of this event-loop turn)."""
-        loop = asyncio.get_running_loop()
-        if self._commits is None:
-            self._commits = weakref.WeakKeyDictionary()
-        commit = self._commits.get(loop)
-        if commit is None:  # one batcher per event loop: its futures belong to that loop
-            commit = self._commits[loop] = GroupCommit(self._submit_batch, weigh=_weight,
-                                                       max_weight=SUBMIT_BATCH_BYTES)
-        return await commit(req)
-
-    async def _submit_batch(self, reqs: list[SubmitRequest]
-                            ) -> list[tuple[TaskRecord, bool] | BaseException]:
-        return list(await self.submit_tasks([(new_task_id(), r) for r in reqs]))
-
-
-#: A write as ``apply`` takes it: ("record_step", (lease, key, output, elapsed_s)), ("finish",
-#: (lease, status, output, error)) or ("append_event", (task_id, kind, data, lease)); the Store adds
-#: the time (and no blobs: a step with large values is recorded on its own).
-Write = tuple[str, tuple[Any, ...]]
-
-
-def backend_writes(writes: list[Write], now: float) -> list[Write]:
-    """``writes`` with the arguments the backend's methods take."""
-    out: list[Write] = []
-    for method, args in writes:
-        if method == "record_step":
-            lease, key, output, elapsed_s = args
-            out.append((method, (lease, key, output, {}, now, elapsed_s)))
-        elif method == "finish":
-            out.append((method, (*args, now)))
-        elif method == "append_event":
-            task_id, kind, data, lease = args
-            out.append((method, (task_id, kind, data, now, lease)))
-        else:
-            raise ValueError(f"{method} is not a write apply takes")
-    return out
-
-
-class WriteBatching:
-    """``record_step`` (of a step with no large values) and ``finish``: the ones of one event-loop
-    turn, from every run of this process, leave as one ``apply`` call, one transaction (a group
-    commit, like ``SubmitBatching``'s). Each is safe to repeat, so the call rides out a restart."""
-
-    _write_commits: weakref.WeakKeyDictionary[
-        asyncio.AbstractEventLoop, GroupCommit[Write, Any]] | None = None
-
-    async def apply(self, writes: list[Write]) -> list[Any]:
-        raise NotImplementedError
-
-    async def append_events(self, events: list[tuple[str, str, dict[str, Any], Lease | None]]
-                            ) -> list[int | RaysquadError]:
-        """Events of several tasks (task id, kind, data, lease) in one transaction; per event its
-        seq, or the error that refused it (a lost lease). Not repeated across a restart."""
-        return await self.apply([("append_event", e) for e in events])
-
-    async def _write(self, method: str, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._write_commits is None:
-            self._write_commits = weakref.WeakKeyDictionary()
-        commit = self._write_commits.get(loop)
-        if commit is None:
-            commit = self._write_commits[loop] = GroupCommit(self.apply)
-        return await commit((method, args))
+    return store.put_schedule(schedule, settings.max_schedules_per_tenant)
 
 
 class StoreService(Protocol):
     """What the rest of the runtime calls on the Store: ``StoreHandle`` over Ray, ``DirectStore``
-    on PostgreSQL, or, in a unit test, a ``StoreActor`` in the same process."""
+    on PostgreSQL, or, in a unit test, a ``StoreActor`` in the same process. How each of them
+    carries an operation is its line in ``OPERATIONS``; ``submit``, ``append_events`` and
+    ``post_event`` are made of the operations."""
 
     async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]: ...
     async def submit_tasks(self, items: list[tuple[str, SubmitRequest]]
@@ -349,12 +280,14 @@ class StoreService(Protocol):
                             ) -> list[int | RaysquadError]: ...
     async def finish(self, lease: Lease, status: TaskStatus, output: Any,
                      error: str | None) -> TaskRecord: ...
+    async def apply(self, writes: list[Write]) -> list[Any]: ...
     async def request_cancel(self, task_id: str) -> TaskRecord: ...
     async def retry(self, task_id: str) -> TaskRecord: ...
     async def send_signal(self, task_id: str, name: str, payload: Any) -> TaskRecord: ...
     async def await_signal(self, lease: Lease, name: str, key: str,
                            wake_at: float | None) -> tuple[str, Any]: ...
     async def wake_due(self) -> list[TaskRecord]: ...
+    async def events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[Event]: ...
     async def wait_events(self, task_id: str, after: int = 0, timeout_s: float = 10.0,
                           limit: int = 1000) -> list[Event]: ...
     async def read_blob(self, key: str) -> bytes: ...
@@ -396,3 +329,248 @@ class StoreService(Protocol):
     async def topic_events(self, topic: str | None = None, tenant: str | None = None, limit: int = 100,
                            before: int | None = None) -> list[TopicEvent]: ...
     async def event_deliveries(self, tenant: str, event_id: str) -> EventReport | None: ...
+
+
+class Stamp(Enum):
+    """The time a call is stamped with: the backend method's ``now``, added by the process that
+    runs the call (the Store actor's, or a DirectStore's)."""
+
+    NOW = "now"
+    #: A lease's time: the database's clock where the transport has one (a DirectStore passes
+    #: ``now=None``: the processes that claim, renew and expire leases compare no clocks).
+    LEASE = "lease"
+
+
+@dataclass(frozen=True)
+class Op:
+    """How the transports carry one operation of ``StoreService``."""
+
+    #: Safe to send again across a restart of the Store actor (``StoreHandle`` tries it again until
+    #: its deadline); a function of the call's arguments where that depends on them.
+    repeat: bool | Callable[..., bool] = True
+    #: The time the backend method gets as ``now``; None: it takes none.
+    stamp: Stamp | None = None
+    #: Goes through the write batching: the calls of one event-loop turn leave as one ``apply``,
+    #: one transaction (``StoreHandle``, ``DirectStore``; the actor writes at once).
+    batched: bool = False
+    #: Backend arguments taken from the runtime's settings (bounds the caller does not choose).
+    settings: Callable[[Settings], dict[str, Any]] | None = None
+    #: Not a plain call of the backend method: why. The Store actor and DirectStore each define it
+    #: (the handle forwards it like any other).
+    custom: str = ""
+
+    def repeats(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        return self.repeat if isinstance(self.repeat, bool) else self.repeat(*args, **kwargs)
+
+
+#: A batched write as ``apply`` takes it: (backend method, its arguments by name but ``now``); the
+#: Store adds the time. ``record_step`` (with no blobs: a step with large values goes on its own),
+#: ``finish`` and ``append_event``.
+Write = tuple[str, dict[str, Any]]
+
+
+def _without_events(writes: list[Write]) -> bool:
+    """A batch of step records and finishes is safe to send again; an event would be logged twice."""
+    return all(method != "append_event" for method, _ in writes)
+
+
+#: The Store's operations: each ``StoreService`` method (but the three made of them) and how the
+#: transports carry it. A new one is a line here, its signature in ``StoreService`` and its
+#: backend method (store/tasks.py, outbox.py, schedules.py), whose arguments are the caller's, by
+#: name, with ``now`` and the settings' added.
+OPERATIONS: dict[str, Op] = {
+    # -- tasks: a repeated submit finds its tasks created (each item carries the id it gets)
+    "submit_tasks":     Op(stamp=Stamp.NOW, custom="admission; new tasks go to the dispatcher's feed"),
+    "take_submitted":   Op(custom="the dispatcher's feed of new tasks"),
+    "get_task":         Op(),
+    "list_tasks":       Op(),
+    "queued_index":     Op(),
+    "count_tasks":      Op(),
+    "recover":          Op(stamp=Stamp.NOW, settings=lambda s: {"limit": s.dispatch_window}),
+    # A claim whose reply was lost holds its tasks until their lease runs out: not repeated.
+    "claim":            Op(repeat=False, stamp=Stamp.LEASE),
+    "renew":            Op(stamp=Stamp.LEASE),
+    "expire_leases":    Op(stamp=Stamp.LEASE),
+    "release_owner":    Op(stamp=Stamp.NOW),
+    "running_owners":   Op(),
+    "abandon":          Op(repeat=False, stamp=Stamp.NOW),
+    # -- a run's writes, fenced by its lease; a step key's first record wins, a finish is answered
+    # again to its run: both safe to repeat. An event repeated would be logged twice.
+    "record_step":      Op(stamp=Stamp.NOW, batched=True,
+                           custom="large values come as object refs, fetched and kept as blobs"),
+    "append_event":     Op(repeat=False, stamp=Stamp.NOW),
+    "finish":           Op(stamp=Stamp.NOW, batched=True),
+    "apply":            Op(repeat=_without_events, stamp=Stamp.NOW),
+    "request_cancel":   Op(stamp=Stamp.NOW),
+    "retry":            Op(repeat=False, stamp=Stamp.NOW),
+    "send_signal":      Op(repeat=False, stamp=Stamp.NOW, settings=lambda s: {
+                            "limits": (s.task_pending_signals, s.task_signal_bytes)}),
+    "await_signal":     Op(stamp=Stamp.NOW),
+    "wake_due":         Op(stamp=Stamp.NOW),
+    "events":           Op(),
+    "wait_events":      Op(custom="waits to be woken by a new event"),
+    "read_blob":        Op(),
+    "ping":             Op(),
+    # -- dead letters; a take whose reply was lost holds the letter for REPLAY_HOLD_S
+    "add_dead_letter":  Op(repeat=False),
+    "dead_letters":     Op(),
+    "get_dead_letter":  Op(),
+    "take_dead_letter": Op(repeat=False, stamp=Stamp.NOW),
+    "replayed":         Op(repeat=False, stamp=Stamp.NOW),
+    # -- topic events (store/outbox.py); a publish is keyed by its event's id
+    "publish":          Op(settings=lambda s: {"quota": (s.tenant_events, s.tenant_event_bytes)}),
+    "unrouted_events":  Op(),
+    "route_event":      Op(stamp=Stamp.NOW),
+    "take_deliveries":  Op(repeat=False, stamp=Stamp.NOW),
+    "finish_delivery":  Op(stamp=Stamp.NOW),
+    "defer_delivery":   Op(),
+    "redeliver":        Op(stamp=Stamp.NOW),
+    "active_key_tasks": Op(),
+    "prune_events":     Op(),
+    "topic_events":     Op(),
+    "event_deliveries": Op(),
+    # -- schedules (store/schedules.py)
+    "put_schedule":     Op(custom="admission: the tenant's bounds"),
+    "get_schedule":     Op(),
+    "list_schedules":   Op(),
+    "delete_schedule":  Op(),
+    "pause_schedule":   Op(stamp=Stamp.NOW),
+    "due_schedules":    Op(stamp=Stamp.NOW),
+    "next_schedule_at": Op(),
+    "advance_schedule": Op(stamp=Stamp.NOW),
+    "defer_schedule":   Op(stamp=Stamp.NOW),
+    "halt_schedule":    Op(stamp=Stamp.NOW),
+    "take_lease":       Op(stamp=Stamp.NOW),
+}
+
+#: Every method of ``StoreService``: the operations, and the three made of them.
+MEMBERS = frozenset(name for name in vars(StoreService) if not name.startswith("_"))
+if not set(OPERATIONS) < MEMBERS or MEMBERS - set(OPERATIONS) != {"submit", "append_events",
+                                                                  "post_event"}:
+    raise TypeError("OPERATIONS and StoreService name different operations: "
+                    f"{sorted(MEMBERS ^ set(OPERATIONS))}")
+
+_SIGNATURES = {name: inspect.signature(getattr(StoreService, name)) for name in OPERATIONS}
+_PARAMETERS = {name: tuple(signature.parameters)[1:] for name, signature in _SIGNATURES.items()}
+
+
+def arguments(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A call of operation ``name`` as its arguments by name, defaults filled in (TypeError for a
+    call its signature refuses)."""
+    parameters = _PARAMETERS[name]
+    if not kwargs and len(args) == len(parameters):  # every argument given, in order
+        return dict(zip(parameters, args, strict=True))
+    bound = _SIGNATURES[name].bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    call = dict(bound.arguments)
+    del call["self"]
+    return call
+
+
+def step_write(lease: Lease, key: str, output: bytes, elapsed_s: float | None) -> Write:
+    """A step record with no large values, as ``apply`` takes it."""
+    return "record_step", {"lease": lease, "key": key, "output": output, "blobs": {},
+                           "elapsed_s": elapsed_s}
+
+
+async def fetch_blobs(refs: list[tuple[str, list[ray.ObjectRef]]]) -> dict[str, bytes]:
+    """A step's large values, (blob key, [ObjectRef]), fetched and pickled as the blobs to keep."""
+    return {blob_key: pickle.dumps(await object_ref, protocol=5) for blob_key, (object_ref,) in refs}
+
+
+# The type checker takes a transport for a StoreService (the methods made from OPERATIONS are
+# invisible to it); at run time the protocol is no base, so a method not made is missing, not a stub.
+if TYPE_CHECKING:
+    _Service = StoreService
+else:
+    _Service = object
+
+
+class StoreTransport(_Service):
+    """A way of reaching the Store. Every operation a subclass does not define itself is made from
+    its ``OPERATIONS`` line when the class is made (Ray needs real methods on an actor class): a
+    method with the operation's signature that hands the call to the subclass's ``_carry``, as
+    Dramatiq's brokers turn each ``do_<command>`` into one dispatch. The type checker knows the
+    made methods from ``StoreService``.
+
+    Here too, what the three transports share: ``submit`` and the write batching, each a group
+    commit (the calls of one event-loop turn leave as one call, one transaction)."""
+
+    _settings: Settings
+    _commits: weakref.WeakKeyDictionary[
+        asyncio.AbstractEventLoop, GroupCommit[SubmitRequest, tuple[TaskRecord, bool]]] | None = None
+    _write_commits: weakref.WeakKeyDictionary[
+        asyncio.AbstractEventLoop, GroupCommit[Write, Any]] | None = None
+
+    def __init_subclass__(cls, backend: bool = False, **kwargs: Any) -> None:
+        """``backend``: the class runs the operations on a Store backend itself, so it defines
+        each ``custom`` one."""
+        super().__init_subclass__(**kwargs)
+        for name, op in OPERATIONS.items():
+            if hasattr(cls, name):
+                continue
+            if backend and op.custom:
+                raise TypeError(f"{cls.__name__} must define {name} ({op.custom})")
+            setattr(cls, name, _operation(cls, name, op))
+        missing = sorted(name for name in MEMBERS if not hasattr(cls, name))
+        if missing:
+            raise TypeError(f"{cls.__name__} must define {', '.join(missing)}")
+
+    async def _carry(self, name: str, op: Op, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Carry a call of operation ``name`` (``op``) with the caller's ``args`` and ``kwargs``."""
+        raise NotImplementedError
+
+    def _now(self, stamp: Stamp) -> float | None:
+        return time.time()
+
+    def _backend_call(self, name: str, op: Op, args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The backend method's arguments for a call: the caller's, the time, the settings'."""
+        call = arguments(name, args, kwargs)
+        if op.stamp is not None:
+            call["now"] = self._now(op.stamp)
+        if op.settings is not None:
+            call.update(op.settings(self._settings))
+        return call
+
+    async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
+        """Admit one task (batched with the other submits of this event-loop turn)."""
+        loop = asyncio.get_running_loop()
+        if self._commits is None:
+            self._commits = weakref.WeakKeyDictionary()
+        commit = self._commits.get(loop)
+        if commit is None:  # one batcher per event loop: its futures belong to that loop
+            commit = self._commits[loop] = GroupCommit(self._submit_batch, weigh=_weight,
+                                                       max_weight=SUBMIT_BATCH_BYTES)
+        return await commit(req)
+
+    async def _submit_batch(self, reqs: list[SubmitRequest]
+                            ) -> list[tuple[TaskRecord, bool] | BaseException]:
+        return list(await self.submit_tasks([(new_task_id(), r) for r in reqs]))
+
+    async def append_events(self, events: list[tuple[str, str, dict[str, Any], Lease | None]]
+                            ) -> list[int | RaysquadError]:
+        """Events of several tasks (task id, kind, data, lease) in one transaction; per event its
+        seq, or the error that refused it (a lost lease). Not repeated across a restart."""
+        return await self.apply([("append_event", arguments("append_event", e, {}))
+                                 for e in events])
+
+    async def _write(self, write: Write) -> Any:
+        """A batched write (``Op.batched``), left with the others of this event-loop turn."""
+        loop = asyncio.get_running_loop()
+        if self._write_commits is None:
+            self._write_commits = weakref.WeakKeyDictionary()
+        commit = self._write_commits.get(loop)
+        if commit is None:
+            commit = self._write_commits[loop] = GroupCommit(self.apply)
+        return await commit(write)
+
+
+def _operation(cls: type, name: str, op: Op) -> Callable[..., Awaitable[Any]]:
+    async def operation(self: StoreTransport, *args: Any, **kwargs: Any) -> Any:
+        return await self._carry(name, op, args, kwargs)
+
+    functools.update_wrapper(operation, getattr(StoreService, name))  # its signature, for Ray too
+    operation.__qualname__ = f"{cls.__qualname__}.{name}"
+    operation.__module__ = cls.__module__
+    return operation

@@ -914,12 +914,15 @@ def test_apply_commits_each_write_and_answers_a_refused_one_alone(store: AnyStor
     stale = Lease("t2", "w1", 99)  # not t2's run: its writes are refused, the others' are not
 
     results = store.apply([
-        ("record_step", (lease(store, "t1", "w1"), "a", b"out-a", {}, T0 + 1, 0.5)),
-        ("record_step", (stale, "a", b"stale", {}, T0 + 1, None)),
-        ("finish", (lease(store, "t3", "w1"), TaskStatus.SUCCEEDED, {"ok": 1}, None, T0 + 2)),
-        ("finish", (stale, TaskStatus.SUCCEEDED, None, None, T0 + 2)),
-        ("record_step", (lease(store, "t1", "w1"), "a", b"again", {}, T0 + 3, None)),
-    ])
+        ("record_step", {"lease": lease(store, "t1", "w1"), "key": "a", "output": b"out-a",
+                         "blobs": {}, "elapsed_s": 0.5}),
+        ("record_step", {"lease": stale, "key": "a", "output": b"stale", "blobs": {}}),
+        ("finish", {"lease": lease(store, "t3", "w1"), "status": TaskStatus.SUCCEEDED,
+                    "output": {"ok": 1}, "error": None}),
+        ("finish", {"lease": stale, "status": TaskStatus.SUCCEEDED, "output": None, "error": None}),
+        ("record_step", {"lease": lease(store, "t1", "w1"), "key": "a", "output": b"again",
+                         "blobs": {}}),
+    ], T0 + 1)
 
     assert results[0] is False and results[4] is False
     assert isinstance(results[1], LeaseLost) and isinstance(results[3], LeaseLost)
@@ -934,4 +937,4 @@ def test_apply_commits_each_write_and_answers_a_refused_one_alone(store: AnyStor
 
 def test_apply_takes_only_the_writes_of_a_run(store: AnyStore) -> None:
     with pytest.raises(ValueError, match="not a write"):
-        store.apply([("retry", ("t1", T0))])
+        store.apply([("retry", {"task_id": "t1"})], T0)
