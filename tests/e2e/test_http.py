@@ -40,20 +40,20 @@ def assert_client_error(response: httpx.Response, status: int, *words: str) -> d
     assert isinstance(error["type"], str) and error["type"]
     for word in words:
         assert word in error["message"], (word, error)
-    return error  # type: ignore[no-any-return]
+    return error
 
 
 def submit(client: httpx.Client, workflow: str, input: dict[str, Any] | None = None,
            **more: Any) -> dict[str, Any]:
     r = client.post("/v1/tasks", json={"workflow": workflow, "input": input or {}, **more})
     assert r.status_code == 202, r.text
-    return r.json()  # type: ignore[no-any-return]
+    return r.json()
 
 
 def get_task(client: httpx.Client, task_id: str) -> dict[str, Any]:
     r = client.get(f"/v1/tasks/{task_id}")
     assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
+    return r.json()
 
 
 def wait_status(client: httpx.Client, task_id: str, *statuses: str,

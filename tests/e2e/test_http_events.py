@@ -244,11 +244,11 @@ def _delivery(client: httpx.Client, report_url: str, target: str) -> dict[str, A
 
 def _task_of(client: httpx.Client, report_url: str, target: str) -> str:
     return wait_for(lambda: (_delivery(client, report_url, target) or {}).get("task_id"),
-                    timeout_s=60, what=f"the event to start {target}")  # type: ignore[no-any-return]
+                    timeout_s=60, what=f"the event to start {target}")
 
 
 def _status(client: httpx.Client, task_id: str) -> str:
-    return client.get(f"/v1/tasks/{task_id}").json()["status"]  # type: ignore[no-any-return]
+    return client.get(f"/v1/tasks/{task_id}").json()["status"]
 
 
 def _phases(side: Path, name: str) -> list[tuple[int, str]]:

@@ -254,7 +254,7 @@ def test_a_database_error_leaves_a_delivery_due_never_refused(make_runtime, side
 
     def execute(sql: str) -> None:
         with psycopg.connect(db, autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)
 
     execute("CREATE TABLE outage (since DOUBLE PRECISION); CREATE SEQUENCE outage_hits; "
             "CREATE FUNCTION refuse_tasks() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "

@@ -20,7 +20,7 @@ from tests.servers import Upstream, upstream
 
 APPS = ["tests.apps.tools"]
 LOOPBACK = ToolSettings(http_allow_networks=("127.0.0.1/32",), http_allow_ports=("1024-65535",), executors=4,
-                        retry={"max_attempts": 1})  # type: ignore[arg-type]
+                        retry={"max_attempts": 1})
 
 
 def finish_all(rt: Runtime, ids: list[str], timeout_s: float = 120.0) -> list[Any]:

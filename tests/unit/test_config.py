@@ -108,7 +108,7 @@ def test_store_backend_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.store, s.postgres_url) == ("postgres", "postgresql://rs@db:5432/raysquad")
     assert Settings(store="sqlite").postgres_url == "postgresql://rs@db:5432/raysquad"
     with pytest.raises(ValidationError):
-        Settings(store="mysql")  # type: ignore[arg-type]
+        Settings(store="mysql")
 
 
 # -- secrets and keys that would open a door (audit L1, L14) and gate limits that mean nothing ----

@@ -416,7 +416,7 @@ def test_step_defaults_come_from_settings() -> None:
     settings = Settings()
     assert settings.agent_timeout_s == 300.0 and settings.tools.step_timeout_s == 300.0
 
-    tuned = Settings(agent_timeout_s=5, tools={"step_timeout_s": 7})  # type: ignore[arg-type]
+    tuned = Settings(agent_timeout_s=5, tools={"step_timeout_s": 7})
     assert (tuned.agent_timeout_s, tuned.tools.step_timeout_s) == (5, 7)
 
 

@@ -175,7 +175,7 @@ class Failing:
     async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
         if req.tenant in self.failing:
             raise self.failing[req.tenant]
-        return await self.inner.submit(req)  # type: ignore[no-any-return]
+        return await self.inner.submit(req)
 
 
 async def rounds_until(scheduler: Scheduler, condition: Callable[[], Awaitable[Any]],
@@ -192,7 +192,7 @@ async def rounds_until(scheduler: Scheduler, condition: Callable[[], Awaitable[A
 def scheduler_over(make_service: Any, **more: Any) -> tuple[Scheduler, Failing]:
     settings = Settings(schedule_grace_s=120.0, **more)
     store = Failing(make_service(**more))
-    return Scheduler(settings, store, Catalog()), store  # type: ignore[arg-type]
+    return Scheduler(settings, store, Catalog()), store
 
 
 def due_now() -> float:
@@ -228,7 +228,7 @@ async def test_a_passing_failure_leaves_the_tick_due_and_it_runs_later(
 
 
 async def _last_task(store: Any, tenant: str, schedule_id: str) -> str | None:
-    return (await store.get_schedule(tenant, schedule_id)).last_task_id  # type: ignore[no-any-return]
+    return (await store.get_schedule(tenant, schedule_id)).last_task_id
 
 
 @in_loop

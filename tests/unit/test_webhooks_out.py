@@ -100,7 +100,7 @@ class Endless(httpx.AsyncByteStream):
         self.pause_s = pause_s
         self.sent = 0
 
-    async def __aiter__(self):  # type: ignore[no-untyped-def]
+    async def __aiter__(self):
         while True:
             if self.pause_s:
                 await asyncio.sleep(self.pause_s)

@@ -124,10 +124,10 @@ def test_workflow_rejects_a_sync_function() -> None:
 
 
 def test_workflow_rejects_an_input_without_a_pydantic_annotation() -> None:
-    async def untyped(ctx, inp):  # type: ignore[no-untyped-def]
+    async def untyped(ctx, inp):
         return None
 
-    async def dict_input(ctx: Context, inp: dict) -> None:  # type: ignore[type-arg]
+    async def dict_input(ctx: Context, inp: dict) -> None:
         return None
 
     for fn in (untyped, dict_input):
