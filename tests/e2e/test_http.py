@@ -535,7 +535,7 @@ def test_a_bad_last_event_id_is_400(a: httpx.Client) -> None:
     task_id = submit(a, "echo", {"text": "digits"})["id"]
     wait_status(a, task_id, "succeeded")
     for bad in (b"\xb2", b"seven", b"-1", str(2**63).encode()):
-        r = a.get(f"/v1/tasks/{task_id}/events", headers={"Last-Event-ID": bad})
+        r = a.get(f"/v1/tasks/{task_id}/events", headers={b"Last-Event-ID": bad})
         assert_client_error(r, 400, "Last-Event-ID")
 
 

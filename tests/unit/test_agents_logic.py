@@ -23,10 +23,13 @@ from agents.text import (
     top_passages,
 )
 from runtime import InvalidInput, RetryPolicy
+from runtime.agent import AgentContext
 from runtime.catalog import load_catalog
+from runtime.engines.actor import Router
 from runtime.engines.simulated import prompt_text, simulated_text
 from runtime.models import AgentMessage, ChatRequest, Completion, Usage
 from runtime.workflow import Context, as_messages
+from tests.unit.fakes import UnusedServices
 
 QUESTION = "How do durable workflows survive worker failures?"
 ROLES = {"planner", "researcher", "scraper", "analyst", "reviewer"}
@@ -202,11 +205,12 @@ def complete(request: ChatRequest) -> Completion:
     return Completion(model=request.model, text=text, usage=Usage(prompt_tokens=0, completion_tokens=0))
 
 
-class LocalAgentContext:
-    """Stands in for ``AgentContext``: the same ``chat`` signature, answered in-process."""
+class LocalAgentContext(AgentContext):
+    """An ``AgentContext`` whose ``chat`` is answered in-process and whose events go nowhere."""
 
     def __init__(self, task_id: str, step_key: str) -> None:
-        self.task_id, self.step_key, self.priority = task_id, step_key, 0
+        msg = AgentMessage(id=step_key, role="local", task_id=task_id, step_key=step_key)
+        super().__init__(msg, Router({}), None, "sim")
 
     async def chat(self, messages: Any, *, model: str | None = None, max_tokens: int = 128,
                    temperature: float = 0.0) -> Completion:
@@ -217,7 +221,7 @@ class LocalAgentContext:
         pass
 
 
-class LocalServices:
+class LocalServices(UnusedServices):
     """Runs agent calls in-process; ``live=False`` refuses them, to prove a replay needs none."""
 
     def __init__(self, live: bool = True) -> None:
@@ -234,7 +238,7 @@ class LocalServices:
         self.calls.append(key)
         msg = AgentMessage(id=key, role=role, task_id=ctx.task_id, step_key=key, payload=payload)
         agent_ctx = LocalAgentContext(ctx.task_id, key)
-        return await self.catalog.agent(role)().handle(msg, agent_ctx)  # type: ignore[arg-type]
+        return await self.catalog.agent(role)().handle(msg, agent_ctx)
 
     async def chat(self, ctx: Context, request: ChatRequest) -> Completion:
         assert self.live, "replay ran an LLM step"

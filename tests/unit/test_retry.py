@@ -53,6 +53,7 @@ from runtime.tools import Registry, tool
 from runtime.tools.executor import Caller, ToolExecutor
 from runtime.workflow import Context
 from serve.errors import install, status_of
+from tests.unit.fakes import UnusedServices
 
 HUGE = 1e9  # an upstream's Retry-After that would hold a worker slot for 31 years
 
@@ -342,7 +343,7 @@ def test_the_openai_engine_gives_up_with_a_retryable_error() -> None:
 FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.01, jitter=0.0)
 
 
-class HangingServices:
+class HangingServices(UnusedServices):
     """Services whose agents and tools never answer; records the events and the calls."""
 
     def __init__(self) -> None:
@@ -365,7 +366,7 @@ class HangingServices:
 
 
 def make_ctx(services: HangingServices, **timeouts: float) -> Context:
-    return Context("task-1", "wf", 0, "acme", {}, services, FAST, None, "sim-small",  # type: ignore[arg-type]
+    return Context("task-1", "wf", 0, "acme", {}, services, FAST, None, "sim-small",
                    **timeouts)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from runtime.errors import (
 )
 from runtime.models import ChatRequest, Completion, Usage
 from runtime.workflow import Context, Workflow, workflow
+from tests.unit.fakes import UnusedServices
 
 FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.002, jitter=0.0)
 
@@ -41,7 +42,7 @@ class Out(BaseModel):
     greeting: str
 
 
-class FakeServices:
+class FakeServices(UnusedServices):
     """Services in memory: records what the Context asks for."""
 
     def __init__(self) -> None:
@@ -72,12 +73,12 @@ def make_ctx(services: FakeServices, recorded: dict[str, Any] | None = None,
                    "sim-small")
 
 
-def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
-    return asyncio.run(coro_fn())  # type: ignore[arg-type]
+def run(coro_fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    return asyncio.run(coro_fn())
 
 
 class Counter:
-    def __init__(self, fail_times: int = 0, error: type[Exception] = ValueError) -> None:
+    def __init__(self, fail_times: int = 0, error: Callable[[str], Exception] = ValueError) -> None:
         self.calls = 0
         self.fail_times = fail_times
         self.error = error
@@ -120,7 +121,7 @@ def test_workflow_rejects_a_sync_function() -> None:
         return Out(greeting="")
 
     with pytest.raises(TypeError, match="async def"):
-        workflow(sync)  # type: ignore[arg-type]
+        workflow(sync)  # type: ignore[arg-type]  # a sync function: what this test checks
 
 
 def test_workflow_rejects_an_input_without_a_pydantic_annotation() -> None:
@@ -425,7 +426,7 @@ def test_cancel_requested_stops_at_the_next_step() -> None:
 
 
 def test_task_cancelled_raised_inside_a_step_is_not_retried() -> None:
-    fn = Counter(fail_times=99, error=lambda msg: TaskCancelled("task-1"))  # type: ignore[arg-type]
+    fn = Counter(fail_times=99, error=lambda msg: TaskCancelled("task-1"))
 
     async def main() -> Any:
         return await make_ctx(FakeServices()).step("x", fn)
