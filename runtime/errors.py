@@ -1,8 +1,8 @@
 """One exception hierarchy, rooted at RaysquadError.
 
-An error names its fields as annotations and its message as a ``template`` over them; the base makes
-it a dataclass, so its constructor takes the fields in order. Every argument lands in ``args``,
-which is what a pickle round trip replays when the error crosses a Ray actor boundary (see
+An error with details names them as annotated fields and its message as a ``template`` over them
+(``WithFields`` makes it a dataclass), so its constructor takes the fields in order and keeps them in
+``args``, which is what a pickle round trip replays when the error crosses a Ray actor boundary (see
 ray-project/ray#50211); tests/unit/test_errors.py round-trips each class.
 """
 
@@ -13,28 +13,34 @@ from typing import Any, ClassVar, dataclass_transform
 from urllib.parse import urlsplit, urlunsplit
 
 
-@dataclass_transform(eq_default=False)
 class RaysquadError(Exception):
-    """Base class for all raysquad errors.
+    """Base class for all raysquad errors. ``str()`` fills the class's ``template`` from the error's
+    attributes (a class whose message needs more overrides ``__str__``); without one, an error says
+    what it was given, like any Exception."""
 
-    A subclass is a dataclass of its annotated fields (``eq=False``, ``repr=False``: an error keeps
-    Exception's identity and repr); ``str()`` fills ``template`` from the error's attributes, and a
-    subclass whose message needs more than a template overrides ``__str__``. A base of kinds is
-    declared with ``init=False``: it keeps Exception's constructor and message."""
-
-    # Declared so that mypy sees each subclass as the dataclass it is made into.
-    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
     template: ClassVar[str] = ""
-
-    def __init_subclass__(cls, init: bool = True, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        dataclasses.dataclass(init=init, eq=False, repr=False)(cls)
-
-    def __post_init__(self) -> None:
-        self.args = tuple(getattr(self, field.name) for field in dataclasses.fields(self))
 
     def __str__(self) -> str:
         return self.template.format_map(vars(self)) if self.template else super().__str__()
+
+
+@dataclass_transform(eq_default=False)
+class WithFields:
+    """Mixed into an error with fields: each class under it is a dataclass of its annotated fields
+    (``eq=False``, ``repr=False``: an error keeps Exception's identity and repr) whose ``args`` are
+    those fields, in order. An error without it (the kinds below, an app's own subclass) keeps
+    Exception's constructor."""
+
+    # Declared for mypy: each subclass is made a dataclass, and is an Exception (which has args).
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+    args: tuple[Any, ...]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclasses.dataclass(eq=False, repr=False)(cls)
+
+    def __post_init__(self) -> None:
+        self.args = tuple(getattr(self, field.name) for field in dataclasses.fields(self))
 
 
 def _listed(names: tuple[str, ...]) -> str:
@@ -49,22 +55,22 @@ def _kind(error_type: str) -> str:
 # these bases, never a list of classes. An error under none of them is a failure nobody classified.
 
 
-class NotFound(RaysquadError, init=False):
+class NotFound(RaysquadError):
     """Base of errors for something named that does not exist (a task, a workflow, a tool): asking
     again finds nothing more, so it is never retried."""
 
 
-class Conflict(RaysquadError, init=False):
+class Conflict(RaysquadError):
     """Base of errors for an operation that does not apply to the present state of what it names
     (a task's status, a lease another owner holds): never retried."""
 
 
-class Refused(RaysquadError, init=False):
+class Refused(RaysquadError):
     """Base of errors for a request refused for what it asks (invalid input, a policy, a limit): it
     would be refused again, so it is never retried."""
 
 
-class Retryable(RaysquadError, init=False):
+class Retryable(RaysquadError):
     """Base of errors for a passing condition (busy, restarting, throttled, timed out): another
     attempt may succeed, after ``retry_after_s`` where the error gives one."""
 
@@ -74,11 +80,11 @@ class Retryable(RaysquadError, init=False):
         return None
 
 
-class ConfigError(RaysquadError, init=False):
+class ConfigError(RaysquadError):
     """Raised when configuration is invalid or names something that does not exist."""
 
 
-class StoreError(RaysquadError):
+class StoreError(RaysquadError, WithFields):
     """Raised when the Store cannot read or write durable state. Its message is what any caller may
     see (the HTTP API answers it in a 500 body), so it never names where the database is or who
     connects to it; ``detail`` (what the database said, its address) is for the log only and is left
@@ -88,13 +94,13 @@ class StoreError(RaysquadError):
     template = "{message}"
 
 
-class TaskNotFound(NotFound):
+class TaskNotFound(NotFound, WithFields):
     """Raised when a task id does not exist in the Store."""
     task_id: str
     template = "no task with id {task_id!r}"
 
 
-class WorkflowNotFound(NotFound):
+class WorkflowNotFound(NotFound, WithFields):
     """Raised when a submission names a workflow that is not loaded."""
     name: str
     known: tuple[str, ...] = ()
@@ -103,7 +109,7 @@ class WorkflowNotFound(NotFound):
         return f"unknown workflow {self.name!r} (loaded: {_listed(self.known)})"
 
 
-class InvalidInput(Refused):
+class InvalidInput(Refused, WithFields):
     """Raised when a workflow's input does not validate against its input model."""
     workflow: str
     problems: list[str]
@@ -112,7 +118,7 @@ class InvalidInput(Refused):
         return f"invalid input for workflow {self.workflow!r}: " + "; ".join(self.problems)
 
 
-class QueueFull(Retryable):
+class QueueFull(Retryable, WithFields):
     """Raised when a bounded queue refuses an item; nothing already accepted is affected."""
     queue: str
     capacity: int
@@ -174,7 +180,7 @@ class EventQuotaExceeded(QueueFull):
         self.args = (tenant, events, size, max_events, max_bytes, retry_after_s)
 
 
-class InputTooLarge(Refused):
+class InputTooLarge(Refused, WithFields):
     """Raised when a task's input is larger than ``max_input_bytes`` (a 413)."""
     size: int
     limit: int
@@ -182,7 +188,7 @@ class InputTooLarge(Refused):
     template = "{what} is {size} bytes as JSON; the limit is {limit}"
 
 
-class PriorityNotAllowed(Refused):
+class PriorityNotAllowed(Refused, WithFields):
     """Raised when a tenant asks for a priority outside the range it may use (a 422)."""
     tenant: str
     priority: int
@@ -191,7 +197,7 @@ class PriorityNotAllowed(Refused):
     template = "priority {priority} is not allowed: tenant {tenant!r} may use {low} to {high}"
 
 
-class InvalidName(Refused):
+class InvalidName(Refused, WithFields):
     """Raised for an id, key or name that holds a control character (a 422): PostgreSQL refuses
     NUL in text, and the rest break headers and logs."""
     what: str
@@ -199,7 +205,7 @@ class InvalidName(Refused):
     template = "{what}: {reason}"
 
 
-class InvalidCursor(Refused):
+class InvalidCursor(Refused, WithFields):
     """Raised when a page cursor is not one the task list gave out (a 422)."""
     cursor: str
 
@@ -207,7 +213,7 @@ class InvalidCursor(Refused):
         return f"cursor {self.cursor[:60]!r} is not one a task list gave out (use its next_cursor)"
 
 
-class InvalidTransition(Conflict):
+class InvalidTransition(Conflict, WithFields):
     """Raised when an operation does not apply to a task in its current status."""
     task_id: str
     status: str
@@ -215,7 +221,7 @@ class InvalidTransition(Conflict):
     template = "cannot {operation} task {task_id!r}: it is {status}"
 
 
-class StepError(RaysquadError):
+class StepError(RaysquadError, WithFields):
     """Raised when a step failed after all of its attempts; carries the last error's text."""
     step_key: str
     message: str
@@ -227,20 +233,20 @@ class StepError(RaysquadError):
                 f"{_kind(self.error_type)}{self.message}")
 
 
-class StepTimeout(Retryable):
+class StepTimeout(Retryable, WithFields):
     """Raised inside a step attempt that ran past its timeout."""
     step_key: str
     timeout_s: float
     template = "step {step_key!r} timed out after {timeout_s}s"
 
 
-class TaskCancelled(RaysquadError):
+class TaskCancelled(RaysquadError, WithFields):
     """Raised in a workflow at its next step boundary after the task was cancelled."""
     task_id: str
     template = "task {task_id!r} was cancelled"
 
 
-class SignalTimeout(RaysquadError):
+class SignalTimeout(RaysquadError, WithFields):
     """Raised by ``ctx.wait_for_signal`` when no signal of that name arrived within its timeout."""
     task_id: str
     name: str
@@ -248,14 +254,14 @@ class SignalTimeout(RaysquadError):
     template = "task {task_id!r}: no signal {name!r} within {timeout_s}s"
 
 
-class LeaseLost(Conflict):
+class LeaseLost(Conflict, WithFields):
     """Raised when a worker finds that another owner now holds its task's lease."""
     task_id: str
     owner: str
     template = "lease on task {task_id!r} is no longer held by {owner!r}"
 
 
-class AgentNotFound(NotFound):
+class AgentNotFound(NotFound, WithFields):
     """Raised when a workflow addresses an agent role that is not loaded."""
     role: str
     known: tuple[str, ...] = ()
@@ -264,7 +270,7 @@ class AgentNotFound(NotFound):
         return f"unknown agent role {self.role!r} (loaded: {_listed(self.known)})"
 
 
-class AgentError(RaysquadError):
+class AgentError(RaysquadError, WithFields):
     """Raised when an agent's handler raised; carries the original error's type and text."""
     role: str
     message: str
@@ -274,7 +280,7 @@ class AgentError(RaysquadError):
         return f"agent {self.role!r} failed: {_kind(self.error_type)}{self.message}"
 
 
-class EngineError(RaysquadError):
+class EngineError(RaysquadError, WithFields):
     """Raised when an LLM engine fails a request."""
     model: str
     message: str
@@ -286,7 +292,7 @@ class EngineUnavailable(EngineError, Retryable):
     all of the engine's own attempts: a later try may succeed."""
 
 
-class ModelNotFound(NotFound):
+class ModelNotFound(NotFound, WithFields):
     """Raised when an LLM call names a model that no engine serves."""
     model: str
     known: tuple[str, ...] = ()
@@ -295,14 +301,14 @@ class ModelNotFound(NotFound):
         return f"no engine serves model {self.model!r} (served: {_listed(self.known)})"
 
 
-class RuntimeAlreadyRunning(Conflict):
+class RuntimeAlreadyRunning(Conflict, WithFields):
     """Raised when a runtime is started in a Ray namespace that already has one."""
     namespace: str
     template = ("a raysquad runtime is already running in Ray namespace {namespace!r}; "
                 "`raysquad down` stops it (or set RAYSQUAD_NAMESPACE to run another beside it)")
 
 
-class StoreInUse(Conflict):
+class StoreInUse(Conflict, WithFields):
     """Raised when another runtime holds the Store (a SQLite file, a PostgreSQL schema) that a
     runtime was to open; ``path`` says which."""
     path: str
@@ -314,13 +320,13 @@ class StoreInUse(Conflict):
                 "(`raysquad down`), or give this one a Store of its own")
 
 
-class ClusterStartFailed(Retryable):
+class ClusterStartFailed(Retryable, WithFields):
     """Raised when a local Ray cluster could not be started (its raylet or GCS did not come up)."""
     why: str
     template = "could not start a local Ray cluster: {why}"
 
 
-class ClusterUnreachable(Retryable):
+class ClusterUnreachable(Retryable, WithFields):
     """Raised when no Ray cluster answers at the address a runtime was to join."""
     address: str
     why: str = ""
@@ -331,13 +337,13 @@ class ClusterUnreachable(Retryable):
                 "--head`, or give its address with --address or RAYSQUAD_RAY_ADDRESS")
 
 
-class RuntimeNotRunning(Retryable):
+class RuntimeNotRunning(Retryable, WithFields):
     """Raised when a client cannot find a running raysquad runtime."""
     where: str
     template = "no raysquad runtime is running at {where}; start one with `raysquad up`"
 
 
-class WaitTimeout(RaysquadError):
+class WaitTimeout(RaysquadError, WithFields):
     """Raised by Client.wait when the task did not end within the given time."""
     task_id: str
     timeout_s: float
@@ -345,7 +351,7 @@ class WaitTimeout(RaysquadError):
     template = "task {task_id!r} still {status} after {timeout_s}s"
 
 
-class TaskFailed(RaysquadError):
+class TaskFailed(RaysquadError, WithFields):
     """Raised by Client.result when the task ended in failure or was cancelled."""
     task_id: str
     status: str
@@ -353,7 +359,7 @@ class TaskFailed(RaysquadError):
     template = "task {task_id!r} {status}: {error}"
 
 
-class RemoteError(RaysquadError):
+class RemoteError(RaysquadError, WithFields):
     """Raised by the HTTP client when the server answers with an error status."""
     status: int
     kind: str
@@ -364,14 +370,14 @@ class RemoteError(RaysquadError):
 # -- gates and tools -------------------------------------------------------------------------------
 
 
-class GateTimeout(Retryable):
+class GateTimeout(Retryable, WithFields):
     """Raised when a gate did not grant passage within the caller's time limit."""
     key: str
     timeout_s: float
     template = "gate {key!r} granted no passage within {timeout_s}s"
 
 
-class GateRequestTooLarge(Refused):
+class GateRequestTooLarge(Refused, WithFields):
     """Raised when one request asks a gate for more tokens than its whole window allows."""
     key: str
     tokens: int
@@ -379,7 +385,7 @@ class GateRequestTooLarge(Refused):
     template = "a request for {tokens} tokens can never pass gate {key!r}: its window allows {limit}"
 
 
-class ToolNotFound(NotFound):
+class ToolNotFound(NotFound, WithFields):
     """Raised when a tool call names a tool that is not registered."""
     name: str
     known: tuple[str, ...] = ()
@@ -388,7 +394,7 @@ class ToolNotFound(NotFound):
         return f"unknown tool {self.name!r} (registered: {_listed(self.known)})"
 
 
-class ToolArgsInvalid(Refused):
+class ToolArgsInvalid(Refused, WithFields):
     """Raised when a tool call's arguments do not validate against the tool's signature."""
     name: str
     problems: list[str]
@@ -397,7 +403,7 @@ class ToolArgsInvalid(Refused):
         return f"invalid arguments for tool {self.name!r}: " + "; ".join(self.problems)
 
 
-class ToolFailed(RaysquadError):
+class ToolFailed(RaysquadError, WithFields):
     """Raised to the caller when a tool call failed for good; ``dead_letter`` names its record."""
     name: str
     message: str
@@ -411,7 +417,7 @@ class ToolFailed(RaysquadError):
                 f"{_kind(self.error_type)}{self.message}{where}")
 
 
-class AddressRefused(Refused):
+class AddressRefused(Refused, WithFields):
     """Raised when http_fetch would connect to a private, loopback, link-local or reserved address,
     or to a port that is not allowed. It names the host as the caller gave it, never an address the
     host resolved to (the tenant is not told what is inside; the log has it)."""
@@ -436,7 +442,7 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-class ResponseTooLarge(Refused):
+class ResponseTooLarge(Refused, WithFields):
     """Raised when a fetched body exceeds the size cap: as it arrives, and again as it decodes. It
     names the URL without its userinfo and query (``public_url``)."""
     retryable = False
@@ -449,7 +455,7 @@ class ResponseTooLarge(Refused):
         super().__post_init__()
 
 
-class UpstreamError(Retryable):
+class UpstreamError(Retryable, WithFields):
     """Raised when an upstream service answers 429 or 5xx (busy or failing): worth another try, after
     its Retry-After where it sent one (retry loops cap that at their policy's max_backoff_s). It names
     the URL without its userinfo and query (``public_url``)."""
@@ -463,7 +469,7 @@ class UpstreamError(Retryable):
         super().__post_init__()
 
 
-class QueryRefused(Refused):
+class QueryRefused(Refused, WithFields):
     """Raised when sql_query is given anything but one read-only statement within its limits (time,
     functions, value size), or no database is set."""
     retryable = False
@@ -471,13 +477,13 @@ class QueryRefused(Refused):
     template = "query refused: {reason}"
 
 
-class DeadLetterNotFound(NotFound):
+class DeadLetterNotFound(NotFound, WithFields):
     """Raised when a dead letter id does not exist."""
     dead_letter: str
     template = "no dead letter with id {dead_letter!r}"
 
 
-class ActorUnavailable(Retryable):
+class ActorUnavailable(Retryable, WithFields):
     """Raised when a part of the control plane stays unreachable past a call's deadline (it is
     restarting, or gone); the call may be tried again later. The HTTP API answers 503."""
     actor: str
@@ -487,7 +493,7 @@ class ActorUnavailable(Retryable):
                 "try again in {retry_after_s:.0f}s")
 
 
-class PoisonTask(RaysquadError):
+class PoisonTask(RaysquadError, WithFields):
     """The error a task ends with when it crashed its worker (or could not be resumed) too often."""
     task_id: str
     attempts: int
@@ -495,7 +501,7 @@ class PoisonTask(RaysquadError):
     template = "task {task_id!r} given up after {attempts} failed attempt(s) to run it: {reason}"
 
 
-class InvalidTopic(Refused):
+class InvalidTopic(Refused, WithFields):
     """Raised for a topic or topic pattern that is not dot-separated words."""
     topic: str
     rule: str
@@ -504,7 +510,7 @@ class InvalidTopic(Refused):
         return f"bad topic {self.topic[:100]!r}: {self.rule}"
 
 
-class WebhookSourceNotFound(NotFound):
+class WebhookSourceNotFound(NotFound, WithFields):
     """Raised for a webhook to a source that RAYSQUAD_WEBHOOKS does not configure."""
     source: str
 
@@ -512,21 +518,21 @@ class WebhookSourceNotFound(NotFound):
         return f"no webhook source {self.source[:100]!r} is configured (RAYSQUAD_WEBHOOKS)"
 
 
-class WebhookRejected(Refused):
+class WebhookRejected(Refused, WithFields):
     """Raised for a webhook delivery whose signature is missing, wrong or stale."""
     source: str
     why: str
     template = "webhook for {source!r} rejected: {why}"
 
 
-class InvalidEventData(Refused):
+class InvalidEventData(Refused, WithFields):
     """Raised for event data that is not JSON (NaN, an infinity, a value JSON cannot hold)."""
     topic: str
     problem: str
     template = "bad data for an event on {topic!r}: {problem}"
 
 
-class EventNotFound(NotFound):
+class EventNotFound(NotFound, WithFields):
     """Raised when a tenant has no event with the id asked for."""
     event_id: str
 
@@ -534,13 +540,13 @@ class EventNotFound(NotFound):
         return f"no event with id {self.event_id[:200]!r}"
 
 
-class InvalidSchedule(Refused):
+class InvalidSchedule(Refused, WithFields):
     """Raised for a schedule that cannot run: a bad cron expression, time zone or id."""
     problem: str
     template = "bad schedule: {problem}"
 
 
-class ScheduleNotFound(NotFound):
+class ScheduleNotFound(NotFound, WithFields):
     """Raised when a tenant has no schedule with the id asked for."""
     schedule_id: str
 
