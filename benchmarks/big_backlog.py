@@ -455,7 +455,7 @@ def _drain(db: Path, timeout_s: float, console: Any) -> dict[str, Any]:
     t0 = time.monotonic()
     rows: dict[str, int] = {}
     while time.monotonic() - t0 < timeout_s:
-        rows = dict(_sql(db, "SELECT status, count(*) FROM tasks GROUP BY status"))  # type: ignore[arg-type]
+        rows = dict(_sql(db, "SELECT status, count(*) FROM tasks GROUP BY status"))
         if not rows.get("queued") and not rows.get("running") and not rows.get("waiting"):
             break
         time.sleep(1.0)

@@ -224,7 +224,7 @@ def wait_ready(db: redis.Redis, cfg: Any, procs: list[subprocess.Popen[bytes]],
                log_dir: Path) -> None:
     """Poll until every worker has said it consumes (its worker_ready signal); fail fast if one died."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while int(db.llen(cfg.ready_key)) < len(procs):  # type: ignore[arg-type]
+    while int(db.llen(cfg.ready_key)) < len(procs):
         dead = [i for i, p in enumerate(procs) if p.poll() is not None]
         if dead or time.monotonic() > deadline:
             tail = (log_dir / f"worker{dead[0] if dead else 0}.log").read_text(errors="replace")[-2000:]

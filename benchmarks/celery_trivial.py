@@ -182,9 +182,9 @@ def _one_run(app: Celery, db: redis.Redis, cfg: TrivialConfig, k: int, n: int, s
             list(pool.map(submit, range(n)))
     submit_s = time.time() - t0
     deadline = time.monotonic() + timeout_s
-    while (done := int(db.llen(cfg.done_key))) < n and time.monotonic() < deadline:  # type: ignore[arg-type]
+    while (done := int(db.llen(cfg.done_key))) < n and time.monotonic() < deadline:
         time.sleep(POLL_S)
-    ends = [json.loads(x) for x in db.lrange(cfg.done_key, 0, -1)]  # type: ignore[union-attr]
+    ends = [json.loads(x) for x in db.lrange(cfg.done_key, 0, -1)]
     if not ends:
         raise RuntimeError(f"no Celery workflow of {n} (k={k}) ended within {timeout_s} s")
     elapsed = max(end for end, _ in ends) - t0

@@ -57,13 +57,12 @@ def run_serve(port: int, num_cpus: int) -> None:
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, object_store_memory=200 * 1024**2,
              logging_level=logging.ERROR, log_to_driver=False)
     try:
-        @serve.deployment(max_ongoing_requests=256)
-        @serve.ingress(app)
         class Echo:
             pass
 
+        echo = serve.deployment(max_ongoing_requests=256)(serve.ingress(app)(Echo))
         serve.start(http_options=serve_http_options(settings), logging_config=logging_config)
-        serve.run(Echo.options(  # type: ignore[attr-defined]
+        serve.run(echo.options(
             ray_actor_options={"num_cpus": 0.1}, logging_config=logging_config, **scaling,
         ).bind(), name="echo", route_prefix="/", blocking=False)
         print(f"echo on Ray Serve at http://127.0.0.1:{port}", flush=True)

@@ -24,7 +24,7 @@ def note_start(directory: str, name: str) -> float:
 
 @workflow(triggers=[on_event("bench.task")])
 async def on_ping(ctx: Context, inp: Ping) -> float:
-    return await ctx.step("first", note_start, inp.dir, f"task-{inp.n}")  # type: ignore[no-any-return]
+    return await ctx.step("first", note_start, inp.dir, f"task-{inp.n}")
 
 
 class WarmListener(Agent):
@@ -32,25 +32,20 @@ class WarmListener(Agent):
     subscribes = ["bench.warm"]
     min_replicas = 1
 
+    async def handle(self, msg: AgentMessage, ctx: AgentContext) -> None:
+        await _note(msg, "warm")
+
 
 class ColdListener(Agent):
     role = "cold_listener"
     subscribes = ["bench.cold"]
     min_replicas = 0  # scaled to zero between samples
 
+    async def handle(self, msg: AgentMessage, ctx: AgentContext) -> None:
+        await _note(msg, "cold")
+
 
 async def _note(msg: AgentMessage, prefix: str) -> None:
     assert msg.event is not None
     note_start(msg.event.data["dir"], f"{prefix}-{msg.event.data['n']}")
 
-
-async def _warm(self: Agent, msg: AgentMessage, ctx: AgentContext) -> None:
-    await _note(msg, "warm")
-
-
-async def _cold(self: Agent, msg: AgentMessage, ctx: AgentContext) -> None:
-    await _note(msg, "cold")
-
-
-WarmListener.handle = _warm  # type: ignore[method-assign]
-ColdListener.handle = _cold  # type: ignore[method-assign]

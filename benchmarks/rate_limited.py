@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "calls", "makespan_s", "theoretical_makespan_s", "ratio", "max_starts_in_window",
                 "violations", "peak_concurrency")}})
     ours = runs[0]
-    result = {
+    result: dict[str, Any] = {
         "benchmark": "rate_limited", "settings": shape, "workers": WORKERS,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_before": load},
         "runs": runs,

@@ -49,7 +49,6 @@ TARGET_RATIO = 3.0
 POLL_S = 0.05
 
 
-@ray.remote(num_cpus=0)
 class Echo:
     """The baseline: a trivial async actor with a trivial method."""
 
@@ -132,7 +131,8 @@ def measure_raysquad(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(args.serial):
         rec = _expect_ok(client.wait(client.submit(WORKFLOW, inp).id, timeout_s=60))
         serial_ids.append(rec.id)
-        serial_latency.append(rec.finished_at - rec.created_at)  # type: ignore[operator]
+        created, _, ended = _times(rec)
+        serial_latency.append(ended - created)
     result["serial"] = {
         "tasks": args.serial,
         "task_latency_ms": _percentiles(serial_latency),
@@ -151,17 +151,17 @@ def _batch(rt: Runtime, client: Client, inp: dict[str, Any], args: argparse.Name
     submitted_s = time.perf_counter() - t0
     _wait_all(rt, finished, time.monotonic() + args.timeout_s)
     observed_s = time.perf_counter() - t0
-    records = [_expect_ok(client.get(i)) for i in ids]
-    wall_s = max(r.finished_at or 0.0 for r in records) - t0_epoch
+    times = [_times(_expect_ok(client.get(i))) for i in ids]
+    wall_s = max(ended for _, _, ended in times) - t0_epoch
     total_steps = args.tasks * args.steps
     return {
         "tasks": args.tasks, "steps_per_task": args.steps, "total_steps": total_steps,
         "wall_s": wall_s, "observed_wall_s": observed_s, "submit_s": submitted_s,
         "steps_per_s": total_steps / wall_s, "tasks_per_s": args.tasks / wall_s,
         "per_step_ms": 1000 * wall_s / total_steps,
-        "task_latency_ms": _percentiles([r.finished_at - r.created_at for r in records]),  # type: ignore[operator]
-        "queue_wait_ms": _percentiles([r.started_at - r.created_at for r in records]),  # type: ignore[operator]
-        "run_ms": _percentiles([r.finished_at - r.started_at for r in records]),  # type: ignore[operator]
+        "task_latency_ms": _percentiles([ended - created for created, _, ended in times]),
+        "queue_wait_ms": _percentiles([started - created for created, started, _ in times]),
+        "run_ms": _percentiles([ended - started for _, started, ended in times]),
         "breakdown_ms": _breakdown(client, ids),
     }
 
@@ -212,11 +212,18 @@ def _expect_ok(record: TaskRecord) -> TaskRecord:
     return record
 
 
+def _times(record: TaskRecord) -> tuple[float, float, float]:
+    """When a task that ended was created, started and finished."""
+    if record.started_at is None or record.finished_at is None:
+        raise RuntimeError(f"task {record.id} has no start or end time")
+    return record.created_at, record.started_at, record.finished_at
+
+
 # -- raw Ray ----------------------------------------------------------------------------------------
 
 
 def measure_raw(calls: int, chunk: int) -> dict[str, Any]:
-    echo = Echo.remote()  # type: ignore[attr-defined]
+    echo: Any = ray.remote(Echo).options(num_cpus=0).remote()  # a Ray handle, as the runtime keeps it
     ray.get([echo.ping.remote(i) for i in range(200)])  # warm the actor and the path
 
     t0 = time.perf_counter()

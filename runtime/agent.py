@@ -314,16 +314,16 @@ class ReplicaHandle(ActorHandle):
     """One agent replica actor, typed. A replica is replaced, not restarted: its calls fail fast."""
 
     async def run(self, concurrency: int) -> int:
-        return await self._call("run", concurrency, idempotent=False)  # type: ignore[no-any-return]
+        return await self.via(AgentReplica.run, idempotent=False)(concurrency)
 
     async def idle_s(self) -> float:
-        return await self._call("idle_s", idempotent=False)  # type: ignore[no-any-return]
+        return await self.via(AgentReplica.idle_s, idempotent=False)()
 
     async def stop(self) -> None:
         self._send("stop")
 
     async def deliver(self, message_id: str, ok: bool, value: Any) -> bool:
-        return await self._call("deliver", message_id, ok, value, idempotent=False)  # type: ignore[no-any-return]
+        return await self.via(AgentReplica.deliver, idempotent=False)(message_id, ok, value)
 
 
 class AgentPool:
@@ -430,9 +430,9 @@ class AgentPoolHandle(ActorHandle):
     """An agent pool actor, typed."""
 
     async def start(self) -> None:
-        await self._call("start", idempotent=False)
+        await self.via(AgentPool.start, idempotent=False)()
 
     async def stats(self, deadline_s: float | None = None) -> dict[str, Any]:
-        return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
+        return await self.via(AgentPool.stats, deadline_s=deadline_s)()
 
 

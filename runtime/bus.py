@@ -419,20 +419,20 @@ class EventBusHandle(ActorHandle):
         return cls.named(ACTOR_NAME, namespace)
 
     async def start(self) -> None:
-        await self._call("start")
+        await self.via(EventBus.start)()
 
     async def poke(self) -> None:
-        await self._call("poke")
+        await self.via(EventBus.poke)()
 
     def notify(self, what: Wake) -> None:
         """``poke`` or ``schedules_changed`` without waiting for the actor."""
         self._send(what)
 
     async def schedules_changed(self) -> None:
-        await self._call("schedules_changed")
+        await self.via(EventBus.schedules_changed)()
 
     async def stats(self, deadline_s: float | None = None) -> dict[str, int]:
-        return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
+        return await self.via(EventBus.stats, deadline_s=deadline_s)()
 
 
 _handles: dict[str, EventBusHandle] = {}

@@ -283,38 +283,38 @@ class DispatcherHandle(ActorHandle):
         return cls.named(ACTOR_NAME, namespace)
 
     async def start(self, recover: bool = True) -> int:
-        return await self._call("start", recover)  # type: ignore[no-any-return]
+        return await self.via(Dispatcher.start)(recover)
 
     async def app_modules(self) -> list[str]:
-        return await self._call("app_modules")  # type: ignore[no-any-return]
+        return await self.via(Dispatcher.app_modules)()
 
     def app_modules_now(self) -> list[str]:
         """``app_modules`` for code outside an event loop (a client starting up)."""
-        return ray.get(self._remote("app_modules"))  # type: ignore[no-any-return]
+        return [str(name) for name in ray.get(self._remote("app_modules"))]
 
     async def get_tasks(self, owner: str, max_tasks: int, timeout_s: float) -> list[Claim]:
         # Repeatable: a claim made by a call whose reply was lost runs out its lease.
-        return await self._call("get_tasks", owner, max_tasks, timeout_s)  # type: ignore[no-any-return]
+        return await self.via(Dispatcher.get_tasks)(owner, max_tasks, timeout_s)
 
     async def requeue(self, task_ids: list[str]) -> None:
-        await self._call("requeue", task_ids)
+        await self.via(Dispatcher.requeue)(task_ids)
 
     async def cancel(self, task_id: str) -> TaskRecord:
-        return await self._call("cancel", task_id)  # type: ignore[no-any-return]
+        return await self.via(Dispatcher.cancel)(task_id)
 
     async def signal(self, task_id: str, name: str, payload: Any) -> TaskRecord:
-        return await self._call("signal", task_id, name, payload, idempotent=False)  # type: ignore[no-any-return]
+        return await self.via(Dispatcher.signal, idempotent=False)(task_id, name, payload)
 
     async def worker_lost(self, owner: str, crashed: bool = True) -> int:
-        return await self._call("worker_lost", owner, crashed)  # type: ignore[no-any-return]
+        return await self.via(Dispatcher.worker_lost)(owner, crashed)
 
     async def workers_replaced(self, live: list[str]) -> int:
-        return await self._call("workers_replaced", live)  # type: ignore[no-any-return]
+        return await self.via(Dispatcher.workers_replaced)(live)
 
     async def workflows(self) -> list[dict[str, Any]]:
-        return await self._call("workflows")  # type: ignore[no-any-return]
+        return await self.via(Dispatcher.workflows)()
 
     async def stats(self, deadline_s: float | None = None) -> dict[str, Any]:
-        return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
+        return await self.via(Dispatcher.stats, deadline_s=deadline_s)()
 
 

@@ -1,17 +1,54 @@
 """One exception hierarchy, rooted at RaysquadError.
 
-Every exception here passes all of its arguments to ``super().__init__`` so that it survives a pickle
-round trip when it crosses a Ray actor boundary (see ray-project/ray#50211); tests/unit/test_errors.py
-round-trips each class.
+An error with details names them as annotated fields and its message as a ``template`` over them
+(``WithFields`` makes it a dataclass), so its constructor takes the fields in order and keeps them in
+``args``, which is what a pickle round trip replays when the error crosses a Ray actor boundary (see
+ray-project/ray#50211); tests/unit/test_errors.py round-trips each class.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, ClassVar, dataclass_transform
 from urllib.parse import urlsplit, urlunsplit
 
 
 class RaysquadError(Exception):
-    """Base class for all raysquad errors."""
+    """Base class for all raysquad errors. ``str()`` fills the class's ``template`` from the error's
+    attributes (a class whose message needs more overrides ``__str__``); without one, an error says
+    what it was given, like any Exception."""
+
+    template: ClassVar[str] = ""
+
+    def __str__(self) -> str:
+        return self.template.format_map(vars(self)) if self.template else super().__str__()
+
+
+@dataclass_transform(eq_default=False)
+class WithFields:
+    """Mixed into an error with fields: each class under it is a dataclass of its annotated fields
+    (``eq=False``, ``repr=False``: an error keeps Exception's identity and repr) whose ``args`` are
+    those fields, in order. An error without it (the kinds below, an app's own subclass) keeps
+    Exception's constructor."""
+
+    # Declared for mypy: each subclass is made a dataclass, and is an Exception (which has args).
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+    args: tuple[Any, ...]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclasses.dataclass(eq=False, repr=False)(cls)
+
+    def __post_init__(self) -> None:
+        self.args = tuple(getattr(self, field.name) for field in dataclasses.fields(self))
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    return ", ".join(names) or "none"
+
+
+def _kind(error_type: str) -> str:
+    return f"{error_type}: " if error_type else ""
 
 
 # -- what kind of failure: the retry loops (runtime/retry.py) and the HTTP API (serve/errors.py) read
@@ -37,78 +74,60 @@ class Retryable(RaysquadError):
     """Base of errors for a passing condition (busy, restarting, throttled, timed out): another
     attempt may succeed, after ``retry_after_s`` where the error gives one."""
 
-    retry_after_s: float | None = None
+    @property
+    def retry_after_s(self) -> float | None:
+        """None here; an error that knows when to try again has a ``retry_after_s`` field."""
+        return None
 
 
 class ConfigError(RaysquadError):
     """Raised when configuration is invalid or names something that does not exist."""
 
 
-class StoreError(RaysquadError):
+class StoreError(RaysquadError, WithFields):
     """Raised when the Store cannot read or write durable state. Its message is what any caller may
     see (the HTTP API answers it in a 500 body), so it never names where the database is or who
     connects to it; ``detail`` (what the database said, its address) is for the log only and is left
     out of ``str()``."""
-
-    def __init__(self, message: str, detail: str = "") -> None:
-        super().__init__(message, detail)
-        self.message = message
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return self.message
+    message: str
+    detail: str = ""
+    template = "{message}"
 
 
-class TaskNotFound(NotFound):
+class TaskNotFound(NotFound, WithFields):
     """Raised when a task id does not exist in the Store."""
-
-    def __init__(self, task_id: str) -> None:
-        super().__init__(task_id)
-        self.task_id = task_id
-
-    def __str__(self) -> str:
-        return f"no task with id {self.task_id!r}"
+    task_id: str
+    template = "no task with id {task_id!r}"
 
 
-class WorkflowNotFound(NotFound):
+class WorkflowNotFound(NotFound, WithFields):
     """Raised when a submission names a workflow that is not loaded."""
-
-    def __init__(self, name: str, known: tuple[str, ...] = ()) -> None:
-        super().__init__(name, known)
-        self.name = name
-        self.known = known
+    name: str
+    known: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        known = ", ".join(self.known) or "none"
-        return f"unknown workflow {self.name!r} (loaded: {known})"
+        return f"unknown workflow {self.name!r} (loaded: {_listed(self.known)})"
 
 
-class InvalidInput(Refused):
+class InvalidInput(Refused, WithFields):
     """Raised when a workflow's input does not validate against its input model."""
-
-    def __init__(self, workflow: str, problems: list[str]) -> None:
-        super().__init__(workflow, problems)
-        self.workflow = workflow
-        self.problems = problems
+    workflow: str
+    problems: list[str]
 
     def __str__(self) -> str:
         return f"invalid input for workflow {self.workflow!r}: " + "; ".join(self.problems)
 
 
-class QueueFull(Retryable):
+class QueueFull(Retryable, WithFields):
     """Raised when a bounded queue refuses an item; nothing already accepted is affected."""
+    queue: str
+    capacity: int
+    retry_after_s: float = 1.0
+    template = "queue {queue!r} is full ({capacity} items); try again in {retry_after_s:.1f}s"
 
-    def __init__(self, queue: str, capacity: int, retry_after_s: float = 1.0) -> None:
-        super().__init__(queue, capacity, retry_after_s)
-        self.queue = queue
-        self.capacity = capacity
-        self.retry_after_s = retry_after_s
 
-    def __str__(self) -> str:
-        return (
-            f"queue {self.queue!r} is full ({self.capacity} items); "
-            f"try again in {self.retry_after_s:.1f}s"
-        )
+# The quotas below are QueueFull (a 429) with arguments of their own: each sets QueueFull's fields
+# from them and keeps them, in order, as its ``args``.
 
 
 class TenantQuotaExceeded(QueueFull):
@@ -117,13 +136,9 @@ class TenantQuotaExceeded(QueueFull):
 
     def __init__(self, tenant: str, queued: int, limit: int, retry_after_s: float = 1.0,
                  limit_name: str = "tenant_queued_bytes") -> None:
-        RaysquadError.__init__(self, tenant, queued, limit, retry_after_s, limit_name)
-        self.tenant = tenant
-        self.queued = queued
-        self.limit_name = limit_name
-        self.queue = f"tenant {tenant}"
-        self.capacity = limit
-        self.retry_after_s = retry_after_s
+        super().__init__(f"tenant {tenant}", limit, retry_after_s)
+        self.tenant, self.queued, self.limit_name = tenant, queued, limit_name
+        self.args = (tenant, queued, limit, retry_after_s, limit_name)
 
     @property
     def queued_bytes(self) -> int:
@@ -138,213 +153,138 @@ class TenantQuotaExceeded(QueueFull):
 class SignalQuotaExceeded(QueueFull):
     """Raised when a task already holds as many signals not yet taken (or bytes of their
     payloads) as it may (a 429): a signal is kept until the task waits for it."""
+    template = ("task {task_id!r} holds {pending} signals not yet taken ({size} bytes of payload), "
+                "and may hold {max_signals} (task_pending_signals) and {max_bytes} bytes "
+                "(task_signal_bytes); a signal is taken when the task waits for it, try again later")
 
     def __init__(self, task_id: str, pending: int, size: int, max_signals: int, max_bytes: int,
                  retry_after_s: float = 10.0) -> None:
-        RaysquadError.__init__(self, task_id, pending, size, max_signals, max_bytes, retry_after_s)
-        self.task_id = task_id
-        self.pending = pending
-        self.size = size
-        self.max_signals = max_signals
-        self.max_bytes = max_bytes
-        self.queue = f"signals of task {task_id}"
-        self.capacity = max_signals
-        self.retry_after_s = retry_after_s
-
-    def __str__(self) -> str:
-        return (f"task {self.task_id!r} holds {self.pending} signals not yet taken "
-                f"({self.size} bytes of payload), and may hold {self.max_signals} "
-                f"(task_pending_signals) and {self.max_bytes} bytes (task_signal_bytes); a signal "
-                f"is taken when the task waits for it, try again later")
+        super().__init__(f"signals of task {task_id}", max_signals, retry_after_s)
+        self.task_id, self.pending, self.size = task_id, pending, size
+        self.max_signals, self.max_bytes = max_signals, max_bytes
+        self.args = (task_id, pending, size, max_signals, max_bytes, retry_after_s)
 
 
 class EventQuotaExceeded(QueueFull):
     """Raised when a tenant already keeps as many events (or bytes of event data) as it may (a
     429): old events are forgotten after the retention period (event_retention_s)."""
+    template = ("tenant {tenant!r} keeps {events} events ({size} bytes of data), and may keep "
+                "{max_events} ({max_bytes} bytes); old events are forgotten after the retention "
+                "period, try again later")
 
     def __init__(self, tenant: str, events: int, size: int, max_events: int, max_bytes: int,
                  retry_after_s: float = 60.0) -> None:
-        RaysquadError.__init__(self, tenant, events, size, max_events, max_bytes, retry_after_s)
-        self.tenant = tenant
-        self.events = events
-        self.size = size
-        self.max_events = max_events
-        self.max_bytes = max_bytes
-        self.queue = f"events of tenant {tenant}"
-        self.capacity = max_events
-        self.retry_after_s = retry_after_s
-
-    def __str__(self) -> str:
-        return (f"tenant {self.tenant!r} keeps {self.events} events ({self.size} bytes of data), "
-                f"and may keep {self.max_events} ({self.max_bytes} bytes); old events are "
-                f"forgotten after the retention period, try again later")
+        super().__init__(f"events of tenant {tenant}", max_events, retry_after_s)
+        self.tenant, self.events, self.size = tenant, events, size
+        self.max_events, self.max_bytes = max_events, max_bytes
+        self.args = (tenant, events, size, max_events, max_bytes, retry_after_s)
 
 
-class InputTooLarge(Refused):
+class InputTooLarge(Refused, WithFields):
     """Raised when a task's input is larger than ``max_input_bytes`` (a 413)."""
-
-    def __init__(self, size: int, limit: int, what: str = "the task's input") -> None:
-        super().__init__(size, limit, what)
-        self.size = size
-        self.limit = limit
-        self.what = what
-
-    def __str__(self) -> str:
-        return f"{self.what} is {self.size} bytes as JSON; the limit is {self.limit}"
+    size: int
+    limit: int
+    what: str = "the task's input"
+    template = "{what} is {size} bytes as JSON; the limit is {limit}"
 
 
-class PriorityNotAllowed(Refused):
+class PriorityNotAllowed(Refused, WithFields):
     """Raised when a tenant asks for a priority outside the range it may use (a 422)."""
-
-    def __init__(self, tenant: str, priority: int, low: int, high: int) -> None:
-        super().__init__(tenant, priority, low, high)
-        self.tenant = tenant
-        self.priority = priority
-        self.low = low
-        self.high = high
-
-    def __str__(self) -> str:
-        return (f"priority {self.priority} is not allowed: tenant {self.tenant!r} may use "
-                f"{self.low} to {self.high}")
+    tenant: str
+    priority: int
+    low: int
+    high: int
+    template = "priority {priority} is not allowed: tenant {tenant!r} may use {low} to {high}"
 
 
-class InvalidName(Refused):
+class InvalidName(Refused, WithFields):
     """Raised for an id, key or name that holds a control character (a 422): PostgreSQL refuses
     NUL in text, and the rest break headers and logs."""
-
-    def __init__(self, what: str, reason: str) -> None:
-        super().__init__(what, reason)
-        self.what = what
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.what}: {self.reason}"
+    what: str
+    reason: str
+    template = "{what}: {reason}"
 
 
-class InvalidCursor(Refused):
+class InvalidCursor(Refused, WithFields):
     """Raised when a page cursor is not one the task list gave out (a 422)."""
-
-    def __init__(self, cursor: str) -> None:
-        super().__init__(cursor)
-        self.cursor = cursor
+    cursor: str
 
     def __str__(self) -> str:
         return f"cursor {self.cursor[:60]!r} is not one a task list gave out (use its next_cursor)"
 
 
-class InvalidTransition(Conflict):
+class InvalidTransition(Conflict, WithFields):
     """Raised when an operation does not apply to a task in its current status."""
-
-    def __init__(self, task_id: str, status: str, operation: str) -> None:
-        super().__init__(task_id, status, operation)
-        self.task_id = task_id
-        self.status = status
-        self.operation = operation
-
-    def __str__(self) -> str:
-        return f"cannot {self.operation} task {self.task_id!r}: it is {self.status}"
+    task_id: str
+    status: str
+    operation: str
+    template = "cannot {operation} task {task_id!r}: it is {status}"
 
 
-class StepError(RaysquadError):
+class StepError(RaysquadError, WithFields):
     """Raised when a step failed after all of its attempts; carries the last error's text."""
-
-    def __init__(self, step_key: str, message: str, error_type: str = "", attempts: int = 1) -> None:
-        super().__init__(step_key, message, error_type, attempts)
-        self.step_key = step_key
-        self.message = message
-        self.error_type = error_type
-        self.attempts = attempts
+    step_key: str
+    message: str
+    error_type: str = ""
+    attempts: int = 1
 
     def __str__(self) -> str:
-        kind = f"{self.error_type}: " if self.error_type else ""
-        return f"step {self.step_key!r} failed after {self.attempts} attempt(s): {kind}{self.message}"
+        return (f"step {self.step_key!r} failed after {self.attempts} attempt(s): "
+                f"{_kind(self.error_type)}{self.message}")
 
 
-class StepTimeout(Retryable):
+class StepTimeout(Retryable, WithFields):
     """Raised inside a step attempt that ran past its timeout."""
-
-    def __init__(self, step_key: str, timeout_s: float) -> None:
-        super().__init__(step_key, timeout_s)
-        self.step_key = step_key
-        self.timeout_s = timeout_s
-
-    def __str__(self) -> str:
-        return f"step {self.step_key!r} timed out after {self.timeout_s}s"
+    step_key: str
+    timeout_s: float
+    template = "step {step_key!r} timed out after {timeout_s}s"
 
 
-class TaskCancelled(RaysquadError):
+class TaskCancelled(RaysquadError, WithFields):
     """Raised in a workflow at its next step boundary after the task was cancelled."""
-
-    def __init__(self, task_id: str) -> None:
-        super().__init__(task_id)
-        self.task_id = task_id
-
-    def __str__(self) -> str:
-        return f"task {self.task_id!r} was cancelled"
+    task_id: str
+    template = "task {task_id!r} was cancelled"
 
 
-class SignalTimeout(RaysquadError):
+class SignalTimeout(RaysquadError, WithFields):
     """Raised by ``ctx.wait_for_signal`` when no signal of that name arrived within its timeout."""
-
-    def __init__(self, task_id: str, name: str, timeout_s: float) -> None:
-        super().__init__(task_id, name, timeout_s)
-        self.task_id = task_id
-        self.name = name
-        self.timeout_s = timeout_s
-
-    def __str__(self) -> str:
-        return f"task {self.task_id!r}: no signal {self.name!r} within {self.timeout_s}s"
+    task_id: str
+    name: str
+    timeout_s: float
+    template = "task {task_id!r}: no signal {name!r} within {timeout_s}s"
 
 
-class LeaseLost(Conflict):
+class LeaseLost(Conflict, WithFields):
     """Raised when a worker finds that another owner now holds its task's lease."""
-
-    def __init__(self, task_id: str, owner: str) -> None:
-        super().__init__(task_id, owner)
-        self.task_id = task_id
-        self.owner = owner
-
-    def __str__(self) -> str:
-        return f"lease on task {self.task_id!r} is no longer held by {self.owner!r}"
+    task_id: str
+    owner: str
+    template = "lease on task {task_id!r} is no longer held by {owner!r}"
 
 
-class AgentNotFound(NotFound):
+class AgentNotFound(NotFound, WithFields):
     """Raised when a workflow addresses an agent role that is not loaded."""
-
-    def __init__(self, role: str, known: tuple[str, ...] = ()) -> None:
-        super().__init__(role, known)
-        self.role = role
-        self.known = known
+    role: str
+    known: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        known = ", ".join(self.known) or "none"
-        return f"unknown agent role {self.role!r} (loaded: {known})"
+        return f"unknown agent role {self.role!r} (loaded: {_listed(self.known)})"
 
 
-class AgentError(RaysquadError):
+class AgentError(RaysquadError, WithFields):
     """Raised when an agent's handler raised; carries the original error's type and text."""
-
-    def __init__(self, role: str, message: str, error_type: str = "") -> None:
-        super().__init__(role, message, error_type)
-        self.role = role
-        self.message = message
-        self.error_type = error_type
+    role: str
+    message: str
+    error_type: str = ""
 
     def __str__(self) -> str:
-        kind = f"{self.error_type}: " if self.error_type else ""
-        return f"agent {self.role!r} failed: {kind}{self.message}"
+        return f"agent {self.role!r} failed: {_kind(self.error_type)}{self.message}"
 
 
-class EngineError(RaysquadError):
+class EngineError(RaysquadError, WithFields):
     """Raised when an LLM engine fails a request."""
-
-    def __init__(self, model: str, message: str) -> None:
-        super().__init__(model, message)
-        self.model = model
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"engine for model {self.model!r} failed: {self.message}"
+    model: str
+    message: str
+    template = "engine for model {model!r} failed: {message}"
 
 
 class EngineUnavailable(EngineError, Retryable):
@@ -352,38 +292,27 @@ class EngineUnavailable(EngineError, Retryable):
     all of the engine's own attempts: a later try may succeed."""
 
 
-class ModelNotFound(NotFound):
+class ModelNotFound(NotFound, WithFields):
     """Raised when an LLM call names a model that no engine serves."""
-
-    def __init__(self, model: str, known: tuple[str, ...] = ()) -> None:
-        super().__init__(model, known)
-        self.model = model
-        self.known = known
+    model: str
+    known: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        known = ", ".join(self.known) or "none"
-        return f"no engine serves model {self.model!r} (served: {known})"
+        return f"no engine serves model {self.model!r} (served: {_listed(self.known)})"
 
 
-class RuntimeAlreadyRunning(Conflict):
+class RuntimeAlreadyRunning(Conflict, WithFields):
     """Raised when a runtime is started in a Ray namespace that already has one."""
-
-    def __init__(self, namespace: str) -> None:
-        super().__init__(namespace)
-        self.namespace = namespace
-
-    def __str__(self) -> str:
-        return (f"a raysquad runtime is already running in Ray namespace {self.namespace!r}; "
+    namespace: str
+    template = ("a raysquad runtime is already running in Ray namespace {namespace!r}; "
                 "`raysquad down` stops it (or set RAYSQUAD_NAMESPACE to run another beside it)")
 
 
-class StoreInUse(Conflict):
+class StoreInUse(Conflict, WithFields):
     """Raised when another runtime holds the Store (a SQLite file, a PostgreSQL schema) that a
     runtime was to open; ``path`` says which."""
-
-    def __init__(self, path: str, holder: str = "") -> None:
-        super().__init__(path, holder)
-        self.path, self.holder = path, holder
+    path: str
+    holder: str = ""
 
     def __str__(self) -> str:
         by = f" ({self.holder})" if self.holder else ""
@@ -391,23 +320,16 @@ class StoreInUse(Conflict):
                 "(`raysquad down`), or give this one a Store of its own")
 
 
-class ClusterStartFailed(Retryable):
+class ClusterStartFailed(Retryable, WithFields):
     """Raised when a local Ray cluster could not be started (its raylet or GCS did not come up)."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-        self.why = why
-
-    def __str__(self) -> str:
-        return f"could not start a local Ray cluster: {self.why}"
+    why: str
+    template = "could not start a local Ray cluster: {why}"
 
 
-class ClusterUnreachable(Retryable):
+class ClusterUnreachable(Retryable, WithFields):
     """Raised when no Ray cluster answers at the address a runtime was to join."""
-
-    def __init__(self, address: str, why: str = "") -> None:
-        super().__init__(address, why)
-        self.address, self.why = address, why
+    address: str
+    why: str = ""
 
     def __str__(self) -> str:
         why = f" ({self.why})" if self.why else ""
@@ -415,141 +337,94 @@ class ClusterUnreachable(Retryable):
                 "--head`, or give its address with --address or RAYSQUAD_RAY_ADDRESS")
 
 
-class RuntimeNotRunning(Retryable):
+class RuntimeNotRunning(Retryable, WithFields):
     """Raised when a client cannot find a running raysquad runtime."""
-
-    def __init__(self, where: str) -> None:
-        super().__init__(where)
-        self.where = where
-
-    def __str__(self) -> str:
-        return f"no raysquad runtime is running at {self.where}; start one with `raysquad up`"
+    where: str
+    template = "no raysquad runtime is running at {where}; start one with `raysquad up`"
 
 
-class WaitTimeout(RaysquadError):
+class WaitTimeout(RaysquadError, WithFields):
     """Raised by Client.wait when the task did not end within the given time."""
-
-    def __init__(self, task_id: str, timeout_s: float, status: str) -> None:
-        super().__init__(task_id, timeout_s, status)
-        self.task_id = task_id
-        self.timeout_s = timeout_s
-        self.status = status
-
-    def __str__(self) -> str:
-        return f"task {self.task_id!r} still {self.status} after {self.timeout_s}s"
+    task_id: str
+    timeout_s: float
+    status: str
+    template = "task {task_id!r} still {status} after {timeout_s}s"
 
 
-class TaskFailed(RaysquadError):
+class TaskFailed(RaysquadError, WithFields):
     """Raised by Client.result when the task ended in failure or was cancelled."""
-
-    def __init__(self, task_id: str, status: str, error: str) -> None:
-        super().__init__(task_id, status, error)
-        self.task_id = task_id
-        self.status = status
-        self.error = error
-
-    def __str__(self) -> str:
-        return f"task {self.task_id!r} {self.status}: {self.error}"
+    task_id: str
+    status: str
+    error: str
+    template = "task {task_id!r} {status}: {error}"
 
 
-class RemoteError(RaysquadError):
+class RemoteError(RaysquadError, WithFields):
     """Raised by the HTTP client when the server answers with an error status."""
-
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(status, kind, message)
-        self.status = status
-        self.kind = kind
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.message} (HTTP {self.status})"
+    status: int
+    kind: str
+    message: str
+    template = "{message} (HTTP {status})"
 
 
 # -- gates and tools -------------------------------------------------------------------------------
 
 
-class GateTimeout(Retryable):
+class GateTimeout(Retryable, WithFields):
     """Raised when a gate did not grant passage within the caller's time limit."""
-
-    def __init__(self, key: str, timeout_s: float) -> None:
-        super().__init__(key, timeout_s)
-        self.key = key
-        self.timeout_s = timeout_s
-
-    def __str__(self) -> str:
-        return f"gate {self.key!r} granted no passage within {self.timeout_s}s"
+    key: str
+    timeout_s: float
+    template = "gate {key!r} granted no passage within {timeout_s}s"
 
 
-class GateRequestTooLarge(Refused):
+class GateRequestTooLarge(Refused, WithFields):
     """Raised when one request asks a gate for more tokens than its whole window allows."""
-
-    def __init__(self, key: str, tokens: int, limit: int) -> None:
-        super().__init__(key, tokens, limit)
-        self.key = key
-        self.tokens = tokens
-        self.limit = limit
-
-    def __str__(self) -> str:
-        return (f"a request for {self.tokens} tokens can never pass gate {self.key!r}: "
-                f"its window allows {self.limit}")
+    key: str
+    tokens: int
+    limit: int
+    template = "a request for {tokens} tokens can never pass gate {key!r}: its window allows {limit}"
 
 
-class ToolNotFound(NotFound):
+class ToolNotFound(NotFound, WithFields):
     """Raised when a tool call names a tool that is not registered."""
-
-    def __init__(self, name: str, known: tuple[str, ...] = ()) -> None:
-        super().__init__(name, known)
-        self.name = name
-        self.known = known
+    name: str
+    known: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        known = ", ".join(self.known) or "none"
-        return f"unknown tool {self.name!r} (registered: {known})"
+        return f"unknown tool {self.name!r} (registered: {_listed(self.known)})"
 
 
-class ToolArgsInvalid(Refused):
+class ToolArgsInvalid(Refused, WithFields):
     """Raised when a tool call's arguments do not validate against the tool's signature."""
-
-    def __init__(self, name: str, problems: list[str]) -> None:
-        super().__init__(name, problems)
-        self.name = name
-        self.problems = problems
+    name: str
+    problems: list[str]
 
     def __str__(self) -> str:
         return f"invalid arguments for tool {self.name!r}: " + "; ".join(self.problems)
 
 
-class ToolFailed(RaysquadError):
+class ToolFailed(RaysquadError, WithFields):
     """Raised to the caller when a tool call failed for good; ``dead_letter`` names its record."""
-
-    def __init__(self, name: str, message: str, error_type: str = "", attempts: int = 1,
-                 dead_letter: str = "") -> None:
-        super().__init__(name, message, error_type, attempts, dead_letter)
-        self.name = name
-        self.message = message
-        self.error_type = error_type
-        self.attempts = attempts
-        self.dead_letter = dead_letter
+    name: str
+    message: str
+    error_type: str = ""
+    attempts: int = 1
+    dead_letter: str = ""
 
     def __str__(self) -> str:
-        kind = f"{self.error_type}: " if self.error_type else ""
         where = f"; dead letter {self.dead_letter}" if self.dead_letter else ""
-        return f"tool {self.name!r} failed after {self.attempts} attempt(s): {kind}{self.message}{where}"
+        return (f"tool {self.name!r} failed after {self.attempts} attempt(s): "
+                f"{_kind(self.error_type)}{self.message}{where}")
 
 
-class AddressRefused(Refused):
+class AddressRefused(Refused, WithFields):
     """Raised when http_fetch would connect to a private, loopback, link-local or reserved address,
     or to a port that is not allowed. It names the host as the caller gave it, never an address the
     host resolved to (the tenant is not told what is inside; the log has it)."""
-
     retryable = False
-
-    def __init__(self, host: str, reason: str,
-                 setting: str = "RAYSQUAD_TOOLS__HTTP_ALLOW_NETWORKS") -> None:
-        super().__init__(host, reason, setting)
-        self.host = host
-        self.reason = reason
-        self.setting = setting
+    host: str
+    reason: str
+    setting: str = "RAYSQUAD_TOOLS__HTTP_ALLOW_NETWORKS"
 
     def __str__(self) -> str:
         allow = f"; allow it with {self.setting}" if self.setting else ""
@@ -567,167 +442,113 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-class ResponseTooLarge(Refused):
+class ResponseTooLarge(Refused, WithFields):
     """Raised when a fetched body exceeds the size cap: as it arrives, and again as it decodes. It
     names the URL without its userinfo and query (``public_url``)."""
-
     retryable = False
+    url: str
+    limit: int
+    template = "response from {url} exceeds {limit} bytes"
 
-    def __init__(self, url: str, limit: int) -> None:
-        url = public_url(url)
-        super().__init__(url, limit)
-        self.url = url
-        self.limit = limit
-
-    def __str__(self) -> str:
-        return f"response from {self.url} exceeds {self.limit} bytes"
+    def __post_init__(self) -> None:
+        self.url = public_url(self.url)
+        super().__post_init__()
 
 
-class UpstreamError(Retryable):
+class UpstreamError(Retryable, WithFields):
     """Raised when an upstream service answers 429 or 5xx (busy or failing): worth another try, after
     its Retry-After where it sent one (retry loops cap that at their policy's max_backoff_s). It names
     the URL without its userinfo and query (``public_url``)."""
+    url: str
+    status: int
+    retry_after_s: float | None = None
+    template = "{url} answered HTTP {status}"
 
-    def __init__(self, url: str, status: int, retry_after_s: float | None = None) -> None:
-        url = public_url(url)
-        super().__init__(url, status, retry_after_s)
-        self.url = url
-        self.status = status
-        self.retry_after_s = retry_after_s
-
-    def __str__(self) -> str:
-        return f"{self.url} answered HTTP {self.status}"
+    def __post_init__(self) -> None:
+        self.url = public_url(self.url)
+        super().__post_init__()
 
 
-class QueryRefused(Refused):
+class QueryRefused(Refused, WithFields):
     """Raised when sql_query is given anything but one read-only statement within its limits (time,
     functions, value size), or no database is set."""
-
     retryable = False
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"query refused: {self.reason}"
+    reason: str
+    template = "query refused: {reason}"
 
 
-class DeadLetterNotFound(NotFound):
+class DeadLetterNotFound(NotFound, WithFields):
     """Raised when a dead letter id does not exist."""
-
-    def __init__(self, dead_letter: str) -> None:
-        super().__init__(dead_letter)
-        self.dead_letter = dead_letter
-
-    def __str__(self) -> str:
-        return f"no dead letter with id {self.dead_letter!r}"
+    dead_letter: str
+    template = "no dead letter with id {dead_letter!r}"
 
 
-class ActorUnavailable(Retryable):
+class ActorUnavailable(Retryable, WithFields):
     """Raised when a part of the control plane stays unreachable past a call's deadline (it is
     restarting, or gone); the call may be tried again later. The HTTP API answers 503."""
-
-    def __init__(self, actor: str, waited_s: float, retry_after_s: float = 2.0) -> None:
-        super().__init__(actor, waited_s, retry_after_s)
-        self.actor = actor
-        self.waited_s = waited_s
-        self.retry_after_s = retry_after_s
-
-    def __str__(self) -> str:
-        return (f"the runtime's {self.actor!r} actor did not answer for {self.waited_s:.1f}s "
-                f"(restarting?); try again in {self.retry_after_s:.0f}s")
+    actor: str
+    waited_s: float
+    retry_after_s: float = 2.0
+    template = ("the runtime's {actor!r} actor did not answer for {waited_s:.1f}s (restarting?); "
+                "try again in {retry_after_s:.0f}s")
 
 
-class PoisonTask(RaysquadError):
+class PoisonTask(RaysquadError, WithFields):
     """The error a task ends with when it crashed its worker (or could not be resumed) too often."""
-
-    def __init__(self, task_id: str, attempts: int, reason: str) -> None:
-        super().__init__(task_id, attempts, reason)
-        self.task_id = task_id
-        self.attempts = attempts
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return (f"task {self.task_id!r} given up after {self.attempts} failed attempt(s) to run it: "
-                f"{self.reason}")
+    task_id: str
+    attempts: int
+    reason: str
+    template = "task {task_id!r} given up after {attempts} failed attempt(s) to run it: {reason}"
 
 
-class InvalidTopic(Refused):
+class InvalidTopic(Refused, WithFields):
     """Raised for a topic or topic pattern that is not dot-separated words."""
-
-    def __init__(self, topic: str, rule: str) -> None:
-        super().__init__(topic, rule)
-        self.topic = topic
-        self.rule = rule
+    topic: str
+    rule: str
 
     def __str__(self) -> str:
         return f"bad topic {self.topic[:100]!r}: {self.rule}"
 
 
-class WebhookSourceNotFound(NotFound):
+class WebhookSourceNotFound(NotFound, WithFields):
     """Raised for a webhook to a source that RAYSQUAD_WEBHOOKS does not configure."""
-
-    def __init__(self, source: str) -> None:
-        super().__init__(source)
-        self.source = source
+    source: str
 
     def __str__(self) -> str:
         return f"no webhook source {self.source[:100]!r} is configured (RAYSQUAD_WEBHOOKS)"
 
 
-class WebhookRejected(Refused):
+class WebhookRejected(Refused, WithFields):
     """Raised for a webhook delivery whose signature is missing, wrong or stale."""
-
-    def __init__(self, source: str, why: str) -> None:
-        super().__init__(source, why)
-        self.source = source
-        self.why = why
-
-    def __str__(self) -> str:
-        return f"webhook for {self.source!r} rejected: {self.why}"
+    source: str
+    why: str
+    template = "webhook for {source!r} rejected: {why}"
 
 
-class InvalidEventData(Refused):
+class InvalidEventData(Refused, WithFields):
     """Raised for event data that is not JSON (NaN, an infinity, a value JSON cannot hold)."""
-
-    def __init__(self, topic: str, problem: str) -> None:
-        super().__init__(topic, problem)
-        self.topic = topic
-        self.problem = problem
-
-    def __str__(self) -> str:
-        return f"bad data for an event on {self.topic!r}: {self.problem}"
+    topic: str
+    problem: str
+    template = "bad data for an event on {topic!r}: {problem}"
 
 
-class EventNotFound(NotFound):
+class EventNotFound(NotFound, WithFields):
     """Raised when a tenant has no event with the id asked for."""
-
-    def __init__(self, event_id: str) -> None:
-        super().__init__(event_id)
-        self.event_id = event_id
+    event_id: str
 
     def __str__(self) -> str:
         return f"no event with id {self.event_id[:200]!r}"
 
 
-class InvalidSchedule(Refused):
+class InvalidSchedule(Refused, WithFields):
     """Raised for a schedule that cannot run: a bad cron expression, time zone or id."""
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(problem)
-        self.problem = problem
-
-    def __str__(self) -> str:
-        return f"bad schedule: {self.problem}"
+    problem: str
+    template = "bad schedule: {problem}"
 
 
-class ScheduleNotFound(NotFound):
+class ScheduleNotFound(NotFound, WithFields):
     """Raised when a tenant has no schedule with the id asked for."""
-
-    def __init__(self, schedule_id: str) -> None:
-        super().__init__(schedule_id)
-        self.schedule_id = schedule_id
+    schedule_id: str
 
     def __str__(self) -> str:
         return f"no schedule with id {self.schedule_id[:200]!r}"

@@ -403,14 +403,14 @@ class GateKeeperHandle(ActorHandle):
         return cls.named(ACTOR_NAME, namespace)
 
     async def keys(self) -> list[str]:
-        return await self._call("keys", deadline_s=5.0)  # type: ignore[no-any-return]
+        return await self.via(GateKeeper.keys, deadline_s=5.0)()
 
     async def configure(self, key: str, limits: GateLimits | None) -> None:
-        await self._call("configure", key, limits)
+        await self.via(GateKeeper.configure)(key, limits)
 
     async def acquire(self, key: str, tenant: str, priority: int, tokens: int,
                       timeout_s: float | None) -> str:
-        return await self._call("acquire", key, tenant, priority, tokens, timeout_s)  # type: ignore[no-any-return]
+        return await self.via(GateKeeper.acquire)(key, tenant, priority, tokens, timeout_s)
 
     def reached(self, grant_id: str) -> None:
         self._send("reached", grant_id)
@@ -422,7 +422,7 @@ class GateKeeperHandle(ActorHandle):
         self._send("penalize", key, retry_after_s)
 
     async def stats(self, deadline_s: float | None = None) -> dict[str, dict[str, Any]]:
-        return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
+        return await self.via(GateKeeper.stats, deadline_s=deadline_s)()
 
 
 class Passage:
@@ -458,11 +458,8 @@ class GateClient:
         self._fetched_at = -math.inf
         self._refresh: asyncio.Task[None] | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"keeper": self.keeper}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["keeper"])  # type: ignore[misc]
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.keeper,))
 
     async def gated(self, key: str) -> bool:
         """Whether ``key`` has a gate. Only the first call waits for the list; later ones use it and

@@ -437,30 +437,30 @@ class MailboxHandle(ActorHandle):
 
     async def put_batch(self, items: list[tuple[str, int, Any]]) -> int:
         # Repeatable: an item put twice under its id is held once.
-        return await self._call("put_batch", items)  # type: ignore[no-any-return]
+        return await self.via(QueueActor.put_batch)(items)
 
     async def get_batch(self, consumer: str, max_items: int,
                         timeout_s: float) -> list[tuple[str, Any]]:
         # Repeatable: what a lost reply took stays in flight for this consumer until it is requeued.
-        return await self._call("get_batch", consumer, max_items, timeout_s)  # type: ignore[no-any-return]
+        return await self.via(QueueActor.get_batch)(consumer, max_items, timeout_s)
 
     async def ack(self, item_ids: list[str]) -> None:
-        await self._call("ack", item_ids)
+        await self.via(QueueActor.ack)(item_ids)
 
     async def holds(self, item_id: str) -> bool:
-        return await self._call("holds", item_id)  # type: ignore[no-any-return]
+        return await self.via(QueueActor.holds)(item_id)
 
     async def requeue_consumer(self, consumer: str) -> int:
-        return await self._call("requeue_consumer", consumer)  # type: ignore[no-any-return]
+        return await self.via(QueueActor.requeue_consumer)(consumer)
 
     async def requeue_all_but(self, live: list[str]) -> int:
-        return await self._call("requeue_all_but", live)  # type: ignore[no-any-return]
+        return await self.via(QueueActor.requeue_all_but)(live)
 
     async def stats(self, deadline_s: float | None = None) -> dict[str, Any]:
-        return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
+        return await self.via(QueueActor.stats, deadline_s=deadline_s)()
 
     async def watch(self, seen: tuple[int, int] | None, timeout_s: float) -> dict[str, Any]:
-        return await self._call("watch", seen, timeout_s)  # type: ignore[no-any-return]
+        return await self.via(QueueActor.watch)(seen, timeout_s)
 
 
 #: How long an agent call waits for its reply before checking that its mailbox still holds the message.

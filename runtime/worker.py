@@ -182,22 +182,22 @@ class WorkerHandle(ActorHandle):
     """One workflow worker actor, typed. A worker is replaced, not restarted: its calls fail fast."""
 
     async def run(self) -> int:
-        return await self._call("run", idempotent=False)  # type: ignore[no-any-return]
+        return await self.via(WorkflowWorker.run, idempotent=False)()
 
     async def stop(self) -> None:
         self._send("stop")
 
     async def cancel(self, task_id: str) -> bool:
-        return await self._call("cancel", task_id, idempotent=False)  # type: ignore[no-any-return]
+        return await self.via(WorkflowWorker.cancel, idempotent=False)(task_id)
 
     async def deliver(self, message_id: str, ok: bool, value: Any) -> bool:
-        return await self._call("deliver", message_id, ok, value, idempotent=False)  # type: ignore[no-any-return]
+        return await self.via(WorkflowWorker.deliver, idempotent=False)(message_id, ok, value)
 
     async def info(self) -> dict[str, Any]:
-        return await self._call("info", idempotent=False)  # type: ignore[no-any-return]
+        return await self.via(WorkflowWorker.info, idempotent=False)()
 
     async def load(self) -> dict[str, Any]:
-        return await self._call("load", idempotent=False)  # type: ignore[no-any-return]
+        return await self.via(WorkflowWorker.load, idempotent=False)()
 
 
 class WorkerMember(Protocol):
@@ -321,12 +321,12 @@ class WorkerPoolHandle(ActorHandle):
     """The worker pool actor, typed."""
 
     async def start(self) -> list[str]:
-        return await self._call("start", idempotent=False)  # type: ignore[no-any-return]
+        return await self.via(WorkerPool.start, idempotent=False)()
 
     async def workers(self, deadline_s: float | None = None) -> list[str]:
-        return await self._call("workers", deadline_s=deadline_s)  # type: ignore[no-any-return]
+        return await self.via(WorkerPool.workers, deadline_s=deadline_s)()
 
     async def stop(self) -> None:
-        await self._call("stop")
+        await self.via(WorkerPool.stop)()
 
 

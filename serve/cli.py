@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
@@ -496,19 +496,16 @@ def _show_schedule(s: Any) -> None:
 def schedule_create(schedule_id: str, workflow: str, cron: str,
                     timezone: Annotated[str, typer.Option(help="IANA time zone")] = "UTC",
                     input: Annotated[str, typer.Option("--input", help="JSON object")] = "{}",
-                    catch_up: Annotated[str, typer.Option(help="skip or once")] = "skip",
-                    overlap: Annotated[str, typer.Option(help="skip, allow or cancel")] = "skip",
+                    catch_up: Annotated[Literal["skip", "once"], typer.Option(help="skip or once")] = "skip",
+                    overlap: Annotated[Literal["skip", "allow", "cancel"],
+                                       typer.Option(help="skip, allow or cancel")] = "skip",
                     paused: bool = False, address: AddressOpt = None, url: UrlOpt = None,
                     api_key: KeyOpt = None) -> None:
     """Create (or redefine) SCHEDULE_ID: a task of WORKFLOW at each tick of CRON (five fields, or
     six with seconds last)."""
-    if catch_up not in ("skip", "once"):
-        fail("--catch-up must be skip or once", 2)
-    if overlap not in ("skip", "allow", "cancel"):
-        fail("--overlap must be skip, allow or cancel", 2)
     _show_schedule(connect(address, url, api_key).create_schedule(
         schedule_id, workflow, cron, timezone=timezone, input=parse_input(input),
-        catch_up=catch_up, overlap=overlap, paused=paused))  # type: ignore[arg-type]
+        catch_up=catch_up, overlap=overlap, paused=paused))
 
 
 @schedule_app.command("show")

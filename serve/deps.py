@@ -68,8 +68,8 @@ Admin = Annotated[str, Depends(admin_of)]
 
 def client_of(request: Request) -> AsyncClient:
     """The runtime's client, which the Ingress put in the app's state."""
-    return request.app.state.client  # type: ignore[no-any-return]
+    return request.app.state.client
 
 
 def settings_of(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings

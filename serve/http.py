@@ -70,7 +70,7 @@ def _openapi() -> dict[str, Any]:
     return app.openapi_schema
 
 
-app.openapi = _openapi  # type: ignore[method-assign]
+app.openapi = _openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 MAX_SEQ = 10**18
 

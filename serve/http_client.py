@@ -161,7 +161,7 @@ class HttpClient(_Events):
                                   json=payload))
 
     def workflows(self) -> SchemaList:
-        return self._call("GET", "/v1/workflows")  # type: ignore[no-any-return]
+        return self._call("GET", "/v1/workflows")
 
     def events(self, task_id: str, after: int = 0, follow: bool = True) -> Iterator[Event]:
         """The task's events from its SSE stream, until the task ends (the stream always follows;

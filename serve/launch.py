@@ -7,9 +7,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any
+from typing import Any, cast
 
 from ray import serve
+from ray.serve import Deployment
 
 from runtime.config import Settings
 from serve import auth
@@ -22,7 +23,8 @@ def build(settings: Settings) -> Any:
         {"num_replicas": 1} if settings.http_replicas_max == 1 else
         {"autoscaling_config": {"min_replicas": 1, "max_replicas": settings.http_replicas_max,
                                 "target_ongoing_requests": 32}})
-    return Ingress.options(  # type: ignore[attr-defined]
+    # serve.deployment made Ingress a Deployment; mypy does not follow a class decorator's result.
+    return cast(Deployment, Ingress).options(
         ray_actor_options={"num_cpus": 0.1},
         # Room for every stream and as many other requests again, at least.
         max_ongoing_requests=max(256, 2 * settings.max_streams),

@@ -179,7 +179,7 @@ def query(database: Database, sql: str) -> list[tuple[Any, ...]]:
     import psycopg
 
     with psycopg.connect(database, autocommit=True) as conn:
-        return [tuple(r) for r in conn.execute(sql).fetchall()]  # type: ignore[arg-type]
+        return [tuple(r) for r in conn.execute(sql).fetchall()]
 
 
 def read_effects(side_dir: Path, database: Database) -> Effects:

@@ -260,19 +260,19 @@ class EngineHandle(ActorHandle):
     is not sent again here: the step that made it retries under its own policy."""
 
     async def chat(self, request: ChatRequest, stream_to: TokenSink | None = None) -> Completion:
-        return await self._call("chat", request, stream_to, idempotent=False)  # type: ignore[no-any-return]
+        return await self.via(EngineActor.chat, idempotent=False)(request, stream_to)
 
     async def abort(self, request_id: str) -> bool:
-        return await self._call("abort", request_id, deadline_s=5.0)  # type: ignore[no-any-return]
+        return await self.via(EngineActor.abort, deadline_s=5.0)(request_id)
 
     async def ready(self) -> bool:
-        return await self._call("ready")  # type: ignore[no-any-return]
+        return await self.via(EngineActor.ready)()
 
     async def load(self, deadline_s: float | None = None) -> int:
-        return await self._call("load", deadline_s=deadline_s)  # type: ignore[no-any-return]
+        return await self.via(EngineActor.load, deadline_s=deadline_s)()
 
     async def timeline(self) -> list[tuple[float, float]]:
-        return await self._call("timeline")  # type: ignore[no-any-return]
+        return await self.via(EngineActor.timeline)()
 
 
 class Router:

@@ -55,7 +55,7 @@ class OpenAIEngine:
         self._client = openai.AsyncOpenAI(
             base_url=config.base_url, api_key=os.environ.get(config.api_key_env) or "unused",
             max_retries=0, timeout=config.timeout_s,
-            http_client=http_client)  # type: ignore[arg-type]
+            http_client=http_client)  # type: ignore[arg-type]  # typed as httpx2's; it takes httpx's
         self._running: dict[str, asyncio.Task[Any]] = {}
         # Told of each 429 with its Retry-After (the engine actor throttles the model's gate).
         self.on_throttled: Callable[[float | None], None] | None = None
@@ -101,6 +101,7 @@ class OpenAIEngine:
     async def _once(self, request: ChatRequest,
                     on_text: Callable[[str], Awaitable[None]] | None) -> Completion:
         extra = {"priority": -request.priority} if self.config.send_priority else None
+        # Our messages are not openai's TypedDicts (a "tool" one has no tool_call_id here).
         stream = await self._client.chat.completions.create(  # type: ignore[call-overload]
             model=self.config.remote_model or self.model,
             messages=[{"role": m.role, "content": m.content} for m in request.messages],

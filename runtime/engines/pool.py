@@ -135,10 +135,10 @@ class EnginePoolHandle(ActorHandle):
     """A model's engine pool actor, typed."""
 
     async def tick(self) -> int:
-        return await self._call("tick")  # type: ignore[no-any-return]
+        return await self.via(EnginePoolActor.tick)()
 
     async def replicas(self) -> list[int]:
-        return await self._call("replicas")  # type: ignore[no-any-return]
+        return await self.via(EnginePoolActor.replicas)()
 
 
 def autoscaled(settings: Settings) -> bool:

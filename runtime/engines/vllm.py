@@ -94,9 +94,9 @@ class VLLMEngine:
         self.admission = Admission(config.max_inflight, config.admission_aging_per_s)
 
     def _prompt(self, request: ChatRequest) -> str:
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        return str(self._tokenizer.apply_chat_template(messages, tokenize=False,  # type: ignore[arg-type]
-                                                       add_generation_prompt=True))
+        return str(self._tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in request.messages], tokenize=False,
+            add_generation_prompt=True))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str]:
         async for delta, _ in self._generate(request):

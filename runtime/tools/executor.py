@@ -109,11 +109,13 @@ class ToolExecutor:
             result = await self._with_retries(tool, model, caller, dead_letter=False,
                                               run=_alone(tool, model) if tool.batch else None)
         except ToolFailed as e:
-            return await self.store.replayed(letter_id, False, None, str(e), e.attempts)  # type: ignore[no-any-return]
+            failed: DeadLetter = await self.store.replayed(letter_id, False, None, str(e), e.attempts)
+            return failed
         # The result also becomes the failed task's step, so that task resumes past this call.
         step_output, _ = refs.dumps(result)
-        return await self.store.replayed(letter_id, True, dump_result(result), "", 1,  # type: ignore[no-any-return]
-                                                step_output)
+        done: DeadLetter = await self.store.replayed(letter_id, True, dump_result(result), "", 1,
+                                                     step_output)
+        return done
 
     async def schemas(self) -> list[dict[str, Any]]:
         return self.registry.schemas()
@@ -283,11 +285,8 @@ class ToolRouter:
         self.executors = executors
         self._load = [0] * len(executors)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"registry": self.registry, "executors": self.executors}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["registry"], state["executors"])  # type: ignore[misc]
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.registry, self.executors))
 
     def _pick(self, tool: Tool, attempt: int) -> int:
         n = len(self.executors)
@@ -318,15 +317,15 @@ class ToolExecutorHandle(ActorHandle):
     another executor where there is one (tools are at least once, like agent handlers)."""
 
     async def call(self, name: str, args: dict[str, Any], caller: Caller) -> Any:
-        return await self._call("call", name, args, caller, idempotent=False)
+        return await self.via(ToolExecutor.call, idempotent=False)(name, args, caller)
 
     async def replay(self, letter_id: str) -> DeadLetter:
-        return await self._call("replay", letter_id, idempotent=False)  # type: ignore[no-any-return]
+        return await self.via(ToolExecutor.replay, idempotent=False)(letter_id)
 
     async def schemas(self) -> list[dict[str, Any]]:
-        return await self._call("schemas")  # type: ignore[no-any-return]
+        return await self.via(ToolExecutor.schemas)()
 
     async def stats(self, deadline_s: float | None = None) -> dict[str, Any]:
-        return await self._call("stats", deadline_s=deadline_s)  # type: ignore[no-any-return]
+        return await self.via(ToolExecutor.stats, deadline_s=deadline_s)()
 
 

@@ -374,7 +374,7 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _host_gate(args: BaseModel) -> str:
-    return gate_key(args.url)  # type: ignore[attr-defined]
+    return gate_key(args.model_dump(include={"url"})["url"])
 
 
 @tool(gate=_host_gate, retry_on=(httpx.TransportError, UpstreamError),

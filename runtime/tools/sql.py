@@ -289,7 +289,7 @@ def _postgres(url: str, sql: str, params: Params, limit: int, settings: ToolSett
         # server refuses it), and FETCH brings a few rows at a time.
         with conn.cursor(name="sql_query") as cur:
             try:
-                cur.execute(sql, params)  # type: ignore[arg-type]
+                cur.execute(sql, params)
             except pg_errors.SyntaxError:  # it parsed on its own: it is not a query
                 raise QueryRefused("only reads are allowed: one query that returns rows "
                                    "(SELECT, VALUES, TABLE or WITH ... SELECT)") from None
@@ -323,7 +323,7 @@ def _parse_one(conn: Any, sql: str, params: Params) -> None:
     import psycopg
     from psycopg import pq
 
-    text = psycopg.ClientCursor(conn).mogrify(sql, params)  # type: ignore[arg-type]
+    text = psycopg.ClientCursor(conn).mogrify(sql, params)
     parsed = conn.pgconn.prepare(b"", text.encode(conn.info.encoding))
     if parsed.status != pq.ExecStatus.COMMAND_OK:
         message = (parsed.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"").decode(

@@ -122,7 +122,7 @@ class AskIn(BaseModel):
 
 @workflow
 async def ask_chief(ctx: Context, inp: AskIn) -> str:
-    return await ctx.agent("chief").run({"word": inp.word})  # type: ignore[no-any-return]
+    return await ctx.agent("chief").run({"word": inp.word})
 
 
 class TickIn(BaseModel):

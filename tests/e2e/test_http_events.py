@@ -163,9 +163,10 @@ def test_schedules_over_http(api: Api) -> None:
     assert tenant_a.get(f"/v1/schedules/{sid}").status_code == 404
     assert tenant_a.delete(f"/v1/schedules/{sid}").status_code == 404
 
-    for change, status in [({"cron": "every day"}, 422), ({"timezone": "Mars/Base"}, 422),
-                           ({"workflow": "nope"}, 404), ({"input": {"wrong": 1}}, 422),
-                           ({"catch_up": "always"}, 422)]:
+    changes: list[tuple[dict[str, Any], int]] = [
+        ({"cron": "every day"}, 422), ({"timezone": "Mars/Base"}, 422), ({"workflow": "nope"}, 404),
+        ({"input": {"wrong": 1}}, 422), ({"catch_up": "always"}, 422)]
+    for change, status in changes:
         r = tenant_a.post("/v1/schedules", json={**body, **change})
         assert r.status_code == status, (change, r.text)
     # A cron with a year field runs out of ticks; one that never ticks has none: both refused.
@@ -244,11 +245,11 @@ def _delivery(client: httpx.Client, report_url: str, target: str) -> dict[str, A
 
 def _task_of(client: httpx.Client, report_url: str, target: str) -> str:
     return wait_for(lambda: (_delivery(client, report_url, target) or {}).get("task_id"),
-                    timeout_s=60, what=f"the event to start {target}")  # type: ignore[no-any-return]
+                    timeout_s=60, what=f"the event to start {target}")
 
 
 def _status(client: httpx.Client, task_id: str) -> str:
-    return client.get(f"/v1/tasks/{task_id}").json()["status"]  # type: ignore[no-any-return]
+    return client.get(f"/v1/tasks/{task_id}").json()["status"]
 
 
 def _phases(side: Path, name: str) -> list[tuple[int, str]]:
@@ -298,8 +299,9 @@ def test_debounce_never_supersedes_another_tenants_event(a: httpx.Client, b: htt
 
     for client, url in ((a, at_a), (b, at_b)):
         task = _task_of(client, url, "workflow:debounced")
-        wait_for(lambda c=client, t=task: _status(c, t) == "succeeded", 60,
-                 what="each tenant's debounced run")
+        def succeeded(c: httpx.Client = client, t: str = task) -> bool:
+            return _status(c, t) == "succeeded"
+        wait_for(succeeded, 60, what="each tenant's debounced run")
         assert (_delivery(client, url, "workflow:debounced") or {})["outcome"] == "started"
     runs = sorted(n["n"] for n in map(json.loads, (side / "debounced").read_text().splitlines()))
     assert runs == [1, 2]

@@ -99,8 +99,9 @@ def _seed(url: str, side: Path) -> tuple[str, ...]:
                   "waiting": submit("approval", {"dir": str(side)}),
                   "running": submit("five_steps", {"dir": str(side), "gate_at": 1})}
         for want, task_id in seeded.items():
-            wait_for(lambda t=task_id, w=want: status(t) == w, timeout_s=90,  # type: ignore[misc]
-                     what=f"seeded task {task_id} to be {want}")
+            def reached(t: str = task_id, w: str = want) -> bool:
+                return status(t) == w
+            wait_for(reached, timeout_s=90, what=f"seeded task {task_id} to be {want}")
         return tuple(seeded.values())
 
 

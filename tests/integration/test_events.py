@@ -61,7 +61,9 @@ def test_one_event_delivered_twice_starts_each_workflow_once(make_runtime, side_
 
 
 def database(rt: Runtime) -> Database:
-    return rt.settings.postgres_url if rt.settings.store == "postgres" else rt.settings.database_path
+    if rt.settings.store == "postgres" and rt.settings.postgres_url is not None:
+        return rt.settings.postgres_url
+    return rt.settings.database_path
 
 
 def test_a_redelivered_event_starts_nothing_new(make_runtime, side_dir: Path) -> None:
@@ -235,8 +237,9 @@ def test_an_agent_delivery_is_not_copied_while_its_message_waits_or_runs(make_ru
 
     (side_dir / "g1").touch()
     for event_id in ("slow", "held"):
-        wait_for(lambda e=event_id: _delivery(rt, e, "agent:indexer")["outcome"] == "handled",
-                 timeout_s=60, what=f"{event_id} to be handled")
+        def handled_now(e: str = event_id) -> bool:
+            return _delivery(rt, e, "agent:indexer")["outcome"] == "handled"
+        wait_for(handled_now, timeout_s=60, what=f"{event_id} to be handled")
     handled = notes(side_dir, "indexer")
     assert sorted(n["event"] for n in handled) == ["held", "slow"]
     assert [n["attempt"] for n in handled] == [1, 1]
@@ -254,7 +257,7 @@ def test_a_database_error_leaves_a_delivery_due_never_refused(make_runtime, side
 
     def execute(sql: str) -> None:
         with psycopg.connect(db, autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)
 
     execute("CREATE TABLE outage (since DOUBLE PRECISION); CREATE SEQUENCE outage_hits; "
             "CREATE FUNCTION refuse_tasks() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "

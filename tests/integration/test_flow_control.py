@@ -20,7 +20,7 @@ from tests.servers import Upstream, upstream
 
 APPS = ["tests.apps.tools"]
 LOOPBACK = ToolSettings(http_allow_networks=("127.0.0.1/32",), http_allow_ports=("1024-65535",), executors=4,
-                        retry={"max_attempts": 1})  # type: ignore[arg-type]
+                        retry={"max_attempts": 1})
 
 
 def finish_all(rt: Runtime, ids: list[str], timeout_s: float = 120.0) -> list[Any]:
@@ -91,7 +91,9 @@ def test_priority_first_then_equal_tenants_share_equally(make_runtime: Callable[
         for tenant in ("acme", "globex"):  # globex's calls all arrive after acme's
             ids += [client.submit("fetch_once", {"url": up.url(f"/ok?t={tenant}&i={i}")},
                                   tenant=tenant).id for i in range(20)]
-            wait_for(lambda n=len(ids): gate_waiting(rt, key) == n, 60, what="calls to wait")
+            def all_wait(n: int = len(ids)) -> bool:
+                return gate_waiting(rt, key) == n
+            wait_for(all_wait, 60, what="calls to wait")
         up.release.set()
         finish_all(rt, [blocker, *ids])
         contended = [h.query["t"] for h in up.of("/ok") if "t" in h.query][:30]

@@ -51,7 +51,7 @@ def sqlite_backend(tmp_path: Path) -> Iterator[SQLiteBackend]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest) -> Backend:
-    return request.getfixturevalue(f"{request.param}_backend")  # type: ignore[no-any-return]
+    return request.getfixturevalue(f"{request.param}_backend")
 
 
 @pytest.fixture

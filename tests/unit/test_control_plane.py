@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 import ray
 
 from runtime.agent import AgentPool
+from runtime.authoring import Agent
 from runtime.config import AgentPoolConfig, Settings
 from runtime.dispatch import Dispatcher
 from runtime.engines.actor import Router
@@ -37,8 +38,8 @@ def settings(tmp_path: Path, **more: Any) -> Settings:
     return Settings(data_dir=tmp_path / "state", lease_s=5.0, sweep_interval_s=0.05, **more)
 
 
-def run(coro: Awaitable[Any]) -> Any:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
 
 
 async def until(condition: Callable[[], Any], timeout_s: float = 10.0) -> Any:
@@ -473,7 +474,7 @@ def test_an_agent_pool_grows_with_backlog_and_frees_what_dead_replicas_held(tmp_
             return members[replica_id]
 
         config = AgentPoolConfig(min_replicas=0, max_replicas=3, target_backlog=2, idle_s=0.0)
-        pool = AgentPool("x", object, config, settings(tmp_path), mailbox, None, Router({}),  # type: ignore[arg-type]
+        pool = AgentPool("x", Agent, config, settings(tmp_path), mailbox, None, Router({}),
                          spawner=spawn)
         await pool.start()
         assert (await mailbox.stats())["in_flight"] == 0  # given back at the pool's start

@@ -49,7 +49,7 @@ def test_a_failed_send_fails_its_batch_and_the_next_batch_still_goes() -> None:
         calls += 1
         if calls == 1:
             raise ConnectionError("store down")
-        return items
+        return list(items)
 
     async def main() -> int:
         commit = GroupCommit(send)
@@ -65,7 +65,7 @@ def test_a_batch_stops_at_its_weight_and_the_rest_follow_in_order() -> None:
 
     async def send(items: list[int]) -> list[int | BaseException]:
         sent.append(items)
-        return items  # type: ignore[return-value]
+        return list(items)
 
     async def main() -> list[int]:
         commit = GroupCommit(send, weigh=lambda i: i, max_weight=10)

@@ -23,7 +23,7 @@ def revise(payload: dict[str, Any]) -> dict[str, Any]:
     msg = AgentMessage(id="agent:researcher", role="researcher", task_id="task-1",
                        step_key="agent:researcher", payload=payload)
     ctx = LocalAgentContext("task-1", "agent:researcher")
-    return asyncio.run(Researcher().handle(msg, ctx))  # type: ignore[arg-type]
+    return asyncio.run(Researcher().handle(msg, ctx))
 
 
 def test_researcher_keeps_a_finding_sourced_from_a_url() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,11 +107,11 @@ def test_a_schedule_paused_by_the_scheduler_keeps_the_reason_until_its_owner_act
 # -- the Store service: a tenant's bounds, decided before anything is written ----------------------
 
 
-def in_loop(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+def in_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
     """An async test, run on an event loop of its own."""
     @functools.wraps(test)
     def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(test(*args, **kwargs))  # type: ignore[arg-type]
+        asyncio.run(test(*args, **kwargs))
     return run
 
 
@@ -175,7 +175,7 @@ class Failing:
     async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
         if req.tenant in self.failing:
             raise self.failing[req.tenant]
-        return await self.inner.submit(req)  # type: ignore[no-any-return]
+        return await self.inner.submit(req)
 
 
 async def rounds_until(scheduler: Scheduler, condition: Callable[[], Awaitable[Any]],
@@ -192,7 +192,7 @@ async def rounds_until(scheduler: Scheduler, condition: Callable[[], Awaitable[A
 def scheduler_over(make_service: Any, **more: Any) -> tuple[Scheduler, Failing]:
     settings = Settings(schedule_grace_s=120.0, **more)
     store = Failing(make_service(**more))
-    return Scheduler(settings, store, Catalog()), store  # type: ignore[arg-type]
+    return Scheduler(settings, store, Catalog()), store
 
 
 def due_now() -> float:
@@ -228,7 +228,7 @@ async def test_a_passing_failure_leaves_the_tick_due_and_it_runs_later(
 
 
 async def _last_task(store: Any, tenant: str, schedule_id: str) -> str | None:
-    return (await store.get_schedule(tenant, schedule_id)).last_task_id  # type: ignore[no-any-return]
+    return (await store.get_schedule(tenant, schedule_id)).last_task_id
 
 
 @in_loop

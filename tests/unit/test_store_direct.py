@@ -12,6 +12,7 @@ import time
 import types
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -22,15 +23,16 @@ from runtime.models import Lease, SubmitRequest, TaskStatus
 from runtime.store import direct, listen
 from runtime.store.direct import DirectStore
 from runtime.store.listen import Listener
+from runtime.store.postgres import PostgresStore
 from tests.tcp_proxy import TcpProxy
 from tests.unit.stores import PostgresBackend
 
 WAIT_S = 30.0  # far longer than a NOTIFY takes: a wake that came by timeout would fail the test
 
 
-def settings(backend: PostgresBackend, tmp_path: Path, **extra: object) -> Settings:
+def settings(backend: PostgresBackend, tmp_path: Path, **extra: Any) -> Settings:
     return Settings(store="postgres", postgres_url=backend.url, data_dir=tmp_path,
-                    namespace=f"ns-{uuid.uuid4().hex[:8]}", **extra)  # type: ignore[arg-type]
+                    namespace=f"ns-{uuid.uuid4().hex[:8]}", **extra)
 
 
 def test_a_submit_in_one_process_feeds_the_dispatcher_in_another(
@@ -140,6 +142,7 @@ def test_a_listener_on_a_silent_connection_replaces_it(
     monkeypatch.setattr(listen, "PROBE_TIMEOUT_S", 0.5)
     params = conninfo_to_dict(postgres_backend.url)
     store = postgres_backend.open()
+    assert isinstance(store, PostgresStore)
     proxy = FreezingProxy((str(params.get("host", "127.0.0.1")), int(str(params.get("port", 5432)))))
     listener = Listener(make_conninfo(postgres_backend.url, host="127.0.0.1", port=proxy.port),
                         store.schema)

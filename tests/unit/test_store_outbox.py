@@ -12,7 +12,7 @@ import pytest
 from runtime.errors import EventQuotaExceeded
 from runtime.models import Route, TaskStatus, TopicEvent
 from runtime.store.outbox import page_sql
-from tests.unit.stores import T0, AnyStore, Backend, lease, running, submit
+from tests.unit.stores import T0, AnyStore, SQLiteBackend, lease, running, submit
 
 RETRY_S = 30.0
 
@@ -58,7 +58,9 @@ def test_a_delivery_not_finished_comes_back_as_a_redelivery(store: AnyStore) -> 
     assert store.finish_delivery(e.seq, "agent:indexer", T0 + 31, "handled")
     assert not store.finish_delivery(e.seq, "agent:indexer", T0 + 32, "handled")
     assert store.take_deliveries(T0 + 1000, 10, RETRY_S) == []
-    _, deliveries = store.event_deliveries("default", "e1")  # type: ignore[misc]
+    report = store.event_deliveries("default", "e1")
+    assert report is not None
+    _, deliveries = report
     assert [(d["target"], d["attempts"], d["outcome"]) for d in deliveries] == [
         ("agent:indexer", 2, "handled")]
 
@@ -83,7 +85,9 @@ def test_a_superseding_route_ends_the_pending_deliveries_of_its_key(store: AnySt
 
     due = store.take_deliveries(T0 + 10, 10, RETRY_S)
     assert sorted(d.event.id for d in due) == ["e2", "e3"]
-    _, deliveries = store.event_deliveries("default", "e1")  # type: ignore[misc]
+    report = store.event_deliveries("default", "e1")
+    assert report is not None
+    _, deliveries = report
     assert deliveries[0]["outcome"] == "superseded"
 
 
@@ -139,11 +143,11 @@ def test_events_are_listed_newest_first_by_topic_and_tenant(store: AnyStore) -> 
 
 @pytest.mark.parametrize(("topic", "before"), [(None, None), ("docs.new", None), (None, 99),
                                                ("docs.new", 99)])
-def test_a_tenants_page_is_read_off_an_index_not_sorted(sqlite_backend: Backend, topic: str | None,
+def test_a_tenants_page_is_read_off_an_index_not_sorted(sqlite_backend: SQLiteBackend, topic: str | None,
                                                         before: int | None) -> None:
     sqlite_backend.open()
     sql, args = page_sql(topic, "acme", before)
-    conn = sqlite3.connect(sqlite_backend.path)  # type: ignore[attr-defined]
+    conn = sqlite3.connect(sqlite_backend.path)
     try:
         plan = " / ".join(r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, (*args, 50)))
     finally:

@@ -54,7 +54,7 @@ def test_arguments_come_from_the_signature_and_the_docstring_describes() -> None
     assert schema["parameters"]["required"] == ["query"]
     assert set(schema["parameters"]["properties"]) == {"query", "limit"}  # ctx is not an argument
     args = search.validate({"query": "ray", "limit": "3"})
-    assert (args.query, args.limit) == ("ray", 3)  # type: ignore[attr-defined]
+    assert (args.query, args.limit) == ("ray", 3)
 
 
 def test_bad_arguments_name_the_field() -> None:

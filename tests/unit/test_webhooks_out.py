@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ from standardwebhooks.webhooks import Webhook
 from runtime.config import Settings, WebhookTarget
 from runtime.models import TopicEvent
 from runtime.tools.fetch import GuardedBackend, GuardedTransport
-from runtime.webhooks import backoff_s, body_of, message_id, send
+from runtime.webhooks import Outcome, backoff_s, body_of, message_id, send
 from tests.unit.test_tool_guards import NeverConnect
 
 SECRET = "whsec_" + base64.b64encode(b"unit-test-secret-unit-test-secr").decode()
@@ -35,14 +36,14 @@ async def resolve_private(host: str, port: int) -> list[str]:
 def test_private_targets_are_refused_before_any_connection(url: str) -> None:
     backend = GuardedBackend(inner=NeverConnect(), resolve=resolve_private)
 
-    async def run() -> object:
+    async def run() -> Outcome:
         async with httpx.AsyncClient(transport=GuardedTransport(backend)) as client:
             target = WebhookTarget(url=url, topics=("orders.*",), secret=SECRET, tenant="*")
             return await send(client, target, EVENT)
 
     outcome = asyncio.run(run())
-    assert outcome.ok is False and outcome.final is True  # type: ignore[attr-defined]
-    assert outcome.detail.startswith("refused")  # type: ignore[attr-defined]
+    assert outcome.ok is False and outcome.final is True
+    assert outcome.detail.startswith("refused")
 
 
 def test_the_body_is_the_event_and_its_signature_verifies() -> None:
@@ -84,8 +85,8 @@ def test_outbound_targets_are_checked_in_the_settings() -> None:
 TARGET = WebhookTarget(url="http://hooks.example/h", topics=("orders.*",), secret=SECRET, tenant="*")
 
 
-def _send_to(stream: httpx.AsyncByteStream, timeout_s: float = 10.0) -> object:
-    async def run() -> object:
+def _send_to(stream: httpx.AsyncByteStream, timeout_s: float = 10.0) -> Outcome:
+    async def run() -> Outcome:
         transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=stream))
         async with httpx.AsyncClient(transport=transport) as client:
             return await send(client, TARGET, EVENT, timeout_s=timeout_s)
@@ -100,7 +101,7 @@ class Endless(httpx.AsyncByteStream):
         self.pause_s = pause_s
         self.sent = 0
 
-    async def __aiter__(self):  # type: ignore[no-untyped-def]
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
             if self.pause_s:
                 await asyncio.sleep(self.pause_s)
@@ -111,7 +112,7 @@ class Endless(httpx.AsyncByteStream):
 def test_a_send_reads_only_a_few_kb_of_the_response() -> None:
     body = Endless()
     outcome = _send_to(body)
-    assert outcome.ok and outcome.detail == "HTTP 200"  # type: ignore[attr-defined]
+    assert outcome.ok and outcome.detail == "HTTP 200"
     assert body.sent <= 8 * 1024
 
 
@@ -119,12 +120,12 @@ def test_a_trickling_receiver_is_cut_off_at_the_sends_deadline() -> None:
     body = Endless(pause_s=0.2)  # a chunk now and then: no single read ever times out
     started = time.monotonic()
     outcome = _send_to(body, timeout_s=0.3)
-    assert not outcome.ok and outcome.detail == "timed out after 0.3 s"  # type: ignore[attr-defined]
+    assert not outcome.ok and outcome.detail == "timed out after 0.3 s"
     assert time.monotonic() - started < 5 and body.sent >= 1024
 
 
 def test_what_a_failure_says_never_holds_the_url() -> None:
-    async def run() -> object:
+    async def run() -> Outcome:
         def refuse(request: httpx.Request) -> httpx.Response:
             raise httpx.ConnectError(f"cannot reach {request.url}", request=request)
 
@@ -132,4 +133,4 @@ def test_what_a_failure_says_never_holds_the_url() -> None:
             return await send(client, TARGET, EVENT)
 
     outcome = asyncio.run(run())
-    assert outcome.detail == "ConnectError"  # type: ignore[attr-defined]
+    assert outcome.detail == "ConnectError"
