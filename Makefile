@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 model: $(MODEL)/config.json
 
 $(MODEL)/config.json: $(STAMP)
-	$(BIN)/python -m runtime.engines.smollm2 $(MODEL)
+	$(BIN)/python -m runtime.llm.smollm2 $(MODEL)
 	@# The files keep the package's times; mark the model made now, so it is not made again.
 	@touch $@
 

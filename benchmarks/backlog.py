@@ -189,12 +189,12 @@ def check_claims(server: Server, work: Path, db: Path, args: argparse.Namespace,
     """Claim through the dispatcher as a worker would; compare with the Store's rank order."""
     import ray
 
-    from runtime.dispatch import DispatcherHandle
+    from runtime.durable.dispatch import DispatcherHandle
 
     expected = [rank(priority, at) for _, priority, at in _read(db, (
         f"SELECT id, priority, created_at FROM tasks WHERE status = 'queued' ORDER BY "
         f"{records.rank_order(AGING_PER_S)} LIMIT ?"), (args.claims,))]
-    from runtime.cluster import use_local_token_if_any
+    from runtime.actors.cluster import use_local_token_if_any
 
     address = (work / "data" / "ray_address").read_text().strip()
     use_local_token_if_any()  # the runtime's cluster asks for ~/.ray/auth_token when it has one

@@ -232,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.common import write_result
     from runtime import Runtime, Settings, TaskStatus
-    from runtime.cluster import connect
-    from runtime.handles import actor_names
+    from runtime.actors.cluster import connect
+    from runtime.actors.handles import actor_names
 
     console = Console(width=110)
     args.loadavg_before = list(os.getloadavg())

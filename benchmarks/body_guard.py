@@ -52,7 +52,7 @@ def replica_pid(workdir: Path) -> int:
     import ray
     from ray._private import state
 
-    from runtime.cluster import use_local_token_if_any
+    from runtime.actors.cluster import use_local_token_if_any
 
     address = (workdir / "state" / "ray_address").read_text().strip()
     use_local_token_if_any()  # the runtime's cluster asks for ~/.ray/auth_token when it has one

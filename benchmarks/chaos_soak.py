@@ -41,8 +41,8 @@ from rich.table import Table  # noqa: E402
 
 from benchmarks.common import write_result  # noqa: E402
 from runtime import GateLimits, Runtime, Settings, TaskStatus  # noqa: E402
-from runtime.client import AsyncClient  # noqa: E402
-from runtime.cluster import connect  # noqa: E402
+from runtime.actors.cluster import connect  # noqa: E402
+from runtime.client.client import AsyncClient  # noqa: E402
 from tests.apps.chaos import TOOL  # noqa: E402
 from tests.faults import Effects, Kind, Victim, came_back, kill, pick, read_effects, task_rows  # noqa: E402
 

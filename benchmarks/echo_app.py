@@ -43,7 +43,7 @@ def run_serve(port: int, num_cpus: int) -> None:
     import ray
     from ray import serve
 
-    from runtime.config import Settings
+    from runtime.core.config import Settings
     from serve.launch import direct_ingress_env, serve_http_options
 
     # The HTTP settings raysquad's Ingress would run with, the direct path (no proxy hop) included.

@@ -1,7 +1,7 @@
 """Actor calls and Store transactions per task, read from the runtime's own counters.
 
 Every call through a typed actor handle counts in ``raysquad_actor_calls{actor,method}`` and every
-Store transaction in ``raysquad_store_transactions{backend}`` (runtime/metrics.py); a server started
+Store transaction in ``raysquad_store_transactions{backend}`` (runtime/core/metrics.py); a server started
 with ``RAYSQUAD_RAY_METRICS_EXPORT_PORT`` serves them for Prometheus (as ``ray_raysquad_*_total``).
 Ray exports each process's metrics every 10 s, and an idle runtime keeps counting (sweeps, polls:
 about 11 calls a second), so a run's cost is read once the counters have caught up (``settle``) and

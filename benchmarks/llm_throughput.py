@@ -7,7 +7,7 @@ last one's end. Each level runs ``--rounds`` times per side and the best round c
 machine other work only ever slows a round down, so the best one is the closest to the engine's own pace.
 
 The baseline is vLLM's ``AsyncLLMEngine`` in this process, built with the engine arguments raysquad's
-vLLM engine uses (``runtime.engines.vllm``), the prompts rendered with the same chat template, the same
+vLLM engine uses (``runtime.llm.vllm``), the prompts rendered with the same chat template, the same
 greedy ``SamplingParams``. raysquad runs the workflow ``bench_ask`` (``benchmarks/llm_apps.py``): the
 workflow calls an agent, the agent calls ``ctx.chat``, which goes through the Router to the engine actor
 and streams tokens into the task's events. raysquad's requests have no ``ignore_eos``, so the prompts
@@ -46,7 +46,7 @@ from rich.table import Table  # noqa: E402
 
 from benchmarks.common import write_result  # noqa: E402
 from runtime import Client, Runtime, Settings, TaskStatus  # noqa: E402
-from runtime.config import VLLMEngineConfig  # noqa: E402
+from runtime.core.config import VLLMEngineConfig  # noqa: E402
 
 WORKFLOW = "bench_ask"
 APPS = ["benchmarks.llm_apps"]
@@ -115,7 +115,7 @@ def _requests(args: argparse.Namespace, level: int) -> int:
 
 
 def build_direct_engine(config: VLLMEngineConfig) -> Any:
-    """vLLM's async engine with the arguments ``runtime.engines.vllm.VLLMEngine`` gives it."""
+    """vLLM's async engine with the arguments ``runtime.llm.vllm.VLLMEngine`` gives it."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kvcache_gib))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from vllm import AsyncEngineArgs

@@ -27,7 +27,7 @@ from rich.console import Console  # noqa: E402
 from benchmarks.common import write_result  # noqa: E402
 from benchmarks.step_overhead import APPS, OBJECT_STORE_BYTES, WORKFLOW, _batch, _expect_ok  # noqa: E402
 from runtime import Runtime, Settings  # noqa: E402
-from runtime.cluster import connect  # noqa: E402
+from runtime.actors.cluster import connect  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

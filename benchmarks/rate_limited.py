@@ -45,7 +45,7 @@ from benchmarks.window_stats import (  # noqa: E402
     violations,
 )
 from runtime import GateLimits, Runtime, Settings, TaskStatus  # noqa: E402
-from runtime.config import SimulatedEngineConfig  # noqa: E402
+from runtime.core.config import SimulatedEngineConfig  # noqa: E402
 
 TARGET_RATIO = 1.05
 WORKERS = 4

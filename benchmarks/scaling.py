@@ -39,7 +39,7 @@ from rich.table import Table  # noqa: E402
 
 from benchmarks.common import write_result  # noqa: E402
 from runtime import Runtime, Settings, TaskStatus  # noqa: E402
-from runtime.cluster import connect  # noqa: E402
+from runtime.actors.cluster import connect  # noqa: E402
 
 WORKFLOW = "trivial_steps"
 APPS = ["benchmarks.apps"]

@@ -14,17 +14,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _HOME = {
-    "runtime.agent": ("AgentContext",),
-    "runtime.authoring": ("Agent",),
-    "runtime.app": ("Runtime",),
-    "runtime.client": ("AsyncClient", "Client"),
-    "runtime.config": ("AgentPoolConfig", "GateLimits", "RetryPolicy", "Settings", "ToolSettings"),
-    "runtime.errors": ("AgentError", "InvalidInput", "QueueFull", "RaysquadError", "SignalTimeout",
+    "runtime.replicas.replica": ("AgentContext",),
+    "runtime.authoring.agent": ("Agent",),
+    "runtime.control.launch": ("Runtime",),
+    "runtime.client.client": ("AsyncClient", "Client"),
+    "runtime.core.config": ("AgentPoolConfig", "GateLimits", "RetryPolicy", "Settings", "ToolSettings"),
+    "runtime.core.errors": ("AgentError", "InvalidInput", "QueueFull", "RaysquadError", "SignalTimeout",
                        "StepError", "TaskCancelled", "TaskFailed", "TaskNotFound", "ToolFailed",
                        "WorkflowNotFound"),
-    "runtime.models": ("AgentMessage", "ChatMessage", "Completion", "Event", "TaskRecord",
+    "runtime.core.models": ("AgentMessage", "ChatMessage", "Completion", "Event", "TaskRecord",
                        "TaskStatus", "TaskSummary", "TopicEvent"),
-    "runtime.refs": ("Ref",),
+    "runtime.core.refs": ("Ref",),
     "runtime.tools": ("Batch", "ToolContext", "tool"),
 }
 _MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
@@ -53,16 +53,15 @@ def __dir__() -> list[str]:
 
 # Imported now (it is light): the decorator ``workflow`` has its module's name, and a submodule
 # imported later would otherwise take the package attribute that a lazy lookup reads.
-from runtime.triggers import on_event, on_schedule  # noqa: E402
-from runtime.workflow import Context, Workflow, workflow  # noqa: E402
+from runtime.authoring.workflow import Context, Workflow, workflow  # noqa: E402
+from runtime.core.triggers import on_event, on_schedule  # noqa: E402
 
 if TYPE_CHECKING:
-    from runtime.agent import AgentContext
-    from runtime.app import Runtime
-    from runtime.authoring import Agent
-    from runtime.client import AsyncClient, Client
-    from runtime.config import AgentPoolConfig, GateLimits, RetryPolicy, Settings, ToolSettings
-    from runtime.errors import (
+    from runtime.authoring.agent import Agent
+    from runtime.client.client import AsyncClient, Client
+    from runtime.control.launch import Runtime
+    from runtime.core.config import AgentPoolConfig, GateLimits, RetryPolicy, Settings, ToolSettings
+    from runtime.core.errors import (
         AgentError,
         InvalidInput,
         QueueFull,
@@ -75,7 +74,7 @@ if TYPE_CHECKING:
         ToolFailed,
         WorkflowNotFound,
     )
-    from runtime.models import (
+    from runtime.core.models import (
         AgentMessage,
         ChatMessage,
         Completion,
@@ -85,5 +84,6 @@ if TYPE_CHECKING:
         TaskSummary,
         TopicEvent,
     )
-    from runtime.refs import Ref
+    from runtime.core.refs import Ref
+    from runtime.replicas.replica import AgentContext
     from runtime.tools import Batch, ToolContext, tool

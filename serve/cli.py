@@ -17,10 +17,10 @@ from rich.table import Table
 
 # Light imports only: a command over --url never imports Ray (Client, Runtime and Ops are imported
 # where a command needs them), so it starts in a fraction of a second.
-from runtime import names
-from runtime.config import GateLimits, Settings
-from runtime.errors import RaysquadError
-from runtime.models import SubmitRequest, TaskRecord, TaskStatus
+from runtime.actors import names
+from runtime.core.config import GateLimits, Settings
+from runtime.core.errors import RaysquadError
+from runtime.core.models import SubmitRequest, TaskRecord, TaskStatus
 from serve.console import (
     connect,
     err,
@@ -36,8 +36,8 @@ from serve.console import (
 from serve.progress import follow
 
 if TYPE_CHECKING:
-    from runtime.app import Runtime
-    from runtime.ops import Ops
+    from runtime.client.ops import Ops
+    from runtime.control.launch import Runtime
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="raysquad: durable multi-agent workflows on Ray.")
@@ -71,7 +71,7 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
                                   "(a local cluster)")] = None) -> None:
     """Run the runtime and its HTTP API with the given modules' workflows and agents: in the
     foreground (Ctrl-C stops it), or detached on a Ray cluster with --detach."""
-    from runtime.app import Runtime
+    from runtime.control.launch import Runtime
     from serve.launch import direct_ingress_env, open_bind_refusal, run_app, start_serve
 
     extra: dict[str, Any] = {"detached": True} if detach else {}
@@ -159,8 +159,8 @@ def _serve_until_stopped(rt: Runtime, url: str | None) -> None:
 def down(address: AddressOpt = None) -> None:
     """Stop the runtime of this namespace (RAYSQUAD_NAMESPACE) on the Ray cluster: its HTTP app and
     every actor, detached or not. Tasks not finished resume at the next `raysquad up`."""
-    from runtime.app import stop_runtime
-    from runtime.client import join
+    from runtime.client.client import join
+    from runtime.control.launch import stop_runtime
     from serve.launch import stop_http
 
     config = settings(address)
@@ -257,7 +257,7 @@ def submit_many(source: Annotated[str, typer.Argument(help="JSON-lines file, or 
 def run(workflow: str, input: Annotated[str, typer.Option("--input", help="JSON object")] = "{}",
         apps: AppOpt = None, data_dir: DataOpt = None, priority: int = 0) -> None:
     """Start an embedded runtime, run one task to its end with a progress bar, print its result."""
-    from runtime.app import Runtime
+    from runtime.control.launch import Runtime
 
     payload = parse_input(input)
     with Runtime.start(settings(None, data_dir), apps=apps or DEFAULT_APPS) as rt:
@@ -334,8 +334,8 @@ def watch(task_id: str, address: AddressOpt = None, url: UrlOpt = None,
 
 def ops(address: str | None) -> Ops:
     """Operator calls over Ray (after Client.connect has joined the cluster)."""
-    from runtime.client import Client
-    from runtime.ops import Ops
+    from runtime.client.client import Client
+    from runtime.client.ops import Ops
 
     s = settings(address)
     Client.connect(s)
@@ -407,10 +407,10 @@ def top(address: AddressOpt = None,
 
     from rich.live import Live
 
-    from runtime.client import join
-    from runtime.errors import RuntimeNotRunning
-    from runtime.handles import actor_names
-    from runtime.overview import overview
+    from runtime.actors.handles import actor_names
+    from runtime.client.client import join
+    from runtime.client.overview import overview
+    from runtime.core.errors import RuntimeNotRunning
     from serve.top import top_view
 
     config = settings(address)

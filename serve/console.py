@@ -14,12 +14,12 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from runtime.config import Settings
-from runtime.models import TaskRecord, TaskStatus
+from runtime.core.config import Settings
+from runtime.core.models import TaskRecord, TaskStatus
 from serve.http_client import HttpClient
 
 if TYPE_CHECKING:
-    from runtime.client import Client
+    from runtime.client.client import Client
 
 # Piped or captured, rich would wrap tables at 80 columns and split ids; keep lines whole there.
 out = Console() if sys.stdout.isatty() else Console(width=250)
@@ -67,7 +67,7 @@ def connect(address: str | None, url: str | None, api_key: str | None) -> Client
     """A client over HTTP when --url is given, else over Ray."""
     if url:
         return HttpClient(url, api_key)
-    from runtime.client import Client
+    from runtime.client.client import Client
 
     return Client.connect(settings(address))
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from runtime import names
-from runtime.config import Settings
+from runtime.actors import names
+from runtime.core.config import Settings
 
 
 class DeployArgs(BaseModel):
@@ -62,8 +62,8 @@ def app(args: dict[str, Any]) -> Any:
     (Serve shows a ``RayServeException``'s message as the application's status, no traceback)."""
     from ray.serve.exceptions import RayServeException
 
-    from runtime.app import Runtime
-    from runtime.handles import actor_names
+    from runtime.actors.handles import actor_names
+    from runtime.control.launch import Runtime
     from serve.launch import build
 
     parsed = DeployArgs.model_validate(args)

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, HTTPException, Request
 from pydantic import BaseModel
 
-from runtime.client import AsyncClient
-from runtime.config import Settings
+from runtime.client.client import AsyncClient
+from runtime.core.config import Settings
 from serve.auth import key_tenant
 
 

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runtime.errors import (
+from runtime.core.errors import (
     Conflict,
     InputTooLarge,
     InvalidCursor,
@@ -33,7 +33,7 @@ from runtime.errors import (
     ToolArgsInvalid,
     WebhookRejected,
 )
-from runtime.retry import retry_after_s
+from runtime.core.retry import retry_after_s
 from serve.auth import key_tenant
 
 # An error gets the status of the most specific class listed here that it is (its MRO decides, not

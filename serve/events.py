@@ -14,15 +14,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from runtime.bus import new_event
-from runtime.errors import (
+from runtime.core.errors import (
     EventNotFound,
     InvalidCursor,
     ScheduleNotFound,
     WebhookRejected,
     WebhookSourceNotFound,
 )
-from runtime.models import Name, Schedule, TopicEvent
+from runtime.core.models import Name, Schedule, TopicEvent
+from runtime.events.bus import new_event
 from serve import errors
 from serve.deps import BODY_ERRORS, Tenant, client_of, responses, settings_of
 
@@ -154,7 +154,7 @@ async def receive_webhook(source: Source, request: Request) -> JSONResponse:
     body = await request.body()
     headers = dict(request.headers)
     why = "no secret matched"
-    for secret in config.secrets:  # each a valid key (runtime/config.py checks them)
+    for secret in config.secrets:  # each a valid key (runtime/core/config.py checks them)
         try:
             Webhook(secret).verify(body, headers, json_parse=False)
             break

@@ -21,11 +21,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from ray import serve
 from sse_starlette.sse import EventSourceResponse
 
-from runtime import tracing
-from runtime.client import MAX_BATCH, AsyncClient
-from runtime.config import GateLimits, Settings
-from runtime.errors import DeadLetterNotFound, TaskNotFound, public_url
-from runtime.models import (
+from runtime.client.client import MAX_BATCH, AsyncClient
+from runtime.client.ops import AsyncOps
+from runtime.core import tracing
+from runtime.core.config import GateLimits, Settings
+from runtime.core.errors import DeadLetterNotFound, TaskNotFound, public_url
+from runtime.core.models import (
     END_EVENT_KINDS,
     DeadLetter,
     Name,
@@ -35,7 +36,6 @@ from runtime.models import (
     TaskSummary,
     page_cursor,
 )
-from runtime.ops import AsyncOps
 from serve import auth, errors
 from serve import events as events_http
 from serve import status as status_page

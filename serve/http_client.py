@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from runtime.errors import RaysquadError, RemoteError, TaskFailed, WaitTimeout
-from runtime.models import (
+from runtime.core.errors import RaysquadError, RemoteError, TaskFailed, WaitTimeout
+from runtime.core.models import (
     END_EVENT_KINDS,
     Event,
     Schedule,

@@ -12,7 +12,7 @@ from typing import Any, cast
 from ray import serve
 from ray.serve import Deployment
 
-from runtime.config import Settings
+from runtime.core.config import Settings
 from serve import auth
 from serve.http import Ingress
 
@@ -105,7 +105,7 @@ def start_serve(settings: Settings) -> None:
     """Start Serve (its controller, and its proxy where one is used) for the HTTP app, refusing an
     open bind without keys; it needs no runtime, so ``raysquad up`` starts it while the runtime's
     actors start."""
-    from runtime.errors import ConfigError
+    from runtime.core.errors import ConfigError
 
     refusal = open_bind_refusal(settings)
     if refusal:
@@ -138,7 +138,7 @@ def _serve_again(settings: Settings) -> None:
     Serve afresh (a new controller, nothing blocked) and deploy again; if the port stays taken, say
     so in one line.
     """
-    from runtime.errors import ConfigError
+    from runtime.core.errors import ConfigError
     from serve.ports import wait_until_bindable
 
     logging.getLogger(__name__).warning(

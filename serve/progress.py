@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from runtime.models import TaskRecord
+from runtime.core.models import TaskRecord
 
 
 def follow(client: Any, task_id: str, console: Console) -> TaskRecord:

@@ -43,7 +43,7 @@ def install(app: FastAPI, admin: Any) -> None:
     async def get_overview(request: Request, _admin: Admin) -> dict[str, Any]:
         """Queues, workers, agent pools, engines, gates, events and dead letters, as
         ``raysquad top`` shows them (tenants that may see gates only)."""
-        from runtime.overview import overview
+        from runtime.client.overview import overview
 
         namespace = request.app.state.settings.namespace
         # Looking actors up by name blocks: in a thread, on a loop of its own.

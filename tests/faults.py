@@ -23,8 +23,8 @@ from typing import Any
 import ray
 from ray._private import state
 
-from runtime import names
-from runtime.handles import actor_names
+from runtime.actors import names
+from runtime.actors.handles import actor_names
 from tests.apps.chaos import AGENT_LOG, PLAIN_KEYS, STEPS_LOG, TOOL_LOG
 
 

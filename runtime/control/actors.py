@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import ray
 
-from runtime import names
-from runtime.agent import AgentPool
-from runtime.bus import EventBus
-from runtime.catalog import load_catalog
-from runtime.cluster import named_actor_options
-from runtime.config import Settings
+from runtime.actors import names
+from runtime.actors.cluster import named_actor_options
+from runtime.authoring.catalog import load_catalog
 from runtime.control.peers import find_peers
-from runtime.dispatch import Dispatcher
-from runtime.errors import ActorUnavailable
-from runtime.gates import GateClient, GateKeeperHandle
+from runtime.core.config import Settings
+from runtime.core.errors import ActorUnavailable
+from runtime.durable.dispatch import Dispatcher
+from runtime.durable.worker import WorkerHandle, WorkerPool
+from runtime.events.bus import EventBus
+from runtime.flow.gates import GateClient, GateKeeperHandle
+from runtime.replicas.replica import AgentPool
 from runtime.store.connect import store_for
 from runtime.tools.executor import ToolExecutor, ToolExecutorHandle
-from runtime.worker import WorkerHandle, WorkerPool
 
 
 class DispatcherActor(Dispatcher):

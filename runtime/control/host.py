@@ -23,21 +23,21 @@ from typing import Any
 
 import ray
 
-from runtime import names
-from runtime.catalog import load_catalog
-from runtime.cluster import named_actor_options
-from runtime.config import Settings
+from runtime.actors import names
+from runtime.actors.cluster import named_actor_options
+from runtime.actors.handles import ActorHandle, H, restarted, write_hosted_names
+from runtime.authoring.catalog import load_catalog
 from runtime.control.actors import (
     AgentPoolActor,
     DispatcherActor,
     EventBusActor,
     WorkerPoolActor,
 )
-from runtime.engines.pool import EnginePoolActor, autoscaled
-from runtime.errors import ActorUnavailable
-from runtime.gates import GateKeeper
-from runtime.handles import ActorHandle, H, restarted, write_hosted_names
-from runtime.queue import QueueActor
+from runtime.core.config import Settings
+from runtime.core.errors import ActorUnavailable
+from runtime.flow.gates import GateKeeper
+from runtime.flow.queue import QueueActor
+from runtime.llm.pool import EnginePoolActor, autoscaled
 
 log = logging.getLogger(__name__)
 

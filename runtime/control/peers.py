@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime import names
-from runtime.catalog import Catalog, load_catalog
-from runtime.config import Settings
-from runtime.dispatch import DispatcherHandle
-from runtime.engines.actor import Router, find_engines
-from runtime.handles import actor_names
-from runtime.queue import MailboxHandle
+from runtime.actors import names
+from runtime.actors.handles import actor_names
+from runtime.authoring.catalog import Catalog, load_catalog
+from runtime.core.config import Settings
+from runtime.durable.dispatch import DispatcherHandle
+from runtime.flow.queue import MailboxHandle
+from runtime.llm.engine import Router, find_engines
 from runtime.store.connect import store_for
 from runtime.store.service import StoreService
 from runtime.tools.executor import ToolExecutorHandle, ToolRouter

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from runtime import names
-from runtime.cluster import named_actor_options, store_placement
-from runtime.config import Settings
-from runtime.errors import RaysquadError
-from runtime.handles import ActorHandle, restarted
-from runtime.models import Event, Lease, Schedule, SubmitRequest, TaskRecord
+from runtime.actors import names
+from runtime.actors.cluster import named_actor_options, store_placement
+from runtime.actors.handles import ActorHandle, restarted
+from runtime.core.config import Settings
+from runtime.core.errors import RaysquadError
+from runtime.core.models import Event, Lease, Schedule, SubmitRequest, TaskRecord
 from runtime.store.base import Queued
 from runtime.store.feed import Feed
 from runtime.store.owner import PostgresLock, StoreLock, own_store

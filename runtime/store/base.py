@@ -12,8 +12,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from runtime.errors import RaysquadError, SignalQuotaExceeded, StoreError
-from runtime.models import (
+from runtime.core.errors import RaysquadError, SignalQuotaExceeded, StoreError
+from runtime.core.models import (
     Claim,
     DeadLetter,
     Event,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runtime.errors import StoreError
+from runtime.core.errors import StoreError
 
 
 def blob_path(blob_dir: Path, key: str) -> Path:

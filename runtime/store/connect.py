@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.config import Settings
+from runtime.core.config import Settings
 from runtime.store.actor import StoreHandle
 from runtime.store.service import StoreService
 

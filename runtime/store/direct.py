@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 
 import ray
 
-from runtime.config import Settings
-from runtime.errors import RaysquadError
-from runtime.models import Event, Lease, Schedule, SubmitRequest, TaskRecord
+from runtime.core.config import Settings
+from runtime.core.errors import RaysquadError
+from runtime.core.models import Event, Lease, Schedule, SubmitRequest, TaskRecord
 from runtime.store.base import Queued
 from runtime.store.listen import Listener
 from runtime.store.postgres import PostgresStore

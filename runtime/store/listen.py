@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from runtime.models import Event
+from runtime.core.models import Event
 from runtime.store.base import Queued
 from runtime.store.feed import Feed
 from runtime.store.postgres import channels

@@ -1,7 +1,7 @@
 """Topic events and their deliveries: the outbox of the event-driven half, on either database.
 
 A publish writes the event, and nothing else, in one transaction (``topic_events``; its id is
-unique per tenant, so a retried publish is the same event). The event bus (runtime/bus.py) then
+unique per tenant, so a retried publish is the same event). The event bus (runtime/events/bus.py) then
 routes it: it works out the subscribers and writes one ``deliveries`` row for each, due now or,
 debounced, later. A delivery is taken with its attempt counted and its next due time pushed out
 (``retry_s``): if whoever took it dies before finishing it, it comes due again, and goes out again
@@ -18,8 +18,8 @@ import json
 from contextlib import AbstractContextManager
 from typing import Any
 
-from runtime.errors import EventQuotaExceeded
-from runtime.models import Delivery, Route, TopicEvent
+from runtime.core.errors import EventQuotaExceeded
+from runtime.core.models import Delivery, Route, TopicEvent
 
 _EVENT = "seq, id, topic, key, data, tenant, source, created_at"
 _EVENT_E = ", ".join(f"e.{c}" for c in _EVENT.split(", "))

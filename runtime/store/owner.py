@@ -20,8 +20,8 @@ import os
 import time
 from pathlib import Path
 
-from runtime.config import Settings
-from runtime.errors import StoreInUse
+from runtime.core.config import Settings
+from runtime.core.errors import StoreInUse
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from runtime import metrics
-from runtime.errors import StoreError
+from runtime.core import metrics
+from runtime.core.errors import StoreError
 from runtime.store import outbox, records, schedules, tasks
 from runtime.store.base import SCHEMA_VERSION, BatchedWrites
 from runtime.store.blobs import blob_path, read_blob
@@ -162,7 +162,7 @@ _MIGRATIONS: dict[int, str] = {
     7: outbox.migration(seq="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", real="DOUBLE PRECISION"),
     # Cron schedules and the scheduler's lease (store/schedules.py).
     8: schedules.migration(real="DOUBLE PRECISION"),
-    # The W3C traceparent a task's spans belong under (runtime/tracing.py).
+    # The W3C traceparent a task's spans belong under (runtime/core/tracing.py).
     9: "ALTER TABLE tasks ADD COLUMN trace_parent TEXT",
     # Event flow control per tenant, a tenant's events through an index, event quotas and
     # retention (store/outbox.py).

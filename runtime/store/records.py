@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Any, Protocol
 
-from runtime.models import DeadLetter, TaskRecord, TaskStatus, TaskSummary
+from runtime.core.models import DeadLetter, TaskRecord, TaskStatus, TaskSummary
 
 
 class Row(Protocol):
@@ -17,7 +17,7 @@ class Row(Protocol):
 
 
 def rank_order(aging_per_s: float) -> str:
-    """The ORDER BY of queued tasks in the dispatcher's order (runtime/queue.py): the key
+    """The ORDER BY of queued tasks in the dispatcher's order (runtime/flow/queue.py): the key
     ``aging_per_s * created_at - priority``, lowest first, then the oldest, then by id. The key is
     fixed while a task waits (every task ages alike), so an index can hold it."""
     return f"(created_at * {float(aging_per_s)!r} - priority), created_at, id"

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from runtime.errors import InvalidSchedule
-from runtime.models import Schedule
+from runtime.core.errors import InvalidSchedule
+from runtime.core.models import Schedule
 from runtime.store.outbox import PortableSQL
 
 _COLUMNS = ("id, tenant, workflow, cron, timezone, input, catch_up, overlap, paused, next_at, "

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import ray
 
-from runtime import metrics
-from runtime.config import Settings
-from runtime.errors import (
+from runtime.core import metrics
+from runtime.core.config import Settings
+from runtime.core.errors import (
     ConfigError,
     InputTooLarge,
     InvalidInput,
@@ -36,8 +36,8 @@ from runtime.errors import (
     StoreError,
     TenantQuotaExceeded,
 )
-from runtime.group_commit import GroupCommit
-from runtime.models import (
+from runtime.core.group_commit import GroupCommit
+from runtime.core.models import (
     Claim,
     DeadLetter,
     Delivery,
@@ -52,12 +52,12 @@ from runtime.models import (
     TopicEvent,
     new_task_id,
 )
-from runtime.sizes import approx_size
+from runtime.core.sizes import approx_size
+from runtime.core.triggers import check_interval
 from runtime.store.base import Queued, Store
 from runtime.store.outbox import EventReport
 from runtime.store.owner import PostgresLock, StoreLock, own_store
 from runtime.store.schedules import Schedules
-from runtime.triggers import check_interval
 
 log = logging.getLogger(__name__)
 

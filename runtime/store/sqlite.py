@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
-from runtime import metrics
-from runtime.errors import StoreError
+from runtime.core import metrics
+from runtime.core.errors import StoreError
 from runtime.store import outbox, records, schedules, tasks
 from runtime.store.base import SCHEMA_VERSION, BatchedWrites
 from runtime.store.blobs import read_blob, write_blob
@@ -104,7 +104,7 @@ _MIGRATIONS: dict[int, str] = {
     7: outbox.migration(seq="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"),
     # Cron schedules and the scheduler's lease (store/schedules.py).
     8: schedules.migration(real="REAL"),
-    # The W3C traceparent a task's spans belong under (runtime/tracing.py).
+    # The W3C traceparent a task's spans belong under (runtime/core/tracing.py).
     9: "ALTER TABLE tasks ADD COLUMN trace_parent TEXT",
     # Event flow control per tenant, a tenant's events through an index, event quotas and
     # retention (store/outbox.py).

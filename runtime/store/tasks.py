@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from runtime import refs
-from runtime.errors import (
+from runtime.core import refs
+from runtime.core.errors import (
     DeadLetterNotFound,
     InvalidTransition,
     LeaseLost,
@@ -27,7 +27,7 @@ from runtime.errors import (
     StoreError,
     TaskNotFound,
 )
-from runtime.models import (
+from runtime.core.models import (
     Claim,
     DeadLetter,
     Event,

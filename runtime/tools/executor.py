@@ -1,7 +1,7 @@
 """Tool executors: actors that run tool calls with gates, timeouts, retries, batching, dead letters.
 
 A call passes its tool's gate on every attempt (so a cluster-wide limit counts retries too), runs
-under the tool's timeout, and is retried by runtime/retry.py's loop while its error is retryable (an
+under the tool's timeout, and is retried by runtime/core/retry.py's loop while its error is retryable (an
 upstream's Retry-After is honoured up to the policy's max_backoff_s, and an upstream 429 also
 throttles the gate, as long). A call that runs out of retries becomes a dead letter in the Store,
 which ``replay`` runs again.
@@ -29,13 +29,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from runtime import metrics, refs
-from runtime.config import RetryPolicy, Settings
-from runtime.errors import ActorUnavailable, ToolFailed, UpstreamError
-from runtime.gates import GateClient, Passage
-from runtime.handles import ActorHandle
-from runtime.models import DeadLetter
-from runtime.retry import (
+from runtime.actors.handles import ActorHandle
+from runtime.core import metrics, refs
+from runtime.core.config import RetryPolicy, Settings
+from runtime.core.errors import ActorUnavailable, ToolFailed, UpstreamError
+from runtime.core.models import DeadLetter
+from runtime.core.retry import (
     GaveUp,
     Retrying,
     Sleep,
@@ -45,6 +44,7 @@ from runtime.retry import (
     retry,
     retry_after_s,
 )
+from runtime.flow.gates import GateClient, Passage
 from runtime.tools.registry import Registry, Tool, ToolContext, dump_result
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import lxml.html
 from lxml import etree
 from pydantic import BaseModel
 
-from runtime.config import RetryPolicy
+from runtime.core.config import RetryPolicy
 from runtime.tools.registry import tool
 
 DROPPED = ("script", "style", "noscript", "template", "svg", "iframe", "head")

@@ -47,8 +47,8 @@ import httpcore
 import httpx
 from pydantic import BaseModel, Field
 
-from runtime.config import RetryPolicy, ToolSettings
-from runtime.errors import AddressRefused, ResponseTooLarge, UpstreamError
+from runtime.core.config import RetryPolicy, ToolSettings
+from runtime.core.errors import AddressRefused, ResponseTooLarge, UpstreamError
 from runtime.tools.registry import ToolContext, tool
 
 log = logging.getLogger(__name__)

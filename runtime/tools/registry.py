@@ -17,9 +17,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
-from runtime.config import RetryPolicy, ToolSettings
-from runtime.errors import ToolArgsInvalid, ToolNotFound
-from runtime.retry import is_retryable
+from runtime.core.config import RetryPolicy, ToolSettings
+from runtime.core.errors import ToolArgsInvalid, ToolNotFound
+from runtime.core.retry import is_retryable
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from runtime.config import RetryPolicy, ToolSettings
-from runtime.errors import QueryRefused
+from runtime.core.config import RetryPolicy, ToolSettings
+from runtime.core.errors import QueryRefused
 from runtime.tools.registry import ToolContext, tool
 
 log = logging.getLogger(__name__)

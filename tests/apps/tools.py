@@ -8,7 +8,7 @@ import httpx
 from pydantic import BaseModel
 
 from runtime import Context, workflow
-from runtime.errors import ToolFailed
+from runtime.core.errors import ToolFailed
 from runtime.tools import Batch, tool
 
 

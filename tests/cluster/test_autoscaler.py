@@ -28,9 +28,9 @@ import pytest
 import ray
 
 from runtime import Runtime, Settings, TaskStatus, ToolSettings
-from runtime.cluster import use_local_token_if_any
-from runtime.config import SimulatedEngineConfig
-from runtime.handles import actor_names
+from runtime.actors.cluster import use_local_token_if_any
+from runtime.actors.handles import actor_names
+from runtime.core.config import SimulatedEngineConfig
 from tests.cluster.test_multinode import all_ended, check_effects, submit, workers_by_node
 from tests.conftest import ROOT, wait_for
 from tests.e2e.live import free_port

@@ -35,8 +35,8 @@ from psycopg.conninfo import make_conninfo
 from ray.cluster_utils import Cluster
 
 from runtime import Runtime, Settings, TaskStatus, ToolSettings
-from runtime.config import SimulatedEngineConfig
-from runtime.handles import actor_names
+from runtime.actors.handles import actor_names
+from runtime.core.config import SimulatedEngineConfig
 from tests.apps.chaos import STEPS_LOG
 from tests.conftest import wait_for
 from tests.faults import Database, Kind, actor_info, read_effects, task_rows

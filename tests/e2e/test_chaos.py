@@ -24,7 +24,7 @@ import pytest
 import ray
 
 from runtime import GateLimits, Runtime, Settings, TaskStatus
-from runtime.config import SimulatedEngineConfig
+from runtime.core.config import SimulatedEngineConfig
 from tests.apps.chaos import STEP_KEYS, TOOL
 from tests.conftest import wait_for
 from tests.e2e.live import free_port

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from runtime.errors import RemoteError
-from runtime.models import TaskRecord, TaskStatus
+from runtime.core.errors import RemoteError
+from runtime.core.models import TaskRecord, TaskStatus
 from serve.http_client import HttpClient
 from tests.conftest import ROOT, wait_for
 from tests.e2e.live import TASK_TIMEOUT_S, Api

@@ -19,10 +19,10 @@ import httpx
 import psutil
 import pytest
 
-from runtime.config import OpenAIEngineConfig
-from runtime.engines.openai import OpenAIEngine
-from runtime.errors import EngineError, Retryable
-from runtime.models import ChatMessage, ChatRequest
+from runtime.core.config import OpenAIEngineConfig
+from runtime.core.errors import EngineError, Retryable
+from runtime.core.models import ChatMessage, ChatRequest
+from runtime.llm.openai import OpenAIEngine
 from tests.conftest import ROOT, wait_for
 
 MODEL_DIR = ROOT / ".raysquad" / "models" / "smollm2-135m-instruct"

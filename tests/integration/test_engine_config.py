@@ -7,7 +7,7 @@ from ray.util.placement_group import remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from runtime import Settings
-from runtime.engines.actor import EngineActor, engine_actor_options
+from runtime.llm.engine import EngineActor, engine_actor_options
 
 
 def test_one_gpu_per_engine_actor(ray_cluster: None) -> None:

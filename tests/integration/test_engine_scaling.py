@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from runtime import TaskStatus
-from runtime.engines.actor import find_engines
+from runtime.llm.engine import find_engines
 from tests.conftest import wait_for
 
 MODEL = "sim-small"

@@ -190,7 +190,7 @@ def test_cancel_running_cancels_the_key_task_for_a_newer_event(make_runtime,
 def test_a_bad_event_is_refused_before_anything_is_kept(make_runtime) -> None:
     import pytest
 
-    from runtime.errors import InputTooLarge, InvalidEventData, InvalidTopic
+    from runtime.core.errors import InputTooLarge, InvalidEventData, InvalidTopic
 
     rt = make_runtime(APPS, max_input_bytes=1000)
     client = rt.client()

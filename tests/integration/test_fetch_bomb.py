@@ -70,7 +70,7 @@ def bomb_server() -> Iterator[int]:
 CHILD = """
 import asyncio, json, sys
 import psutil
-from runtime.config import ToolSettings
+from runtime.core.config import ToolSettings
 from runtime.tools.fetch import fetch
 
 def hwm():

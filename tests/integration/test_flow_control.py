@@ -14,7 +14,7 @@ from typing import Any
 
 from benchmarks.window_stats import max_starts_in_window
 from runtime import GateLimits, Runtime, TaskStatus, ToolSettings
-from runtime.config import SimulatedEngineConfig
+from runtime.core.config import SimulatedEngineConfig
 from tests.conftest import wait_for
 from tests.servers import Upstream, upstream
 

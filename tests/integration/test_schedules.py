@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from runtime import Runtime, TaskStatus
-from runtime.errors import InvalidInput, InvalidSchedule, ScheduleNotFound, WorkflowNotFound
-from runtime.models import Schedule
-from runtime.schedules import new_schedule, prev_tick
+from runtime.core.errors import InvalidInput, InvalidSchedule, ScheduleNotFound, WorkflowNotFound
+from runtime.core.models import Schedule
+from runtime.events.schedules import new_schedule, prev_tick
 from tests.conftest import wait_for
 from tests.faults import Kind, came_back, kill, pick
 

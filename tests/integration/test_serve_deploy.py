@@ -13,7 +13,7 @@ import pytest
 import yaml
 from ray import serve
 
-from runtime.handles import actor_names
+from runtime.actors.handles import actor_names
 from tests.conftest import ROOT, wait_for
 from tests.e2e.live import free_port
 

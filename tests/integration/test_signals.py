@@ -9,7 +9,7 @@ from pathlib import Path
 import ray
 
 from runtime import TaskStatus
-from runtime.worker import WorkerHandle
+from runtime.durable.worker import WorkerHandle
 from tests.conftest import count_lines, wait_for
 
 

@@ -15,7 +15,7 @@ import pytest
 import ray
 
 from runtime import Client, Runtime, Settings, TaskStatus
-from runtime.engines.actor import EngineHandle
+from runtime.llm.engine import EngineHandle
 from tests.conftest import ROOT, wait_for
 
 MODEL_DIR = ROOT / ".raysquad" / "models" / "smollm2-135m-instruct"

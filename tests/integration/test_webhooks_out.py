@@ -17,7 +17,7 @@ from typing import Any
 from standardwebhooks.webhooks import Webhook
 
 from runtime import ToolSettings
-from runtime.webhooks import SEND_TIMEOUT_S
+from runtime.events.webhooks import SEND_TIMEOUT_S
 from tests.conftest import wait_for
 
 APPS = ["tests.apps.events"]

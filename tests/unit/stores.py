@@ -17,8 +17,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from runtime.errors import TaskNotFound
-from runtime.models import Lease, SubmitRequest, TaskRecord
+from runtime.core.errors import TaskNotFound
+from runtime.core.models import Lease, SubmitRequest, TaskRecord
 from runtime.store.postgres import PostgresStore
 from runtime.store.sqlite import SQLiteStore
 

@@ -1,11 +1,11 @@
-"""vLLM admission (runtime/engines/vllm.py ``Admission``): priority first, with aging, so a stream of
+"""vLLM admission (runtime/llm/vllm.py ``Admission``): priority first, with aging, so a stream of
 high-priority requests cannot starve a low-priority one. No vLLM needed: the class is plain asyncio."""
 
 from __future__ import annotations
 
 import asyncio
 
-from runtime.engines.vllm import Admission
+from runtime.llm.vllm import Admission
 
 
 class Clock:

@@ -9,12 +9,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from runtime.agent import AgentContext, AgentReplica
-from runtime.authoring import Agent
-from runtime.config import Settings
-from runtime.engines.actor import EngineActor, Router
-from runtime.errors import AgentError
-from runtime.models import (
+from runtime.authoring.agent import Agent
+from runtime.core.config import Settings
+from runtime.core.errors import AgentError
+from runtime.core.models import (
     AgentMessage,
     ChatRequest,
     Completion,
@@ -22,7 +20,9 @@ from runtime.models import (
     TopicEvent,
     Usage,
 )
-from runtime.queue import QueueActor
+from runtime.flow.queue import QueueActor
+from runtime.llm.engine import EngineActor, Router
+from runtime.replicas.replica import AgentContext, AgentReplica
 from runtime.store.actor import StoreActor
 
 

@@ -23,10 +23,10 @@ from agents.text import (
     top_passages,
 )
 from runtime import InvalidInput, RetryPolicy
-from runtime.catalog import load_catalog
-from runtime.engines.simulated import prompt_text, simulated_text
-from runtime.models import AgentMessage, ChatRequest, Completion, Usage
-from runtime.workflow import Context, StepDefaults, as_messages
+from runtime.authoring.catalog import load_catalog
+from runtime.authoring.workflow import Context, StepDefaults, as_messages
+from runtime.core.models import AgentMessage, ChatRequest, Completion, Usage
+from runtime.llm.simulated import prompt_text, simulated_text
 
 QUESTION = "How do durable workflows survive worker failures?"
 TASK_ID = "task-1"

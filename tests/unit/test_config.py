@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from runtime.config import AgentPoolConfig, GateLimits, RetryPolicy, Settings
+from runtime.core.config import AgentPoolConfig, GateLimits, RetryPolicy, Settings
 
 
 @pytest.fixture(autouse=True)

@@ -16,20 +16,20 @@ from typing import Any
 import pytest
 import ray
 
-from runtime.agent import AgentPool
-from runtime.authoring import Agent
-from runtime.config import AgentPoolConfig, Settings
-from runtime.dispatch import Dispatcher
-from runtime.engines.actor import Router
-from runtime.errors import ActorUnavailable, LeaseLost
-from runtime.handles import ActorHandle
-from runtime.models import Claim, SubmitRequest, TaskRecord, TaskStatus
-from runtime.queue import QueueActor
+from runtime.actors.handles import ActorHandle
+from runtime.authoring.agent import Agent
+from runtime.authoring.workflow import StepDefaults
+from runtime.core.config import AgentPoolConfig, Settings
+from runtime.core.errors import ActorUnavailable, LeaseLost
+from runtime.core.models import Claim, SubmitRequest, TaskRecord, TaskStatus
+from runtime.durable.dispatch import Dispatcher
+from runtime.durable.worker import WorkerPool, WorkflowWorker
+from runtime.flow.queue import QueueActor
+from runtime.llm.engine import Router
+from runtime.replicas.replica import AgentPool
 from runtime.store.actor import StoreActor
 from runtime.tools.executor import ToolRouter
 from runtime.tools.registry import Registry
-from runtime.worker import WorkerPool, WorkflowWorker
-from runtime.workflow import StepDefaults
 
 APPS = ["tests.apps.basic"]
 
@@ -551,7 +551,7 @@ class FakeEngine:
 
 
 def test_engine_replicas_follow_the_requests_in_flight(tmp_path: Path) -> None:
-    from runtime.engines.pool import EnginePool
+    from runtime.llm.pool import EnginePool
 
     async def body() -> None:
         replicas: dict[int, FakeEngine] = {0: FakeEngine(load=10)}
@@ -579,7 +579,7 @@ def test_engine_replicas_follow_the_requests_in_flight(tmp_path: Path) -> None:
 
 
 def test_a_router_that_discovers_sends_to_replicas_added_later() -> None:
-    from runtime.models import ChatMessage, ChatRequest, Completion, Usage
+    from runtime.core.models import ChatMessage, ChatRequest, Completion, Usage
 
     class Echo:
         def __init__(self, name: str) -> None:

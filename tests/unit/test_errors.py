@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from runtime import errors
-from runtime.errors import RaysquadError
+from runtime.core import errors
+from runtime.core.errors import RaysquadError
 
 ERROR_CLASSES = sorted(
     (c for _, c in inspect.getmembers(errors, inspect.isclass)

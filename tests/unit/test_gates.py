@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.config import GateLimits
-from runtime.errors import GateRequestTooLarge
-from runtime.gates import Gate
+from runtime.core.config import GateLimits
+from runtime.core.errors import GateRequestTooLarge
+from runtime.flow.gates import Gate
 
 
 def drain(gate: Gate, now: float) -> list[str]:

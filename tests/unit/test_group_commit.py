@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from runtime.errors import QueueFull
-from runtime.group_commit import GroupCommit
+from runtime.core.errors import QueueFull
+from runtime.core.group_commit import GroupCommit
 
 
 def test_calls_of_one_loop_turn_share_one_send_and_later_ones_wait_for_the_next() -> None:

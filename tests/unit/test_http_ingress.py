@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from runtime.config import Settings
+from runtime.core.config import Settings
 from serve.auth import key_tenant, loopback_host
 from serve.errors import _deeper_than, body_limit, strict_json_problem
 from serve.launch import direct_ingress_env
@@ -124,14 +124,14 @@ def test_the_deploy_builder_refuses_a_public_serve_host_without_keys_before_star
         monkeypatch: pytest.MonkeyPatch) -> None:
     from ray.serve.exceptions import RayServeException
 
-    import runtime.app
+    import runtime.control.launch
     from serve import deploy
 
     def must_not_start(*args: object, **kwargs: object) -> None:
         raise AssertionError("the runtime started although the deploy is refused")
 
     monkeypatch.delenv("RAYSQUAD_API_KEYS", raising=False)
-    monkeypatch.setattr(runtime.app.Runtime, "start", must_not_start)
+    monkeypatch.setattr(runtime.control.launch.Runtime, "start", must_not_start)
     monkeypatch.setattr(deploy, "serve_http_host", lambda: "0.0.0.0")
 
     with pytest.raises(RayServeException) as caught:

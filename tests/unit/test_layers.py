@@ -37,8 +37,16 @@ def test_the_tree_keeps_every_contract(tree: Path) -> None:
 
 
 @pytest.mark.parametrize(("module", "line", "broken"), [
-    ("runtime/dispatch.py", "from runtime.control import actors", "runtime.dispatch -> runtime.control"),
-    ("runtime/catalog.py", "from runtime import agent", "runtime.catalog -> runtime.agent"),
+    ("runtime/durable/dispatch.py", "from runtime.control import actors",
+     "runtime.durable is not allowed to import runtime.control"),
+    ("runtime/core/models.py", "from runtime.flow import gates",
+     "runtime.core is not allowed to import runtime.flow"),
+    ("runtime/store/base.py", "from runtime.flow import queue",  # siblings are independent
+     "runtime.store is not allowed to import runtime.flow"),
+    ("runtime/events/bus.py", "from runtime.durable import worker",
+     "runtime.events is not allowed to import runtime.durable"),
+    ("runtime/authoring/catalog.py", "from runtime.tools import executor",
+     "runtime.authoring.catalog -> runtime.tools.executor"),
     ("runtime/store/actor.py", "from runtime.store import direct",
      "runtime.store.actor -> runtime.store.direct"),
 ])

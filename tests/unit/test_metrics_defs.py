@@ -6,14 +6,15 @@ import json
 import re
 from pathlib import Path
 
-from runtime.metrics import DEFINITIONS, grafana_dashboard
+from runtime.core.metrics import DEFINITIONS, grafana_dashboard
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_dashboard_in_the_repo_is_the_one_the_definitions_make() -> None:
     shipped = json.loads((ROOT / "deploy" / "grafana" / "raysquad.json").read_text())
-    assert shipped == grafana_dashboard(), "run: python -m runtime.metrics > deploy/grafana/raysquad.json"
+    assert shipped == grafana_dashboard(), \
+        "run: python -m runtime.core.metrics > deploy/grafana/raysquad.json"
 
 
 def test_metric_names_and_labels_are_prometheus_names_without_task_ids() -> None:

@@ -10,9 +10,9 @@ import pytest
 import ray
 from pydantic import BaseModel
 
-from runtime.errors import QueueFull
-from runtime.queue import AsyncQueue, PriorityQueue
-from runtime.sizes import approx_size
+from runtime.core.errors import QueueFull
+from runtime.core.sizes import approx_size
+from runtime.flow.queue import AsyncQueue, PriorityQueue
 
 
 class FakeClock:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import StoreInUse
-from runtime.recovery import OK, Rebuild, Rounds, loops_health
+from runtime.core.errors import StoreInUse
+from runtime.core.recovery import OK, Rebuild, Rounds, loops_health
 from runtime.store.owner import StoreLock
 from serve.ports import bindable, wait_until_bindable
 
@@ -108,7 +108,7 @@ def test_one_runtime_holds_a_postgres_store_schema(tmp_path: Path) -> None:
     from psycopg import sql
     from psycopg.conninfo import make_conninfo
 
-    from runtime.config import Settings
+    from runtime.core.config import Settings
     from runtime.store.owner import PostgresLock, own_store
 
     base = os.environ.get("RAYSQUAD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -136,8 +136,8 @@ def test_a_restarted_store_keeps_its_ownership_across_tries_to_open(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The lock is taken once: a second take would wait out ``OWNER_WAIT_S`` on this process's own
     lock, then go on without it."""
-    from runtime.config import Settings
-    from runtime.errors import StoreError
+    from runtime.core.config import Settings
+    from runtime.core.errors import StoreError
     from runtime.store import service
 
     settings = Settings(data_dir=tmp_path)

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from runtime import refs
-from runtime.config import SimulatedEngineConfig
-from runtime.engines.simulated import SimulatedEngine, prompt_text, simulated_text
-from runtime.models import ChatMessage, ChatRequest, Completion
-from runtime.refs import Ref
+from runtime.core import refs
+from runtime.core.config import SimulatedEngineConfig
+from runtime.core.models import ChatMessage, ChatRequest, Completion
+from runtime.core.refs import Ref
+from runtime.llm.simulated import SimulatedEngine, prompt_text, simulated_text
 
 INSTANT = SimulatedEngineConfig(ttft_s=0, tpot_s=0)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from agents.library import document
 from agents.roles import Researcher
-from runtime.models import AgentMessage
+from runtime.core.models import AgentMessage
 from tests.unit.test_agents_logic import LocalAgentContext
 
 URL = "http://127.0.0.1:9/page"

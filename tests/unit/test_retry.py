@@ -1,4 +1,4 @@
-"""runtime/retry.py, the one backoff loop, and what uses it: workflow steps, the tool executor and the
+"""runtime/core/retry.py, the one backoff loop, and what uses it: workflow steps, the tool executor and the
 OpenAI engine. An upstream's Retry-After is honoured only up to the policy's max_backoff_s; errors say
 whether they are retryable by their base class, which also gives their HTTP status; tool and agent
 steps get a default timeout. Waits are measured (an injected sleep), never slept in full.
@@ -21,10 +21,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from runtime import errors
-from runtime.config import OpenAIEngineConfig, RetryPolicy, Settings
-from runtime.engines.openai import OpenAIEngine
-from runtime.errors import (
+from runtime.authoring.workflow import Context, StepDefaults
+from runtime.core import errors
+from runtime.core.config import OpenAIEngineConfig, RetryPolicy, Settings
+from runtime.core.errors import (
     ActorUnavailable,
     AgentNotFound,
     Conflict,
@@ -46,12 +46,12 @@ from runtime.errors import (
     ToolFailed,
     UpstreamError,
 )
-from runtime.gates import GateClient
-from runtime.models import ChatMessage, ChatRequest, Completion
-from runtime.retry import GaveUp, Retrying, delay_s, is_retryable, retry
+from runtime.core.models import ChatMessage, ChatRequest, Completion
+from runtime.core.retry import GaveUp, Retrying, delay_s, is_retryable, retry
+from runtime.flow.gates import GateClient
+from runtime.llm.openai import OpenAIEngine
 from runtime.tools import Registry, tool
 from runtime.tools.executor import Caller, ToolExecutor
-from runtime.workflow import Context, StepDefaults
 from serve.errors import install, status_of
 
 HUGE = 1e9  # an upstream's Retry-After that would hold a worker slot for 31 years

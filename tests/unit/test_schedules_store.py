@@ -1,4 +1,4 @@
-"""Schedules in the Store (store/schedules.py) and the scheduler's round (runtime/schedules.py) over
+"""Schedules in the Store (store/schedules.py) and the scheduler's round (runtime/events/schedules.py) over
 it, on SQLite and on PostgreSQL, both real: a tenant's bounds, lists a page at a time, a tick put
 off, a schedule paused with its reason; a round that a failing schedule does not stop, that leaves
 a tick due on a passing failure, moves past a refused one, reaches past put-off schedules and
@@ -19,17 +19,17 @@ from typing import Any
 
 import pytest
 
-from runtime.catalog import Catalog
-from runtime.config import Settings
-from runtime.errors import (
+from runtime.authoring.catalog import Catalog
+from runtime.core.config import Settings
+from runtime.core.errors import (
     ActorUnavailable,
     InputTooLarge,
     InvalidSchedule,
     QueueFull,
     StoreError,
 )
-from runtime.models import Schedule, SubmitRequest, TaskRecord
-from runtime.schedules import LEASE_S, MIN_WAIT_S, Scheduler, prev_tick, tick_key
+from runtime.core.models import Schedule, SubmitRequest, TaskRecord
+from runtime.events.schedules import LEASE_S, MIN_WAIT_S, Scheduler, prev_tick, tick_key
 from runtime.store.actor import StoreActor
 from runtime.store.direct import DirectStore
 from tests.unit.stores import T0, AnyStore

@@ -1,5 +1,5 @@
-"""A schedule's ticks (runtime/schedules.py's next_tick, prev_tick and tick_key) and what a cron
-must be to be kept (runtime/triggers.py's check_cron and check_interval)."""
+"""A schedule's ticks (runtime/events/schedules.py's next_tick, prev_tick and tick_key) and what a cron
+must be to be kept (runtime/core/triggers.py's check_cron and check_interval)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from runtime.errors import InvalidSchedule
-from runtime.schedules import MAX_KEY_CHARS, new_schedule, next_tick, prev_tick, tick_key
-from runtime.triggers import check_cron, check_interval, fixed_time, min_interval_s
+from runtime.core.errors import InvalidSchedule
+from runtime.core.triggers import check_cron, check_interval, fixed_time, min_interval_s
+from runtime.events.schedules import MAX_KEY_CHARS, new_schedule, next_tick, prev_tick, tick_key
 
 
 def ticks(cron: str, timezone: str, start: datetime, n: int) -> list[str]:

@@ -15,9 +15,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from runtime.config import Settings
-from runtime.errors import ConfigError, LeaseLost, StoreError
-from runtime.models import DeadLetter, Lease, SubmitRequest, TaskStatus
+from runtime.core.config import Settings
+from runtime.core.errors import ConfigError, LeaseLost, StoreError
+from runtime.core.models import DeadLetter, Lease, SubmitRequest, TaskStatus
 from runtime.store import records
 from runtime.store.base import SCHEMA_VERSION
 from runtime.store.postgres import PostgresStore, channels
@@ -381,7 +381,7 @@ def test_postgres_without_a_url_is_a_config_error(tmp_path: Path, monkeypatch: p
 
 def test_a_runtime_on_postgres_without_a_url_fails_before_it_starts_anything(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runtime.app import Runtime
+    from runtime.control.launch import Runtime
 
     monkeypatch.delenv("RAYSQUAD_POSTGRES_URL", raising=False)
     with pytest.raises(ConfigError, match="RAYSQUAD_POSTGRES_URL"):

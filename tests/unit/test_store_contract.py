@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import Settings
-from runtime.errors import (
+from runtime.core.config import Settings
+from runtime.core.errors import (
     DeadLetterNotFound,
     InvalidName,
     InvalidTransition,
@@ -21,7 +21,7 @@ from runtime.errors import (
     TaskNotFound,
     TenantQuotaExceeded,
 )
-from runtime.models import DeadLetter, Lease, SubmitRequest, TaskStatus
+from runtime.core.models import DeadLetter, Lease, SubmitRequest, TaskStatus
 from runtime.store import postgres as postgres_store
 from runtime.store import sqlite as sqlite_store
 from runtime.store.base import REPLAY_HOLD_S, SCHEMA_VERSION

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from runtime.config import Settings
-from runtime.errors import LeaseLost, QueueFull
-from runtime.models import Lease, SubmitRequest, TaskStatus
+from runtime.core.config import Settings
+from runtime.core.errors import LeaseLost, QueueFull
+from runtime.core.models import Lease, SubmitRequest, TaskStatus
 from runtime.store import direct, listen
 from runtime.store.direct import DirectStore
 from runtime.store.listen import Listener

@@ -9,8 +9,8 @@ import sqlite3
 
 import pytest
 
-from runtime.errors import EventQuotaExceeded
-from runtime.models import Route, TaskStatus, TopicEvent
+from runtime.core.errors import EventQuotaExceeded
+from runtime.core.models import Route, TaskStatus, TopicEvent
 from runtime.store.outbox import page_sql
 from tests.unit.stores import T0, AnyStore, SQLiteBackend, lease, running, submit
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import ray
 
-from runtime.config import Settings
-from runtime.errors import ActorUnavailable, LeaseLost
-from runtime.models import Lease, TaskStatus
+from runtime.core.config import Settings
+from runtime.core.errors import ActorUnavailable, LeaseLost
+from runtime.core.models import Lease, TaskStatus
 from runtime.store.actor import StoreActor, StoreHandle
 from runtime.store.direct import DirectStore
 from runtime.store.postgres import PostgresStore

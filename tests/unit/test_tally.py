@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from runtime.config import Settings
-from runtime.errors import QueueFull, TenantQuotaExceeded
-from runtime.models import SubmitRequest, TaskStatus
+from runtime.core.config import Settings
+from runtime.core.errors import QueueFull, TenantQuotaExceeded
+from runtime.core.models import SubmitRequest, TaskStatus
 from runtime.store.service import Tally, admit
 from runtime.store.sqlite import SQLiteStore
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from runtime.engines.actor import TokenSink
-from runtime.errors import LeaseLost
-from runtime.models import Lease
+from runtime.core.errors import LeaseLost
+from runtime.core.models import Lease
+from runtime.llm.engine import TokenSink
 
 
 class RecordingStore:

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from runtime.config import RetryPolicy, Settings
-from runtime.errors import ToolFailed
-from runtime.gates import GateClient
-from runtime.models import DeadLetter
+from runtime.core.config import RetryPolicy, Settings
+from runtime.core.errors import ToolFailed
+from runtime.core.models import DeadLetter
+from runtime.flow.gates import GateClient
 from runtime.tools import Batch, Registry, tool
 from runtime.tools.executor import Caller, ToolExecutor
 
@@ -131,7 +131,7 @@ def test_a_timed_out_sql_query_frees_its_thread_and_connection() -> None:
 
     import psycopg
 
-    from runtime.config import ToolSettings
+    from runtime.core.config import ToolSettings
     from runtime.tools.sql import sql_query
     from tests.conftest import wait_for
 

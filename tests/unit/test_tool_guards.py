@@ -31,8 +31,8 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
-from runtime.config import ToolSettings
-from runtime.errors import AddressRefused, QueryRefused, ResponseTooLarge
+from runtime.core.config import ToolSettings
+from runtime.core.errors import AddressRefused, QueryRefused, ResponseTooLarge
 from runtime.tools import sql as sql_module
 from runtime.tools.fetch import GuardedBackend, fetch, http_fetch, refusal
 from runtime.tools.sql import query

@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from runtime.config import RetryPolicy, Settings, ToolSettings
-from runtime.errors import AddressRefused, ResponseTooLarge, ToolFailed, UpstreamError, public_url
-from runtime.gates import GateClient
-from runtime.models import DeadLetter
+from runtime.core.config import RetryPolicy, Settings, ToolSettings
+from runtime.core.errors import AddressRefused, ResponseTooLarge, ToolFailed, UpstreamError, public_url
+from runtime.core.models import DeadLetter
+from runtime.flow.gates import GateClient
 from runtime.tools import Registry
 from runtime.tools import fetch as fetch_module
 from runtime.tools.executor import Caller, ToolExecutor

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 from pydantic import BaseModel
 
-from runtime.config import ToolSettings
-from runtime.errors import AddressRefused, QueryRefused, ToolArgsInvalid
+from runtime.core.config import ToolSettings
+from runtime.core.errors import AddressRefused, QueryRefused, ToolArgsInvalid
 from runtime.tools import Batch, ToolContext, builtin_tools, tool
 from runtime.tools.extract import html_to_text
 from runtime.tools.fetch import GuardedBackend, allowed_networks, fetch, refusal

@@ -1,4 +1,4 @@
-"""Topic patterns, filters and routing (runtime/triggers.py, runtime/bus.py's ``routes``)."""
+"""Topic patterns, filters and routing (runtime/core/triggers.py, runtime/events/bus.py's ``routes``)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import pytest
 from pydantic import BaseModel
 
 from runtime import Agent, Context, on_event, workflow
-from runtime.bus import new_event, routes, wants
-from runtime.catalog import Catalog
-from runtime.config import WebhookTarget
-from runtime.errors import InputTooLarge, InvalidEventData, InvalidTopic
-from runtime.models import Route, TopicEvent
-from runtime.triggers import check_topic, topic_matches, where_matches
+from runtime.authoring.catalog import Catalog
+from runtime.core.config import WebhookTarget
+from runtime.core.errors import InputTooLarge, InvalidEventData, InvalidTopic
+from runtime.core.models import Route, TopicEvent
+from runtime.core.triggers import check_topic, topic_matches, where_matches
+from runtime.events.bus import new_event, routes, wants
 
 
 @pytest.mark.parametrize(("pattern", "topic", "matched"), [

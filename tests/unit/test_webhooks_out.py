@@ -15,10 +15,10 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from runtime.config import Settings, WebhookTarget
-from runtime.models import TopicEvent
+from runtime.core.config import Settings, WebhookTarget
+from runtime.core.models import TopicEvent
+from runtime.events.webhooks import Outcome, backoff_s, body_of, message_id, send
 from runtime.tools.fetch import GuardedBackend, GuardedTransport
-from runtime.webhooks import Outcome, backoff_s, body_of, message_id, send
 from tests.unit.test_tool_guards import NeverConnect
 
 SECRET = "whsec_" + base64.b64encode(b"unit-test-secret-unit-test-secr").decode()

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from runtime.catalog import Catalog
-from runtime.config import RetryPolicy
-from runtime.errors import (
+from runtime.authoring.catalog import Catalog
+from runtime.authoring.workflow import Context, StepDefaults, Workflow, workflow
+from runtime.core.config import RetryPolicy
+from runtime.core.errors import (
     AgentNotFound,
     InvalidInput,
     StepError,
@@ -20,8 +21,7 @@ from runtime.errors import (
     TaskCancelled,
     WorkflowNotFound,
 )
-from runtime.models import ChatRequest, Completion, Usage
-from runtime.workflow import Context, StepDefaults, Workflow, workflow
+from runtime.core.models import ChatRequest, Completion, Usage
 
 FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.002, jitter=0.0)
 

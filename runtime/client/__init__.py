@@ -1,0 +1,1 @@
+"""The Python client, operator calls and the runtime overview."""

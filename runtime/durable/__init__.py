@@ -1,0 +1,1 @@
+"""Durable workflows: the dispatcher, the workflow worker and its pool, one run."""

@@ -1,0 +1,1 @@
+"""Topic events, their routing and delivery (the event bus), schedules and outbound webhooks."""

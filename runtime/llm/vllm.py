@@ -1,0 +1,150 @@
+"""The vLLM engine: vLLM's async engine in-process (inside an engine actor), streaming, abort, priority.
+
+Two concurrency limits apply: vLLM's own ``max_num_seqs`` (sequences batched at once), and an
+admission limit per actor, ``max_inflight``: requests beyond it wait here, highest priority first with
+aging (so a low priority is not starved), instead of piling into the engine. The task's priority
+reaches vLLM's priority scheduler (vLLM runs lower numbers first, so it gets ``-priority``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
+
+from runtime.core.config import VLLMEngineConfig
+from runtime.core.errors import EngineError
+from runtime.core.models import ChatRequest, Completion, Usage
+
+log = logging.getLogger(__name__)
+
+
+class Admission:
+    """At most ``limit`` holders at once; waiters are admitted by priority with aging, then FIFO.
+
+    A waiter's effective priority is ``priority + aging_per_s * seconds waited`` (as in the task
+    queue, so the heap key ``aging_per_s * enqueued_at - priority`` is fixed at insert time): a request
+    of priority ``p`` waits behind a later one of priority ``q`` only if the later one arrived less
+    than ``(q - p) / aging_per_s`` seconds after it, so a stream of high-priority requests cannot
+    starve a low-priority one.
+    """
+
+    def __init__(self, limit: int, aging_per_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.active = 0
+        self.aging_per_s = aging_per_s
+        self._clock = clock
+        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    async def acquire(self, priority: int) -> None:
+        if self.active < self.limit and not self._waiting:
+            self.active += 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (self.aging_per_s * self._clock() - priority, next(self._seq), future)
+        heapq.heappush(self._waiting, entry)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # admitted just as we were cancelled: pass the slot on
+            else:
+                self._waiting.remove(entry)
+                heapq.heapify(self._waiting)
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            _, _, future = heapq.heappop(self._waiting)
+            if not future.done():
+                future.set_result(None)  # the slot passes straight to the next waiter
+                return
+        self.active -= 1
+
+
+class VLLMEngine:
+    def __init__(self, model: str, config: VLLMEngineConfig) -> None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kvcache_gib))
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from vllm import AsyncEngineArgs
+        from vllm.engine.async_llm_engine import AsyncLLMEngine
+
+        self.model = model
+        self.config = config
+        args = AsyncEngineArgs(
+            model=str(config.model_path), served_model_name=[model], dtype=config.dtype,
+            max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
+            enforce_eager=config.enforce_eager, scheduling_policy="priority",
+            tensor_parallel_size=config.tensor_parallel_size,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+        )
+        self._engine = AsyncLLMEngine.from_engine_args(args)
+        self._tokenizer = self._engine.get_tokenizer()
+        self.admission = Admission(config.max_inflight, config.admission_aging_per_s)
+
+    def _prompt(self, request: ChatRequest) -> str:
+        return str(self._tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in request.messages], tokenize=False,
+            add_generation_prompt=True))
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str]:
+        async for delta, _ in self._generate(request):
+            if delta:
+                yield delta
+
+    async def _generate(self, request: ChatRequest) -> AsyncIterator[tuple[str, Any]]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature,
+                                output_kind=RequestOutputKind.DELTA)
+        request_id = request.request_id or os.urandom(8).hex()
+        await self.admission.acquire(request.priority)
+        try:
+            async for out in self._engine.generate(self._prompt(request), params, request_id,
+                                                   priority=-request.priority):
+                yield out.outputs[0].text, out
+        except asyncio.CancelledError:
+            await self._engine.abort(request_id)
+            raise
+        except Exception as e:  # noqa: BLE001 - vLLM's errors do not cross actor boundaries well
+            raise EngineError(self.model, f"{type(e).__name__}: {e}") from None
+        finally:
+            self.admission.release()
+
+    async def chat(self, request: ChatRequest,
+                   on_text: Callable[[str], Awaitable[None]] | None = None) -> Completion:
+        pieces: list[str] = []
+        prompt_tokens = completion_tokens = 0
+        finish: Literal["stop", "length", "abort"] = "stop"
+        async for delta, out in self._generate(request):
+            if delta:
+                pieces.append(delta)
+                if on_text is not None:
+                    await on_text(delta)
+            completion_tokens += len(out.outputs[0].token_ids)
+            prompt_tokens = len(out.prompt_token_ids or ()) or prompt_tokens
+            if out.finished:
+                reason = out.outputs[0].finish_reason
+                finish = "length" if reason == "length" else "abort" if reason == "abort" else "stop"
+        return Completion(model=self.model, text="".join(pieces), finish_reason=finish,
+                          usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+
+    async def abort(self, request_id: str) -> bool:
+        await self._engine.abort(request_id)
+        return True
+
+    async def health(self) -> bool:
+        await self._engine.check_health()
+        return True
