@@ -178,7 +178,7 @@ def test_the_overview_reports_a_worker_gone_since_it_was_listed_as_down(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    from runtime import overview as module
+    from runtime.client import overview as module
 
     class Answers:
         def __init__(self, name: str) -> None:
