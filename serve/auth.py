@@ -16,6 +16,8 @@ import secrets
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from serve.answers import reply
+
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -78,17 +80,15 @@ class NoKeyGuard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        from serve.errors import _reply
-
         host = headers.get("host")
         if not loopback_host(host):
-            await _reply(send, 421, "MisdirectedRequest",
+            await reply(send, 421, "MisdirectedRequest",
                          f"this server has no API keys and answers only for localhost, 127.0.0.1 "
                          f"or [::1], not Host {(host or '')[:100]!r}")
             return
         ctype = headers.get("content-type")
         if scope["method"] in STATE_CHANGING and not json_content_type(ctype):
-            await _reply(send, 415, "UnsupportedMediaType",
+            await reply(send, 415, "UnsupportedMediaType",
                          f"{scope['method']} needs Content-Type: application/json here (even "
                          f"without a body; a server without API keys takes no request a web page "
                          f"could send from another site), not {ctype or 'no content type'!r}")

@@ -34,6 +34,7 @@ from runtime.core.errors import (
     WebhookRejected,
 )
 from runtime.core.retry import retry_after_s
+from serve.answers import error_body, reply
 from serve.auth import key_tenant
 
 # An error gets the status of the most specific class listed here that it is (its MRO decides, not
@@ -60,10 +61,6 @@ def answer(exc: RaysquadError) -> tuple[int, dict[str, Any]]:
     if isinstance(exc, InvalidInput):
         detail["problems"] = exc.problems
     return status_of(exc), detail
-
-
-def error_body(status: int, kind: str, message: str, **more: Any) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message, **more}}, status_code=status)
 
 
 def install(app: FastAPI) -> None:
@@ -148,13 +145,13 @@ class BodyGuard:
         limit = body_limit(settings, scope["method"], scope["path"], headers.get("authorization"))
         length = headers.get("content-length")
         if length is not None and length.isdecimal() and int(length) > limit:
-            await _reply(send, 413, "PayloadTooLarge",
+            await reply(send, 413, "PayloadTooLarge",
                          f"request body is {length} bytes; the limit is {limit}")
             return
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         has_body = (length is not None and length != "0") or "transfer-encoding" in headers
         if has_body and not (ctype == "application/json" or ctype.endswith("+json")):
-            await _reply(send, 415, "UnsupportedMediaType",
+            await reply(send, 415, "UnsupportedMediaType",
                          f"send JSON with Content-Type: application/json, not "
                          f"{ctype or 'no content type'!r}")
             return
@@ -167,14 +164,14 @@ class BodyGuard:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > limit:
-                await _reply(send, 413, "PayloadTooLarge",
+                await reply(send, 413, "PayloadTooLarge",
                              f"request body exceeds the limit of {limit} bytes")
                 return
         if body:
             depth = settings.max_json_depth if settings is not None else 64
             problem = strict_json_problem(bytes(body), depth)
             if problem is not None:
-                await _reply(send, *problem)
+                await reply(send, *problem)
                 return
         replayed = False
 
@@ -323,11 +320,3 @@ def _scalar_problem(item: Any) -> str | None:
     except UnicodeEncodeError:
         return "string is not valid Unicode (lone surrogate)"
     return None
-
-
-async def _reply(send: Send, status: int, kind: str, message: str) -> None:
-    response = error_body(status, kind, message)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(response.body)).encode())]})
-    await send({"type": "http.response.body", "body": response.body})

@@ -23,7 +23,7 @@ from runtime.core.errors import (
 )
 from runtime.core.models import Name, Schedule, TopicEvent
 from runtime.events.bus import new_event
-from serve import errors
+from serve.answers import error_body
 from serve.deps import BODY_ERRORS, Tenant, client_of, responses, settings_of
 
 TOPIC_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
@@ -165,7 +165,7 @@ async def receive_webhook(source: Source, request: Request) -> JSONResponse:
     try:
         data = json.loads(body)
     except ValueError as e:  # signed by the source, and still not JSON: its mistake
-        return errors.error_body(400, "MalformedJSON",
+        return error_body(400, "MalformedJSON",
                                  f"the webhook's body is not valid JSON: {e}")
     event = new_event(config.topic, data, key=None,
                       event_id=f"webhook:{source}:{request.headers['webhook-id']}", tenant=config.tenant,

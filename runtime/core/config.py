@@ -293,7 +293,9 @@ class Settings(BaseSettings):
                             "for fewer fsyncs (a crash of the process still loses nothing)")
 
     # Task flow.
-    workers: int = Field(2, ge=1, description="workflow workers always running (the pool's minimum)")
+    workers: int = Field(
+        1, ge=1, description="workflow workers always running (the pool's minimum); one runs "
+                             "tasks_per_worker workflows at once, and a dead one is replaced")
     workers_max: int | None = Field(
         None, ge=1, description="the pool grows up to this many workers on backlog (default: "
                                 "`workers`, a fixed pool)")

@@ -3,7 +3,7 @@
 An error with details names them as annotated fields and its message as a ``template`` over them
 (``WithFields`` makes it a dataclass), so its constructor takes the fields in order and keeps them in
 ``args``, which is what a pickle round trip replays when the error crosses a Ray actor boundary (see
-ray-project/ray#50211); tests/unit/test_errors.py round-trips each class.
+ray-project/ray#50211); tests/unit/core/test_errors.py round-trips each class.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def test_a_dead_letter_is_listed_for_its_tenant_and_replayed(ops_api: tuple[Api,
     a, b = api.client("key-a"), api.client("key-b")
     up.down = True
     secret = "Bearer s3cret-upstream-token"
-    # A query string may carry credentials too (audit M9; userinfo: tests/unit/test_tool_secrets.py).
+    # A query string may carry credentials too (audit M9; userinfo: tests/unit/tools/test_tool_secrets.py).
     url = up.url("/flaky?token=q-s3cret")
     r = a.post("/v1/tasks", json={"workflow": "fetch_once", "input": {
         "url": url, "headers": {"Authorization": secret, "X-Trace": "t-1"}}})

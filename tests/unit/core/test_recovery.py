@@ -77,7 +77,7 @@ def test_one_runtime_holds_a_sqlite_store_until_its_process_ends(tmp_path: Path)
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
          "from runtime.store.owner import StoreLock; StoreLock(Path(sys.argv[1])); "
          "print('held', flush=True); time.sleep(60)", str(database)],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[3])
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(StoreInUse) as refused:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from runtime.core.metrics import DEFINITIONS, grafana_dashboard
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_the_dashboard_in_the_repo_is_the_one_the_definitions_make() -> None:

@@ -19,7 +19,7 @@ from runtime.core.config import Settings, WebhookTarget
 from runtime.core.models import TopicEvent
 from runtime.events.webhooks import Outcome, backoff_s, body_of, message_id, send
 from runtime.tools.fetch import GuardedBackend, GuardedTransport
-from tests.unit.test_tool_guards import NeverConnect
+from tests.unit.tools.test_tool_guards import NeverConnect
 
 SECRET = "whsec_" + base64.b64encode(b"unit-test-secret-unit-test-secr").decode()
 EVENT = TopicEvent(id="e1", topic="orders.new", key="k", data={"n": 1}, tenant="t",

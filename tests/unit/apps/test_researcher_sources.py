@@ -12,7 +12,7 @@ from typing import Any
 from agents.library import document
 from agents.roles import Researcher
 from runtime.core.models import AgentMessage
-from tests.unit.test_agents_logic import LocalAgentContext
+from tests.unit.apps.test_agents_logic import LocalAgentContext
 
 URL = "http://127.0.0.1:9/page"
 PAGE_FINDING = {"claim": "Durable workflows replay their recorded checkpoints after a crash.",

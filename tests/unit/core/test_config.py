@@ -24,7 +24,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults() -> None:
     s = Settings()
 
-    assert s.workers == 2
+    assert s.workers == 1 and s.tools.executors == 1  # one machine: one of each by default
     assert s.retry == RetryPolicy()
     assert s.agents == {}
     assert s.data_dir == Path(".raysquad")
