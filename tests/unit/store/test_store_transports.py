@@ -23,7 +23,9 @@ from runtime.store.sqlite import SQLiteStore
 
 
 def parameters(method: Callable[..., Any]) -> list[str]:
-    return [p for p in inspect.signature(method).parameters if p != "self"]
+    # (Ray's tracing, once on in this process, adds _ray_trace_ctx to an actor class's methods.)
+    return [p for p in inspect.signature(method).parameters
+            if p != "self" and not p.startswith("_ray")]
 
 
 @pytest.mark.parametrize("backend", [SQLiteStore, PostgresStore])
@@ -47,15 +49,19 @@ def test_each_transport_has_every_operation_with_the_services_signature(
         transport: type[Any]) -> None:
     for name in MEMBERS:
         assert parameters(getattr(transport, name)) == parameters(getattr(StoreService, name)), name
-        assert inspect.iscoroutinefunction(getattr(transport, name)) == (name != "post_event"), name
+        method = getattr(transport, name)
+        if getattr(method, "__ray_tracing_wrapped__", False):  # Ray's tracing wrapper, see above
+            method = method.__wrapped__
+        assert inspect.iscoroutinefunction(method) == (name != "post_event"), name
 
 
 def test_ray_sees_the_made_methods_of_the_store_actor() -> None:
+    connected = ray.is_initialized()  # (by an earlier test of the session, in a full run)
     signatures = ray.remote(StoreActor).__ray_metadata__.method_meta.signatures
     assert [p.name for p in signatures["claim"] if not p.name.startswith("_ray")] == [
         "task_ids", "owner", "lease_s"]
     assert set(OPERATIONS) <= set(signatures)
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == connected  # making the actor class started nothing
 
 
 def test_a_transport_that_runs_the_backend_must_define_each_custom_operation() -> None:
