@@ -72,7 +72,12 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
     """Run the runtime and its HTTP API with the given modules' workflows and agents: in the
     foreground (Ctrl-C stops it), or detached on a Ray cluster with --detach."""
     from runtime.control.launch import Runtime
-    from serve.launch import direct_ingress_env, open_bind_refusal, run_app, start_serve
+    from serve.launch import (
+        direct_ingress_env,
+        open_bind_refusal,
+        run_app_in_task,
+        start_serve_in_task,
+    )
 
     extra: dict[str, Any] = {"detached": True} if detach else {}
     if dashboard is not None or "RAYSQUAD_RAY_INCLUDE_DASHBOARD" not in os.environ:
@@ -95,9 +100,9 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
         _wait_for_port(config)
     # Serve's controller and proxy start while the runtime's actors do: neither needs the other.
     rt = Runtime.start(config, apps=apps or DEFAULT_APPS,
-                       alongside=(lambda: start_serve(config)) if http else None)
+                       alongside=(lambda: start_serve_in_task(config)) if http else None)
     try:
-        url = run_app(config) if http else None
+        url = run_app_in_task(config) if http else None
     except BaseException:
         rt.stop()  # nothing half-started stays behind, detached or not
         raise
@@ -165,7 +170,6 @@ def down(address: AddressOpt = None) -> None:
 
     config = settings(address)
     join(config)
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # "Deleting app ...": ours to say
     had_http = stop_http(config.namespace)
     stopped = stop_runtime(config.namespace)
     if not stopped and not had_http:

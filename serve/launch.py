@@ -1,30 +1,39 @@
 """Starting and stopping the HTTP API on Ray Serve: the application (``build``), the refusal to
 listen beyond loopback without API keys, direct ingress (the Ingress replica serving the port itself,
-on a local cluster), and the deploy that tries again after a failed bind."""
+on a local cluster), and the deploy that tries again after a failed bind.
+
+Ray Serve (with numpy, gRPC and FastAPI, about 55 MiB) is imported only by what deploys or stops the
+app. ``raysquad up`` deploys from a Ray task of its own (``start_serve_in_task``,
+``run_app_in_task``): its process stays a small driver for as long as the runtime runs.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from ray import serve
-from ray.serve import Deployment
+import ray
 
 from runtime.core.config import Settings
+from runtime.core.errors import RaysquadError
 from serve import auth
-from serve.http import Ingress
+
+if TYPE_CHECKING:
+    from ray.serve import Deployment
 
 
 def build(settings: Settings) -> Any:
     """The Serve application, sized for a small machine: fractional CPUs, 1..N replicas."""
+    from serve.http import Ingress
+
     scaling: dict[str, Any] = (
         {"num_replicas": 1} if settings.http_replicas_max == 1 else
         {"autoscaling_config": {"min_replicas": 1, "max_replicas": settings.http_replicas_max,
                                 "target_ongoing_requests": 32}})
     # serve.deployment made Ingress a Deployment; mypy does not follow a class decorator's result.
-    return cast(Deployment, Ingress).options(
+    return cast("Deployment", Ingress).options(
         ray_actor_options={"num_cpus": 0.1},
         # Room for every stream and as many other requests again, at least.
         max_ongoing_requests=max(256, 2 * settings.max_streams),
@@ -105,6 +114,8 @@ def start_serve(settings: Settings) -> None:
     """Start Serve (its controller, and its proxy where one is used) for the HTTP app, refusing an
     open bind without keys; it needs no runtime, so ``raysquad up`` starts it while the runtime's
     actors start."""
+    from ray import serve
+
     from runtime.core.errors import ConfigError
 
     refusal = open_bind_refusal(settings)
@@ -119,6 +130,8 @@ def start_serve(settings: Settings) -> None:
 
 def run_app(settings: Settings) -> str:
     """Deploy the HTTP app on the started Serve (the runtime must be up); returns its base URL."""
+    from ray import serve
+
     # One Serve application per runtime, named after its namespace (a cluster may run several).
     try:
         serve.run(build(settings), name=settings.namespace, route_prefix="/", blocking=False)
@@ -138,6 +151,8 @@ def _serve_again(settings: Settings) -> None:
     Serve afresh (a new controller, nothing blocked) and deploy again; if the port stays taken, say
     so in one line.
     """
+    from ray import serve
+
     from runtime.core.errors import ConfigError
     from serve.ports import wait_until_bindable
 
@@ -160,6 +175,9 @@ def stop_http(namespace: str | None = None) -> bool:
     """Remove the runtime's Serve application (all of Serve when ``namespace`` is None); Serve
     itself (its controller and the proxy's port) stops once no application is left. True if there
     was an application to remove."""
+    from ray import serve
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # "Deleting app ...": ours to say
     if namespace is None:
         serve.shutdown()
         return True
@@ -173,3 +191,30 @@ def stop_http(namespace: str | None = None) -> bool:
     if found and not set(apps) - {namespace}:
         serve.shutdown()
     return found
+
+
+@ray.remote(num_cpus=0, max_calls=1)  # its process ends with the call, and Serve's imports with it
+def _in_a_task(step: str, settings: Settings) -> str | None:
+    if step == "serve":
+        start_serve(settings)
+        return None
+    return run_app(settings)
+
+
+def _call_in_task(step: str, settings: Settings) -> str | None:
+    try:
+        return cast("str | None", ray.get(_in_a_task.remote(step, settings)))
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, RaysquadError):  # a refusal or a port that stays taken: one line
+            raise e.cause from None
+        raise
+
+
+def start_serve_in_task(settings: Settings) -> None:
+    """``start_serve``, run in a Ray task (the caller never imports Serve)."""
+    _call_in_task("serve", settings)
+
+
+def run_app_in_task(settings: Settings) -> str:
+    """``run_app``, run in a Ray task; the API's base URL."""
+    return _call_in_task("app", settings) or ""
