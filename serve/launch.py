@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import ray
 
+from runtime.actors.handles import ours
 from runtime.core.config import Settings
-from runtime.core.errors import RaysquadError
 from serve import auth
 
 if TYPE_CHECKING:
@@ -205,9 +205,7 @@ def _call_in_task(step: str, settings: Settings) -> str | None:
     try:
         return cast("str | None", ray.get(_in_a_task.remote(step, settings)))
     except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, RaysquadError):  # a refusal or a port that stays taken: one line
-            raise e.cause from None
-        raise
+        raise ours(e) from None  # a refusal or a port that stays taken: one line
 
 
 def start_serve_in_task(settings: Settings) -> None:

@@ -58,11 +58,12 @@ class ControlHost:
         self.models = list(models)
         self.services: dict[str, Any] = {}
         self._built = asyncio.Event()
-        self._add(names.GATES, GateKeeper(settings))
+        self.services[names.GATES] = GateKeeper(settings)
         if restarted():
             for name, build in self._plan():
-                self._add(name, build())
+                self.services[name] = build()
             self._built.set()
+        self._write_names()
 
     def _plan(self) -> list[tuple[str, Any]]:
         """The services after the gate keeper, in the order they are built: each finds the ones
@@ -84,8 +85,7 @@ class ControlHost:
                  (names.EVENTS, lambda: EventBusActor(settings, apps))]
         return plan
 
-    def _add(self, name: str, service: Any) -> None:
-        self.services[name] = service
+    def _write_names(self) -> None:
         write_hosted_names(self.settings.namespace, list(self.services))
 
     async def start(self) -> int:
@@ -95,13 +95,13 @@ class ControlHost:
         recovered = 0
         try:
             for name, build in self._plan():
-                service = build()
-                self._add(name, service)
+                service = self.services[name] = build()
                 if name == names.DISPATCHER:
                     recovered = await service.start()
-                elif hasattr(service, "start") and not name.startswith(names.ENGINE_POOL_PREFIX):
-                    await service.start()  # (an engine pool starts itself)
+                elif hasattr(service, "start"):  # (each start is a no-op when already started)
+                    await service.start()
         finally:
+            self._write_names()
             self._built.set()
         return recovered
 

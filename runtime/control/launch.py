@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,17 +94,19 @@ class Runtime:
             raise RuntimeAlreadyRunning(settings.namespace)
         if settings.ray_address:
             _check_store_owner(settings)
-        beside = _Beside(alongside)
-        try:
-            rt = cls._start_actors(settings, apps, catalog, models, started_ray)
-            beside.result()
-        except BaseException:
-            beside.wait()
-            # Nothing half-started stays behind (a detached actor would outlive us).
-            stop_runtime(settings.namespace)
-            if started_ray:
-                ray.shutdown()
-            raise
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="alongside") as beside:
+            alongside_done = beside.submit(alongside) if alongside else None
+            try:
+                rt = cls._start_actors(settings, apps, catalog, models, started_ray)
+                if alongside_done is not None:
+                    alongside_done.result()
+            except BaseException:
+                beside.shutdown(wait=True)  # what runs alongside ends before the clean-up
+                # Nothing half-started stays behind (a detached actor would outlive us).
+                stop_runtime(settings.namespace)
+                if started_ray:
+                    ray.shutdown()
+                raise
         address_file(settings).write_text(ray.get_runtime_context().gcs_address)
         return rt
 
@@ -166,33 +168,6 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class _Beside:
-    """A call run in a thread of its own while the runtime starts; its error is kept for later."""
-
-    def __init__(self, call: Callable[[], object] | None) -> None:
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        if call is not None:
-            self._thread = threading.Thread(target=self._run, args=(call,), name="alongside",
-                                            daemon=True)
-            self._thread.start()
-
-    def _run(self, call: Callable[[], object]) -> None:
-        try:
-            call()
-        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread by result()
-            self._error = e
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-
-    def result(self) -> None:
-        self.wait()
-        if self._error is not None:
-            raise self._error
 
 
 def forget_address(settings: Settings) -> None:
