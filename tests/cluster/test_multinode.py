@@ -136,6 +136,20 @@ def all_ended(database: Database, ids: list[str]) -> bool:
     return all(t in rows and TaskStatus(rows[t]["status"]).ended for t in ids)
 
 
+def wait_until_ended(m: Multi, ids: list[str], what: str) -> None:
+    """Wait for every task to end; on a timeout, say where each unfinished one stands and which
+    workers are alive, so a failure shows what stalled."""
+    try:
+        wait_for(lambda: all_ended(m.database, ids), timeout_s=180, interval_s=0.3, what=what)
+    except AssertionError as e:
+        rows = task_rows(m.database)
+        stuck = {t: {k: rows[t].get(k) for k in ("status", "runs", "crashes")} if t in rows
+                 else "missing" for t in ids if t not in rows
+                 or not TaskStatus(rows[t]["status"]).ended}
+        raise AssertionError(f"{e}; unfinished: {stuck}; live workers by node: "
+                             f"{workers_by_node(m.settings.namespace)}") from None
+
+
 def check_effects(database: Database, side: Path, ids: list[str]) -> None:
     rows = task_rows(database)
     assert sorted(rows) == sorted(ids), "the Store holds exactly the tasks submitted"
@@ -178,8 +192,7 @@ def test_losing_a_node_mid_run_loses_no_task_and_repeats_no_step(multi: Any) -> 
     m.cluster.remove_node(node, allow_graceful=False)  # SIGKILLs the node's raylet and processes
     print(f"removed node {node_id[:8]} with {len(by_node[node_id])} worker(s); "
           f"{running} task(s) running")
-    wait_for(lambda: all_ended(m.database, ids), timeout_s=180, interval_s=0.3,
-             what="every task to end after the node was lost")
+    wait_until_ended(m, ids, "every task to end after the node was lost")
     rows = task_rows(m.database)
     resumed = sum(1 for t in ids if rows[t]["runs"] > 1)
     print(f"{resumed} task(s) ran again after the loss; all ended "
@@ -211,8 +224,7 @@ def test_the_worker_pool_grows_onto_a_node_added_mid_run_and_shrinks_back(multi:
         workers_by_node(namespace)), timeout_s=90, what="two workers on the added node")
     assert len(grown.get(head_id, [])) == 1
     new_pids = {str(worker_pid(namespace, name)) for name in grown[added.node_id]}
-    wait_for(lambda: all_ended(m.database, ids), timeout_s=180, interval_s=0.3,
-             what="every task to end")
+    wait_until_ended(m, ids, "every task to end")
     check_effects(m.database, m.side, ids)
     ran_there = {pid for _, _, _, pid in read_lines(m.side / STEPS_LOG)} & new_pids
     assert ran_there, "the workers on the added node ran steps"
