@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 MODEL := .raysquad/models/smollm2-135m-instruct
 QUESTION ?= How do durable workflows survive worker failures?
 # The demo's agents run on SmolLM2-135M-Instruct through vLLM on the CPU.
+# Test processes (pytest-xdist): most tests wait on real processes and timers, so two share two
+# cores well; each takes whole files, so a module's shared runtime or server stays in one process.
+TEST_WORKERS ?= 2
 LLM_ENV := RAYSQUAD_ENGINE=vllm RAYSQUAD_DEFAULT_MODEL=smollm2 RAYSQUAD_VLLM__MODEL_PATH=$(MODEL)
 
 .PHONY: setup model demo demo-sim test lint bench clean
@@ -39,7 +42,7 @@ demo-sim: setup
 
 test: setup model
 	@scripts/ensure_chromium.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check runtime agents serve benchmarks tests examples

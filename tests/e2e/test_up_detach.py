@@ -106,6 +106,23 @@ def raysquad(head: Head, *args: str, timeout: float = 180,
                           capture_output=True, text=True, timeout=timeout)
 
 
+def submit_job(head: Head, *entrypoint: str) -> subprocess.CompletedProcess[str]:
+    """`ray job submit`, tried again while Ray answers that no dashboard agent can take a job yet
+    (a 500 that asks to try later: the head's agent is still starting on a loaded machine)."""
+    deadline = time.monotonic() + 120
+    while True:
+        job = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", head.dashboard, "--working-dir", ".",
+             "--", *entrypoint],
+            # `ray start` turned token auth on (a token is in ~/.ray/auth_token); Ray's job CLI
+            # uses it only when told to.
+            cwd=ROOT, env={**head.env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
+            timeout=300)
+        if "No available agent to submit job" not in job.stderr or time.monotonic() > deadline:
+            return job
+        time.sleep(1.0)  # the agent registers with the head on its own schedule
+
+
 def one_line_error(result: subprocess.CompletedProcess[str], text: str) -> None:
     assert result.returncode != 0, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
@@ -185,13 +202,7 @@ def test_a_detached_runtime_outlives_its_launcher_and_down_stops_it(head: Head) 
     up = raysquad(head, "up", "--detach", "--app", APP)
     assert up.returncode == 0 and "(detached)" in up.stdout, up.stdout + up.stderr
     print(f"up --detach returned in {time.monotonic() - started_at:.1f}s")
-    job = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", head.dashboard, "--working-dir", ".",
-         "--", "python", "examples/driver.py", "Ada", "Grace"],
-        # `ray start` turned token auth on (a token is in ~/.ray/auth_token); Ray's job CLI uses it
-        # only when told to.
-        cwd=ROOT, env={**head.env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
-        timeout=300)
+    job = submit_job(head, "python", "examples/driver.py", "Ada", "Grace")
     assert job.returncode == 0, job.stdout + job.stderr
     assert "succeeded" in job.stdout and "Hello, Ada!" in job.stdout, job.stdout
     with sqlite3.connect(Path(head.env["RAYSQUAD_DATA_DIR"]) / "raysquad.db") as db:

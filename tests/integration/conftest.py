@@ -1,7 +1,11 @@
-"""One real local Ray cluster per test session. A test gets a runtime (own namespace, own SQLite) in
-one of two ways: ``make_runtime`` starts a fresh one for this test alone; ``shared_runtime`` hands the
-same running one to consecutive tests that ask for the same configuration and only read their own
-tasks by id (keep such tests next to each other in their module).
+"""One real local Ray cluster for the integration tests, package-scoped: where a test process
+runs other packages' modules in between (a pytest-xdist worker does), the cluster is stopped for them
+and started again, so a module that starts a Ray cluster of its own finds none running.
+
+A test gets a runtime (own namespace, own SQLite) in one of two ways: ``make_runtime`` starts a
+fresh one for this test alone; ``shared_runtime`` hands the same running one to consecutive tests
+that ask for the same configuration and only read their own tasks by id (keep such tests next to
+each other in their module).
 
 A test needs a fresh runtime when it stops or restarts it, kills or freezes its processes, counts
 anything Store-wide (tasks, dead letters, gate or executor stats, engine timelines), changes its
@@ -36,7 +40,7 @@ TEST_DEFAULTS: dict[str, Any] = {"lease_s": 5.0, "sweep_interval_s": 0.2,
 METRICS_PORT = free_port()  # the session cluster's Prometheus endpoint
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     # The example newsroom app keeps its files where its processes are told (agents/newsroom.py).
     newsroom = tmp_path_factory.mktemp("newsroom")
@@ -134,7 +138,7 @@ class SharedRuntimeSlot:
         self._key, self._runtime = None, None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def shared_runtime_slot(ray_cluster: None,
                         tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedRuntimeSlot]:
     shared = SharedRuntimeSlot(tmp_path_factory)

@@ -21,6 +21,9 @@ from tests.servers import Upstream, upstream
 APPS = ["tests.apps.tools"]
 LOOPBACK = ToolSettings(http_allow_networks=("127.0.0.1/32",), http_allow_ports=("1024-65535",), executors=4,
                         retry={"max_attempts": 1})
+# A call held at the upstream until the test releases it must outlast the waits behind it, however
+# slow the machine: its attempt and HTTP timeouts are far beyond the test's own deadlines.
+HOLDING = LOOPBACK.model_copy(update={"timeout_s": 240.0, "http_timeout_s": 240.0})
 
 
 def finish_all(rt: Runtime, ids: list[str], timeout_s: float = 120.0) -> list[Any]:
@@ -69,7 +72,7 @@ def _hold_gate(rt: Runtime, up: Upstream, key: str) -> str:
 def test_priority_first_then_equal_tenants_share_equally(make_runtime: Callable[..., Runtime]) -> None:
     key = "http:127.0.0.1"
     with upstream() as up:
-        rt = make_runtime(APPS, workers=2, tools=LOOPBACK, gate_aging_per_s=0.0,
+        rt = make_runtime(APPS, workers=2, tools=HOLDING, gate_aging_per_s=0.0,
                           gates={key: GateLimits(concurrency=1)})
         client = rt.client()
 
@@ -155,7 +158,7 @@ def test_http_fetch_refuses_loopback_unless_allowed(shared_runtime: Callable[...
 def test_limits_change_at_run_time(make_runtime: Callable[..., Runtime]) -> None:
     key = "http:127.0.0.1"
     with upstream() as up:
-        rt = make_runtime(APPS, tools=LOOPBACK, gates={key: GateLimits(concurrency=1)})
+        rt = make_runtime(APPS, tools=HOLDING, gates={key: GateLimits(concurrency=1)})
         ops, client = rt.ops(), rt.client()
         blocker = _hold_gate(rt, up, key)
         queued = client.submit("fetch_once", {"url": up.url("/ok")}).id
