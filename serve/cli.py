@@ -72,12 +72,7 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
     """Run the runtime and its HTTP API with the given modules' workflows and agents: in the
     foreground (Ctrl-C stops it), or detached on a Ray cluster with --detach."""
     from runtime.control.launch import Runtime
-    from serve.launch import (
-        direct_ingress_env,
-        open_bind_refusal,
-        run_app_in_task,
-        start_serve_in_task,
-    )
+    from serve.launch import ServeDeployer, direct_ingress_env, open_bind_refusal
 
     extra: dict[str, Any] = {"detached": True} if detach else {}
     if dashboard is not None or "RAYSQUAD_RAY_INCLUDE_DASHBOARD" not in os.environ:
@@ -99,10 +94,15 @@ def up(apps: AppOpt = None, address: AddressOpt = None, data_dir: DataOpt = None
         # cluster, the port is Serve's proxy's, shared by every namespace's app: no wait there.)
         _wait_for_port(config)
     # Serve's controller and proxy start while the runtime's actors do: neither needs the other.
-    rt = Runtime.start(config, apps=apps or DEFAULT_APPS,
-                       alongside=(lambda: start_serve_in_task(config)) if http else None)
+    deployer = ServeDeployer(config)
     try:
-        url = run_app_in_task(config) if http else None
+        rt = Runtime.start(config, apps=apps or DEFAULT_APPS,
+                           alongside=deployer.start_serve if http else None)
+    except BaseException:
+        deployer.close()
+        raise
+    try:
+        url = deployer.run_app() if http else None
     except BaseException:
         rt.stop()  # nothing half-started stays behind, detached or not
         raise

@@ -3,8 +3,8 @@ listen beyond loopback without API keys, direct ingress (the Ingress replica ser
 on a local cluster), and the deploy that tries again after a failed bind.
 
 Ray Serve (with numpy, gRPC and FastAPI, about 55 MiB) is imported only by what deploys or stops the
-app. ``raysquad up`` deploys from a Ray task of its own (``start_serve_in_task``,
-``run_app_in_task``): its process stays a small driver for as long as the runtime runs.
+app. ``raysquad up`` deploys from a Ray actor of its own (``ServeDeployer``), ended once the app
+is deployed: its process stays a small driver for as long as the runtime runs.
 """
 
 from __future__ import annotations
@@ -193,26 +193,46 @@ def stop_http(namespace: str | None = None) -> bool:
     return found
 
 
-@ray.remote(num_cpus=0, max_calls=1)  # its process ends with the call, and Serve's imports with it
-def _in_a_task(step: str, settings: Settings) -> str | None:
-    if step == "serve":
+class _Deployer:
+    """Where ``raysquad up`` runs Serve's calls: one process imports Serve once for both steps."""
+
+    def start_serve(self, settings: Settings) -> None:
         start_serve(settings)
-        return None
-    return run_app(settings)
+
+    def run_app(self, settings: Settings) -> str:
+        return run_app(settings)
 
 
-def _call_in_task(step: str, settings: Settings) -> str | None:
-    try:
-        return cast("str | None", ray.get(_in_a_task.remote(step, settings)))
-    except ray.exceptions.RayTaskError as e:
-        raise ours(e) from None  # a refusal or a port that stays taken: one line
+class ServeDeployer:
+    """Deploys the HTTP app from a Ray actor of its own, so the caller never imports Serve: first
+    ``start_serve`` (it needs no runtime: ``raysquad up`` runs it while the runtime's actors
+    start), then ``run_app`` once the runtime is up, after which the actor, its process and Serve's
+    imports end. One process for both steps, not one per step: Serve is imported once."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._actor: Any = None
 
-def start_serve_in_task(settings: Settings) -> None:
-    """``start_serve``, run in a Ray task (the caller never imports Serve)."""
-    _call_in_task("serve", settings)
+    def start_serve(self) -> None:
+        self._actor = ray.remote(num_cpus=0)(_Deployer).remote()
+        self._call(self._actor.start_serve.remote(self.settings))
 
+    def run_app(self) -> str:
+        """Deploy the app (after ``start_serve``); returns the API's base URL."""
+        try:
+            return cast("str", self._call(self._actor.run_app.remote(self.settings)))
+        finally:
+            self.close()
 
-def run_app_in_task(settings: Settings) -> str:
-    """``run_app``, run in a Ray task; the API's base URL."""
-    return _call_in_task("app", settings) or ""
+    def close(self) -> None:
+        """End the deployer's process (Serve's controller and the app keep running)."""
+        if self._actor is not None:
+            ray.kill(self._actor)
+            self._actor = None
+
+    @staticmethod
+    def _call(ref: Any) -> Any:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as e:
+            raise ours(e) from None  # a refusal or a port that stays taken: one line
