@@ -147,7 +147,21 @@ def wait_until_ended(m: Multi, ids: list[str], what: str) -> None:
                  else "missing" for t in ids if t not in rows
                  or not TaskStatus(rows[t]["status"]).ended}
         raise AssertionError(f"{e}; unfinished: {stuck}; live workers by node: "
-                             f"{workers_by_node(m.settings.namespace)}") from None
+                             f"{workers_by_node(m.settings.namespace)}; control plane: "
+                             f"{control_plane(m.settings.namespace)}") from None
+
+
+def control_plane(namespace: str) -> dict[str, Any]:
+    """The Store's and the control host's state, node and restarts (Ray's actor table)."""
+    out: dict[str, Any] = {}
+    for name in ("store", "control"):
+        try:
+            info = actor_info(ray.get_actor(name, namespace=namespace)._actor_id.hex())
+            out[name] = (info.get("State"), str(info.get("Address", {}).get("NodeID"))[:8],
+                         info.get("NumRestarts"))
+        except Exception as e:  # noqa: BLE001 - a diagnostic: say what the lookup met
+            out[name] = repr(e)
+    return out
 
 
 def check_effects(database: Database, side: Path, ids: list[str]) -> None:
