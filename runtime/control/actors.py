@@ -1,6 +1,8 @@
-"""The actor forms of the control plane's logic classes (Ray Serve's rule: the logic lives in its
-module, unaware of Ray; its actor form lives here): the services the control host builds
-(``control/host.py``), and the tool executors, actors of their own.
+"""The actor forms of the runtime's logic classes and their creation (Ray Serve's rule: the logic
+lives in its module, unaware of how it is started; its actor form and its start live here): the
+services the control host builds (``control/host.py``), and the Store, the engines and the tool
+executors, actors of their own. (A pool creates its own members: ``WorkerPool``, ``AgentPool``,
+and ``EnginePool`` through the start function it is given.)
 
 Each actor form is built from small values (the settings, the app modules, a role), which Ray keeps
 with the actor's spec, so a restart can always build it again; it finds its peers by name
@@ -9,10 +11,12 @@ with the actor's spec, so a restart can always build it again; it finds its peer
 
 from __future__ import annotations
 
+import asyncio
+
 import ray
 
 from runtime.actors import names
-from runtime.actors.cluster import named_actor_options
+from runtime.actors.cluster import named_actor_options, store_placement
 from runtime.authoring.catalog import load_catalog
 from runtime.control.peers import find_peers
 from runtime.core.config import Settings
@@ -21,7 +25,10 @@ from runtime.durable.dispatch import Dispatcher
 from runtime.durable.worker import WorkerHandle, WorkerPool
 from runtime.events.bus import EventBus
 from runtime.flow.gates import GateClient, GateKeeperHandle
+from runtime.llm.engine import EngineActor, EngineHandle, engine_actor_options, find_engines
+from runtime.llm.pool import EnginePool
 from runtime.replicas.replica import AgentPool
+from runtime.store.actor import StoreActor, StoreHandle
 from runtime.store.connect import store_for
 from runtime.tools.executor import ToolExecutor, ToolExecutorHandle
 
@@ -98,3 +105,44 @@ def start_tool_executors(settings: Settings, apps: list[str]) -> list[ToolExecut
                  .remote(settings, apps))
         handles.append(ToolExecutorHandle(actor, name, settings.namespace))
     return handles
+
+
+def start_store(settings: Settings) -> StoreHandle:
+    """Create the Store actor, named so that every process can find it (on the head node with
+    SQLite)."""
+    actor = (ray.remote(StoreActor)
+             .options(**named_actor_options(settings, names.STORE, max_concurrency=1000,
+                                            **store_placement(settings)))
+             .remote(settings))
+    return StoreHandle.of(actor, settings.namespace)
+
+
+def start_engine(settings: Settings, model: str, index: int, gated: bool = True) -> EngineHandle:
+    """Create the engine actor ``engine:<model>:<index>`` (restartable, named)."""
+    name = names.engine(model, index)
+    actor = (ray.remote(EngineActor)
+             .options(**named_actor_options(settings, name, max_concurrency=1000,
+                                            **engine_actor_options(settings)))
+             .remote(settings, model, gated))
+    return EngineHandle(actor, name, settings.namespace)
+
+
+def start_engines(settings: Settings, models: list[str],
+                  gated: bool = True) -> dict[str, list[EngineHandle]]:
+    """The engines every model always has (``settings.engine_replicas[0]`` each)."""
+    return {model: [start_engine(settings, model, i, gated)
+                    for i in range(settings.engine_replicas[0])] for model in models}
+
+
+class EnginePoolActor(EnginePool):
+    """An EnginePool that finds and creates the engine actors of its namespace by name."""
+
+    def __init__(self, settings: Settings, model: str) -> None:
+        super().__init__(settings, model, lambda: _engines_by_index(settings.namespace, model),
+                         lambda index: start_engine(settings, model, index))
+        asyncio.get_running_loop().create_task(self.start())  # at first start and after a restart
+
+
+def _engines_by_index(namespace: str, model: str) -> dict[int, EngineHandle]:
+    return {int((h.name or "").rpartition(":")[2]): h
+            for h in find_engines(namespace).get(model, [])}

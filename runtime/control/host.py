@@ -30,6 +30,7 @@ from runtime.authoring.catalog import load_catalog
 from runtime.control.actors import (
     AgentPoolActor,
     DispatcherActor,
+    EnginePoolActor,
     EventBusActor,
     WorkerPoolActor,
 )
@@ -37,7 +38,7 @@ from runtime.core.config import Settings
 from runtime.core.errors import ActorUnavailable
 from runtime.flow.gates import GateKeeper
 from runtime.flow.queue import QueueActor
-from runtime.llm.pool import EnginePoolActor, autoscaled
+from runtime.llm.pool import autoscaled
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from runtime.actors.handles import actor_names, forget_hosted_names, process_nam
 from runtime.authoring.catalog import Catalog, load_catalog
 from runtime.client.client import AsyncClient, Client, address_file
 from runtime.client.ops import Ops
-from runtime.control.actors import start_tool_executors
+from runtime.control.actors import start_engines, start_store, start_tool_executors
 from runtime.control.host import ControlHandle, start_control
 from runtime.core.config import Settings
 from runtime.core.errors import RuntimeAlreadyRunning
@@ -34,10 +34,10 @@ from runtime.durable.worker import WorkerPoolHandle
 from runtime.events.bus import EventBusHandle
 from runtime.flow.gates import GateKeeperHandle
 from runtime.flow.queue import MailboxHandle
-from runtime.llm.engine import EngineHandle, start_engines
+from runtime.llm.engine import EngineHandle
 from runtime.llm.pool import EnginePoolHandle, autoscaled
 from runtime.replicas.replica import AgentPoolHandle
-from runtime.store.actor import StoreHandle, start_store
+from runtime.store.actor import StoreHandle
 from runtime.store.connect import store_for
 from runtime.store.owner import own_store
 from runtime.store.service import check_store_settings

@@ -14,7 +14,6 @@ from typing import Any, ClassVar, Protocol
 import ray
 
 from runtime.actors import names
-from runtime.actors.cluster import named_actor_options
 from runtime.actors.handles import ActorHandle, actor_names
 from runtime.core import metrics
 from runtime.core.config import Settings
@@ -333,23 +332,6 @@ class Router:
                 await handle.abort(request_id)
             except RaysquadError:
                 pass  # a replica that is down runs nothing to abort
-
-
-def start_engine(settings: Settings, model: str, index: int, gated: bool = True) -> EngineHandle:
-    """Create the engine actor ``engine:<model>:<index>`` (restartable, named)."""
-    name = names.engine(model, index)
-    actor = (ray.remote(EngineActor)
-             .options(**named_actor_options(settings, name, max_concurrency=1000,
-                                            **engine_actor_options(settings)))
-             .remote(settings, model, gated))
-    return EngineHandle(actor, name, settings.namespace)
-
-
-def start_engines(settings: Settings, models: list[str],
-                  gated: bool = True) -> dict[str, list[EngineHandle]]:
-    """The engines every model always has (``settings.engine_replicas[0]`` each)."""
-    return {model: [start_engine(settings, model, i, gated)
-                    for i in range(settings.engine_replicas[0])] for model in models}
 
 
 def find_engines(namespace: str) -> dict[str, list[EngineHandle]]:

@@ -23,7 +23,6 @@ from typing import Protocol
 
 from runtime.actors.handles import ActorHandle
 from runtime.core.config import Settings
-from runtime.llm.engine import EngineHandle, find_engines, start_engine
 
 log = logging.getLogger(__name__)
 
@@ -117,28 +116,14 @@ class EnginePool:
         return sorted(self._find())
 
 
-class EnginePoolActor(EnginePool):
-    """An EnginePool that finds and creates the engine actors of its namespace by name."""
-
-    def __init__(self, settings: Settings, model: str) -> None:
-        super().__init__(settings, model, lambda: _by_index(settings.namespace, model),
-                         lambda index: start_engine(settings, model, index))
-        asyncio.get_running_loop().create_task(self.start())  # at first start and after a restart
-
-
-def _by_index(namespace: str, model: str) -> dict[int, EngineHandle]:
-    return {int((h.name or "").rpartition(":")[2]): h
-            for h in find_engines(namespace).get(model, [])}
-
-
 class EnginePoolHandle(ActorHandle):
     """A model's engine pool actor, typed."""
 
     async def tick(self) -> int:
-        return await self.via(EnginePoolActor.tick)()
+        return await self.via(EnginePool.tick)()
 
     async def replicas(self) -> list[int]:
-        return await self.via(EnginePoolActor.replicas)()
+        return await self.via(EnginePool.replicas)()
 
 
 def autoscaled(settings: Settings) -> bool:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from runtime.actors import names
-from runtime.actors.cluster import named_actor_options, store_placement
 from runtime.actors.handles import ActorHandle, restarted
 from runtime.core.config import Settings
 from runtime.core.errors import RaysquadError
@@ -167,16 +166,9 @@ class StoreHandle(ActorHandle, StoreTransport):
         return cls.named(ACTOR_NAME, namespace)
 
     @classmethod
-    def start(cls, settings: Settings) -> StoreHandle:
-        """Create the Store actor, named so that every process can find it (on the head node with
-        SQLite)."""
-        actor = (
-            ray.remote(StoreActor)
-            .options(**named_actor_options(settings, ACTOR_NAME, max_concurrency=1000,
-                                           **store_placement(settings)))
-            .remote(settings)
-        )
-        return cls(actor, ACTOR_NAME, settings.namespace)
+    def of(cls, actor: Any, namespace: str) -> StoreHandle:
+        """A handle on the Store actor just created (``control.actors.start_store``)."""
+        return cls(actor, ACTOR_NAME, namespace)
 
     async def _carry(self, name: str, op: Op, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if op.batched:
@@ -196,7 +188,3 @@ class StoreHandle(ActorHandle, StoreTransport):
         """``append_event`` without waiting for it (progress events, which may be lost)."""
         self._send("append_event", task_id, kind, data, lease)
 
-
-def start_store(settings: Settings) -> StoreHandle:
-    """Create the Store actor (``StoreHandle.start``)."""
-    return StoreHandle.start(settings)
