@@ -275,3 +275,34 @@ def test_the_openai_engine_parses_a_response_format_answer_or_says_it_does_not_f
         openai_chat(r, sse(delta({"content": '{"city": "L"}'}, "stop")))
     with pytest.raises(AnswerDoesNotFit, match="not JSON"):
         openai_chat(r, sse(delta({"content": "Lyon, France"}, "stop")))
+
+
+# -- the vLLM engine's constraint (its structured outputs hold the answer to this schema) ----------
+
+def test_the_vllm_constraint_is_a_tool_call_or_an_answer_and_parses_back() -> None:
+    from runtime.core.models import Usage
+    from runtime.llm.vllm import answer_schema, constrained_completion, prompt_messages
+
+    tools = tool_specs(["lookup", lookup_order], defined_tool)
+    auto = request(user("order 7?"), tools=tools, request_id="t/llm:m")
+    schema = answer_schema(auto)
+    assert schema is not None and len(schema["anyOf"]) == 3  # two tools, or an answer
+    call = {"name": "lookup_order", "arguments": {"order_id": "7"}}
+    assert schema_problems(schema, call) == [] and schema_problems(schema, {"answer": "hi"}) == []
+    assert schema_problems(schema, {"name": "lookup_order", "arguments": {}}) != []
+    usage = Usage(prompt_tokens=1, completion_tokens=1)
+    done = constrained_completion(auto, "m", json.dumps(call), usage)
+    assert done.finish_reason == "tool_calls" and done.tool_calls[0].arguments == {"order_id": "7"}
+    assert constrained_completion(auto, "m", '{"answer": "it shipped"}', usage).text == "it shipped"
+    named = answer_schema(request(user("x"), tools=tools, tool_choice="lookup"))
+    assert named is not None and named["properties"]["name"] == {"const": "lookup"}
+    assert answer_schema(request(user("x"), tools=tools, tool_choice="none")) is None
+    fmt = as_response_format(Address)
+    assert answer_schema(request(user("x"), response_format=fmt)) == Address.model_json_schema()
+    structured = constrained_completion(request(user("x"), response_format=fmt), "m",
+                                        '{"city": "Lyon"}', usage)
+    assert structured.parsed == {"city": "Lyon"}
+    said = prompt_messages(request(user("q"), ChatMessage(role="assistant", tool_calls=(
+        ToolCall(id="1", name="lookup", arguments={"query": "q"}),)), tools=tools))
+    assert said[0]["role"] == "system" and "lookup_order" in said[0]["content"]
+    assert json.loads(said[2]["content"]) == {"name": "lookup", "arguments": {"query": "q"}}
