@@ -13,7 +13,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, get_type_hints
 
@@ -21,10 +21,19 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from runtime.core import metrics, tracing
 from runtime.core.config import RetryPolicy
-from runtime.core.errors import InvalidInput, LeaseLost, SignalTimeout, StepError, TaskCancelled
+from runtime.core.errors import (
+    ConfigError,
+    InvalidInput,
+    LeaseLost,
+    SignalTimeout,
+    StepError,
+    TaskCancelled,
+)
 from runtime.core.models import ChatMessage, ChatRequest, Completion, TopicEvent
 from runtime.core.retry import GaveUp, Retrying, retry
+from runtime.core.structured import as_response_format, tool_specs
 from runtime.core.triggers import OnEvent, OnSchedule, check_topic
+from runtime.tools.registry import defined_tool
 
 log = logging.getLogger(__name__)
 
@@ -299,14 +308,20 @@ class LLM:
         self._ctx = ctx
         self.default_model = default_model
 
-    def chat(self, messages: list[ChatMessage] | list[dict[str, str]] | str, *,
-             model: str | None = None, max_tokens: int = 128, temperature: float = 0.0,
-             retry: RetryPolicy | None = None, timeout_s: float | None = None) -> Awaitable[Completion]:
+    def chat(self, messages: Messages, *, model: str | None = None, max_tokens: int = 128,
+             temperature: float = 0.0, tools: Sequence[Any] = (), tool_choice: str = "auto",
+             response_format: Any = None, retry: RetryPolicy | None = None,
+             timeout_s: float | None = None) -> Awaitable[Completion]:
+        """One chat completion, checkpointed. ``tools``: names of tools defined in the app
+        modules, ``@tool`` functions or OpenAI function specs, offered to the model (its
+        ``tool_calls`` come back in the Completion; running them is the caller's); ``tool_choice``:
+        ``"auto"``, ``"required"``, ``"none"`` or a tool's name; ``response_format``: a pydantic
+        model or a JSON schema the answer must fit (``Completion.parsed``)."""
         ctx = self._ctx
-        request = ChatRequest(
-            model=model or self.default_model, messages=as_messages(messages), max_tokens=max_tokens,
-            temperature=temperature, priority=ctx.priority, tenant=ctx.tenant,
-        )
+        request = chat_request(model or self.default_model, messages, max_tokens=max_tokens,
+                               temperature=temperature, tools=tools, tool_choice=tool_choice,
+                               response_format=response_format, priority=ctx.priority,
+                               tenant=ctx.tenant)
         key = ctx._key(f"llm:{request.model}")
         request = request.model_copy(update={"request_id": f"{ctx.task_id}/{key}"})
         return ctx._run(key, lambda: ctx._services.chat(request), retry, timeout_s)
@@ -325,7 +340,26 @@ def _deadline(timeout_s: float) -> Callable[[], Awaitable[float]]:
     return now_plus
 
 
-def as_messages(messages: list[ChatMessage] | list[dict[str, str]] | str) -> list[ChatMessage]:
+Messages = list[ChatMessage] | list[dict[str, Any]] | str
+
+
+def chat_request(model: str, messages: Messages, *, max_tokens: int, temperature: float,
+                 tools: Sequence[Any], tool_choice: str, response_format: Any, priority: int,
+                 tenant: str, request_id: str | None = None) -> ChatRequest:
+    """A chat's request from what a workflow or an agent passes (tools by name are looked up among
+    the tools this process defined); a bad tool, choice or format is a ConfigError here, before
+    anything runs."""
+    try:
+        return ChatRequest(
+            model=model, messages=as_messages(messages), max_tokens=max_tokens,
+            temperature=temperature, priority=priority, tenant=tenant, request_id=request_id,
+            tools=tool_specs(tools, defined_tool), tool_choice=tool_choice,
+            response_format=as_response_format(response_format))
+    except ValidationError as e:
+        raise ConfigError(f"bad chat request: {e.errors()[0]['msg']}") from None
+
+
+def as_messages(messages: Messages) -> list[ChatMessage]:
     if isinstance(messages, str):
         return [ChatMessage(role="user", content=messages)]
     return [m if isinstance(m, ChatMessage) else ChatMessage.model_validate(m) for m in messages]

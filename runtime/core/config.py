@@ -68,6 +68,11 @@ class SimulatedEngineConfig(BaseModel):
     ttft_s: float = Field(0.02, ge=0, description="time to first token")
     tpot_s: float = Field(0.002, ge=0, description="time per output token")
     max_concurrency: int = Field(64, ge=1)
+    script: str | None = Field(
+        None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="'module:function' that scripts the replies (a test's fake model): called "
+                    "with each ChatRequest, it returns text, a ToolCall or a list of them, or a "
+                    "structured answer (a dict or pydantic model); default: the built-in policy")
 
 
 class VLLMEngineConfig(BaseModel):

@@ -287,6 +287,12 @@ class EngineError(RaysquadError, WithFields):
     template = "engine for model {model!r} failed: {message}"
 
 
+class AnswerDoesNotFit(EngineError):
+    """Raised when a model's answer is not JSON that fits the chat's ``response_format``, or names
+    a tool it was not offered (an engine that cannot constrain its output; a later try may fit)."""
+    template = "model {model!r} answered what does not fit: {message}"
+
+
 class EngineUnavailable(EngineError, Retryable):
     """Raised when a model's upstream kept answering 429 or 5xx, or could not be reached, through
     all of the engine's own attempts: a later try may succeed."""

@@ -266,11 +266,57 @@ class AgentMessage(BaseModel):
         return self.attempt > 1
 
 
+#: A tool's name as models and OpenAI's API take it.
+TOOL_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class ToolCall(BaseModel):
+    """A call of a tool the model asked for: ``arguments`` is a JSON object (checked against the
+    tool's schema before it runs)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200)
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolSpec(BaseModel):
+    """A tool offered to the model, in OpenAI's function form: a name, what it does, and the JSON
+    schema of its arguments (an object)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=TOOL_NAME)
+    description: str = ""
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ResponseFormat(BaseModel):
+    """The JSON schema the model's answer must fit (``response_format=`` of a chat)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    name: str = Field("answer", pattern=TOOL_NAME)
+    json_schema: dict[str, Any] = Field(alias="schema")
+
+
 class ChatMessage(BaseModel):
+    """One message of a conversation. An assistant message may carry the tool calls it made (and
+    no text); a ``tool`` message is one call's result, naming the call it answers."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     role: Literal["system", "user", "assistant", "tool"]
-    content: str
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = Field(None, description="a tool message: the tool that answered")
+
+
+ToolChoice = str  # "auto", "required", "none", or the name of an offered tool
+TOOL_CHOICES = ("auto", "required", "none")
 
 
 class ChatRequest(BaseModel):
@@ -283,6 +329,28 @@ class ChatRequest(BaseModel):
     priority: int = 0
     tenant: str = "default"
     request_id: str | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = "auto"
+    response_format: ResponseFormat | None = None
+
+    def model_post_init(self, context: object) -> None:
+        offered = [t.name for t in self.tools]
+        if len(set(offered)) != len(offered):
+            raise ValueError(f"tools are offered twice under one name: {offered}")
+        if self.tool_choice not in TOOL_CHOICES and self.tool_choice not in offered:
+            raise ValueError(f"tool_choice {self.tool_choice!r} is none of {list(TOOL_CHOICES)} "
+                             f"and no offered tool (offered: {offered})")
+        if self.tool_choice == "required" and not self.tools:
+            raise ValueError('tool_choice "required" needs tools offered')
+
+    def tool(self, name: str) -> ToolSpec | None:
+        """The offered tool of that name."""
+        return next((t for t in self.tools if t.name == name), None)
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the model may answer with tool calls."""
+        return bool(self.tools) and self.tool_choice != "none"
 
 
 class Usage(BaseModel):
@@ -291,16 +359,23 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
 
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
 
 class Completion(BaseModel):
-    """A finished chat completion."""
+    """A finished chat completion: text, or the tool calls the model asked for; ``parsed`` is the
+    answer checked against the request's ``response_format``."""
 
     model_config = ConfigDict(frozen=True)
 
     model: str
     text: str
     usage: Usage
-    finish_reason: Literal["stop", "length", "abort"] = "stop"
+    finish_reason: Literal["stop", "length", "abort", "tool_calls"] = "stop"
+    tool_calls: tuple[ToolCall, ...] = ()
+    parsed: Any = None
 
 
 class DeadLetter(BaseModel):

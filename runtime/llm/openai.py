@@ -9,6 +9,7 @@ actor boundary. With ``send_priority`` the task's priority goes along as vLLM's 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,8 +20,9 @@ import openai
 
 from runtime.core.config import OpenAIEngineConfig, RetryPolicy
 from runtime.core.errors import EngineError, EngineUnavailable
-from runtime.core.models import ChatRequest, Completion, Usage
+from runtime.core.models import TOOL_CHOICES, ChatRequest, Completion, ToolCall, Usage
 from runtime.core.retry import GaveUp, Retrying, Sleep, retry, usable_retry_after_s
+from runtime.core.structured import parse_answer, parse_arguments
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +103,14 @@ class OpenAIEngine:
     async def _once(self, request: ChatRequest,
                     on_text: Callable[[str], Awaitable[None]] | None) -> Completion:
         extra = {"priority": -request.priority} if self.config.send_priority else None
-        # Our messages are not openai's TypedDicts (a "tool" one has no tool_call_id here).
+        # Our messages are not openai's TypedDicts; the API takes them as JSON all the same.
         stream = await self._client.chat.completions.create(  # type: ignore[call-overload]
-            model=self.config.remote_model or self.model,
-            messages=[{"role": m.role, "content": m.content} for m in request.messages],
+            model=self.config.remote_model or self.model, messages=wire_messages(request),
             max_tokens=request.max_tokens, temperature=request.temperature, stream=True,
-            stream_options={"include_usage": True}, extra_body=extra)
+            stream_options={"include_usage": True}, extra_body=extra, **wire_options(request))
         pieces: list[str] = []
-        finish: Literal["stop", "length", "abort"] = "stop"
+        calls: dict[int, dict[str, str]] = {}  # index -> id, name, arguments (as they stream in)
+        finish: Literal["stop", "length", "abort", "tool_calls"] = "stop"
         usage = Usage(prompt_tokens=0, completion_tokens=0)
         current = asyncio.current_task()
         if request.request_id and current is not None:
@@ -123,15 +125,30 @@ class OpenAIEngine:
                         pieces.append(choice.delta.content)
                         if on_text is not None:
                             await on_text(choice.delta.content)
-                    if choice.finish_reason == "length":
-                        finish = "length"
+                    for delta in choice.delta.tool_calls or ():
+                        call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                        call["id"] = delta.id or call["id"]
+                        if delta.function is not None:
+                            call["name"] += delta.function.name or ""
+                            call["arguments"] += delta.function.arguments or ""
+                    if choice.finish_reason in ("length", "tool_calls"):
+                        finish = choice.finish_reason
         except asyncio.CancelledError:
             finish = "abort"
         finally:
             if request.request_id:
                 self._running.pop(request.request_id, None)
             await stream.close()
-        return Completion(model=self.model, text="".join(pieces), usage=usage, finish_reason=finish)
+        text = "".join(pieces)
+        tool_calls = tuple(
+            ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=parse_arguments(c["arguments"]))
+            for i, c in sorted(calls.items()))
+        if tool_calls and finish == "stop":
+            finish = "tool_calls"
+        parsed = (parse_answer(request, text) if request.response_format is not None
+                  and not tool_calls and finish == "stop" else None)
+        return Completion(model=self.model, text=text, usage=usage, finish_reason=finish,
+                          tool_calls=tool_calls, parsed=parsed)
 
     async def abort(self, request_id: str) -> bool:
         """Stop reading the request's stream; closing it makes the server abort the request."""
@@ -140,3 +157,34 @@ class OpenAIEngine:
             return False
         task.cancel()
         return True
+
+
+def wire_messages(request: ChatRequest) -> list[dict[str, Any]]:
+    """The conversation as OpenAI's API takes it (tool calls and their results included)."""
+    out: list[dict[str, Any]] = []
+    for m in request.messages:
+        message: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+                for c in m.tool_calls]
+        if m.role == "tool":
+            message["tool_call_id"] = m.tool_call_id or ""
+        out.append(message)
+    return out
+
+
+def wire_options(request: ChatRequest) -> dict[str, Any]:
+    """``tools``, ``tool_choice`` and ``response_format`` as OpenAI's API takes them."""
+    options: dict[str, Any] = {}
+    if request.tools:
+        options["tools"] = [{"type": "function", "function": t.model_dump()} for t in request.tools]
+        choice = request.tool_choice
+        options["tool_choice"] = choice if choice in TOOL_CHOICES else {
+            "type": "function", "function": {"name": choice}}
+    if request.response_format is not None:
+        fmt = request.response_format
+        options["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": fmt.name, "schema": fmt.json_schema, "strict": True}}
+    return options

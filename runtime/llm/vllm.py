@@ -9,8 +9,10 @@ reaches vLLM's priority scheduler (vLLM runs lower numbers first, so it gets ``-
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import itertools
+import json
 import logging
 import os
 import time
@@ -18,8 +20,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 from runtime.core.config import VLLMEngineConfig
-from runtime.core.errors import EngineError
-from runtime.core.models import ChatRequest, Completion, Usage
+from runtime.core.errors import AnswerDoesNotFit, EngineError
+from runtime.core.models import ChatRequest, Completion, ToolCall, Usage
+from runtime.core.structured import parse_answer
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,68 @@ class Admission:
         self.active -= 1
 
 
+# -- tools and structured answers: the answer is constrained to JSON (vLLM's structured outputs) ---
+
+def answer_schema(request: ChatRequest) -> dict[str, Any] | None:
+    """The JSON schema the model's answer is held to, or None for free text.
+
+    A tool turn is ``{"name": <tool>, "arguments": {...}}`` (one of the offered tools, each with its
+    own arguments' schema); where the model may also answer (``tool_choice="auto"``) the answer is
+    ``{"answer": ...}``, text or the ``response_format``'s value. Without tools, a ``response_format``
+    is the schema itself."""
+    fmt = request.response_format.json_schema if request.response_format is not None else None
+    if not request.calls_tools:
+        return fmt
+    chosen = [t for t in request.tools
+              if request.tool_choice in ("auto", "required") or t.name == request.tool_choice]
+    options: list[dict[str, Any]] = [
+        {"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+         "required": ["name", "arguments"], "additionalProperties": False} for t in chosen]
+    if request.tool_choice == "auto":
+        options.append({"type": "object", "properties": {"answer": fmt or {"type": "string"}},
+                        "required": ["answer"], "additionalProperties": False})
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def prompt_messages(request: ChatRequest) -> list[Any]:
+    """The conversation for the chat template: the tools (and how to call them) said in a system
+    message, and each earlier tool call written as the JSON the model answered with."""
+    messages: list[Any] = []
+    if request.calls_tools:
+        listed = "\n".join(f"- {t.name}: {t.description or t.name}; arguments: "
+                           f"{json.dumps(t.parameters)}" for t in request.tools)
+        how = ('To call a tool, answer {"name": <tool>, "arguments": {...}}'
+               + (', or answer {"answer": ...} once you can.' if request.tool_choice == "auto"
+                  else "."))
+        messages.append({"role": "system", "content": f"You can call these tools:\n{listed}\n{how}"})
+    for m in request.messages:
+        content = m.content or "\n".join(
+            json.dumps({"name": c.name, "arguments": c.arguments}) for c in m.tool_calls)
+        messages.append({"role": m.role, "content": content})
+    return messages
+
+
+def constrained_completion(request: ChatRequest, model: str, text: str, usage: Usage) -> Completion:
+    """A constrained answer (``answer_schema``) as a Completion: a tool call, or the answer (text, or
+    the parsed ``response_format`` value)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AnswerDoesNotFit(model, f"not JSON ({e.msg} at {e.pos})") from None
+    if request.calls_tools and isinstance(value, dict) and "name" in value:
+        digest = hashlib.sha256(f"{request.request_id}|{text}".encode()).hexdigest()[:16]
+        call = ToolCall(id=f"call_{digest}", name=str(value["name"]),
+                        arguments=value.get("arguments") or {})
+        return Completion(model=model, text="", finish_reason="tool_calls", usage=usage,
+                          tool_calls=(call,))
+    if request.calls_tools:
+        value = value.get("answer") if isinstance(value, dict) else value
+    if request.response_format is None:
+        return Completion(model=model, text=str(value), usage=usage)
+    answer = json.dumps(value)
+    return Completion(model=model, text=answer, usage=usage, parsed=parse_answer(request, answer))
+
+
 class VLLMEngine:
     def __init__(self, model: str, config: VLLMEngineConfig) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kvcache_gib))
@@ -95,20 +160,22 @@ class VLLMEngine:
 
     def _prompt(self, request: ChatRequest) -> str:
         return str(self._tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in request.messages], tokenize=False,
-            add_generation_prompt=True))
+            prompt_messages(request), tokenize=False, add_generation_prompt=True))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str]:
+        shown = answer_schema(request) is None  # a constrained answer is JSON: shown once parsed
         async for delta, _ in self._generate(request):
-            if delta:
+            if delta and shown:
                 yield delta
 
     async def _generate(self, request: ChatRequest) -> AsyncIterator[tuple[str, Any]]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        schema = answer_schema(request)
+        structured = {} if schema is None else {"structured_outputs": _structured(schema)}
         params = SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature,
-                                output_kind=RequestOutputKind.DELTA)
+                                output_kind=RequestOutputKind.DELTA, **structured)
         request_id = request.request_id or os.urandom(8).hex()
         await self.admission.acquire(request.priority)
         try:
@@ -128,18 +195,22 @@ class VLLMEngine:
         pieces: list[str] = []
         prompt_tokens = completion_tokens = 0
         finish: Literal["stop", "length", "abort"] = "stop"
+        shown = answer_schema(request) is None
         async for delta, out in self._generate(request):
             if delta:
                 pieces.append(delta)
-                if on_text is not None:
+                if on_text is not None and shown:
                     await on_text(delta)
             completion_tokens += len(out.outputs[0].token_ids)
             prompt_tokens = len(out.prompt_token_ids or ()) or prompt_tokens
             if out.finished:
                 reason = out.outputs[0].finish_reason
                 finish = "length" if reason == "length" else "abort" if reason == "abort" else "stop"
-        return Completion(model=self.model, text="".join(pieces), finish_reason=finish,
-                          usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        if shown or finish != "stop":
+            return Completion(model=self.model, text="".join(pieces), finish_reason=finish,
+                              usage=usage)
+        return constrained_completion(request, self.model, "".join(pieces), usage)
 
     async def abort(self, request_id: str) -> bool:
         await self._engine.abort(request_id)
@@ -148,3 +219,9 @@ class VLLMEngine:
     async def health(self) -> bool:
         await self._engine.check_health()
         return True
+
+
+def _structured(schema: dict[str, Any]) -> Any:
+    from vllm.sampling_params import StructuredOutputsParams
+
+    return StructuredOutputsParams(json=schema)

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import ray
@@ -28,10 +28,10 @@ from runtime.actors.cluster import member_actor_options
 from runtime.actors.handles import ActorHandle, restarted
 from runtime.actors.members import Member, Members, probe, retire
 from runtime.authoring.agent import Agent
-from runtime.authoring.workflow import as_messages
+from runtime.authoring.workflow import Messages, chat_request
 from runtime.core.config import AgentPoolConfig, Settings
 from runtime.core.errors import ActorUnavailable, AgentError, AgentNotFound
-from runtime.core.models import AgentMessage, ChatMessage, ChatRequest, Completion, TopicEvent
+from runtime.core.models import AgentMessage, ChatRequest, Completion, TopicEvent
 from runtime.core.refs import Ref
 from runtime.core.sizes import approx_size
 from runtime.events.bus import new_event, publish
@@ -109,16 +109,17 @@ class AgentContext:
         that role's mailbox with this one's priority and tenant, and its reply comes back here."""
         return Delegate(self, role)
 
-    async def chat(self, messages: list[ChatMessage] | list[dict[str, str]] | str, *,
-                   model: str | None = None, max_tokens: int = 128,
-                   temperature: float = 0.0) -> Completion:
-        """One chat completion (part of the agent's step: not checkpointed on its own)."""
+    async def chat(self, messages: Messages, *, model: str | None = None, max_tokens: int = 128,
+                   temperature: float = 0.0, tools: Sequence[Any] = (), tool_choice: str = "auto",
+                   response_format: Any = None) -> Completion:
+        """One chat completion (part of the agent's step: not checkpointed on its own).
+        ``tools``, ``tool_choice`` and ``response_format`` as in a workflow's ``ctx.llm.chat``."""
         self._calls += 1
-        request = ChatRequest(
-            model=model or self._default_model, messages=as_messages(messages), max_tokens=max_tokens,
-            temperature=temperature, priority=self.priority, tenant=self.tenant,
-            request_id=f"{self.task_id}/{self.step_key}/{self._calls}",
-        )
+        request = chat_request(
+            model or self._default_model, messages, max_tokens=max_tokens, temperature=temperature,
+            tools=tools, tool_choice=tool_choice, response_format=response_format,
+            priority=self.priority, tenant=self.tenant,
+            request_id=f"{self.task_id}/{self.step_key}/{self._calls}")
         return await self._services.chat(request)
 
     async def tool(self, name: str, /, **args: Any) -> Any:

@@ -150,10 +150,29 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, batch
                 for p, v in arg_params.items()
             }
             args_model = create_model(f"{tool_name}_args", __base__=_Args, **fields)
-        return Tool(f, tool_name, inspect.getdoc(f) or "", args_model, batch, retry, retry_on,
+        made = Tool(f, tool_name, inspect.getdoc(f) or "", args_model, batch, retry, retry_on,
                     timeout_s, gate, context_param)
+        DEFINED[tool_name] = made
+        return made
 
     return wrap(fn) if fn is not None else wrap
+
+
+#: Every tool this process has defined (its app modules and the built-ins, as they were imported),
+#: by name: what ``tools=["name"]`` of a chat offers the model.
+DEFINED: dict[str, Tool] = {}
+
+
+def defined_tool(name: str) -> Tool:
+    """The tool of that name defined in this process (ToolNotFound if none)."""
+    if name not in DEFINED:
+        from runtime.tools import builtin_tools
+
+        builtin_tools()  # the built-ins are imported on first need
+    try:
+        return DEFINED[name]
+    except KeyError:
+        raise ToolNotFound(name, tuple(sorted(DEFINED))) from None
 
 
 def _is_context(annotation: Any) -> bool:

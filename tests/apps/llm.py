@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from runtime import Agent, AgentContext, AgentMessage, Context, workflow
+from runtime.tools import tool
 
 
 class Asker(Agent):
@@ -40,3 +41,37 @@ async def generate(ctx: Context, inp: AskIn) -> dict[str, Any]:
     completion = await ctx.llm.chat(inp.question, max_tokens=inp.max_tokens)
     return {"text": completion.text, "tokens": completion.usage.completion_tokens,
             "finish": completion.finish_reason}
+
+
+class Ticket(BaseModel):
+    """A support ticket as the model must classify it (a response_format)."""
+
+    category: Literal["billing", "shipping", "other"]
+    urgency: int = Field(ge=1, le=5)
+    summary: str = Field(max_length=80)
+
+
+@tool
+def order_status(order_id: str, include_items: bool = False) -> dict[str, Any]:
+    """Look up the status of an order by its id."""
+    return {"order_id": order_id, "status": "shipped"}
+
+
+class ConstrainedIn(BaseModel):
+    question: str
+    mode: Literal["tool", "format"]
+    max_tokens: int = 160
+
+
+@workflow
+async def constrained(ctx: Context, inp: ConstrainedIn) -> dict[str, Any]:
+    """One chat held to a tool call (tool_choice="required") or to the Ticket schema."""
+    if inp.mode == "tool":
+        completion = await ctx.llm.chat(inp.question, tools=["order_status"],
+                                        tool_choice="required", max_tokens=inp.max_tokens)
+    else:
+        completion = await ctx.llm.chat(inp.question, response_format=Ticket,
+                                        max_tokens=inp.max_tokens)
+    return {"tool_calls": [c.model_dump() for c in completion.tool_calls],
+            "parsed": completion.parsed, "text": completion.text,
+            "finish": completion.finish_reason, "tokens": completion.usage.completion_tokens}
