@@ -83,7 +83,10 @@ def head(tmp_path: Path) -> Iterator[Head]:
     started = subprocess.run(
         [str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2",
          f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard_port}", "--disable-usage-stats"],
+         f"--dashboard-port={dashboard_port}", "--disable-usage-stats",
+         # Ray's fixed defaults (52365, 10001) are another cluster's on this machine when the
+         # suite runs in several processes; the job API needs this agent's own port.
+         f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stdout + started.stderr
     try:
