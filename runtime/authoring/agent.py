@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import BaseModel
+
 from runtime.core.config import AgentPoolConfig
 from runtime.core.models import AgentMessage
 
@@ -17,9 +19,26 @@ if TYPE_CHECKING:
 
 
 class Agent:
-    """Subclass with ``role = "..."`` and ``async def handle(self, msg, ctx)``; one instance per replica."""
+    """Subclass with ``role = "..."`` and either ``async def handle(self, msg, ctx)`` or a declared
+    loop; one instance per replica.
+
+    A declared agent names ``instructions`` (a string, or a method of the message), ``tools`` (names
+    of tools the app modules define, ``@tool`` functions or OpenAI function specs), an
+    ``output_type`` (a pydantic model its final answer must fit), ``handoffs`` (roles it may hand
+    the conversation to), ``max_turns`` and a ``model``; with no ``handle`` of its own, its handler
+    is the loop (``AgentContext.run_loop``): model call, the turn's tool calls, model call, until a
+    final answer. A custom ``handle`` may call the same loop."""
 
     role: ClassVar[str] = ""
+    instructions: ClassVar[str | None] = None
+    tools: ClassVar[list[Any]] = []
+    output_type: ClassVar[type[BaseModel] | None] = None
+    handoffs: ClassVar[list[str]] = []
+    max_turns: ClassVar[int] = 10
+    #: Calls the model may make with a tool it was not offered or arguments that do not fit, each
+    #: answered with the problem as the tool's result, before the loop fails.
+    max_tool_errors: ClassVar[int] = 3
+    model: ClassVar[str | None] = None
     #: Topic patterns (``docs.*``) whose events come to this role's mailbox, one message per
     #: delivery; ``msg.event`` is the event and ``msg.redelivered`` says it may have come before.
     subscribes: ClassVar[list[str]] = []
@@ -31,7 +50,22 @@ class Agent:
         """Called once per replica before its first message (load a model, open a client)."""
 
     async def handle(self, msg: AgentMessage, ctx: AgentContext) -> Any:
-        raise NotImplementedError
+        if not self.declared():
+            raise NotImplementedError(f"agent role {self.role!r} declares no instructions, tools "
+                                      "or output_type, and has no handle of its own")
+        return await ctx.run_loop(msg.payload)
+
+    @classmethod
+    def declared(cls) -> bool:
+        """Whether the class declares a loop (instructions, tools or an output type)."""
+        return bool(cls.instructions or cls.tools or cls.output_type or cls.handoffs
+                    or callable(getattr(cls, "instructions", None)))
+
+    def instructions_for(self, msg: AgentMessage) -> str | None:
+        """The system prompt for this message: ``instructions``, called with the message where it
+        is a method."""
+        given = getattr(self, "instructions", None)
+        return given(msg) if callable(given) else given
 
     @classmethod
     def pool_config(cls, override: AgentPoolConfig | None = None) -> AgentPoolConfig:

@@ -280,6 +280,14 @@ class AgentError(RaysquadError, WithFields):
         return f"agent {self.role!r} failed: {_kind(self.error_type)}{self.message}"
 
 
+class AgentLoopFailed(RaysquadError, WithFields):
+    """Raised when an agent's loop cannot reach a final answer: its turns ran out, or the model kept
+    calling tools it was not offered or with arguments that do not fit."""
+    role: str
+    message: str
+    template = "agent {role!r} gave no final answer: {message}"
+
+
 class EngineError(RaysquadError, WithFields):
     """Raised when an LLM engine fails a request."""
     model: str

@@ -37,6 +37,7 @@ from runtime.core.sizes import approx_size
 from runtime.events.bus import new_event, publish
 from runtime.flow.queue import MailboxHandle, MailboxService, Replies
 from runtime.llm.engine import Router, TokenSink
+from runtime.replicas.loop import LoopSpec, run_loop
 from runtime.store.service import StoreService
 from runtime.tools.executor import Caller, ToolRouter
 
@@ -76,7 +77,8 @@ class AgentContext:
     handler that runs again the same way publishes nothing new; a delegation (``agent(role).run``)
     is part of this handler's work, not a step of its own, and runs again with it."""
 
-    def __init__(self, msg: AgentMessage, services: AgentServices, default_model: str) -> None:
+    def __init__(self, msg: AgentMessage, services: AgentServices, default_model: str,
+                 agent: Agent | None = None) -> None:
         self.task_id = msg.task_id
         self.step_key = msg.step_key
         self.priority = msg.priority
@@ -86,6 +88,7 @@ class AgentContext:
         self._msg = msg
         self._services = services
         self._default_model = default_model
+        self._agent = agent
         self._calls = 0
         self._published = 0
         self._delegated = 0
@@ -122,6 +125,21 @@ class AgentContext:
             request_id=f"{self.task_id}/{self.step_key}/{self._calls}")
         return await self._services.chat(request)
 
+    async def run_loop(self, input: Any = None, **overrides: Any) -> Any:  # noqa: A002
+        """Run the agent loop on ``input`` (``runtime.replicas.loop``) with this role's declared
+        instructions, tools, output type, handoffs, turns and model; ``overrides`` replace any of
+        them (``instructions=``, ``tools=``, ``output_type=``, ``handoffs=``, ``max_turns=``,
+        ``max_tool_errors=``, ``model=``, ``max_tokens=``). Returns the output type's value as a
+        dict, else the final text."""
+        agent = self._agent
+        declared: dict[str, Any] = {} if agent is None else {
+            "instructions": agent.instructions_for(self._msg), "tools": tuple(agent.tools),
+            "output_type": agent.output_type, "handoffs": tuple(agent.handoffs),
+            "max_turns": agent.max_turns, "max_tool_errors": agent.max_tool_errors,
+            "model": agent.model}
+        spec = LoopSpec(role=self._msg.role, **{**declared, **overrides})
+        return await run_loop(self, spec, input)
+
     async def tool(self, name: str, /, **args: Any) -> Any:
         """Call a tool (with its gate, timeout and retries); part of the agent's step, like chat."""
         return await self._services.call_tool(name, args)
@@ -156,7 +174,7 @@ class Handling:
     def __init__(self, msg: AgentMessage, replica: AgentReplica) -> None:
         self.msg = msg
         self._replica = replica
-        self.context = AgentContext(msg, self, replica.settings.default_model)
+        self.context = AgentContext(msg, self, replica.settings.default_model, replica.agent)
 
     async def run(self) -> None:
         msg, replica = self.msg, self._replica

@@ -18,3 +18,26 @@ def lookup_then_answer(request: ChatRequest) -> Any:
 
 def always_a_number(request: ChatRequest) -> Any:
     return 42
+
+
+def bad_then_good(request: ChatRequest) -> Any:
+    """Calls ``lookup`` with arguments that do not fit, then (told why) with good ones, then
+    answers with the tool's result."""
+    tool_results = [m for m in request.messages if m.role == "tool"]
+    if not tool_results:
+        return ToolCall(id="c1", name="lookup", arguments={"q": "wrong name"})
+    if "error" in tool_results[-1].content:
+        return ToolCall(id=f"c{len(tool_results) + 1}", name="lookup", arguments={"query": "right"})
+    return f"answer: {tool_results[-1].content}"
+
+
+def always_bad(request: ChatRequest) -> Any:
+    return ToolCall(id=f"c{len(request.messages)}", name="no_such_tool", arguments={})
+
+
+def hand_to_reviewer(request: ChatRequest) -> Any:
+    return ToolCall(id="h1", name="transfer_to_reviewer", arguments={"request": "check this"})
+
+
+def chatter(request: ChatRequest) -> Any:
+    return ToolCall(id=f"c{len(request.messages)}", name="lookup", arguments={"query": "again"})

@@ -1,0 +1,71 @@
+"""A declared agent that acts: the model picks its tools (the simulated engine's policy calls each
+offered tool once, then answers in the output type). Each tool appends a line to a file of its task
+(``effects_dir``), so a test counts what ran."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from runtime import Agent, Context, workflow
+from runtime.tools import ToolContext, tool
+
+
+def effects_dir(task_id: str) -> Path:
+    return Path(tempfile.gettempdir()) / "raysquad-acting" / task_id
+
+
+def _effect(ctx: ToolContext, what: str) -> None:
+    path = effects_dir(ctx.task_id)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "effects", "a") as f:
+        f.write(f"{what} {os.getpid()}\n")
+
+
+@tool
+def find_order(order_id: str, ctx: ToolContext) -> dict[str, Any]:
+    """Find an order by its id."""
+    _effect(ctx, "find_order")
+    return {"order_id": order_id, "status": "delivered damaged"}
+
+
+@tool
+def refund(order_id: str, amount: float = Field(ge=0, le=500), *, ctx: ToolContext) -> str:
+    """Refund part of an order."""
+    _effect(ctx, "refund")
+    return f"refunded {amount:.2f} on {order_id}"
+
+
+@tool
+def notify(message: str, ctx: ToolContext) -> str:
+    """Send the customer a message."""
+    _effect(ctx, "notify")
+    return "sent"
+
+
+class Resolution(BaseModel):
+    status: str
+    refunded: bool
+
+
+class Support(Agent):
+    """Resolves a customer's problem with its tools, and answers with a Resolution."""
+
+    role = "support"
+    instructions = "Resolve the customer's problem. Use the tools, then answer."
+    tools = ["find_order", "refund", "notify"]
+    output_type = Resolution
+
+
+class ProblemIn(BaseModel):
+    problem: str
+
+
+@workflow
+async def resolve(ctx: Context, inp: ProblemIn) -> dict[str, Any]:
+    """One call of the support agent, whose loop picks its tools."""
+    return dict(await ctx.agent("support").run(inp.problem))
