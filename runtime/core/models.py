@@ -259,6 +259,9 @@ class AgentMessage(BaseModel):
     reply_to: Any = Field(None, description="the workflow worker's actor handle")
     event: TopicEvent | None = None
     attempt: int = 1
+    lease: Lease | None = Field(
+        None, description="the task's run that asked: the handler's model and tool calls are "
+                          "recorded under its step, fenced by this lease")
 
     @property
     def redelivered(self) -> bool:

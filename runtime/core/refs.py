@@ -86,6 +86,24 @@ def dumps(value: Any) -> tuple[bytes, list[Ref]]:
     return buf.getvalue(), pickler.refs
 
 
+async def record(store: Any, lease: Any, key: str, value: Any, inline_limit: int,
+                 elapsed_s: float | None = None) -> tuple[Any, bool]:
+    """Record ``value`` as step ``key`` of the lease's task (fenced by it): a value over
+    ``inline_limit`` bytes goes by reference (a Ref whose object the Store keeps as a blob). Returns
+    what the caller should see (maybe a Ref) and whether a cancel was requested."""
+    data, found = dumps(value)
+    if len(data) > inline_limit:
+        value = Ref.put(value, f"{lease.task_id}/{key}", len(data), store)
+        data, found = dumps(value)
+    to_persist = [(r.blob_key, [r.object_ref]) for r in found
+                  if r.object_ref is not None and not r.persisted]
+    cancel = await store.record_step(lease, key, data, to_persist, elapsed_s)
+    for r in found:
+        r.persisted = True
+        r.store = r.store or store
+    return value, bool(cancel)
+
+
 def loads(data: bytes, store: Any = None) -> Any:
     """Deserialize what ``dumps`` wrote; Refs come back pointing at their blobs."""
     return _StoreUnpickler(io.BytesIO(data), store).load()

@@ -218,18 +218,9 @@ class Run:
     # -- the Context's services ---------------------------------------------------------------------
 
     async def record(self, key: str, value: Any) -> Any:
-        store = self._peers.store
-        data, found = refs.dumps(value)
-        if len(data) > self.details.inline_limit_bytes:
-            value = refs.Ref.put(value, f"{self.task.id}/{key}", len(data), store)
-            data, found = refs.dumps(value)
-        to_persist = [(r.blob_key, [r.object_ref]) for r in found
-                      if r.object_ref is not None and not r.persisted]
-        cancel = await store.record_step(self._held_lease(), key, data, to_persist,
-                                         self.context.step_elapsed_s)
-        for r in found:
-            r.persisted = True
-            r.store = r.store or store
+        value, cancel = await refs.record(self._peers.store, self._held_lease(), key, value,
+                                          self.details.inline_limit_bytes,
+                                          self.context.step_elapsed_s)
         if cancel:
             self.cancel_at_next_step()
         return value
@@ -241,7 +232,7 @@ class Run:
             raise AgentNotFound(role, tuple(sorted(mailboxes)))
         msg = AgentMessage(id=uuid.uuid4().hex, role=role, task_id=self.task.id, step_key=key,
                            priority=self.task.priority, tenant=self.task.tenant, payload=payload,
-                           reply_to=self._peers.reply_to)
+                           reply_to=self._peers.reply_to, lease=self._held_lease())
         return await self._peers.replies.ask(mailbox, msg)
 
     async def chat(self, request: ChatRequest) -> Completion:

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import ray
@@ -29,6 +29,7 @@ from runtime.actors.handles import ActorHandle, restarted
 from runtime.actors.members import Member, Members, probe, retire
 from runtime.authoring.agent import Agent
 from runtime.authoring.workflow import Messages, chat_request
+from runtime.core import refs
 from runtime.core.config import AgentPoolConfig, Settings
 from runtime.core.errors import ActorUnavailable, AgentError, AgentNotFound
 from runtime.core.models import AgentMessage, ChatRequest, Completion, TopicEvent
@@ -175,6 +176,29 @@ class Handling:
         self.msg = msg
         self._replica = replica
         self.context = AgentContext(msg, self, replica.settings.default_model, replica.agent)
+        self._recorded: dict[str, bytes] | None = None  # this step's calls recorded before
+        self._counts: dict[str, int] = {}
+
+    def _call_key(self, what: str) -> str:
+        """The key a call is recorded under: ``<step>/llm``, ``<step>/tool:<name>``, then ``#2``,
+        ``#3`` ... in the order the handler makes them (as a workflow's step keys)."""
+        n = self._counts[what] = self._counts.get(what, 0) + 1
+        return f"{self.msg.step_key}/{what}" + (f"#{n}" if n > 1 else "")
+
+    async def _once(self, key: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a model or tool call of a task's handler once: what an earlier run of this step
+        recorded is replayed, what it did not is made and recorded (fenced by the run's lease)."""
+        msg, replica = self.msg, self._replica
+        if msg.lease is None:  # an event's handler: no task, nothing to record under
+            return await call()
+        if self._recorded is None:
+            self._recorded = await replica.store.steps_under(msg.task_id, f"{msg.step_key}/")
+        if key in self._recorded:
+            return refs.loads(self._recorded[key], replica.store)
+        value = await call()
+        value, _ = await refs.record(replica.store, msg.lease, key, value,
+                                     replica.settings.inline_limit_bytes)
+        return value
 
     async def run(self) -> None:
         msg, replica = self.msg, self._replica
@@ -213,22 +237,23 @@ class Handling:
 
     async def chat(self, request: ChatRequest) -> Completion:
         msg, replica = self.msg, self._replica
-        return await replica.router.chat(request, TokenSink(replica.store, msg.task_id,
-                                                            msg.step_key))
+        completion: Completion = await self._once(self._call_key("llm"), lambda: replica.router.chat(
+            request, TokenSink(replica.store, msg.task_id, msg.step_key)))
+        return completion
 
     async def call_tool(self, name: str, args: dict[str, Any]) -> Any:
         msg, tools = self.msg, self._replica.tools
         if tools is None:
             raise RuntimeError("this agent context has no tool executors")
-        return await tools.call(name, args, Caller(msg.task_id, msg.step_key, msg.tenant,
-                                                   msg.priority))
+        return await self._once(self._call_key(f"tool:{name}"), lambda: tools.call(
+            name, args, Caller(msg.task_id, msg.step_key, msg.tenant, msg.priority)))
 
     async def call_agent(self, role: str, step_key: str, payload: Any,
                          timeout_s: float | None) -> Any:
         msg, replica = self.msg, self._replica
         delegation = AgentMessage(id=uuid.uuid4().hex, role=role, task_id=msg.task_id,
                                   step_key=step_key, priority=msg.priority, tenant=msg.tenant,
-                                  payload=payload, reply_to=replica.reply_to())
+                                  payload=payload, reply_to=replica.reply_to(), lease=msg.lease)
         mailbox = replica.mailbox_of(role)
         return await asyncio.wait_for(replica.replies.ask(mailbox, delegation),
                                       timeout_s or replica.settings.agent_timeout_s)

@@ -112,6 +112,9 @@ class Store(Protocol):
     def get_task(self, task_id: str) -> TaskRecord:
         """The task, or TaskNotFound."""
 
+    def steps_under(self, task_id: str, prefix: str) -> dict[str, bytes]:
+        """The task's recorded steps whose keys start with ``prefix`` (an agent step's calls)."""
+
     def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
                    tenant: str | None = None, limit: int = 100,
                    before: tuple[float, str] | None = None) -> list[TaskSummary]:

@@ -162,6 +162,12 @@ class Tasks(PortableSQL):
         with self._read() as c:
             return self._get(c, task_id)
 
+    def steps_under(self, task_id: str, prefix: str) -> dict[str, bytes]:
+        with self._read() as c:
+            return {r["key"]: bytes(r["output"]) for r in c.execute(self._q(
+                "SELECT key, output FROM steps WHERE task_id = ? AND substr(key, 1, ?) = ?"),
+                (task_id, len(prefix), prefix))}
+
     def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
                    tenant: str | None = None, limit: int = 100,
                    before: tuple[float, str] | None = None) -> list[TaskSummary]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from pydantic import BaseModel, Field
 
 from runtime import Agent, Context, workflow
 from runtime.tools import ToolContext, tool
+
+REFUND_S = 2.0
 
 
 def effects_dir(task_id: str) -> Path:
@@ -35,8 +38,9 @@ def find_order(order_id: str, ctx: ToolContext) -> dict[str, Any]:
 
 @tool
 def refund(order_id: str, amount: float = Field(ge=0, le=500), *, ctx: ToolContext) -> str:
-    """Refund part of an order."""
+    """Refund part of an order (slowly: a test kills the agent's replica while it runs)."""
     _effect(ctx, "refund")
+    time.sleep(REFUND_S)
     return f"refunded {amount:.2f} on {order_id}"
 
 

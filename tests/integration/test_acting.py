@@ -3,11 +3,17 @@ executors, and its answer fits its output type."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 from runtime import Runtime, TaskStatus
+from runtime.llm.engine import find_engines
 from tests.apps.acting import Resolution, effects_dir
+from tests.conftest import wait_for
+from tests.faults import Kind, kill, pick, recorded_keys
 
 
 def test_a_declared_agent_picks_its_tools_and_answers_in_its_output_type(
@@ -24,5 +30,35 @@ def test_a_declared_agent_picks_its_tools_and_answers_in_its_output_type(
         turns = [e.data for e in client.events(task.id) if e.kind == "agent"]
         assert [t["tool"] for t in turns if "tool" in t] == ["find_order", "refund", "notify"]
         assert turns[-1]["answer"] is True and turns[-1]["turn"] == 4
+    finally:
+        shutil.rmtree(effects_dir(task.id), ignore_errors=True)
+
+
+def test_a_replica_killed_mid_loop_replays_the_recorded_calls_and_makes_only_the_rest(
+        make_runtime: Callable[..., Runtime]) -> None:
+    """SIGKILL the agent's replica while its second tool call runs: the task succeeds; the first
+    and third tools ran once, the second at most twice; the model calls recorded before the kill
+    were not made again (counted at the engine)."""
+    rt = make_runtime(["tests.apps.acting"])
+    client = rt.client()
+    task = client.submit("resolve", {"problem": "order 17 arrived broken; refund 20 please"})
+    effects = effects_dir(task.id) / "effects"
+    try:
+        wait_for(lambda: effects.exists() and "refund" in effects.read_text(), timeout_s=60,
+                 what="the second tool call to run")
+        victim = pick(Kind.AGENT_REPLICA, rt.settings.namespace)
+        assert victim is not None
+        kill(victim)
+        done = client.wait(task.id, timeout_s=120)
+        assert done.status is TaskStatus.SUCCEEDED, done.error
+        assert Resolution.model_validate(done.output)
+        ran = Counter(effects.read_text().split()[0::2])
+        assert ran["find_order"] == 1 and ran["notify"] == 1 and 1 <= ran["refund"] <= 2, ran
+        engines = find_engines(rt.settings.namespace)
+        calls = sum(len(asyncio.run(h.timeline())) for hs in engines.values() for h in hs)
+        assert calls == 4, f"{calls} model calls for 4 turns: recorded ones were made again"
+        keys = set(recorded_keys(Path(rt.settings.database_path))[task.id])
+        assert {"agent:support/llm", "agent:support/llm#4", "agent:support/tool:refund",
+                "agent:support/tool:notify"} <= keys
     finally:
         shutil.rmtree(effects_dir(task.id), ignore_errors=True)
