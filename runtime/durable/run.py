@@ -233,7 +233,15 @@ class Run:
         msg = AgentMessage(id=uuid.uuid4().hex, role=role, task_id=self.task.id, step_key=key,
                            priority=self.task.priority, tenant=self.task.tenant, payload=payload,
                            reply_to=self._peers.reply_to, lease=self._held_lease())
-        return await self._peers.replies.ask(mailbox, msg)
+        try:
+            reply = await self._peers.replies.ask(mailbox, msg)
+        except Exception:
+            if self.context.cancel_requested:  # the agent stopped for the cancel
+                raise TaskCancelled(self.task.id) from None
+            raise
+        if self.context.cancel_requested:  # it finished regardless: the task is cancelled all the same
+            raise TaskCancelled(self.task.id)
+        return reply
 
     async def chat(self, request: ChatRequest) -> Completion:
         step = (request.request_id or "").rpartition("/")[2]

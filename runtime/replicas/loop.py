@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from runtime.core.errors import AgentLoopFailed, RaysquadError
+from runtime.core.errors import AgentLoopFailed, LeaseLost, RaysquadError, TaskCancelled
 from runtime.core.models import ChatMessage, ChatRequest, Completion, ToolCall, ToolSpec
 from runtime.core.structured import call_problems, schema_problems, tool_specs
 from runtime.tools.registry import defined_tool
@@ -108,6 +108,8 @@ async def _call(ctx: AgentContext, spec: LoopSpec, state: LoopState, offered: Ch
             state.tools_used.append(call.name)
             ctx.emit(turn=state.turns, tool=call.name, call_id=call.id, ok=True)
             return result
+        except (TaskCancelled, LeaseLost):
+            raise  # the task's end or its run's: not the tool's failure to tell the model
         except RaysquadError as e:
             problems = [f"{type(e).__name__}: {e}"]
     state.tool_errors += 1

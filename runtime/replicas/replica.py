@@ -31,7 +31,7 @@ from runtime.authoring.agent import Agent
 from runtime.authoring.workflow import Messages, chat_request
 from runtime.core import refs
 from runtime.core.config import AgentPoolConfig, Settings
-from runtime.core.errors import ActorUnavailable, AgentError, AgentNotFound
+from runtime.core.errors import ActorUnavailable, AgentError, AgentNotFound, TaskCancelled
 from runtime.core.models import AgentMessage, ChatRequest, Completion, TopicEvent
 from runtime.core.refs import Ref
 from runtime.core.sizes import approx_size
@@ -196,8 +196,10 @@ class Handling:
         if key in self._recorded:
             return refs.loads(self._recorded[key], replica.store)
         value = await call()
-        value, _ = await refs.record(replica.store, msg.lease, key, value,
-                                     replica.settings.inline_limit_bytes)
+        value, cancel = await refs.record(replica.store, msg.lease, key, value,
+                                          replica.settings.inline_limit_bytes)
+        if cancel:  # the task is being cancelled: its handler goes no further
+            raise TaskCancelled(msg.task_id)
         return value
 
     async def run(self) -> None:

@@ -41,6 +41,7 @@ def refund(order_id: str, amount: float = Field(ge=0, le=500), *, ctx: ToolConte
     """Refund part of an order (slowly: a test kills the agent's replica while it runs)."""
     _effect(ctx, "refund")
     time.sleep(REFUND_S)
+    _effect(ctx, "refund_done")
     return f"refunded {amount:.2f} on {order_id}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +26,9 @@ def test_a_declared_agent_picks_its_tools_and_answers_in_its_output_type(
         done = client.wait(task.id, timeout_s=120)
         assert done.status is TaskStatus.SUCCEEDED, done.error
         assert Resolution.model_validate(done.output)
-        lines = (effects_dir(task.id) / "effects").read_text().split()
-        assert lines[0::2] == ["find_order", "refund", "notify"]  # each once, in the model's order
+        ran = [w for w in (effects_dir(task.id) / "effects").read_text().split()[0::2]
+               if w != "refund_done"]
+        assert ran == ["find_order", "refund", "notify"]  # each once, in the model's order
         turns = [e.data for e in client.events(task.id) if e.kind == "agent"]
         assert [t["tool"] for t in turns if "tool" in t] == ["find_order", "refund", "notify"]
         assert turns[-1]["answer"] is True and turns[-1]["turn"] == 4
@@ -62,3 +64,38 @@ def test_a_replica_killed_mid_loop_replays_the_recorded_calls_and_makes_only_the
                 "agent:support/tool:notify"} <= keys
     finally:
         shutil.rmtree(effects_dir(task.id), ignore_errors=True)
+
+
+def test_a_cancel_stops_the_agents_loop_at_its_next_call(make_runtime: Callable[..., Runtime]) -> None:
+    """Cancelled while the agent's second tool call runs: the task ends cancelled and the loop
+    makes no call after the one in flight (the third tool never runs)."""
+    rt = make_runtime(["tests.apps.acting"])
+    client = rt.client()
+    task = client.submit("resolve", {"problem": "order 17 arrived broken; refund 20 please"})
+    effects = effects_dir(task.id) / "effects"
+    try:
+        wait_for(lambda: effects.exists() and "refund" in effects.read_text(), timeout_s=60,
+                 what="the second tool call to run")
+        client.cancel(task.id)
+        done = client.wait(task.id, timeout_s=60)
+        assert done.status is TaskStatus.CANCELLED, (done.status, done.error, sorted(
+            recorded_keys(Path(rt.settings.database_path))[task.id]),
+            [(e.kind, e.data) for e in client.events(task.id)][-12:])
+        wait_for(lambda: "refund_done" in effects.read_text(), timeout_s=30,
+                 what="the tool call in flight to finish")
+        # Nothing may follow it: without the cancel the next model call and the third tool take
+        # milliseconds, so three seconds of polling is ample.
+        assert stays_false(lambda: "notify" in effects.read_text(), 3.0), effects.read_text()
+    finally:
+        shutil.rmtree(effects_dir(task.id), ignore_errors=True)
+
+
+def stays_false(condition: Callable[[], bool], for_s: float) -> bool:
+    """Poll ``condition`` for ``for_s`` seconds; True if it never held (a negative check needs a
+    bound)."""
+    deadline = time.monotonic() + for_s
+    while time.monotonic() < deadline:
+        if condition():
+            return False
+        time.sleep(0.05)
+    return not condition()
