@@ -7,7 +7,8 @@ of one turn run concurrently. A call the model makes with a tool it was not offe
 that do not fit, or that fails goes back to the model as the tool's result (``{"error": ...}``), up
 to ``max_tool_errors``; a final answer that does not fit ``output_type`` goes back the same way. A
 handoff (``transfer_to_<role>``) sends the conversation's last request to that role's mailbox and its
-reply is the answer. Each turn, call and handoff is an ``agent`` event of the task.
+reply is the answer. Each turn (with the calls the model made), failed call and handoff is an
+``agent`` event of the task; each call made shows as its step's record (``Handling._once``).
 """
 
 from __future__ import annotations
@@ -106,7 +107,6 @@ async def _call(ctx: AgentContext, spec: LoopSpec, state: LoopState, offered: Ch
         try:
             result = await ctx.tool(call.name, **call.arguments)
             state.tools_used.append(call.name)
-            ctx.emit(turn=state.turns, tool=call.name, call_id=call.id, ok=True)
             return result
         except (TaskCancelled, LeaseLost):
             raise  # the task's end or its run's: not the tool's failure to tell the model

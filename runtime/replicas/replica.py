@@ -189,8 +189,8 @@ class Handling:
         """Run a model or tool call of a task's handler once: what an earlier run of this step
         recorded is replayed, what it did not is made and recorded (fenced by the run's lease)."""
         msg, replica = self.msg, self._replica
-        if msg.lease is None:  # an event's handler: no task, nothing to record under
-            return await call()
+        if msg.lease is None or not replica.settings.agent_record_calls:
+            return await call()  # an event's handler (no task to record under), or recording off
         if self._recorded is None:
             self._recorded = await replica.store.steps_under(msg.task_id, f"{msg.step_key}/")
         if key in self._recorded:

@@ -30,7 +30,11 @@ def test_a_declared_agent_picks_its_tools_and_answers_in_its_output_type(
                if w != "refund_done"]
         assert ran == ["find_order", "refund", "notify"]  # each once, in the model's order
         turns = [e.data for e in client.events(task.id) if e.kind == "agent"]
-        assert [t["tool"] for t in turns if "tool" in t] == ["find_order", "refund", "notify"]
+        assert [t["tool_calls"] for t in turns if "tool_calls" in t] == [
+            ["find_order"], ["refund"], ["notify"]]
+        steps = [e.data["key"] for e in client.events(task.id) if e.kind == "step"]
+        assert [k for k in steps if "/tool:" in k] == [
+            "agent:support/tool:find_order", "agent:support/tool:refund", "agent:support/tool:notify"]
         assert turns[-1]["answer"] is True and turns[-1]["turn"] == 4
     finally:
         shutil.rmtree(effects_dir(task.id), ignore_errors=True)
