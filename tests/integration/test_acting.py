@@ -103,3 +103,32 @@ def stays_false(condition: Callable[[], bool], for_s: float) -> bool:
             return False
         time.sleep(0.05)
     return not condition()
+
+
+def test_a_worker_killed_mid_agent_call_leaves_one_run_of_its_calls_going_on(
+        make_runtime: Callable[..., Runtime]) -> None:
+    """SIGKILL the workflow worker while its agent's second tool call runs (a lease shorter than
+    that call): the task is claimed again and its agent message sent again; the replica's first
+    handler, whose run lost its claim, stops at its next record (LeaseLost) instead of going on
+    beside the new one, which replays what was recorded. Each tool ran once but the one in flight
+    (at most twice), and the model saw each turn's call once."""
+    rt = make_runtime(["tests.apps.acting"], lease_s=1.0)
+    client = rt.client()
+    task = client.submit("resolve", {"problem": "order 17 arrived broken; refund 20 please"})
+    effects = effects_dir(task.id) / "effects"
+    try:
+        wait_for(lambda: effects.exists() and "refund" in effects.read_text(), timeout_s=60,
+                 what="the second tool call to run")
+        victim = pick(Kind.WORKER, rt.settings.namespace)
+        assert victim is not None
+        kill(victim)
+        done = client.wait(task.id, timeout_s=120)
+        assert done.status is TaskStatus.SUCCEEDED, done.error
+        assert done.runs == 2
+        ran = Counter(effects.read_text().split()[0::2])
+        assert ran["find_order"] == 1 and ran["notify"] == 1 and 1 <= ran["refund"] <= 2, ran
+        engines = find_engines(rt.settings.namespace)
+        calls = sum(len(asyncio.run(h.timeline())) for hs in engines.values() for h in hs)
+        assert calls == 4, f"{calls} model calls for 4 turns"
+    finally:
+        shutil.rmtree(effects_dir(task.id), ignore_errors=True)
