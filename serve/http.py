@@ -34,6 +34,7 @@ from runtime.core.models import (
     TaskRecord,
     TaskStatus,
     TaskSummary,
+    Usage,
     page_cursor,
 )
 from serve import auth, errors
@@ -101,6 +102,9 @@ class SubmitBody(BaseModel):
         "higher runs first; a tenant may use only the range configured for it (default 0 to 10): "
         "outside it, 422"))
     idempotency_key: Name | None = Field(None, min_length=1, max_length=200)
+    token_budget: JsonInt | None = Field(
+        None, ge=1, le=10**12, description="the most tokens the task's model calls may use "
+                                           "(default: the runtime's task_token_budget)")
 
 
 class BatchBody(BaseModel):
@@ -139,6 +143,8 @@ class TaskView(BaseModel):
     finished_at: float | None = None
     waiting_for: str | None = None
     cancel_requested: bool = False
+    token_budget: int | None = None
+    usage: dict[str, Usage] = Field(default_factory=dict, description="tokens used, by model")
     links: dict[str, str]
 
     @classmethod
@@ -153,6 +159,8 @@ def task_fields(r: TaskRecord) -> dict[str, Any]:
         "input": r.input, "output": r.output, "error": r.error, "runs": r.runs,
         "created_at": r.created_at, "started_at": r.started_at, "finished_at": r.finished_at,
         "waiting_for": r.waiting_for, "cancel_requested": r.cancel_requested,
+        "token_budget": r.token_budget,
+        "usage": {model: u.model_dump() for model, u in r.usage.items()},
         "links": task_links(r.id),
     }
 
@@ -346,7 +354,8 @@ class Ingress:
             record, created = await self.client.submit_request(
                 SubmitRequest(workflow=body.workflow, input=body.input, priority=body.priority,
                               idempotency_key=body.idempotency_key, tenant=tenant,
-                              trace_parent=tracing.current_traceparent()))
+                              trace_parent=tracing.current_traceparent(),
+                              token_budget=body.token_budget))
         # The hot path: the body is built once from the Store's record, not validated again as a
         # TaskView on the way out (response_model still documents it).
         return Response(_json(task_fields(record)), 202 if created else 200,
@@ -367,7 +376,8 @@ class Ingress:
             outcomes = await self.client.submit_requests([
                 SubmitRequest(workflow=t.workflow, input=t.input, priority=t.priority,
                               idempotency_key=t.idempotency_key, tenant=tenant,
-                              trace_parent=parent) for t in body.tasks])
+                              trace_parent=parent, token_budget=t.token_budget)
+                for t in body.tasks])
         items: list[dict[str, Any]] = []
         for outcome in outcomes:
             if isinstance(outcome, tuple):

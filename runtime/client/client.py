@@ -113,12 +113,13 @@ class AsyncClient:
     # -- tasks --------------------------------------------------------------------------------------
 
     async def submit(self, workflow: str, input: dict[str, Any] | None = None, *, priority: int = 0,
-                     idempotency_key: str | None = None, tenant: str = "default") -> TaskRecord:
+                     idempotency_key: str | None = None, tenant: str = "default",
+                     token_budget: int | None = None) -> TaskRecord:
         """Queue a task; returns its record once it is committed. An idempotency key already used
-        returns that task."""
+        returns that task. ``token_budget``: the most tokens its model calls may use."""
         record, _ = await self.submit_request(SubmitRequest(
             workflow=workflow, input=input or {}, priority=priority,
-            idempotency_key=idempotency_key, tenant=tenant))
+            idempotency_key=idempotency_key, tenant=tenant, token_budget=token_budget))
         return record
 
     async def submit_request(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
@@ -343,9 +344,11 @@ class Client:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def submit(self, workflow: str, input: dict[str, Any] | None = None, *, priority: int = 0,
-               idempotency_key: str | None = None, tenant: str = "default") -> TaskRecord:
+               idempotency_key: str | None = None, tenant: str = "default",
+               token_budget: int | None = None) -> TaskRecord:
         return self._run(self.aio.submit(workflow, input, priority=priority,
-                                         idempotency_key=idempotency_key, tenant=tenant))
+                                         idempotency_key=idempotency_key, tenant=tenant,
+                                         token_budget=token_budget))
 
     def submit_many(self, tasks: Iterable[SubmitRequest | Mapping[str, Any]], *,
                     tenant: str = "default") -> list[Outcome]:

@@ -333,6 +333,9 @@ class Settings(BaseSettings):
     step_timeout_s: float | None = Field(None, gt=0, description="default per-attempt step timeout")
     agent_timeout_s: float = Field(
         300.0, gt=0, description="default per-attempt timeout of an agent step (ctx.agent(...).run)")
+    task_token_budget: int | None = Field(
+        None, ge=1, description="the most tokens a task's model calls may use (delegations "
+                                "included), unless its submit sets token_budget; none by default")
     agent_record_calls: bool = Field(
         True, description="record each model and tool call of an agent's handler under its step, "
                           "so a message handled again replays them (off: it makes them all again)")

@@ -280,6 +280,15 @@ class AgentError(RaysquadError, WithFields):
         return f"agent {self.role!r} failed: {_kind(self.error_type)}{self.message}"
 
 
+class TokenBudgetExceeded(Refused, WithFields):
+    """Raised when a task's model calls used more tokens than its budget; the task fails."""
+    task_id: str
+    used: int
+    budget: int
+    template = ("task {task_id!r} used {used} tokens, over its token budget of {budget} "
+                "(token_budget on submit, RAYSQUAD_TASK_TOKEN_BUDGET by default)")
+
+
 class AgentLoopFailed(RaysquadError, WithFields):
     """Raised when an agent's loop cannot reach a final answer: its turns ran out, or the model kept
     calling tools it was not offered or with arguments that do not fit."""

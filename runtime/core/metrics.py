@@ -31,6 +31,8 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "raysquad_step_seconds": ("histogram", "one step (run, not replayed), by kind",
                               ("workflow", "kind")),
     "raysquad_llm_tokens": ("counter", "tokens generated (rate: tokens/s)", ("model",)),
+    "raysquad_task_tokens": ("counter", "tokens the tasks' model calls used, prompt and completion",
+                             ("model", "kind")),
     "raysquad_llm_ttft_seconds": ("histogram", "time to the first token of a request", ("model",)),
     "raysquad_llm_in_flight": ("gauge", "requests in flight on one engine replica",
                                ("model", "replica")),

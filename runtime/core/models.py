@@ -70,6 +70,17 @@ class TaskStatus(enum.StrEnum):
 END_EVENT_KINDS = frozenset(s.value for s in TaskStatus if s.ended)
 
 
+class Usage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
 class SubmitRequest(BaseModel):
     """A request to run a workflow. ``priority``: higher runs first; default 0."""
 
@@ -82,6 +93,9 @@ class SubmitRequest(BaseModel):
     tenant: Name = Field("default", min_length=1, max_length=200)
     trace_parent: str | None = Field(None, max_length=200,
                                      description="W3C traceparent the task's spans belong under")
+    token_budget: int | None = Field(
+        None, ge=1, description="the most tokens (prompt and completion) the task's model calls "
+                                "may use, delegations included (default: the runtime's)")
 
 
 class TaskRecord(BaseModel):
@@ -110,6 +124,13 @@ class TaskRecord(BaseModel):
     wake_at: float | None = Field(None, description="when a waiting task times out")
     crashes: int = Field(0, description="runs that ended without a word (a worker died, a lease ran out)")
     trace_parent: str | None = Field(None, description="W3C traceparent of its spans' parent")
+    token_budget: int | None = Field(None, description="the most tokens its model calls may use")
+    usage: dict[str, Usage] = Field(default_factory=dict,
+                                    description="tokens used by its model calls, by model")
+
+    @property
+    def tokens_used(self) -> int:
+        return sum(u.total_tokens for u in self.usage.values())
 
 
 class TaskSummary(BaseModel):
@@ -354,17 +375,6 @@ class ChatRequest(BaseModel):
     def calls_tools(self) -> bool:
         """Whether the model may answer with tool calls."""
         return bool(self.tools) and self.tool_choice != "none"
-
-
-class Usage(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    prompt_tokens: int
-    completion_tokens: int
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 class Completion(BaseModel):

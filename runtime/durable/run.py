@@ -27,7 +27,15 @@ from runtime.authoring.catalog import Catalog
 from runtime.authoring.workflow import Context, Parked, StepDefaults
 from runtime.core import metrics, refs, tracing
 from runtime.core.config import WebhookTarget
-from runtime.core.errors import ActorUnavailable, AgentNotFound, LeaseLost, RaysquadError, TaskCancelled
+from runtime.core.errors import (
+    ActorUnavailable,
+    AgentError,
+    AgentNotFound,
+    LeaseLost,
+    RaysquadError,
+    TaskCancelled,
+    TokenBudgetExceeded,
+)
 from runtime.core.models import (
     AgentMessage,
     ChatRequest,
@@ -40,6 +48,7 @@ from runtime.core.models import (
 from runtime.events.bus import new_event, publish, wants
 from runtime.flow.queue import MailboxService, Replies
 from runtime.llm.engine import Router, TokenSink
+from runtime.llm.usage import charge
 from runtime.store.service import StoreService
 from runtime.tools.executor import Caller, ToolRouter
 
@@ -91,6 +100,7 @@ class RunDetails:
     inline_limit_bytes: int  #: a step's value past this goes to the object store (a Ref)
     max_input_bytes: int  #: the most an event's data may weigh
     peers: RunPeers
+    token_budget: int | None = None  #: the runtime's default token budget of a task
 
 
 class Run:
@@ -235,9 +245,14 @@ class Run:
                            reply_to=self._peers.reply_to, lease=self._held_lease())
         try:
             reply = await self._peers.replies.ask(mailbox, msg)
-        except Exception:
+        except Exception as e:
             if self.context.cancel_requested:  # the agent stopped for the cancel
                 raise TaskCancelled(self.task.id) from None
+            if isinstance(e, AgentError) and e.error_type == TokenBudgetExceeded.__name__:
+                # Not the agent's to retry: every try would spend more of the task's tokens.
+                task = await self._peers.store.get_task(self.task.id)
+                raise TokenBudgetExceeded(self.task.id, task.tokens_used, task.token_budget
+                                          or self.details.token_budget or 0) from None
             raise
         if self.context.cancel_requested:  # it finished regardless: the task is cancelled all the same
             raise TaskCancelled(self.task.id)
@@ -254,6 +269,8 @@ class Run:
             self._llm_requests.discard(entry)
         if self.context.cancel_requested:  # aborted by a cancel: never record a cut-off completion
             raise TaskCancelled(self.task.id)
+        await charge(self._peers.store, self._held_lease(), completion,
+                     self.details.token_budget)
         return completion
 
     async def call_tool(self, name: str, key: str, args: dict[str, Any]) -> Any:

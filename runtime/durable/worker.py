@@ -129,7 +129,8 @@ class WorkflowWorker:
             step_timeout_s=settings.step_timeout_s, agent_timeout_s=settings.agent_timeout_s,
             tool_timeout_s=settings.tools.step_timeout_s)
         return RunDetails(task, lease, recorded, defaults, settings.namespace,
-                          settings.inline_limit_bytes, settings.max_input_bytes, self._peers)
+                          settings.inline_limit_bytes, settings.max_input_bytes, self._peers,
+                          settings.task_token_budget)
 
     def _ended(self, run: Run) -> None:
         if run.finished is not None:

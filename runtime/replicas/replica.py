@@ -38,6 +38,7 @@ from runtime.core.sizes import approx_size
 from runtime.events.bus import new_event, publish
 from runtime.flow.queue import MailboxHandle, MailboxService, Replies
 from runtime.llm.engine import Router, TokenSink
+from runtime.llm.usage import charge
 from runtime.replicas.loop import LoopSpec, run_loop
 from runtime.store.service import StoreService
 from runtime.tools.executor import Caller, ToolRouter
@@ -239,8 +240,16 @@ class Handling:
 
     async def chat(self, request: ChatRequest) -> Completion:
         msg, replica = self.msg, self._replica
-        completion: Completion = await self._once(self._call_key("llm"), lambda: replica.router.chat(
-            request, TokenSink(replica.store, msg.task_id, msg.step_key)))
+
+        async def call() -> Completion:
+            completion = await replica.router.chat(
+                request, TokenSink(replica.store, msg.task_id, msg.step_key))
+            if msg.lease is not None:  # a task's call: its tokens count against its budget
+                await charge(replica.store, msg.lease, completion,
+                             replica.settings.task_token_budget)
+            return completion
+
+        completion: Completion = await self._once(self._call_key("llm"), call)
         return completion
 
     async def call_tool(self, name: str, args: dict[str, Any]) -> Any:

@@ -24,7 +24,7 @@ from runtime.core.models import (
     TaskSummary,
 )
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 #: A queued task as the dispatcher indexes it, without its input: (id, priority, created_at, tenant).
 Queued = tuple[str, int, float, str]
@@ -111,6 +111,10 @@ class Store(Protocol):
 
     def get_task(self, task_id: str) -> TaskRecord:
         """The task, or TaskNotFound."""
+
+    def add_usage(self, lease: Lease, model: str, prompt_tokens: int, completion_tokens: int,
+                  now: float) -> tuple[int, int | None]:
+        """Add a model call's tokens to the task's usage; (tokens used so far, the task's budget)."""
 
     def steps_under(self, task_id: str, prefix: str) -> dict[str, bytes]:
         """The task's recorded steps whose keys start with ``prefix`` (an agent step's calls)."""

@@ -182,6 +182,11 @@ _MIGRATIONS: dict[int, str] = {
     """,
     # Why the scheduler paused a schedule, and when it looks at one next (store/schedules.py).
     12: schedules.MIGRATION_12.format(real="DOUBLE PRECISION"),
+    # A task's token budget and the tokens its model calls used, by model (JSON).
+    13: """
+    ALTER TABLE tasks ADD COLUMN token_budget INTEGER;
+    ALTER TABLE tasks ADD COLUMN usage TEXT;
+    """,
 }
 
 #: Seconds since the epoch by the database's clock, read as the statement runs. ``claim``,

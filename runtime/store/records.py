@@ -37,7 +37,7 @@ def rank_index(aging_per_s: float) -> str:
 TASK_COLUMNS = (
     "id, workflow, input, status, priority, tenant, idempotency_key, output, error, runs, created_at, "
     "updated_at, started_at, finished_at, owner, lease_until, cancel_requested, waiting_for, wake_at, "
-    "crashes, trace_parent"
+    "crashes, trace_parent, token_budget, usage"
 )
 
 #: A task without its input and output, for lists.
@@ -63,6 +63,8 @@ def task(row: Row) -> TaskRecord:
         owner=row["owner"], lease_until=row["lease_until"],
         cancel_requested=bool(row["cancel_requested"]), waiting_for=row["waiting_for"],
         wake_at=row["wake_at"], crashes=row["crashes"], trace_parent=row["trace_parent"],
+        token_budget=row["token_budget"],
+        usage=json.loads(row["usage"]) if row["usage"] else {},
     )
 
 

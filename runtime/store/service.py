@@ -258,6 +258,8 @@ class StoreService(Protocol):
     async def take_submitted(self, timeout_s: float) -> list[Queued]: ...
     async def get_task(self, task_id: str) -> TaskRecord: ...
     async def steps_under(self, task_id: str, prefix: str) -> dict[str, bytes]: ...
+    async def add_usage(self, lease: Lease, model: str, prompt_tokens: int,
+                        completion_tokens: int) -> tuple[int, int | None]: ...
     async def list_tasks(self, status: TaskStatus | None = None, workflow: str | None = None,
                          tenant: str | None = None, limit: int = 100,
                          before: tuple[float, str] | None = None) -> list[TaskSummary]: ...
@@ -385,6 +387,7 @@ OPERATIONS: dict[str, Op] = {
     "take_submitted":   Op(custom="the dispatcher's feed of new tasks"),
     "get_task":         Op(),
     "steps_under":      Op(),
+    "add_usage":        Op(repeat=False, stamp=Stamp.NOW),
     "list_tasks":       Op(),
     "queued_index":     Op(),
     "count_tasks":      Op(),

@@ -117,6 +117,11 @@ _MIGRATIONS: dict[int, str] = {
     """,
     # Why the scheduler paused a schedule, and when it looks at one next (store/schedules.py).
     12: schedules.MIGRATION_12.format(real="REAL"),
+    # A task's token budget and the tokens its model calls used, by model (JSON).
+    13: """
+    ALTER TABLE tasks ADD COLUMN token_budget INTEGER;
+    ALTER TABLE tasks ADD COLUMN usage TEXT
+    """,
 }
 
 def queued_index_sql(aging_per_s: float) -> str:

@@ -142,10 +142,10 @@ class Tasks(PortableSQL):
                     return records.task(row), False
             inserted = c.execute(self._q(
                 "INSERT INTO tasks (id, workflow, input, input_bytes, status, priority, tenant, "
-                "idempotency_key, created_at, updated_at, trace_parent) "
-                "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"),
+                "idempotency_key, created_at, updated_at, trace_parent, token_budget) "
+                "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"),
                 (task_id, req.workflow, text, len(text.encode()), req.priority, req.tenant,
-                 req.idempotency_key, now, now, req.trace_parent)).rowcount
+                 req.idempotency_key, now, now, req.trace_parent, req.token_budget)).rowcount
             if inserted:
                 break
             # Another process committed this id or this key after we looked: read it as it is.
@@ -161,6 +161,23 @@ class Tasks(PortableSQL):
     def get_task(self, task_id: str) -> TaskRecord:
         with self._read() as c:
             return self._get(c, task_id)
+
+    def add_usage(self, lease: Lease, model: str, prompt_tokens: int, completion_tokens: int,
+                  now: float) -> tuple[int, int | None]:
+        """Add a model call's tokens to the task's usage (fenced by the run's lease); returns the
+        task's tokens used so far and its own budget."""
+        with self._tx() as c:
+            self._check_lease(c, lease)
+            row = c.execute(self._q("SELECT usage, token_budget FROM tasks WHERE id = ?"),
+                            (lease.task_id,)).fetchone()
+            usage: dict[str, dict[str, int]] = json.loads(row["usage"]) if row["usage"] else {}
+            seen = usage.setdefault(model, {"prompt_tokens": 0, "completion_tokens": 0})
+            seen["prompt_tokens"] += prompt_tokens
+            seen["completion_tokens"] += completion_tokens
+            c.execute(self._q("UPDATE tasks SET usage = ?, updated_at = ? WHERE id = ?"),
+                      (json.dumps(usage, sort_keys=True), now, lease.task_id))
+            used = sum(u["prompt_tokens"] + u["completion_tokens"] for u in usage.values())
+            return used, row["token_budget"]
 
     def steps_under(self, task_id: str, prefix: str) -> dict[str, bytes]:
         with self._read() as c:

@@ -74,3 +74,38 @@ class ProblemIn(BaseModel):
 async def resolve(ctx: Context, inp: ProblemIn) -> dict[str, Any]:
     """One call of the support agent, whose loop picks its tools."""
     return dict(await ctx.agent("support").run(inp.problem))
+
+
+@tool
+def lookup(query: str) -> str:
+    """Look something up."""
+    return f"nothing on {query}"
+
+
+class Runaway(Agent):
+    """Keeps calling lookup (on a script that never answers): only a budget stops it."""
+
+    role = "runaway"
+    tools = ["lookup"]
+    max_turns = 1000
+    max_tool_errors = 1000
+
+
+class Triage(Agent):
+    """Hands every problem to support (the simulated policy calls the first offered tool)."""
+
+    role = "triage"
+    instructions = "Hand the problem to support."
+    handoffs = ["support"]
+
+
+@workflow
+async def run_away(ctx: Context, inp: ProblemIn) -> str:
+    return str(await ctx.agent("runaway").run(inp.problem))
+
+
+@workflow
+async def triage(ctx: Context, inp: ProblemIn) -> dict[str, Any]:
+    """A chat of the workflow's own, then triage, which hands the problem to support."""
+    await ctx.llm.chat(f"Summarise: {inp.problem}", max_tokens=16)
+    return dict(await ctx.agent("triage").run(inp.problem))

@@ -11,10 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runtime import Runtime, TaskStatus
+from runtime.core import refs
+from runtime.core.config import SimulatedEngineConfig
 from runtime.llm.engine import find_engines
 from tests.apps.acting import Resolution, effects_dir
 from tests.conftest import wait_for
-from tests.faults import Kind, kill, pick, recorded_keys
+from tests.faults import Kind, kill, pick, query, recorded_keys
 
 
 def test_a_declared_agent_picks_its_tools_and_answers_in_its_output_type(
@@ -130,5 +132,39 @@ def test_a_worker_killed_mid_agent_call_leaves_one_run_of_its_calls_going_on(
         engines = find_engines(rt.settings.namespace)
         calls = sum(len(asyncio.run(h.timeline())) for hs in engines.values() for h in hs)
         assert calls == 4, f"{calls} model calls for 4 turns"
+    finally:
+        shutil.rmtree(effects_dir(task.id), ignore_errors=True)
+
+
+def test_a_token_budget_stops_a_runaway_loop_and_names_itself(
+        make_runtime: Callable[..., Runtime]) -> None:
+    rt = make_runtime(["tests.apps.acting"],
+                      simulated=SimulatedEngineConfig(script="tests.apps.scripts:chatter"))
+    client = rt.client()
+    task = client.submit("run_away", {"problem": "loop forever"}, token_budget=300)
+    done = client.wait(task.id, timeout_s=120)
+    assert done.status is TaskStatus.FAILED
+    assert "over its token budget of 300" in (done.error or ""), done.error
+    assert 300 < done.tokens_used < 600 and done.token_budget == 300  # stopped at the call past it
+    assert done.runs == 1  # not retried: every try would spend more
+
+
+def test_usage_adds_up_the_workflows_and_every_agents_calls(
+        make_runtime: Callable[..., Runtime]) -> None:
+    rt = make_runtime(["tests.apps.acting"])
+    client = rt.client()
+    task = client.submit("triage", {"problem": "order 17 arrived broken; refund 20 please"})
+    try:
+        done = client.wait(task.id, timeout_s=120)
+        assert done.status is TaskStatus.SUCCEEDED, done.error
+        # Every completion, as recorded: the workflow's chat, triage's turn, support's four.
+        completions = [refs.loads(bytes(out)) for key, out in query(
+            Path(rt.settings.database_path),
+            f"SELECT key, output FROM steps WHERE task_id = '{task.id}'")
+            if key.startswith("llm:") or key.rpartition("/")[2].startswith("llm")]
+        assert len(completions) == 6, len(completions)
+        (usage,) = done.usage.values()
+        assert usage.prompt_tokens == sum(c.usage.prompt_tokens for c in completions)
+        assert usage.completion_tokens == sum(c.usage.completion_tokens for c in completions)
     finally:
         shutil.rmtree(effects_dir(task.id), ignore_errors=True)

@@ -888,12 +888,13 @@ def test_a_database_of_an_earlier_version_is_brought_up_to_date(
         old.setattr(module, "SCHEMA_VERSION", 10)
         old.setattr(module, "_MIGRATIONS", {v: m for v, m in module._MIGRATIONS.items() if v <= 10})
         first = backend.open()
-        running(first, "t1")
-        held = lease(first, "t1", "w1")
         first.close()
-    # What that version's finish wrote (this version's code would write finished_run too).
-    backend.query("UPDATE tasks SET status = 'succeeded', output = '1', owner = NULL, "
-                  "lease_until = NULL WHERE id = 't1'")
+    # A task as that version's submit, claim and finish left it (written as SQL: this version's code
+    # reads and writes columns that version did not have).
+    backend.query("INSERT INTO tasks (id, workflow, input, status, priority, tenant, runs, "
+                  f"created_at, updated_at, output) VALUES ('t1', 'wf', '{{}}', 'succeeded', 0, "
+                  f"'default', 1, {T0}, {T0}, '1')")
+    held = Lease("t1", "w1", 1)
     assert backend.query("SELECT value FROM meta WHERE key = 'schema_version'") == [("10",)]
 
     second = backend.open()
