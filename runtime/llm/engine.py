@@ -294,8 +294,10 @@ class Router:
         if self._discover is None:
             return
         if force or time.monotonic() - self._refreshed >= self._refresh_s:
-            self.replicas = self._discover()
-            self._load.clear()  # indexes may now name other replicas
+            found = self._discover()
+            if _names(found) != _names(self.replicas):
+                self._load.clear()  # indexes may now name other replicas
+            self.replicas = found
             self._refreshed = time.monotonic()
 
     async def chat(self, request: ChatRequest, stream_to: TokenSink | None = None) -> Completion:
@@ -332,6 +334,11 @@ class Router:
                 await handle.abort(request_id)
             except RaysquadError:
                 pass  # a replica that is down runs nothing to abort
+
+
+def _names(replicas: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+    """Which replicas, by name (or identity): what the loads a router counts are indexed by."""
+    return {model: [getattr(h, "name", None) or id(h) for h in hs] for model, hs in replicas.items()}
 
 
 def find_engines(namespace: str) -> dict[str, list[EngineHandle]]:

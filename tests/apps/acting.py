@@ -77,7 +77,7 @@ async def resolve(ctx: Context, inp: ProblemIn) -> dict[str, Any]:
 
 
 @tool
-def lookup(query: str) -> str:
+def look_up_fact(query: str) -> str:
     """Look something up."""
     return f"nothing on {query}"
 
@@ -86,7 +86,7 @@ class Runaway(Agent):
     """Keeps calling lookup (on a script that never answers): only a budget stops it."""
 
     role = "runaway"
-    tools = ["lookup"]
+    tools = ["look_up_fact"]
     max_turns = 1000
     max_tool_errors = 1000
 

@@ -12,7 +12,7 @@ def lookup_then_answer(request: ChatRequest) -> Any:
     results = [m.content for m in request.messages if m.role == "tool"]
     if not results:
         user = next(m.content for m in request.messages if m.role == "user")
-        return ToolCall(id="call-1", name="lookup", arguments={"query": user})
+        return ToolCall(id="call-1", name="look_up_fact", arguments={"query": user})
     return f"found: {results[-1]}"
 
 
@@ -25,9 +25,9 @@ def bad_then_good(request: ChatRequest) -> Any:
     answers with the tool's result."""
     tool_results = [m for m in request.messages if m.role == "tool"]
     if not tool_results:
-        return ToolCall(id="c1", name="lookup", arguments={"q": "wrong name"})
+        return ToolCall(id="c1", name="look_up_fact", arguments={"q": "wrong name"})
     if "error" in tool_results[-1].content:
-        return ToolCall(id=f"c{len(tool_results) + 1}", name="lookup", arguments={"query": "right"})
+        return ToolCall(id=f"c{len(tool_results) + 1}", name="look_up_fact", arguments={"query": "right"})
     return f"answer: {tool_results[-1].content}"
 
 
@@ -40,4 +40,4 @@ def hand_to_reviewer(request: ChatRequest) -> Any:
 
 
 def chatter(request: ChatRequest) -> Any:
-    return ToolCall(id=f"c{len(request.messages)}", name="lookup", arguments={"query": "again"})
+    return ToolCall(id=f"c{len(request.messages)}", name="look_up_fact", arguments={"query": "again"})

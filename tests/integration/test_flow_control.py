@@ -96,7 +96,7 @@ def test_priority_first_then_equal_tenants_share_equally(make_runtime: Callable[
                                   tenant=tenant).id for i in range(20)]
             def all_wait(n: int = len(ids)) -> bool:
                 return gate_waiting(rt, key) == n
-            wait_for(all_wait, 60, what="calls to wait")
+            wait_for(all_wait, 120, what="calls to wait")
         up.release.set()
         finish_all(rt, [blocker, *ids])
         contended = [h.query["t"] for h in up.of("/ok") if "t" in h.query][:30]

@@ -62,7 +62,10 @@ def test_each_tick_fires_once_across_a_scheduler_kill_and_a_full_restart(
                          for t in rt.client().list(workflow="tick", limit=500)),
              timeout_s=30, what="every tick's task to finish")
     for task in rt.client().list(workflow="tick", limit=500):
-        assert (side_dir / f"tick.{task.id}").read_text().count("\n") == 1
+        lines = (side_dir / f"tick.{task.id}").read_text().count("\n")
+        # Once; twice only for a task the full stop interrupted mid-step (its step had run, its
+        # record had not landed): a step's code is at least once, its record exactly once.
+        assert lines == 1 or (lines == 2 and client_get_runs(rt, task.id) > 1), (task.id, lines)
     # catch_up="skip": of the ticks while nothing ran, only those within the grace of the
     # restart ran; the rest were skipped.
     missed = [t for t in ticks if stopped_at + 2 < t < restarted_at - FAST["schedule_grace_s"] - 2]
@@ -178,3 +181,7 @@ def test_a_schedule_that_cannot_run_is_paused_with_its_reason_and_the_others_fir
     with pytest.raises(InvalidSchedule, match="no tick after"):
         client.resume_schedule("yearly")
     client.delete_schedule("yearly")
+
+
+def client_get_runs(rt: Runtime, task_id: str) -> int:
+    return rt.client().get(task_id).runs

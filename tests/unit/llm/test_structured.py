@@ -49,8 +49,8 @@ def lookup_order(order_id: str, include_items: bool = False) -> dict[str, Any]:
     return {"order_id": order_id}
 
 
-@tool(name="lookup")
-def lookup(query: str) -> str:
+@tool(name="look_up_fact")
+def look_up_fact(query: str) -> str:
     """Look something up."""
     return query
 
@@ -101,9 +101,9 @@ def test_tools_are_offered_by_name_by_function_or_as_openai_specs() -> None:
                                                     "parameters": {"type": "object", "properties": {
                                                         "city": {"type": "string"}},
                                                         "required": ["city"]}, "strict": True}}
-    specs = tool_specs(["lookup", lookup_order, openai_form, openai_form["function"]],
+    specs = tool_specs(["look_up_fact", lookup_order, openai_form, openai_form["function"]],
                        defined_tool)
-    assert [s.name for s in specs] == ["lookup", "lookup_order", "weather", "weather"]
+    assert [s.name for s in specs] == ["look_up_fact", "lookup_order", "weather", "weather"]
     assert specs[1].description == "Look an order up by its id."
     assert specs[1].parameters["required"] == ["order_id"]
     assert specs[2] == specs[3]
@@ -121,7 +121,7 @@ def test_a_bad_tool_or_format_is_a_config_error_before_anything_runs() -> None:
     with pytest.raises(ConfigError, match="not a valid JSON schema"):
         as_response_format({"type": 3})
     with pytest.raises(ConfigError, match="tool_choice 'other' is none of"):
-        chat_request("m", "hi", max_tokens=8, temperature=0, tools=["lookup"], tool_choice="other",
+        chat_request("m", "hi", max_tokens=8, temperature=0, tools=["look_up_fact"], tool_choice="other",
                      response_format=None, priority=0, tenant="t")
     with pytest.raises(ValidationError, match='"required" needs tools'):
         request(user("hi"), tool_choice="required")
@@ -156,7 +156,7 @@ def chat(r: ChatRequest, config: SimulatedEngineConfig = FAST) -> Any:
 
 
 def test_offered_tools_are_called_in_turn_then_it_answers() -> None:
-    tools = tool_specs(["lookup", lookup_order], defined_tool)
+    tools = tool_specs(["look_up_fact", lookup_order], defined_tool)
     conversation: list[ChatMessage] = [user("where is order 17?")]
     called = []
     for _ in range(3):
@@ -169,18 +169,18 @@ def test_offered_tools_are_called_in_turn_then_it_answers() -> None:
         called.append(call.name)
         conversation += [ChatMessage(role="assistant", tool_calls=(call,)),
                          ChatMessage(role="tool", tool_call_id=call.id, content="ok")]
-    assert called == ["lookup", "lookup_order"]
+    assert called == ["look_up_fact", "lookup_order"]
     assert completion.finish_reason == "stop" and completion.text and not completion.tool_calls
     first = chat(request(user("where is order 17?"), tools=tools)).tool_calls[0]
     assert first.arguments == {"query": "where is order 17?"}  # made from the user's words
 
 
 def test_tool_choice_required_named_and_none() -> None:
-    tools = tool_specs(["lookup", lookup_order], defined_tool)
-    answered = [user("q"), ChatMessage(role="tool", name="lookup", content="1"),
+    tools = tool_specs(["look_up_fact", lookup_order], defined_tool)
+    answered = [user("q"), ChatMessage(role="tool", name="look_up_fact", content="1"),
                 ChatMessage(role="tool", name="lookup_order", content="2")]
     assert chat(request(*answered, tools=tools)).tool_calls == ()
-    assert chat(request(*answered, tools=tools, tool_choice="required")).tool_calls[0].name == "lookup"
+    assert chat(request(*answered, tools=tools, tool_choice="required")).tool_calls[0].name == "look_up_fact"
     assert chat(request(*answered, tools=tools, tool_choice="lookup_order")).tool_calls[0].name \
         == "lookup_order"
     assert chat(request(user("q"), tools=tools, tool_choice="none")).tool_calls == ()
@@ -196,9 +196,9 @@ def test_a_response_format_answer_is_json_that_fits_and_is_parsed() -> None:
 
 def test_a_script_decides_the_replies() -> None:
     config = SimulatedEngineConfig(ttft_s=0, tpot_s=0, script="tests.apps.scripts:lookup_then_answer")
-    tools = tool_specs(["lookup"], defined_tool)
+    tools = tool_specs(["look_up_fact"], defined_tool)
     first = chat(request(user("order 9"), tools=tools), config)
-    assert first.tool_calls == (ToolCall(id="call-1", name="lookup", arguments={"query": "order 9"}),)
+    assert first.tool_calls == (ToolCall(id="call-1", name="look_up_fact", arguments={"query": "order 9"}),)
     second = chat(request(user("order 9"), ChatMessage(role="assistant", tool_calls=first.tool_calls),
                           ChatMessage(role="tool", tool_call_id="call-1", content="shipped"),
                           tools=tools), config)
@@ -283,7 +283,7 @@ def test_the_vllm_constraint_is_a_tool_call_or_an_answer_and_parses_back() -> No
     from runtime.core.models import Usage
     from runtime.llm.vllm import answer_schema, constrained_completion, prompt_messages
 
-    tools = tool_specs(["lookup", lookup_order], defined_tool)
+    tools = tool_specs(["look_up_fact", lookup_order], defined_tool)
     auto = request(user("order 7?"), tools=tools, request_id="t/llm:m")
     schema = answer_schema(auto)
     assert schema is not None and len(schema["anyOf"]) == 3  # two tools, or an answer
@@ -294,8 +294,8 @@ def test_the_vllm_constraint_is_a_tool_call_or_an_answer_and_parses_back() -> No
     done = constrained_completion(auto, "m", json.dumps(call), usage)
     assert done.finish_reason == "tool_calls" and done.tool_calls[0].arguments == {"order_id": "7"}
     assert constrained_completion(auto, "m", '{"answer": "it shipped"}', usage).text == "it shipped"
-    named = answer_schema(request(user("x"), tools=tools, tool_choice="lookup"))
-    assert named is not None and named["properties"]["name"] == {"const": "lookup"}
+    named = answer_schema(request(user("x"), tools=tools, tool_choice="look_up_fact"))
+    assert named is not None and named["properties"]["name"] == {"const": "look_up_fact"}
     assert answer_schema(request(user("x"), tools=tools, tool_choice="none")) is None
     fmt = as_response_format(Address)
     assert answer_schema(request(user("x"), response_format=fmt)) == Address.model_json_schema()
@@ -303,6 +303,6 @@ def test_the_vllm_constraint_is_a_tool_call_or_an_answer_and_parses_back() -> No
                                         '{"city": "Lyon"}', usage)
     assert structured.parsed == {"city": "Lyon"}
     said = prompt_messages(request(user("q"), ChatMessage(role="assistant", tool_calls=(
-        ToolCall(id="1", name="lookup", arguments={"query": "q"}),)), tools=tools))
+        ToolCall(id="1", name="look_up_fact", arguments={"query": "q"}),)), tools=tools))
     assert said[0]["role"] == "system" and "lookup_order" in said[0]["content"]
-    assert json.loads(said[2]["content"]) == {"name": "lookup", "arguments": {"query": "q"}}
+    assert json.loads(said[2]["content"]) == {"name": "look_up_fact", "arguments": {"query": "q"}}

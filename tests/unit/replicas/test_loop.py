@@ -35,7 +35,7 @@ def refund(order_id: str, amount: float = Field(ge=0, le=500)) -> str:
 
 
 @tool
-def lookup(query: str) -> str:
+def look_up_fact(query: str) -> str:
     """Look something up."""
     return query
 
@@ -115,7 +115,7 @@ def test_a_declared_agent_calls_each_tool_then_answers_in_its_output_type() -> N
 def test_a_bad_call_goes_back_to_the_model_as_the_tools_error() -> None:
     class Looker(Agent):
         role = "looker"
-        tools = ["lookup"]
+        tools = ["look_up_fact"]
 
     services = Services("tests.apps.scripts:bad_then_good")
     assert run(Looker(), services, "find it") == 'answer: "right"'
@@ -127,7 +127,7 @@ def test_a_bad_call_goes_back_to_the_model_as_the_tools_error() -> None:
 def test_the_loop_fails_after_too_many_bad_calls_or_turns() -> None:
     class Stubborn(Agent):
         role = "stubborn"
-        tools = ["lookup"]
+        tools = ["look_up_fact"]
         max_tool_errors = 2
 
     with pytest.raises(AgentLoopFailed, match="3 bad tool calls, the last no_such_tool"):
@@ -135,7 +135,7 @@ def test_the_loop_fails_after_too_many_bad_calls_or_turns() -> None:
 
     class Chatty(Agent):
         role = "chatty"
-        tools = ["lookup"]
+        tools = ["look_up_fact"]
         max_turns = 3
 
     with pytest.raises(AgentLoopFailed, match="no final answer in 3 turn"):
