@@ -315,6 +315,31 @@ def retry(task_id: str, address: AddressOpt = None, url: UrlOpt = None,
     show(connect(address, url, api_key).retry(task_id))
 
 
+@app.command()
+def approve(task_id: str, call_id: str,
+            arguments: Annotated[str | None, typer.Option(
+                "--arguments", help="JSON object to run the call with instead")] = None,
+            address: AddressOpt = None, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """Approve a tool call a task waits on (it runs once)."""
+    edited = None
+    if arguments is not None:
+        try:
+            edited = json.loads(arguments)
+        except json.JSONDecodeError as e:
+            fail(f"--arguments is not valid JSON: {e}", 2)
+        if not isinstance(edited, dict):
+            fail("--arguments must be a JSON object", 2)
+    show(connect(address, url, api_key).decide(task_id, call_id, "approve", None, edited))
+
+
+@app.command()
+def deny(task_id: str, call_id: str,
+         reason: Annotated[str, typer.Option("--reason", help="told to the model")] = "denied",
+         address: AddressOpt = None, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """Deny a tool call a task waits on; the reason goes back to the model as the call's result."""
+    show(connect(address, url, api_key).decide(task_id, call_id, "deny", reason))
+
+
 @app.command("signal")
 def signal_task(task_id: str, name: str,
                 payload: Annotated[str, typer.Option("--payload", help="JSON value")] = "null",

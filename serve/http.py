@@ -129,6 +129,17 @@ class BatchReply(BaseModel):
     items: list[BatchItem] = Field(description="one per task, in the order sent")
 
 
+class ApprovalBody(BaseModel):
+    """A person's decision on a tool call that waits for approval."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "deny"]
+    reason: str | None = Field(None, max_length=2000, description="told to the model on a deny")
+    arguments: dict[str, Any] | None = Field(
+        None, description="an approval's replacement for the call's arguments")
+
+
 class TaskView(BaseModel):
     id: str
     workflow: str
@@ -490,6 +501,20 @@ class Ingress:
         """Send a signal with a JSON payload; a task waiting for it resumes."""
         await self._task(task_id, tenant)
         return TaskView.of(await self.client.signal(task_id, name, payload))
+
+    @app.post("/v1/tasks/{task_id}/approvals/{call_id}", status_code=202,
+              response_model=TaskView, operation_id="decideApproval",
+              responses=responses(404, 409, *BODY_ERRORS))
+    async def decide(self, task_id: str, call_id: Annotated[Name, Field(min_length=1,
+                                                                         max_length=200)],
+                     body: ApprovalBody, tenant: Tenant) -> TaskView:
+        """Approve, deny (the reason goes back to the model as the tool's result) or edit the
+        arguments of a tool call the task is parked on (its ``waiting_for`` is
+        ``approval:<call_id>``); 409 if it is not waiting for that call. An approval sent twice
+        runs the call once."""
+        await self._task(task_id, tenant)
+        return TaskView.of(await self.client.decide(task_id, call_id, body.decision, body.reason,
+                                                    body.arguments))
 
     @app.get("/v1/workflows", response_model=list[WorkflowView], responses=responses())
     async def workflows(self, tenant: Tenant) -> list[WorkflowView]:

@@ -160,6 +160,12 @@ class HttpClient(_Events):
         return _record(self._call("POST", f"/v1/tasks/{_path(task_id)}/signals/{_path(name)}",
                                   json=payload))
 
+    def decide(self, task_id: str, call_id: str, decision: str, reason: str | None = None,
+               arguments: dict[str, Any] | None = None) -> TaskRecord:
+        body = {"decision": decision, "reason": reason, "arguments": arguments}
+        return _record(self._call("POST", f"/v1/tasks/{_path(task_id)}/approvals/{_path(call_id)}",
+                                  json={k: v for k, v in body.items() if v is not None}))
+
     def workflows(self) -> SchemaList:
         return self._call("GET", "/v1/workflows")
 

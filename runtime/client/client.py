@@ -28,6 +28,7 @@ from runtime.authoring.catalog import Catalog, load_catalog
 from runtime.core.config import Settings
 from runtime.core.errors import (
     EventNotFound,
+    NoApprovalWaiting,
     RaysquadError,
     RuntimeNotRunning,
     ScheduleNotFound,
@@ -303,6 +304,19 @@ class AsyncClient:
         """Send the signal ``name`` to a task; one waiting for it resumes."""
         return await self._dispatcher.signal(task_id, name, payload)
 
+    async def decide(self, task_id: str, call_id: str, decision: Literal["approve", "deny"],
+                     reason: str | None = None,
+                     arguments: dict[str, Any] | None = None) -> TaskRecord:
+        """Approve or deny (with a ``reason`` the model is told) a tool call the task waits on;
+        an approval may replace the call's ``arguments``. NoApprovalWaiting if the task is not
+        waiting for that call (decided already, or never asked)."""
+        record = await self.get(task_id)
+        name = f"approval:{call_id}"
+        if record.waiting_for != name:
+            raise NoApprovalWaiting(task_id, call_id, record.waiting_for or "nothing")
+        payload = {"decision": decision, "reason": reason, "arguments": arguments}
+        return await self.signal(task_id, name, payload)
+
     async def workflows(self) -> SchemaList:
         """Each workflow the runtime runs, with its input and output JSON schema."""
         return await self._dispatcher.workflows()
@@ -391,6 +405,10 @@ class Client:
 
     def signal(self, task_id: str, name: str, payload: Any = None) -> TaskRecord:
         return self._run(self.aio.signal(task_id, name, payload))
+
+    def decide(self, task_id: str, call_id: str, decision: Literal["approve", "deny"],
+               reason: str | None = None, arguments: dict[str, Any] | None = None) -> TaskRecord:
+        return self._run(self.aio.decide(task_id, call_id, decision, reason, arguments))
 
     def workflows(self) -> SchemaList:
         return self._run(self.aio.workflows())

@@ -280,6 +280,26 @@ class AgentError(RaysquadError, WithFields):
         return f"agent {self.role!r} failed: {_kind(self.error_type)}{self.message}"
 
 
+class NoApprovalWaiting(Conflict, WithFields):
+    """Raised when a decision names a call the task is not waiting for approval of."""
+    task_id: str
+    call_id: str
+    waiting_for: str
+    template = ("task {task_id!r} is not waiting for approval of call {call_id!r} "
+                "(waiting for: {waiting_for})")
+
+
+class ApprovalNeeded(RaysquadError, WithFields):
+    """Raised by an agent's call of a tool that requires approval before anyone decided on it: the
+    task parks (waiting for ``approval:<call_id>``) until a person approves, denies or edits it."""
+    task_id: str
+    step_key: str
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    template = "task {task_id!r}: the call {call_id!r} of tool {tool!r} waits for approval"
+
+
 class TokenBudgetExceeded(Refused, WithFields):
     """Raised when a task's model calls used more tokens than its budget; the task fails."""
     task_id: str

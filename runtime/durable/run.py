@@ -31,6 +31,7 @@ from runtime.core.errors import (
     ActorUnavailable,
     AgentError,
     AgentNotFound,
+    ApprovalNeeded,
     LeaseLost,
     RaysquadError,
     TaskCancelled,
@@ -240,11 +241,32 @@ class Run:
         mailbox = mailboxes.get(role)
         if mailbox is None:
             raise AgentNotFound(role, tuple(sorted(mailboxes)))
-        msg = AgentMessage(id=uuid.uuid4().hex, role=role, task_id=self.task.id, step_key=key,
-                           priority=self.task.priority, tenant=self.task.tenant, payload=payload,
-                           reply_to=self._peers.reply_to, lease=self._held_lease())
+        while True:
+            msg = AgentMessage(id=uuid.uuid4().hex, role=role, task_id=self.task.id, step_key=key,
+                               priority=self.task.priority, tenant=self.task.tenant,
+                               payload=payload, reply_to=self._peers.reply_to,
+                               lease=self._held_lease())
+            try:
+                return await self._ask_agent(mailbox, msg)
+            except ApprovalNeeded as wait:
+                await self._wait_for_approval(wait)  # parks the task, or the decision is in
+
+    async def _wait_for_approval(self, wait: ApprovalNeeded) -> None:
+        """A call of the agent waits for a person: park the task on ``approval:<call_id>`` (its
+        decision, once sent, is recorded under the agent's step, where the replica finds it when
+        the message is handled again)."""
+        name = f"approval:{wait.call_id}"
+        self.emit("approval.requested", {"call_id": wait.call_id, "tool": wait.tool,
+                                         "arguments": wait.arguments, "step": wait.step_key})
+        kind, _ = await self.await_signal(name, f"{wait.step_key}/{name}", None)
+        if kind == "parked":
+            raise Parked(self.task.id, name)
+
+    async def _ask_agent(self, mailbox: MailboxService, msg: AgentMessage) -> Any:
         try:
             reply = await self._peers.replies.ask(mailbox, msg)
+        except ApprovalNeeded:
+            raise
         except Exception as e:
             if self.context.cancel_requested:  # the agent stopped for the cancel
                 raise TaskCancelled(self.task.id) from None

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from runtime.core.errors import AgentLoopFailed, LeaseLost, RaysquadError, TaskCancelled
+from runtime.core.errors import (
+    AgentLoopFailed,
+    ApprovalNeeded,
+    LeaseLost,
+    RaysquadError,
+    TaskCancelled,
+)
 from runtime.core.models import ChatMessage, ChatRequest, Completion, ToolCall, ToolSpec
 from runtime.core.structured import call_problems, schema_problems, tool_specs
 from runtime.tools.registry import defined_tool
@@ -105,11 +111,11 @@ async def _call(ctx: AgentContext, spec: LoopSpec, state: LoopState, offered: Ch
     problems = call_problems(offered, call)
     if not problems:
         try:
-            result = await ctx.tool(call.name, **call.arguments)
+            result = await ctx.tool_call(call)
             state.tools_used.append(call.name)
             return result
-        except (TaskCancelled, LeaseLost):
-            raise  # the task's end or its run's: not the tool's failure to tell the model
+        except (TaskCancelled, LeaseLost, ApprovalNeeded):
+            raise  # the task's end, its run's, or a wait for a person: not the tool's failure
         except RaysquadError as e:
             problems = [f"{type(e).__name__}: {e}"]
     state.tool_errors += 1

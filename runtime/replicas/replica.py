@@ -31,8 +31,14 @@ from runtime.authoring.agent import Agent
 from runtime.authoring.workflow import Messages, chat_request
 from runtime.core import refs
 from runtime.core.config import AgentPoolConfig, Settings
-from runtime.core.errors import ActorUnavailable, AgentError, AgentNotFound, TaskCancelled
-from runtime.core.models import AgentMessage, ChatRequest, Completion, TopicEvent
+from runtime.core.errors import (
+    ActorUnavailable,
+    AgentError,
+    AgentNotFound,
+    ApprovalNeeded,
+    TaskCancelled,
+)
+from runtime.core.models import AgentMessage, ChatRequest, Completion, ToolCall, TopicEvent
 from runtime.core.refs import Ref
 from runtime.core.sizes import approx_size
 from runtime.events.bus import new_event, publish
@@ -42,6 +48,7 @@ from runtime.llm.usage import charge
 from runtime.replicas.loop import LoopSpec, run_loop
 from runtime.store.service import StoreService
 from runtime.tools.executor import Caller, ToolRouter
+from runtime.tools.registry import defined_tool
 
 log = logging.getLogger(__name__)
 WATCH_S = 1.0  # an agent pool looks at its mailbox at least this often
@@ -54,8 +61,9 @@ class AgentServices(Protocol):
     async def chat(self, request: ChatRequest) -> Completion:
         """Run one chat completion, its text streamed to the task's events."""
 
-    async def call_tool(self, name: str, args: dict[str, Any]) -> Any:
-        """Run a tool call (with its gate, timeout and retries) and return its result."""
+    async def call_tool(self, name: str, args: dict[str, Any], call_id: str | None = None) -> Any:
+        """Run a tool call (with its gate, timeout and retries) and return its result; ``call_id``
+        names it for an approval (the model's id for the call)."""
 
     async def call_agent(self, role: str, step_key: str, payload: Any,
                          timeout_s: float | None) -> Any:
@@ -143,8 +151,13 @@ class AgentContext:
         return await run_loop(self, spec, input)
 
     async def tool(self, name: str, /, **args: Any) -> Any:
-        """Call a tool (with its gate, timeout and retries); part of the agent's step, like chat."""
+        """Call a tool (with its gate, timeout and retries); part of the agent's step, like chat.
+        A tool that requires approval parks the task until a person decides on the call."""
         return await self._services.call_tool(name, args)
+
+    async def tool_call(self, call: ToolCall) -> Any:
+        """A tool call the model made (its id names it for an approval)."""
+        return await self._services.call_tool(call.name, dict(call.arguments), call.id)
 
     def emit(self, **data: Any) -> None:
         """A progress event on the task (not fenced: a handler may run again for the same step).
@@ -214,6 +227,8 @@ class Handling:
             if size > replica.settings.inline_limit_bytes and not isinstance(value, Ref):
                 value = Ref.put(value, f"{msg.task_id}/{msg.step_key}", size, replica.store)
             ok = True
+        except ApprovalNeeded as e:  # not a failure: the task's run parks on it
+            value, ok = e, False
         except Exception as e:  # noqa: BLE001 - the handler's failure is the step's to retry
             log.info("task %s step %s: agent %s raised %s", msg.task_id, msg.step_key,
                      replica.role, type(e).__name__)
@@ -252,12 +267,34 @@ class Handling:
         completion: Completion = await self._once(self._call_key("llm"), call)
         return completion
 
-    async def call_tool(self, name: str, args: dict[str, Any]) -> Any:
+    async def call_tool(self, name: str, args: dict[str, Any], call_id: str | None = None) -> Any:
         msg, tools = self.msg, self._replica.tools
         if tools is None:
             raise RuntimeError("this agent context has no tool executors")
-        return await self._once(self._call_key(f"tool:{name}"), lambda: tools.call(
-            name, args, Caller(msg.task_id, msg.step_key, msg.tenant, msg.priority)))
+        key = self._call_key(f"tool:{name}")
+
+        async def call() -> Any:
+            arguments = args
+            if msg.lease is not None and defined_tool(name).requires_approval:
+                decision = await self._decision(call_id or key.rpartition("/")[2], name, args)
+                if decision.get("decision") != "approve":  # the model hears why, as the result
+                    return {"denied": True, "reason": decision.get("reason") or "denied"}
+                arguments = decision.get("arguments") or args
+            return await tools.call(name, arguments, Caller(msg.task_id, msg.step_key, msg.tenant,
+                                                            msg.priority))
+
+        return await self._once(key, call)
+
+    async def _decision(self, call_id: str, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A person's decision on this call, recorded by the task's run under this step
+        (``<step>/approval:<call_id>``); ApprovalNeeded (the task parks) while there is none."""
+        msg = self.msg
+        key = f"{msg.step_key}/approval:{call_id}"
+        recorded = self._recorded or {}
+        if key not in recorded:
+            raise ApprovalNeeded(msg.task_id, msg.step_key, call_id, tool, args)
+        _, payload = refs.loads(recorded[key], self._replica.store)
+        return dict(payload or {})
 
     async def call_agent(self, role: str, step_key: str, payload: Any,
                          timeout_s: float | None) -> Any:

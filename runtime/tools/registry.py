@@ -71,6 +71,8 @@ class Tool:
     timeout_s: float | None = None
     gate: str | Callable[[BaseModel], str] | None = None
     context_param: str | None = None
+    #: An agent's call of it waits for a person's decision (approve, deny, or edit the arguments).
+    requires_approval: bool = False
 
     def validate(self, args: dict[str, Any]) -> BaseModel:
         try:
@@ -130,7 +132,8 @@ async def _invoke(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, batch: Batch | None = None,
          retry: RetryPolicy | None = None, retry_on: tuple[type[BaseException], ...] = (Exception,),
-         timeout_s: float | None = None, gate: str | Callable[[BaseModel], str] | None = None) -> Any:
+         timeout_s: float | None = None, gate: str | Callable[[BaseModel], str] | None = None,
+         requires_approval: bool = False) -> Any:
     """Declare a tool. ``gate`` names the resource key its calls pass (default ``tool:<name>``);
     ``batch`` makes it a batching tool: it then takes one ``list[SomeModel]`` and returns a list.
     ``retry_on`` names the errors worth another attempt among those that do not say so themselves
@@ -151,7 +154,7 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, batch
             }
             args_model = create_model(f"{tool_name}_args", __base__=_Args, **fields)
         made = Tool(f, tool_name, inspect.getdoc(f) or "", args_model, batch, retry, retry_on,
-                    timeout_s, gate, context_param)
+                    timeout_s, gate, context_param, requires_approval)
         DEFINED[tool_name] = made
         return made
 

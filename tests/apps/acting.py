@@ -109,3 +109,23 @@ async def triage(ctx: Context, inp: ProblemIn) -> dict[str, Any]:
     """A chat of the workflow's own, then triage, which hands the problem to support."""
     await ctx.llm.chat(f"Summarise: {inp.problem}", max_tokens=16)
     return dict(await ctx.agent("triage").run(inp.problem))
+
+
+@tool(requires_approval=True)
+def wire_money(order_id: str, amount: float = Field(ge=0, le=10_000), *, ctx: ToolContext) -> str:
+    """Send money to the customer (a person approves each call first)."""
+    _effect(ctx, "wire_money")
+    return f"wired {amount:.2f} for {order_id}"
+
+
+class Cautious(Agent):
+    """Looks the order up, wires money (after a person approves), tells the customer."""
+
+    role = "cautious"
+    instructions = "Resolve the problem; wiring money needs a person's approval."
+    tools = ["find_order", "wire_money", "notify"]
+
+
+@workflow
+async def cautious(ctx: Context, inp: ProblemIn) -> str:
+    return str(await ctx.agent("cautious").run(inp.problem))

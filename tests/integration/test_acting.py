@@ -9,10 +9,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from runtime import Runtime, TaskStatus
 from runtime.core import refs
 from runtime.core.config import SimulatedEngineConfig
+from runtime.core.errors import NoApprovalWaiting
 from runtime.llm.engine import find_engines
 from tests.apps.acting import Resolution, effects_dir
 from tests.conftest import wait_for
@@ -166,5 +170,75 @@ def test_usage_adds_up_the_workflows_and_every_agents_calls(
         (usage,) = done.usage.values()
         assert usage.prompt_tokens == sum(c.usage.prompt_tokens for c in completions)
         assert usage.completion_tokens == sum(c.usage.completion_tokens for c in completions)
+    finally:
+        shutil.rmtree(effects_dir(task.id), ignore_errors=True)
+
+
+def waiting_call(client: Any, task_id: str) -> str:
+    """The call the task is parked on (its waiting_for is approval:<call_id>)."""
+    record = client.get(task_id)
+    prefix = "approval:"
+    return record.waiting_for[len(prefix):] if (record.status is TaskStatus.WAITING and
+                                                 (record.waiting_for or "").startswith(prefix)) \
+        else ""
+
+
+def test_a_call_that_needs_approval_parks_the_task_across_a_restart_and_runs_once(
+        make_runtime: Callable[..., Runtime]) -> None:
+    rt = make_runtime(["tests.apps.acting"])
+    task = rt.client().submit("cautious", {"problem": "order 17 lost: send 40"})
+    effects = effects_dir(task.id) / "effects"
+    try:
+        call_id = wait_for(lambda: waiting_call(rt.client(), task.id), timeout_s=60,
+                           what="the task to park on an approval")
+        parked = rt.client().get(task.id)
+        assert parked.owner is None  # no worker holds it
+        requested = [e.data for e in rt.client().events(task.id) if e.kind == "approval.requested"]
+        assert requested and requested[-1]["call_id"] == call_id
+        assert requested[-1]["tool"] == "wire_money" and "amount" in requested[-1]["arguments"]
+        assert "wire_money" not in effects.read_text()
+        rt.stop()
+        rt = make_runtime(["tests.apps.acting"])  # a full restart while parked
+        assert waiting_call(rt.client(), task.id) == call_id
+        client = rt.client()
+        client.decide(task.id, call_id, "approve", arguments={"order_id": "17", "amount": 40.0})
+        with pytest.raises(NoApprovalWaiting):  # sent twice: refused, and it runs once
+            client.decide(task.id, call_id, "approve")
+        done = client.wait(task.id, timeout_s=60)
+        assert done.status is TaskStatus.SUCCEEDED, done.error
+        ran = Counter(effects.read_text().split()[0::2])
+        assert ran["wire_money"] == 1 and ran["notify"] == 1, ran
+        (out,) = [refs.loads(bytes(o)) for k, o in query(
+            Path(rt.settings.database_path),
+            f"SELECT key, output FROM steps WHERE task_id = '{task.id}'")
+            if k == "agent:cautious/tool:wire_money"]
+        assert out == "wired 40.00 for 17"  # the edited arguments
+    finally:
+        shutil.rmtree(effects_dir(task.id), ignore_errors=True)
+
+
+def test_a_denied_call_reaches_the_model_as_the_tools_result(
+        make_runtime: Callable[..., Runtime]) -> None:
+    rt = make_runtime(["tests.apps.acting"])
+    client = rt.client()
+    task = client.submit("cautious", {"problem": "order 18 lost: send 4000"})
+    effects = effects_dir(task.id) / "effects"
+    try:
+        call_id = wait_for(lambda: waiting_call(client, task.id), timeout_s=60,
+                           what="the task to park on an approval")
+        client.decide(task.id, call_id, "deny", reason="over the limit for refunds")
+        done = client.wait(task.id, timeout_s=60)
+        assert done.status is TaskStatus.SUCCEEDED, done.error
+        assert "wire_money" not in effects.read_text()
+        (out,) = [refs.loads(bytes(o)) for k, o in query(
+            Path(rt.settings.database_path),
+            f"SELECT key, output FROM steps WHERE task_id = '{task.id}'")
+            if k == "agent:cautious/tool:wire_money"]
+        assert out == {"denied": True, "reason": "over the limit for refunds"}
+        told = [refs.loads(bytes(o)) for k, o in query(
+            Path(rt.settings.database_path),
+            f"SELECT key, output FROM steps WHERE task_id = '{task.id}'")
+            if k == "agent:cautious/llm#3"]
+        assert told, "the model was called again after the denial"
     finally:
         shutil.rmtree(effects_dir(task.id), ignore_errors=True)
