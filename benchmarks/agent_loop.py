@@ -64,7 +64,7 @@ class Direct:
         completion: Completion = await self.peers.router.chat(request)
         return completion
 
-    async def call_tool(self, name: str, args: dict[str, Any]) -> Any:
+    async def call_tool(self, name: str, args: dict[str, Any], call_id: str | None = None) -> Any:
         return await self.peers.tools.call(name, args, Caller("bench", "agent:looper"))
 
     async def call_agent(self, role: str, step_key: str, payload: Any,

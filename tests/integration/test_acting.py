@@ -52,12 +52,8 @@ def test_a_replica_killed_mid_loop_replays_the_recorded_calls_and_makes_only_the
     and third tools ran once, the second at most twice; the model calls recorded before the kill
     were not made again (counted at the engine)."""
     rt = make_runtime(["tests.apps.acting"])
-    client = rt.client()
-    task = client.submit("resolve", {"problem": "order 17 arrived broken; refund 20 please"})
-    effects = effects_dir(task.id) / "effects"
+    client, task, effects = start_until_the_second_tool_runs(rt)
     try:
-        wait_for(lambda: effects.exists() and "refund" in effects.read_text(), timeout_s=60,
-                 what="the second tool call to run")
         victim = pick(Kind.AGENT_REPLICA, rt.settings.namespace)
         assert victim is not None
         kill(victim)
@@ -80,12 +76,8 @@ def test_a_cancel_stops_the_agents_loop_at_its_next_call(make_runtime: Callable[
     """Cancelled while the agent's second tool call runs: the task ends cancelled and the loop
     makes no call after the one in flight (the third tool never runs)."""
     rt = make_runtime(["tests.apps.acting"])
-    client = rt.client()
-    task = client.submit("resolve", {"problem": "order 17 arrived broken; refund 20 please"})
-    effects = effects_dir(task.id) / "effects"
+    client, task, effects = start_until_the_second_tool_runs(rt)
     try:
-        wait_for(lambda: effects.exists() and "refund" in effects.read_text(), timeout_s=60,
-                 what="the second tool call to run")
         client.cancel(task.id)
         done = client.wait(task.id, timeout_s=60)
         assert done.status is TaskStatus.CANCELLED, (done.status, done.error, sorted(
@@ -119,12 +111,8 @@ def test_a_worker_killed_mid_agent_call_leaves_one_run_of_its_calls_going_on(
     beside the new one, which replays what was recorded. Each tool ran once but the one in flight
     (at most twice), and the model saw each turn's call once."""
     rt = make_runtime(["tests.apps.acting"], lease_s=1.0)
-    client = rt.client()
-    task = client.submit("resolve", {"problem": "order 17 arrived broken; refund 20 please"})
-    effects = effects_dir(task.id) / "effects"
+    client, task, effects = start_until_the_second_tool_runs(rt)
     try:
-        wait_for(lambda: effects.exists() and "refund" in effects.read_text(), timeout_s=60,
-                 what="the second tool call to run")
         victim = pick(Kind.WORKER, rt.settings.namespace)
         assert victim is not None
         kill(victim)
@@ -242,3 +230,13 @@ def test_a_denied_call_reaches_the_model_as_the_tools_result(
         assert told, "the model was called again after the denial"
     finally:
         shutil.rmtree(effects_dir(task.id), ignore_errors=True)
+
+
+def start_until_the_second_tool_runs(rt: Runtime) -> tuple[Any, Any, Path]:
+    """Submit a support task and wait until its agent's second tool call (refund) runs."""
+    client = rt.client()
+    task = client.submit("resolve", {"problem": "order 17 arrived broken; refund 20 please"})
+    effects = effects_dir(task.id) / "effects"
+    wait_for(lambda: effects.exists() and "refund" in effects.read_text(), timeout_s=60,
+             what="the second tool call to run")
+    return client, task, effects

@@ -37,6 +37,8 @@ def _sample(annotation: Any, name: str) -> Any:
         return (f"{name}-a", f"{name}-b")
     if origin is list:
         return [f"{name}-1", f"{name}-2"]
+    if origin is dict:
+        return {f"{name}-key": [1, "two"]}
     raise AssertionError(f"no sample value for {name}: {annotation!r}; extend _sample")
 
 

@@ -41,7 +41,7 @@ class FakeAgentServices:
         return Completion(model=request.model, text="ok",
                           usage=Usage(prompt_tokens=1, completion_tokens=1))
 
-    async def call_tool(self, name: str, args: dict[str, Any]) -> Any:
+    async def call_tool(self, name: str, args: dict[str, Any], call_id: str | None = None) -> Any:
         self.tools.append((name, args))
         return {"tool": name}
 

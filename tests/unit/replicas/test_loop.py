@@ -64,7 +64,7 @@ class Services:
         self.chats.append(request)
         return await self.engine.chat(request)
 
-    async def call_tool(self, name: str, args: dict[str, Any]) -> Any:
+    async def call_tool(self, name: str, args: dict[str, Any], call_id: str | None = None) -> Any:
         EFFECTS.append((name, args))
         made = defined_tool(name)
         return made.fn(**made.validate(args).model_dump())
