@@ -256,8 +256,11 @@ class Run:
         decision, once sent, is recorded under the agent's step, where the replica finds it when
         the message is handled again)."""
         name = f"approval:{wait.call_id}"
-        self.emit("approval.requested", {"call_id": wait.call_id, "tool": wait.tool,
-                                         "arguments": wait.arguments, "step": wait.step_key})
+        # Written and awaited, not posted: it must be in the log before the task parks (a posted
+        # event could reach the Store after the park and be refused with the run's lease).
+        await self._peers.store.append_event(self.task.id, "approval.requested", {
+            "call_id": wait.call_id, "tool": wait.tool, "arguments": wait.arguments,
+            "step": wait.step_key}, self._held_lease())
         kind, _ = await self.await_signal(name, f"{wait.step_key}/{name}", None)
         if kind == "parked":
             raise Parked(self.task.id, name)

@@ -64,8 +64,9 @@ def test_a_global_limit_holds_across_four_workers_and_is_used(
 
 def _hold_gate(rt: Runtime, up: Upstream, key: str) -> str:
     """Start a task whose call holds the gate's only slot until the test releases the upstream."""
+    held = up.count("/hold")  # a second blocker of the test: wait for its own call, not the first's
     blocker = rt.client().submit("fetch_once", {"url": up.url("/hold")}).id
-    wait_for(lambda: up.count("/hold") == 1, 60, what="the blocker to hold the gate")
+    wait_for(lambda: up.count("/hold") == held + 1, 60, what="the blocker to hold the gate")
     return blocker
 
 
