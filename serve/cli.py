@@ -27,6 +27,7 @@ from serve.console import (
     fail,
     out,
     parse_input,
+    parse_object,
     print_observability,
     print_result,
     problems,
@@ -321,14 +322,7 @@ def approve(task_id: str, call_id: str,
                 "--arguments", help="JSON object to run the call with instead")] = None,
             address: AddressOpt = None, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """Approve a tool call a task waits on (it runs once)."""
-    edited = None
-    if arguments is not None:
-        try:
-            edited = json.loads(arguments)
-        except json.JSONDecodeError as e:
-            fail(f"--arguments is not valid JSON: {e}", 2)
-        if not isinstance(edited, dict):
-            fail("--arguments must be a JSON object", 2)
+    edited = parse_object(arguments, "--arguments") if arguments is not None else None
     show(connect(address, url, api_key).decide(task_id, call_id, "approve", None, edited))
 
 

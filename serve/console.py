@@ -73,12 +73,17 @@ def connect(address: str | None, url: str | None, api_key: str | None) -> Client
 
 
 def parse_input(text: str) -> dict[str, Any]:
+    return parse_object(text, "--input", """'{"question": "..."}'""")
+
+
+def parse_object(text: str, option: str, example: str = "") -> dict[str, Any]:
+    """A command-line option's JSON object; a clear error (exit 2) for anything else."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        fail(f"--input is not valid JSON: {e}", 2)
+        fail(f"{option} is not valid JSON: {e}", 2)
     if not isinstance(value, dict):
-        fail("--input must be a JSON object, like '{\"question\": \"...\"}'", 2)
+        fail(f"{option} must be a JSON object" + (f", like {example}" if example else ""), 2)
     return value
 
 

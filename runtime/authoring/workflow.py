@@ -176,9 +176,7 @@ class Context:
         self.llm = LLM(self, defaults.model)
 
     def _key(self, name: str) -> str:
-        n = self._counts.get(name, 0) + 1
-        self._counts[name] = n
-        return name if n == 1 else f"{name}#{n}"
+        return numbered(self._counts, name)
 
     def step(self, name: str, fn: Callable[..., Any], *args: Any, retry: RetryPolicy | None = None,
              timeout_s: float | None = None, **kwargs: Any) -> Awaitable[Any]:
@@ -338,6 +336,13 @@ def _deadline(timeout_s: float) -> Callable[[], Awaitable[float]]:
         return time.time() + timeout_s
 
     return now_plus
+
+
+def numbered(counts: dict[str, int], name: str) -> str:
+    """``name`` the first time, then ``name#2``, ``name#3`` ...: the keys of a workflow's steps and
+    of an agent handler's calls, in the order they are made."""
+    n = counts[name] = counts.get(name, 0) + 1
+    return name if n == 1 else f"{name}#{n}"
 
 
 Messages = list[ChatMessage] | list[dict[str, Any]] | str

@@ -28,7 +28,7 @@ from runtime.actors.cluster import member_actor_options
 from runtime.actors.handles import ActorHandle, restarted
 from runtime.actors.members import Member, Members, probe, retire
 from runtime.authoring.agent import Agent
-from runtime.authoring.workflow import Messages, chat_request
+from runtime.authoring.workflow import Messages, chat_request, numbered
 from runtime.core import refs
 from runtime.core.config import AgentPoolConfig, Settings
 from runtime.core.errors import (
@@ -196,8 +196,7 @@ class Handling:
     def _call_key(self, what: str) -> str:
         """The key a call is recorded under: ``<step>/llm``, ``<step>/tool:<name>``, then ``#2``,
         ``#3`` ... in the order the handler makes them (as a workflow's step keys)."""
-        n = self._counts[what] = self._counts.get(what, 0) + 1
-        return f"{self.msg.step_key}/{what}" + (f"#{n}" if n > 1 else "")
+        return f"{self.msg.step_key}/{numbered(self._counts, what)}"
 
     async def _once(self, key: str, call: Callable[[], Awaitable[Any]]) -> Any:
         """Run a model or tool call of a task's handler once: what an earlier run of this step
