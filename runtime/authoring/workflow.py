@@ -28,12 +28,13 @@ from runtime.core.errors import (
     SignalTimeout,
     StepError,
     TaskCancelled,
+    ToolDenied,
 )
 from runtime.core.models import ChatMessage, ChatRequest, Completion, TopicEvent
 from runtime.core.retry import GaveUp, Retrying, retry
 from runtime.core.structured import as_response_format, tool_specs
 from runtime.core.triggers import OnEvent, OnSchedule, check_topic
-from runtime.tools.registry import defined_tool
+from runtime.tools.registry import DEFINED, defined_tool
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,10 @@ class Services(Protocol):
     async def call_tool(self, name: str, key: str, args: dict[str, Any]) -> Any:
         """Run a tool call (the executor retries it) and return its result."""
 
-    async def await_signal(self, name: str, key: str, wake_at: float | None) -> tuple[str, Any]:
-        """Take a signal (recorded as step ``key``), time out, or park the task ("parked")."""
+    async def await_signal(self, name: str, key: str, wake_at: float | None,
+                           announce: tuple[str, dict[str, Any]] | None = None) -> tuple[str, Any]:
+        """Take a signal (recorded as step ``key``), time out, or park the task ("parked"), logging
+        ``announce`` (an event) as it parks."""
 
     async def publish(self, topic: str, data: Any, key: str | None, event_id: str) -> TopicEvent:
         """Publish an event (kept once per ``event_id``) and return it as kept."""
@@ -198,8 +201,35 @@ class Context:
         attempt and backoff) is bounded by the tools' ``step_timeout_s``.
         """
         key = self._key(f"tool:{name}")
+        defined = DEFINED.get(name)
+        if defined is not None and defined.requires_approval:
+            return self._approved_call(name, key, args)
         return self._run(key, lambda: self._services.call_tool(name, key, args), ONE_ATTEMPT,
                          self._defaults.tool_timeout_s)
+
+    async def _approved_call(self, name: str, key: str, args: dict[str, Any]) -> Any:
+        """A call of a tool that requires approval: the task parks on ``approval:<key>`` (its call id
+        is its step key) until a person decides; the decision is recorded as step ``<key>/approval``,
+        an approved call (with the arguments as edited) is then made once, a denied one raises
+        ToolDenied."""
+        decided = f"{key}/approval"
+        if key not in self._recorded and decided not in self._recorded:
+            self.replaying = False
+            self.check_cancelled()
+            requested = ("approval.requested", {"call_id": key, "tool": name, "arguments": args,
+                                                "step": key})
+            kind, payload = await self._services.await_signal(f"approval:{key}", decided, None,
+                                                              requested)
+            if kind == "parked":
+                raise Parked(self.task_id, f"approval:{key}")
+            self._recorded[decided] = (kind, payload)
+        if key not in self._recorded:
+            _, decision = self._recorded[decided]
+            if decision.get("decision") != "approve":
+                raise ToolDenied(self.task_id, name, key, decision.get("reason") or "denied")
+            args = decision.get("arguments") or args
+        return await self._run(key, lambda: self._services.call_tool(name, key, args), ONE_ATTEMPT,
+                               self._defaults.tool_timeout_s)
 
     def publish(self, topic: str, data: Any = None, *, key: str | None = None) -> Awaitable[TopicEvent]:
         """Publish an event on ``topic`` as a checkpointed step: ``await ctx.publish("docs.new",

@@ -109,6 +109,10 @@ class OpenAIEngineConfig(BaseModel):
     initial_backoff_s: float = Field(0.5, ge=0)
     max_backoff_s: float = Field(30.0, ge=0)
     send_priority: bool = Field(False, description="send the task's priority (vLLM servers)")
+    tool_mode: Literal["native", "json_schema"] = Field(
+        "native", description="native: the API's tools and tool_choice; json_schema: the tools "
+        "and the answer as one JSON schema sent as response_format (llm/constrained.py), for "
+        "servers whose own tool calling does not hold the model to the tools' schemas")
 
 
 MAX_GATE_REQUESTS = 10**9

@@ -300,6 +300,16 @@ class ApprovalNeeded(RaysquadError, WithFields):
     template = "task {task_id!r}: the call {call_id!r} of tool {tool!r} waits for approval"
 
 
+class ToolDenied(Refused, WithFields):
+    """Raised in a workflow whose own call of a tool that requires approval was denied (an agent's
+    model hears the reason as the call's result instead)."""
+    task_id: str
+    tool: str
+    call_id: str
+    reason: str
+    template = "task {task_id!r}: the call {call_id!r} of tool {tool!r} was denied: {reason}"
+
+
 class TokenBudgetExceeded(Refused, WithFields):
     """Raised when a task's model calls used more tokens than its budget; the task fails."""
     task_id: str

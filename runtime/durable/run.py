@@ -256,12 +256,11 @@ class Run:
         decision, once sent, is recorded under the agent's step, where the replica finds it when
         the message is handled again)."""
         name = f"approval:{wait.call_id}"
-        # Written and awaited, not posted: it must be in the log before the task parks (a posted
-        # event could reach the Store after the park and be refused with the run's lease).
-        await self._peers.store.append_event(self.task.id, "approval.requested", {
-            "call_id": wait.call_id, "tool": wait.tool, "arguments": wait.arguments,
-            "step": wait.step_key}, self._held_lease())
-        kind, _ = await self.await_signal(name, f"{wait.step_key}/{name}", None)
+        # Logged in the park's own transaction: only when the task parks (a run resumed by the
+        # decision finds it and asks no one again), and never after the park (fenced out).
+        requested = ("approval.requested", {"call_id": wait.call_id, "tool": wait.tool,
+                                            "arguments": wait.arguments, "step": wait.step_key})
+        kind, _ = await self.await_signal(name, f"{wait.step_key}/{name}", None, requested)
         if kind == "parked":
             raise Parked(self.task.id, name)
 
@@ -303,8 +302,10 @@ class Run:
         return await self._peers.tools.call(name, args,
                                             Caller(task.id, key, task.tenant, task.priority))
 
-    async def await_signal(self, name: str, key: str, wake_at: float | None) -> tuple[str, Any]:
-        return await self._peers.store.await_signal(self._held_lease(), name, key, wake_at)
+    async def await_signal(self, name: str, key: str, wake_at: float | None,
+                           announce: tuple[str, dict[str, Any]] | None = None) -> tuple[str, Any]:
+        return await self._peers.store.await_signal(self._held_lease(), name, key, wake_at,
+                                                    announce)
 
     async def publish(self, topic: str, data: Any, key: str | None, event_id: str) -> TopicEvent:
         event = new_event(topic, data, key=key, event_id=event_id, tenant=self.task.tenant,

@@ -23,6 +23,7 @@ from runtime.core.errors import EngineError, EngineUnavailable
 from runtime.core.models import TOOL_CHOICES, ChatRequest, Completion, ToolCall, Usage
 from runtime.core.retry import GaveUp, Retrying, Sleep, retry, usable_retry_after_s
 from runtime.core.structured import parse_answer, parse_arguments
+from runtime.llm.constrained import answer_schema, constrained_completion, prompt_messages
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +104,14 @@ class OpenAIEngine:
     async def _once(self, request: ChatRequest,
                     on_text: Callable[[str], Awaitable[None]] | None) -> Completion:
         extra = {"priority": -request.priority} if self.config.send_priority else None
+        constrained = self.config.tool_mode == "json_schema" and request.calls_tools
+        messages, options = constrained_wire(request) if constrained else (
+            wire_messages(request), wire_options(request))
         # Our messages are not openai's TypedDicts; the API takes them as JSON all the same.
         stream = await self._client.chat.completions.create(  # type: ignore[call-overload]
-            model=self.config.remote_model or self.model, messages=wire_messages(request),
+            model=self.config.remote_model or self.model, messages=messages,
             max_tokens=request.max_tokens, temperature=request.temperature, stream=True,
-            stream_options={"include_usage": True}, extra_body=extra, **wire_options(request))
+            stream_options={"include_usage": True}, extra_body=extra, **options)
         pieces: list[str] = []
         calls: dict[int, dict[str, str]] = {}  # index -> id, name, arguments (as they stream in)
         finish: Literal["stop", "length", "abort", "tool_calls"] = "stop"
@@ -123,7 +127,7 @@ class OpenAIEngine:
                 for choice in chunk.choices:
                     if choice.delta.content:
                         pieces.append(choice.delta.content)
-                        if on_text is not None:
+                        if on_text is not None and not constrained:  # JSON: shown once read
                             await on_text(choice.delta.content)
                     for delta in choice.delta.tool_calls or ():
                         call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
@@ -140,6 +144,8 @@ class OpenAIEngine:
                 self._running.pop(request.request_id, None)
             await stream.close()
         text = "".join(pieces)
+        if constrained and finish == "stop":
+            return constrained_completion(request, self.model, text, usage)
         tool_calls = tuple(
             ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=parse_arguments(c["arguments"]))
             for i, c in sorted(calls.items()))
@@ -188,3 +194,14 @@ def wire_options(request: ChatRequest) -> dict[str, Any]:
         options["response_format"] = {"type": "json_schema", "json_schema": {
             "name": fmt.name, "schema": fmt.json_schema, "strict": True}}
     return options
+
+
+def constrained_wire(request: ChatRequest) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``tool_mode="json_schema"``: the conversation with the tools said in a system message (a tool's
+    result as a user message: no tool call is on the wire for it to answer), and the tools and the
+    answer as one JSON schema in ``response_format``."""
+    messages = [{**m, "role": "user", "content": f"Result: {m['content']}"} if m["role"] == "tool"
+                else m for m in prompt_messages(request)]
+    schema = answer_schema(request)
+    return messages, {"response_format": {"type": "json_schema", "json_schema": {
+        "name": "answer", "schema": schema, "strict": True}}}

@@ -198,19 +198,29 @@ class Handling:
         ``#3`` ... in the order the handler makes them (as a workflow's step keys)."""
         return f"{self.msg.step_key}/{numbered(self._counts, what)}"
 
-    async def _once(self, key: str, call: Callable[[], Awaitable[Any]]) -> Any:
+    async def _once(self, key: str, call: Callable[[], Awaitable[Any]],
+                    charge: Callable[[Any], Awaitable[None]] | None = None) -> Any:
         """Run a model or tool call of a task's handler once: what an earlier run of this step
-        recorded is replayed, what it did not is made and recorded (fenced by the run's lease)."""
+        recorded is replayed, what it did not is made and recorded (fenced by the run's lease).
+        ``charge``, given what the call made, adds its cost to the task beside the record (both
+        writes leave in one group commit)."""
         msg, replica = self.msg, self._replica
         if msg.lease is None or not replica.settings.agent_record_calls:
-            return await call()  # an event's handler (no task to record under), or recording off
+            value = await call()  # an event's handler (no task to record under), or recording off
+            if charge is not None:
+                await charge(value)
+            return value
         if self._recorded is None:
             self._recorded = await replica.store.steps_under(msg.task_id, f"{msg.step_key}/")
         if key in self._recorded:
             return refs.loads(self._recorded[key], replica.store)
         value = await call()
-        value, cancel = await refs.record(replica.store, msg.lease, key, value,
-                                          replica.settings.inline_limit_bytes)
+        recording = refs.record(replica.store, msg.lease, key, value,
+                                replica.settings.inline_limit_bytes)
+        if charge is None:
+            value, cancel = await recording
+        else:  # a budget overrun raises once the call is recorded: its tokens were spent
+            (value, cancel), _ = await asyncio.gather(recording, charge(value))
         if cancel:  # the task is being cancelled: its handler goes no further
             raise TaskCancelled(msg.task_id)
         return value
@@ -256,14 +266,15 @@ class Handling:
         msg, replica = self.msg, self._replica
 
         async def call() -> Completion:
-            completion = await replica.router.chat(
+            return await replica.router.chat(
                 request, TokenSink(replica.store, msg.task_id, msg.step_key))
+
+        async def charged(completion: Completion) -> None:
             if msg.lease is not None:  # a task's call: its tokens count against its budget
                 await charge(replica.store, msg.lease, completion,
                              replica.settings.task_token_budget)
-            return completion
 
-        completion: Completion = await self._once(self._call_key("llm"), call)
+        completion: Completion = await self._once(self._call_key("llm"), call, charged)
         return completion
 
     async def call_tool(self, name: str, args: dict[str, Any], call_id: str | None = None) -> Any:

@@ -43,8 +43,10 @@ def check_signal_room(task_id: str, pending: int, size: int, adding: int,
 
 
 #: The writes that may share a transaction (``apply``). A step record and a finish are safe to send
-#: again; an event is not (it would be logged twice), so a batch with one is not repeated.
-BATCHED_WRITES = frozenset({"record_step", "finish", "append_event"})
+#: again; an event and a model call's usage are not (logged or counted twice), so a batch with one
+#: is not repeated.
+BATCHED_WRITES = frozenset({"record_step", "finish", "append_event", "add_usage"})
+UNREPEATABLE_WRITES = frozenset({"append_event", "add_usage"})
 
 
 class BatchedWrites:
@@ -185,10 +187,12 @@ class Store(Protocol):
         a name with a control character is refused (InvalidName)."""
 
     def await_signal(self, lease: Lease, name: str, key: str, wake_at: float | None,
-                     now: float) -> tuple[str, Any]:
+                     now: float, announce: tuple[str, dict[str, Any]] | None = None
+                     ) -> tuple[str, Any]:
         """Take the oldest unconsumed signal ``name`` and record it as step ``key`` ("signal", payload);
         past ``wake_at`` record a timeout ("timeout", None); else park the task, which releases its
-        lease and makes it ``waiting`` ("parked", None). One transaction."""
+        lease and makes it ``waiting`` ("parked", None), and log ``announce`` (an event: kind,
+        data) first, once per park. One transaction."""
 
     def wake_due(self, now: float) -> list[TaskRecord]:
         """Make waiting tasks whose ``wake_at`` has passed queued again; return them."""

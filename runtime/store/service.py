@@ -54,7 +54,7 @@ from runtime.core.models import (
 )
 from runtime.core.sizes import approx_size
 from runtime.core.triggers import check_interval
-from runtime.store.base import Queued, Store
+from runtime.store.base import UNREPEATABLE_WRITES, Queued, Store
 from runtime.store.outbox import EventReport
 from runtime.store.owner import PostgresLock, StoreLock, own_store
 from runtime.store.schedules import Schedules
@@ -287,8 +287,9 @@ class StoreService(Protocol):
     async def request_cancel(self, task_id: str) -> TaskRecord: ...
     async def retry(self, task_id: str) -> TaskRecord: ...
     async def send_signal(self, task_id: str, name: str, payload: Any) -> TaskRecord: ...
-    async def await_signal(self, lease: Lease, name: str, key: str,
-                           wake_at: float | None) -> tuple[str, Any]: ...
+    async def await_signal(self, lease: Lease, name: str, key: str, wake_at: float | None,
+                           announce: tuple[str, dict[str, Any]] | None = None
+                           ) -> tuple[str, Any]: ...
     async def wake_due(self) -> list[TaskRecord]: ...
     async def events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[Event]: ...
     async def wait_events(self, task_id: str, after: int = 0, timeout_s: float = 10.0,
@@ -368,13 +369,14 @@ class Op:
 
 #: A batched write as ``apply`` takes it: (backend method, its arguments by name but ``now``); the
 #: Store adds the time. ``record_step`` (with no blobs: a step with large values goes on its own),
-#: ``finish`` and ``append_event``.
+#: ``finish``, ``add_usage`` and ``append_event``.
 Write = tuple[str, dict[str, Any]]
 
 
-def _without_events(writes: list[Write]) -> bool:
-    """A batch of step records and finishes is safe to send again; an event would be logged twice."""
-    return all(method != "append_event" for method, _ in writes)
+def _repeatable(writes: list[Write]) -> bool:
+    """A batch of step records and finishes is safe to send again; an event would be logged twice,
+    a model call's tokens counted twice."""
+    return not any(method in UNREPEATABLE_WRITES for method, _ in writes)
 
 
 #: The Store's operations: each ``StoreService`` method (but the three made of them) and how the
@@ -387,7 +389,8 @@ OPERATIONS: dict[str, Op] = {
     "take_submitted":   Op(custom="the dispatcher's feed of new tasks"),
     "get_task":         Op(),
     "steps_under":      Op(),
-    "add_usage":        Op(repeat=False, stamp=Stamp.NOW),
+    # A model call's tokens: in the group commit of its call's record (one transaction for both).
+    "add_usage":        Op(repeat=False, stamp=Stamp.NOW, batched=True),
     "list_tasks":       Op(),
     "queued_index":     Op(),
     "count_tasks":      Op(),
@@ -405,7 +408,7 @@ OPERATIONS: dict[str, Op] = {
                            custom="large values come as object refs, fetched and kept as blobs"),
     "append_event":     Op(repeat=False, stamp=Stamp.NOW),
     "finish":           Op(stamp=Stamp.NOW, batched=True),
-    "apply":            Op(repeat=_without_events, stamp=Stamp.NOW),
+    "apply":            Op(repeat=_repeatable, stamp=Stamp.NOW),
     "request_cancel":   Op(stamp=Stamp.NOW),
     "retry":            Op(repeat=False, stamp=Stamp.NOW),
     "send_signal":      Op(repeat=False, stamp=Stamp.NOW, settings=lambda s: {

@@ -432,7 +432,8 @@ class Tasks(PortableSQL):
             return self._get(c, task_id)
 
     def await_signal(self, lease: Lease, name: str, key: str, wake_at: float | None,
-                     now: float) -> tuple[str, Any]:
+                     now: float, announce: tuple[str, dict[str, Any]] | None = None
+                     ) -> tuple[str, Any]:
         with self._tx() as c:
             # The task's row lock orders this against every other writer of the task: a signal is
             # sent, consumed and recorded only under it.
@@ -460,6 +461,8 @@ class Tasks(PortableSQL):
             c.execute(self._q("UPDATE tasks SET status = 'waiting', owner = NULL, lease_until = NULL, "
                               "waiting_for = ?, wake_at = ?, updated_at = ? WHERE id = ?"),
                       (name, wake_at, now, task_id))
+            if announce is not None:
+                self._event(c, task_id, announce[0], announce[1], now)
             self._event(c, task_id, "waiting", {"signal": name, "wake_at": wake_at}, now)
             return ("parked", None)
 

@@ -65,36 +65,110 @@ async function showOps() {
         .map(([k, g]) => [k, g.held, g.waiting, g.blocked_for_s]));
 }
 
+// A step's kind, from its key; an agent's calls are keyed under its step (`agent:r#1/llm#2`,
+// `agent:r#1/tool:search#1`): the call's own kind, drawn indented under its step.
 function kindOf(key) {
-  const head = key.includes(":") ? key.split(":")[0] : "";
-  return ["agent", "llm", "tool", "signal", "publish"].includes(head) ? head : "step";
+  const last = key.split("/").pop().replace(/#\d+$/, "");
+  const head = last.includes(":") ? last.split(":")[0] : last;
+  return ["agent", "llm", "tool", "signal", "publish", "approval"].includes(head) ? head : "step";
 }
 
-function drawTimeline(task, steps) {
+// An agent's turn (an `agent` event) or a call waiting for a person, as the timeline says it.
+function markOf(e) {
+  if (e.kind === "approval.requested") return { what: "approval", label: `approval? ${e.tool} ${JSON.stringify(e.arguments)}` };
+  if (e.handoff) return { what: "handoff", label: `turn ${e.turn}: hand off to ${e.handoff}` };
+  if (e.answer) return { what: "answer", label: `turn ${e.turn}: answer${e.tools_used && e.tools_used.length ? ` (used ${e.tools_used.join(", ")})` : ""}` };
+  if (e.ok === false) return { what: "error", label: `turn ${e.turn}: ${e.tool} failed: ${e.error}` };
+  if (e.tool_calls) return { what: "calls", label: `turn ${e.turn}: calls ${e.tool_calls.join(", ")}` };
+  return null;
+}
+
+function drawTimeline(task, steps, marks) {
   const box = $("#timeline");
   box.replaceChildren();
   const start = task.started_at || task.created_at;
-  const end = Math.max(task.finished_at || Date.now() / 1000, ...steps.map((s) => s.at));
+  const times = [...steps.map((s) => s.at), ...marks.map((m) => m.at)];
+  const end = Math.max(task.finished_at || Date.now() / 1000, ...times);
   const span = Math.max(end - start, 0.001);
-  for (const s of steps) {
-    const elapsed = s.elapsed_s || 0;
+  const at = (t) => `${Math.min(Math.max(0, (t - start) / span) * 100, 99.5)}%`;
+  const items = [...steps.map((s) => ({ at: s.at, step: s })), ...marks.map((m) => ({ at: m.at, mark: m }))]
+    .sort((a, b) => a.at - b.at);
+  for (const item of items) {
     const row = document.createElement("div");
-    row.className = "row";
-    const label = text(document.createElement("span"), `${s.key} · ${(elapsed * 1000).toFixed(0)} ms`);
-    label.className = "label";
     const track = document.createElement("div");
     track.className = "track";
-    const bar = document.createElement("div");
-    bar.className = `bar kind-${kindOf(s.key)}`;
-    bar.dataset.key = s.key;
-    bar.title = `${s.key}: ${(elapsed * 1000).toFixed(1)} ms, recorded ${when(s.at)}`;
-    const left = Math.max(0, (s.at - elapsed - start) / span) * 100;
-    bar.style.marginLeft = `${Math.min(left, 99.5)}%`;
-    bar.style.width = `${Math.max((elapsed / span) * 100, 0.5)}%`;
-    track.append(bar);
-    row.append(label, track);
+    let label;
+    if (item.step) {
+      const s = item.step;
+      const elapsed = s.elapsed_s || 0;
+      const call = s.key.includes("/");
+      row.className = call ? "row call" : "row";
+      label = call ? `${s.key.split("/").pop()}` : `${s.key} · ${(elapsed * 1000).toFixed(0)} ms`;
+      const bar = document.createElement("div");
+      bar.className = `bar kind-${kindOf(s.key)}`;
+      bar.dataset.key = s.key;
+      bar.title = `${s.key}: ${(elapsed * 1000).toFixed(1)} ms, recorded ${when(s.at)}`;
+      bar.style.marginLeft = at(s.at - elapsed);
+      bar.style.width = `${Math.max((elapsed / span) * 100, 0.5)}%`;
+      track.append(bar);
+    } else {
+      const m = item.mark;
+      row.className = `row mark mark-${m.what}`;
+      row.dataset.turn = m.turn ?? "";
+      row.dataset.step = m.step || "";
+      label = m.label;
+      const dot = document.createElement("div");
+      dot.className = "dot";
+      dot.style.marginLeft = at(m.at);
+      dot.title = `${m.label} at ${when(m.at)}`;
+      track.append(dot);
+    }
+    const caption = text(document.createElement("span"), label);
+    caption.className = "label";
+    caption.title = label;
+    row.append(caption, track);
     box.append(row);
   }
+}
+
+// A task parked on `approval:<call_id>`: the call (from its approval.requested event), its
+// arguments to edit, and Approve / Deny.
+function showApproval(task, requests) {
+  const panel = $("#approval");
+  const waiting = task.status === "waiting" && (task.waiting_for || "").startsWith("approval:");
+  const callId = waiting ? task.waiting_for.slice("approval:".length) : null;
+  const request = callId ? requests.get(callId) : null;
+  panel.hidden = !request;
+  if (!request || panel.dataset.call === callId) return;
+  panel.dataset.call = callId;
+  text($("#approval-what"), `${request.tool} (call ${callId}, ${request.step}) waits for a person.`);
+  $("#approval-arguments").value = JSON.stringify(request.arguments, null, 2);
+  $("#approval-reason").value = "";
+  text($("#approval-error"), "");
+}
+
+async function decide(decision) {
+  const id = location.hash.slice("#task/".length);
+  const panel = $("#approval");
+  const body = { decision };
+  if (decision === "approve") {
+    let args;
+    try { args = JSON.parse($("#approval-arguments").value); } catch (e) {
+      text($("#approval-error"), `the arguments are not JSON: ${e.message}`); return;
+    }
+    body.arguments = args;
+  }
+  const reason = $("#approval-reason").value.trim();
+  if (reason) body.reason = reason;
+  const r = await api(`/v1/tasks/${encodeURIComponent(id)}/approvals/${encodeURIComponent(panel.dataset.call)}`,
+                      { method: "POST", body: JSON.stringify(body) });
+  if (!r.ok) {
+    const detail = (await r.json().catch(() => ({}))).detail;
+    text($("#approval-error"), `${r.status}: ${typeof detail === "string" ? detail : JSON.stringify(detail || r.statusText)}`);
+    return;
+  }
+  panel.hidden = true;
+  text($("#task-meta"), `${$("#task-meta").textContent} · ${decision === "approve" ? "approved" : "denied"}`);
 }
 
 async function showTask(id) {
@@ -109,13 +183,17 @@ async function showTask(id) {
     : task.output !== null && task.output !== undefined ? JSON.stringify(task.output, null, 2) : "(not ended)");
   result();
   const steps = [];
+  const marks = [];
+  const requests = new Map(); // call id -> its approval.requested event
   const list = $("#events");
   list.replaceChildren();
-  drawTimeline(task, steps);
+  $("#approval").hidden = true;
+  delete $("#approval").dataset.call;
+  drawTimeline(task, steps, marks);
   stream = new AbortController();
   const refresh = async () => {
     const r = await api(`/v1/tasks/${encodeURIComponent(id)}`);
-    if (r.ok) { task = await r.json(); meta(); result(); drawTimeline(task, steps); }
+    if (r.ok) { task = await r.json(); meta(); result(); drawTimeline(task, steps, marks); showApproval(task, requests); }
   };
   // Server-Sent Events over fetch (EventSource cannot send the API key): parse "data:" lines.
   try {
@@ -140,6 +218,9 @@ async function showTask(id) {
         text(li, `${seq} ${when(at)} ${kind} ${JSON.stringify(fields)}`);
         list.append(li);
         if (event.kind === "step") steps.push(event);
+        if (event.kind === "approval.requested") requests.set(event.call_id, event);
+        const mark = event.kind === "agent" || event.kind === "approval.requested" ? markOf(event) : null;
+        if (mark) marks.push({ ...event, ...mark });
         await refresh();
       }
     }
@@ -176,5 +257,7 @@ $("#key-form").addEventListener("submit", (e) => {
 });
 $("#cancel").addEventListener("click", () => act("cancel"));
 $("#retry").addEventListener("click", () => act("retry"));
+$("#approve").addEventListener("click", () => decide("approve"));
+$("#deny").addEventListener("click", () => decide("deny"));
 window.addEventListener("hashchange", route);
 route();

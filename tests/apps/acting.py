@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from runtime import Agent, Context, workflow
+from runtime.core.errors import ToolDenied
 from runtime.tools import ToolContext, tool
 
 REFUND_S = 2.0
@@ -129,3 +130,17 @@ class Cautious(Agent):
 @workflow
 async def cautious(ctx: Context, inp: ProblemIn) -> str:
     return str(await ctx.agent("cautious").run(inp.problem))
+
+
+class PayIn(BaseModel):
+    order_id: str
+    amount: float
+
+
+@workflow
+async def pay_out(ctx: Context, inp: PayIn) -> str:
+    """A workflow's own call of a tool that needs approval; a denial is caught and said."""
+    try:
+        return str(await ctx.tool("wire_money", order_id=inp.order_id, amount=inp.amount))
+    except ToolDenied as e:
+        return f"not paid: {e.reason}"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from runtime import Context, workflow
+from runtime import Agent, Context, workflow
 from runtime.core.errors import ToolFailed
 from runtime.tools import Batch, tool
 
@@ -72,3 +72,29 @@ async def lookup_all(ctx: Context, inp: LookupIn) -> list[str]:
     """Look every key up at once: the batching tool folds the calls into few upstream requests."""
     return list(await asyncio.gather(*(ctx.tool("lookup", url=inp.url, key=k) for k in inp.keys)))
 
+
+
+# -- a declared agent whose tool waits for a person (the status page's approval panel) ------------
+
+@tool(requires_approval=True)
+def refund(order_id: str, amount: float = Field(ge=0, le=1000)) -> str:
+    """Refund an order (a person approves each call first)."""
+    return f"refunded {amount:.2f} on {order_id}"
+
+
+class Refunder(Agent):
+    """Refunds the order it is asked about, once a person approves; then says it is done."""
+
+    role = "refunder"
+    min_replicas = 0  # started when a message arrives: an idle test runtime has no replica
+    instructions = "Refund the order the customer names."
+    tools = ["refund"]
+
+
+class RefundIn(BaseModel):
+    request: str
+
+
+@workflow
+async def refund_order(ctx: Context, inp: RefundIn) -> str:
+    return str(await ctx.agent("refunder").run(inp.request))

@@ -11,6 +11,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests.conftest import wait_for
 from tests.e2e.live import Api
+from tests.e2e.test_http import stream_events
 
 TIMEOUT_MS = 60_000
 expect.set_options(timeout=TIMEOUT_MS)
@@ -65,3 +66,46 @@ def test_the_status_page_follows_a_task_and_cancels_it(api: Api, tmp_path: Path)
 
     assert client.get(f"/v1/tasks/{cancelled}").json()["status"] == "cancelled"
     assert (tmp_path / "status-page.png").stat().st_size > 10_000
+
+
+def test_the_status_page_shows_an_agents_turns_and_approves_its_call(api: Api, tmp_path: Path
+                                                                      ) -> None:
+    """A declared agent (simulated engine) calls a tool that waits for a person: the page shows the
+    call and its arguments; the arguments are edited and approved there; the timeline shows the
+    agent's turns, its calls under its step, the approval and the answer."""
+    client = api.client("key-a")
+    task_id: str = client.post("/v1/tasks", json={"workflow": "refund_order", "input": {
+        "request": "Please refund order 42."}}).json()["id"]
+    wait_for(lambda: (client.get(f"/v1/tasks/{task_id}").json()["waiting_for"] or ""
+                      ).startswith("approval:"), timeout_s=120, what="the refund to wait for a person")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), headless=True,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(api.url)
+        page.fill("#key", "key-a")
+        page.click("#key-form button")
+        page.goto(f"{api.url}/#task/{task_id}")
+        expect(page.locator("#approval")).to_be_visible()
+        expect(page.locator("#approval-what")).to_contain_text("refund")
+        expect(page.locator("#timeline .mark-approval")).to_have_count(1)
+        page.fill("#approval-arguments", "not json")
+        page.click("#approve")  # refused on the page, before anything is sent
+        expect(page.locator("#approval-error")).to_contain_text("not JSON")
+        page.fill("#approval-arguments", '{"order_id": "42", "amount": 12.5}')
+        page.click("#approve")
+        expect(page.locator("#task-meta")).to_contain_text("status succeeded")
+        expect(page.locator("#approval")).to_be_hidden()
+        expect(page.locator("#timeline .mark-calls")).to_contain_text("refund")
+        expect(page.locator("#timeline .mark-answer")).to_have_count(1)
+        expect(page.locator("#timeline .row.call .kind-tool")).to_have_count(1)
+        expect(page.locator("#timeline .row.call .kind-llm")).to_have_count(2)
+        page.screenshot(path=str(tmp_path / "approval.png"), full_page=True)
+        browser.close()
+
+    task = client.get(f"/v1/tasks/{task_id}").json()
+    assert task["status"] == "succeeded" and task["output"]  # (edited arguments: test_acting)
+    events = [e.data for e in stream_events(client, task_id)]  # the task has ended: the stream ends
+    assert [e["kind"] for e in events].count("approval.requested") == 1
+    assert [e["key"] for e in events if e["kind"] == "step" and "/tool:refund" in e["key"]] != []

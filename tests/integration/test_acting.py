@@ -201,6 +201,8 @@ def test_a_call_that_needs_approval_parks_the_task_across_a_restart_and_runs_onc
             f"SELECT key, output FROM steps WHERE task_id = '{task.id}'")
             if k == "agent:cautious/tool:wire_money"]
         assert out == "wired 40.00 for 17"  # the edited arguments
+        kinds = [e.kind for e in client.events(task.id)]
+        assert kinds.count("approval.requested") == 1  # asked once, not again on the resume
     finally:
         shutil.rmtree(effects_dir(task.id), ignore_errors=True)
 
@@ -230,6 +232,39 @@ def test_a_denied_call_reaches_the_model_as_the_tools_result(
         assert told, "the model was called again after the denial"
     finally:
         shutil.rmtree(effects_dir(task.id), ignore_errors=True)
+
+
+def test_a_workflows_own_call_waits_for_approval_too(make_runtime: Callable[..., Runtime]) -> None:
+    """``ctx.tool`` of a tool that requires approval, from a workflow: the task parks on
+    ``approval:<step key>``; approved with edited arguments, the call runs once with them; denied,
+    the workflow gets ToolDenied with the reason."""
+    rt = make_runtime(["tests.apps.acting"])
+    client = rt.client()
+    paid = client.submit("pay_out", {"order_id": "21", "amount": 30})
+    refused = client.submit("pay_out", {"order_id": "22", "amount": 9000})
+    try:
+        for task in (paid, refused):
+            call_id = wait_for(lambda t=task: waiting_call(client, t.id), timeout_s=60,
+                               what="the workflow's call to park on an approval")
+            assert call_id == "tool:wire_money" and client.get(task.id).owner is None
+        assert not (effects_dir(paid.id) / "effects").exists()
+        client.decide(paid.id, "tool:wire_money", "approve",
+                      arguments={"order_id": "21", "amount": 25.0})
+        client.decide(refused.id, "tool:wire_money", "deny", reason="too much")
+        with pytest.raises(NoApprovalWaiting):
+            client.decide(paid.id, "tool:wire_money", "approve")
+        done = client.wait(paid.id, timeout_s=60)
+        assert done.status is TaskStatus.SUCCEEDED and done.output == "wired 25.00 for 21", done
+        assert (effects_dir(paid.id) / "effects").read_text().split()[0::2] == ["wire_money"]
+        done = client.wait(refused.id, timeout_s=60)
+        assert done.status is TaskStatus.SUCCEEDED and done.output == "not paid: too much", done
+        assert not (effects_dir(refused.id) / "effects").exists()
+        for task in (paid, refused):
+            requested = [e.data for e in client.events(task.id) if e.kind == "approval.requested"]
+            assert len(requested) == 1 and requested[0]["tool"] == "wire_money"
+    finally:
+        for task in (paid, refused):
+            shutil.rmtree(effects_dir(task.id), ignore_errors=True)
 
 
 def start_until_the_second_tool_runs(rt: Runtime) -> tuple[Any, Any, Path]:

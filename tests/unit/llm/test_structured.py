@@ -224,7 +224,7 @@ def delta(d: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
     return {"choices": [{"index": 0, "delta": d, "finish_reason": finish}]}
 
 
-def openai_chat(r: ChatRequest, body: bytes) -> tuple[Any, dict[str, Any]]:
+def openai_chat(r: ChatRequest, body: bytes, **config: Any) -> tuple[Any, dict[str, Any]]:
     sent: dict[str, Any] = {}
 
     def answer(req: httpx.Request) -> httpx.Response:
@@ -233,8 +233,8 @@ def openai_chat(r: ChatRequest, body: bytes) -> tuple[Any, dict[str, Any]]:
 
     async def run() -> Any:
         async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
-            return await OpenAIEngine("m", OpenAIEngineConfig(base_url="http://upstream/v1"),
-                                      http).chat(r)
+            return await OpenAIEngine("m", OpenAIEngineConfig(
+                base_url="http://upstream/v1", **config), http).chat(r)
 
     return asyncio.run(run()), sent
 
@@ -277,11 +277,37 @@ def test_the_openai_engine_parses_a_response_format_answer_or_says_it_does_not_f
         openai_chat(r, sse(delta({"content": "Lyon, France"}, "stop")))
 
 
-# -- the vLLM engine's constraint (its structured outputs hold the answer to this schema) ----------
+def test_the_openai_engine_in_json_schema_mode_sends_one_schema_and_reads_a_tool_call() -> None:
+    """tool_mode="json_schema": no ``tools`` on the wire; the tools and the answer as one schema in
+    ``response_format``; an earlier call and its result said as text; the JSON read back."""
+    tools = tool_specs([lookup_order])
+    r = request(user("order 7?"), ChatMessage(role="assistant", tool_calls=(
+        ToolCall(id="a", name="lookup_order", arguments={"order_id": "6"}),)),
+        ChatMessage(role="tool", tool_call_id="a", name="lookup_order", content="none"),
+        tools=tools, request_id="t/llm")
+    shown: list[str] = []
+    body = sse(delta({"content": '{"name": "lookup_order", '}),
+               delta({"content": '"arguments": {"order_id": "7"}}'}, "stop"))
+    completion, sent = openai_chat(r, body, tool_mode="json_schema")
+    assert "tools" not in sent and "tool_choice" not in sent
+    schema = sent["response_format"]["json_schema"]["schema"]
+    assert schema_problems(schema, {"name": "lookup_order", "arguments": {"order_id": "7"}}) == []
+    assert schema_problems(schema, {"answer": "shipped"}) == []  # "auto": it may answer instead
+    assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "user"]
+    assert "lookup_order" in sent["messages"][0]["content"]
+    assert completion.finish_reason == "tool_calls" and not shown
+    assert completion.tool_calls[0].name == "lookup_order"
+    assert completion.tool_calls[0].arguments == {"order_id": "7"}
+    answered, _ = openai_chat(r, sse(delta({"content": '{"answer": "it shipped"}'}, "stop")),
+                              tool_mode="json_schema")
+    assert answered.text == "it shipped" and not answered.tool_calls
+
+
+# -- the constraint of vLLM's engine and of tool_mode="json_schema" (llm/constrained.py) ---------
 
 def test_the_vllm_constraint_is_a_tool_call_or_an_answer_and_parses_back() -> None:
     from runtime.core.models import Usage
-    from runtime.llm.vllm import answer_schema, constrained_completion, prompt_messages
+    from runtime.llm.constrained import answer_schema, constrained_completion, prompt_messages
 
     tools = tool_specs(["look_up_fact", lookup_order], defined_tool)
     auto = request(user("order 7?"), tools=tools, request_id="t/llm:m")
