@@ -6,8 +6,9 @@ imported here: ``Runtime.start(apps=["agents"])`` then runs ``research`` with it
 
 from agents.research import Finding, ResearchInput, ResearchReport, research
 from agents.roles import Analyst, Planner, Researcher, Reviewer, Scraper
+from agents.tools import read_document, search_corpus
 
 __all__ = [
     "Analyst", "Finding", "Planner", "ResearchInput", "ResearchReport", "Researcher", "Reviewer",
-    "Scraper", "research",
+    "Scraper", "read_document", "research", "search_corpus",
 ]

@@ -45,6 +45,8 @@ class ResearchReport(BaseModel):
     approved: bool = Field(description="whether the last review approved the findings")
     score: float = Field(description="the last review's score, 0 to 1")
     sources: list[str] = Field(description="documents cited, in order of first citation")
+    tools: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="each role's tool calls: role -> tool -> calls")
 
 
 @workflow
@@ -54,7 +56,9 @@ async def research(ctx: Context, inp: ResearchInput) -> ResearchReport:
     ctx.emit(progress=0.1, message=f"plan: {len(plan['sub_questions'])} sub-questions, "
                                    f"terms {', '.join(terms)}")
 
-    docs = await ctx.step("select_documents", rank_documents, terms, inp.max_documents)
+    ranked = await ctx.step("select_documents", rank_documents, terms, inp.max_documents)
+    # What the planner's own searches found first, then the best matches of the question's words.
+    docs = list(dict.fromkeys([*plan.get("documents", []), *ranked]))[:inp.max_documents]
     scraped = await asyncio.gather(
         *(ctx.agent("scraper").run({"document": name, "terms": terms}) for name in docs),
         *(ctx.agent("scraper").run({"url": url, "terms": terms}) for url in inp.urls))
@@ -67,8 +71,9 @@ async def research(ctx: Context, inp: ResearchInput) -> ResearchReport:
         {"question": inp.question, "terms": terms, "passages": passages})
     ctx.emit(progress=0.55, message=f"draft: {len(draft['findings'])} findings")
 
-    draft, review, rounds = await review_loop(ctx, inp, terms, draft)
+    draft, review, rounds, revisions = await review_loop(ctx, inp, terms, draft)
     titles.update(draft.get("titles", {}))
+    tools = tools_by_role({"planner": [plan], "scraper": scraped, "researcher": revisions})
 
     summary = await ctx.llm.chat(
         [{"role": "system", "content": "Answer the question in one sentence using only the findings."},
@@ -77,20 +82,22 @@ async def research(ctx: Context, inp: ResearchInput) -> ResearchReport:
     sources = cited_sources(draft["findings"])
     report = render_report(inp.question, plan, draft["findings"], summary.text.strip(), review, rounds,
                            {"documents": len(docs) + len(inp.urls), "passages": len(passages),
-                            "titles": titles})
+                            "titles": titles, "tools": tools})
     ctx.emit(progress=1.0, message=f"report: {len(draft['findings'])} findings from {len(sources)} sources")
     return ResearchReport(
         question=inp.question, plan=plan["sub_questions"],
         findings=[Finding(**f) for f in draft["findings"]], report=report, rounds=rounds,
-        approved=review["approved"], score=review["score"], sources=sources,
+        approved=review["approved"], score=review["score"], sources=sources, tools=tools,
     )
 
 
-async def review_loop(ctx: Context, inp: ResearchInput, terms: list[str],
-                      draft: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int]:
+async def review_loop(ctx: Context, inp: ResearchInput, terms: list[str], draft: dict[str, Any]
+                      ) -> tuple[dict[str, Any], dict[str, Any], int, list[dict[str, Any]]]:
     """Reflect: review the draft, and while it is not approved and rounds remain, have the researcher
-    revise it with the feedback. Bounded by ``max_rounds``, since a reviewer may never be satisfied."""
+    revise it with the feedback. Bounded by ``max_rounds``, since a reviewer may never be satisfied.
+    Returns the last draft and review, the rounds run and the researcher's revisions."""
     rounds = 0
+    revisions: list[dict[str, Any]] = []
     while True:
         rounds += 1
         review = await ctx.agent("reviewer").run(
@@ -99,10 +106,22 @@ async def review_loop(ctx: Context, inp: ResearchInput, terms: list[str],
         ctx.emit(progress=round(0.55 + 0.35 * rounds / inp.max_rounds, 3),
                  message=f"review {rounds}: score {review['score']:.2f}, {verdict}")
         if review["approved"] or rounds >= inp.max_rounds:
-            return draft, review, rounds
+            return draft, review, rounds, revisions
         draft = await ctx.agent("researcher").run(
             {"question": inp.question, "terms": terms, "findings": draft["findings"],
              "feedback": review["feedback"], "missing": review["missing"]})
+        revisions.append(draft)
+
+
+def tools_by_role(replies: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, int]]:
+    """Each role's tool calls, counted by tool, from its replies' ``tools_used``."""
+    counted: dict[str, dict[str, int]] = {}
+    for role, said in replies.items():
+        for reply in said:
+            for name in reply.get("tools_used", []):
+                counted.setdefault(role, {})
+                counted[role][name] = counted[role].get(name, 0) + 1
+    return counted
 
 
 def cited_sources(findings: list[dict[str, Any]]) -> list[str]:
@@ -127,6 +146,9 @@ def render_report(question: str, plan: dict[str, Any], findings: list[dict[str, 
         f"- **Search terms:** {', '.join(plan['terms']) or '(none)'}",
         "- **Sub-questions:**", *(f"  - {q}" for q in plan["sub_questions"]),
         f"- **Reading:** {reading['documents']} documents, {reading['passages']} relevant passages",
+        "- **Tools:** " + ("; ".join(
+            f"{role}: " + ", ".join(f"{name} ×{n}" for name, n in used.items())
+            for role, used in reading["tools"].items()) or "(none)"),
         f"- **Review:** {verdict} after {rounds} round(s), score {review['score']:.2f}. "
         f"{review['feedback']}",
         "", "## Sources", "",

@@ -1,9 +1,13 @@
 """The research roles: planner, scraper, analyst, researcher, reviewer.
 
-Each role asks the LLM for prose (a rationale, a note, a comment) and decides everything structural
-with the deterministic helpers of ``agents.text``, so the workflow gives a sound report whatever the
-model says, the simulated engine included. Payloads and replies are plain dicts: they are recorded as
-step outputs and must read the same after a restart.
+The planner and the researcher are agents that act: their model is offered ``search_corpus``
+(``agents.tools``) and chooses what to search for; what its searches find widens the plan's
+documents and the revision's passages. The scraper reads through tools (``read_document``, and
+``http_fetch`` with ``extract_text`` for a page). Everything structural is then decided with the
+deterministic helpers of ``agents.text``, so the workflow gives a sound report whatever the model
+says, the simulated engine included. Each reply names the tools its role used (``tools_used``), and
+the report lists them. Payloads and replies are plain dicts: they are recorded as step outputs and
+must read the same after a restart.
 """
 
 from __future__ import annotations
@@ -11,7 +15,17 @@ from __future__ import annotations
 from typing import Any
 
 from agents.library import corpus_names, document, search
-from agents.text import build_findings, digest, keywords, paragraphs, review_draft, subtopics, top_passages
+from agents.text import (
+    build_findings,
+    digest,
+    keywords,
+    matched_terms,
+    paragraphs,
+    review_draft,
+    score_text,
+    subtopics,
+    top_passages,
+)
 from runtime import Agent, AgentContext, AgentMessage, ToolFailed
 
 
@@ -24,24 +38,36 @@ async def say(ctx: AgentContext, instruction: str, content: str, max_tokens: int
     return completion.text.strip()
 
 
+def found_documents(ctx: AgentContext) -> list[str]:
+    """The documents the model's ``search_corpus`` calls found, best first, each once."""
+    hits = [p for tool, result in ctx.loop.results if tool == "search_corpus" for p in result]
+    return list(dict.fromkeys(p["document"] for p in sorted(hits, key=lambda p: -p["score"])))
+
+
 class Planner(Agent):
-    """Question -> search terms and sub-questions. The terms come from the question's own words,
-    so the plan is reproducible; the LLM only explains it."""
+    """Question -> search terms, sub-questions and the documents to read. The terms come from the
+    question's own words, so the plan is reproducible; the model searches the corpus (its own
+    queries) and explains the plan, and the documents its searches found are read first."""
 
     role = "planner"
     min_replicas = 1
     max_replicas = 2
     concurrency = 4
+    instructions = ("You plan research. Search the corpus for what the question asks, then say in "
+                    "one sentence why these terms matter.")
+    tools = ["search_corpus"]
+    max_turns = 4
 
     async def handle(self, msg: AgentMessage, ctx: AgentContext) -> dict[str, Any]:
         question = msg.payload["question"]
         terms = keywords(question, limit=msg.payload.get("max_terms", 8))
         sub_questions = [f'What do the sources say about "{p}"?' for p in subtopics(question)]
         sub_questions.append(f"How do these answers combine to answer: {question}")
-        rationale = await say(ctx, "You plan research. Say in one sentence why these terms matter.",
-                              f"Question: {question}\nTerms: {', '.join(terms)}", 64)
+        rationale = await ctx.run_loop(f"Question: {question}\nTerms: {', '.join(terms)}",
+                                       max_tokens=64)
         return {"question": question, "terms": terms, "sub_questions": sub_questions,
-                "rationale": rationale}
+                "rationale": str(rationale).strip(), "documents": found_documents(ctx),
+                "tools_used": ctx.loop.tools_used}
 
 
 class Scraper(Agent):
@@ -57,14 +83,17 @@ class Scraper(Agent):
         terms = msg.payload["terms"]
         if "url" in msg.payload:  # a web page: the http_fetch and extract_text tools read it
             name, title, body = await read_url(ctx, msg.payload["url"])
+            used = ["http_fetch", "extract_text"]
         else:
-            doc = document(msg.payload["document"])
-            name, title, body = doc.name, doc.title, doc.body
+            doc = await ctx.tool("read_document", name=msg.payload["document"])
+            name, title, body = doc["name"], doc["title"], doc["paragraphs"]
+            used = ["read_document"]
         passages = top_passages(name, body, terms, limit=msg.payload.get("max_passages", 3))
         gist = ""
         if passages:
             gist = await say(ctx, "Summarise this passage in one sentence.", passages[0]["text"], 48)
-        return {"document": name, "title": title, "passages": passages, "gist": gist}
+        return {"document": name, "title": title, "passages": passages, "gist": gist,
+                "tools_used": used}
 
 
 async def read_url(ctx: AgentContext, url: str) -> tuple[str, str, list[str]]:
@@ -105,13 +134,26 @@ class Researcher(Agent):
     min_replicas = 1
     max_replicas = 2
     concurrency = 4
+    instructions = ("You revise research after a review. Search the corpus for what the reviewer "
+                    "found missing, then say how the feedback was addressed.")
+    tools = ["search_corpus"]
+    max_turns = 4
 
     async def handle(self, msg: AgentMessage, ctx: AgentContext) -> dict[str, Any]:
         p = msg.payload
         findings = [dict(f, sources=list(f["sources"])) for f in p["findings"]]
         cited = {s for f in findings for s in f["sources"]}
-        for term in p.get("missing", []):
-            passages = search([term], per_document=1)
+        missing = p.get("missing", [])
+        notes = await ctx.run_loop(f"Feedback: {p.get('feedback', '')}\nMissing: "
+                                   f"{', '.join(missing)}\n{digest(findings)}", max_tokens=96)
+        # What the model's searches found, then the corpus searched for each term, as candidates.
+        searched = [q for tool, result in ctx.loop.results if tool == "search_corpus"
+                    for q in result]
+        for term in missing:
+            passages = [{**q, "score": score_text(q["text"], [term]),
+                         "matched": matched_terms(q["text"], [term])}
+                        for q in searched if score_text(q["text"], [term]) > 0]
+            passages += search([term], per_document=1)
             # Uncited documents first: a new source broadens the draft more than a second passage
             # from one it already relies on.
             passages.sort(key=lambda q: (q["document"] in cited, -q["score"], q["document"]))
@@ -119,13 +161,12 @@ class Researcher(Agent):
             if extra and extra[0]["claim"] not in {f["claim"] for f in findings}:
                 findings.append(extra[0])
                 cited.update(extra[0]["sources"])
-        notes = await say(ctx, "You revise research. Say how the feedback was addressed.",
-                          f"Feedback: {p.get('feedback', '')}\n{digest(findings)}", 96)
         # Only corpus documents are titled here. A page (a URL source) entered the draft through the
         # scraper that read it, whose reply carried its title, and the workflow keeps that title.
         corpus = set(corpus_names())
         titles = {s: document(s).title for f in findings for s in f["sources"] if s in corpus}
-        return {"findings": findings, "notes": notes, "titles": titles}
+        return {"findings": findings, "notes": str(notes).strip(), "titles": titles,
+                "tools_used": ctx.loop.tools_used}
 
 
 class Reviewer(Agent):

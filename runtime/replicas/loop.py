@@ -3,7 +3,8 @@
 ``run_loop`` drives it over an ``AgentContext``: each model call goes through ``ctx.chat`` (the
 engines, with tools offered and the answer held to the output type where the engine can), each tool
 call through ``ctx.tool`` (the tool executors, with their gates, retries and dead letters); the calls
-of one turn run concurrently. A call the model makes with a tool it was not offered, with arguments
+of one turn run concurrently; the last of ``max_turns`` offers no tool, so a model that would
+call tools for ever answers then. A call the model makes with a tool it was not offered, with arguments
 that do not fit, or that fails goes back to the model as the tool's result (``{"error": ...}``), up
 to ``max_tool_errors``; a final answer that does not fit ``output_type`` goes back the same way. A
 handoff (``transfer_to_<role>``) sends the conversation's last request to that role's mailbox and its
@@ -60,6 +61,9 @@ class LoopState:
     turns: int = 0
     tool_errors: int = 0
     tools_used: list[str] = field(default_factory=list)
+    #: Each call that succeeded: (tool, its result), in the order they ended. A handler reads what
+    #: its loop found here (``AgentContext.loop``).
+    results: list[tuple[str, Any]] = field(default_factory=list)
 
 
 def handoff_spec(role: str) -> ToolSpec:
@@ -75,15 +79,21 @@ def opening(spec: LoopSpec, input: Any) -> list[ChatMessage]:  # noqa: A002 - th
     return [*system, ChatMessage(role="user", content=text)]
 
 
-async def run_loop(ctx: AgentContext, spec: LoopSpec, input: Any) -> Any:  # noqa: A002
-    """Run the loop to a final answer: the ``output_type``'s value as a dict, else the text."""
-    state = LoopState(opening(spec, input))
+async def run_loop(ctx: AgentContext, spec: LoopSpec, input: Any,  # noqa: A002
+                   state: LoopState | None = None) -> Any:
+    """Run the loop to a final answer: the ``output_type``'s value as a dict, else the text.
+    ``state``, if given, is filled in as the loop goes (the conversation, the calls' results)."""
+    state = state if state is not None else LoopState()
+    state.messages = opening(spec, input)
     tools = (*tool_specs(spec.tools, defined_tool), *(handoff_spec(r) for r in spec.handoffs))
     offered = ChatRequest(model="-", messages=[], tools=tools)
     while state.turns < spec.max_turns:
         state.turns += 1
+        # The last turn offers no tool: the model answers (an engine that constrains it must).
+        last = state.turns == spec.max_turns
         completion = await ctx.chat(state.messages, model=spec.model, max_tokens=spec.max_tokens,
-                                    tools=tools, response_format=spec.output_type)
+                                    tools=tools, tool_choice="none" if last and tools else "auto",
+                                    response_format=spec.output_type)
         if completion.tool_calls:
             state.messages.append(ChatMessage(role="assistant", content=completion.text,
                                               tool_calls=completion.tool_calls))
@@ -113,6 +123,7 @@ async def _call(ctx: AgentContext, spec: LoopSpec, state: LoopState, offered: Ch
         try:
             result = await ctx.tool_call(call)
             state.tools_used.append(call.name)
+            state.results.append((call.name, result))
             return result
         except (TaskCancelled, LeaseLost, ApprovalNeeded):
             raise  # the task's end, its run's, or a wait for a person: not the tool's failure

@@ -45,7 +45,7 @@ from runtime.events.bus import new_event, publish
 from runtime.flow.queue import MailboxHandle, MailboxService, Replies
 from runtime.llm.engine import Router, TokenSink
 from runtime.llm.usage import charge
-from runtime.replicas.loop import LoopSpec, run_loop
+from runtime.replicas.loop import LoopSpec, LoopState, run_loop
 from runtime.store.service import StoreService
 from runtime.tools.executor import Caller, ToolRouter
 from runtime.tools.registry import defined_tool
@@ -100,6 +100,11 @@ class AgentContext:
         self._default_model = default_model
         self._agent = agent
         self._calls = 0
+        #: The last ``run_loop``'s conversation and the results of its calls (what the model found).
+        self.loop = LoopState()
+        #: True after a call replayed from an earlier run's record (until a call is made anew): the
+        #: progress the handler emits then was emitted by that run, and is not repeated.
+        self.replaying = False
         self._published = 0
         self._delegated = 0
 
@@ -148,7 +153,8 @@ class AgentContext:
             "max_turns": agent.max_turns, "max_tool_errors": agent.max_tool_errors,
             "model": agent.model}
         spec = LoopSpec(role=self._msg.role, **{**declared, **overrides})
-        return await run_loop(self, spec, input)
+        self.loop = LoopState()
+        return await run_loop(self, spec, input, self.loop)
 
     async def tool(self, name: str, /, **args: Any) -> Any:
         """Call a tool (with its gate, timeout and retries); part of the agent's step, like chat.
@@ -160,12 +166,14 @@ class AgentContext:
         return await self._services.call_tool(call.name, dict(call.arguments), call.id)
 
     def emit(self, **data: Any) -> None:
-        """A progress event on the task (not fenced: a handler may run again for the same step).
-        An event's handler has no task: its progress goes to the log only."""
+        """A progress event on the task (not fenced: a handler may run again for the same step; what
+        follows a replayed call is not emitted again). An event's handler has no task: its progress
+        goes to the log only."""
         if not self.task_id:
             log.info("agent %s (event %s): %s", self._msg.role, self.step_key, data)
             return
-        self._services.emit("agent", {"step": self.step_key, **data})
+        if not self.replaying:
+            self._services.emit("agent", {"step": self.step_key, **data})
 
 
 class Delegate:
@@ -213,7 +221,9 @@ class Handling:
         if self._recorded is None:
             self._recorded = await replica.store.steps_under(msg.task_id, f"{msg.step_key}/")
         if key in self._recorded:
+            self.context.replaying = True  # what follows from it was said before: not again
             return refs.loads(self._recorded[key], replica.store)
+        self.context.replaying = False
         value = await call()
         recording = refs.record(replica.store, msg.lease, key, value,
                                 replica.settings.inline_limit_bytes)

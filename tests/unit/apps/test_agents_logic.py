@@ -24,9 +24,13 @@ from agents.text import (
 )
 from runtime import InvalidInput, RetryPolicy
 from runtime.authoring.catalog import load_catalog
-from runtime.authoring.workflow import Context, StepDefaults, as_messages
+from runtime.authoring.workflow import Context, StepDefaults
+from runtime.core.config import SimulatedEngineConfig, ToolSettings
 from runtime.core.models import AgentMessage, ChatRequest, Completion, Usage
-from runtime.llm.simulated import prompt_text, simulated_text
+from runtime.llm.simulated import SimulatedEngine, prompt_text, simulated_text
+from runtime.replicas.replica import AgentContext
+from runtime.tools import ToolContext
+from runtime.tools.registry import defined_tool
 
 QUESTION = "How do durable workflows survive worker failures?"
 TASK_ID = "task-1"
@@ -203,18 +207,28 @@ def complete(request: ChatRequest) -> Completion:
     return Completion(model=request.model, text=text, usage=Usage(prompt_tokens=0, completion_tokens=0))
 
 
-class LocalAgentContext:
-    """Stands in for ``AgentContext``: the same ``chat`` signature, answered in-process."""
+class LocalAgentServices:
+    """An ``AgentContext``'s services in-process: the simulated engine (no latency) answers, tools
+    run here."""
 
-    def __init__(self, task_id: str, step_key: str) -> None:
-        self.task_id, self.step_key, self.priority = task_id, step_key, 0
+    def __init__(self) -> None:
+        self.engine = SimulatedEngine("sim", SimulatedEngineConfig(ttft_s=0, tpot_s=0))
 
-    async def chat(self, messages: Any, *, model: str | None = None, max_tokens: int = 128,
-                   temperature: float = 0.0) -> Completion:
-        return complete(ChatRequest(model=model or "sim", messages=as_messages(messages),
-                                    max_tokens=max_tokens))
+    async def chat(self, request: ChatRequest) -> Completion:
+        return await self.engine.chat(request)
 
-    def emit(self, **data: Any) -> None:
+    async def call_tool(self, name: str, args: dict[str, Any], call_id: str | None = None) -> Any:
+        tool = defined_tool(name)
+        return await tool.call(tool.validate(args), ToolContext(ToolSettings(), name, TASK_ID))
+
+    async def call_agent(self, role: str, step_key: str, payload: Any,
+                         timeout_s: float | None) -> Any:
+        raise AssertionError("the research roles delegate to no one")
+
+    async def publish(self, topic: str, data: Any, key: str | None, event_id: str) -> Any:
+        raise AssertionError("the research roles publish nothing")
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
         pass
 
 
@@ -234,8 +248,8 @@ class LocalServices:
         assert self.live, f"replay ran agent step {key}"
         self.calls.append(key)
         msg = AgentMessage(id=key, role=role, task_id=TASK_ID, step_key=key, payload=payload)
-        agent_ctx = LocalAgentContext(TASK_ID, key)
-        return await self.catalog.agent(role)().handle(msg, agent_ctx)  # type: ignore[arg-type]
+        agent = self.catalog.agent(role)()
+        return await agent.handle(msg, AgentContext(msg, LocalAgentServices(), "sim", agent))
 
     async def chat(self, request: ChatRequest) -> Completion:
         assert self.live, "replay ran an LLM step"

@@ -12,7 +12,8 @@ from typing import Any
 from agents.library import document
 from agents.roles import Researcher
 from runtime.core.models import AgentMessage
-from tests.unit.apps.test_agents_logic import LocalAgentContext
+from runtime.replicas.replica import AgentContext
+from tests.unit.apps.test_agents_logic import LocalAgentServices
 
 URL = "http://127.0.0.1:9/page"
 PAGE_FINDING = {"claim": "Durable workflows replay their recorded checkpoints after a crash.",
@@ -22,8 +23,8 @@ PAGE_FINDING = {"claim": "Durable workflows replay their recorded checkpoints af
 def revise(payload: dict[str, Any]) -> dict[str, Any]:
     msg = AgentMessage(id="agent:researcher", role="researcher", task_id="task-1",
                        step_key="agent:researcher", payload=payload)
-    ctx = LocalAgentContext("task-1", "agent:researcher")
-    return asyncio.run(Researcher().handle(msg, ctx))
+    agent = Researcher()
+    return asyncio.run(agent.handle(msg, AgentContext(msg, LocalAgentServices(), "sim", agent)))
 
 
 def test_researcher_keeps_a_finding_sourced_from_a_url() -> None:
