@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 from tests.conftest import wait_for
 from tests.e2e.live import Api
@@ -23,6 +23,19 @@ def chromium() -> str:
     return path
 
 
+def signed_in(p: Playwright, api: Api) -> tuple[Browser, Page]:
+    """Headless Chromium on the status page, signed in with key-a (the server has API keys: the
+    page asks for one)."""
+    browser = p.chromium.launch(executable_path=chromium(), headless=True,
+                                args=["--no-sandbox", "--disable-gpu"])
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(api.url)
+    page.fill("#key", "key-a")
+    page.click("#key-form button")
+    return browser, page
+
+
 def test_the_status_page_follows_a_task_and_cancels_it(api: Api, tmp_path: Path) -> None:
     client = api.client("key-a")
 
@@ -35,13 +48,7 @@ def test_the_status_page_follows_a_task_and_cancels_it(api: Api, tmp_path: Path)
 
     followed, cancelled = held(2), held(1)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), headless=True,
-                                    args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(api.url)
-        page.fill("#key", "key-a")  # the server has API keys: the page asks for one
-        page.click("#key-form button")
+        browser, page = signed_in(p, api)
         row = page.locator(f'#tasks tr[data-id="{followed}"]')
         expect(row).to_contain_text("five_steps")
 
@@ -79,13 +86,7 @@ def test_the_status_page_shows_an_agents_turns_and_approves_its_call(api: Api, t
     wait_for(lambda: (client.get(f"/v1/tasks/{task_id}").json()["waiting_for"] or ""
                       ).startswith("approval:"), timeout_s=120, what="the refund to wait for a person")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), headless=True,
-                                    args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(api.url)
-        page.fill("#key", "key-a")
-        page.click("#key-form button")
+        browser, page = signed_in(p, api)
         page.goto(f"{api.url}/#task/{task_id}")
         expect(page.locator("#approval")).to_be_visible()
         expect(page.locator("#approval-what")).to_contain_text("refund")
