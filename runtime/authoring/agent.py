@@ -23,7 +23,8 @@ class Agent:
     loop; one instance per replica.
 
     A declared agent names ``instructions`` (a string, or a method of the message), ``tools`` (names
-    of tools the app modules define, ``@tool`` functions or OpenAI function specs), an
+    of tools the app modules define, ``@tool`` functions, OpenAI function specs, or
+    ``"agent:<role>"`` to offer another role as a tool whose reply is the call's result), an
     ``output_type`` (a pydantic model its final answer must fit), ``handoffs`` (roles it may hand
     the conversation to), ``max_turns`` and a ``model``; with no ``handle`` of its own, its handler
     is the loop (``AgentContext.run_loop``): model call, the turn's tool calls, model call, until a

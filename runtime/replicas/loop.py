@@ -2,14 +2,16 @@
 
 ``run_loop`` drives it over an ``AgentContext``: each model call goes through ``ctx.chat`` (the
 engines, with tools offered and the answer held to the output type where the engine can), each tool
-call through ``ctx.tool`` (the tool executors, with their gates, retries and dead letters); the calls
-of one turn run concurrently; the last of ``max_turns`` offers no tool, so a model that would
-call tools for ever answers then. A call the model makes with a tool it was not offered, with arguments
-that do not fit, or that fails goes back to the model as the tool's result (``{"error": ...}``), up
-to ``max_tool_errors``; a final answer that does not fit ``output_type`` goes back the same way. A
-handoff (``transfer_to_<role>``) sends the conversation's last request to that role's mailbox and its
-reply is the answer. Each turn (with the calls the model made), failed call and handoff is an
-``agent`` event of the task; each call made shows as its step's record (``Handling._once``).
+call through ``ctx.tool`` (the tool executors, with their gates, retries and dead letters); the
+calls of one turn run concurrently; the last of ``max_turns`` offers no tool, so a model that would
+call tools for ever answers then. A call the model makes with a tool it was not offered, with
+arguments that do not fit, or that fails goes back to the model as the tool's result (``{"error":
+...}``), up to ``max_tool_errors``; a final answer that does not fit ``output_type`` goes back the
+same way. A handoff (``transfer_to_<role>``) sends the conversation's last request to that role's
+mailbox and its reply is the answer; a role offered as a tool (``"agent:<role>"`` in ``tools``,
+``ask_<role>`` to the model) gets the call's request the same way, and its reply is the call's
+result. Each turn (with the calls the model made), failed call and handoff is an ``agent`` event of
+the task; each call made shows as its step's record (``Handling._once``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ if TYPE_CHECKING:
     from runtime.replicas.replica import AgentContext
 
 HANDOFF_PREFIX = "transfer_to_"
+#: ``"agent:<role>"`` in an agent's ``tools`` offers that role as a tool, ``ask_<role>``: its reply
+#: is the call's result and the loop goes on (a handoff's reply would end it).
+AGENT_TOOL = "agent:"
+ASK_PREFIX = "ask_"
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,24 @@ def handoff_spec(role: str) -> ToolSpec:
                                 "required": ["request"]})
 
 
+def ask_spec(role: str) -> ToolSpec:
+    return ToolSpec(name=f"{ASK_PREFIX}{role}"[:64],
+                    description=f"Ask the {role} agent; its answer is this call's result.",
+                    parameters={"type": "object", "properties": {"request": {"type": "string"}},
+                                "required": ["request"]})
+
+
+def offered(spec: LoopSpec) -> tuple[tuple[ToolSpec, ...], dict[str, str]]:
+    """The tools the model is offered (the declared tools, the roles offered as tools, a handoff
+    tool per role it may hand off to), and the roles by the name of their ``ask_`` tool."""
+    roles = [t.removeprefix(AGENT_TOOL) for t in spec.tools
+             if isinstance(t, str) and t.startswith(AGENT_TOOL)]
+    plain = [t for t in spec.tools if not (isinstance(t, str) and t.startswith(AGENT_TOOL))]
+    asks = {ask_spec(r).name: r for r in roles}
+    return (*tool_specs(plain, defined_tool), *(ask_spec(r) for r in roles),
+            *(handoff_spec(r) for r in spec.handoffs)), asks
+
+
 def opening(spec: LoopSpec, input: Any) -> list[ChatMessage]:  # noqa: A002 - the loop's input
     text = input if isinstance(input, str) else json.dumps(input, default=str)
     system = [ChatMessage(role="system", content=spec.instructions)] if spec.instructions else []
@@ -85,8 +109,8 @@ async def run_loop(ctx: AgentContext, spec: LoopSpec, input: Any,  # noqa: A002
     ``state``, if given, is filled in as the loop goes (the conversation, the calls' results)."""
     state = state if state is not None else LoopState()
     state.messages = opening(spec, input)
-    tools = (*tool_specs(spec.tools, defined_tool), *(handoff_spec(r) for r in spec.handoffs))
-    offered = ChatRequest(model="-", messages=[], tools=tools)
+    tools, asks = offered(spec)
+    request = ChatRequest(model="-", messages=[], tools=tools)  # what calls are checked against
     while state.turns < spec.max_turns:
         state.turns += 1
         # The last turn offers no tool: the model answers (an engine that constrains it must).
@@ -102,7 +126,7 @@ async def run_loop(ctx: AgentContext, spec: LoopSpec, input: Any,  # noqa: A002
                             if c.name.startswith(HANDOFF_PREFIX)), None)
             if handoff is not None:
                 return await _hand_off(ctx, spec, state, handoff)
-            results = await asyncio.gather(*(_call(ctx, spec, state, offered, c)
+            results = await asyncio.gather(*(_call(ctx, spec, state, request, asks, c)
                                              for c in completion.tool_calls))
             state.messages += [ChatMessage(role="tool", tool_call_id=c.id, name=c.name,
                                            content=json.dumps(r, default=str))
@@ -115,13 +139,16 @@ async def run_loop(ctx: AgentContext, spec: LoopSpec, input: Any,  # noqa: A002
     raise AgentLoopFailed(spec.role, f"no final answer in {spec.max_turns} turn(s)")
 
 
-async def _call(ctx: AgentContext, spec: LoopSpec, state: LoopState, offered: ChatRequest,
-                call: ToolCall) -> Any:
-    """One tool call of the model; its result, or the problem that goes back to the model."""
-    problems = call_problems(offered, call)
+async def _call(ctx: AgentContext, spec: LoopSpec, state: LoopState, request: ChatRequest,
+                asks: dict[str, str], call: ToolCall) -> Any:
+    """One tool call of the model (a role offered as a tool: a message to its mailbox); its result,
+    or the problem that goes back to the model."""
+    problems = call_problems(request, call)
     if not problems:
         try:
-            result = await ctx.tool_call(call)
+            role = asks.get(call.name)
+            result = await (ctx.agent(role).run(call.arguments["request"]) if role is not None
+                            else ctx.tool_call(call))
             state.tools_used.append(call.name)
             state.results.append((call.name, result))
             return result

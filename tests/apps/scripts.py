@@ -41,3 +41,11 @@ def hand_to_reviewer(request: ChatRequest) -> Any:
 
 def chatter(request: ChatRequest) -> Any:
     return ToolCall(id=f"c{len(request.messages)}", name="look_up_fact", arguments={"query": "again"})
+
+
+def ask_reviewer_then_answer(request: ChatRequest) -> Any:
+    """Asks the reviewer (a role offered as a tool), then answers with its reply."""
+    results = [m.content for m in request.messages if m.role == "tool"]
+    if not results:
+        return ToolCall(id="a1", name="ask_reviewer", arguments={"request": "is this right?"})
+    return f"the reviewer said {results[-1]}"

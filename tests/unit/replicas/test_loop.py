@@ -155,6 +155,20 @@ def test_a_handoff_sends_the_request_to_that_role_whose_reply_is_the_answer() ->
     assert {"step": "agent:support", "turn": 1, "handoff": "reviewer"} in services.events
 
 
+def test_a_role_offered_as_a_tool_answers_the_call_and_the_loop_goes_on() -> None:
+    class Writer(Agent):
+        role = "writer"
+        instructions = "Ask the reviewer before you answer."
+        tools = ["look_up_fact", "agent:reviewer"]
+
+    services = Services("tests.apps.scripts:ask_reviewer_then_answer")
+    answer = run(Writer(), services, "draft")
+    assert answer == 'the reviewer said {"reviewed": "is this right?"}'
+    assert services.delegations == [("reviewer", "is this right?")]
+    assert [t.name for t in services.chats[0].tools] == ["look_up_fact", "ask_reviewer"]
+    assert len(services.chats) == 2  # the reply went back to the model, which then answered
+
+
 def test_instructions_may_be_a_method_of_the_message_and_a_handler_may_call_the_loop() -> None:
     class Custom(Agent):
         role = "custom"
