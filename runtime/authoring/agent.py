@@ -40,6 +40,9 @@ class Agent:
     #: answered with the problem as the tool's result, before the loop fails.
     max_tool_errors: ClassVar[int] = 3
     model: ClassVar[str | None] = None
+    #: Tools whose calls by this role wait for a person's approval, as a tool declared
+    #: ``@tool(requires_approval=True)`` does for every caller (the agent's own policy).
+    approve: ClassVar[list[str]] = []
     #: Topic patterns (``docs.*``) whose events come to this role's mailbox, one message per
     #: delivery; ``msg.event`` is the event and ``msg.redelivered`` says it may have come before.
     subscribes: ClassVar[list[str]] = []

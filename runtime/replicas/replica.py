@@ -295,7 +295,8 @@ class Handling:
 
         async def call() -> Any:
             arguments = args
-            if msg.lease is not None and defined_tool(name).requires_approval:
+            if msg.lease is not None and (defined_tool(name).requires_approval
+                                          or name in self._replica.agent.approve):
                 decision = await self._decision(call_id or key.rpartition("/")[2], name, args)
                 if decision.get("decision") != "approve":  # the model hears why, as the result
                     return {"denied": True, "reason": decision.get("reason") or "denied"}

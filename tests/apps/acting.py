@@ -144,3 +144,18 @@ async def pay_out(ctx: Context, inp: PayIn) -> str:
         return str(await ctx.tool("wire_money", order_id=inp.order_id, amount=inp.amount))
     except ToolDenied as e:
         return f"not paid: {e.reason}"
+
+
+class Careful(Agent):
+    """Looks the order up and tells the customer, but its own policy has a person approve each
+    message to a customer first (``notify`` needs no approval elsewhere)."""
+
+    role = "careful"
+    instructions = "Look the order up, then tell the customer."
+    tools = ["find_order", "notify"]
+    approve = ["notify"]
+
+
+@workflow
+async def careful(ctx: Context, inp: ProblemIn) -> str:
+    return str(await ctx.agent("careful").run(inp.problem))

@@ -234,6 +234,27 @@ def test_a_denied_call_reaches_the_model_as_the_tools_result(
         shutil.rmtree(effects_dir(task.id), ignore_errors=True)
 
 
+def test_an_agents_own_policy_has_a_person_approve_its_calls_of_a_tool(
+        make_runtime: Callable[..., Runtime]) -> None:
+    """``approve = ["notify"]`` on the role: its notify calls park the task; another caller's do not."""
+    rt = make_runtime(["tests.apps.acting"])
+    client = rt.client()
+    task = client.submit("careful", {"problem": "where is order 17?"})
+    try:
+        call_id = wait_for(lambda: waiting_call(client, task.id), timeout_s=60,
+                           what="the task to park on the role's own approval")
+        (requested,) = [e.data for e in client.events(task.id) if e.kind == "approval.requested"]
+        assert requested["tool"] == "notify" and requested["call_id"] == call_id
+        effects = effects_dir(task.id) / "effects"
+        assert effects.read_text().split()[0::2] == ["find_order"]  # notify has not run
+        client.decide(task.id, call_id, "approve")
+        done = client.wait(task.id, timeout_s=60)
+        assert done.status is TaskStatus.SUCCEEDED, done.error
+        assert effects.read_text().split()[0::2] == ["find_order", "notify"]
+    finally:
+        shutil.rmtree(effects_dir(task.id), ignore_errors=True)
+
+
 def test_a_workflows_own_call_waits_for_approval_too(make_runtime: Callable[..., Runtime]) -> None:
     """``ctx.tool`` of a tool that requires approval, from a workflow: the task parks on
     ``approval:<step key>``; approved with edited arguments, the call runs once with them; denied,
