@@ -57,8 +57,10 @@ async def research(ctx: Context, inp: ResearchInput) -> ResearchReport:
                                    f"terms {', '.join(terms)}")
 
     ranked = await ctx.step("select_documents", rank_documents, terms, inp.max_documents)
-    # What the planner's own searches found first, then the best matches of the question's words.
-    docs = list(dict.fromkeys([*plan.get("documents", []), *ranked]))[:inp.max_documents]
+    # The best match of the question's words, then what the planner's own searches found, then
+    # the next best matches.
+    docs = list(dict.fromkeys([*ranked[:1], *plan.get("documents", []), *ranked[1:]])
+                )[:inp.max_documents]
     scraped = await asyncio.gather(
         *(ctx.agent("scraper").run({"document": name, "terms": terms}) for name in docs),
         *(ctx.agent("scraper").run({"url": url, "terms": terms}) for url in inp.urls))

@@ -47,7 +47,8 @@ def found_documents(ctx: AgentContext) -> list[str]:
 class Planner(Agent):
     """Question -> search terms, sub-questions and the documents to read. The terms come from the
     question's own words, so the plan is reproducible; the model searches the corpus (its own
-    queries) and explains the plan, and the documents its searches found are read first."""
+    queries) and explains the plan; the documents its searches found are read after the best
+    match of the question's words."""
 
     role = "planner"
     min_replicas = 1

@@ -41,6 +41,7 @@ from serve import auth, errors
 from serve import events as events_http
 from serve import status as status_page
 from serve.deps import BODY_ERRORS, Admin, ErrorDetail, Tenant, admin_of, responses
+from serve.mcp import McpEndpoint
 
 app = FastAPI(
     title="raysquad", version="0.1.0",
@@ -329,6 +330,8 @@ TASK_LINKS = {
 
 app.include_router(events_http.router)
 status_page.install(app, admin_of)
+# MCP (streamable HTTP): every workflow a tool, with the same keys and tenants (serve/mcp.py).
+app.mount("/mcp", McpEndpoint(app.state))
 # ASCII only: JSON Schema's \w is [A-Za-z0-9_], Python's matches any letter.
 GateKey = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@/*-]+$")]
 

@@ -30,7 +30,9 @@ from runtime.llm.pool import EnginePool
 from runtime.replicas.replica import AgentPool
 from runtime.store.actor import StoreActor, StoreHandle
 from runtime.store.connect import store_for
+from runtime.tools import Registry
 from runtime.tools.executor import ToolExecutor, ToolExecutorHandle
+from runtime.tools.mcp import mcp_tools
 
 
 class DispatcherActor(Dispatcher):
@@ -88,7 +90,8 @@ class ToolExecutorActor(ToolExecutor):
     up in the runtime's namespace."""
 
     def __init__(self, settings: Settings, apps: list[str]) -> None:
-        super().__init__(settings, load_catalog(apps).registry(), store_for(settings),
+        tools = {**load_catalog(apps).tools, **mcp_tools(settings)}  # MCP tools: their sessions
+        super().__init__(settings, Registry(tools), store_for(settings),
                          GateClient(GateKeeperHandle.find(settings.namespace)))
 
 

@@ -42,6 +42,7 @@ from runtime.store.connect import store_for
 from runtime.store.owner import own_store
 from runtime.store.service import check_store_settings
 from runtime.tools.executor import ToolExecutorHandle
+from runtime.tools.mcp import with_mcp_tools
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ class Runtime:
         """Start every actor of the runtime and recover the Store's unfinished tasks. ``alongside``
         (what else the caller starts on the cluster, such as Serve) runs in a thread meanwhile,
         once Ray is connected; an error of its own is raised here, after the runtime stopped."""
-        settings = absolute_paths(settings or Settings())
+        # The MCP servers' tools are listed here, once, and travel to every process in settings.
+        settings = with_mcp_tools(absolute_paths(settings or Settings()))
         apps = list(apps or ["agents"])
         catalog = load_catalog(apps)  # fail here, in the caller, on a bad module
         check_store_settings(settings)  # and on a Store that cannot be opened

@@ -19,7 +19,9 @@ from runtime.flow.queue import MailboxHandle
 from runtime.llm.engine import Router, find_engines
 from runtime.store.connect import store_for
 from runtime.store.service import StoreService
+from runtime.tools import Registry
 from runtime.tools.executor import ToolExecutorHandle, ToolRouter
+from runtime.tools.mcp import mcp_tools
 
 
 @dataclass
@@ -47,4 +49,4 @@ def find_peers(settings: Settings, apps: list[str]) -> Peers:
     mailboxes = {role: MailboxHandle.named(names.agent_mailbox(role), namespace)
                  for role in catalog.agents}
     return Peers(catalog, store_for(settings), mailboxes, router,
-                 ToolRouter(catalog.registry(), executors))
+                 ToolRouter(Registry({**catalog.tools, **mcp_tools(settings)}), executors))

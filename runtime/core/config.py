@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -227,6 +228,38 @@ class WebhookSource(BaseModel):
     tenant: str = Field("default", description="the tenant its events belong to")
 
 
+class McpServer(BaseModel):
+    """An MCP server whose tools become raysquad tools (``<server>.<tool>``): a command run over
+    stdio (in each tool executor), or a streamable HTTP ``url``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    command: tuple[str, ...] | None = Field(None, min_length=1, description="stdio: argv to run")
+    env: dict[str, str] = Field(default_factory=dict, description="stdio: its environment, over "
+                                "a minimal one (HOME, PATH, USER ...), not the runtime's")
+    cwd: str | None = Field(None, description="stdio: its working directory")
+    url: str | None = Field(None, pattern=r"^https?://", description="streamable HTTP endpoint")
+    headers: dict[str, str] = Field(default_factory=dict, description="HTTP: headers sent")
+    timeout_s: float = Field(30.0, gt=0, le=3600, description="one call's attempt, and the start")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServer:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("an MCP server has either a command (stdio) or a url (HTTP)")
+        return self
+
+
+class McpTool(BaseModel):
+    """One tool of an MCP server, as listed when the runtime started."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server: str
+    name: str
+    description: str = ""
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+
 class WebhookTarget(BaseModel):
     """Where matching events are POSTed."""
 
@@ -383,6 +416,11 @@ class Settings(BaseSettings):
                                 "no api_keys, have no floor")
     webhooks: dict[str, WebhookSource] = Field(
         default_factory=dict, description="RAYSQUAD_WEBHOOKS: source name -> {topic, secrets}")
+    mcp_servers: dict[str, McpServer] = Field(
+        default_factory=dict, description="RAYSQUAD_MCP_SERVERS: name -> {command, env} (stdio) "
+                                          "or {url, headers} (streamable HTTP)")
+    mcp_tools: tuple[McpTool, ...] = Field(
+        (), description="the MCP servers' tools, listed when the runtime starts (not set by hand)")
 
     # The HTTP API.
     http_host: str = "127.0.0.1"
@@ -423,6 +461,10 @@ class Settings(BaseSettings):
     tenant_priorities: dict[str, tuple[int, int]] = Field(
         default_factory=dict, description="per tenant: the priorities it may use")
     max_json_depth: int = Field(64, ge=2, le=500, description="nesting of arrays and objects in a body")
+    mcp_wait_s: float = Field(
+        60.0, gt=0, le=3600, description="/mcp: how long a tool call without tasks (and "
+                                         "tasks/result) waits for the task before answering with "
+                                         "its id to poll")
     max_streams_per_tenant: int = Field(
         32, ge=1, description="event streams one tenant may hold open on one Ingress replica")
     max_streams: int = Field(
@@ -473,6 +515,15 @@ class Settings(BaseSettings):
             raise ValueError("api_keys: an empty key would let in anyone who sends "
                              "'Authorization: Bearer ' with nothing after it; remove it")
         return keys
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _mcp_names(cls, servers: dict[str, McpServer]) -> dict[str, McpServer]:
+        for name in servers:
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", name):
+                raise ValueError(f"mcp_servers: {name[:40]!r} is not a server name (letters, digits, "
+                                 "_ and -, at most 32: its tools are named <server>.<tool>)")
+        return servers
 
     @model_validator(mode="after")
     def _workers_ordered(self) -> Settings:

@@ -508,6 +508,14 @@ class ResponseTooLarge(Refused, WithFields):
         super().__post_init__()
 
 
+class McpServerUnavailable(Retryable, WithFields):
+    """Raised when an MCP server's session cannot be opened (its process does not start, or it
+    does not answer in its timeout): worth another try, which starts it again."""
+    server: str
+    reason: str
+    template = "MCP server {server!r} is unavailable: {reason}"
+
+
 class UpstreamError(Retryable, WithFields):
     """Raised when an upstream service answers 429 or 5xx (busy or failing): worth another try, after
     its Retry-After where it sent one (retry loops cap that at their policy's max_backoff_s). It names

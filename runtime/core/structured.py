@@ -34,6 +34,12 @@ def tool_specs(tools: Iterable[Any], lookup: Lookup | None = None) -> tuple[Tool
     return tuple(as_tool_spec(t, lookup) for t in tools)
 
 
+def wire_name(name: str) -> str:
+    """A tool's name as a model sees it: an MCP server's tool ``files.read_file`` is
+    ``files__read_file`` (models and OpenAI's API take no dot); the runtime knows it by both."""
+    return name.replace(".", "__", 1)
+
+
 def as_tool_spec(tool: Any, lookup: Lookup | None = None) -> ToolSpec:
     if isinstance(tool, ToolSpec):
         return tool
@@ -54,8 +60,9 @@ def as_tool_spec(tool: Any, lookup: Lookup | None = None) -> ToolSpec:
     args_model = getattr(tool, "args_model", None)
     if isinstance(getattr(tool, "name", None), str) and isinstance(args_model, type) \
             and issubclass(args_model, BaseModel):
-        return ToolSpec(name=tool.name, description=getattr(tool, "description", "") or "",
-                        parameters=args_model.model_json_schema())
+        return ToolSpec(name=wire_name(tool.name), description=getattr(tool, "description", "") or "",
+                        parameters=getattr(tool, "input_schema", None)
+                        or args_model.model_json_schema())
     raise ConfigError(f"cannot offer {tool!r} as a tool: give a registered tool's name, a @tool "
                       "function or an OpenAI function spec")
 

@@ -48,7 +48,7 @@ from runtime.llm.usage import charge
 from runtime.replicas.loop import LoopSpec, LoopState, run_loop
 from runtime.store.service import StoreService
 from runtime.tools.executor import Caller, ToolRouter
-from runtime.tools.registry import defined_tool
+from runtime.tools.registry import DEFINED, defined_tool
 
 log = logging.getLogger(__name__)
 WATCH_S = 1.0  # an agent pool looks at its mailbox at least this often
@@ -162,8 +162,11 @@ class AgentContext:
         return await self._services.call_tool(name, args)
 
     async def tool_call(self, call: ToolCall) -> Any:
-        """A tool call the model made (its id names it for an approval)."""
-        return await self._services.call_tool(call.name, dict(call.arguments), call.id)
+        """A tool call the model made (its id names it for an approval), under the tool's own name
+        (a model calls an MCP tool ``files.read_file`` as ``files__read_file``)."""
+        known = DEFINED.get(call.name)
+        name = known.name if known is not None else call.name
+        return await self._services.call_tool(name, dict(call.arguments), call.id)
 
     def emit(self, **data: Any) -> None:
         """A progress event on the task (not fenced: a handler may run again for the same step; what

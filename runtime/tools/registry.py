@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create
 from runtime.core.config import RetryPolicy, ToolSettings
 from runtime.core.errors import ToolArgsInvalid, ToolNotFound
 from runtime.core.retry import is_retryable
+from runtime.core.structured import schema_problems
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,13 @@ class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
 
+class SchemaArgs(BaseModel):
+    """The arguments of a tool described by a JSON schema (an MCP server's), checked against it:
+    kept as given (``model_dump()`` gives them back)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 @dataclass(frozen=True)
 class Tool:
     fn: Callable[..., Any]
@@ -73,14 +81,26 @@ class Tool:
     context_param: str | None = None
     #: An agent's call of it waits for a person's decision (approve, deny, or edit the arguments).
     requires_approval: bool = False
+    #: A tool described by a JSON schema (an MCP server's) rather than a signature: its arguments
+    #: are checked against the schema and ``fn`` gets them as one dict, ``arguments``.
+    input_schema: dict[str, Any] | None = None
 
     def validate(self, args: dict[str, Any]) -> BaseModel:
+        if self.input_schema is not None:
+            problems = schema_problems(self.input_schema, args)
+            if problems:
+                raise ToolArgsInvalid(self.name, problems)
+            return SchemaArgs.model_validate(args)
         try:
             return self.args_model.model_validate(args)
         except ValidationError as e:
             problems = [f"{'.'.join(str(p) for p in err['loc']) or '(args)'}: {err['msg']}"
                         for err in e.errors()]
             raise ToolArgsInvalid(self.name, problems) from None
+
+    def parameters(self) -> dict[str, Any]:
+        """The JSON schema of its arguments."""
+        return self.input_schema or self.args_model.model_json_schema()
 
     def gate_key(self, args: BaseModel) -> str:
         if self.gate is None:
@@ -95,7 +115,8 @@ class Tool:
 
     async def call(self, args: BaseModel, ctx: ToolContext) -> Any:
         """One call (not a batching tool)."""
-        kwargs = {name: getattr(args, name) for name in type(args).model_fields}
+        kwargs: dict[str, Any] = ({"arguments": args.model_dump()} if self.input_schema is not None
+                  else {name: getattr(args, name) for name in type(args).model_fields})
         if self.context_param:
             kwargs[self.context_param] = ctx
         try:
@@ -119,7 +140,7 @@ class Tool:
 
     def schema(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description,
-                "parameters": self.args_model.model_json_schema(),
+                "parameters": self.parameters(),
                 "batch": None if self.batch is None else vars(self.batch)}
 
 
@@ -207,7 +228,8 @@ class Registry:
             raise ToolNotFound(name, tuple(sorted(self.tools))) from None
 
     def schemas(self) -> list[dict[str, Any]]:
-        return [self.tools[n].schema() for n in sorted(self.tools)]
+        """Each tool's schema, once (an MCP tool is also known by its ``wire_name``)."""
+        return [self.tools[n].schema() for n in sorted(self.tools) if self.tools[n].name == n]
 
 
 def dump_result(value: Any) -> Any:
