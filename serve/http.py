@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from ray import serve
 from sse_starlette.sse import EventSourceResponse
+from starlette.routing import Route
 
 from runtime.client.client import MAX_BATCH, AsyncClient
 from runtime.client.ops import AsyncOps
@@ -331,7 +332,8 @@ TASK_LINKS = {
 app.include_router(events_http.router)
 status_page.install(app, admin_of)
 # MCP (streamable HTTP): every workflow a tool, with the same keys and tenants (serve/mcp.py).
-app.mount("/mcp", McpEndpoint(app.state))
+# A route, not a mount: POST /mcp itself (a mount would redirect it to /mcp/).
+app.router.routes.append(Route("/mcp", McpEndpoint(app.state), methods=["GET", "POST", "DELETE"]))
 # ASCII only: JSON Schema's \w is [A-Za-z0-9_], Python's matches any letter.
 GateKey = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@/*-]+$")]
 

@@ -10,8 +10,10 @@ the tool's description.
 - **A call with tasks** (a client that declares the ``io.modelcontextprotocol/tasks`` extension)
   is answered at once with the task (``resultType: "task"``); ``tasks/get``, ``tasks/result`` and
   ``tasks/cancel`` map onto it. A task parked on a signal or an approval is ``input_required``, its
-  ``statusMessage`` naming what it waits for; ``tasks/input`` (``{"taskId", "name", "payload"}``)
-  sends that signal and resumes it.
+  ``statusMessage`` naming what it waits for and ``inputRequests`` asking for it (an
+  elicitation form: an approval's decision, or a signal's payload); the client answers with
+  ``tasks/update`` (``inputResponses`` keyed the same), or, over a connection with a back-channel,
+  the elicitation ``tasks/result`` sends; the answer is sent as that signal and the task resumes.
 - **Bad input** is answered in MCP's terms, never with a 500: an unknown tool or task is an
   ``INVALID_PARAMS`` error; arguments that do not fit the workflow's schema (or that the runtime
   refuses) are a tool result with ``isError``.
@@ -60,7 +62,27 @@ def task_view(record: TaskRecord) -> dict[str, Any]:
                             "pollInterval": POLL_MS}
     if message:
         view["statusMessage"] = message
+    if record.status is TaskStatus.WAITING and record.waiting_for:
+        # What it waits for, as an input request keyed by its name (answered with tasks/update).
+        asked, schema = question(record)
+        view["inputRequests"] = {record.waiting_for: {
+            "method": "elicitation/create",
+            "params": {"mode": "form", "message": asked, "requestedSchema": schema}}}
     return view
+
+
+def question(record: TaskRecord) -> tuple[str, dict[str, Any]]:
+    """What a waiting task asks for, as an elicitation's message and form schema: an approval's
+    decision, or a signal's payload (JSON, as text)."""
+    name = record.waiting_for or ""
+    if name.startswith("approval:"):
+        return (f"task {record.id} waits for a person to approve {name.removeprefix('approval:')}",
+                {"type": "object", "required": ["decision"], "properties": {
+                    "decision": {"type": "string", "enum": ["approve", "deny"]},
+                    "reason": {"type": "string"}}})
+    return (f"task {record.id} waits for the signal {name!r}: its payload, as JSON",
+            {"type": "object", "required": ["payload"],
+             "properties": {"payload": {"type": "string"}}})
 
 
 def _text(value: Any) -> list[Any]:
@@ -94,6 +116,18 @@ def _error(message: str) -> Any:
     return types.CallToolResult(content=_text(message), is_error=True)
 
 
+def _update_params() -> type[Any]:
+    from mcp_types import InputResponses, RequestParams
+
+    class UpdateTaskParams(RequestParams):
+        """``tasks/update``: the client's answers to a task's ``inputRequests``."""
+
+        task_id: str
+        input_responses: InputResponses | None = None
+
+    return UpdateTaskParams
+
+
 class McpServer:
     """The SDK server's handlers over the runtime's client (``app.state.client``)."""
 
@@ -105,6 +139,7 @@ class McpServer:
             GetTaskRequestParams,
         )
 
+        UpdateTaskParams = _update_params()  # noqa: N806 - a class
         self._state = state
         self.server = Server("raysquad", on_list_tools=self.list_tools,
                              on_call_tool=self.call_tool)
@@ -112,6 +147,7 @@ class McpServer:
         self.server.add_request_handler("tasks/result", GetTaskPayloadRequestParams,
                                         self.tasks_result)
         self.server.add_request_handler("tasks/cancel", CancelTaskRequestParams, self.tasks_cancel)
+        self.server.add_request_handler("tasks/update", UpdateTaskParams, self.tasks_update)
         self.server.extensions[TASKS_EXTENSION] = {}
 
     @property
@@ -195,30 +231,56 @@ class McpServer:
         return tool_result(await self._follow(ctx, record))
 
     async def _ask(self, ctx: Any, record: TaskRecord) -> TaskRecord:
-        """Elicit the answer the task waits for from the client, and send it."""
+        """Elicit the answer the task waits for from the client (over the request's back-channel,
+        where the connection has one), and send it."""
+        from mcp import MCPError
+
+        message, schema = question(record)
+        try:
+            answer = await ctx.session.elicit_form(message, schema, ctx.request_id)
+        except MCPError:  # no back-channel (stateless, 2026-07-28): tasks/update answers instead
+            return record
+        return await self._answer(record, answer)
+
+    async def _answer(self, record: TaskRecord, answer: Any) -> TaskRecord:
+        """Send an elicitation's answer as what the task waits for (a declined one: nothing)."""
+        from mcp import MCPError
+        from mcp_types import INVALID_PARAMS
+
         name = record.waiting_for or ""
-        if name.startswith("approval:"):
-            message = f"task {record.id} waits for a person to approve {name.removeprefix('approval:')}"
-            schema = {"type": "object", "required": ["decision"], "properties": {
-                "decision": {"type": "string", "enum": ["approve", "deny"]},
-                "reason": {"type": "string"}}}
-        else:
-            message = f"task {record.id} waits for the signal {name!r}: its payload, as JSON"
-            schema = {"type": "object", "required": ["payload"],
-                      "properties": {"payload": {"type": "string"}}}
-        answer = await ctx.session.elicit_form(message, schema, ctx.request_id)
-        if answer.action != "accept" or not answer.content:
-            return record  # declined: the task goes on waiting
-        content = dict(answer.content)
+        content = dict(answer.content or {}) if answer.action == "accept" else None
+        if content is None:
+            return record  # declined or cancelled: the task goes on waiting
+        problems = schema_problems(question(record)[1], content)
+        if problems:
+            raise MCPError(INVALID_PARAMS, f"the answer for {name!r}: " + "; ".join(problems[:3]))
         if name.startswith("approval:"):
             return await self._client.decide(record.id, name.removeprefix("approval:"),
                                              content["decision"], content.get("reason"))
-        text = str(content.get("payload", ""))
+        text = str(content["payload"])
         try:
             payload = json.loads(text)
         except json.JSONDecodeError:
             payload = text
         return await self._client.signal(record.id, name, payload)
+
+    async def tasks_update(self, ctx: Any, params: Any) -> dict[str, Any]:
+        """The tasks extension's answer to a task's ``inputRequests``: the response keyed by what
+        the task waits for is sent as that signal (or approval decision)."""
+        from mcp import MCPError
+        from mcp_types import INVALID_PARAMS, ElicitResult
+
+        record = await self._task(params.task_id)
+        name = record.waiting_for
+        responses = params.input_responses or {}
+        if record.status is not TaskStatus.WAITING or name not in responses:
+            raise MCPError(INVALID_PARAMS, f"task {record.id} waits for "
+                                           f"{name if record.status is TaskStatus.WAITING else 'nothing'}"
+                                           f", not for {sorted(responses)[:5]}")
+        answer = responses[name]
+        if not isinstance(answer, ElicitResult):
+            raise MCPError(INVALID_PARAMS, f"the answer for {name!r} must be an elicitation result")
+        return task_view(await self._answer(record, answer))
 
     async def tasks_cancel(self, ctx: Any, params: Any) -> dict[str, Any]:
         record = await self._task(params.task_id)

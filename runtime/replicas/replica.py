@@ -48,6 +48,7 @@ from runtime.llm.usage import charge
 from runtime.replicas.loop import LoopSpec, LoopState, run_loop
 from runtime.store.service import StoreService
 from runtime.tools.executor import Caller, ToolRouter
+from runtime.tools.mcp import mcp_tools
 from runtime.tools.registry import DEFINED, defined_tool
 
 log = logging.getLogger(__name__)
@@ -347,6 +348,7 @@ class AgentReplica:
                  tools: ToolRouter | None = None) -> None:
         self.id = replica_id
         self.role = role
+        mcp_tools(settings)  # the MCP servers' tools defined here too: a role's tools may name them
         self.agent = agent_cls()
         self.settings = settings
         self.mailbox = mailbox

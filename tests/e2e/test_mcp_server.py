@@ -23,8 +23,12 @@ from mcp_types import (
     GetTaskRequest,
     GetTaskRequestParams,
     GetTaskResult,
+    InputResponses,
+    Request,
+    RequestParams,
     Task,
 )
+from pydantic import TypeAdapter
 
 from tests.e2e.live import Api
 
@@ -57,6 +61,28 @@ async def get_task(session: Any, task_id: str) -> GetTaskResult:
     result: GetTaskResult = await session.send_request(
         GetTaskRequest(params=GetTaskRequestParams(task_id=task_id)), GetTaskResult)
     return result
+
+
+ANY = TypeAdapter(dict[str, Any])
+
+
+class UpdateTaskParams(RequestParams):
+    task_id: str
+    input_responses: InputResponses
+
+
+class UpdateTaskRequest(Request[UpdateTaskParams, Literal["tasks/update"]]):
+    """The tasks extension's answer to a task's inputRequests (the SDK ships no type for it)."""
+
+    method: Literal["tasks/update"] = "tasks/update"
+    params: UpdateTaskParams
+
+
+async def raw_task(session: Any, task_id: str) -> dict[str, Any]:
+    """tasks/get as the JSON it is (with inputRequests, which GetTaskResult does not keep)."""
+    got: dict[str, Any] = await session.send_request(
+        GetTaskRequest(params=GetTaskRequestParams(task_id=task_id)), ANY)
+    return got
 
 
 async def task_result(session: Any, task_id: str) -> CallToolResult:
@@ -99,14 +125,8 @@ def test_every_workflow_is_a_tool_and_a_call_returns_its_structured_result(api: 
 
 
 def test_a_call_with_a_task_is_polled_cancelled_or_answered(api: Api) -> None:
-    answers: list[str] = []
-
-    async def answer(context: Any, params: Any) -> types.ElicitResult:
-        answers.append(params.message)
-        return types.ElicitResult(action="accept", content={"payload": '{"ok": true}'})
-
     async def body() -> None:
-        async with mcp_client(api, extensions=[Tasks()], elicitation_callback=answer) as client:
+        async with mcp_client(api, extensions=[Tasks()]) as client:
             # Polled to the end by the extension's claim.
             polled = await client.call_tool("five_steps", {"dir": str(api.dir), "steps": 2})
             assert polled.structured_content == {"done": 2}
@@ -121,19 +141,29 @@ def test_a_call_with_a_task_is_polled_cancelled_or_answered(api: Api) -> None:
             while (status := (await get_task(client.session, task_id)).status) == "working":
                 await asyncio.sleep(0.2)
             assert status == "cancelled"
-            # input_required: the task waits for a signal; tasks/result asks for it.
+            # input_required: the task waits for a signal, asks for it in inputRequests, and the
+            # answer (tasks/update) resumes it.
             waiting = await client.session.call_tool("approval", {"dir": str(api.dir)},
                                                      allow_claimed=True)
             task_id = waiting.task.task_id
-            while (got := await get_task(client.session, task_id)).status != "input_required":
+            while (got := await raw_task(client.session, task_id))["status"] != "input_required":
                 await asyncio.sleep(0.2)
-            assert "approve" in (got.status_message or "")
-            result = await task_result(client.session, task_id)
-            assert answers and "approve" in answers[0]
+            assert "approve" in got["statusMessage"]
+            asked = got["inputRequests"]["approve"]
+            assert asked["method"] == "elicitation/create"
+            assert "payload" in asked["params"]["requestedSchema"]["properties"]
+            answered = await client.session.send_request(UpdateTaskRequest(params=UpdateTaskParams(
+                task_id=task_id, input_responses={"approve": types.ElicitResult(
+                    action="accept", content={"payload": '{"ok": true}'})})), ANY)
+            assert answered["status"] in ("working", "completed")
             while (await get_task(client.session, task_id)).status != "completed":
                 await asyncio.sleep(0.2)
             result = await task_result(client.session, task_id)
             assert result.structured_content == {"approved": True, "decision": {"ok": True}}
+            with pytest.raises(MCPError, match="waits for nothing"):  # answered once, not twice
+                await client.session.send_request(UpdateTaskRequest(params=UpdateTaskParams(
+                    task_id=task_id, input_responses={"approve": types.ElicitResult(
+                        action="accept", content={"payload": "again"})})), ANY)
 
     run(body)
 

@@ -18,8 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from runtime import Runtime, TaskStatus
+from runtime import RetryPolicy, Runtime, TaskStatus
 from runtime.core import refs
+from runtime.core.config import ToolSettings
 from tests.conftest import ROOT, wait_for
 from tests.faults import query
 
@@ -33,7 +34,7 @@ def notes_of(path: Path) -> list[tuple[str, int]]:
     """The server's side effects: (what, the pid of the server process that did it)."""
     if not path.exists():
         return []
-    return [(what, int(pid)) for what, pid in (line.split() for line in path.read_text().splitlines())]
+    return [(what, int(pid)) for what, pid in (line.rsplit(" ", 1) for line in path.read_text().splitlines())]
 
 
 def step_output(rt: Runtime, task_id: str, key: str) -> Any:
@@ -127,7 +128,10 @@ def test_a_streamable_http_servers_tools_and_a_restart_of_it(
         http_server: Callable[[], subprocess.Popen[bytes]]) -> None:
     first = http_server()
     url = f"http://127.0.0.1:{http_server.port}/mcp"  # type: ignore[attr-defined]
-    rt = make_runtime(["tests.apps.mcp_apps"], mcp_servers={"web": {"url": url, "timeout_s": 30}})
+    # Retries that outlast the server's restart below (a Python process: seconds).
+    retry = RetryPolicy(max_attempts=8, initial_backoff_s=0.5, max_backoff_s=4)
+    rt = make_runtime(["tests.apps.mcp_apps"], mcp_servers={"web": {"url": url, "timeout_s": 30}},
+                      tools=ToolSettings(retry=retry))
     client = rt.client()
     counted = client.wait(client.submit("count_words", {"text": "a b c", "server": "web"}).id, 120)
     assert counted.status is TaskStatus.SUCCEEDED and counted.output == {"words": 3}, counted
