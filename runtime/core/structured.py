@@ -9,6 +9,7 @@ deterministically from a seed (what the simulated engine answers with).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -98,7 +99,14 @@ def check_schema(schema: dict[str, Any], what: str) -> None:
 def schema_problems(schema: dict[str, Any], value: Any) -> list[str]:
     """Where ``value`` does not fit ``schema``, one line per problem (empty when it fits)."""
     return [f"{'/'.join(str(p) for p in e.absolute_path) or '(value)'}: {e.message}"
-            for e in Draft202012Validator(schema).iter_errors(value)]
+            for e in _validator(json.dumps(schema, sort_keys=True)).iter_errors(value)]
+
+
+@functools.lru_cache(maxsize=512)
+def _validator(schema: str) -> Draft202012Validator:
+    """A schema's validator, made once (making one costs far more than a check: a tool's
+    arguments are checked on every call)."""
+    return Draft202012Validator(json.loads(schema))
 
 
 def call_problems(request: ChatRequest, call: ToolCall) -> list[str]:

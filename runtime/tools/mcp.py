@@ -29,7 +29,7 @@ from runtime.tools.registry import DEFINED, SchemaArgs, Tool, ToolContext
 log = logging.getLogger(__name__)
 
 
-def _client(server: McpServer) -> Any:
+def client_for(server: McpServer) -> Any:
     """An ``mcp.Client`` (not entered) for the server."""
     import httpx2
     from mcp import Client
@@ -51,7 +51,7 @@ def _client(server: McpServer) -> Any:
 
 async def list_tools(name: str, server: McpServer) -> list[McpTool]:
     """The server's tools, as raysquad knows them."""
-    async with asyncio.timeout(server.timeout_s), _client(server) as client:
+    async with asyncio.timeout(server.timeout_s), client_for(server) as client:
         listed = await client.list_tools()
     return [McpTool(server=name, name=t.name, description=t.description or "",
                     input_schema=t.input_schema or {"type": "object"}) for t in listed.tools]
@@ -99,7 +99,7 @@ class Sessions:
                     done: asyncio.Event) -> None:
         try:
             async with asyncio.timeout(server.timeout_s):
-                client = await _client(server).__aenter__()
+                client = await client_for(server).__aenter__()
         except BaseException as e:  # noqa: BLE001 - handed to every caller waiting for it
             ready.set_exception(McpServerUnavailable(name, f"{type(e).__name__}: {e}"))
             return
