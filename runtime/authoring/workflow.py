@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, get_type_hints
@@ -207,6 +208,12 @@ class Context:
         return self._run(key, lambda: self._services.call_tool(name, key, args), ONE_ATTEMPT,
                          self._defaults.tool_timeout_s)
 
+    async def tool_unrecorded(self, name: str, args: dict[str, Any]) -> Any:
+        """A tool call that is not a step of its own: for a caller that records it itself (the
+        Pydantic AI integration's toolset). It runs on the tool executors all the same."""
+        self.check_cancelled()
+        return await self._services.call_tool(name, f"tool:{name}", args)
+
     async def _approved_call(self, name: str, key: str, args: dict[str, Any]) -> Any:
         """A call of a tool that requires approval: the task parks on ``approval:<key>`` (its call id
         is its step key) until a person decides; the decision is recorded as step ``<key>/approval``,
@@ -353,6 +360,16 @@ class LLM:
         key = ctx._key(f"llm:{request.model}")
         request = request.model_copy(update={"request_id": f"{ctx.task_id}/{key}"})
         return ctx._run(key, lambda: ctx._services.chat(request), retry, timeout_s)
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        """One chat completion that is not a step of its own: for a caller that records it itself
+        (the Pydantic AI integration's model). The task's priority and tenant go with it, its
+        tokens count against the task's budget."""
+        ctx = self._ctx
+        request = request.model_copy(update={
+            "priority": ctx.priority, "tenant": ctx.tenant,
+            "request_id": f"{ctx.task_id}/llm:{request.model}:{uuid.uuid4().hex[:8]}"})
+        return await ctx._services.chat(request)
 
 
 def step_kind(key: str) -> str:
