@@ -184,3 +184,15 @@ def test_tenants_and_keys(api: Api) -> None:
     r = api.client().post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
                           headers={"Accept": "application/json, text/event-stream"})
     assert r.status_code == 401
+
+
+def test_malformed_json_rpc_is_refused_in_mcp_terms_never_with_a_500(api: Api) -> None:
+    client = api.client("key-a")  # its hook fails the test on any 5xx
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    for body in ('{"jsonrpc": "2.0", "id": 1, "method": ', '[1, 2, 3]',
+                 '{"jsonrpc": "2.0", "id": 1, "method": "no/such/method"}',
+                 '{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": 7}}'):
+        r = client.post("/mcp", content=body, headers=headers)
+        assert r.status_code < 500, (body, r.status_code, r.text[:300])
+        if r.status_code == 200:  # a JSON-RPC error, as SSE or JSON
+            assert '"error"' in r.text, r.text[:300]

@@ -145,3 +145,22 @@ def test_a_streamable_http_servers_tools_and_a_restart_of_it(
     done = client.wait(task.id, timeout_s=120)
     assert done.status is TaskStatus.SUCCEEDED, done.error
     assert [what for what, _ in notes_of(notes)].count("finished:h") == 1
+
+
+def test_a_call_that_hangs_past_the_servers_timeout_is_retried_then_dead_lettered(
+        make_runtime: Callable[..., Runtime], tmp_path: Path) -> None:
+    notes = tmp_path / "notes"
+    server = {**stdio_server(notes), "timeout_s": 6}
+    retry = RetryPolicy(max_attempts=2, initial_backoff_s=0.1, max_backoff_s=0.2)
+    rt = make_runtime(["tests.apps.mcp_apps"], mcp_servers={"notes": server},
+                      tools=ToolSettings(retry=retry))
+    client = rt.client()
+    task = client.submit("slow_note", {"text": "stuck", "seconds": 60})
+    done = client.wait(task.id, timeout_s=120)
+    assert done.status is TaskStatus.FAILED
+    assert "notes.slow_note" in (done.error or "") and "dead letter" in (done.error or "")
+    (letter,) = [d for d in rt.ops().dead_letters(tool="notes.slow_note") if d.task_id == task.id]
+    assert letter.attempts == 2 and letter.args == {"text": "stuck", "seconds": 60}
+    # Each attempt started the call on a server of its own (the hung session was dropped).
+    starts = [pid for what, pid in notes_of(notes) if what == "started:stuck"]
+    assert len(starts) == 2 and len(set(starts)) == 2, starts
