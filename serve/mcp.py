@@ -188,22 +188,24 @@ class McpServer:
         return tool_result(await self._follow(ctx, record))
 
     async def _follow(self, ctx: Any, record: TaskRecord) -> TaskRecord:
-        """Wait for the task up to ``mcp_wait_s``, its progress events sent as MCP progress."""
+        """Wait for the task up to ``mcp_wait_s``, its progress events sent as MCP progress (those
+        logged before it ended included)."""
         deadline = time.monotonic() + self._state.settings.mcp_wait_s
         after = 0
-        while not record.status.ended and record.status is not TaskStatus.WAITING:
+        while True:
+            settled = record.status.ended or record.status is TaskStatus.WAITING
             left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            for event in await self._client.wait_events(record.id, after, min(left, 5.0)):
+            wait_s = 0.0 if settled or left <= 0 else min(left, 5.0)
+            for event in await self._client.wait_events(record.id, after, wait_s):
                 after = event.seq
                 progress = event.data.get("progress") if event.kind == "progress" else None
                 if isinstance(progress, int | float):
                     with contextlib.suppress(Exception):  # a client that sent no token: nothing
                         await ctx.session.report_progress(float(progress), 1.0,
                                                           event.data.get("message"))
+            if settled or left <= 0:
+                return record
             record = await self._client.get(record.id)
-        return record
 
     async def _task(self, task_id: str) -> TaskRecord:
         from mcp import MCPError

@@ -196,3 +196,21 @@ def test_malformed_json_rpc_is_refused_in_mcp_terms_never_with_a_500(api: Api) -
         assert r.status_code < 500, (body, r.status_code, r.text[:300])
         if r.status_code == 200:  # a JSON-RPC error, as SSE or JSON
             assert '"error"' in r.text, r.text[:300]
+
+
+def test_a_tasks_progress_events_are_mcp_progress(api: Api) -> None:
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        seen.append((done, total, message))
+
+    async def body() -> None:
+        async with mcp_client(api) as client:
+            result = await client.call_tool("five_steps", {"dir": str(api.dir), "steps": 3,
+                                                           "sleep_s": 0.3},
+                                            progress_callback=progress)
+            assert result.structured_content == {"done": 3}
+
+    run(body)
+    assert [round(done, 2) for done, _, _ in seen][-1] == 1.0, seen
+    assert any(message == "step 3" for _, _, message in seen), seen

@@ -164,18 +164,32 @@ def port_closed(url: str) -> bool:
         return s.connect_ex((host, int(port))) != 0
 
 
+def launch_detached(head: Head, log_path: Path) -> subprocess.Popen[bytes]:
+    """``raysquad up`` with detached actors, serving; once more on another port if the one chosen
+    free was taken meanwhile by another process of this machine (it exits, saying so)."""
+    for attempt in range(2):
+        with open(log_path, "wb") as log:
+            launcher = subprocess.Popen([str(BIN / "raysquad"), "up", "--app", APP], cwd=ROOT,
+                                        env={**head.env, "RAYSQUAD_DETACHED": "true"},
+                                        stdout=log, stderr=subprocess.STDOUT)
+        def up_or_gone(p: subprocess.Popen[bytes] = launcher, url: str = url_of(head)) -> bool:
+            return p.poll() is not None or ready(url)
+
+        wait_for(up_or_gone, timeout_s=180, interval_s=0.5, what="the runtime to serve")
+        said = log_path.read_text()
+        if launcher.poll() is None or attempt or "Failed to bind to address" not in said:
+            break
+        head.env["RAYSQUAD_HTTP_PORT"] = str(free_port())
+    assert launcher.poll() is None, f"raysquad up exited:\n{said}"
+    return launcher
+
+
 def test_a_detached_runtime_outlives_its_launcher_and_down_stops_it(head: Head) -> None:
-    url = url_of(head)
     # 1. A launcher with detached actors, SIGKILLed once it serves.
     log_path = head.log_dir / "up.log"
-    with open(log_path, "wb") as log:
-        launcher = subprocess.Popen([str(BIN / "raysquad"), "up", "--app", APP], cwd=ROOT,
-                                    env={**head.env, "RAYSQUAD_DETACHED": "true"},
-                                    stdout=log, stderr=subprocess.STDOUT)
+    launcher = launch_detached(head, log_path)
+    url = url_of(head)
     try:
-        wait_for(lambda: launcher.poll() is not None or ready(url), timeout_s=180, interval_s=0.5,
-                 what="the runtime to serve")
-        assert launcher.poll() is None, f"raysquad up exited:\n{log_path.read_text()}"
         http = httpx.Client(base_url=url, timeout=30)
         before = [submit(http, n) for n in ("ada", "grace", "linus")]
         launcher.send_signal(signal.SIGKILL)

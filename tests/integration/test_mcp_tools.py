@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from runtime import RetryPolicy, Runtime, TaskStatus
 from runtime.core import refs
 from runtime.core.config import ToolSettings
 from tests.conftest import ROOT, wait_for
+from tests.e2e.live import free_port
 from tests.faults import query
 
 
@@ -85,12 +85,6 @@ def test_a_stdio_server_killed_mid_call_is_started_again_and_the_call_retried(
     assert finished == [started[1]], seen  # the second server process finished it, once
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _answers(url: str) -> bool:
     try:
         httpx.get(url, timeout=2)
@@ -102,7 +96,7 @@ def _answers(url: str) -> bool:
 @pytest.fixture
 def http_server(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
     """Starts the test server over streamable HTTP on one port (again, after it was killed)."""
-    port = _free_port()
+    port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
 
     def start() -> subprocess.Popen[bytes]:
