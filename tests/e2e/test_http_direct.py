@@ -28,8 +28,16 @@ def test_the_api_port_is_served_by_the_ingress_replica_not_the_proxy(api: Api) -
     # The process belongs to this server (it runs under its `raysquad up`).
     up = psutil.Process(SERVER_PIDS[api.url])
     assert process.pid in {p.pid for p in up.children(recursive=True)}
-    proxies = [p for p in up.children(recursive=True) if "ProxyActor" in " ".join(p.cmdline())]
+    proxies = [p for p in up.children(recursive=True) if "ProxyActor" in command_line(p)]
     for proxy in proxies:
         ports = {c.laddr.port for c in proxy.net_connections(kind="tcp")
                  if c.status == psutil.CONN_LISTEN and c.laddr}
         assert port not in ports
+
+
+def command_line(process: psutil.Process) -> str:
+    """A process's command line; empty for one that ended (or is a zombie) since it was listed."""
+    try:
+        return " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return ""
