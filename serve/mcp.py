@@ -141,6 +141,7 @@ class McpServer:
 
         UpdateTaskParams = _update_params()  # noqa: N806 - a class
         self._state = state
+        self._known: dict[str, dict[str, Any]] | None = None  # the catalogue's workflows
         self.server = Server("raysquad", on_list_tools=self.list_tools,
                              on_call_tool=self.call_tool)
         self.server.add_request_handler("tasks/get", GetTaskRequestParams, self.tasks_get)
@@ -155,7 +156,11 @@ class McpServer:
         return self._state.client
 
     async def _workflows(self) -> dict[str, dict[str, Any]]:
-        return {w["name"]: w for w in await self._client.workflows()}
+        """The runtime's workflows, asked once: its catalogue does not change while it runs (the
+        SDK lists the tools again for each call, and every call looks its tool up)."""
+        if self._known is None:
+            self._known = {w["name"]: w for w in await self._client.workflows()}
+        return self._known
 
     async def list_tools(self, ctx: Any, params: Any) -> Any:
         import mcp_types as types
@@ -213,11 +218,11 @@ class McpServer:
 
         try:
             record: TaskRecord = await self._client.get(task_id)
+            if record.tenant == TENANT.get():  # another tenant's task does not exist
+                return record
         except TaskNotFound:
-            record = None  # type: ignore[assignment]
-        if record is None or record.tenant != TENANT.get():  # another tenant's does not exist
-            raise MCPError(INVALID_PARAMS, f"no task {task_id[:100]!r}")
-        return record
+            pass
+        raise MCPError(INVALID_PARAMS, f"no task {task_id[:100]!r}")
 
     async def tasks_get(self, ctx: Any, params: Any) -> dict[str, Any]:
         return task_view(await self._task(params.task_id))
@@ -276,9 +281,9 @@ class McpServer:
         name = record.waiting_for
         responses = params.input_responses or {}
         if record.status is not TaskStatus.WAITING or name not in responses:
-            raise MCPError(INVALID_PARAMS, f"task {record.id} waits for "
-                                           f"{name if record.status is TaskStatus.WAITING else 'nothing'}"
-                                           f", not for {sorted(responses)[:5]}")
+            waits = name if record.status is TaskStatus.WAITING else "nothing"
+            raise MCPError(INVALID_PARAMS, f"task {record.id} waits for {waits}, not for "
+                                           f"{sorted(responses)[:5]}")
         answer = responses[name]
         if not isinstance(answer, ElicitResult):
             raise MCPError(INVALID_PARAMS, f"the answer for {name!r} must be an elicitation result")
