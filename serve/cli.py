@@ -155,10 +155,14 @@ def _serve_until_stopped(rt: Runtime, url: str | None) -> None:
             stop.wait()
         except KeyboardInterrupt:
             pass
+        # Said before the stop's seconds go by; unfinished tasks resume at the next start.
+        err.print("stopping: the HTTP app, then the runtime's actors (unfinished tasks resume at "
+                  "the next `raysquad up`)", highlight=False)
         if url:
             stop_http(rt.settings.namespace)
     finally:
         rt.stop()
+    err.print("stopped", highlight=False)
 
 
 @app.command()
@@ -451,6 +455,48 @@ def top(address: AddressOpt = None,
                 _time.sleep(interval)
         except KeyboardInterrupt:
             pass
+
+
+@app.command()
+def ps(address: AddressOpt = None, url: UrlOpt = None, api_key: KeyOpt = None,
+       ended: Annotated[bool, typer.Option("--all", help="also the processes that ended (a "
+                                                         "replaced replica's)")] = False,
+       as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """Every process of the runtime: its kind, role, replica, pid, node, state and restarts (the
+    pid to look for in `top`, or to kill to see a replica replaced)."""
+    if url:
+        from serve.http_client import HttpClient
+
+        actors = HttpClient(url, api_key).processes(ended)
+    else:
+        from runtime.actors.handles import actor_names
+        from runtime.actors.processes import processes
+        from runtime.client.client import join
+        from runtime.core.errors import RuntimeNotRunning
+
+        config = settings(address)
+        join(config)
+        if not actor_names(config.namespace, names.STORE):
+            raise RuntimeNotRunning(f"Ray namespace {config.namespace!r}")
+        actors = [p.as_dict() for p in processes(config.namespace, ended)]
+    if as_json:
+        out.print_json(json.dumps(actors))
+        return
+    table = Table("kind", "role", "replica", "pid", "node", "state", "restarts", "actor",
+                  show_edge=False)
+    for a in actors:
+        role = a["role"] or (_hosts(a["hosts"]) if a["hosts"] else "")
+        table.add_row(a["kind"], role, a["replica"] or "", str(a["pid"] or "-"), a["node"] or "-",
+                      a["state"], str(a["restarts"]), a["name"])
+    out.print(table)
+
+
+def _hosts(hosted: list[str]) -> str:
+    """What a control host holds, briefly: "dispatcher, events, gates, 3 pools, 3 mailboxes"."""
+    singles = [n for n in hosted if not n.startswith((names.POOL_PREFIX, names.MAILBOX_PREFIX))]
+    pools = sum(n.startswith(names.POOL_PREFIX) for n in hosted)
+    boxes = sum(n.startswith(names.MAILBOX_PREFIX) for n in hosted)
+    return ", ".join([*sorted(singles), f"{pools} pools", f"{boxes} mailboxes"])
 
 
 def _json_arg(text: str, option: str) -> Any:

@@ -59,8 +59,21 @@ def answer(exc: RaysquadError) -> tuple[int, dict[str, Any]]:
     batch)."""
     detail: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
     if isinstance(exc, InvalidInput):
-        detail["problems"] = exc.problems
+        detail["problems"] = exc.details or problem_objects("input", exc.problems)
+    elif isinstance(exc, ToolArgsInvalid):
+        detail["problems"] = problem_objects("arguments", exc.problems)
     return status_of(exc), detail
+
+
+def problem_objects(root: str, problems: list[str]) -> list[dict[str, Any]]:
+    """Problems said as lines (``"a.b: what"``) in the one shape every 422 carries: ``{loc, msg,
+    type}``, as FastAPI gives a body's, with ``loc`` under ``root``."""
+    shaped = []
+    for line in problems:
+        where, sep, what = line.partition(": ")
+        loc = [p for p in where.split(".") if p and not p.startswith("(")] if sep else []
+        shaped.append({"loc": [root, *loc], "msg": what if sep else line, "type": "value_error"})
+    return shaped
 
 
 def install(app: FastAPI) -> None:
@@ -80,8 +93,15 @@ def install(app: FastAPI) -> None:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             detail = next(e for e in errors if e.get("type") == "json_invalid")
-            where = detail.get("ctx", {}).get("error", "")
-            return error_body(400, "MalformedJSON", f"the request body is not valid JSON: {where}".strip())
+            what = detail.get("ctx", {}).get("error", "")
+            at = detail["loc"][-1] if isinstance(detail["loc"][-1], int) else None
+            if at is None:
+                return error_body(400, "MalformedJSON",
+                                  f"the request body is not valid JSON: {what}".strip())
+            line, column = line_and_column(await request.body(), at)
+            return error_body(400, "MalformedJSON", f"the request body is not valid JSON: {what} "
+                                                    f"at line {line}, column {column}",
+                              line=line, column=column)
         problems = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
                     for e in errors]
         text = "; ".join(f"{'.'.join(p['loc'])}: {p['msg']}" for p in problems)
@@ -95,6 +115,12 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:
             response.headers["Allow"] = ", ".join(allowed_methods(request))
         return response
+
+
+def line_and_column(body: bytes, at: int) -> tuple[int, int]:
+    """The line and column (from 1) of the character at offset ``at`` of a JSON body."""
+    text = body.decode("utf-8", errors="replace")[:at]
+    return text.count("\n") + 1, at - (text.rfind("\n") + 1) + 1
 
 
 def allowed_methods(request: Request) -> list[str]:

@@ -42,6 +42,7 @@ from serve import auth, errors
 from serve import events as events_http
 from serve import status as status_page
 from serve.deps import BODY_ERRORS, Admin, ErrorDetail, Tenant, admin_of, responses
+from serve import processes as processes_http
 from serve.mcp import McpEndpoint
 
 app = FastAPI(
@@ -364,6 +365,7 @@ class Ingress:
                      traceparent: Annotated[str | None, Header(max_length=200)] = None) -> Response:
         """Queue a task and answer at once. The same idempotency key returns the first task (200).
         With tracing on, the task's spans make a new trace, linked to the caller's
+app.include_router(processes_http.router)
         ``traceparent`` if it sends a valid one."""
         with tracing.root_span(f"submit {body.workflow}", traceparent,
                                **{"raysquad.workflow": body.workflow}):

@@ -166,6 +166,11 @@ class HttpClient(_Events):
         return _record(self._call("POST", f"/v1/tasks/{_path(task_id)}/approvals/{_path(call_id)}",
                                   json={k: v for k, v in body.items() if v is not None}))
 
+    def processes(self, dead: bool = False) -> Any:
+        """``GET /v1/actors``: every process of the runtime (an operator's key), as a list of
+        ``{name, kind, role, replica, pid, node, state, restarts, hosts}``."""
+        return self._call("GET", "/v1/actors", params={"dead": dead})["actors"]
+
     def workflows(self) -> SchemaList:
         return self._call("GET", "/v1/workflows")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -14,16 +15,21 @@ from runtime.core.errors import ClusterStartFailed, ClusterUnreachable
 log = logging.getLogger(__name__)
 
 
-def connect(settings: Settings) -> bool:
-    """Join the cluster at ``settings.ray_address``, or start a local one; True if we started it."""
+def connect(settings: Settings, ship: list[Path] | None = None) -> bool:
+    """Join the cluster at ``settings.ray_address``, or start a local one; True if we started it.
+    Joining, the files and folders ``ship`` go to every node as Ray's ``py_modules``, so the
+    runtime's actors import them wherever they run (a local cluster's workers get this process's
+    current folder on their path from Ray itself)."""
     if ray.is_initialized():
         return False
     if settings.ray_address:
         check_reachable(settings.ray_address)
         use_local_token_if_any()
+        runtime_env = {"py_modules": [str(p) for p in ship]} if ship else None
         try:
             ray.init(address=settings.ray_address, namespace=settings.namespace,
-                     logging_level=logging.ERROR, log_to_driver=settings.ray_log_to_driver)
+                     logging_level=logging.ERROR, log_to_driver=settings.ray_log_to_driver,
+                     runtime_env=runtime_env)
         except ConnectionError as e:
             raise ClusterUnreachable(settings.ray_address) from e
         return False

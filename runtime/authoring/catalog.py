@@ -5,7 +5,11 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
+import sys
+import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runtime.authoring.agent import Agent
@@ -54,10 +58,7 @@ def _load(modules: tuple[str, ...]) -> Catalog:
     (next to the built-in tools)."""
     catalog = Catalog()
     for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ImportError as e:
-            raise ConfigError(f"cannot import app module {name!r}: {e}") from e
+        module = import_app(name)
         for value in vars(module).values():
             if isinstance(value, Workflow):
                 _add(catalog.workflows, value.name, value, name)
@@ -72,6 +73,59 @@ def _load(modules: tuple[str, ...]) -> Catalog:
             except InvalidTopic as e:
                 raise ConfigError(f"agent role {role!r} subscribes to {e}") from None
     return catalog
+
+
+def look_in_current_folder() -> None:
+    """Let app modules be found in the current folder first, then on ``PYTHONPATH``, as
+    ``uvicorn app:app`` and ``celery -A app`` find theirs (a console script's ``sys.path`` starts
+    with its own bin folder, not the current one). On a local cluster Ray gives the workers the
+    driver's current folder too; on a cluster joined by address, ``app_sources`` are shipped."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def import_app(name: str) -> Any:
+    """Import the app module ``name``; a module that is not found, or that fails while importing,
+    is a ``ConfigError`` of one line saying where it was looked for or where it failed."""
+    look_in_current_folder()
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and (name == e.name or name.startswith(f"{e.name}.")):
+            path = os.environ.get("PYTHONPATH") or "not set"
+            raise ConfigError(f"cannot find app module {name!r}: looked in the current folder "
+                              f"({os.getcwd()}) and on PYTHONPATH ({path})") from None
+        raise ConfigError(f"app module {name!r} failed to import: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any error of the module's own code, as one line
+        where = _where(e)
+        raise ConfigError(f"app module {name!r} failed to import{where}: "
+                          f"{type(e).__name__}: {e}") from None
+
+
+def _where(e: BaseException) -> str:
+    """`` (file.py:line)`` of the line that raised ``e`` in the app's own code, if known."""
+    if isinstance(e, SyntaxError) and e.filename:
+        return f" ({Path(e.filename).name}:{e.lineno})"
+    ours = str(Path(__file__).parents[1])  # the runtime's own code: the app's line is wanted
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not f.filename.startswith(("<", ours))]
+    return f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+
+
+def app_sources(modules: list[str]) -> list[Path]:
+    """The files and package folders of the app modules that lie in the current folder: what a
+    runtime joining a cluster by address ships to the cluster's nodes (Ray's ``py_modules``, as
+    ``ray job submit --working-dir`` ships a folder), since another node has no such folder."""
+    cwd = Path.cwd()
+    found: list[Path] = []
+    for name in modules:
+        top = name.split(".")[0]
+        for candidate in (cwd / top, cwd / f"{top}.py"):
+            if (candidate.is_dir() or candidate.is_file()) and candidate not in found:
+                found.append(candidate)
+                break
+    return found
 
 
 def _add(table: dict[str, Any], key: str, value: object, module: str) -> None:

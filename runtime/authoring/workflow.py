@@ -58,10 +58,12 @@ class Workflow:
         try:
             return self.input_model.model_validate(data)
         except ValidationError as e:
-            problems = [
-                f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: {err['msg']}" for err in e.errors()
-            ]
-            raise InvalidInput(self.name, problems) from None
+            errors = e.errors()
+            problems = [f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: {err['msg']}"
+                        for err in errors]
+            details = [{"loc": ["input", *(str(p) for p in err["loc"])], "msg": err["msg"],
+                        "type": err["type"]} for err in errors]
+            raise InvalidInput(self.name, problems, details) from None
 
     @functools.cached_property
     def _output_adapter(self) -> TypeAdapter[Any]:

@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 import ray
 
 from runtime.actors import names
-from runtime.actors.cluster import use_local_token_if_any
+from runtime.actors.cluster import quiet_driver, use_local_token_if_any
 from runtime.actors.handles import ActorHandle, actor_names
 from runtime.authoring.catalog import Catalog, load_catalog
 from runtime.core.config import Settings
@@ -487,5 +487,7 @@ def address_file(settings: Settings) -> Path:
 
 
 def _recorded_address(settings: Settings) -> str | None:
+    if not settings.ray_log_to_driver:
+        quiet_driver()  # a driver script's terminal gets no raylet notices
     path = settings.data_dir / "ray_address"
     return path.read_text().strip() or None if path.exists() else None

@@ -17,6 +17,7 @@ import ray
 
 from runtime.actors import names
 from runtime.actors.cluster import named_actor_options, store_placement
+from runtime.actors.processes import titled
 from runtime.authoring.catalog import load_catalog
 from runtime.control.peers import find_peers
 from runtime.core.config import Settings
@@ -123,7 +124,7 @@ def start_store(settings: Settings) -> StoreHandle:
 def start_engine(settings: Settings, model: str, index: int, gated: bool = True) -> EngineHandle:
     """Create the engine actor ``engine:<model>:<index>`` (restartable, named)."""
     name = names.engine(model, index)
-    actor = (ray.remote(EngineActor)
+    actor = (ray.remote(titled(EngineActor, f"EngineActor({model})"))
              .options(**named_actor_options(settings, name, max_concurrency=1000,
                                             **engine_actor_options(settings)))
              .remote(settings, model, gated))

@@ -22,7 +22,7 @@ import ray
 
 from runtime.actors import cluster, names
 from runtime.actors.handles import actor_names, forget_hosted_names, process_names
-from runtime.authoring.catalog import Catalog, load_catalog
+from runtime.authoring.catalog import Catalog, app_sources, load_catalog
 from runtime.client.client import AsyncClient, Client, address_file
 from runtime.client.ops import Ops
 from runtime.control.actors import start_engines, start_store, start_tool_executors
@@ -89,7 +89,8 @@ class Runtime:
         # local cluster starts; on a running cluster, after the plainer "already running" check.
         if not settings.ray_address:
             _check_store_owner(settings)
-        started_ray = cluster.connect(settings)
+        ship = app_sources(apps) if settings.ray_address and settings.ship_apps else None
+        started_ray = cluster.connect(settings, ship)
         if actor_names(settings.namespace, names.STORE):
             if started_ray:
                 ray.shutdown()

@@ -311,6 +311,10 @@ class Settings(BaseSettings):
         description="RAYSQUAD_TRACING: export OpenTelemetry spans of tasks and steps: otlp "
                     "(OTEL_EXPORTER_OTLP_* say where), console, or file:PATH (JSON lines)")
     ray_log_to_driver: bool = False
+    ship_apps: bool = Field(
+        True, description="RAYSQUAD_SHIP_APPS: a runtime joining a cluster by address sends the "
+                          "app modules it finds in the current folder to the cluster's nodes (Ray's "
+                          "runtime env py_modules); off where the nodes have them installed")
     detached: bool = Field(
         False, description="the runtime's actors outlive the process that started them (`raysquad "
                            "up --detach`); `raysquad down` stops them")

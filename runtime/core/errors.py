@@ -110,9 +110,11 @@ class WorkflowNotFound(NotFound, WithFields):
 
 
 class InvalidInput(Refused, WithFields):
-    """Raised when a workflow's input does not validate against its input model."""
+    """Raised when a workflow's input does not validate against its input model. ``problems`` say
+    each as a line; ``details`` the same as objects, ``{loc, msg, type}`` (the HTTP API's shape)."""
     workflow: str
     problems: list[str]
+    details: list[dict[str, Any]] | None = None
 
     def __str__(self) -> str:
         return f"invalid input for workflow {self.workflow!r}: " + "; ".join(self.problems)

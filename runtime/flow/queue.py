@@ -276,6 +276,10 @@ class PriorityQueue:
         """The consumers that hold items in flight."""
         return {f.consumer for f in self._in_flight.values() if f.consumer is not None}
 
+    def held_by(self, consumer: str) -> list[tuple[str, Any]]:
+        """The (id, item) pairs in flight with ``consumer``."""
+        return [(i, f.entry.item) for i, f in self._in_flight.items() if f.consumer == consumer]
+
     def requeue_consumer(self, consumer: str) -> int:
         """Put back every item in flight with ``consumer``, keeping its place in the order."""
         lost = [i for i, f in self._in_flight.items() if f.consumer == consumer]
@@ -388,16 +392,19 @@ class QueueActor:
     async def holds(self, item_id: str) -> bool:
         return self._q.queue.holds(item_id)
 
-    async def requeue_consumer(self, consumer: str) -> int:
-        """The consumer is gone: its items in flight go back, and it gets nothing more."""
+    async def requeue_consumer(self, consumer: str) -> list[tuple[str, Any]]:
+        """The consumer is gone: its items in flight go back, and it gets nothing more. Returns
+        them (id, item), so its pool can tell the tasks they are delivered again."""
         self._lost.add(consumer)
         self._touch()
-        return self._q.restored(self._q.queue.requeue_consumer(consumer))
+        held = self._q.queue.held_by(consumer)
+        self._q.restored(self._q.queue.requeue_consumer(consumer))
+        return held
 
-    async def requeue_all_but(self, live: list[str]) -> int:
+    async def requeue_all_but(self, live: list[str]) -> list[tuple[str, Any]]:
         """Every consumer but ``live`` is gone (their pool restarted): their items go back."""
         consumers = {c for c in self._q.queue.consumers() if c not in live}
-        return sum([await self.requeue_consumer(c) for c in consumers])
+        return [item for c in consumers for item in await self.requeue_consumer(c)]
 
     async def stats(self) -> dict[str, Any]:
         return {**self._q.queue.stats(), "waiting_consumers": self._waiting_consumers}
@@ -426,8 +433,8 @@ class MailboxService(Protocol):
                         timeout_s: float) -> list[tuple[str, Any]]: ...
     async def ack(self, item_ids: list[str]) -> None: ...
     async def holds(self, item_id: str) -> bool: ...
-    async def requeue_consumer(self, consumer: str) -> int: ...
-    async def requeue_all_but(self, live: list[str]) -> int: ...
+    async def requeue_consumer(self, consumer: str) -> list[tuple[str, Any]]: ...
+    async def requeue_all_but(self, live: list[str]) -> list[tuple[str, Any]]: ...
     async def stats(self) -> dict[str, Any]: ...
     async def watch(self, seen: tuple[int, int] | None, timeout_s: float) -> dict[str, Any]: ...
 
@@ -450,10 +457,10 @@ class MailboxHandle(ActorHandle):
     async def holds(self, item_id: str) -> bool:
         return await self.via(QueueActor.holds)(item_id)
 
-    async def requeue_consumer(self, consumer: str) -> int:
+    async def requeue_consumer(self, consumer: str) -> list[tuple[str, Any]]:
         return await self.via(QueueActor.requeue_consumer)(consumer)
 
-    async def requeue_all_but(self, live: list[str]) -> int:
+    async def requeue_all_but(self, live: list[str]) -> list[tuple[str, Any]]:
         return await self.via(QueueActor.requeue_all_but)(live)
 
     async def stats(self, deadline_s: float | None = None) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from runtime.actors import names
 from runtime.actors.cluster import member_actor_options
 from runtime.actors.handles import ActorHandle, restarted
 from runtime.actors.members import Member, Members, probe, retire
+from runtime.actors.processes import titled
 from runtime.authoring.agent import Agent
 from runtime.authoring.workflow import Messages, chat_request, numbered
 from runtime.core import refs
@@ -371,6 +372,10 @@ class AgentReplica:
                 if actor is not None else self
         return self._reply_to
 
+    def __repr__(self) -> str:
+        """How Ray prefixes this replica's log lines: ``(AgentReplica(researcher-1-ab12cd) pid=...)``."""
+        return f"AgentReplica({self.id})"
+
     def mailbox_of(self, role: str) -> MailboxService:
         mailbox = self._mailboxes.get(role)
         if mailbox is None:
@@ -465,6 +470,7 @@ class AgentPool:
         self._spawner = spawner or self._spawn_actor
         self.members = Members(self._on_exit)
         self.started = 0
+        self.replaced = 0  # replicas that died and were replaced
         self._loop: asyncio.Task[None] | None = None
         self._sizing = asyncio.Lock()
         if restarted():
@@ -475,22 +481,24 @@ class AgentPool:
         returned = await self.mailbox.requeue_all_but([])
         if returned:
             log.warning("agent %s: %d message(s) of replicas gone before this pool go back to the "
-                        "mailbox", self.role, returned)
+                        "mailbox", self.role, len(returned))
+            self._tell_redelivered(returned, None, None, "the agent pool restarted")
         for _ in range(self.config.min_replicas):
             self._spawn()
         if self._loop is None:
             self._loop = asyncio.create_task(self._supervise())
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> str:
         self.started += 1
         replica_id = f"{self.role}-{self.started}-{uuid.uuid4().hex[:6]}"
         replica = self._spawner(replica_id)
         self.members.add(Member(replica_id, replica), replica.run(self.config.concurrency))
+        return replica_id
 
     def _spawn_actor(self, replica_id: str) -> ReplicaHandle:
         name = names.agent_replica(replica_id)
         actor = (
-            ray.remote(AgentReplica)
+            ray.remote(titled(AgentReplica, f"AgentReplica({self.role})"))
             .options(**member_actor_options(self.settings, name, self.config.num_cpus,
                                             self.config.resources, max_concurrency=1000))
             .remote(replica_id, self.role, self.agent_cls, self.settings, self.mailbox, self.store,
@@ -500,11 +508,39 @@ class AgentPool:
 
     async def _on_exit(self, member: Member, error: BaseException | None) -> None:
         returned = await self.mailbox.requeue_consumer(member.id)
-        if returned:
+        replacement = None
+        if error is not None and not member.stopping:
+            # Died: replaced at once (a later tick retires the replacement if it is not needed).
+            async with self._sizing:
+                replacement = self._spawn()
+            self.replaced += 1
+            log.warning("agent %s: replica %s died (%s); %s replaces it, and its %d message(s) go "
+                        "to the mailbox again", self.role, member.id, type(error).__name__,
+                        replacement, len(returned))
+        elif returned:
             log.warning("agent %s: %d message(s) of replica %s go back to the mailbox",
-                        self.role, returned, member.id)
+                        self.role, len(returned), member.id)
+        if returned:
+            self._tell_redelivered(returned, member.id, replacement,
+                                   "its replica died" if replacement else "its replica ended")
         if member.stopping:
             await member.handle.kill()  # its loop has ended: free its process and resources
+
+    def _tell_redelivered(self, returned: list[tuple[str, Any]], replica: str | None,
+                          replacement: str | None, reason: str) -> None:
+        """Each task whose message went back to the mailbox is told, in its events: the replica
+        that was replaced (``replica.replaced``), then the message (``redelivered``)."""
+        told: set[str] = set()
+        for message_id, msg in returned:
+            if not isinstance(msg, AgentMessage) or msg.event is not None:
+                continue  # an event's delivery has no task to tell
+            if replacement and msg.task_id not in told:
+                told.add(msg.task_id)
+                self.store.post_event(msg.task_id, "replica.replaced", {
+                    "role": self.role, "old_replica": replica, "new_replica": replacement})
+            self.store.post_event(msg.task_id, "redelivered", {
+                "role": self.role, "step": msg.step_key, "message_id": message_id,
+                "replica": replica, "reason": reason})
 
     def _desired(self, backlog: int) -> int:
         wanted = math.ceil(backlog / self.config.target_backlog)
@@ -541,6 +577,7 @@ class AgentPool:
 
     async def stats(self) -> dict[str, Any]:
         return {"role": self.role, "replicas": len(self.members), "started": self.started,
+                "replaced": self.replaced,
                 "replica_ids": sorted(self.members.live), **self.config.model_dump()}
 
 

@@ -221,7 +221,9 @@ def admit(store: Store, settings: Settings, items: list[tuple[str, SubmitRequest
 
 def _refusal(settings: Settings, req: SubmitRequest, size: int) -> RaysquadError | None:
     if size < 0:
-        return InvalidInput(req.workflow, ["input: NaN and infinite numbers are not JSON"])
+        return InvalidInput(req.workflow, ["input: NaN and infinite numbers are not JSON"],
+                            [{"loc": ["input"], "msg": "NaN and infinite numbers are not JSON",
+                              "type": "json_invalid"}])
     low, high = settings.priority_range(req.tenant)
     if not low <= req.priority <= high:
         return PriorityNotAllowed(req.tenant, req.priority, low, high)

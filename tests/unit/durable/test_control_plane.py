@@ -21,7 +21,7 @@ from runtime.authoring.agent import Agent
 from runtime.authoring.workflow import StepDefaults
 from runtime.core.config import AgentPoolConfig, Settings
 from runtime.core.errors import ActorUnavailable, LeaseLost
-from runtime.core.models import Claim, SubmitRequest, TaskRecord, TaskStatus
+from runtime.core.models import AgentMessage, Claim, SubmitRequest, TaskRecord, TaskStatus
 from runtime.durable.dispatch import Dispatcher
 from runtime.durable.worker import WorkerPool, WorkflowWorker
 from runtime.flow.queue import QueueActor
@@ -484,6 +484,63 @@ def test_an_agent_pool_grows_with_backlog_and_frees_what_dead_replicas_held(tmp_
         await mailbox.ack([item_id for item_id, _ in taken])
         await pool.tick()  # nothing waiting and every replica idle: back to the minimum
         assert all(m.stopped for m in members.values())
+        if pool._loop is not None:
+            pool._loop.cancel()
+
+    run(body())
+
+
+class DyingMember(FakeMember):
+    """A member whose process is killed: its loop raises, as an actor's death does."""
+
+    async def run(self, *_: Any) -> int:
+        await self.ended.wait()
+        if not self.stopped:
+            raise ray.exceptions.ActorDiedError()
+        return 0
+
+
+class PostedEvents:
+    """The Store as far as a pool tells tasks things: the events it posts."""
+
+    def __init__(self) -> None:
+        self.posted: list[tuple[str, str, dict[str, Any]]] = []
+
+    def post_event(self, task_id: str, kind: str, data: dict[str, Any], lease: Any = None) -> None:
+        self.posted.append((task_id, kind, data))
+
+
+def test_an_agent_pool_replaces_a_dead_replica_at_once_and_tells_its_tasks(tmp_path: Path) -> None:
+    async def body() -> None:
+        mailbox = QueueActor("agent:x", 100, 0.0)
+        messages = [AgentMessage(id=f"m{i}", role="x", task_id=f"t{i}", step_key="agent:x")
+                    for i in range(2)]
+        await mailbox.put_batch([(m.id, 0, m) for m in messages])
+        members: dict[str, DyingMember] = {}
+
+        def spawn(replica_id: str) -> DyingMember:
+            members[replica_id] = DyingMember(replica_id)
+            return members[replica_id]
+
+        store = PostedEvents()
+        config = AgentPoolConfig(min_replicas=1, max_replicas=1, target_backlog=2, idle_s=3600.0)
+        pool = AgentPool("x", Agent, config, settings(tmp_path), mailbox, store, Router({}),
+                         spawner=spawn)
+        await pool.start()
+        (victim,) = members
+        assert len(await mailbox.get_batch(victim, 2, 0.1)) == 2
+        members[victim].ended.set()  # SIGKILL
+        await until(lambda: len(members) == 2 and len(store.posted) == 4)
+        replacement = next(r for r in members if r != victim)
+        assert replacement in pool.members.live and victim not in pool.members.live
+        assert (await pool.stats())["replaced"] == 1
+        assert (await mailbox.stats())["depth"] == 2  # both delivered again
+        for m in messages:
+            assert (m.task_id, "replica.replaced", {"role": "x", "old_replica": victim,
+                                                    "new_replica": replacement}) in store.posted
+            assert (m.task_id, "redelivered", {
+                "role": "x", "step": "agent:x", "message_id": m.id, "replica": victim,
+                "reason": "its replica died"}) in store.posted
         if pool._loop is not None:
             pool._loop.cancel()
 
