@@ -93,25 +93,44 @@ def describe_serve(name: str, app: str) -> tuple[str, str | None, str | None] | 
 def processes(namespace: str, dead: bool = False) -> list[Process]:
     """The runtime's processes in ``namespace`` (this process must have joined the cluster), with
     those that have ended when ``dead`` (a replaced replica's last pid, say)."""
-    from ray._private.state import state  # the GCS actor table: no dashboard needed
-
     nodes = {n["NodeID"]: _node_label(n) for n in ray.nodes()}
     found: list[Process] = []
-    for entry in state.actor_table(None).values():
-        name, space, alive = entry.get("Name") or "", entry.get("Namespace"), entry["State"] != "DEAD"
-        if not name or (not alive and not dead):
+    for actor in actor_table():
+        if not actor.name or (actor.state == "DEAD" and not dead):
             continue
-        what = describe_serve(name, namespace) if space == SERVE_NAMESPACE else \
-            describe(name, namespace) if space == namespace else None
+        what = describe_serve(actor.name, namespace) if actor.ray_namespace == SERVE_NAMESPACE \
+            else describe(actor.name, namespace) if actor.ray_namespace == namespace else None
         if what is None:
             continue
         kind, role, replica = what
-        found.append(Process(name=name, kind=kind, role=role, replica=replica,
-                          pid=entry.get("Pid") or None,
-                          node=nodes.get((entry.get("Address") or {}).get("NodeID")),
-                          state=entry["State"], restarts=int(entry.get("NumRestarts") or 0),
+        found.append(Process(name=actor.name, kind=kind, role=role, replica=replica,
+                             pid=actor.pid or None, node=nodes.get(actor.address.node_id.hex()),
+                             state=actor.state, restarts=actor.num_restarts,
                              hosts=tuple(hosted_names(namespace)) if kind == "control" else ()))
     return sorted(found, key=_order)
+
+
+@dataclass(frozen=True)
+class _Actor:
+    name: str
+    ray_namespace: str
+    state: str
+    pid: int
+    num_restarts: int
+    address: Any
+
+
+def actor_table() -> list[_Actor]:
+    """Every actor the GCS knows of, live and ended: Ray's actor table, read as the dashboard's
+    state API reads it, but straight from the GCS (``ray._private.state``, Ray's own accessor;
+    ``state.actor_table`` drops each actor's namespace, so its records are parsed here)."""
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    table: Any = gcs_pb2.ActorTableData  # type: ignore[attr-defined]  # generated, untyped
+    rows = state._connect_and_get_accessor().get_actor_table(None, None)
+    return [_Actor(d.name, d.ray_namespace, table.ActorState.Name(d.state), d.pid, d.num_restarts,
+                   d.address) for d in map(table.FromString, rows)]
 
 
 def _order(p: Process) -> tuple[int, int, str, str]:
