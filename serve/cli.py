@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -140,6 +141,7 @@ def _print_up(rt: Runtime, url: str | None, detach: bool) -> None:
         auth = (f"{len(config.api_keys)} API key(s)" if config.api_keys else
                 "no API keys configured: loopback only, no authentication")
         out.print(f"HTTP API on {url} ({auth}); API document at {url}/openapi.json.")
+        out.print(f"Status page at {url}/ (a task's page: {url}/#task/<id>).")
     print_observability(config)
 
 
@@ -424,37 +426,71 @@ def replay(letter_id: str, address: AddressOpt = None) -> None:
 
 
 @app.command()
-def top(address: AddressOpt = None,
+def top(address: AddressOpt = None, url: UrlOpt = None, api_key: KeyOpt = None,
         interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 1.0,
         once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False
         ) -> None:
-    """A live view of the runtime: queues, workers, agent pools, engines, gates, events."""
-    import asyncio
+    """A live view of the runtime: tasks by status and their throughput, queues, workers, agent
+    pools, engines, gates, events (over Ray, or over HTTP with --url and an operator's key)."""
     import time as _time
 
     from rich.live import Live
+
+    from serve.top import top_view
+
+    frame = _frames(address, url, api_key)
+    if once:
+        out.print(top_view(*frame()))
+        return
+    with Live(console=out, auto_refresh=False, screen=False) as live:
+        try:
+            while True:
+                live.update(top_view(*frame()), refresh=True)
+                _time.sleep(interval)
+        except KeyboardInterrupt:
+            pass
+
+
+def _frames(address: str | None, url: str | None,
+            api_key: str | None) -> Callable[[], tuple[dict[str, Any], str, dict[str, Any] | None]]:
+    """What makes one frame of `top`: the overview, which runtime it is, the tasks' stats (every
+    tenant's over Ray; the key's tenant's over HTTP)."""
+    import asyncio
+    import time
+
+    from serve.top import BUCKET_S, WINDOW_S
+
+    if url:
+        from serve.http_client import HttpClient
+
+        http = HttpClient(url, api_key)
+        return lambda: (http.overview(), url, http.stats(WINDOW_S, BUCKET_S))
 
     from runtime.actors.handles import actor_names
     from runtime.client.client import join
     from runtime.client.overview import overview
     from runtime.core.errors import RuntimeNotRunning
-    from serve.top import top_view
+    from runtime.store.actor import StoreHandle
 
     config = settings(address)
     join(config)
     if not actor_names(config.namespace, names.STORE):
         raise RuntimeNotRunning(f"Ray namespace {config.namespace!r}")
-    if once:
-        out.print(top_view(asyncio.run(overview(config.namespace)), config.namespace))
-        return
-    with Live(console=out, auto_refresh=False, screen=False) as live:
+    store = StoreHandle.find(config.namespace)
+
+    async def stats() -> dict[str, Any] | None:
         try:
-            while True:
-                live.update(top_view(asyncio.run(overview(config.namespace)), config.namespace),
-                            refresh=True)
-                _time.sleep(interval)
-        except KeyboardInterrupt:
-            pass
+            s = await store.task_stats(None, time.time() - WINDOW_S, BUCKET_S)
+        except Exception:  # noqa: BLE001 - the Store restarting: "down" in this frame
+            return None
+        return {"counts": {k.value: v for k, v in s.counts.items()},
+                "throughput": {"bucket_s": s.bucket_s, "finished": s.finished}}
+
+    async def both() -> tuple[dict[str, Any], str, dict[str, Any] | None]:
+        snap, counted = await asyncio.gather(overview(config.namespace), stats())
+        return snap, f"namespace {config.namespace}", counted
+
+    return lambda: asyncio.run(both())
 
 
 @app.command()

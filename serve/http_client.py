@@ -166,6 +166,14 @@ class HttpClient(_Events):
         return _record(self._call("POST", f"/v1/tasks/{_path(task_id)}/approvals/{_path(call_id)}",
                                   json={k: v for k, v in body.items() if v is not None}))
 
+    def overview(self) -> Any:
+        """``GET /v1/overview``: what `raysquad top` shows (an operator's key)."""
+        return self._call("GET", "/v1/overview")
+
+    def stats(self, window_s: int = 900, bucket_s: int = 60) -> Any:
+        """``GET /v1/stats``: the key's tenant's tasks by status and their throughput."""
+        return self._call("GET", "/v1/stats", params={"window_s": window_s, "bucket_s": bucket_s})
+
     def processes(self, dead: bool = False) -> Any:
         """``GET /v1/actors``: every process of the runtime (an operator's key), as a list of
         ``{name, kind, role, replica, pid, node, state, restarts, hosts}``."""
