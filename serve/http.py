@@ -8,6 +8,7 @@ the caller's tenant: another tenant's task is a 404.
 
 import asyncio
 import json
+import math
 import re
 import time
 from collections import Counter
@@ -30,6 +31,7 @@ from runtime.core.errors import DeadLetterNotFound, TaskNotFound, public_url
 from runtime.core.models import (
     END_EVENT_KINDS,
     DeadLetter,
+    Event,
     Name,
     SubmitRequest,
     TaskRecord,
@@ -301,6 +303,38 @@ class TaskPage(BaseModel):
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
 
 
+class HistoryPage(BaseModel):
+    items: list[dict[str, Any]] = Field(description=(
+        "the task's events, oldest first, each as the event stream's data: "
+        "{seq, kind, at, ...the event's own fields}"))
+    next_after: int | None = Field(description="pass as ?after= for the next page; null at the end")
+
+
+class ThroughputView(BaseModel):
+    since: float = Field(description="when the first bucket begins")
+    bucket_s: int
+    finished: list[int] = Field(description=(
+        "tasks that ended (succeeded, failed or cancelled) in each bucket, oldest first; the last "
+        "bucket reaches now"))
+
+
+class StatsView(BaseModel):
+    counts: dict[TaskStatus, int] = Field(description="the tenant's tasks by status, every status")
+    throughput: ThroughputView
+    at: float = Field(description="when it was counted")
+
+
+#: The most buckets ``GET /v1/stats`` draws (the Store allows more: see ``MAX_STATS_BUCKETS``).
+STATS_MAX_BUCKETS = 500
+#: A page of ``GET /v1/tasks/{id}/history``: the most events the Store answers at once.
+HISTORY_PAGE = 1000
+
+
+def event_data(event: Event) -> dict[str, Any]:
+    """An event as the API shows it (the SSE stream's data, the history's items)."""
+    return {"seq": event.seq, "kind": event.kind, "at": event.at, **event.data}
+
+
 class ResultView(BaseModel):
     id: str
     status: TaskStatus
@@ -423,6 +457,23 @@ app.include_router(processes_http.router)
         return TaskPage(items=[TaskSummaryView.of(r) for r in page],
                         next_cursor=page_cursor(page[-1]) if len(records) > limit else None)
 
+    @app.get("/v1/stats", response_model=StatsView, responses=responses(), operation_id="getStats")
+    async def stats(self, tenant: Tenant,
+                    window_s: Annotated[int, Query(ge=1, le=86400)] = 900,
+                    bucket_s: Annotated[int, Query(ge=1, le=3600)] = 60) -> StatsView:
+        """The caller's tasks by status, and how many ended in each ``bucket_s`` of the last
+        ``window_s`` (at most 500 buckets). Buckets start on multiples of ``bucket_s``, so
+        successive reads line up; the last one reaches now."""
+        buckets = math.ceil(window_s / bucket_s)
+        if buckets > STATS_MAX_BUCKETS:
+            raise HTTPException(422, f"window_s={window_s} in buckets of bucket_s={bucket_s} is "
+                                     f"{buckets} buckets; the most is {STATS_MAX_BUCKETS}: make "
+                                     "bucket_s larger or window_s smaller")
+        since = (math.floor(time.time() / bucket_s) + 1 - buckets) * bucket_s
+        stats = await self.client.task_stats(tenant, since, bucket_s)
+        return StatsView(counts=stats.counts, at=stats.at, throughput=ThroughputView(
+            since=stats.since, bucket_s=bucket_s, finished=stats.finished))
+
     @app.get("/v1/tasks/{task_id}", response_model=TaskView, responses=responses(404),
              operation_id="getTask")
     async def get_task(self, task_id: str, tenant: Tenant) -> TaskView:
@@ -478,14 +529,29 @@ app.include_router(processes_http.router)
             for event in batch:
                 after = event.seq
                 yield {"id": str(event.seq), "event": event.kind,
-                       "data": json.dumps({"seq": event.seq, "kind": event.kind, "at": event.at,
-                                           **event.data})}
+                       "data": json.dumps(event_data(event))}
                 if event.kind in END_EVENT_KINDS:
                     return
             await asyncio.sleep(0)
         # The stream's time is up: the client reconnects with Last-Event-ID (EventSource does so
         # by itself, after the ``retry`` delay).
         yield {"comment": "stream length reached; reconnect with Last-Event-ID", "retry": 1000}
+
+    @app.get("/v1/tasks/{task_id}/history", response_model=HistoryPage, responses=responses(404),
+             operation_id="getHistory")
+    async def history(self, task_id: str, tenant: Tenant,
+                      after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+                      limit: Annotated[int, Query(ge=1, le=HISTORY_PAGE)] = HISTORY_PAGE
+                      ) -> HistoryPage:
+        """The task's recorded events after seq ``after``, a page at a time (follow
+        ``next_after``): what the event stream sends, read at once, for a task that ended as for
+        one that runs (whose stream then goes on from the last seq)."""
+        await self._task(task_id, tenant)
+        batch = await self.client.wait_events(task_id, after, 0.0)
+        page = batch[:limit]
+        more = len(batch) > limit or len(batch) >= HISTORY_PAGE
+        return HistoryPage(items=[event_data(e) for e in page],
+                           next_after=page[-1].seq if page and more else None)
 
     @app.post("/v1/tasks/{task_id}/cancel", response_model=TaskView, operation_id="cancelTask",
               responses=responses(404, 409, *BODY_ERRORS))

@@ -12,7 +12,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
 
 STATIC = Path(__file__).parent / "static"
-FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+FILES = {"index.html": "text/html", "style.css": "text/css",
+         **{f"{module}.js": "text/javascript" for module in ("app", "common", "task", "tasks", "timeline")}}
 # The page holds an API key (localStorage) and has Cancel and Retry buttons: only its own scripts
 # run on it, and no other site may frame it (clickjacking).
 SECURITY_HEADERS = {

@@ -51,6 +51,7 @@ from runtime.durable.dispatch import DispatcherHandle
 from runtime.events.bus import new_event, poke, publish
 from runtime.events.schedules import new_schedule, next_tick
 from runtime.store.actor import StoreHandle
+from runtime.store.base import TaskStats
 from runtime.store.connect import store_for
 from runtime.store.outbox import EventReport
 from runtime.store.service import StoreService
@@ -170,6 +171,11 @@ class AsyncClient:
         status = TaskStatus(status) if status else None
         before = parse_cursor(cursor) if cursor else None
         return await self._store.list_tasks(status, workflow, tenant, limit, before)
+
+    async def task_stats(self, tenant: str | None, since: float, bucket_s: float) -> TaskStats:
+        """``tenant``'s tasks by status, and how many finished in each ``bucket_s`` since
+        ``since`` (oldest first; the last bucket ends now, at most ``MAX_STATS_BUCKETS``)."""
+        return await self._store.task_stats(tenant, since, bucket_s)
 
     async def wait_events(self, task_id: str, after: int = 0, timeout_s: float = 0.0) -> EventList:
         """Events after seq ``after``, waiting up to ``timeout_s`` for the first one."""
@@ -374,6 +380,9 @@ class Client:
     def list(self, status: TaskStatus | str | None = None, workflow: str | None = None,
              tenant: str | None = None, limit: int = 100, cursor: str | None = None) -> TaskList:
         return self._run(self.aio.list(status, workflow, tenant, limit, cursor))
+
+    def task_stats(self, tenant: str | None, since: float, bucket_s: float) -> TaskStats:
+        return self._run(self.aio.task_stats(tenant, since, bucket_s))
 
     def wait_events(self, task_id: str, after: int = 0, timeout_s: float = 0.0) -> EventList:
         return self._run(self.aio.wait_events(task_id, after, timeout_s))

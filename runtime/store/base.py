@@ -8,8 +8,10 @@ of each process; both carry ``StoreService``'s calls to these methods as ``store
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from runtime.core.errors import RaysquadError, SignalQuotaExceeded, StoreError
@@ -24,7 +26,7 @@ from runtime.core.models import (
     TaskSummary,
 )
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 #: A queued task as the dispatcher indexes it, without its input: (id, priority, created_at, tenant).
 Queued = tuple[str, int, float, str]
@@ -32,6 +34,37 @@ Queued = tuple[str, int, float, str]
 #: A dead letter taken for a replay (``take_dead_letter``) is held that long; then another replay
 #: may take it (the one that held it died).
 REPLAY_HOLD_S = 900.0
+
+#: The most buckets a ``task_stats`` answers with: a bound on one read's reply, above what its
+#: callers ask for (``GET /v1/stats``: 500), so that a bucket begun between their clock and the
+#: Store's is never refused.
+MAX_STATS_BUCKETS = 1000
+
+
+@dataclass(frozen=True)
+class TaskStats:
+    """A tenant's tasks at a glance (``task_stats``): how many have each status now, and how many
+    finished in each ``bucket_s`` since ``since``, oldest first; bucket ``i`` covers
+    ``[since + i * bucket_s, since + (i + 1) * bucket_s)``, and the last one reaches ``at`` (the
+    Store's now), so it may be partly over."""
+
+    counts: dict[TaskStatus, int]
+    since: float
+    bucket_s: float
+    finished: list[int]
+    at: float
+
+
+def stats_buckets(since: float, bucket_s: float, now: float) -> int:
+    """How many buckets of ``bucket_s`` reach from ``since`` to ``now`` (the last partly over);
+    ValueError past ``MAX_STATS_BUCKETS`` or for a bucket that is not positive."""
+    if not bucket_s > 0:
+        raise ValueError(f"bucket_s must be positive, not {bucket_s!r}")
+    count = max(0, math.ceil((now - since) / bucket_s))
+    if count > MAX_STATS_BUCKETS:
+        raise ValueError(f"{count} buckets of {bucket_s} s since {since}: the most is "
+                         f"{MAX_STATS_BUCKETS}")
+    return count
 
 
 def check_signal_room(task_id: str, pending: int, size: int, adding: int,
@@ -128,6 +161,11 @@ class Store(Protocol):
 
     def count_tasks(self, status: TaskStatus) -> int:
         """How many tasks have this status."""
+
+    def task_stats(self, tenant: str | None, since: float, bucket_s: float, now: float) -> TaskStats:
+        """``tenant``'s tasks (None: every tenant's) by status (every status, zeros included) and
+        how many finished in each ``bucket_s`` from ``since`` to ``now`` (``TaskStats``; at most
+        ``MAX_STATS_BUCKETS``)."""
 
     def queued_load(self, tenant: str) -> tuple[int, int]:
         """``tenant``'s queued tasks and their input bytes (what its quotas count)."""

@@ -54,7 +54,7 @@ from runtime.core.models import (
 )
 from runtime.core.sizes import approx_size
 from runtime.core.triggers import check_interval
-from runtime.store.base import UNREPEATABLE_WRITES, Queued, Store
+from runtime.store.base import UNREPEATABLE_WRITES, Queued, Store, TaskStats
 from runtime.store.outbox import EventReport
 from runtime.store.owner import PostgresLock, StoreLock, own_store
 from runtime.store.schedules import Schedules
@@ -267,6 +267,7 @@ class StoreService(Protocol):
                          before: tuple[float, str] | None = None) -> list[TaskSummary]: ...
     async def queued_index(self, limit: int) -> list[Queued]: ...
     async def count_tasks(self, status: TaskStatus) -> int: ...
+    async def task_stats(self, tenant: str | None, since: float, bucket_s: float) -> TaskStats: ...
     async def recover(self) -> list[Queued]: ...
     async def claim(self, task_ids: list[str], owner: str, lease_s: float) -> list[Claim]: ...
     async def renew(self, owner: str, leases: dict[str, int], lease_s: float) -> dict[str, bool]: ...
@@ -396,6 +397,7 @@ OPERATIONS: dict[str, Op] = {
     "list_tasks":       Op(),
     "queued_index":     Op(),
     "count_tasks":      Op(),
+    "task_stats":       Op(stamp=Stamp.NOW),
     "recover":          Op(stamp=Stamp.NOW, settings=lambda s: {"limit": s.dispatch_window}),
     # A claim whose reply was lost holds its tasks until their lease runs out: not repeated.
     "claim":            Op(repeat=False, stamp=Stamp.LEASE),

@@ -39,7 +39,13 @@ from runtime.core.models import (
     check_name,
 )
 from runtime.store import records
-from runtime.store.base import REPLAY_HOLD_S, Queued, check_signal_room
+from runtime.store.base import (
+    REPLAY_HOLD_S,
+    Queued,
+    TaskStats,
+    check_signal_room,
+    stats_buckets,
+)
 from runtime.store.outbox import PortableSQL
 
 
@@ -56,6 +62,9 @@ class Tasks(PortableSQL):
     _lease_now = "?"
     #: The size in bytes of a TEXT column's value, in SQL (``{}``: the column).
     _octets = "length(CAST({} AS BLOB))"
+    #: A non-negative number rounded down to an integer, in SQL (``{}``: the number). SQLite's CAST
+    #: truncates; PostgreSQL's rounds.
+    _floor = "CAST({} AS INTEGER)"
 
     def _read(self) -> AbstractContextManager[Any]:
         """A connection to read from (by default, a transaction)."""
@@ -211,6 +220,28 @@ class Tasks(PortableSQL):
         with self._read() as c:
             return int(c.execute(self._q("SELECT count(*) AS n FROM tasks WHERE status = ?"),
                                  (status.value,)).fetchone()["n"])
+
+    def task_stats(self, tenant: str | None, since: float, bucket_s: float,
+                   now: float) -> TaskStats:
+        """``tenant``'s tasks (every tenant's with None: an operator's view) by status (off the
+        tasks_tenant_status index; tasks_status for every tenant) and its finishes by bucket since
+        ``since`` (off tasks_tenant_finished; tasks_finished), counted in the database."""
+        buckets = stats_buckets(since, bucket_s, now)
+        finished = [0] * buckets
+        whose, args = ("tenant = ? AND ", (tenant,)) if tenant is not None else ("", ())
+        with self._read() as c:
+            by_status = {r["status"]: int(r["n"]) for r in c.execute(self._q(
+                f"SELECT status, count(*) AS n FROM tasks WHERE {whose}TRUE GROUP BY status"),
+                args)}
+            bucket = self._floor.format("(finished_at - ?) / ?")
+            for r in c.execute(self._q(
+                    f"SELECT {bucket} AS b, count(*) AS n FROM tasks WHERE {whose}"
+                    f"finished_at >= ? AND finished_at < ? GROUP BY b"),
+                    (since, bucket_s, *args, since, since + buckets * bucket_s)):
+                # (A finish a hair from an edge may round across it: it stays in range.)
+                finished[min(max(int(r["b"]), 0), buckets - 1)] += int(r["n"])
+        return TaskStats(counts={s: by_status.get(s.value, 0) for s in TaskStatus}, since=since,
+                         bucket_s=bucket_s, finished=finished, at=now)
 
     def queued_load(self, tenant: str) -> tuple[int, int]:
         """``tenant``'s queued tasks and their input bytes (off the tasks_tenant_status index)."""
