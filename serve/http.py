@@ -42,9 +42,9 @@ from runtime.core.models import (
 )
 from serve import auth, errors
 from serve import events as events_http
+from serve import processes as processes_http
 from serve import status as status_page
 from serve.deps import BODY_ERRORS, Admin, ErrorDetail, Tenant, admin_of, responses
-from serve import processes as processes_http
 from serve.mcp import McpEndpoint
 
 app = FastAPI(
@@ -365,6 +365,7 @@ TASK_LINKS = {
 
 
 app.include_router(events_http.router)
+app.include_router(processes_http.router)
 status_page.install(app, admin_of)
 # MCP (streamable HTTP): every workflow a tool, with the same keys and tenants (serve/mcp.py).
 # A route, not a mount: POST /mcp itself (a mount would redirect it to /mcp/).
@@ -399,7 +400,6 @@ class Ingress:
                      traceparent: Annotated[str | None, Header(max_length=200)] = None) -> Response:
         """Queue a task and answer at once. The same idempotency key returns the first task (200).
         With tracing on, the task's spans make a new trace, linked to the caller's
-app.include_router(processes_http.router)
         ``traceparent`` if it sends a valid one."""
         with tracing.root_span(f"submit {body.workflow}", traceparent,
                                **{"raysquad.workflow": body.workflow}):

@@ -487,6 +487,8 @@ def join(settings: Settings) -> None:
                  logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError):
         raise RuntimeNotRunning(f"Ray address {where!r} (no Ray cluster answered)") from None
+    if not settings.ray_log_to_driver:
+        quiet_driver()  # a driver script's terminal gets no raylet notices
 
 
 def address_file(settings: Settings) -> Path:
@@ -496,7 +498,5 @@ def address_file(settings: Settings) -> Path:
 
 
 def _recorded_address(settings: Settings) -> str | None:
-    if not settings.ray_log_to_driver:
-        quiet_driver()  # a driver script's terminal gets no raylet notices
     path = settings.data_dir / "ray_address"
     return path.read_text().strip() or None if path.exists() else None
