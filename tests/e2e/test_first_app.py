@@ -175,8 +175,11 @@ def test_the_readmes_first_app_runs_as_printed(tmp_path: Path,
 def start_up(line: str, cwd: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """`raysquad up` as in a second terminal: until it serves and says where."""
     with open(log_path, "wb") as log:
+        # Ctrl-C reaches it as in a terminal: a test worker may run with SIGINT ignored, which its
+        # children would inherit (Python then installs no KeyboardInterrupt).
         up = subprocess.Popen(["bash", "-c", line], cwd=cwd, env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+                              stderr=subprocess.STDOUT, start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(lambda: up.poll() is not None or healthy(), timeout_s=180, interval_s=0.25,
              what="raysquad up to answer /healthz")
     assert up.poll() is None, f"raysquad up ended:\n{log_path.read_text()}"
@@ -187,7 +190,7 @@ def start_up(line: str, cwd: Path, env: dict[str, str], log_path: Path) -> subpr
 
 def stop_up(up: subprocess.Popen[bytes], log: Path) -> None:
     """Ctrl-C, as a person stops `raysquad up`; it says it is stopping, then that it stopped."""
-    up.send_signal(signal.SIGINT)
+    os.killpg(up.pid, signal.SIGINT)  # the terminal's process group, as Ctrl-C does
     try:
         up.wait(timeout=120)
     except subprocess.TimeoutExpired:

@@ -62,7 +62,9 @@ def test_top_shows_a_known_load_in_a_tmux_pane(api: Api, shared_server: SharedSe
     session = f"top-{uuid.uuid4().hex[:8]}"
     command = (f"cd {shlex.quote(str(tmp_path))} && env PYTHONPATH={shlex.quote(str(ROOT))} "
                f"RAY_ADDRESS= {shlex.quote(sys.executable)} -m serve.cli top {where} --interval 0.5")
-    env = {**os.environ, "TERM": "xterm-256color"}
+    # The pane's own size: a COLUMNS or LINES inherited from the test runner would override it.
+    env = {**{k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")},
+           "TERM": "xterm-256color"}
     try:
         wait_for(lambda: all((api.dir / f"{i}.at_gate").exists() for i in ids), timeout_s=90,
                  what="the tasks to reach their gate")
