@@ -69,6 +69,11 @@ class SimulatedEngineConfig(BaseModel):
     ttft_s: float = Field(0.02, ge=0, description="time to first token")
     tpot_s: float = Field(0.002, ge=0, description="time per output token")
     max_concurrency: int = Field(64, ge=1)
+    admission_aging_per_s: float = Field(
+        1.0, ge=0, description="priority points a request waiting for a slot gains per second")
+    admission_service_weight: float = Field(
+        10.0, ge=0, description="priority points a request loses per second of engine time its "
+                               "task has had here (0: priority, then arrival)")
     script: str | None = Field(
         None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="'module:function' that scripts the replies (a test's fake model): called "
@@ -88,6 +93,9 @@ class VLLMEngineConfig(BaseModel):
     max_inflight: int = Field(32, ge=1, description="requests admitted per actor; more wait by priority")
     admission_aging_per_s: float = Field(
         1.0, ge=0, description="priority points a request waiting for admission gains per second")
+    admission_service_weight: float = Field(
+        10.0, ge=0, description="priority points a request loses per second of engine time its "
+                               "task has had here (0: priority, then arrival)")
     enforce_eager: bool = True
     cpu_kvcache_gib: int = Field(1, ge=1)
     replicas: int = Field(1, ge=1, description="engine actors per model, least-loaded routing")

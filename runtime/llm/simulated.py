@@ -2,8 +2,9 @@
 
 Its answer is a deterministic function of the request, and its timing follows a latency model:
 ``ttft_s`` before the first token, ``tpot_s`` per token after it, at most ``max_concurrency`` requests
-at once (later ones wait their turn). It keeps the arrival and end time of its last requests
-(``timeline``), so a test or benchmark can check what an upstream saw.
+at once (later ones wait for a slot in the order a vLLM engine's admission gives: ``admission.py``).
+It keeps the arrival and end time of its last requests (``timeline``), so a test or benchmark can
+check what an upstream saw.
 
 What it answers (``simulated_reply``):
 
@@ -40,6 +41,7 @@ from runtime.core.config import SimulatedEngineConfig
 from runtime.core.errors import ConfigError
 from runtime.core.models import ChatRequest, Completion, ToolCall, ToolSpec, Usage
 from runtime.core.structured import example_value, parse_answer
+from runtime.llm.admission import Admission
 
 _WORDS = (
     "agents coordinate work through queues while durable steps record each result so that a "
@@ -160,7 +162,10 @@ class SimulatedEngine:
         self.model = model
         self.config = config
         self.script = load_script(config.script) if config.script else None
-        self._slots = asyncio.Semaphore(config.max_concurrency)
+        # Requests past max_concurrency wait as at a vLLM engine: by priority, then by the engine
+        # time their task has had (admission.py), aging as they wait.
+        self.admission = Admission(config.max_concurrency, config.admission_aging_per_s,
+                                   config.admission_service_weight)
         self._aborted: set[str] = set()
         self._running: set[str] = set()
         self.timeline: deque[tuple[float, float]] = deque(maxlen=100_000)  # (arrived, ended), epoch s
@@ -169,7 +174,7 @@ class SimulatedEngine:
         return scripted_reply(request, self.script) if self.script else simulated_reply(request)
 
     async def _generate(self, request: ChatRequest, reply: Reply) -> AsyncIterator[str]:
-        async with self._slots:
+        async with self.admission.slot(request.priority, request.request_id):
             rid = request.request_id or ""
             self._running.add(rid)
             try:

@@ -1,77 +1,27 @@
 """The vLLM engine: vLLM's async engine in-process (inside an engine actor), streaming, abort, priority.
 
 Two concurrency limits apply: vLLM's own ``max_num_seqs`` (sequences batched at once), and an
-admission limit per actor, ``max_inflight``: requests beyond it wait here, highest priority first with
-aging (so a low priority is not starved), instead of piling into the engine. The task's priority
+admission limit per actor, ``max_inflight``: requests beyond it wait here (``admission.Admission``),
+highest priority first with aging (so a low priority is not starved) and, within that, the tasks
+that have had the least engine time first, instead of piling into the engine. The task's priority
 reaches vLLM's priority scheduler (vLLM runs lower numbers first, so it gets ``-priority``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 from runtime.core.config import VLLMEngineConfig
 from runtime.core.errors import EngineError
 from runtime.core.models import ChatRequest, Completion, Usage
+from runtime.llm.admission import Admission
 from runtime.llm.constrained import answer_schema, constrained_completion, prompt_messages
 
 log = logging.getLogger(__name__)
-
-
-class Admission:
-    """At most ``limit`` holders at once; waiters are admitted by priority with aging, then FIFO.
-
-    A waiter's effective priority is ``priority + aging_per_s * seconds waited`` (as in the task
-    queue, so the heap key ``aging_per_s * enqueued_at - priority`` is fixed at insert time): a request
-    of priority ``p`` waits behind a later one of priority ``q`` only if the later one arrived less
-    than ``(q - p) / aging_per_s`` seconds after it, so a stream of high-priority requests cannot
-    starve a low-priority one.
-    """
-
-    def __init__(self, limit: int, aging_per_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit
-        self.active = 0
-        self.aging_per_s = aging_per_s
-        self._clock = clock
-        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-
-    @property
-    def queued(self) -> int:
-        return len(self._waiting)
-
-    async def acquire(self, priority: int) -> None:
-        if self.active < self.limit and not self._waiting:
-            self.active += 1
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (self.aging_per_s * self._clock() - priority, next(self._seq), future)
-        heapq.heappush(self._waiting, entry)
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.release()  # admitted just as we were cancelled: pass the slot on
-            else:
-                self._waiting.remove(entry)
-                heapq.heapify(self._waiting)
-            raise
-
-    def release(self) -> None:
-        while self._waiting:
-            _, _, future = heapq.heappop(self._waiting)
-            if not future.done():
-                future.set_result(None)  # the slot passes straight to the next waiter
-                return
-        self.active -= 1
 
 
 class VLLMEngine:
@@ -92,7 +42,8 @@ class VLLMEngine:
         )
         self._engine = AsyncLLMEngine.from_engine_args(args)
         self._tokenizer = self._engine.get_tokenizer()
-        self.admission = Admission(config.max_inflight, config.admission_aging_per_s)
+        self.admission = Admission(config.max_inflight, config.admission_aging_per_s,
+                                   config.admission_service_weight)
 
     def _prompt(self, request: ChatRequest) -> str:
         return str(self._tokenizer.apply_chat_template(
@@ -113,7 +64,12 @@ class VLLMEngine:
         params = SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature,
                                 output_kind=RequestOutputKind.DELTA, **structured)
         request_id = request.request_id or os.urandom(8).hex()
-        await self.admission.acquire(request.priority)
+        async with self.admission.slot(request.priority, request.request_id):
+            async for piece in self._run(request, params, request_id):
+                yield piece
+
+    async def _run(self, request: ChatRequest, params: Any,
+                   request_id: str) -> AsyncIterator[tuple[str, Any]]:
         try:
             async for out in self._engine.generate(self._prompt(request), params, request_id,
                                                    priority=-request.priority):
@@ -123,8 +79,6 @@ class VLLMEngine:
             raise
         except Exception as e:  # noqa: BLE001 - vLLM's errors do not cross actor boundaries well
             raise EngineError(self.model, f"{type(e).__name__}: {e}") from None
-        finally:
-            self.admission.release()
 
     async def chat(self, request: ChatRequest,
                    on_text: Callable[[str], Awaitable[None]] | None = None) -> Completion:
