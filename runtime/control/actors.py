@@ -12,6 +12,7 @@ with the actor's spec, so a restart can always build it again; it finds its peer
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import ray
 
@@ -141,9 +142,10 @@ def start_engines(settings: Settings, models: list[str],
 class EnginePoolActor(EnginePool):
     """An EnginePool that finds and creates the engine actors of its namespace by name."""
 
-    def __init__(self, settings: Settings, model: str) -> None:
+    def __init__(self, settings: Settings, model: str,
+                 demand: Callable[[], Awaitable[int]] | None = None) -> None:
         super().__init__(settings, model, lambda: _engines_by_index(settings.namespace, model),
-                         lambda index: start_engine(settings, model, index))
+                         lambda index: start_engine(settings, model, index), demand)
         asyncio.get_running_loop().create_task(self.start())  # at first start and after a restart
 
 

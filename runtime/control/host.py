@@ -17,6 +17,7 @@ executors keep processes of their own: they run the database, user code and mode
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from typing import Any
@@ -73,8 +74,9 @@ class ControlHost:
         roles = list(load_catalog(apps).agents)
         plan: list[tuple[str, Any]] = []
         if autoscaled(settings):
-            plan += [(names.engine_pool(model), lambda model=model: EnginePoolActor(settings, model))
-                     for model in self.models]
+            plan += [(names.engine_pool(model), lambda model=model: EnginePoolActor(
+                settings, model, functools.partial(self._agent_demand, model)))
+                for model in self.models]
         plan += [(names.agent_mailbox(role), lambda role=role: QueueActor(
             names.agent_mailbox(role).removeprefix(names.MAILBOX_PREFIX), MAILBOX_CAPACITY,
             settings.aging_per_s, capacity_bytes=settings.mailbox_capacity_bytes))
@@ -85,6 +87,19 @@ class ControlHost:
                  (names.WORKER_POOL, lambda: WorkerPoolActor(settings, apps)),
                  (names.EVENTS, lambda: EventBusActor(settings, apps))]
         return plan
+
+    async def _agent_demand(self, model: str) -> int:
+        """The messages waiting in the mailboxes of the roles that run on ``model``: each will make
+        model calls once a replica takes it (the engine pool grows on them)."""
+        catalog = load_catalog(self.apps)
+        waiting = 0
+        for role, agent_cls in catalog.agents.items():
+            if (agent_cls.model or self.settings.default_model) != model:
+                continue
+            mailbox = self.services.get(names.agent_mailbox(role))
+            if mailbox is not None:
+                waiting += (await mailbox.stats())["depth"]
+        return waiting
 
     def _write_names(self) -> None:
         write_hosted_names(self.settings.namespace, list(self.services))

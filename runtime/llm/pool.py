@@ -1,8 +1,11 @@
-"""Engine replicas that scale with the LLM requests in flight on them.
+"""Engine replicas that scale with the model calls the agents will make, not only those in flight.
 
 When ``engine_replicas_max`` is above the fixed count, one ``pool:engine:<model>`` actor per model
 sizes the model's engine actors (``engine:<model>:<i>``) every second: wanted =
-ceil(requests in flight / ``engine_target_requests``), between the minimum and the maximum. It adds
+ceil((requests in flight + agent messages waiting) / ``engine_target_requests``), between the
+minimum and the maximum. The messages waiting are those queued in the mailboxes of the agent roles
+that run on this model (each will make model calls once a replica takes it: ``demand``), so a burst
+of agent work grows the engines before its calls arrive, rather than after they queue. It adds
 replicas at once (the next free index; a vLLM replica asks for its GPUs, so one that finds no room
 waits as a pending actor, which asks an autoscaling cluster for a GPU node) and stops, from the
 highest index down, replicas above the minimum that have had nothing in flight for
@@ -18,7 +21,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from runtime.actors.handles import ActorHandle
@@ -40,9 +43,13 @@ class Replica(Protocol):
 class EnginePool:
     def __init__(self, settings: Settings, model: str,
                  find: Callable[[], Mapping[int, Replica]],
-                 spawn: Callable[[int], Replica]) -> None:
+                 spawn: Callable[[int], Replica],
+                 demand: Callable[[], Awaitable[int]] | None = None) -> None:
+        """``demand``: the model calls queued agent work will make (messages waiting in the
+        mailboxes of the roles on this model)."""
         self.settings = settings
         self.model = model
+        self._demand = demand
         self.min, self.max = settings.engine_replicas
         self._find = find
         self._spawn = spawn
@@ -88,12 +95,14 @@ class EnginePool:
             in_flight += int(load)
             if load or i not in self._busy_at:
                 self._busy_at[i] = now
-        wanted = max(self.min, min(self.max, math.ceil(in_flight / self.settings.engine_target_requests)))
+        waiting = await self._waiting()
+        wanted = max(self.min, min(self.max, math.ceil(
+            (in_flight + waiting) / self.settings.engine_target_requests)))
         free = (i for i in range(self.max * 2) if i not in replicas)
         for _ in range(wanted - len(replicas)):
             index = next(free)
-            log.info("engine pool %s: %d request(s) in flight, adding replica %d", self.model,
-                     in_flight, index)
+            log.info("engine pool %s: %d request(s) in flight and %d agent message(s) waiting, "
+                     "adding replica %d", self.model, in_flight, waiting, index)
             replicas[index] = self._spawned[index] = self._spawn(index)
             self._busy_at[index] = now
         surplus = len(replicas) - wanted
@@ -111,6 +120,14 @@ class EnginePool:
                 self._busy_at.pop(index, None)
                 self._answered.discard(index)
         return wanted
+
+    async def _waiting(self) -> int:
+        if self._demand is None:
+            return 0
+        try:
+            return max(0, int(await asyncio.wait_for(self._demand(), PROBE_S)))
+        except Exception:  # noqa: BLE001 - a mailbox that does not answer adds nothing this tick
+            return 0
 
     async def replicas(self) -> list[int]:
         return sorted(self._find())

@@ -635,6 +635,39 @@ def test_engine_replicas_follow_the_requests_in_flight(tmp_path: Path) -> None:
     run(body())
 
 
+def test_engine_replicas_grow_on_the_agent_messages_waiting_before_their_calls_arrive(
+        tmp_path: Path) -> None:
+    """Nothing in flight yet, but 9 messages wait in the mailboxes of the roles on this model: the
+    pool grows for the calls they will make; once they are taken and done, it shrinks back."""
+    from runtime.llm.pool import EnginePool
+
+    async def body() -> None:
+        replicas: dict[int, FakeEngine] = {0: FakeEngine(load=0)}
+        waiting = 9
+
+        def spawn(index: int) -> FakeEngine:
+            replicas[index] = FakeEngine()
+            return replicas[index]
+
+        def find() -> dict[int, FakeEngine]:
+            return {i: r for i, r in replicas.items() if not r.killed}
+
+        async def demand() -> int:
+            return waiting
+
+        config = settings(tmp_path, engine_replicas_max=3, engine_target_requests=4,
+                          engine_idle_s=0.0)
+        pool = EnginePool(config, "sim-small", find, spawn, demand)
+        assert await pool.tick() == 3 and sorted(find()) == [0, 1, 2]  # ceil(9 / 4)
+        waiting = 0
+        assert await pool.tick() == 1 and sorted(find()) == [0]
+        without = EnginePool(config, "sim-small", find, spawn)  # in flight only: no growth
+        waiting = 9
+        assert await without.tick() == 1
+
+    run(body())
+
+
 def test_a_router_that_discovers_sends_to_replicas_added_later() -> None:
     from runtime.core.models import ChatMessage, ChatRequest, Completion, Usage
 
