@@ -60,7 +60,7 @@ class Direct:
     def __init__(self, peers: Any) -> None:
         self.peers = peers
 
-    async def chat(self, request: ChatRequest) -> Completion:
+    async def chat(self, request: ChatRequest, plan: Any = None) -> Completion:
         completion: Completion = await self.peers.router.chat(request)
         return completion
 

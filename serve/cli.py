@@ -407,7 +407,7 @@ def gate(key: str,
 @app.command("dead-letters")
 def dead_letters(status: Annotated[str | None, typer.Option(help="dead or replayed")] = None,
                  tool: str | None = None, limit: int = 20, address: AddressOpt = None) -> None:
-    """List tool calls that ran out of retries, newest first."""
+    """List calls that ran out of retries (tools, model calls as llm:<model>), newest first."""
     if status not in (None, "dead", "replayed"):
         fail("--status must be dead or replayed", 2)
     table = Table("id", "tool", "status", "attempts", "task", "error")
@@ -417,9 +417,14 @@ def dead_letters(status: Annotated[str | None, typer.Option(help="dead or replay
 
 
 @app.command()
-def replay(letter_id: str, address: AddressOpt = None) -> None:
-    """Run a dead letter's tool call again; on success it is marked replayed with its result."""
-    letter = ops(address).replay(letter_id)
+def replay(letter_id: str,
+           model: Annotated[str | None, typer.Option(
+               "--model", help="run a model call's letter on this model (default: the models "
+                               "it had)")] = None,
+           address: AddressOpt = None) -> None:
+    """Run a dead letter's call again (a tool's, a model's, a webhook's); on success it is marked
+    replayed with its result, and a task that failed at that call resumes past it."""
+    letter = ops(address).replay(letter_id, model)
     out.print(f"{letter.id} {letter.status} (attempts {letter.attempts})"
               + (f": {json.dumps(letter.result)[:200]}" if letter.status == "replayed"
                  else f": {letter.error}"), highlight=False)

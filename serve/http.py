@@ -145,6 +145,16 @@ class ApprovalBody(BaseModel):
         None, description="an approval's replacement for the call's arguments")
 
 
+class ReplayBody(BaseModel):
+    """How to run a dead letter again: a model call's, on another model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Name | None = Field(None, min_length=1, max_length=200, description=(
+        "a model call's letter runs on this model (an engine must serve it; else 404), not on "
+        "the models it had; any other letter answers 400"))
+
+
 class TaskView(BaseModel):
     id: str
     workflow: str
@@ -624,19 +634,23 @@ class Ingress:
     async def dead_letters(self, tenant: Tenant, status: Literal["dead", "replayed"] | None = None,
                            tool: str | None = None,
                            limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[DeadLetter]:
-        """Tool calls of the caller's tenant that ran out of retries, newest first (header values
+        """Calls of the caller's tenant that ran out of retries, newest first: tool calls, model
+        calls (tool ``llm:<model>``, the request as arguments) and outbound webhooks (header values
         and arguments named like secrets are shown as "[redacted]")."""
         return [redacted(letter) for letter in await self.ops.dead_letters(status, tool, tenant,
                                                                             limit)]
 
     @app.post("/v1/dead-letters/{letter_id}/replay", response_model=DeadLetter,
-              responses=responses(404))
-    async def replay(self, letter_id: str, tenant: Tenant) -> DeadLetter:
-        """Run a dead letter's call again; on success it is marked replayed with its result."""
+              responses=responses(400, 404, *BODY_ERRORS))
+    async def replay(self, letter_id: str, tenant: Tenant,
+                     body: ReplayBody | None = None) -> DeadLetter:
+        """Run a dead letter's call again; on success it is marked replayed with its result, and a
+        task that failed at that call resumes past it. A model call's letter runs on the body's
+        ``model`` if it names one (``{"model": "m2"}``), else on the models it had."""
         letter = await self.ops.dead_letter(letter_id)
         if letter.tenant != tenant:
             raise DeadLetterNotFound(letter_id)
-        return redacted(await self.ops.replay(letter_id))
+        return redacted(await self.ops.replay(letter_id, body.model if body else None))
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:

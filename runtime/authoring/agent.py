@@ -26,7 +26,8 @@ class Agent:
     of tools the app modules define, ``@tool`` functions, OpenAI function specs, or
     ``"agent:<role>"`` to offer another role as a tool whose reply is the call's result), an
     ``output_type`` (a pydantic model its final answer must fit), ``handoffs`` (roles it may hand
-    the conversation to), ``max_turns`` and a ``model``; with no ``handle`` of its own, its handler
+    the conversation to), ``max_turns``, a ``model`` (and ``fallback_models``), and ``cache``; with
+    no ``handle`` of its own, its handler
     is the loop (``AgentContext.run_loop``): model call, the turn's tool calls, model call, until a
     final answer. A custom ``handle`` may call the same loop."""
 
@@ -40,6 +41,12 @@ class Agent:
     #: answered with the problem as the tool's result, before the loop fails.
     max_tool_errors: ClassVar[int] = 3
     model: ClassVar[str | None] = None
+    #: Models its calls go to, in order, when the tries on ``model`` ran out (a call may name its
+    #: own: ``ctx.chat(..., fallback_models=[...])``).
+    fallback_models: ClassVar[list[str]] = []
+    #: Whether the Store's memo answers its temperature-0 model calls that this tenant asked
+    #: before (None: as the deployment says, ``RAYSQUAD_LLM_CACHE``; a call's ``cache=`` wins).
+    cache: ClassVar[bool | None] = None
     #: Tools whose calls by this role wait for a person's approval, as a tool declared
     #: ``@tool(requires_approval=True)`` does for every caller (the agent's own policy).
     approve: ClassVar[list[str]] = []

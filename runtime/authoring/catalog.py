@@ -39,6 +39,14 @@ class Catalog:
         return ([f"workflow:{w.name}" for w in self.workflows.values() if w.triggers]
                 + [f"agent:{r}" for r, cls in self.agents.items() if cls.subscribes])
 
+    def models(self, default_model: str, more: tuple[str, ...] = ()) -> list[str]:
+        """The models a runtime serves for these apps: ``default_model``, ``more`` (the settings'
+        ``models``), then each agent role's ``model`` and ``fallback_models``; each once, in order."""
+        named = [default_model, *more]
+        for agent_cls in self.agents.values():
+            named += [m for m in (agent_cls.model, *agent_cls.fallback_models) if m]
+        return list(dict.fromkeys(named))
+
     def agent(self, role: str) -> type[Agent]:
         try:
             return self.agents[role]

@@ -21,6 +21,7 @@ from typing import Any, Protocol, get_type_hints
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from runtime.core import metrics, tracing
+from runtime.core.calls import ModelPlan, want_memo
 from runtime.core.config import RetryPolicy
 from runtime.core.errors import (
     ConfigError,
@@ -120,6 +121,7 @@ class StepDefaults:
     step_timeout_s: float | None = None
     agent_timeout_s: float | None = None
     tool_timeout_s: float | None = None
+    llm_cache: bool = False  #: the deployment's memo (``RAYSQUAD_LLM_CACHE``), where a call says nothing
 
 
 class Services(Protocol):
@@ -132,8 +134,9 @@ class Services(Protocol):
     async def call_agent(self, role: str, key: str, payload: Any) -> Any:
         """Send ``payload`` to the role's mailbox and wait for the reply."""
 
-    async def chat(self, request: ChatRequest) -> Completion:
-        """Run one chat completion."""
+    async def chat(self, request: ChatRequest, plan: ModelPlan) -> Completion:
+        """Run one chat completion as ``plan`` says (``runtime.llm.calls.call_model``: the memo,
+        retries, fallback models, its dead letter)."""
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
         """Append an event to the task's log, without waiting."""
@@ -289,17 +292,23 @@ class Context:
             raise TaskCancelled(self.task_id)
 
     async def _run(self, key: str, attempt: Callable[[], Awaitable[Any]],
-                   retry_policy: RetryPolicy | None, timeout_s: float | None) -> Any:
+                   retry_policy: RetryPolicy | None, timeout_s: float | None,
+                   bounded: bool = True) -> Any:
+        """Run a step once (``retry_policy``'s attempts, each under ``timeout_s``, else the default
+        step timeout unless not ``bounded``: a callee that times its own attempts) and record it;
+        a step recorded before answers its record."""
         if key in self._recorded:
             return self._recorded[key]
         self.replaying = False
         self.check_cancelled()
         started = time.monotonic()
         kind = step_kind(key)
+        if bounded:
+            timeout_s = timeout_s or self._defaults.step_timeout_s
         with tracing.span(f"step {key}", **{"raysquad.step": key, "raysquad.kind": kind}):
             try:
                 value = await retry(attempt, retry_policy or self._defaults.retry, name=key,
-                                    timeout_s=timeout_s or self._defaults.step_timeout_s,
+                                    timeout_s=timeout_s,
                                     on_retry=functools.partial(self._retrying, key),
                                     passthrough=(TaskCancelled, LeaseLost))
             except GaveUp as e:
@@ -348,30 +357,48 @@ class LLM:
     def chat(self, messages: Messages, *, model: str | None = None, max_tokens: int = 128,
              temperature: float = 0.0, tools: Sequence[Any] = (), tool_choice: str = "auto",
              response_format: Any = None, retry: RetryPolicy | None = None,
-             timeout_s: float | None = None) -> Awaitable[Completion]:
+             timeout_s: float | None = None, cache: bool | None = None,
+             fallback_models: Sequence[str] = ()) -> Awaitable[Completion]:
         """One chat completion, checkpointed. ``tools``: names of tools defined in the app
         modules, ``@tool`` functions or OpenAI function specs, offered to the model (its
         ``tool_calls`` come back in the Completion; running them is the caller's); ``tool_choice``:
         ``"auto"``, ``"required"``, ``"none"`` or a tool's name; ``response_format``: a pydantic
-        model or a JSON schema the answer must fit (``Completion.parsed``)."""
+        model or a JSON schema the answer must fit (``Completion.parsed``).
+
+        ``retry`` (the workflow's policy by default) is how often the call is tried on each model,
+        each attempt bounded by ``timeout_s``; when the tries on ``model`` run out, the call goes to
+        each of ``fallback_models`` in turn (the Completion's ``model`` says which answered); when
+        every model ran out, the step fails with ``ModelFailed`` naming the call's dead letter,
+        whose replay (on another model, if asked) resumes the task past it. ``cache``: answer from
+        the Store's memo when this tenant asked the same before (temperature 0 only; default
+        ``RAYSQUAD_LLM_CACHE``); such an answer is ``cached`` and spends no tokens."""
         ctx = self._ctx
         request = chat_request(model or self.default_model, messages, max_tokens=max_tokens,
                                temperature=temperature, tools=tools, tool_choice=tool_choice,
                                response_format=response_format, priority=ctx.priority,
                                tenant=ctx.tenant)
+        memo = want_memo(cache, ctx._defaults.llm_cache, temperature=temperature)
         key = ctx._key(f"llm:{request.model}")
         request = request.model_copy(update={"request_id": f"{ctx.task_id}/{key}"})
-        return ctx._run(key, lambda: ctx._services.chat(request), retry, timeout_s)
+        plan = ModelPlan(fallback_models=tuple(fallback_models), cache=memo,
+                         retry=retry or ctx._defaults.retry,
+                         timeout_s=timeout_s or ctx._defaults.step_timeout_s, dead_letter=True,
+                         on_retry=functools.partial(ctx._retrying, key))
+        # One attempt of the step: the plan's retries run on each model, each attempt timed.
+        return ctx._run(key, lambda: ctx._services.chat(request, plan), ONE_ATTEMPT, None,
+                        bounded=False)
 
     async def complete(self, request: ChatRequest) -> Completion:
         """One chat completion that is not a step of its own: for a caller that records it itself
         (the Pydantic AI integration's model). The task's priority and tenant go with it, its
-        tokens count against the task's budget."""
+        tokens count against the task's budget; the deployment's memo may answer it."""
         ctx = self._ctx
         request = request.model_copy(update={
             "priority": ctx.priority, "tenant": ctx.tenant,
             "request_id": f"{ctx.task_id}/llm:{request.model}:{uuid.uuid4().hex[:8]}"})
-        return await ctx._services.chat(request)
+        plan = ModelPlan(cache=want_memo(None, ctx._defaults.llm_cache,
+                                         temperature=request.temperature))
+        return await ctx._services.chat(request, plan)
 
 
 def step_kind(key: str) -> str:

@@ -1,4 +1,5 @@
-"""Operator calls on a running runtime: see and change gate limits, list and replay dead letters.
+"""Operator calls on a running runtime: see and change gate limits, list and replay dead letters
+(a tool's on a tool executor, a model call's on an engine: its own models, or one named).
 
 Found by actor name in the runtime's namespace, like the client. Changes to gates take effect at once
 and last until the runtime stops (configuration is where lasting limits belong).
@@ -12,12 +13,15 @@ from typing import Any
 
 from runtime.actors import names
 from runtime.actors.handles import actor_names
+from runtime.core import refs
 from runtime.core.config import GateLimits
-from runtime.core.errors import RuntimeNotRunning
-from runtime.core.models import DeadLetter, TaskStatus
+from runtime.core.errors import ModelNotFound, NotAModelCall, RuntimeNotRunning
+from runtime.core.models import ChatRequest, Completion, DeadLetter, TaskStatus
 from runtime.durable.dispatch import DispatcherHandle
 from runtime.events.bus import poke
 from runtime.flow.gates import GateKeeperHandle
+from runtime.llm.calls import answer_again, is_model_letter
+from runtime.llm.engine import EngineHandle, find_engines
 from runtime.store.actor import StoreHandle
 from runtime.tools.executor import ToolExecutorHandle
 
@@ -55,10 +59,19 @@ class AsyncOps:
     async def dead_letter(self, letter_id: str) -> DeadLetter:
         return await self._store.get_dead_letter(letter_id)
 
-    async def replay(self, letter_id: str) -> DeadLetter:
+    async def replay(self, letter_id: str, model: str | None = None) -> DeadLetter:
         """Run a dead letter's call again; it is marked replayed with its result if it succeeds, and
         a task that failed at that call resumes past it (its earlier steps are kept). An outbound
-        webhook's dead letter goes out again through the event bus, from its first attempt."""
+        webhook's dead letter goes out again through the event bus, from its first attempt. A model
+        call's letter runs on ``model`` if given (NotAModelCall for any other letter, ModelNotFound
+        for a model no engine serves), else on the models it had, in order."""
+        engines = find_engines(self._namespace) if model is not None else {}
+        if model is not None:
+            named = await self._store.get_dead_letter(letter_id)
+            if not is_model_letter(named):
+                raise NotAModelCall(letter_id, named.tool)
+            if model not in engines:
+                raise ModelNotFound(model, tuple(sorted(engines)))
         # Taken first, in one conditional write: of concurrent replays of a letter one runs it,
         # the others answer it as it is (replaying, or replayed).
         letter, taken = await self._store.take_dead_letter(letter_id)
@@ -71,7 +84,11 @@ class AsyncOps:
             poke(self._namespace)
             return replayed
         try:
-            letter = await random.choice(self._executors).replay(letter_id)
+            if is_model_letter(letter):
+                letter = await self._replay_model_call(letter, model,
+                                                       engines or find_engines(self._namespace))
+            else:
+                letter = await random.choice(self._executors).replay(letter_id)
         except Exception as e:
             # The call could not run at all (its tool is gone, its executor died): dead again.
             await self._store.replayed(letter_id, False, None, f"replay failed: {e}", 0)
@@ -81,6 +98,28 @@ class AsyncOps:
             if task.status == TaskStatus.QUEUED:  # the dispatcher's reconcile would find it too
                 await self._dispatcher.requeue([letter.task_id])
         return letter
+
+    async def _replay_model_call(self, letter: DeadLetter, model: str | None,
+                                 engines: dict[str, list[EngineHandle]]) -> DeadLetter:
+        """A model call's letter run again on an engine of ``model`` (else of its own models, in
+        order); its answer becomes the failed task's step, its tokens the task's."""
+
+        async def on_engine(request: ChatRequest) -> Completion:
+            handles = engines.get(request.model)
+            if not handles:
+                raise ModelNotFound(request.model, tuple(sorted(engines)))
+            return await random.choice(handles).chat(request)
+
+        completion, error, attempts = await answer_again(letter, model, on_engine)
+        if completion is None:
+            failed: DeadLetter = await self._store.replayed(letter.id, False, None, error, attempts)
+            return failed
+        step_output, _ = refs.dumps(completion)
+        usage = completion.usage
+        done: DeadLetter = await self._store.replayed(
+            letter.id, True, completion.model_dump(mode="json"), "", attempts, step_output,
+            (completion.model, usage.prompt_tokens, usage.completion_tokens))
+        return done
 
 
 class Ops:
@@ -102,5 +141,5 @@ class Ops:
                      tenant: str | None = None, limit: int = 100) -> list[DeadLetter]:
         return asyncio.run(self._ops.dead_letters(status, tool, tenant, limit))
 
-    def replay(self, letter_id: str) -> DeadLetter:
-        return asyncio.run(self._ops.replay(letter_id))
+    def replay(self, letter_id: str, model: str | None = None) -> DeadLetter:
+        return asyncio.run(self._ops.replay(letter_id, model))

@@ -118,7 +118,7 @@ class Runtime:
                       models: list[str] | None, started_ray: bool) -> Runtime:
         store = start_store(settings)
         asyncio.run(store.ping())
-        models = models or [settings.default_model]
+        models = models or catalog.models(settings.default_model, settings.models)
         control = start_control(settings, apps, models)  # its gate keeper serves at once
         engines = start_engines(settings, models)
         asyncio.run(_all(h.ready() for hs in engines.values() for h in hs))

@@ -507,6 +507,15 @@ class Settings(BaseSettings):
     engine_idle_s: float = Field(
         60.0, ge=0, description="idle time before an engine actor above the minimum stops")
     default_model: str = "sim-small"
+    models: tuple[str, ...] = Field(
+        (), description="RAYSQUAD_MODELS: models served besides default_model and the models and "
+                        "fallback_models the app's agents declare (a workflow's "
+                        "ctx.llm.chat(model=...), a dead letter replayed on another model)")
+    llm_cache: bool = Field(
+        False, description="RAYSQUAD_LLM_CACHE: answer a temperature-0 model call from the Store's "
+                           "memo when the same tenant asked the same before (model, messages, "
+                           "tools, response format, sampling), without an engine; a call "
+                           "(cache=) or an agent (cache =) may say otherwise")
     simulated: SimulatedEngineConfig = SimulatedEngineConfig()
     vllm: VLLMEngineConfig = VLLMEngineConfig()
     openai: OpenAIEngineConfig = OpenAIEngineConfig()

@@ -347,6 +347,32 @@ class EngineUnavailable(EngineError, Retryable):
     all of the engine's own attempts: a later try may succeed."""
 
 
+class ModelFailed(Refused, WithFields):
+    """Raised when a model call failed for good: its retries ran out on its model and on each of
+    its fallback models (``models``, in the order tried). ``dead_letter`` names its record, which a
+    replay runs again (on another model, if asked). A Refused error: the same call would fail the
+    same way again, so the step that made it is not retried around it (the task fails, and a replay
+    of the letter resumes it)."""
+    models: tuple[str, ...]
+    message: str
+    error_type: str = ""
+    attempts: int = 1
+    dead_letter: str = ""
+
+    def __str__(self) -> str:
+        where = f"; dead letter {self.dead_letter}" if self.dead_letter else ""
+        return (f"model call failed on {_listed(self.models)} after {self.attempts} attempt(s): "
+                f"{_kind(self.error_type)}{self.message}{where}")
+
+
+class NotAModelCall(Refused, WithFields):
+    """Raised when a replay names a model for a dead letter that is not a model call's."""
+    dead_letter: str
+    tool: str
+    template = ("dead letter {dead_letter!r} is a call of {tool!r}, not a model call: only a model "
+                "call's letter is replayed on another model")
+
+
 class ModelNotFound(NotFound, WithFields):
     """Raised when an LLM call names a model that no engine serves."""
     model: str

@@ -36,13 +36,20 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "raysquad_llm_ttft_seconds": ("histogram", "time to the first token of a request", ("model",)),
     "raysquad_llm_in_flight": ("gauge", "requests in flight on one engine replica",
                                ("model", "replica")),
+    "raysquad_llm_cache_hits": ("counter", "model calls the LLM memo answered (no engine ran)",
+                                ("model",)),
+    "raysquad_llm_cache_misses": ("counter", "model calls the LLM memo was asked for and did not "
+                                             "hold (an engine answered)", ("model",)),
+    "raysquad_llm_fallbacks": ("counter", "model calls handed to their next model after this one "
+                                          "ran out of retries", ("model",)),
     "raysquad_gate_grants": ("counter", "gate grants", ("key",)),
     "raysquad_gate_waits": ("counter", "requests that waited at a gate", ("key",)),
     "raysquad_gate_wait_seconds": ("histogram", "time waited at a gate", ("key",)),
     "raysquad_gate_refusals": ("counter", "requests a gate refused (an HTTP 429 upstream)", ("key",)),
     "raysquad_tool_calls": ("counter", "tool calls, by outcome", ("tool", "outcome")),
     "raysquad_tool_retries": ("counter", "tool call attempts that were retried", ("tool",)),
-    "raysquad_dead_letters": ("counter", "calls that ran out of retries", ("tool",)),
+    "raysquad_dead_letters": ("counter", "calls that ran out of retries (a model call's tool: "
+                                         "llm:<model>)", ("tool",)),
     "raysquad_events_published": ("counter", "topic events kept (new ones only)", ("topic",)),
     "raysquad_events_delivered": ("counter", "deliveries carried out, by target kind and outcome",
                                   ("target", "outcome")),

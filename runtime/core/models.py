@@ -389,10 +389,14 @@ class Completion(BaseModel):
     finish_reason: Literal["stop", "length", "abort", "tool_calls"] = "stop"
     tool_calls: tuple[ToolCall, ...] = ()
     parsed: Any = None
+    #: Answered from the Store's memo (no engine ran): its usage is what the answer cost when it
+    #: was made, and it is not charged again.
+    cached: bool = False
 
 
 class DeadLetter(BaseModel):
-    """A tool call that ran out of retries; ``replay`` runs it again."""
+    """A tool call, a model call (``tool`` ``llm:<model>``) or an outbound webhook
+    (``webhook:<name>``) that ran out of retries; ``replay`` runs it again."""
 
     id: str
     tool: str

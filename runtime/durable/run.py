@@ -26,6 +26,7 @@ import ray
 from runtime.authoring.catalog import Catalog
 from runtime.authoring.workflow import Context, Parked, StepDefaults
 from runtime.core import metrics, refs, tracing
+from runtime.core.calls import ModelPlan
 from runtime.core.config import WebhookTarget
 from runtime.core.errors import (
     ActorUnavailable,
@@ -48,6 +49,7 @@ from runtime.core.models import (
 )
 from runtime.events.bus import new_event, publish, wants
 from runtime.flow.queue import MailboxService, Replies
+from runtime.llm.calls import call_model
 from runtime.llm.engine import Router, TokenSink
 from runtime.llm.usage import charge
 from runtime.store.service import StoreService
@@ -282,19 +284,27 @@ class Run:
             raise TaskCancelled(self.task.id)
         return reply
 
-    async def chat(self, request: ChatRequest) -> Completion:
+    async def chat(self, request: ChatRequest, plan: ModelPlan) -> Completion:
         step = (request.request_id or "").rpartition("/")[2]
-        entry = (request.model, request.request_id or "")
-        self._llm_requests.add(entry)
-        try:
-            completion = await self._peers.router.chat(
-                request, TokenSink(self._peers.store, self.task.id, step, lease=self._held_lease()))
-        finally:
-            self._llm_requests.discard(entry)
-        if self.context.cancel_requested:  # aborted by a cancel: never record a cut-off completion
-            raise TaskCancelled(self.task.id)
-        await charge(self._peers.store, self._held_lease(), completion,
-                     self.details.token_budget)
+
+        async def on_engine(asked: ChatRequest) -> Completion:
+            entry = (asked.model, asked.request_id or "")
+            self._llm_requests.add(entry)
+            try:
+                completion = await self._peers.router.chat(
+                    asked, TokenSink(self._peers.store, self.task.id, step,
+                                     lease=self._held_lease()))
+            finally:
+                self._llm_requests.discard(entry)
+            if self.context.cancel_requested:  # aborted by a cancel: never record a cut-off one
+                raise TaskCancelled(self.task.id)
+            return completion
+
+        completion = await call_model(request, plan, on_engine, self._peers.store,
+                                      task_id=self.task.id, step_key=step, emit=self.emit)
+        if not completion.cached:  # a memo's answer spent nothing now
+            await charge(self._peers.store, self._held_lease(), completion,
+                         self.details.token_budget)
         return completion
 
     async def call_tool(self, name: str, key: str, args: dict[str, Any]) -> Any:

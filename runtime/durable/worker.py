@@ -127,7 +127,7 @@ class WorkflowWorker:
         defaults = StepDefaults(
             retry=wf.retry if wf and wf.retry else settings.retry, model=settings.default_model,
             step_timeout_s=settings.step_timeout_s, agent_timeout_s=settings.agent_timeout_s,
-            tool_timeout_s=settings.tools.step_timeout_s)
+            tool_timeout_s=settings.tools.step_timeout_s, llm_cache=settings.llm_cache)
         return RunDetails(task, lease, recorded, defaults, settings.namespace,
                           settings.inline_limit_bytes, settings.max_input_bytes, self._peers,
                           settings.task_token_budget)

@@ -3,8 +3,8 @@
 Its answer is a deterministic function of the request, and its timing follows a latency model:
 ``ttft_s`` before the first token, ``tpot_s`` per token after it, at most ``max_concurrency`` requests
 at once (later ones wait for a slot in the order a vLLM engine's admission gives: ``admission.py``).
-It keeps the arrival and end time of its last requests (``timeline``), so a test or benchmark can
-check what an upstream saw.
+It keeps the arrival and end time of its last requests (``timeline``, a script's failures
+included), so a test or benchmark can check what an upstream saw.
 
 What it answers (``simulated_reply``):
 
@@ -197,11 +197,11 @@ class SimulatedEngine:
 
     async def chat(self, request: ChatRequest,
                    on_text: Callable[[str], Awaitable[None]] | None = None) -> Completion:
-        reply = self.reply(request)
-        pieces = reply.pieces if reply.constrained else reply.pieces[:request.max_tokens]
-        produced = []
         arrived = time.time()
-        try:
+        produced = []
+        try:  # a request the script fails reached the engine all the same: it is in the timeline
+            reply = self.reply(request)
+            pieces = reply.pieces if reply.constrained else reply.pieces[:request.max_tokens]
             async for piece in self._generate(request, Reply(pieces, reply.tool_calls)):
                 produced.append(piece)
                 if on_text is not None and not reply.tool_calls:

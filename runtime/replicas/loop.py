@@ -57,6 +57,8 @@ class LoopSpec:
     max_tool_errors: int = 3
     model: str | None = None
     max_tokens: int = 256
+    fallback_models: tuple[str, ...] | None = None  #: None: the agent's
+    cache: bool | None = None  #: None: the agent's, else the deployment's
 
 
 @dataclass
@@ -117,7 +119,8 @@ async def run_loop(ctx: AgentContext, spec: LoopSpec, input: Any,  # noqa: A002
         last = state.turns == spec.max_turns
         completion = await ctx.chat(state.messages, model=spec.model, max_tokens=spec.max_tokens,
                                     tools=tools, tool_choice="none" if last and tools else "auto",
-                                    response_format=spec.output_type)
+                                    response_format=spec.output_type, cache=spec.cache,
+                                    fallback_models=spec.fallback_models)
         if completion.tool_calls:
             state.messages.append(ChatMessage(role="assistant", content=completion.text,
                                               tool_calls=completion.tool_calls))

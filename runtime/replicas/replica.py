@@ -19,6 +19,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 import ray
@@ -31,12 +32,14 @@ from runtime.actors.processes import titled
 from runtime.authoring.agent import Agent
 from runtime.authoring.workflow import Messages, chat_request, numbered
 from runtime.core import refs
+from runtime.core.calls import ModelPlan, want_memo
 from runtime.core.config import AgentPoolConfig, Settings
 from runtime.core.errors import (
     ActorUnavailable,
     AgentError,
     AgentNotFound,
     ApprovalNeeded,
+    ModelFailed,
     TaskCancelled,
 )
 from runtime.core.models import AgentMessage, ChatRequest, Completion, ToolCall, TopicEvent
@@ -44,6 +47,7 @@ from runtime.core.refs import Ref
 from runtime.core.sizes import approx_size
 from runtime.events.bus import new_event, publish
 from runtime.flow.queue import MailboxHandle, MailboxService, Replies
+from runtime.llm.calls import call_model
 from runtime.llm.engine import Router, TokenSink
 from runtime.llm.usage import charge
 from runtime.replicas.loop import LoopSpec, LoopState, run_loop
@@ -60,8 +64,9 @@ class AgentServices(Protocol):
     """What an AgentContext needs from the replica handling its message (``Handling``, one per
     message, which knows the message; a test can supply its own)."""
 
-    async def chat(self, request: ChatRequest) -> Completion:
-        """Run one chat completion, its text streamed to the task's events."""
+    async def chat(self, request: ChatRequest, plan: ModelPlan) -> Completion:
+        """Run one chat completion as ``plan`` says (the memo, fallback models), its text streamed
+        to the task's events."""
 
     async def call_tool(self, name: str, args: dict[str, Any], call_id: str | None = None) -> Any:
         """Run a tool call (with its gate, timeout and retries) and return its result; ``call_id``
@@ -90,7 +95,7 @@ class AgentContext:
     is part of this handler's work, not a step of its own, and runs again with it."""
 
     def __init__(self, msg: AgentMessage, services: AgentServices, default_model: str,
-                 agent: Agent | None = None) -> None:
+                 agent: Agent | None = None, llm_cache: bool = False) -> None:
         self.task_id = msg.task_id
         self.step_key = msg.step_key
         self.priority = msg.priority
@@ -101,6 +106,7 @@ class AgentContext:
         self._services = services
         self._default_model = default_model
         self._agent = agent
+        self._llm_cache = llm_cache  # the deployment's memo, where the call and the agent say nothing
         self._calls = 0
         #: The last ``run_loop``'s conversation and the results of its calls (what the model found).
         self.loop = LoopState()
@@ -131,23 +137,35 @@ class AgentContext:
 
     async def chat(self, messages: Messages, *, model: str | None = None, max_tokens: int = 128,
                    temperature: float = 0.0, tools: Sequence[Any] = (), tool_choice: str = "auto",
-                   response_format: Any = None) -> Completion:
-        """One chat completion (part of the agent's step: not checkpointed on its own).
-        ``tools``, ``tool_choice`` and ``response_format`` as in a workflow's ``ctx.llm.chat``."""
+                   response_format: Any = None, cache: bool | None = None,
+                   fallback_models: Sequence[str] | None = None) -> Completion:
+        """One chat completion (part of the agent's step, recorded under it).
+        ``tools``, ``tool_choice`` and ``response_format`` as in a workflow's ``ctx.llm.chat``.
+        It is tried on its model under the deployment's retry policy, then on each of
+        ``fallback_models`` (default: the agent's); a call that runs out of every model raises
+        ``ModelFailed`` naming its dead letter, and fails the task's agent step. ``cache``: answer
+        from the Store's memo (default: the agent's ``cache``, else ``RAYSQUAD_LLM_CACHE``;
+        temperature 0 only)."""
+        agent = self._agent
+        memo = want_memo(cache, agent.cache if agent is not None else None, self._llm_cache,
+                         temperature=temperature)
+        if fallback_models is None:
+            fallback_models = agent.fallback_models if agent is not None else ()
         self._calls += 1
         request = chat_request(
             model or self._default_model, messages, max_tokens=max_tokens, temperature=temperature,
             tools=tools, tool_choice=tool_choice, response_format=response_format,
             priority=self.priority, tenant=self.tenant,
             request_id=f"{self.task_id}/{self.step_key}/{self._calls}")
-        return await self._services.chat(request)
+        return await self._services.chat(
+            request, ModelPlan(fallback_models=tuple(fallback_models), cache=memo))
 
     async def run_loop(self, input: Any = None, **overrides: Any) -> Any:  # noqa: A002
         """Run the agent loop on ``input`` (``runtime.replicas.loop``) with this role's declared
         instructions, tools, output type, handoffs, turns and model; ``overrides`` replace any of
         them (``instructions=``, ``tools=``, ``output_type=``, ``handoffs=``, ``max_turns=``,
-        ``max_tool_errors=``, ``model=``, ``max_tokens=``). Returns the output type's value as a
-        dict, else the final text."""
+        ``max_tool_errors=``, ``model=``, ``max_tokens=``, ``fallback_models=``, ``cache=``).
+        Returns the output type's value as a dict, else the final text."""
         agent = self._agent
         declared: dict[str, Any] = {} if agent is None else {
             "instructions": agent.instructions_for(self._msg), "tools": tuple(agent.tools),
@@ -202,7 +220,8 @@ class Handling:
     def __init__(self, msg: AgentMessage, replica: AgentReplica) -> None:
         self.msg = msg
         self._replica = replica
-        self.context = AgentContext(msg, self, replica.settings.default_model, replica.agent)
+        self.context = AgentContext(msg, self, replica.settings.default_model, replica.agent,
+                                    llm_cache=replica.settings.llm_cache)
         self._recorded: dict[str, bytes] | None = None  # this step's calls recorded before
         self._counts: dict[str, int] = {}
 
@@ -253,6 +272,10 @@ class Handling:
             ok = True
         except ApprovalNeeded as e:  # not a failure: the task's run parks on it
             value, ok = e, False
+        except ModelFailed as e:  # as itself: the step fails at once, its dead letter resumes it
+            log.info("task %s step %s: agent %s's model call failed (dead letter %s)",
+                     msg.task_id, msg.step_key, replica.role, e.dead_letter or "-")
+            value, ok = e, False
         except Exception as e:  # noqa: BLE001 - the handler's failure is the step's to retry
             log.info("task %s step %s: agent %s raised %s", msg.task_id, msg.step_key,
                      replica.role, type(e).__name__)
@@ -277,19 +300,28 @@ class Handling:
 
     # -- the AgentContext's services ----------------------------------------------------------------
 
-    async def chat(self, request: ChatRequest) -> Completion:
+    async def chat(self, request: ChatRequest, plan: ModelPlan) -> Completion:
         msg, replica = self.msg, self._replica
+        key = self._call_key("llm")
+        # A task's call is retried on each model as the deployment says, and kept as a dead letter
+        # when every model ran out (a replay records it under ``key`` and resumes the task).
+        plan = replace(plan, retry=replica.settings.retry, dead_letter=msg.lease is not None)
+
+        async def on_engine(asked: ChatRequest) -> Completion:
+            return await replica.router.chat(
+                asked, TokenSink(replica.store, msg.task_id, msg.step_key))
 
         async def call() -> Completion:
-            return await replica.router.chat(
-                request, TokenSink(replica.store, msg.task_id, msg.step_key))
+            return await call_model(request, plan, on_engine, replica.store, task_id=msg.task_id,
+                                    step_key=key, emit=self.emit if msg.task_id else None)
 
         async def charged(completion: Completion) -> None:
-            if msg.lease is not None:  # a task's call: its tokens count against its budget
+            # A task's call: its tokens count against its budget (a memo's answer spent none).
+            if msg.lease is not None and not completion.cached:
                 await charge(replica.store, msg.lease, completion,
                              replica.settings.task_token_budget)
 
-        completion: Completion = await self._once(self._call_key("llm"), call, charged)
+        completion: Completion = await self._once(key, call, charged)
         return completion
 
     async def call_tool(self, name: str, args: dict[str, Any], call_id: str | None = None) -> Any:

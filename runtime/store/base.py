@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from runtime.core.errors import RaysquadError, SignalQuotaExceeded, StoreError
 from runtime.core.models import (
     Claim,
+    Completion,
     DeadLetter,
     Event,
     Lease,
@@ -26,7 +27,7 @@ from runtime.core.models import (
     TaskSummary,
 )
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 #: A queued task as the dispatcher indexes it, without its input: (id, priority, created_at, tenant).
 Queued = tuple[str, int, float, str]
@@ -75,10 +76,10 @@ def check_signal_room(task_id: str, pending: int, size: int, adding: int,
         raise SignalQuotaExceeded(task_id, pending, size, limits[0], limits[1])
 
 
-#: The writes that may share a transaction (``apply``). A step record and a finish are safe to send
-#: again; an event and a model call's usage are not (logged or counted twice), so a batch with one
-#: is not repeated.
-BATCHED_WRITES = frozenset({"record_step", "finish", "append_event", "add_usage"})
+#: The writes that may share a transaction (``apply``). A step record, a finish and a memo entry are
+#: safe to send again; an event and a model call's usage are not (logged or counted twice), so a
+#: batch with one is not repeated.
+BATCHED_WRITES = frozenset({"record_step", "finish", "append_event", "add_usage", "memo_put"})
 UNREPEATABLE_WRITES = frozenset({"append_event", "add_usage"})
 
 
@@ -262,7 +263,16 @@ class Store(Protocol):
         conditional write: of concurrent replays one takes it, and only that one runs it."""
 
     def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
-                 now: float, step_output: bytes | None = None) -> DeadLetter:
+                 now: float, step_output: bytes | None = None,
+                 usage: tuple[str, int, int] | None = None) -> DeadLetter:
         """Record a replay: ``ok`` marks the letter replayed with its result, else its new error
         (and ``dead`` again, for a later replay to take).
-        With ``step_output``, a task that failed at this call gets it as its step and is queued."""
+        With ``step_output``, a task that failed at this call gets it as its step and is queued.
+        ``usage``: a replayed model call's (model, prompt tokens, completion tokens), added to its
+        task's usage."""
+
+    def memo_get(self, tenant: str, key: str) -> Completion | None:
+        """The answer the LLM memo keeps for ``tenant``'s request ``key`` (store/memo.py)."""
+
+    def memo_put(self, tenant: str, key: str, completion: Completion, now: float) -> bool:
+        """Keep a model call's answer in the memo, unless its key has one (the first one wins)."""

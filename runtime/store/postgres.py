@@ -32,7 +32,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from runtime.core import metrics
 from runtime.core.errors import StoreError
-from runtime.store import outbox, records, schedules, tasks
+from runtime.store import memo, outbox, records, schedules, tasks
 from runtime.store.base import SCHEMA_VERSION, BatchedWrites
 from runtime.store.blobs import blob_path, read_blob
 
@@ -192,6 +192,8 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX tasks_tenant_finished ON tasks(tenant, finished_at) WHERE finished_at IS NOT NULL;
     CREATE INDEX tasks_finished ON tasks(finished_at) WHERE finished_at IS NOT NULL
     """,
+    # The LLM memo: model calls' answers by tenant and request hash (store/memo.py).
+    15: memo.MIGRATION.format(real="DOUBLE PRECISION", without_rowid=""),
 }
 
 #: Seconds since the epoch by the database's clock, read as the statement runs. ``claim``,
@@ -209,7 +211,7 @@ def channels(schema: str) -> tuple[str, str]:
     return prefix + "_events", prefix + "_tasks"
 
 
-class PostgresStore(BatchedWrites, tasks.Tasks, outbox.Outbox, schedules.Schedules):
+class PostgresStore(BatchedWrites, tasks.Tasks, outbox.Outbox, schedules.Schedules, memo.Memo):
     """The Store on a PostgreSQL database (``url``: a libpq URL or conninfo string; its
     ``search_path`` decides the schema). Thread-safe: each method takes a connection from the pool
     (``pool_size`` at most); other processes may hold their own on the same database."""

@@ -39,6 +39,7 @@ from runtime.core.errors import (
 from runtime.core.group_commit import GroupCommit
 from runtime.core.models import (
     Claim,
+    Completion,
     DeadLetter,
     Delivery,
     Event,
@@ -304,7 +305,10 @@ class StoreService(Protocol):
     async def get_dead_letter(self, letter_id: str) -> DeadLetter: ...
     async def take_dead_letter(self, letter_id: str) -> tuple[DeadLetter, bool]: ...
     async def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
-                       step_output: bytes | None = None) -> DeadLetter: ...
+                       step_output: bytes | None = None,
+                       usage: tuple[str, int, int] | None = None) -> DeadLetter: ...
+    async def memo_get(self, tenant: str, key: str) -> Completion | None: ...
+    async def memo_put(self, tenant: str, key: str, completion: Completion) -> bool: ...
     async def ping(self) -> str: ...
     async def put_schedule(self, schedule: Schedule, limited: bool = True) -> tuple[Schedule, bool]: ...
     async def get_schedule(self, tenant: str, schedule_id: str) -> Schedule | None: ...
@@ -429,6 +433,10 @@ OPERATIONS: dict[str, Op] = {
     "get_dead_letter":  Op(),
     "take_dead_letter": Op(repeat=False, stamp=Stamp.NOW),
     "replayed":         Op(repeat=False, stamp=Stamp.NOW),
+    # -- the LLM memo (store/memo.py); an entry is kept once, so a put may go again and rides in
+    # the group commit of its call's record
+    "memo_get":         Op(),
+    "memo_put":         Op(stamp=Stamp.NOW, batched=True),
     # -- topic events (store/outbox.py); a publish is keyed by its event's id
     "publish":          Op(settings=lambda s: {"quota": (s.tenant_events, s.tenant_event_bytes)}),
     "unrouted_events":  Op(),

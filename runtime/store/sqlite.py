@@ -10,7 +10,7 @@ from pathlib import Path
 
 from runtime.core import metrics
 from runtime.core.errors import StoreError
-from runtime.store import outbox, records, schedules, tasks
+from runtime.store import memo, outbox, records, schedules, tasks
 from runtime.store.base import SCHEMA_VERSION, BatchedWrites
 from runtime.store.blobs import read_blob, write_blob
 
@@ -127,6 +127,8 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX tasks_tenant_finished ON tasks(tenant, finished_at) WHERE finished_at IS NOT NULL;
     CREATE INDEX tasks_finished ON tasks(finished_at) WHERE finished_at IS NOT NULL
     """,
+    # The LLM memo: model calls' answers by tenant and request hash (store/memo.py).
+    15: memo.MIGRATION.format(real="REAL", without_rowid=" WITHOUT ROWID"),
 }
 
 def queued_index_sql(aging_per_s: float) -> str:
@@ -138,7 +140,7 @@ def queued_index_sql(aging_per_s: float) -> str:
             f"ORDER BY {records.rank_order(aging_per_s)} LIMIT ?")
 
 
-class SQLiteStore(BatchedWrites, tasks.Tasks, outbox.Outbox, schedules.Schedules):
+class SQLiteStore(BatchedWrites, tasks.Tasks, outbox.Outbox, schedules.Schedules, memo.Memo):
     """The Store on one SQLite file. Not thread-safe: one process, one thread (the Store actor)."""
 
     def __init__(self, path: Path, blob_dir: Path, synchronous: str = "FULL",

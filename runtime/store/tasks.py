@@ -177,16 +177,21 @@ class Tasks(PortableSQL):
         task's tokens used so far and its own budget."""
         with self._tx() as c:
             self._check_lease(c, lease)
-            row = c.execute(self._q("SELECT usage, token_budget FROM tasks WHERE id = ?"),
-                            (lease.task_id,)).fetchone()
-            usage: dict[str, dict[str, int]] = json.loads(row["usage"]) if row["usage"] else {}
-            seen = usage.setdefault(model, {"prompt_tokens": 0, "completion_tokens": 0})
-            seen["prompt_tokens"] += prompt_tokens
-            seen["completion_tokens"] += completion_tokens
-            c.execute(self._q("UPDATE tasks SET usage = ?, updated_at = ? WHERE id = ?"),
-                      (json.dumps(usage, sort_keys=True), now, lease.task_id))
-            used = sum(u["prompt_tokens"] + u["completion_tokens"] for u in usage.values())
-            return used, row["token_budget"]
+            return self._add_usage(c, lease.task_id, model, prompt_tokens, completion_tokens, now)
+
+    def _add_usage(self, c: Any, task_id: str, model: str, prompt_tokens: int,
+                   completion_tokens: int, now: float) -> tuple[int, int | None]:
+        """Add tokens to a task's usage (the caller holds its row: a lease checked, or locked)."""
+        row = c.execute(self._q("SELECT usage, token_budget FROM tasks WHERE id = ?"),
+                        (task_id,)).fetchone()
+        usage: dict[str, dict[str, int]] = json.loads(row["usage"]) if row["usage"] else {}
+        seen = usage.setdefault(model, {"prompt_tokens": 0, "completion_tokens": 0})
+        seen["prompt_tokens"] += prompt_tokens
+        seen["completion_tokens"] += completion_tokens
+        c.execute(self._q("UPDATE tasks SET usage = ?, updated_at = ? WHERE id = ?"),
+                  (json.dumps(usage, sort_keys=True), now, task_id))
+        used = sum(u["prompt_tokens"] + u["completion_tokens"] for u in usage.values())
+        return used, row["token_budget"]
 
     def steps_under(self, task_id: str, prefix: str) -> dict[str, bytes]:
         with self._read() as c:
@@ -558,12 +563,15 @@ class Tasks(PortableSQL):
         return records.dead_letter(row)
 
     def replayed(self, letter_id: str, ok: bool, result: Any, error: str, attempts: int,
-                 now: float, step_output: bytes | None = None) -> DeadLetter:
+                 now: float, step_output: bytes | None = None,
+                 usage: tuple[str, int, int] | None = None) -> DeadLetter:
         with self._tx() as c:
             if ok:
                 c.execute(self._q("UPDATE dead_letters SET status = 'replayed', replayed_at = ?, "
                                   "result = ?, attempts = attempts + ? WHERE id = ?"),
                           (now, json.dumps(result), attempts, letter_id))
+                if usage is not None:
+                    self._charge_replay(c, letter_id, usage, now)
                 if step_output is not None:
                     self._resume_with(c, letter_id, step_output, now)
             else:  # dead again, for a later replay to take
@@ -583,6 +591,17 @@ class Tasks(PortableSQL):
                 "(status = 'dead' OR (status = 'replaying' AND replayed_at < ?))"),
                 (now, letter_id, now - REPLAY_HOLD_S)).rowcount
             return self._get_dead_letter(c, letter_id), bool(taken)
+
+    def _charge_replay(self, c: Any, letter_id: str, usage: tuple[str, int, int],
+                       now: float) -> None:
+        """A replayed model call's tokens, added to its task (if it has one that is still kept)."""
+        letter = c.execute(self._q("SELECT task_id FROM dead_letters WHERE id = ?"),
+                           (letter_id,)).fetchone()
+        if letter is None or letter["task_id"] is None:
+            return
+        if c.execute(self._q("SELECT 1 FROM tasks WHERE id = ?") + self._lock_row,
+                     (letter["task_id"],)).fetchone() is not None:
+            self._add_usage(c, letter["task_id"], *usage, now)
 
     def _resume_with(self, c: Any, letter_id: str, output: bytes, now: float) -> None:
         """A replayed call's task failed at that call: record the result as the step, queue the task

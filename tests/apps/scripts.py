@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.core.errors import EngineUnavailable
 from runtime.core.models import ChatRequest, ToolCall
 
 
@@ -49,3 +50,12 @@ def ask_reviewer_then_answer(request: ChatRequest) -> Any:
     if not results:
         return ToolCall(id="a1", name="ask_reviewer", arguments={"request": "is this right?"})
     return f"the reviewer said {results[-1]}"
+
+
+def flaky_models_fail(request: ChatRequest) -> Any:
+    """A model named ``flaky...`` fails every request as an upstream that is down does (a retryable
+    EngineUnavailable); any other model answers with its name and the question."""
+    if request.model.startswith("flaky"):
+        raise EngineUnavailable(request.model, "the simulated upstream is down")
+    user = next(m.content for m in reversed(request.messages) if m.role == "user")
+    return f"{request.model} answers: {user}"

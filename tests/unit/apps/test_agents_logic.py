@@ -214,7 +214,7 @@ class LocalAgentServices:
     def __init__(self) -> None:
         self.engine = SimulatedEngine("sim", SimulatedEngineConfig(ttft_s=0, tpot_s=0))
 
-    async def chat(self, request: ChatRequest) -> Completion:
+    async def chat(self, request: ChatRequest, plan: Any = None) -> Completion:
         return await self.engine.chat(request)
 
     async def call_tool(self, name: str, args: dict[str, Any], call_id: str | None = None) -> Any:
@@ -251,7 +251,7 @@ class LocalServices:
         agent = self.catalog.agent(role)()
         return await agent.handle(msg, AgentContext(msg, LocalAgentServices(), "sim", agent))
 
-    async def chat(self, request: ChatRequest) -> Completion:
+    async def chat(self, request: ChatRequest, plan: Any = None) -> Completion:
         assert self.live, "replay ran an LLM step"
         return complete(request)
 

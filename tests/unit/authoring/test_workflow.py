@@ -12,9 +12,11 @@ from pydantic import BaseModel
 
 from runtime.authoring.catalog import Catalog
 from runtime.authoring.workflow import Context, StepDefaults, Workflow, workflow
+from runtime.core.calls import ModelPlan
 from runtime.core.config import RetryPolicy
 from runtime.core.errors import (
     AgentNotFound,
+    ConfigError,
     InvalidInput,
     StepError,
     StepTimeout,
@@ -49,6 +51,7 @@ class FakeServices:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.agent_calls: list[tuple[str, str, Any]] = []
         self.chats: list[ChatRequest] = []
+        self.plans: list[ModelPlan] = []
 
     async def record(self, key: str, value: Any) -> Any:
         self.recorded[key] = value
@@ -58,8 +61,9 @@ class FakeServices:
         self.agent_calls.append((role, key, payload))
         return {"role": role, "echo": payload}
 
-    async def chat(self, request: ChatRequest) -> Completion:
+    async def chat(self, request: ChatRequest, plan: Any = None) -> Completion:
         self.chats.append(request)
+        self.plans.append(plan)
         return Completion(model=request.model, text="hi", usage=Usage(prompt_tokens=1, completion_tokens=1))
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
@@ -279,6 +283,43 @@ def test_agent_and_llm_steps_are_keyed_and_recorded() -> None:
     assert request.request_id == "task-1/llm:sim-small"
     assert (request.priority, request.max_tokens, request.messages[0].content) == (3, 5, "hello")
     assert set(services.recorded) == {"agent:planner", "agent:planner#2", "llm:sim-small"}
+
+
+def test_an_llm_step_plans_its_retries_fallbacks_and_memo() -> None:
+    services = FakeServices()
+    once = RetryPolicy(max_attempts=1)
+
+    async def main() -> None:
+        ctx = make_ctx(services, step_timeout_s=9.0)
+        await ctx.llm.chat("hello")
+        await ctx.llm.chat("hello", fallback_models=["m2", "m3"], cache=True, retry=once,
+                           timeout_s=2.0)
+        await ctx.llm.chat("hello", temperature=0.5)
+        with pytest.raises(ConfigError, match="cache=True needs temperature 0"):
+            await ctx.llm.chat("hello", temperature=0.5, cache=True)
+
+    run(main)
+    first, second, sampled = services.plans
+    assert (first.fallback_models, first.cache, first.retry, first.timeout_s, first.dead_letter) \
+        == ((), False, FAST, 9.0, True)
+    assert (second.fallback_models, second.cache, second.retry, second.timeout_s) == (
+        ("m2", "m3"), True, once, 2.0)
+    assert not sampled.cache
+    assert set(services.recorded) == {"llm:sim-small", "llm:sim-small#2", "llm:sim-small#3"}
+
+
+def test_the_deployments_memo_applies_where_a_call_says_nothing() -> None:
+    services = FakeServices()
+
+    async def main() -> None:
+        ctx = Context("task-1", "wf", 3, "acme", {}, services,
+                      StepDefaults(FAST, "sim-small", llm_cache=True))
+        await ctx.llm.chat("hello")
+        await ctx.llm.chat("hello", cache=False)
+        await ctx.llm.chat("hello", temperature=1.0)
+
+    run(main)
+    assert [p.cache for p in services.plans] == [True, False, False]
 
 
 # -- failures ---------------------------------------------------------------------------------------

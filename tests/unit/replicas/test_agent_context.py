@@ -9,9 +9,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from runtime.authoring.agent import Agent
+from runtime.core.calls import ModelPlan
 from runtime.core.config import Settings
-from runtime.core.errors import AgentError
+from runtime.core.errors import AgentError, ConfigError
 from runtime.core.models import (
     AgentMessage,
     ChatRequest,
@@ -31,13 +34,15 @@ class FakeAgentServices:
 
     def __init__(self) -> None:
         self.chats: list[ChatRequest] = []
+        self.plans: list[ModelPlan] = []
         self.tools: list[tuple[str, dict[str, Any]]] = []
         self.delegations: list[tuple[str, str, Any, float | None]] = []
         self.published: list[tuple[str, Any, str | None, str]] = []
         self.events: list[tuple[str, dict[str, Any]]] = []
 
-    async def chat(self, request: ChatRequest) -> Completion:
+    async def chat(self, request: ChatRequest, plan: Any = None) -> Completion:
         self.chats.append(request)
+        self.plans.append(plan)
         return Completion(model=request.model, text="ok",
                           usage=Usage(prompt_tokens=1, completion_tokens=1))
 
@@ -90,6 +95,44 @@ def test_an_agent_context_names_what_it_sends_after_its_message() -> None:
         ("reviewer", "agent:writer/agent:reviewer#2", None, 3.0)]
     assert services.tools == [("http_fetch", {"url": "https://example.org/"})]
     assert services.events == [("agent", {"step": "agent:writer", "progress": 0.5})]
+
+
+class Careful(Agent):
+    role = "careful"
+    instructions = "Answer."
+    model = "m1"
+    fallback_models = ["m2", "m3"]
+    cache = True
+
+
+def test_an_agents_calls_fall_back_and_use_the_memo_as_it_declares() -> None:
+    services = FakeAgentServices()
+    ctx = AgentContext(message(role="careful"), services, "sim-small", Careful())
+
+    async def handler() -> None:
+        await ctx.run_loop("hi")  # the loop's call: the agent's declarations
+        await ctx.chat("own", fallback_models=["m9"], cache=False)  # the call's own
+        await ctx.chat("sampled", temperature=0.7)  # the agent's memo skips a sampled call
+        with pytest.raises(ConfigError):
+            await ctx.chat("sampled", temperature=0.7, cache=True)
+        await ctx.run_loop("again", fallback_models=(), cache=False)  # a loop's overrides
+
+    asyncio.run(handler())
+    assert [(p.fallback_models, p.cache) for p in services.plans] == [
+        (("m2", "m3"), True), (("m9",), False), (("m2", "m3"), False), ((), False)]
+    assert [r.model for r in services.chats] == ["m1", "sim-small", "sim-small", "m1"]
+
+
+def test_without_declarations_the_deployment_decides_the_memo() -> None:
+    services = FakeAgentServices()
+    ctx = AgentContext(message(), services, "sim-small", llm_cache=True)
+
+    async def handler() -> None:
+        await ctx.chat("one")
+        await ctx.chat("two", cache=False)
+
+    asyncio.run(handler())
+    assert [(p.fallback_models, p.cache) for p in services.plans] == [((), True), ((), False)]
 
 
 def test_an_events_handler_publishes_under_the_event_and_logs_its_progress() -> None:

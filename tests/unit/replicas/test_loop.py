@@ -60,7 +60,7 @@ class Services:
         self.events: list[dict[str, Any]] = []
         self.delegations: list[tuple[str, Any]] = []
 
-    async def chat(self, request: ChatRequest) -> Completion:
+    async def chat(self, request: ChatRequest, plan: Any = None) -> Completion:
         self.chats.append(request)
         return await self.engine.chat(request)
 
