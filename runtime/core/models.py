@@ -393,6 +393,11 @@ class Completion(BaseModel):
     #: was made, and it is not charged again.
     cached: bool = False
 
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        """A Completion recorded (pickled) before ``cached`` existed reads back as not cached."""
+        state.get("__dict__", {}).setdefault("cached", False)
+        super().__setstate__(state)
+
 
 class DeadLetter(BaseModel):
     """A tool call, a model call (``tool`` ``llm:<model>``) or an outbound webhook

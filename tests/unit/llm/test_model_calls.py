@@ -194,3 +194,12 @@ def test_a_cancel_ends_the_call_as_it_is(tmp_path: Path) -> None:
         assert engines.asked == ["m1"] and await store.dead_letters() == []
 
     with_store(tmp_path, body)
+
+
+def test_a_completion_recorded_before_the_memo_reads_back_as_not_cached() -> None:
+    answer = Completion(model="m1", text="hi", usage=Usage(prompt_tokens=1, completion_tokens=1))
+    state = answer.__getstate__()
+    del state["__dict__"]["cached"]  # as a step recorded before schema 15 holds it
+    old = Completion.__new__(Completion)
+    old.__setstate__(state)
+    assert old.cached is False and old == answer
