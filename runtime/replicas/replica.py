@@ -338,7 +338,9 @@ class Handling:
                 if decision.get("decision") != "approve":  # the model hears why, as the result
                     return {"denied": True, "reason": decision.get("reason") or "denied"}
                 arguments = decision.get("arguments") or args
-            return await tools.call(name, arguments, Caller(msg.task_id, msg.step_key, msg.tenant,
+            # The call's own key: a dead letter of it, replayed, is recorded as this call (which
+            # the handler replays), never as the whole agent step's answer.
+            return await tools.call(name, arguments, Caller(msg.task_id, key, msg.tenant,
                                                             msg.priority))
 
         return await self._once(key, call)

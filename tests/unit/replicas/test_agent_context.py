@@ -200,3 +200,45 @@ def test_a_replica_handles_a_message_replies_and_acknowledges_it(tmp_path: Path)
         assert "agent" in kinds and "tokens" in kinds
 
     asyncio.run(body())
+
+
+class Looker(Agent):
+    role = "looker"
+
+    async def handle(self, msg: AgentMessage, ctx: AgentContext) -> Any:
+        return await ctx.tool("http_fetch", url="https://example.org/")
+
+
+class CapturingTools:
+    """The tool executors as far as a replica calls them: who called, under which key."""
+
+    def __init__(self) -> None:
+        self.callers: list[Any] = []
+
+    async def call(self, name: str, args: dict[str, Any], caller: Any) -> Any:
+        self.callers.append(caller)
+        return {"status": 200}
+
+
+def test_an_agents_tool_call_names_its_own_key_to_the_executors(tmp_path: Path) -> None:
+    """A dead letter of the call is filed under ``agent:<role>/tool:<name>``: replayed, its result is
+    recorded as that call (which the handler replays), not as the whole agent step's answer."""
+    async def body() -> None:
+        settings = Settings(data_dir=tmp_path / "state", default_model="sim-small")
+        tools = CapturingTools()
+        replica = AgentReplica("looker-1", "looker", Looker, settings,
+                               QueueActor("agent:looker", 10, 0.0), StoreActor(settings),
+                               Router({}), tools)  # type: ignore[arg-type]
+        mailbox = replica.mailbox
+        await mailbox.put_batch([("m0", 0, message(id="m0", role="looker", task_id="t1",
+                                                  step_key="agent:looker", reply_to=Caller()))])
+        loop = asyncio.create_task(replica.run(1))
+        deadline = time.monotonic() + 10
+        while replica.handled < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await replica.stop()
+        await loop
+        (caller,) = tools.callers
+        assert (caller.task_id, caller.step_key) == ("t1", "agent:looker/tool:http_fetch")
+
+    asyncio.run(body())
