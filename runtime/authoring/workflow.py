@@ -360,7 +360,9 @@ class LLM:
                                response_format=response_format, priority=ctx.priority,
                                tenant=ctx.tenant)
         key = ctx._key(f"llm:{request.model}")
-        request = request.model_copy(update={"request_id": f"{ctx.task_id}/{key}"})
+        # The task is the conversation: its calls go to one replica while it is not overloaded.
+        request = request.model_copy(update={"request_id": f"{ctx.task_id}/{key}",
+                                             "session": ctx.task_id})
         return ctx._run(key, lambda: ctx._services.chat(request), retry, timeout_s)
 
     async def complete(self, request: ChatRequest) -> Completion:
@@ -369,7 +371,7 @@ class LLM:
         tokens count against the task's budget."""
         ctx = self._ctx
         request = request.model_copy(update={
-            "priority": ctx.priority, "tenant": ctx.tenant,
+            "priority": ctx.priority, "tenant": ctx.tenant, "session": ctx.task_id,
             "request_id": f"{ctx.task_id}/llm:{request.model}:{uuid.uuid4().hex[:8]}"})
         return await ctx._services.chat(request)
 
@@ -399,7 +401,8 @@ Messages = list[ChatMessage] | list[dict[str, Any]] | str
 
 def chat_request(model: str, messages: Messages, *, max_tokens: int, temperature: float,
                  tools: Sequence[Any], tool_choice: str, response_format: Any, priority: int,
-                 tenant: str, request_id: str | None = None) -> ChatRequest:
+                 tenant: str, request_id: str | None = None, session: str | None = None
+                 ) -> ChatRequest:
     """A chat's request from what a workflow or an agent passes (tools by name are looked up among
     the tools this process defined); a bad tool, choice or format is a ConfigError here, before
     anything runs."""
@@ -407,7 +410,7 @@ def chat_request(model: str, messages: Messages, *, max_tokens: int, temperature
         return ChatRequest(
             model=model, messages=as_messages(messages), max_tokens=max_tokens,
             temperature=temperature, priority=priority, tenant=tenant, request_id=request_id,
-            tools=tool_specs(tools, defined_tool), tool_choice=tool_choice,
+            session=session, tools=tool_specs(tools, defined_tool), tool_choice=tool_choice,
             response_format=as_response_format(response_format))
     except ValidationError as e:
         raise ConfigError(f"bad chat request: {e.errors()[0]['msg']}") from None
