@@ -19,7 +19,9 @@ The same load runs once per routing (``least_loaded``, then ``affinity``), each 
 - TTFT p50 and p99: each request's time from the engine actor's call to its first token
   (admission wait included), as each engine recorded it;
 - tokens/s: the completion tokens vLLM generated over the makespan, from the first submit to the
-  Store's ``finished_at`` of the last conversation.
+  Store's ``finished_at`` of the last conversation;
+- how often a turn ran on the replica of the turn before it (``stayed``; from the request ids each
+  engine served).
 
 The JSON holds the ratios affinity / least_loaded (``hit_rate_ratio``, ``ttft_p50_ratio``,
 ``tok_s_ratio``); a PNG beside it draws hit rate, TTFT and tokens/s per routing.
@@ -200,7 +202,11 @@ def _run_result(routing: str, start_s: float, makespan_s: float, before: list[di
     """One routing's figures from the engines' counters (after minus before)."""
     per_replica = []
     ttft: list[float] = []
-    for b, a in zip(before, after, strict=True):
+    served: dict[tuple[str, int], int] = {}  # (conversation, turn) -> replica
+    for replica, (b, a) in enumerate(zip(before, after, strict=True)):
+        for request_id in a["request_ids"][len(b["request_ids"]):]:
+            conversation, _, turn = request_id.rpartition("/")  # <task>/<step>/<turn>
+            served[(conversation, int(turn))] = replica
         delta = {k: a[k] - b[k] for k in ("requests", "prompt_tokens", "completion_tokens",
                                           "prefix_queried", "prefix_hits")}
         samples = a["ttft_s"][len(b["ttft_s"]):]  # the engine keeps its last 10,000: enough here
@@ -210,6 +216,7 @@ def _run_result(routing: str, start_s: float, makespan_s: float, before: list[di
     queried = sum(r["prefix_queried"] for r in per_replica)
     hits = sum(r["prefix_hits"] for r in per_replica)
     tokens = sum(r["completion_tokens"] for r in per_replica)
+    later = [(c, t) for c, t in served if t > 1]
     return {
         "routing": routing, "engine_start_s": start_s, "makespan_s": makespan_s,
         "requests": sum(r["requests"] for r in per_replica),
@@ -218,6 +225,9 @@ def _run_result(routing: str, start_s: float, makespan_s: float, before: list[di
         "ttft_s": {"p50": _quantile(ttft, 0.5), "p99": _quantile(ttft, 0.99), "mean": sum(ttft) / len(ttft),
                    "n": len(ttft)},
         "tokens_per_s": tokens / makespan_s,
+        # How often a turn ran where the turn before it had: where its history is cached.
+        "stayed": sum(served[(c, t)] == served.get((c, t - 1)) for c, t in later) / len(later)
+        if later else 0.0,
         "per_replica": per_replica,
         "prompt_tokens_by_turn": [sum(p[t] for p in prompts) / len(prompts) for t in range(len(prompts[0]))],
     }
@@ -232,7 +242,8 @@ def _quantile(values: list[float], q: float) -> float:
 def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The round with the most tokens/s, with every round's kept."""
     best = dict(max(runs, key=lambda r: r["tokens_per_s"]))
-    best["rounds"] = [{k: r[k] for k in ("hit_rate", "ttft_s", "tokens_per_s", "makespan_s")} for r in runs]
+    best["rounds"] = [{k: r[k] for k in ("hit_rate", "ttft_s", "tokens_per_s", "makespan_s", "stayed")}
+                      for r in runs]
     return best
 
 
@@ -281,12 +292,12 @@ def _print(console: Console, result: dict[str, Any]) -> None:
                         f"on {args['replicas']} vLLM replicas "
                         f"(load avg {result['machine']['loadavg_before'][0]:.1f})")
     for name in ("routing", "prefix hit rate", "TTFT p50", "TTFT p99", "tok/s", "makespan",
-                 "requests per replica", "prompt tokens"):
+                 "requests per replica", "turns where the last ran"):
         table.add_column(name, justify="right")
     for routing, r in result["routings"].items():
         table.add_row(routing, f"{r['hit_rate']:.1%}", f"{r['ttft_s']['p50']:.2f} s",
                       f"{r['ttft_s']['p99']:.2f} s", f"{r['tokens_per_s']:.1f}", f"{r['makespan_s']:.1f} s",
-                      " / ".join(str(x["requests"]) for x in r["per_replica"]), str(r["prompt_tokens"]))
+                      " / ".join(str(x["requests"]) for x in r["per_replica"]), f"{r['stayed']:.0%}")
     if "targets" in result:
         t = result["targets"]
 

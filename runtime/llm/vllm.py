@@ -81,7 +81,8 @@ class Admission:
 class EngineStats:
     """What one engine has served since it started: vLLM's own prefix-cache counters (prompt
     tokens looked up, and found cached), and per request the time to its first token (from the
-    engine's call, admission wait included) and its token counts."""
+    engine's call, admission wait included; ``request_ids`` names them, in the same order) and its
+    token counts."""
 
     requests: int = 0
     prompt_tokens: int = 0
@@ -89,12 +90,13 @@ class EngineStats:
     prefix_queried: int = 0
     prefix_hits: int = 0
     ttft_s: deque[float] = field(default_factory=lambda: deque(maxlen=TTFT_SAMPLES))
+    request_ids: deque[str] = field(default_factory=lambda: deque(maxlen=TTFT_SAMPLES))
 
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
                 "prefix_queried": self.prefix_queried, "prefix_hits": self.prefix_hits,
-                "ttft_s": list(self.ttft_s)}
+                "ttft_s": list(self.ttft_s), "request_ids": list(self.request_ids)}
 
 
 TTFT_SAMPLES = 10_000  # the last requests' times to first token that an engine keeps
@@ -159,6 +161,7 @@ class VLLMEngine:
                 if first and out.outputs[0].token_ids:
                     first = False
                     self.counters.ttft_s.append(time.monotonic() - started)
+                    self.counters.request_ids.append(request_id)
                 if out.finished:
                     self.counters.requests += 1
                     self.counters.prompt_tokens += len(out.prompt_token_ids or ())

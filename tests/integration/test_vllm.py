@@ -58,6 +58,8 @@ def test_a_conversations_later_turns_find_their_prefix_in_vllms_cache(llm: Clien
     assert after["requests"] - before["requests"] == 3
     assert after["prompt_tokens"] - before["prompt_tokens"] == sum(prompts)
     assert len(after["ttft_s"]) - len(before["ttft_s"]) == 3
+    assert after["request_ids"][len(before["request_ids"]):] == [
+        f"{task.id}/agent:converser/{n}" for n in (1, 2, 3)]
     assert after["prefix_queried"] - before["prefix_queried"] == sum(prompts)
     # Turns 2 and 3 start with all of turn 1's prompt (over 400 tokens): at least its whole
     # blocks (at most 128 tokens each) are found cached, each time.

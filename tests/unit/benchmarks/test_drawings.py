@@ -16,15 +16,17 @@ from runtime.core.config import VLLMEngineConfig
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def stats(requests: int, queried: int, hits: int, tokens: int, ttft: list[float]) -> dict[str, Any]:
+def stats(requests: int, queried: int, hits: int, tokens: int, ttft: list[float],
+          ids: list[str]) -> dict[str, Any]:
     return {"requests": requests, "prompt_tokens": queried, "completion_tokens": tokens,
-            "prefix_queried": queried, "prefix_hits": hits, "ttft_s": ttft}
+            "prefix_queried": queried, "prefix_hits": hits, "ttft_s": ttft, "request_ids": ids}
 
 
 def test_a_routings_figures_are_the_engines_counters_after_minus_before() -> None:
-    before = [stats(1, 10, 0, 4, [9.0]), stats(1, 10, 0, 4, [9.0])]
-    after = [stats(5, 1010, 600, 84, [9.0, 0.1, 0.2, 0.3, 0.4]),
-             stats(3, 510, 100, 44, [9.0, 0.5, 0.6])]
+    before = [stats(1, 10, 0, 4, [9.0], ["warm"]), stats(1, 10, 0, 4, [9.0], ["warm"])]
+    # Conversation a: turns 1, 2 on replica 0, turn 3 on 1; b: 1 on 1, 2 and 3 on 0.
+    after = [stats(5, 1010, 600, 84, [9.0, 0.1, 0.2, 0.3, 0.4], ["warm", "a/s/1", "a/s/2", "b/s/2", "b/s/3"]),
+             stats(3, 510, 100, 44, [9.0, 0.5, 0.6], ["warm", "b/s/1", "a/s/3"])]
     r = agent_sessions._run_result("affinity", 60.0, 10.0, before, after, [[100, 200], [300, 400]])
     assert (r["requests"], r["prefix_queried"], r["prefix_hits"]) == (6, 1500, 700)
     assert r["hit_rate"] == pytest.approx(700 / 1500)
@@ -33,6 +35,7 @@ def test_a_routings_figures_are_the_engines_counters_after_minus_before() -> Non
     assert r["ttft_s"]["n"] == 6 and r["ttft_s"]["p50"] == 0.3 and r["ttft_s"]["p99"] == 0.6
     assert [x["requests"] for x in r["per_replica"]] == [4, 2]
     assert r["prompt_tokens_by_turn"] == [200.0, 300.0]
+    assert r["stayed"] == 2 / 4  # a's turn 2 and b's turn 3 ran where the turn before had
 
 
 def args(tmp_path: Path, **more: Any) -> argparse.Namespace:
@@ -46,6 +49,7 @@ def args(tmp_path: Path, **more: Any) -> argparse.Namespace:
 def test_the_ratios_are_affinity_over_least_loaded_and_judged_against_the_targets(tmp_path: Path) -> None:
     def run(hit_rate: float, p50: float, tok_s: float) -> dict[str, Any]:
         return {"hit_rate": hit_rate, "ttft_s": {"p50": p50, "p99": 2 * p50}, "tokens_per_s": tok_s,
+                "stayed": 0.5,
                 "makespan_s": 100 / tok_s, "per_replica": [{"requests": 48}, {"requests": 48}],
                 "prompt_tokens": 1000}
 
