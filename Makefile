@@ -50,9 +50,9 @@ lint: setup
 	$(BIN)/lint-imports
 
 bench: setup model
-	@# Celery (the peer comparison) is an extra installed here, not by setup; not with [cpu] again,
-	@# which would bring back the torchvision that setup removes.
-	$(BIN)/python -c "import celery" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[bench]"
+	@# Celery (the peer comparison) and matplotlib (the drawings) are an extra installed here, not by
+	@# setup; not with [cpu] again, which would bring back the torchvision that setup removes.
+	$(BIN)/python -c "import celery, matplotlib" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[bench]"
 	@# submit_latency.py drives the servers with wrk.
 	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
 	$(BIN)/python benchmarks/step_overhead.py

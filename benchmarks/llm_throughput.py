@@ -3,7 +3,9 @@
 For each level c (default 1, 4, 16, 32) a fixed number of requests runs with c in flight at once; a
 request that ends is replaced at once, so the engine sees c sequences until the last ones drain.
 Throughput is the completion tokens counted by vLLM over the wall time from the first request to the
-last one's end. Each level runs ``--rounds`` times per side and the best round counts: on a shared
+last one's end. TTFT (p50, p99 per level) is vLLM's own first-token latency of each request on the
+direct side, and the engine actor's (from its call to the first token, admission included; its
+``stats``) on raysquad's. Each level runs ``--rounds`` times per side and the best round counts: on a shared
 machine other work only ever slows a round down, so the best one is the closest to the engine's own pace.
 
 The baseline is vLLM's ``AsyncLLMEngine`` in this process, built with the engine arguments raysquad's
@@ -15,7 +17,8 @@ ask for long answers and both sides count the tokens actually generated.
 
 The two engines run one after the other, never both at once (each takes the machine's cores): first the
 baseline, which is then shut down, then the runtime on a fresh local Ray cluster. The CPU time of this
-process and its descendants (engine core, Ray's processes) is recorded per level, by process.
+process and its descendants (engine core, Ray's processes) is recorded per level, by process. A PNG
+beside the JSON draws TTFT and tokens/s per concurrency, both sides.
 
     .venv/bin/python benchmarks/llm_throughput.py [--levels 1,4,16,32] [--max-tokens 64]
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import platform
 import sys
@@ -45,6 +49,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.common import write_result  # noqa: E402
+from benchmarks.plots import Panel, draw, png_path  # noqa: E402
 from runtime import Client, Runtime, Settings, TaskStatus  # noqa: E402
 from runtime.core.config import VLLMEngineConfig  # noqa: E402
 
@@ -87,7 +92,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ours = measure_raysquad(config, args, console)
     result = _result(args, config, direct, ours)
     _print(console, result)
-    return write_result(console, args.json, result)
+    write_result(console, args.json, result)
+    _draw(console, result, png_path(args.json))
+    return result
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -118,16 +125,11 @@ def build_direct_engine(config: VLLMEngineConfig) -> Any:
     """vLLM's async engine with the arguments ``runtime.llm.vllm.VLLMEngine`` gives it."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kvcache_gib))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from vllm import AsyncEngineArgs
     from vllm.engine.async_llm_engine import AsyncLLMEngine
 
-    return AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
-        model=str(config.model_path), served_model_name=[MODEL], dtype=config.dtype,
-        max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
-        enforce_eager=config.enforce_eager, scheduling_policy="priority",
-        tensor_parallel_size=config.tensor_parallel_size,
-        gpu_memory_utilization=config.gpu_memory_utilization,
-    ))
+    from runtime.llm.vllm import engine_args
+
+    return AsyncLLMEngine.from_engine_args(engine_args(MODEL, config))
 
 
 async def measure_direct(config: VLLMEngineConfig, args: argparse.Namespace,
@@ -152,7 +154,8 @@ async def measure_direct(config: VLLMEngineConfig, args: argparse.Namespace,
                 final = out
             assert final is not None and final.finished
             return {"tokens": len(final.outputs[0].token_ids), "finish": final.outputs[0].finish_reason,
-                    "text": final.outputs[0].text, "latency_s": time.perf_counter() - began}
+                    "text": final.outputs[0].text, "latency_s": time.perf_counter() - began,
+                    "ttft_s": final.metrics.first_token_latency if final.metrics else None}
 
         await asyncio.gather(*(one(i) for i in range(args.warmup)))
         levels = {}
@@ -180,7 +183,8 @@ async def _direct_level(one: Callable[[int], Awaitable[dict[str, Any]]], level: 
     t0 = time.perf_counter()
     outs = await asyncio.gather(*(gated(i) for i in range(n)))
     wall_s = time.perf_counter() - t0
-    return _level_result(level, outs, wall_s, cpu.used())
+    return _level_result(level, outs, wall_s, cpu.used(),
+                         [o["ttft_s"] for o in outs if o["ttft_s"] is not None])
 
 
 def _wait_engine_gone(timeout_s: float = 30.0) -> None:
@@ -243,6 +247,8 @@ def _raysquad_level(rt: Runtime, client: Client, args: argparse.Namespace, level
     """
     n = _requests(args, level)
     before = asyncio.run(rt.store.count_tasks(TaskStatus.SUCCEEDED))
+    (engine,) = rt.engines[MODEL]
+    ttft_before = len(asyncio.run(engine.stats())["ttft_s"])
     deadline = time.monotonic() + args.timeout_s
     ids: list[str] = []
     cpu = CpuMeter()
@@ -260,11 +266,12 @@ def _raysquad_level(rt: Runtime, client: Client, args: argparse.Namespace, level
             raise RuntimeError(f"level {level}: tasks did not all succeed in time")
         time.sleep(POLL_S)  # one small Store call per poll: the poll takes little from what it measures
     used = cpu.used()
+    ttft = asyncio.run(engine.stats())["ttft_s"][ttft_before:]
     records = [_expect_ok(client.get(i)) for i in ids]
     wall_s = max(r.finished_at or 0.0 for r in records) - t0
     outs = [{"tokens": r.output["tokens"], "finish": r.output["finish"], "text": r.output["text"],
              "latency_s": (r.finished_at or 0.0) - r.created_at} for r in records]
-    return _level_result(level, outs, wall_s, used)
+    return _level_result(level, outs, wall_s, used, ttft)
 
 
 def _expect_ok(record: Any) -> Any:
@@ -317,7 +324,7 @@ def _best(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _level_result(level: int, outs: list[dict[str, Any]], wall_s: float,
-                  cpu_s: dict[str, float]) -> dict[str, Any]:
+                  cpu_s: dict[str, float], ttft: list[float]) -> dict[str, Any]:
     tokens = sum(o["tokens"] for o in outs)
     latencies = sorted(o["latency_s"] for o in outs)
     return {
@@ -325,8 +332,15 @@ def _level_result(level: int, outs: list[dict[str, Any]], wall_s: float,
         "tokens_per_s": tokens / wall_s,
         "finished_by_length": sum(o["finish"] == "length" for o in outs),
         "latency_s": {"p50": latencies[len(latencies) // 2], "max": latencies[-1]},
+        "ttft_s": {"p50": _quantile(ttft, 0.5), "p99": _quantile(ttft, 0.99), "n": len(ttft)},
         "cpu_s": cpu_s, "texts": [o["text"] for o in outs],
     }
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    """The nearest-rank quantile; None without values."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] if ordered else None
 
 
 def _result(args: argparse.Namespace, config: VLLMEngineConfig, direct: dict[str, Any],
@@ -370,7 +384,7 @@ def _print(console: Console, r: dict[str, Any]) -> None:
     table = Table(title=f"LLM throughput: {args['max_tokens']} tokens per request, completion tokens/s, "
                         f"best of {args['rounds']} rounds (load avg {r['machine']['loadavg_before'][0]:.1f})")
     for name in ("concurrent", "requests", "direct tok/s", "raysquad tok/s", "ratio", "same text",
-                 "rounds d / r"):
+                 "rounds d / r", "TTFT p50 d / r"):
         table.add_column(name, justify="right")
     for lv in r["levels"]:
         ratio = f"{lv['ratio']:.2f}x"
@@ -381,7 +395,8 @@ def _print(console: Console, r: dict[str, Any]) -> None:
                       f"{lv['direct_tokens_per_s']:.1f}", f"{lv['raysquad_tokens_per_s']:.1f}", ratio,
                       f"{lv['identical_texts']}/{lv['direct']['requests']}",
                       " / ".join(", ".join(f"{x:.0f}" for x in lv[side]["rounds_tokens_per_s"])
-                                 for side in ("direct", "raysquad")))
+                                 for side in ("direct", "raysquad")),
+                      " / ".join(_seconds(lv[side]["ttft_s"]["p50"]) for side in ("direct", "raysquad")))
     console.print(table)
     for lv in r["levels"]:
         if lv["concurrency"] in t["levels"]:
@@ -389,6 +404,31 @@ def _print(console: Console, r: dict[str, Any]) -> None:
                 top = ", ".join(f"{k} {v:.1f}" for k, v in list(lv[side]["cpu_s"].items())[:6])
                 console.print(f"CPU s at {lv['concurrency']} concurrent, {side} "
                               f"({lv[side]['wall_s']:.1f} s wall): {top}")
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def _draw(console: Console, result: dict[str, Any], path: Path) -> None:
+    levels = result["levels"]
+    xs = [lv["concurrency"] for lv in levels]
+    args = result["settings"]["args"]
+
+    def ttft(side: str, q: str) -> list[float]:
+        return [lv[side]["ttft_s"][q] or 0.0 for lv in levels]
+
+    draw(console, path, f"LLM throughput: {args['max_tokens']} tokens per request, "
+                        f"{Path(args['model_path']).name} on vLLM ({result['machine']['nproc']} CPUs)", [
+        Panel("time to first token", "seconds", xs, {
+            "direct p50": ttft("direct", "p50"), "raysquad p50": ttft("raysquad", "p50"),
+            "direct p99": ttft("direct", "p99"), "raysquad p99": ttft("raysquad", "p99")},
+            lines=True, xlabel="requests in flight"),
+        Panel("throughput", "completion tokens / s", xs, {
+            "direct vLLM": [lv["direct_tokens_per_s"] for lv in levels],
+            "raysquad": [lv["raysquad_tokens_per_s"] for lv in levels]},
+            lines=True, xlabel="requests in flight"),
+    ])
 
 
 if __name__ == "__main__":

@@ -379,7 +379,9 @@ class LLM:
                                tenant=ctx.tenant)
         memo = want_memo(cache, ctx._defaults.llm_cache, temperature=temperature)
         key = ctx._key(f"llm:{request.model}")
-        request = request.model_copy(update={"request_id": f"{ctx.task_id}/{key}"})
+        # The task is the conversation: its calls go to one replica while it is not overloaded.
+        request = request.model_copy(update={"request_id": f"{ctx.task_id}/{key}",
+                                             "session": ctx.task_id})
         plan = ModelPlan(fallback_models=tuple(fallback_models), cache=memo,
                          retry=retry or ctx._defaults.retry,
                          timeout_s=timeout_s or ctx._defaults.step_timeout_s, dead_letter=True,
@@ -394,7 +396,7 @@ class LLM:
         tokens count against the task's budget; the deployment's memo may answer it."""
         ctx = self._ctx
         request = request.model_copy(update={
-            "priority": ctx.priority, "tenant": ctx.tenant,
+            "priority": ctx.priority, "tenant": ctx.tenant, "session": ctx.task_id,
             "request_id": f"{ctx.task_id}/llm:{request.model}:{uuid.uuid4().hex[:8]}"})
         plan = ModelPlan(cache=want_memo(None, ctx._defaults.llm_cache,
                                          temperature=request.temperature))
@@ -426,7 +428,8 @@ Messages = list[ChatMessage] | list[dict[str, Any]] | str
 
 def chat_request(model: str, messages: Messages, *, max_tokens: int, temperature: float,
                  tools: Sequence[Any], tool_choice: str, response_format: Any, priority: int,
-                 tenant: str, request_id: str | None = None) -> ChatRequest:
+                 tenant: str, request_id: str | None = None, session: str | None = None
+                 ) -> ChatRequest:
     """A chat's request from what a workflow or an agent passes (tools by name are looked up among
     the tools this process defined); a bad tool, choice or format is a ConfigError here, before
     anything runs."""
@@ -434,7 +437,7 @@ def chat_request(model: str, messages: Messages, *, max_tokens: int, temperature
         return ChatRequest(
             model=model, messages=as_messages(messages), max_tokens=max_tokens,
             temperature=temperature, priority=priority, tenant=tenant, request_id=request_id,
-            tools=tool_specs(tools, defined_tool), tool_choice=tool_choice,
+            session=session, tools=tool_specs(tools, defined_tool), tool_choice=tool_choice,
             response_format=as_response_format(response_format))
     except ValidationError as e:
         raise ConfigError(f"bad chat request: {e.errors()[0]['msg']}") from None

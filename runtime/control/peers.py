@@ -43,8 +43,9 @@ def find_peers(settings: Settings, apps: list[str]) -> Peers:
     catalog = load_catalog(apps)
     low, high = settings.engine_replicas
     # Engines that autoscale are looked up again as they come and go.
-    router = Router(find_engines(namespace),
-                    discover=(lambda: find_engines(namespace)) if high > low else None)
+    router = Router.for_settings(
+        settings, find_engines(namespace),
+        discover=(lambda: find_engines(namespace)) if high > low else None)
     executors = [ToolExecutorHandle.named(n, namespace) for n in actor_names(namespace, names.TOOLS_PREFIX)]
     mailboxes = {role: MailboxHandle.named(names.agent_mailbox(role), namespace)
                  for role in catalog.agents}

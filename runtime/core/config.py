@@ -98,7 +98,13 @@ class VLLMEngineConfig(BaseModel):
                                "task has had here (0: priority, then arrival)")
     enforce_eager: bool = True
     cpu_kvcache_gib: int = Field(1, ge=1)
-    replicas: int = Field(1, ge=1, description="engine actors per model, least-loaded routing")
+    replicas: int = Field(1, ge=1, description="engine actors per model (routing: engine_routing)")
+    prefix_caching: bool = Field(
+        True, description="vLLM's automatic prefix caching: a prompt's cached leading blocks are "
+                          "not prefilled again (what affinity routing makes the most of)")
+    cpu_threads_bind: tuple[str, ...] = Field(
+        (), description="CPU only: VLLM_CPU_OMP_THREADS_BIND per replica, replica i taking entry "
+        "i modulo their count (('0', '1'): two replicas on a core each); empty: vLLM's own choice")
     num_gpus: float = Field(0, ge=0, description="GPUs per engine actor (0 on a CPU machine)")
     num_cpus: float = Field(0, ge=0, description="CPUs reserved per engine actor")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model spans (placement group)")
@@ -506,6 +512,15 @@ class Settings(BaseSettings):
         8, ge=1, description="LLM requests in flight per engine actor above which one is added")
     engine_idle_s: float = Field(
         60.0, ge=0, description="idle time before an engine actor above the minimum stops")
+    engine_routing: Literal["affinity", "least_loaded"] = Field(
+        "affinity", description="how a model's requests are spread over its replicas: affinity (a "
+        "conversation's turns to the replica that served its last turn, first turns by a hash of "
+        "their opening, within engine_affinity_slack of the least loaded) or least_loaded")
+    engine_affinity_slack: int = Field(
+        4, ge=0, description="requests in flight above the least-loaded replica's that a "
+                             "conversation's replica may have and still get its next turn")
+    engine_affinity_sessions: int = Field(
+        10_000, ge=1, description="conversations each router remembers the replica of (LRU)")
     default_model: str = "sim-small"
     models: tuple[str, ...] = Field(
         (), description="RAYSQUAD_MODELS: models served besides default_model and the models and "

@@ -42,6 +42,11 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                              "hold (an engine answered)", ("model",)),
     "raysquad_llm_fallbacks": ("counter", "model calls handed to their next model after this one "
                                           "ran out of retries", ("model",)),
+    "raysquad_llm_routed": ("counter", "requests routed to an engine replica, by why that one: "
+                            "session, prefix or least_loaded", ("model", "how")),
+    "raysquad_llm_prefix_cache_tokens": ("counter", "prompt tokens an engine looked up in its "
+                                         "prefix cache (queried) and found there (hit)",
+                                         ("model", "outcome")),
     "raysquad_gate_grants": ("counter", "gate grants", ("key",)),
     "raysquad_gate_waits": ("counter", "requests that waited at a gate", ("key",)),
     "raysquad_gate_wait_seconds": ("histogram", "time waited at a gate", ("key",)),

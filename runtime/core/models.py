@@ -353,6 +353,10 @@ class ChatRequest(BaseModel):
     priority: int = 0
     tenant: str = "default"
     request_id: str | None = None
+    session: str | None = Field(
+        None, description="the conversation the request is a turn of (an agent step's task id and "
+                          "step key; a workflow's task id): affinity routing sends its turns to "
+                          "one replica")
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice = "auto"
     response_format: ResponseFormat | None = None

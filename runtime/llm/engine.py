@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -21,14 +20,16 @@ from runtime.core.errors import ActorUnavailable, ModelNotFound, RaysquadError
 from runtime.core.models import ChatRequest, Completion, Lease
 from runtime.flow.gates import GateClient, GateKeeperHandle, Passage
 from runtime.llm.base import Engine
+from runtime.llm.routing import Picker, RoutingPolicy
 from runtime.llm.simulated import SimulatedEngine
 
 
-def build_engine(settings: Settings, model: str) -> Engine:
+def build_engine(settings: Settings, model: str, index: int = 0) -> Engine:
+    """The engine of replica ``index`` of ``model``."""
     if settings.engine == "vllm":
         from runtime.llm.vllm import VLLMEngine
 
-        return VLLMEngine(model, settings.vllm)
+        return VLLMEngine(model, settings.vllm, index)
     if settings.engine == "openai":
         from runtime.llm.openai import OpenAIEngine
 
@@ -93,7 +94,9 @@ def _timing_first_text(on_text: Callable[[str], Awaitable[None]], started: float
 
 class EngineActor:
     def __init__(self, settings: Settings, model: str, gated: bool = False) -> None:
-        self.engine = build_engine(settings, model)
+        self.replica = ray.get_runtime_context().get_actor_name() or model \
+            if ray.is_initialized() else model
+        self.engine = build_engine(settings, model, _replica_index(self.replica))
         # The gate keeper is found by name, not passed in: constructor arguments stay small values,
         # which Ray keeps with the actor's spec so that a restart can always use them again.
         self.gates = GateClient(GateKeeperHandle.find(settings.namespace) if gated else None)
@@ -102,8 +105,6 @@ class EngineActor:
             self.engine.on_throttled = self._throttled
         self.in_flight = 0
         self.model = model
-        self.replica = ray.get_runtime_context().get_actor_name() or model \
-            if ray.is_initialized() else model
 
     def _throttled(self, retry_after_s: float | None) -> None:
         self.gates.throttled(self.gate_key, retry_after_s)
@@ -145,6 +146,11 @@ class EngineActor:
 
     async def load(self) -> int:
         return self.in_flight
+
+    async def stats(self) -> dict[str, Any]:
+        """What the engine has served, where it counts it (vLLM: ``EngineStats``); else {}."""
+        stats = getattr(self.engine, "stats", None)
+        return dict(stats()) if stats is not None else {}
 
     async def ready(self) -> bool:
         """Answers once the engine is built (a vLLM engine takes tens of seconds)."""
@@ -274,21 +280,33 @@ class EngineHandle(ActorHandle):
     async def timeline(self) -> list[tuple[float, float]]:
         return await self.via(EngineActor.timeline)()
 
+    async def stats(self) -> dict[str, Any]:
+        return await self.via(EngineActor.stats)()
+
 
 class Router:
-    """Sends a request to the least-loaded engine actor of its model (as this router has seen it).
+    """Sends a request to one engine actor of its model: by affinity to its conversation, or the
+    least loaded (as this router has seen them): ``runtime.llm.routing``.
 
     With ``discover`` (engines that autoscale), it looks the replicas up again every ``refresh_s``
     seconds, and at once when a replica it picked is gone."""
 
     def __init__(self, replicas: Mapping[str, Sequence[EngineService]],
                  discover: Callable[[], Mapping[str, Sequence[EngineService]]] | None = None,
-                 refresh_s: float = 2.0) -> None:
+                 refresh_s: float = 2.0, policy: RoutingPolicy = RoutingPolicy()) -> None:
         self.replicas = replicas
         self._load: dict[tuple[str, int], int] = {}
         self._discover = discover
         self._refresh_s = refresh_s
         self._refreshed = time.monotonic()
+        self.picker = Picker(policy)
+
+    @classmethod
+    def for_settings(cls, settings: Settings, replicas: Mapping[str, Sequence[EngineService]],
+                     discover: Callable[[], Mapping[str, Sequence[EngineService]]] | None = None
+                     ) -> Router:
+        return cls(replicas, discover, policy=RoutingPolicy(
+            settings.engine_routing, settings.engine_affinity_slack, settings.engine_affinity_sessions))
 
     def _refresh(self, force: bool = False) -> None:
         if self._discover is None:
@@ -316,8 +334,8 @@ class Router:
         if not handles:
             raise ModelNotFound(request.model, tuple(self.replicas))
         loads = [self._load.get((request.model, i), 0) for i in range(len(handles))]
-        least = min(loads)
-        pick = random.choice([i for i, n in enumerate(loads) if n == least])
+        pick, why = self.picker.pick(request, _replica_names(handles), loads)
+        metrics.inc("raysquad_llm_routed", model=request.model, how=why.value)
         key = (request.model, pick)
         self._load[key] = loads[pick] + 1
         try:
@@ -334,6 +352,18 @@ class Router:
                 await handle.abort(request_id)
             except RaysquadError:
                 pass  # a replica that is down runs nothing to abort
+
+
+def _replica_index(name: str) -> int:
+    """The index in an engine actor's name (``engine:<model>:<i>``); 0 for any other name."""
+    index = name.rpartition(":")[2]
+    return int(index) if name.startswith(names.ENGINE_PREFIX) and index.isdecimal() else 0
+
+
+def _replica_names(handles: Sequence[Any]) -> list[str]:
+    """Names that rank a model's replicas the same in every process: their actor names
+    (``engine:<model>:<i>``), else their places in the list."""
+    return [getattr(h, "name", None) or f"#{i}" for i, h in enumerate(handles)]
 
 
 def _names(replicas: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:

@@ -12,9 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from runtime.core import metrics
 from runtime.core.config import VLLMEngineConfig
 from runtime.core.errors import EngineError
 from runtime.core.models import ChatRequest, Completion, Usage
@@ -24,23 +28,59 @@ from runtime.llm.constrained import answer_schema, constrained_completion, promp
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class EngineStats:
+    """What one engine has served since it started: vLLM's own prefix-cache counters (prompt
+    tokens looked up, and found cached), and per request the time to its first token (from the
+    engine's call, admission wait included; ``request_ids`` names them, in the same order) and its
+    token counts."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prefix_queried: int = 0
+    prefix_hits: int = 0
+    ttft_s: deque[float] = field(default_factory=lambda: deque(maxlen=TTFT_SAMPLES))
+    request_ids: deque[str] = field(default_factory=lambda: deque(maxlen=TTFT_SAMPLES))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "prefix_queried": self.prefix_queried, "prefix_hits": self.prefix_hits,
+                "ttft_s": list(self.ttft_s), "request_ids": list(self.request_ids)}
+
+
+TTFT_SAMPLES = 10_000  # the last requests' times to first token that an engine keeps
+
+
+def engine_args(model: str, config: VLLMEngineConfig) -> Any:
+    """vLLM's engine arguments for ``config`` (also what the benchmarks' direct baselines use)."""
+    from vllm import AsyncEngineArgs
+
+    return AsyncEngineArgs(
+        model=str(config.model_path), served_model_name=[model], dtype=config.dtype,
+        max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
+        enforce_eager=config.enforce_eager, scheduling_policy="priority",
+        tensor_parallel_size=config.tensor_parallel_size,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        enable_prefix_caching=config.prefix_caching,
+    )
+
+
 class VLLMEngine:
-    def __init__(self, model: str, config: VLLMEngineConfig) -> None:
+    def __init__(self, model: str, config: VLLMEngineConfig, index: int = 0) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kvcache_gib))
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from vllm import AsyncEngineArgs
+        if config.cpu_threads_bind:  # several replicas on one machine's cores: each its own
+            bind = config.cpu_threads_bind[index % len(config.cpu_threads_bind)]
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
         from vllm.engine.async_llm_engine import AsyncLLMEngine
 
         self.model = model
         self.config = config
-        args = AsyncEngineArgs(
-            model=str(config.model_path), served_model_name=[model], dtype=config.dtype,
-            max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
-            enforce_eager=config.enforce_eager, scheduling_policy="priority",
-            tensor_parallel_size=config.tensor_parallel_size,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-        )
-        self._engine = AsyncLLMEngine.from_engine_args(args)
+        self.counters = EngineStats()
+        self._engine = AsyncLLMEngine.from_engine_args(
+            engine_args(model, config), stat_loggers=[_prefix_cache_logger(self.counters, model)])
         self._tokenizer = self._engine.get_tokenizer()
         self.admission = Admission(config.max_inflight, config.admission_aging_per_s,
                                    config.admission_service_weight)
@@ -64,21 +104,25 @@ class VLLMEngine:
         params = SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature,
                                 output_kind=RequestOutputKind.DELTA, **structured)
         request_id = request.request_id or os.urandom(8).hex()
+        started = time.monotonic()
+        first = True
         async with self.admission.slot(request.priority, request.request_id):
-            async for piece in self._run(request, params, request_id):
-                yield piece
-
-    async def _run(self, request: ChatRequest, params: Any,
-                   request_id: str) -> AsyncIterator[tuple[str, Any]]:
-        try:
-            async for out in self._engine.generate(self._prompt(request), params, request_id,
-                                                   priority=-request.priority):
-                yield out.outputs[0].text, out
-        except asyncio.CancelledError:
-            await self._engine.abort(request_id)
-            raise
-        except Exception as e:  # noqa: BLE001 - vLLM's errors do not cross actor boundaries well
-            raise EngineError(self.model, f"{type(e).__name__}: {e}") from None
+            try:
+                async for out in self._engine.generate(self._prompt(request), params, request_id,
+                                                       priority=-request.priority):
+                    if first and out.outputs[0].token_ids:
+                        first = False
+                        self.counters.ttft_s.append(time.monotonic() - started)
+                        self.counters.request_ids.append(request_id)
+                    if out.finished:
+                        self.counters.requests += 1
+                        self.counters.prompt_tokens += len(out.prompt_token_ids or ())
+                    yield out.outputs[0].text, out
+            except asyncio.CancelledError:
+                await self._engine.abort(request_id)
+                raise
+            except Exception as e:  # noqa: BLE001 - vLLM's errors do not cross actor boundaries
+                raise EngineError(self.model, f"{type(e).__name__}: {e}") from None
 
     async def chat(self, request: ChatRequest,
                    on_text: Callable[[str], Awaitable[None]] | None = None) -> Completion:
@@ -97,6 +141,7 @@ class VLLMEngine:
                 reason = out.outputs[0].finish_reason
                 finish = "length" if reason == "length" else "abort" if reason == "abort" else "stop"
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        self.counters.completion_tokens += completion_tokens
         if shown or finish != "stop":
             return Completion(model=self.model, text="".join(pieces), finish_reason=finish,
                               usage=usage)
@@ -109,6 +154,36 @@ class VLLMEngine:
     async def health(self) -> bool:
         await self._engine.check_health()
         return True
+
+    def stats(self) -> dict[str, Any]:
+        """What this engine has served (``EngineStats``)."""
+        return self.counters.as_dict()
+
+
+def _prefix_cache_logger(counters: EngineStats, model: str) -> Callable[[Any, int], Any]:
+    """A vLLM stat logger (the interface its Prometheus and log loggers implement) that adds each
+    step's prefix-cache counters to ``counters`` and to ``raysquad_llm_prefix_cache_tokens``."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class PrefixCacheCounter(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+                   engine_idx: int = 0) -> None:
+            cache = getattr(scheduler_stats, "prefix_cache_stats", None)
+            if cache is None or not cache.queries:
+                return
+            counters.prefix_queried += cache.queries
+            counters.prefix_hits += cache.hits
+            metrics.inc("raysquad_llm_prefix_cache_tokens", cache.queries, model=model,
+                        outcome="queried")
+            metrics.inc("raysquad_llm_prefix_cache_tokens", cache.hits, model=model, outcome="hit")
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return PrefixCacheCounter
 
 
 def _structured(schema: dict[str, Any]) -> Any:

@@ -156,7 +156,8 @@ class AgentContext:
             model or self._default_model, messages, max_tokens=max_tokens, temperature=temperature,
             tools=tools, tool_choice=tool_choice, response_format=response_format,
             priority=self.priority, tenant=self.tenant,
-            request_id=f"{self.task_id}/{self.step_key}/{self._calls}")
+            request_id=f"{self.task_id}/{self.step_key}/{self._calls}",
+            session=self._origin())  # the same at every turn, and when the step is handled again
         return await self._services.chat(
             request, ModelPlan(fallback_models=tuple(fallback_models), cache=memo))
 

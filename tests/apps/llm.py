@@ -24,6 +24,37 @@ class Asker(Agent):
         return {"text": completion.text, "tokens": completion.usage.completion_tokens}
 
 
+class Converser(Agent):
+    """Holds a conversation: ``turns`` chats, the history growing each turn."""
+
+    role = "converser"
+    min_replicas = 1
+    max_replicas = 1
+
+    async def handle(self, msg: AgentMessage, ctx: AgentContext) -> dict[str, Any]:
+        messages = [{"role": "system", "content": msg.payload["system"]},
+                    {"role": "user", "content": msg.payload["question"]}]
+        prompts = []
+        for turn in range(msg.payload["turns"]):
+            completion = await ctx.chat(messages, max_tokens=8)
+            prompts.append(completion.usage.prompt_tokens)
+            messages += [{"role": "assistant", "content": completion.text},
+                         {"role": "user", "content": f"Go on ({turn + 1})."}]
+        return {"prompt_tokens": prompts}
+
+
+class ConverseIn(BaseModel):
+    system: str
+    question: str
+    turns: int = 3
+
+
+@workflow
+async def converse(ctx: Context, inp: ConverseIn) -> dict[str, Any]:
+    """One agent step holding a conversation of several turns."""
+    return dict(await ctx.agent("converser").run(inp.model_dump()))
+
+
 class AskIn(BaseModel):
     question: str
     max_tokens: int = 32

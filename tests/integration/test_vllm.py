@@ -44,6 +44,29 @@ def test_an_agent_on_vllm_answers_with_real_text(llm: Client) -> None:
     assert done.output["tokens"] > 0
 
 
+def test_a_conversations_later_turns_find_their_prefix_in_vllms_cache(llm: Client) -> None:
+    """Prefix caching is on, and the engine reports vLLM's own counters: each later turn finds
+    the turns before it cached (in whole blocks), and every request has its time to first token."""
+    engine = EngineHandle(ray.get_actor("engine:smollm2:0", namespace=NAMESPACE))
+    before = asyncio.run(engine.stats())
+    system = " ".join(f"Rule {i}: answer in one short sentence, politely." for i in range(40))
+    task = llm.submit("converse", {"system": system, "question": "Name a colour.", "turns": 3})
+    done = llm.wait(task.id, timeout_s=180)
+    assert done.status is TaskStatus.SUCCEEDED, done.error
+    after = asyncio.run(engine.stats())
+    prompts = done.output["prompt_tokens"]
+    assert after["requests"] - before["requests"] == 3
+    assert after["prompt_tokens"] - before["prompt_tokens"] == sum(prompts)
+    assert len(after["ttft_s"]) - len(before["ttft_s"]) == 3
+    assert after["request_ids"][len(before["request_ids"]):] == [
+        f"{task.id}/agent:converser/{n}" for n in (1, 2, 3)]
+    assert after["prefix_queried"] - before["prefix_queried"] == sum(prompts)
+    # Turns 2 and 3 start with all of turn 1's prompt (over 400 tokens): at least its whole
+    # blocks (at most 128 tokens each) are found cached, each time.
+    hits = after["prefix_hits"] - before["prefix_hits"]
+    assert prompts[0] > 400 and hits >= 2 * (prompts[0] - 128), (hits, prompts)
+
+
 def _tokens_per_s(llm: Client, n: int) -> float:
     start = time.monotonic()
     tasks = [llm.submit("generate", {"question": f"Write a short story about robot number {i}.",

@@ -280,7 +280,7 @@ def test_agent_and_llm_steps_are_keyed_and_recorded() -> None:
     assert [(r, k) for r, k, _ in services.agent_calls] == [("planner", "agent:planner"),
                                                              ("planner", "agent:planner#2")]
     (request,) = services.chats
-    assert request.request_id == "task-1/llm:sim-small"
+    assert request.request_id == "task-1/llm:sim-small" and request.session == "task-1"
     assert (request.priority, request.max_tokens, request.messages[0].content) == (3, 5, "hello")
     assert set(services.recorded) == {"agent:planner", "agent:planner#2", "llm:sim-small"}
 

@@ -88,6 +88,8 @@ def test_an_agent_context_names_what_it_sends_after_its_message() -> None:
     assert [(r.request_id, r.model, r.max_tokens, r.priority, r.tenant) for r in services.chats] == [
         ("t1/agent:writer/1", "sim-small", 128, 4, "acme"),
         ("t1/agent:writer/2", "other", 9, 4, "acme")]
+    # One conversation: the step's turns carry its key, for affinity routing.
+    assert [r.session for r in services.chats] == ["t1/agent:writer", "t1/agent:writer"]
     assert [p[3] for p in services.published] == [
         "t1/agent:writer/publish/1", "mine", "t1/agent:writer/publish/3"]
     assert services.delegations == [
