@@ -423,7 +423,10 @@ def _draw(console: Console, result: dict[str, Any], path: Path) -> None:
         Panel("time to first token", "seconds", xs, {
             "direct p50": ttft("direct", "p50"), "raysquad p50": ttft("raysquad", "p50"),
             "direct p99": ttft("direct", "p99"), "raysquad p99": ttft("raysquad", "p99")},
-            lines=True, xlabel="requests in flight"),
+            lines=True, xlabel="requests in flight", styles={
+                "direct p50": {"color": "C0"}, "raysquad p50": {"color": "C1"},
+                "direct p99": {"color": "C0", "linestyle": "--"},
+                "raysquad p99": {"color": "C1", "linestyle": "--"}}),
         Panel("throughput", "completion tokens / s", xs, {
             "direct vLLM": [lv["direct_tokens_per_s"] for lv in levels],
             "raysquad": [lv["raysquad_tokens_per_s"] for lv in levels]},

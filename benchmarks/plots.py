@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -12,7 +13,7 @@ from rich.console import Console
 @dataclass
 class Panel:
     """One chart: ``series`` (a name and one value per x label) drawn as grouped bars, or as lines
-    with ``lines``."""
+    with ``lines`` (``styles``: matplotlib's keywords per series, such as a colour and a dash)."""
 
     title: str
     ylabel: str
@@ -20,6 +21,7 @@ class Panel:
     series: dict[str, Sequence[float]] = field(default_factory=dict)
     lines: bool = False
     xlabel: str = ""
+    styles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def png_path(json_path: str | Path) -> Path:
@@ -43,7 +45,7 @@ def draw(console: Console, path: str | Path, title: str, panels: Sequence[Panel]
         width = 0.8 / max(1, len(panel.series))
         for n, (name, values) in enumerate(panel.series.items()):
             if panel.lines:
-                ax.plot(positions, values, marker="o", label=name)
+                ax.plot(positions, values, marker="o", label=name, **panel.styles.get(name, {}))
                 continue
             shifted = [p - 0.4 + width * (n + 0.5) for p in positions]
             bars = ax.bar(shifted, values, width, label=name)
