@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import write_result  # noqa: E402
+from benchmarks.plots import Panel, draw, png_path  # noqa: E402
 from runtime.core.config import SimulatedEngineConfig  # noqa: E402
 from runtime.core.models import ChatMessage, ChatRequest  # noqa: E402
 from runtime.llm.simulated import SimulatedEngine  # noqa: E402
@@ -71,31 +72,15 @@ async def run_load(args: argparse.Namespace, weight: float) -> dict[str, Any]:
             "all_s": time.monotonic() - began, "short_latencies_s": sorted(short_s)}
 
 
-def draw(result: dict[str, Any], png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for mode, colour in (("first_come", "#cf222e"), ("program_aware", "#0969da")):
-        latencies = result[mode]["short_latencies_s"]
-        left.plot([i / (len(latencies) - 1) * 100 for i in range(len(latencies))],
-                  [x * 1000 for x in latencies], label=mode.replace("_", " "), color=colour)
-    left.set_xlabel("short tasks (percentile)")
-    left.set_ylabel("latency, ms")
-    left.set_title("short tasks' latency")
-    left.legend()
-    modes = ["first_come", "program_aware"]
-    right.bar([m.replace("_", " ") for m in modes],
-              [result[m]["long_makespan_s"] for m in modes], color=["#cf222e", "#0969da"])
-    right.set_ylabel("seconds")
-    right.set_title(f"long tasks' makespan ({LONG_CALLS} calls each)")
-    fig.suptitle(f"{result['load']['long']} long + {result['load']['short']} short tasks, "
-                 f"{result['load']['slots']} engine slots")
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+def panels(result: dict[str, Any]) -> list[Panel]:
+    """The short tasks' latency by percentile and the long tasks' makespan, per admission."""
+    modes = {"first come": result["first_come"], "program aware": result["program_aware"]}
+    cuts = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+    return [Panel("short tasks' latency", "ms", [name for name, _ in cuts],
+                  {mode: [percentile(r["short_latencies_s"], q) * 1000 for _, q in cuts]
+                   for mode, r in modes.items()}),
+            Panel(f"long tasks' makespan ({LONG_CALLS} calls each)", "s", ["makespan"],
+                  {mode: [r["long_makespan_s"]] for mode, r in modes.items()})]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -132,10 +117,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     console.print(f"short p99 ratio {result['short_p99_ratio']:.2f} (target <= 0.5); long makespan "
                   f"ratio {result['long_makespan_ratio']:.3f} (target within 10%): "
                   f"{'met' if result['met'] else 'NOT met'}")
-    png = Path(args.json).with_suffix(".png")
-    png.parent.mkdir(parents=True, exist_ok=True)
-    draw(result, png)
-    console.print(f"drew {png}")
+    load = result["load"]
+    draw(console, png_path(args.json), f"{load['long']} long + {load['short']} short tasks, "
+                                        f"{load['slots']} engine slots", panels(result))
     return write_result(console, args.json, result)
 
 
