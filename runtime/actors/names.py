@@ -37,12 +37,27 @@ def agent_replica(replica_id: str) -> str:
     return f"{AGENT_REPLICA_PREFIX}{replica_id}"
 
 
+def agent_replica_id(role: str, started: int, tag: str) -> str:
+    """A role's replica id: ``<role>-<n>-<tag>`` (``role_of_replica`` reads the role back)."""
+    return f"{role}-{started}-{tag}"
+
+
+def role_of_replica(replica_id: str) -> str:
+    return replica_id.rsplit("-", 2)[0]
+
+
 def agent_mailbox(role: str) -> str:
     return f"{AGENT_MAILBOX_PREFIX}{role}"
 
 
 def engine(model: str, index: int) -> str:
     return f"{ENGINE_PREFIX}{model}:{index}"
+
+
+def engine_of(name: str) -> tuple[str, str]:
+    """(model, index) of an engine actor's name ``engine:<model>:<index>`` (a model may hold ':')."""
+    model, _, index = name[len(ENGINE_PREFIX):].rpartition(":")
+    return model, index
 
 
 def engine_pool(model: str) -> str:

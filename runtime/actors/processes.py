@@ -67,9 +67,9 @@ def describe(name: str, namespace: str) -> tuple[str, str | None, str | None] | 
         return "worker", None, name[len(names.WORKER_PREFIX):]
     if name.startswith(names.AGENT_REPLICA_PREFIX):
         replica = name[len(names.AGENT_REPLICA_PREFIX):]
-        return "agent", replica.rsplit("-", 2)[0], replica  # <role>-<n>-<hex>
+        return "agent", names.role_of_replica(replica), replica
     if name.startswith(names.ENGINE_PREFIX):
-        model, _, index = name[len(names.ENGINE_PREFIX):].rpartition(":")
+        model, index = names.engine_of(name)
         return "engine", model, index
     if name.startswith(names.TOOLS_PREFIX):
         return "tools", None, name[len(names.TOOLS_PREFIX):]

@@ -150,5 +150,5 @@ class EnginePoolActor(EnginePool):
 
 
 def _engines_by_index(namespace: str, model: str) -> dict[int, EngineHandle]:
-    return {int((h.name or "").rpartition(":")[2]): h
+    return {int(names.engine_of(h.name or "")[1]): h
             for h in find_engines(namespace).get(model, [])}

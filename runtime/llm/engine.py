@@ -356,8 +356,10 @@ class Router:
 
 def _replica_index(name: str) -> int:
     """The index in an engine actor's name (``engine:<model>:<i>``); 0 for any other name."""
-    index = name.rpartition(":")[2]
-    return int(index) if name.startswith(names.ENGINE_PREFIX) and index.isdecimal() else 0
+    if not name.startswith(names.ENGINE_PREFIX):
+        return 0
+    index = names.engine_of(name)[1]
+    return int(index) if index.isdecimal() else 0
 
 
 def _replica_names(handles: Sequence[Any]) -> list[str]:
@@ -375,7 +377,7 @@ def find_engines(namespace: str) -> dict[str, list[EngineHandle]]:
     """The engine actors registered in ``namespace``, by model, in index order."""
     found: dict[str, list[tuple[int, EngineHandle]]] = {}
     for name in actor_names(namespace, names.ENGINE_PREFIX):
-        model, _, index = name[len(names.ENGINE_PREFIX):].rpartition(":")  # engine:<model>:<i>
+        model, index = names.engine_of(name)
         try:
             found.setdefault(model, []).append((int(index), EngineHandle.named(name, namespace)))
         except ValueError:  # gone since it was listed

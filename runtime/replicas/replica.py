@@ -525,7 +525,7 @@ class AgentPool:
 
     def _spawn(self) -> str:
         self.started += 1
-        replica_id = f"{self.role}-{self.started}-{uuid.uuid4().hex[:6]}"
+        replica_id = names.agent_replica_id(self.role, self.started, uuid.uuid4().hex[:6])
         replica = self._spawner(replica_id)
         self.members.add(Member(replica_id, replica), replica.run(self.config.concurrency))
         return replica_id
