@@ -361,6 +361,20 @@ def watch(task_id: str, address: AddressOpt = None, url: UrlOpt = None,
         out.print(f"{event.seq:>4} {event.kind:<16} {json.dumps(event.data)}", highlight=False)
 
 
+def joined(address: str | None) -> Settings:
+    """This process joined to the runtime's Ray cluster, its settings; RuntimeNotRunning (one
+    line) when no runtime runs in the namespace."""
+    from runtime.actors.handles import actor_names
+    from runtime.client.client import join
+    from runtime.core.errors import RuntimeNotRunning
+
+    config = settings(address)
+    join(config)
+    if not actor_names(config.namespace, names.STORE):
+        raise RuntimeNotRunning(f"Ray namespace {config.namespace!r}")
+    return config
+
+
 def ops(address: str | None) -> Ops:
     """Operator calls over Ray (after Client.connect has joined the cluster)."""
     from runtime.client.client import Client
@@ -471,16 +485,10 @@ def _frames(address: str | None, url: str | None,
         http = HttpClient(url, api_key)
         return lambda: (http.overview(), url, http.stats(WINDOW_S, BUCKET_S))
 
-    from runtime.actors.handles import actor_names
-    from runtime.client.client import join
     from runtime.client.overview import overview
-    from runtime.core.errors import RuntimeNotRunning
     from runtime.store.actor import StoreHandle
 
-    config = settings(address)
-    join(config)
-    if not actor_names(config.namespace, names.STORE):
-        raise RuntimeNotRunning(f"Ray namespace {config.namespace!r}")
+    config = joined(address)
     store = StoreHandle.find(config.namespace)
 
     async def stats() -> dict[str, Any] | None:
@@ -510,16 +518,9 @@ def ps(address: AddressOpt = None, url: UrlOpt = None, api_key: KeyOpt = None,
 
         actors = HttpClient(url, api_key).processes(ended)
     else:
-        from runtime.actors.handles import actor_names
         from runtime.actors.processes import processes
-        from runtime.client.client import join
-        from runtime.core.errors import RuntimeNotRunning
 
-        config = settings(address)
-        join(config)
-        if not actor_names(config.namespace, names.STORE):
-            raise RuntimeNotRunning(f"Ray namespace {config.namespace!r}")
-        actors = [p.as_dict() for p in processes(config.namespace, ended)]
+        actors = [p.as_dict() for p in processes(joined(address).namespace, ended)]
     if as_json:
         out.print_json(json.dumps(actors))
         return
