@@ -24,6 +24,7 @@ from runtime.core import metrics, tracing
 from runtime.core.calls import ModelPlan, want_memo
 from runtime.core.config import RetryPolicy
 from runtime.core.errors import (
+    ActorUnavailable,
     ConfigError,
     InvalidInput,
     LeaseLost,
@@ -312,6 +313,10 @@ class Context:
                                     on_retry=functools.partial(self._retrying, key),
                                     passthrough=(TaskCancelled, LeaseLost))
             except GaveUp as e:
+                if isinstance(e.error, ActorUnavailable):
+                    # The runtime, not the step, failed (an actor it called is down or restarting
+                    # on another node): the run stops short and the task resumes at this step.
+                    raise e.error from None
                 raise StepError(key, str(e.error), type(e.error).__name__, e.attempts) from e.error
         self.step_elapsed_s = time.monotonic() - started  # the step's event keeps it (timelines)
         metrics.observe("raysquad_step_seconds", self.step_elapsed_s, workflow=self.workflow,

@@ -50,6 +50,7 @@ from runtime.tools.registry import Registry, Tool, ToolContext, dump_result
 log = logging.getLogger(__name__)
 
 ROUTER_RESENDS = 3  # an executor that dies mid-call: send the call to another this many times
+RESEND_BACKOFF_S = 0.25  # before the first resend; doubled before each next one
 
 
 @dataclass(frozen=True)
@@ -309,6 +310,8 @@ class ToolRouter:
                 log.warning("tool %s: executor %d died during a call; sending it again", name, i)
             finally:
                 self._load[i] -= 1
+            # Give a lone executor time to come back (Ray restarts it, on another node if need be).
+            await asyncio.sleep(RESEND_BACKOFF_S * 2**attempt)
         raise AssertionError("unreachable")
 
 

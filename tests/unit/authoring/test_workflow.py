@@ -15,6 +15,7 @@ from runtime.authoring.workflow import Context, StepDefaults, Workflow, workflow
 from runtime.core.calls import ModelPlan
 from runtime.core.config import RetryPolicy
 from runtime.core.errors import (
+    ActorUnavailable,
     AgentNotFound,
     ConfigError,
     InvalidInput,
@@ -355,6 +356,26 @@ def test_retries_exhausted_raise_step_error() -> None:
         "flaky", 3, "ValueError", "failure 3")
     assert isinstance(err.__cause__, ValueError)
     assert fn.calls == 3
+    assert services.recorded == {}
+
+
+def test_an_actor_down_past_the_retries_stops_the_run_instead_of_failing_the_step() -> None:
+    """The runtime failed, not the step: ActorUnavailable (an executor restarting on another node)
+    leaves the step unrecorded and reaches the run, which stops so that the task resumes."""
+    services = FakeServices()
+    calls = 0
+
+    async def down() -> Any:
+        nonlocal calls
+        calls += 1
+        raise ActorUnavailable("tools:0", 2.0)
+
+    async def main() -> Any:
+        return await make_ctx(services).step("call", down)
+
+    with pytest.raises(ActorUnavailable):
+        run(main)
+    assert calls == 3, "retried like any passing error first"
     assert services.recorded == {}
 
 
