@@ -141,16 +141,19 @@ def mcp_tool(spec: McpTool, server: McpServer) -> Tool:
     name = f"{spec.server}.{spec.name}"
 
     async def call(arguments: dict[str, Any], ctx: ToolContext) -> Any:
-        client = await SESSIONS.client(spec.server, server)
+        client = await SESSIONS.client(spec.server, server)  # a start is bounded by timeout_s
         try:
-            result = await client.call_tool(spec.name, arguments)
+            async with asyncio.timeout(server.timeout_s):
+                result = await client.call_tool(spec.name, arguments)
         except BaseException:
             SESSIONS.drop(spec.server)  # dead, hung or confused: the next attempt starts anew
             raise
         ctx.reached()
         return result_value(result)
 
-    return Tool(call, name, spec.description, SchemaArgs, timeout_s=server.timeout_s,
+    # The attempt's bound: a session to start (on the first call, or after a dropped one), then the
+    # call itself, each within the server's timeout_s; a slow start does not eat the call's time.
+    return Tool(call, name, spec.description, SchemaArgs, timeout_s=2 * server.timeout_s,
                 gate=f"mcp:{spec.server}", context_param="ctx", input_schema=spec.input_schema)
 
 
