@@ -254,8 +254,10 @@ class McpServer(BaseModel):
     cwd: str | None = Field(None, description="stdio: its working directory")
     url: str | None = Field(None, pattern=r"^https?://", description="streamable HTTP endpoint")
     headers: dict[str, str] = Field(default_factory=dict, description="HTTP: headers sent")
-    timeout_s: float = Field(30.0, gt=0, le=3600, description=(
-        "bounds the server's start (a new session) and, apart from it, each call's attempt"))
+    timeout_s: float = Field(30.0, gt=0, le=3600, description="bounds each call's attempt")
+    start_timeout_s: float = Field(60.0, gt=0, le=3600, description=(
+        "bounds the server's start (a new session: a stdio process to launch, a handshake), "
+        "apart from the call it is opened for"))
 
     @model_validator(mode="after")
     def _one_transport(self) -> McpServer:

@@ -5,8 +5,8 @@ Each tool of each configured server (``Settings.mcp_servers``) is the raysquad t
 take no dot). The tools are listed once, when the runtime starts (``discover``, in the process that
 starts it), and travel to every process in ``Settings.mcp_tools``, where ``mcp_tools`` makes them
 ``Tool``s. Their calls run in the tool executors like any tool's: the gate ``mcp:<server>``, the
-server's ``timeout_s`` per attempt, the tools' retries, a dead letter when they run out, a record
-when an agent or a workflow makes them.
+server's ``timeout_s`` per call (``start_timeout_s`` for a session to start), the tools' retries, a
+dead letter when they run out, a record when an agent or a workflow makes them.
 
 An executor holds one session per server (``Sessions``), opened on its first call and opened again
 after a call failed on it: a stdio server whose process died is started again on the next attempt.
@@ -42,16 +42,24 @@ def client_for(server: McpServer) -> Any:
         params = StdioServerParameters(command=command, args=args, env=dict(server.env) or None,
                                        cwd=server.cwd)
         # The initialize handshake every server speaks; "auto" first probes for the 2026 protocol.
-        return Client(params, read_timeout_seconds=server.timeout_s, mode="legacy", cache=None)
+        return Client(params, read_timeout_seconds=_read_timeout_s(server), mode="legacy",
+                      cache=None)
     assert server.url is not None
     http = httpx2.AsyncClient(headers=server.headers, timeout=server.timeout_s)
     return Client(streamable_http_client(server.url, http_client=http),
-                  read_timeout_seconds=server.timeout_s, cache=None)
+                  read_timeout_seconds=_read_timeout_s(server), cache=None)
+
+
+def _read_timeout_s(server: McpServer) -> float:
+    """The SDK's bound on any one answer, the handshake's included: the longer of the start's and a
+    call's (each is also bounded on its own, by ``Sessions`` and by ``mcp_tool``)."""
+    return max(server.start_timeout_s, server.timeout_s)
 
 
 async def list_tools(name: str, server: McpServer) -> list[McpTool]:
     """The server's tools, as raysquad knows them."""
-    async with asyncio.timeout(server.timeout_s), client_for(server) as client:
+    async with asyncio.timeout(server.start_timeout_s + server.timeout_s), \
+            client_for(server) as client:
         listed = await client.list_tools()
     return [McpTool(server=name, name=t.name, description=t.description or "",
                     input_schema=t.input_schema or {"type": "object"}) for t in listed.tools]
@@ -98,7 +106,7 @@ class Sessions:
     async def _hold(self, name: str, server: McpServer, ready: asyncio.Future[Any],
                     done: asyncio.Event) -> None:
         try:
-            async with asyncio.timeout(server.timeout_s):
+            async with asyncio.timeout(server.start_timeout_s):
                 client = await client_for(server).__aenter__()
         except BaseException as e:  # noqa: BLE001 - handed to every caller waiting for it
             ready.set_exception(McpServerUnavailable(name, f"{type(e).__name__}: {e}"))
@@ -141,7 +149,7 @@ def mcp_tool(spec: McpTool, server: McpServer) -> Tool:
     name = f"{spec.server}.{spec.name}"
 
     async def call(arguments: dict[str, Any], ctx: ToolContext) -> Any:
-        client = await SESSIONS.client(spec.server, server)  # a start is bounded by timeout_s
+        client = await SESSIONS.client(spec.server, server)  # bounded by start_timeout_s
         try:
             async with asyncio.timeout(server.timeout_s):
                 result = await client.call_tool(spec.name, arguments)
@@ -151,9 +159,10 @@ def mcp_tool(spec: McpTool, server: McpServer) -> Tool:
         ctx.reached()
         return result_value(result)
 
-    # The attempt's bound: a session to start (on the first call, or after a dropped one), then the
-    # call itself, each within the server's timeout_s; a slow start does not eat the call's time.
-    return Tool(call, name, spec.description, SchemaArgs, timeout_s=2 * server.timeout_s,
+    # The attempt's bound: a session to start (on the first call, or after a dropped one) within
+    # start_timeout_s, then the call itself within timeout_s; a slow start does not eat the call's.
+    return Tool(call, name, spec.description, SchemaArgs,
+                timeout_s=server.start_timeout_s + server.timeout_s,
                 gate=f"mcp:{spec.server}", context_param="ctx", input_schema=spec.input_schema)
 
 

@@ -218,18 +218,20 @@ def test_json_schema_tool_calls_fit_their_schema(server: str, choice: str) -> No
     engine = OpenAIEngine("smollm2", OpenAIEngineConfig(base_url=f"{server}/v1",
                                                         tool_mode="json_schema"))
 
-    async def rounds() -> None:
-        for _ in range(3):
-            asked = await _ask_weather(engine, choice)
-            assert asked.finish_reason in ("tool_calls", "stop"), asked
-            if choice != "auto":
-                assert asked.tool_calls, asked
-            for call in asked.tool_calls:
-                assert call.name == "get_weather" and call.id
-                assert schema_problems(WEATHER.parameters, call.arguments) == [], call.arguments
-            if asked.tool_calls:
-                answered = await _answer_with_result(engine, asked)
-                assert answered.text.strip() and not answered.tool_calls
+    async def one_round() -> None:
+        asked = await _ask_weather(engine, choice)
+        assert asked.finish_reason in ("tool_calls", "stop"), asked
+        if choice != "auto":
+            assert asked.tool_calls, asked
+        for call in asked.tool_calls:
+            assert call.name == "get_weather" and call.id
+            assert schema_problems(WEATHER.parameters, call.arguments) == [], call.arguments
+        if asked.tool_calls:
+            answered = await _answer_with_result(engine, asked)
+            assert answered.text.strip() and not answered.tool_calls
+
+    async def rounds() -> None:  # three at once: the server batches them
+        await asyncio.gather(*(one_round() for _ in range(3)))
 
     asyncio.run(rounds())
 

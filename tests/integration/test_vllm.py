@@ -127,21 +127,25 @@ def test_high_priority_request_queued_behind_low_ones_finishes_first(llm: Client
     assert len(finished_after) >= 6, [t.finished_at for t in done_low]
 
 
+N_CONSTRAINED = 16  # chats of each kind
+
+
 def test_constrained_chats_always_parse_and_fit(llm: Client) -> None:
-    """vLLM's structured outputs on the CPU: 50 chats that must call a tool and 50 that must answer
-    in a schema, from SmolLM2-135M; every one parses and validates."""
+    """vLLM's structured outputs on the CPU: 16 chats that must call a tool and 16 that must answer
+    in a schema, from SmolLM2-135M; every one parses and validates (50 of each in
+    ``benchmarks/structured.py``)."""
     from tests.apps.llm import Ticket, order_status
 
     questions = [f"Customer {i}: where is my order A{1000 + i}? It was due {i % 7 + 1} days ago."
-                 for i in range(50)]
+                 for i in range(N_CONSTRAINED)]
     tasks = [llm.submit("constrained", {"question": q, "mode": mode})
              for mode in ("tool", "format") for q in questions]
     done = [llm.wait(t.id, timeout_s=600) for t in tasks]
-    assert [t.status for t in done] == [TaskStatus.SUCCEEDED] * 100, [t.error for t in done]
-    for task in done[:50]:
+    assert [t.status for t in done] == [TaskStatus.SUCCEEDED] * len(tasks), [t.error for t in done]
+    for task in done[:N_CONSTRAINED]:
         (call,) = task.output["tool_calls"]
         assert call["name"] == "order_status" and task.output["finish"] == "tool_calls"
         order_status.validate(call["arguments"])  # the tool's own argument model
-    for task in done[50:]:
+    for task in done[N_CONSTRAINED:]:
         Ticket.model_validate(task.output["parsed"])
         assert task.output["finish"] == "stop"
