@@ -534,6 +534,10 @@ class Settings(BaseSettings):
                            "memo when the same tenant asked the same before (model, messages, "
                            "tools, response format, sampling), without an engine; a call "
                            "(cache=) or an agent (cache =) may say otherwise")
+    llm_cache_ttl_s: float | None = Field(
+        None, gt=0, description="RAYSQUAD_LLM_CACHE_TTL_S: a memo entry older than this answers "
+                                "nothing (the call reaches an engine, and its answer replaces the "
+                                "entry); unset: entries last for good")
     simulated: SimulatedEngineConfig = SimulatedEngineConfig()
     vllm: VLLMEngineConfig = VLLMEngineConfig()
     openai: OpenAIEngineConfig = OpenAIEngineConfig()

@@ -271,8 +271,12 @@ class Store(Protocol):
         ``usage``: a replayed model call's (model, prompt tokens, completion tokens), added to its
         task's usage."""
 
-    def memo_get(self, tenant: str, key: str) -> Completion | None:
-        """The answer the LLM memo keeps for ``tenant``'s request ``key`` (store/memo.py)."""
+    def memo_get(self, tenant: str, key: str, now: float,
+                 max_age_s: float | None = None) -> Completion | None:
+        """The answer the LLM memo keeps for ``tenant``'s request ``key``, if younger than
+        ``max_age_s`` (``RAYSQUAD_LLM_CACHE_TTL_S``; None: any age) (store/memo.py)."""
 
-    def memo_put(self, tenant: str, key: str, completion: Completion, now: float) -> bool:
-        """Keep a model call's answer in the memo, unless its key has one (the first one wins)."""
+    def memo_put(self, tenant: str, key: str, completion: Completion, now: float,
+                 max_age_s: float | None = None) -> bool:
+        """Keep a model call's answer in the memo, unless its key has one younger than
+        ``max_age_s`` (the first one wins while it lasts)."""

@@ -435,8 +435,9 @@ OPERATIONS: dict[str, Op] = {
     "replayed":         Op(repeat=False, stamp=Stamp.NOW),
     # -- the LLM memo (store/memo.py); an entry is kept once, so a put may go again and rides in
     # the group commit of its call's record
-    "memo_get":         Op(),
-    "memo_put":         Op(stamp=Stamp.NOW, batched=True),
+    "memo_get":         Op(stamp=Stamp.NOW, settings=lambda s: {"max_age_s": s.llm_cache_ttl_s}),
+    "memo_put":         Op(stamp=Stamp.NOW, batched=True,
+                           settings=lambda s: {"max_age_s": s.llm_cache_ttl_s}),
     # -- topic events (store/outbox.py); a publish is keyed by its event's id
     "publish":          Op(settings=lambda s: {"quota": (s.tenant_events, s.tenant_event_bytes)}),
     "unrouted_events":  Op(),
@@ -551,7 +552,14 @@ class StoreTransport(_Service):
             call["now"] = self._now(op.stamp)
         if op.settings is not None:
             call.update(op.settings(self._settings))
+        if name == "apply":  # each batched write gets its own operation's settings
+            call["writes"] = [(method, {**write, **self._settings_of(method)})
+                              for method, write in call["writes"]]
         return call
+
+    def _settings_of(self, name: str) -> dict[str, Any]:
+        settings = OPERATIONS[name].settings
+        return {} if settings is None else settings(self._settings)
 
     async def submit(self, req: SubmitRequest) -> tuple[TaskRecord, bool]:
         """Admit one task (batched with the other submits of this event-loop turn)."""

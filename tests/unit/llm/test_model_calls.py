@@ -6,6 +6,7 @@ SQLite file, in this process)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,40 @@ def test_a_model_that_runs_out_of_retries_hands_the_call_to_the_next(tmp_path: P
         assert await store.memo_get("acme", memo_key(request())) is None
 
     with_store(tmp_path, body)
+
+
+class Later(StoreActor):
+    """A Store whose clock runs ``skew`` seconds ahead (time passing, without waiting for it)."""
+
+    skew = 0.0
+
+    def _now(self, stamp: Any) -> float | None:
+        return time.time() + self.skew
+
+
+def test_with_a_ttl_an_old_answer_reaches_the_engine_again_and_the_new_one_is_kept(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        store = Later(Settings(data_dir=tmp_path / "state", llm_cache_ttl_s=60))
+        engines, plan = Engines(), ModelPlan(cache=True)
+        await call_model(request(), plan, engines.chat, store)
+        assert (await call_model(request(), plan, engines.chat, store)).cached
+        store.skew = 61
+        again = await call_model(request(), plan, engines.chat, store)
+        assert not again.cached and engines.asked == ["m1", "m1"]
+        assert (await call_model(request(), plan, engines.chat, store)).cached  # kept anew
+        # A put in a group commit (``apply``, as a StoreHandle or a DirectStore sends it) is held
+        # to the same age: an entry still young is not replaced.
+        fresh = Completion(model="m1", text="other", usage=Usage(prompt_tokens=3, completion_tokens=1))
+        assert await store.apply([("memo_put", {"tenant": "acme", "key": memo_key(request()),
+                                                "completion": fresh})]) == [False]
+        store.skew = 61 + 61
+        assert await store.apply([("memo_put", {"tenant": "acme", "key": memo_key(request()),
+                                                "completion": fresh})]) == [True]
+        kept = await store.memo_get("acme", memo_key(request()))
+        assert kept is not None and kept.text == "other"
+
+    asyncio.run(main())
 
 
 def test_a_call_that_runs_out_of_every_model_is_a_dead_letter(tmp_path: Path) -> None:

@@ -15,17 +15,30 @@ def answer(text: str, model: str = "m1") -> Completion:
 
 
 def test_the_memo_keeps_an_answer_per_tenant_and_key_and_the_first_wins(store: AnyStore) -> None:
-    assert store.memo_get("acme", "k1") is None
+    assert store.memo_get("acme", "k1", T0) is None
 
     assert store.memo_put("acme", "k1", answer("first"), T0)
     assert not store.memo_put("acme", "k1", answer("second"), T0 + 1)  # kept: nothing changes
 
-    assert store.memo_get("acme", "k1") == answer("first")
-    assert store.memo_get("globex", "k1") is None  # another tenant's key holds nothing of acme's
+    assert store.memo_get("acme", "k1", T0 + 10**9) == answer("first")  # without a limit, for good
+    assert store.memo_get("globex", "k1", T0) is None  # another tenant's key holds nothing of acme's
     assert store.memo_put("globex", "k1", answer("theirs"), T0 + 2)
-    kept = store.memo_get("globex", "k1")
+    kept = store.memo_get("globex", "k1", T0 + 2)
     assert kept is not None and kept.text == "theirs"
-    assert store.memo_get("acme", "k2") is None
+    assert store.memo_get("acme", "k2", T0) is None
+
+
+def test_an_entry_older_than_max_age_answers_nothing_and_the_next_answer_replaces_it(
+        store: AnyStore) -> None:
+    assert store.memo_put("acme", "k1", answer("first"), T0, max_age_s=60)
+    assert store.memo_get("acme", "k1", T0 + 60, max_age_s=60) == answer("first")
+    assert not store.memo_put("acme", "k1", answer("second"), T0 + 30, max_age_s=60)  # it lasts
+
+    assert store.memo_get("acme", "k1", T0 + 61, max_age_s=60) is None
+    assert store.memo_put("acme", "k1", answer("fresh"), T0 + 61, max_age_s=60)
+    kept = store.memo_get("acme", "k1", T0 + 100, max_age_s=60)
+    assert kept is not None and kept.text == "fresh"
+    assert store.memo_get("acme", "k1", T0 + 122, max_age_s=60) is None
 
 
 def test_a_memo_entry_is_never_marked_cached_and_survives_reopening(backend: Backend) -> None:
@@ -33,7 +46,7 @@ def test_a_memo_entry_is_never_marked_cached_and_survives_reopening(backend: Bac
     first.memo_put("acme", "k1", answer("kept").model_copy(update={"cached": True}), T0)
     first.close()
 
-    kept = backend.open().memo_get("acme", "k1")
+    kept = backend.open().memo_get("acme", "k1", T0)
     assert kept == answer("kept") and not kept.cached
 
 
@@ -47,7 +60,7 @@ def test_memo_puts_share_a_transaction_with_other_writes(store: AnyStore) -> Non
     ], T0 + 1)
 
     assert results == [False, True, False]
-    kept = store.memo_get("acme", "k1")
+    kept = store.memo_get("acme", "k1", T0 + 1)
     assert kept is not None and kept.text == "a"
 
 
