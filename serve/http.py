@@ -248,7 +248,7 @@ class CountedEventStream(EventSourceResponse):
             self._release()
 
 
-_SECRET_NAME = re.compile(r"auth|token|secret|passw|api[_-]?key|cookie|credential|signature",
+_SECRET_NAME = re.compile(r"auth|token(?!s)|secret|passw|api[_-]?key|cookie|credential|signature",
                           re.IGNORECASE)
 REDACTED = "[redacted]"
 

@@ -198,3 +198,19 @@ def test_a_dead_letter_shows_no_userinfo_or_query_but_replays_the_whole_url() ->
     # A replay's result (a FetchResult names the URL it fetched) is shown the same way.
     replayed = letter.model_copy(update={"result": {"url": url, "status": 200, "text": "hello"}})
     assert redacted(replayed).result == {"url": up.url("/flaky"), "status": 200, "text": "hello"}
+
+
+def test_a_model_calls_letter_shows_its_token_counts_but_not_its_tokens() -> None:
+    """Names like secrets are redacted at any depth; counts of tokens (``max_tokens``, a usage's
+    ``prompt_tokens``) are not secrets and stay readable."""
+    letter = DeadLetter(id="d1", tool="llm:m", args={
+        "request": {"max_tokens": 64, "messages": [], "access_token": "s3cret"},
+        "auth": {"token": "s3cret"}}, attempts=2, error="boom", error_type="ModelFailed",
+        task_id="t1", step_key="llm",
+        tenant="a", status="dead", created_at=0.0,
+        result={"usage": {"prompt_tokens": 5, "completion_tokens": 7}, "id_token": "s3cret"})
+    shown = redacted(letter)
+    assert shown.args == {"request": {"max_tokens": 64, "messages": [], "access_token": "[redacted]"},
+                          "auth": {"token": "[redacted]"}}
+    assert shown.result == {"usage": {"prompt_tokens": 5, "completion_tokens": 7},
+                            "id_token": "[redacted]"}
