@@ -14,7 +14,6 @@ way, before its notification queue fills.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
@@ -39,7 +38,9 @@ PROBE_S = 30.0
 PROBE_TIMEOUT_S = 10.0
 #: libpq TCP keepalives for the LISTEN connection: a peer silent for about 10 + 3 x 5 s is dead.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-              "keepalives_count": 3}
+              "keepalives_count": 3, "connect_timeout": 10}
+#: How long ``close`` waits for the listening task to end once cancelled.
+CLOSE_WAIT_S = 5.0
 
 
 class Listener:
@@ -64,19 +65,22 @@ class Listener:
                 log.warning("no LISTEN connection yet; readers fall back to their timeouts")
 
     async def close(self) -> None:
-        """Stop listening (on the loop it runs on)."""
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
+        """Stop listening (on the loop it runs on); waits ``CLOSE_WAIT_S`` at most for the
+        connection to go."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            done, _ = await asyncio.wait({runner}, timeout=CLOSE_WAIT_S)
+            if not done:
+                log.warning("the LISTEN connection did not close in %.0f s; left to end", CLOSE_WAIT_S)
 
     async def _run(self) -> None:
         delay = 0.1
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(
-                        make_conninfo(self._conninfo, **KEEPALIVES), autocommit=True) as conn:
+                conn = await psycopg.AsyncConnection.connect(
+                    make_conninfo(self._conninfo, **KEEPALIVES), autocommit=True)
+                try:
                     for channel in (self._events_channel, self._tasks_channel):
                         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     self._connected.set()
@@ -87,6 +91,10 @@ class Listener:
                             self._dispatch(note.channel, note.payload)
                         # Silence: the server must still answer, or the connection is replaced.
                         await asyncio.wait_for(conn.execute("SELECT 1"), PROBE_TIMEOUT_S)
+                finally:
+                    # Closed without a word to the server (no rollback: nothing to roll back,
+                    # and a silent server would never answer one).
+                    await conn.close()
             except (psycopg.Error, TimeoutError) as e:
                 log.warning("LISTEN connection lost (%s); reconnecting in %.1f s",
                             type(e).__name__ if isinstance(e, TimeoutError) else e, delay)
