@@ -35,6 +35,7 @@ from serve.console import (
     settings,
     show,
 )
+from serve.http_client import HttpClient
 from serve.progress import follow
 
 if TYPE_CHECKING:
@@ -420,12 +421,16 @@ def gate(key: str,
 
 @app.command("dead-letters")
 def dead_letters(status: Annotated[str | None, typer.Option(help="dead or replayed")] = None,
-                 tool: str | None = None, limit: int = 20, address: AddressOpt = None) -> None:
-    """List calls that ran out of retries (tools, model calls as llm:<model>), newest first."""
+                 tool: str | None = None, limit: int = 20, address: AddressOpt = None,
+                 url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """List calls that ran out of retries (tools, model calls as llm:<model>), newest first (over
+    HTTP with --url: the key's tenant's)."""
     if status not in (None, "dead", "replayed"):
         fail("--status must be dead or replayed", 2)
+    letters = HttpClient(url, api_key).dead_letters(status, tool, limit) if url \
+        else ops(address).dead_letters(status, tool, None, limit)
     table = Table("id", "tool", "status", "attempts", "task", "error")
-    for d in ops(address).dead_letters(status, tool, None, limit):
+    for d in letters:
         table.add_row(d.id, d.tool, d.status, str(d.attempts), d.task_id or "-", d.error[:60])
     out.print(table)
 
@@ -435,10 +440,11 @@ def replay(letter_id: str,
            model: Annotated[str | None, typer.Option(
                "--model", help="run a model call's letter on this model (default: the models "
                                "it had)")] = None,
-           address: AddressOpt = None) -> None:
+           address: AddressOpt = None, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """Run a dead letter's call again (a tool's, a model's, a webhook's); on success it is marked
     replayed with its result, and a task that failed at that call resumes past it."""
-    letter = ops(address).replay(letter_id, model)
+    letter = HttpClient(url, api_key).replay(letter_id, model) if url \
+        else ops(address).replay(letter_id, model)
     out.print(f"{letter.id} {letter.status} (attempts {letter.attempts})"
               + (f": {json.dumps(letter.result)[:200]}" if letter.status == "replayed"
                  else f": {letter.error}"), highlight=False)
@@ -480,7 +486,6 @@ def _frames(address: str | None, url: str | None,
     from serve.top import BUCKET_S, WINDOW_S
 
     if url:
-        from serve.http_client import HttpClient
 
         http = HttpClient(url, api_key)
         return lambda: (http.overview(), url, http.stats(WINDOW_S, BUCKET_S))
@@ -514,7 +519,6 @@ def ps(address: AddressOpt = None, url: UrlOpt = None, api_key: KeyOpt = None,
     """Every process of the runtime: its kind, role, replica, pid, node, state and restarts (the
     pid to look for in `top`, or to kill to see a replica replaced)."""
     if url:
-        from serve.http_client import HttpClient
 
         actors = HttpClient(url, api_key).processes(ended)
     else:

@@ -54,12 +54,13 @@ Tenant = Annotated[str, Depends(tenant_of)]
 
 
 def admin_of(request: Request, tenant: Tenant) -> str:
-    """Gates are the cluster's, not a tenant's: with API keys, only ``admin_tenants`` see and change
-    them."""
+    """What is the cluster's, not a tenant's (gates, the runtime's processes): with API keys, only
+    ``admin_tenants`` see and change it."""
     settings = settings_of(request)
     if settings.api_keys and tenant not in settings.admin_tenants:
-        raise HTTPException(403, f"tenant {tenant!r} may not see or change gates "
-                                 "(RAYSQUAD_ADMIN_TENANTS lists those that may)")
+        raise HTTPException(403, f"tenant {tenant!r} may not {request.method} {request.url.path}: "
+                                 "it is for operators (RAYSQUAD_ADMIN_TENANTS lists the tenants "
+                                 "that may)")
     return tenant
 
 

@@ -18,6 +18,7 @@ import httpx
 from runtime.core.errors import RaysquadError, RemoteError, TaskFailed, WaitTimeout
 from runtime.core.models import (
     END_EVENT_KINDS,
+    DeadLetter,
     Event,
     Schedule,
     TaskRecord,
@@ -27,6 +28,7 @@ from runtime.core.models import (
 )
 
 TaskList = list[TaskSummary]
+DeadLetters = list[DeadLetter]
 BATCH = 1000  # tasks per POST /v1/tasks:batch, the server's most
 SchemaList = list[dict[str, Any]]
 
@@ -178,6 +180,21 @@ class HttpClient(_Events):
         """``GET /v1/actors``: every process of the runtime (an operator's key), as a list of
         ``{name, kind, role, replica, pid, node, state, restarts, hosts}``."""
         return self._call("GET", "/v1/actors", params={"dead": dead})["actors"]
+
+    def dead_letters(self, status: str | None = None, tool: str | None = None,
+                     limit: int = 100) -> DeadLetters:
+        """``GET /v1/dead-letters``: the key's tenant's calls that ran out of retries, newest
+        first (secrets shown as "[redacted]")."""
+        params = {k: v for k, v in (("status", status), ("tool", tool)) if v is not None}
+        page = self._call("GET", "/v1/dead-letters", params={**params, "limit": min(limit, 500)})
+        return [DeadLetter.model_validate(letter) for letter in page]
+
+    def replay(self, letter_id: str, model: str | None = None) -> DeadLetter:
+        """``POST /v1/dead-letters/{id}/replay``: run its call again (a model call's on ``model``
+        if given)."""
+        return DeadLetter.model_validate(self._call(
+            "POST", f"/v1/dead-letters/{_path(letter_id)}/replay",
+            json={"model": model} if model else None))
 
     def workflows(self) -> SchemaList:
         return self._call("GET", "/v1/workflows")

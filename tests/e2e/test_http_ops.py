@@ -42,7 +42,8 @@ def test_tools_are_listed_with_their_argument_schemas(ops_api: tuple[Api, Upstre
 def test_admins_see_and_change_gates_others_get_403(ops_api: tuple[Api, Upstream]) -> None:
     api, _ = ops_api
     admin, other = api.client("key-a"), api.client("key-b")
-    assert_client_error(other.get("/v1/gates"), 403, "tenant-b", "RAYSQUAD_ADMIN_TENANTS")
+    assert_client_error(other.get("/v1/gates"), 403, "tenant-b", "GET /v1/gates",
+                        "RAYSQUAD_ADMIN_TENANTS")
     assert_client_error(other.put("/v1/gates/api:x", json={"requests": 5}), 403)
 
     set_ = admin.put("/v1/gates/api:search", json={"requests": 5, "interval_s": 60, "concurrency": 2})

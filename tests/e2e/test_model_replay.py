@@ -1,6 +1,7 @@
 """A dead-lettered model call replayed on another model against a real `raysquad up`: over HTTP
 (``POST /v1/dead-letters/{id}/replay`` with ``{"model": ...}``) and with the CLI over Ray
-(``raysquad replay ID --model M``); each task that failed at the call resumes past it.
+(``raysquad replay ID --model M``) and over HTTP (``--url``); each task that failed at the call
+resumes past it.
 
 Its own server (tests.apps.models, the simulated engine scripted so that a model named
 ``flaky...`` fails every request), since the script would change every model call of the shared one.
@@ -102,3 +103,26 @@ def test_a_model_calls_dead_letter_replayed_on_another_model_with_the_cli(
         task = ended(a, task_id)
         assert task["status"] == "succeeded", task
         assert task["output"] == {"reply": "steady answers: over ray"}
+
+
+def test_dead_letters_listed_and_replayed_with_the_cli_over_http(
+        server: tuple[str, Path, str]) -> None:
+    """`raysquad dead-letters --url` lists the key's tenant's letters (another tenant's key sees
+    none of them); `raysquad replay ID --model M --url` runs one again over HTTP."""
+    url, workdir, _ = server
+    with client(url, "key-a") as a:
+        task_id, letter = failed_with_letter(a, "fragile", "with the cli over http")
+        listed = cli("dead-letters", "--status", "dead", "--tool", "llm:flaky", "--limit", "500",
+                     "--url", url, "--api-key", "key-a", cwd=workdir)
+        assert listed.returncode == 0, listed.stderr
+        assert letter["id"] in listed.stdout
+        other = cli("dead-letters", "--url", url, "--api-key", "key-b", cwd=workdir)
+        assert other.returncode == 0 and letter["id"] not in other.stdout, other.stdout
+
+        assert_one_line_error(cli("replay", letter["id"], "--model", "steady", "--url", url,
+                                  "--api-key", "key-b", cwd=workdir), 1, letter["id"])
+        replayed = cli("replay", letter["id"], "--model", "steady", "--url", url,
+                       "--api-key", "key-a", cwd=workdir)
+        assert replayed.returncode == 0, replayed.stderr
+        assert f"{letter['id']} replayed" in replayed.stdout
+        assert ended(a, task_id)["status"] == "succeeded"
