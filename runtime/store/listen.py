@@ -38,7 +38,7 @@ PROBE_S = 30.0
 PROBE_TIMEOUT_S = 10.0
 #: libpq TCP keepalives for the LISTEN connection: a peer silent for about 10 + 3 x 5 s is dead.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-              "keepalives_count": 3, "connect_timeout": 10}
+              "keepalives_count": 3}
 #: How long ``close`` waits for the listening task to end once cancelled.
 CLOSE_WAIT_S = 5.0
 
@@ -79,7 +79,8 @@ class Listener:
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
-                    make_conninfo(self._conninfo, **KEEPALIVES), autocommit=True)
+                    make_conninfo(self._conninfo, connect_timeout=10, **KEEPALIVES),
+                    autocommit=True)
                 try:
                     for channel in (self._events_channel, self._tasks_channel):
                         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
