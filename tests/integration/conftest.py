@@ -38,15 +38,26 @@ TEST_DEFAULTS: dict[str, Any] = {"lease_s": 5.0, "sweep_interval_s": 0.2,
 
 
 METRICS_PORT = free_port()  # the session cluster's Prometheus endpoint
+# Ray gives a new node's raylet 30 s (fixed) to register with the GCS; on two cores shared with
+# another test process starting vLLM or a cluster of its own, that once ran out: start again.
+STARTS = 2
 
 
 @pytest.fixture(scope="package")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     # The example newsroom app keeps its files where its processes are told (agents/newsroom.py).
     newsroom = tmp_path_factory.mktemp("newsroom")
-    ray.init(address="local", num_cpus=4, object_store_memory=300 * 1024**2, include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=False, _metrics_export_port=METRICS_PORT,
-             runtime_env={"env_vars": {"RAYSQUAD_NEWSROOM_DIR": str(newsroom)}})
+    for attempt in range(1, STARTS + 1):
+        try:
+            ray.init(address="local", num_cpus=4, object_store_memory=300 * 1024**2,
+                     include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+                     _metrics_export_port=METRICS_PORT,
+                     runtime_env={"env_vars": {"RAYSQUAD_NEWSROOM_DIR": str(newsroom)}})
+            break
+        except Exception as e:  # Ray's own, when its raylet is not registered within 30 s
+            if attempt == STARTS or "timed out during startup" not in str(e):
+                raise
+            ray.shutdown()  # what it started, then once more
     yield
     ray.shutdown()
     _drop_schemas()
