@@ -51,6 +51,12 @@ def _kind(error_type: str) -> str:
     return f"{error_type}: " if error_type else ""
 
 
+def _gave_up(attempts: int, error_type: str, message: str, dead_letter: str = "") -> str:
+    """How a call that ran out of attempts ended (a step's, a model call's, a tool call's)."""
+    where = f"; dead letter {dead_letter}" if dead_letter else ""
+    return f"after {attempts} attempt(s): {_kind(error_type)}{message}{where}"
+
+
 # -- what kind of failure: the retry loops (runtime/core/retry.py) and the HTTP API (serve/errors.py) read
 # these bases, never a list of classes. An error under none of them is a failure nobody classified.
 
@@ -231,8 +237,8 @@ class StepError(RaysquadError, WithFields):
     attempts: int = 1
 
     def __str__(self) -> str:
-        return (f"step {self.step_key!r} failed after {self.attempts} attempt(s): "
-                f"{_kind(self.error_type)}{self.message}")
+        return f"step {self.step_key!r} failed " + _gave_up(self.attempts, self.error_type,
+                                                            self.message)
 
 
 class StepTimeout(Retryable, WithFields):
@@ -360,9 +366,8 @@ class ModelFailed(Refused, WithFields):
     dead_letter: str = ""
 
     def __str__(self) -> str:
-        where = f"; dead letter {self.dead_letter}" if self.dead_letter else ""
-        return (f"model call failed on {_listed(self.models)} after {self.attempts} attempt(s): "
-                f"{_kind(self.error_type)}{self.message}{where}")
+        return f"model call failed on {_listed(self.models)} " + _gave_up(
+            self.attempts, self.error_type, self.message, self.dead_letter)
 
 
 class NotAModelCall(Refused, WithFields):
@@ -493,9 +498,8 @@ class ToolFailed(RaysquadError, WithFields):
     dead_letter: str = ""
 
     def __str__(self) -> str:
-        where = f"; dead letter {self.dead_letter}" if self.dead_letter else ""
-        return (f"tool {self.name!r} failed after {self.attempts} attempt(s): "
-                f"{_kind(self.error_type)}{self.message}{where}")
+        return f"tool {self.name!r} failed " + _gave_up(self.attempts, self.error_type,
+                                                        self.message, self.dead_letter)
 
 
 class AddressRefused(Refused, WithFields):
