@@ -380,6 +380,10 @@ class Op:
 Write = tuple[str, dict[str, Any]]
 
 
+def _memo_age(settings: Settings) -> dict[str, Any]:
+    return {"max_age_s": settings.llm_cache_ttl_s}
+
+
 def _repeatable(writes: list[Write]) -> bool:
     """A batch of step records and finishes is safe to send again; an event would be logged twice,
     a model call's tokens counted twice."""
@@ -433,11 +437,11 @@ OPERATIONS: dict[str, Op] = {
     "get_dead_letter":  Op(),
     "take_dead_letter": Op(repeat=False, stamp=Stamp.NOW),
     "replayed":         Op(repeat=False, stamp=Stamp.NOW),
-    # -- the LLM memo (store/memo.py); an entry is kept once, so a put may go again and rides in
-    # the group commit of its call's record
-    "memo_get":         Op(stamp=Stamp.NOW, settings=lambda s: {"max_age_s": s.llm_cache_ttl_s}),
-    "memo_put":         Op(stamp=Stamp.NOW, batched=True,
-                           settings=lambda s: {"max_age_s": s.llm_cache_ttl_s}),
+    # -- the LLM memo (store/memo.py); an entry is kept once while it lasts, so a put may go again
+    # and rides in the group commit of its call's record; both read the entries' age by the Store's
+    # clock and its settings' TTL
+    "memo_get":         Op(stamp=Stamp.NOW, settings=_memo_age),
+    "memo_put":         Op(stamp=Stamp.NOW, batched=True, settings=_memo_age),
     # -- topic events (store/outbox.py); a publish is keyed by its event's id
     "publish":          Op(settings=lambda s: {"quota": (s.tenant_events, s.tenant_event_bytes)}),
     "unrouted_events":  Op(),
